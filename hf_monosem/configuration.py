@@ -1,0 +1,191 @@
+"""``MonoSemanticConfig``: backbone + feature layer + head, validated at construction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+from .feature_layers import FEATURE_LAYERS, NONNEG_ACTIVATIONS
+
+__all__ = ["POOLING_CHOICES", "MonoSemanticConfig", "backbone_hidden_size", "default_pooling"]
+
+#: how the backbone's output becomes one vector per input.
+POOLING_CHOICES = ("cls", "mean", "last", "pooler")
+
+
+def backbone_hidden_size(config: PreTrainedConfig) -> int:
+    """Width of the vector the backbone hands to the feature layer (before pooling changes nothing)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("hidden_size", "d_model", "n_embd", "embed_dim"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    sizes = getattr(config, "hidden_sizes", None)  # ResNet, ConvNeXt, ... : channels of the last stage
+    if sizes:
+        return int(sizes[-1])
+    raise ValueError(
+        f"cannot tell the output width of backbone config {type(config).__name__}: it has none of "
+        "hidden_size / d_model / n_embd / embed_dim / hidden_sizes"
+    )
+
+
+def _is_decoder_lm(model_type: str) -> bool:
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def default_pooling(config: PreTrainedConfig) -> str:
+    """Per-family pooling: mean over feature maps for conv nets, last non-pad token for decoder LMs,
+    the first ([CLS]) token for BERT-like encoders and ViTs."""
+    if getattr(config, "hidden_sizes", None) and not hasattr(config, "hidden_size"):
+        return "mean"
+    if _is_decoder_lm(getattr(config, "model_type", "")):
+        return "last"
+    return "cls"
+
+
+def _bad(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{name}={value!r} is not valid; allowed: {allowed}")
+
+
+class MonoSemanticConfig(PreTrainedConfig):
+    r"""Configuration of a backbone with a (mono- or polysemantic) feature layer and a linear head.
+
+    Poly vs mono differ in ``feature_layer`` only: every kind has the same width and head.
+
+    Args:
+        backbone: Hub id or local folder of a transformers backbone. Its config is read at
+            construction (from the local Hub cache when offline) and stored in ``backbone_config``;
+            its weights are loaded when the model is built, unless ``use_pretrained_backbone=False``.
+        backbone_config: a transformers config (or its dict) for a randomly initialised backbone.
+        use_pretrained_backbone: load ``backbone``'s weights when building a fresh model.
+        feature_layer: one of ``"linear"`` (polysemantic baseline), ``"nonneg"`` (NCL-style
+            non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
+        feature_dim: width of the feature layer (default: 4x the backbone width).
+        projector_hidden_dim: if set, ``linear``/``nonneg`` use a two-layer MLP projector
+            ``input -> projector_hidden_dim -> feature_dim`` as in SimCLR/NCL.
+        nonneg_activation: ``"relu"`` (NCL), ``"softplus"`` or ``"abs"``.
+        topk: active features per input for ``topk`` (default ``feature_dim // 8``, the paper's ratio).
+        sparsity_weight: weight of the L1 term of ``sae``.
+        reconstruction_weight: weight of the SAE reconstruction term (``sae``/``topk``).
+        sae_normalize_input: L2-normalise the SAE input (the paper's post-hoc recipe).
+        pooling: ``"cls"``, ``"mean"``, ``"last"`` or ``"pooler"``; default chosen per backbone family.
+        freeze_backbone: train only the feature layer and head (linear probing).
+        classifier_dropout: dropout on the features before the classifier.
+        temperature: InfoNCE temperature for contrastive pretraining (0.2, as in the paper).
+
+    Example:
+        >>> from transformers import BertConfig
+        >>> from hf_monosem import MonoSemanticConfig
+        >>> cfg = MonoSemanticConfig(
+        ...     backbone_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...                                intermediate_size=37),
+        ...     feature_layer="nonneg", feature_dim=128, num_labels=3)
+        >>> cfg.pooling, cfg.feature_dim
+        ('cls', 128)
+        >>> MonoSemanticConfig(backbone_config=cfg.backbone_config, feature_layer="sparse")
+        Traceback (most recent call last):
+        ...
+        ValueError: feature_layer='sparse' is not valid; allowed: 'linear', 'nonneg', 'sae', 'topk'
+    """
+
+    model_type = "monosemantic"
+
+    backbone: str | None = None
+    backbone_config: dict | PreTrainedConfig | None = None
+    use_pretrained_backbone: bool = True
+    feature_layer: str = "nonneg"
+    feature_dim: int | None = None
+    projector_hidden_dim: int | None = None
+    nonneg_activation: str = "relu"
+    topk: int | None = None
+    sparsity_weight: float = 1e-3
+    reconstruction_weight: float = 1.0
+    sae_normalize_input: bool = True
+    pooling: str | None = None
+    freeze_backbone: bool = False
+    classifier_dropout: float = 0.0
+    temperature: float = 0.2
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self.backbone_config = self._resolve_backbone_config()
+        super().__post_init__(**kwargs)
+        self._validate_and_fill_defaults()
+
+    def _resolve_backbone_config(self) -> PreTrainedConfig:
+        config = self.backbone_config
+        if isinstance(config, PreTrainedConfig):
+            return config
+        if isinstance(config, dict):
+            config = dict(config)
+            model_type = config.pop("model_type", None)
+            if model_type not in CONFIG_MAPPING:
+                raise ValueError(
+                    f"backbone_config has model_type={model_type!r}, which transformers does not know; "
+                    "pass a config object or a dict with a registered model_type"
+                )
+            config.pop("transformers_version", None)
+            return CONFIG_MAPPING[model_type].from_dict(config)
+        if config is not None:
+            raise ValueError(
+                f"backbone_config must be a transformers config or a dict, got {type(config).__name__}"
+            )
+        if not self.backbone:
+            raise ValueError("give either backbone (a Hub id or folder) or backbone_config (a transformers config)")
+        if not isinstance(self.backbone, str):
+            raise ValueError(f"backbone={self.backbone!r} must be a Hub id or a folder path (str)")
+        return AutoConfig.from_pretrained(self.backbone)
+
+    def _validate_and_fill_defaults(self) -> None:
+        if self.backbone_config.model_type == self.model_type:
+            raise ValueError("backbone_config is itself a MonoSemanticConfig; nest a plain backbone config")
+        if self.feature_layer not in FEATURE_LAYERS:
+            raise _bad("feature_layer", self.feature_layer, ", ".join(repr(k) for k in FEATURE_LAYERS))
+        if self.feature_dim is None:
+            self.feature_dim = 4 * backbone_hidden_size(self.backbone_config)
+        if isinstance(self.feature_dim, bool) or not isinstance(self.feature_dim, int) or self.feature_dim <= 0:
+            raise _bad("feature_dim", self.feature_dim, "a positive integer")
+        if self.projector_hidden_dim is not None and (
+            not isinstance(self.projector_hidden_dim, int) or self.projector_hidden_dim <= 0
+        ):
+            raise _bad("projector_hidden_dim", self.projector_hidden_dim, "None or a positive integer")
+        if self.nonneg_activation not in NONNEG_ACTIVATIONS:
+            raise _bad("nonneg_activation", self.nonneg_activation, ", ".join(repr(k) for k in NONNEG_ACTIVATIONS))
+        if self.topk is None and self.feature_layer == "topk":
+            self.topk = max(1, self.feature_dim // 8)
+        if self.topk is not None and (
+            isinstance(self.topk, bool) or not isinstance(self.topk, int) or not 1 <= self.topk <= self.feature_dim
+        ):
+            raise _bad("topk", self.topk, f"an integer in [1, feature_dim={self.feature_dim}]")
+        for name in ("sparsity_weight", "reconstruction_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise _bad(name, value, "a number >= 0")
+        if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
+            raise _bad("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise _bad("temperature", self.temperature, "a number > 0")
+        if self.pooling is None:
+            self.pooling = default_pooling(self.backbone_config)
+        if self.pooling not in POOLING_CHOICES:
+            raise _bad("pooling", self.pooling, ", ".join(repr(k) for k in POOLING_CHOICES))
+        if self.pooling == "cls" and getattr(self.backbone_config, "hidden_sizes", None) and not hasattr(
+            self.backbone_config, "hidden_size"
+        ):
+            raise ValueError(
+                f"pooling='cls' needs a token sequence, but {self.backbone_config.model_type!r} outputs "
+                "feature maps; use 'mean' or 'pooler'"
+            )
+        if self.num_labels is None or self.num_labels < 1:
+            raise _bad("num_labels", self.num_labels, "a positive integer")
+
+    @property
+    def backbone_hidden_size(self) -> int:
+        """Width of the pooled backbone vector (the feature layer's input)."""
+        return backbone_hidden_size(self.backbone_config)

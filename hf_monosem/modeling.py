@@ -1,0 +1,377 @@
+"""Models: any transformers backbone -> pooling -> feature layer (-> linear classifier).
+
+One generic wrapper serves every backbone family through ``AutoModel``; the family only decides
+the pooling (see :func:`hf_monosem.configuration.default_pooling`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as hf_init
+from transformers.utils import ModelOutput
+
+from .configuration import MonoSemanticConfig
+from .feature_layers import FeatureLayer, _SparseAutoencoderBase, build_feature_layer
+
+__all__ = [
+    "MonoSemanticClassifierOutput",
+    "MonoSemanticForImageClassification",
+    "MonoSemanticForSequenceClassification",
+    "MonoSemanticModel",
+    "MonoSemanticModelOutput",
+    "MonoSemanticPreTrainedModel",
+]
+
+# Set while ``from_pretrained`` builds a model: the checkpoint holds the backbone's weights, so the
+# model must not also download/load them from ``config.backbone``.
+_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("_LOADING_CHECKPOINT", default=False)
+
+
+@dataclass
+class MonoSemanticModelOutput(ModelOutput):
+    """Output of :class:`MonoSemanticModel`.
+
+    Attributes:
+        loss: weighted sum of the feature layer's auxiliary terms (``None`` if it has none).
+        features: feature-layer output ``[batch, feature_dim]``.
+        pooled: pooled backbone vector fed to the feature layer ``[batch, hidden]``.
+        aux_losses: the feature layer's unweighted auxiliary terms by name.
+        hidden_states: the backbone's hidden states when requested.
+    """
+
+    loss: torch.FloatTensor | None = None
+    features: torch.FloatTensor | None = None
+    pooled: torch.FloatTensor | None = None
+    aux_losses: dict[str, torch.Tensor] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MonoSemanticClassifierOutput(ModelOutput):
+    """Output of the classification models: ``loss`` = task loss + weighted auxiliary terms."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    features: torch.FloatTensor | None = None
+    pooled: torch.FloatTensor | None = None
+    aux_losses: dict[str, torch.Tensor] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MonoSemanticPreTrainedModel(PreTrainedModel):
+    """Shared plumbing: config class, weight init, checkpoint loading, backbone freezing."""
+
+    config_class = MonoSemanticConfig
+    base_model_prefix = "monosemantic"
+    supports_gradient_checkpointing = True
+    # Our loss is mean-reduced inside forward; the Trainer must not rescale it for grad accumulation.
+    accepts_loss_kwargs = False
+    _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        token = _LOADING_CHECKPOINT.set(True)
+        try:
+            model = super().from_pretrained(*args, **kwargs)
+        finally:
+            _LOADING_CHECKPOINT.reset(token)
+        model._apply_backbone_freezing()
+        return model
+
+    @classmethod
+    def from_backbone(
+        cls, backbone: str | PreTrainedModel, **config_kwargs
+    ) -> MonoSemanticPreTrainedModel:
+        """Wrap an already-pretrained backbone (a model instance, Hub id or folder), keeping its weights.
+
+        Example:
+            >>> from transformers import BertConfig, BertModel
+            >>> from hf_monosem import MonoSemanticForSequenceClassification
+            >>> bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            ...                             intermediate_size=37))
+            >>> model = MonoSemanticForSequenceClassification.from_backbone(bert, feature_dim=64, num_labels=2)
+            >>> torch.equal(model.backbone.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+            True
+        """
+        if isinstance(backbone, str):
+            backbone = AutoModel.from_pretrained(backbone)
+            name = backbone.config.name_or_path
+        elif isinstance(backbone, PreTrainedModel):
+            name = backbone.config.name_or_path or None
+        else:
+            raise ValueError(
+                f"backbone must be a Hub id, a folder or a transformers PreTrainedModel, got {type(backbone).__name__}"
+            )
+        config_kwargs.setdefault("backbone", name or None)
+        config = MonoSemanticConfig(backbone_config=backbone.config, use_pretrained_backbone=False, **config_kwargs)
+        return cls(config, backbone=backbone)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The backbone is a PreTrainedModel: transformers dispatches its own _init_weights to it.
+        std = self.config.initializer_range
+        if isinstance(module, _SparseAutoencoderBase):
+            module.reset_parameters_like_sae()
+        elif isinstance(module, nn.Linear):
+            hf_init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                hf_init.zeros_(module.bias)
+
+    def _apply_backbone_freezing(self) -> None:
+        base = getattr(self, self.base_model_prefix, self)
+        if self.config.freeze_backbone:
+            base.backbone.requires_grad_(False)
+            base.backbone.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # A frozen backbone is a fixed feature extractor: keep dropout off and BatchNorm stats fixed.
+        base = getattr(self, self.base_model_prefix, self)
+        if self.config.freeze_backbone and hasattr(base, "backbone"):
+            base.backbone.eval()
+        return self
+
+    def get_input_embeddings(self):
+        return getattr(self, self.base_model_prefix, self).backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        getattr(self, self.base_model_prefix, self).backbone.set_input_embeddings(value)
+
+
+class MonoSemanticModel(MonoSemanticPreTrainedModel):
+    """Backbone + pooling + feature layer -> ``features``.
+
+    Example:
+        >>> import torch
+        >>> from transformers import ViTConfig
+        >>> from hf_monosem import MonoSemanticConfig, MonoSemanticModel
+        >>> cfg = MonoSemanticConfig(backbone_config=ViTConfig(image_size=16, patch_size=8, hidden_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37), feature_layer="sae",
+        ...     feature_dim=64)
+        >>> out = MonoSemanticModel(cfg)(pixel_values=torch.randn(2, 3, 16, 16))
+        >>> out.features.shape, sorted(out.aux_losses)
+        (torch.Size([2, 64]), ['reconstruction_loss', 'sparsity_loss'])
+    """
+
+    base_model_prefix = "monosemantic"
+
+    def __init__(self, config: MonoSemanticConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        load_pretrained = backbone is None and self._should_load_pretrained_backbone(config)
+        # Build from config first; pretrained weights are swapped in after post_init so that weight
+        # initialisation can never touch them.
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
+        self.main_input_name = self.backbone.main_input_name  # pixel_values or input_ids
+        self.feature_layer = build_feature_layer(config, config.backbone_hidden_size)
+        self._backbone_arguments = set(inspect.signature(self.backbone.forward).parameters)
+        self._check_pooling_is_possible()
+        self.post_init()
+        if load_pretrained:
+            self.backbone = AutoModel.from_pretrained(config.backbone)
+        self._apply_backbone_freezing()
+
+    @staticmethod
+    def _should_load_pretrained_backbone(config: MonoSemanticConfig) -> bool:
+        return bool(config.backbone) and config.use_pretrained_backbone and not _LOADING_CHECKPOINT.get()
+
+    def _check_pooling_is_possible(self) -> None:
+        if self.config.pooling == "pooler" and getattr(self.backbone, "pooler", None) is None:
+            raise ValueError(
+                f"pooling='pooler' but the {type(self.backbone).__name__} backbone has no pooler; "
+                "use one of 'cls', 'mean', 'last'"
+            )
+
+    def pool(self, backbone_output: ModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """One vector per input from the backbone output, according to ``config.pooling``."""
+        pooling = self.config.pooling
+        if pooling == "pooler":
+            pooled = backbone_output.pooler_output
+            return pooled.flatten(1)  # conv nets return [B, C, 1, 1]
+        hidden = backbone_output.last_hidden_state
+        if hidden.dim() == 4:  # feature maps [B, C, H, W]
+            return hidden.mean(dim=(2, 3))
+        if pooling == "cls":
+            return hidden[:, 0]
+        if pooling == "mean":
+            if attention_mask is None:
+                return hidden.mean(dim=1)
+            mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        # "last": the last non-pad position, for left or right padding alike
+        if attention_mask is None:
+            return hidden[:, -1]
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (attention_mask.to(torch.long) * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MonoSemanticModelOutput | tuple:
+        given = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "pixel_values": pixel_values,
+            "inputs_embeds": inputs_embeds,
+            "output_hidden_states": output_hidden_states,
+            **kwargs,
+        }
+        backbone_inputs = {k: v for k, v in given.items() if v is not None and k in self._backbone_arguments}
+        unusable = sorted(k for k, v in given.items() if v is not None and k not in self._backbone_arguments)
+        if unusable:
+            raise ValueError(
+                f"{type(self.backbone).__name__} does not accept {unusable}; it takes "
+                f"{sorted(self._backbone_arguments - {'kwargs', 'args'})}"
+            )
+        if not any(k in backbone_inputs for k in ("input_ids", "pixel_values", "inputs_embeds")):
+            raise ValueError("no model input given: pass pixel_values, input_ids or inputs_embeds")
+        backbone_inputs["return_dict"] = True
+
+        if self.config.freeze_backbone:
+            with torch.no_grad():
+                backbone_output = self.backbone(**backbone_inputs)
+        else:
+            backbone_output = self.backbone(**backbone_inputs)
+
+        pooled = self.pool(backbone_output, attention_mask)
+        features, aux_losses = self.feature_layer(pooled)
+        output = MonoSemanticModelOutput(
+            loss=self.feature_layer.weighted_aux_loss(aux_losses),
+            features=features,
+            pooled=pooled,
+            aux_losses=aux_losses,
+            hidden_states=getattr(backbone_output, "hidden_states", None),
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
+    """MonoSemanticModel + dropout + a linear classifier on the features."""
+
+    def __init__(self, config: MonoSemanticConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.monosemantic = MonoSemanticModel(config, backbone=backbone)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.feature_dim, config.num_labels)
+        self.post_init()
+
+    @property
+    def backbone(self) -> PreTrainedModel:
+        return self.monosemantic.backbone
+
+    @property
+    def feature_layer(self) -> FeatureLayer:
+        return self.monosemantic.feature_layer
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy for class ids, MSE for regression, BCE for multi-label (as in transformers)."""
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if self.num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+        if problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        if problem_type == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        labels = labels.view(-1)
+        if labels.numel() and (labels.min() < -100 or labels.max() >= self.num_labels):
+            raise ValueError(
+                f"labels must be class ids in [0, {self.num_labels - 1}] (or -100 to ignore); "
+                f"got min {int(labels.min())}, max {int(labels.max())}"
+            )
+        return F.cross_entropy(logits.float().view(-1, self.num_labels), labels)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MonoSemanticClassifierOutput | tuple:
+        base = self.monosemantic(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            pixel_values=pixel_values,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(base.features).to(self.classifier.weight.dtype))
+        loss = None
+        if labels is not None:
+            loss = self.task_loss(logits, labels)
+            if base.loss is not None:
+                loss = loss + base.loss
+        output = MonoSemanticClassifierOutput(
+            loss=loss,
+            logits=logits,
+            features=base.features,
+            pooled=base.pooled,
+            aux_losses=base.aux_losses,
+            hidden_states=base.hidden_states,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MonoSemanticForImageClassification(_MonoSemanticClassifier):
+    main_input_name = "pixel_values"
+    """A vision backbone (ViT, ResNet, ConvNeXt, ...) with a feature layer and a linear classifier.
+
+    Example:
+        >>> import torch
+        >>> from transformers import ResNetConfig
+        >>> from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification
+        >>> cfg = MonoSemanticConfig(backbone_config=ResNetConfig(num_channels=1, embedding_size=8,
+        ...     hidden_sizes=[8, 16], depths=[1, 1]), feature_layer="nonneg", feature_dim=64, num_labels=10)
+        >>> model = MonoSemanticForImageClassification(cfg)
+        >>> out = model(pixel_values=torch.randn(4, 1, 28, 28), labels=torch.tensor([0, 1, 2, 3]))
+        >>> out.logits.shape, bool((out.features >= 0).all())
+        (torch.Size([4, 10]), True)
+    """
+
+
+class MonoSemanticForSequenceClassification(_MonoSemanticClassifier):
+    """A text backbone (BERT-family encoder or decoder LM) with a feature layer and a linear classifier.
+
+    Example:
+        >>> import torch
+        >>> from transformers import BertConfig
+        >>> from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification
+        >>> cfg = MonoSemanticConfig(backbone_config=BertConfig(vocab_size=100, hidden_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
+        ...     feature_layer="topk", feature_dim=64, topk=8, num_labels=3)
+        >>> model = MonoSemanticForSequenceClassification(cfg)
+        >>> out = model(input_ids=torch.randint(0, 100, (2, 7)), labels=torch.tensor([0, 2]))
+        >>> out.logits.shape, int((out.features != 0).sum(-1).max()) <= 8
+        (torch.Size([2, 3]), True)
+    """
