@@ -214,10 +214,12 @@ class _SparseAutoencoderBase(FeatureLayer):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = self.prepare_input(x)
-        codes = self.encode(x)
-        aux = {"reconstruction_loss": self.normalized_mse(x, self.decode(codes))}
-        aux.update(self.extra_losses(codes))
+        # Autocast would run the encoder/decoder matmuls in bf16/fp16; keep the SAE in fp32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = self.prepare_input(x)
+            codes = self.encode(x)
+            aux = {"reconstruction_loss": self.normalized_mse(x, self.decode(codes))}
+            aux.update(self.extra_losses(codes))
         return codes, aux
 
     def extra_losses(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:

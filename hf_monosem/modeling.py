@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import os
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import MonoSemanticConfig
 from .feature_layers import FeatureLayer, _SparseAutoencoderBase, build_feature_layer
+from .validation import check_checkpoint_folder
 
 __all__ = [
     "MonoSemanticClassifierOutput",
@@ -76,10 +78,15 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and os.path.isdir(
+            pretrained_model_name_or_path
+        ):
+            subfolder = kwargs.get("subfolder") or ""
+            check_checkpoint_folder(os.path.join(pretrained_model_name_or_path, subfolder))
         token = _LOADING_CHECKPOINT.set(True)
         try:
-            model = super().from_pretrained(*args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         finally:
             _LOADING_CHECKPOINT.reset(token)
         model._apply_backbone_freezing()

@@ -1,0 +1,157 @@
+"""Checks that turn bad input into a clear error before any training or loading work is done.
+
+Each function raises ``ValueError`` (or ``FileNotFoundError`` for missing files) whose message names
+the bad value and what is allowed. Trainers and examples call :func:`validate_classification_dataset`
+before training; :class:`~hf_monosem.modeling.MonoSemanticPreTrainedModel.from_pretrained` calls
+:func:`check_checkpoint_folder` on local folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_checkpoint_folder", "validate_classification_dataset", "validate_input_tensor"]
+
+# rows read at a time when scanning a column for NaN/inf (bounded memory on large datasets)
+_CHUNK = 4096
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _columns(dataset: Any) -> list[str]:
+    return list(dataset.column_names)
+
+
+def validate_classification_dataset(
+    dataset: Any,
+    config: Any,
+    *,
+    label_column: str = "label",
+    input_column: str | None = None,
+    split_name: str = "train",
+    check_finite: bool = True,
+) -> None:
+    """Check a ``datasets.Dataset`` against a :class:`MonoSemanticConfig` before training on it.
+
+    Checks: the dataset is not empty; the label column exists and holds integer class ids in
+    ``[0, num_labels)``; image inputs have the backbone's channel count (and, for ViT-like
+    backbones, its image size); numeric inputs hold no NaN/inf.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> from transformers import BertConfig
+        >>> from hf_monosem import MonoSemanticConfig
+        >>> cfg = MonoSemanticConfig(backbone_config=BertConfig(hidden_size=32, num_hidden_layers=1,
+        ...     num_attention_heads=2, intermediate_size=37), num_labels=2)
+        >>> validate_classification_dataset(Dataset.from_dict({"input_ids": [[1, 2]], "label": [5]}), cfg)
+        Traceback (most recent call last):
+        ...
+        ValueError: train labels must be class ids in [0, 1] for num_labels=2; found 5
+    """
+    if len(dataset) == 0:
+        raise ValueError(f"the {split_name} dataset is empty (0 rows); nothing to train or evaluate on")
+    columns = _columns(dataset)
+    if label_column not in columns:
+        raise ValueError(f"label column {label_column!r} not in the {split_name} dataset; its columns are {columns}")
+    labels = np.asarray(dataset.with_format("numpy")[label_column])
+    if labels.dtype.kind not in "iu":
+        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise ValueError(
+                f"{split_name} labels in column {label_column!r} must be integer class ids, got dtype {labels.dtype} "
+                f"(e.g. {labels.ravel()[:3].tolist()}); map label names to ids first (datasets' class_encode_column)"
+            )
+    num_labels = int(config.num_labels)
+    bad = labels[(labels < 0) | (labels >= num_labels)]
+    if bad.size:
+        raise ValueError(
+            f"{split_name} labels must be class ids in [0, {num_labels - 1}] for num_labels={num_labels}; "
+            f"found {int(bad[0])}"
+        )
+
+    input_column = input_column or next((c for c in ("pixel_values", "input_ids") if c in columns), None)
+    if input_column is None:
+        raise ValueError(
+            f"no model input column in the {split_name} dataset: expected 'pixel_values' or 'input_ids', "
+            f"found {columns}"
+        )
+    if input_column == "pixel_values":
+        _check_images(dataset, config, split_name, check_finite)
+
+
+def _check_images(dataset: Any, config: Any, split_name: str, check_finite: bool) -> None:
+    backbone = config.backbone_config
+    first = np.asarray(dataset.with_format("numpy")[:1]["pixel_values"])
+    if first.ndim != 4:
+        raise ValueError(
+            f"{split_name} pixel_values must be [channels, height, width] per example; got shape {first.shape[1:]}"
+        )
+    channels = getattr(backbone, "num_channels", None)
+    if channels is not None and first.shape[1] != channels:
+        raise ValueError(
+            f"{split_name} images have {first.shape[1]} channel(s) but the {backbone.model_type} backbone expects "
+            f"num_channels={channels}; convert the images or set num_channels in the backbone config"
+        )
+    image_size = getattr(backbone, "image_size", None)
+    if isinstance(image_size, int) and tuple(first.shape[2:]) != (image_size, image_size):
+        raise ValueError(
+            f"{split_name} images are {first.shape[2]}x{first.shape[3]} but the {backbone.model_type} backbone "
+            f"expects image_size={image_size}; resize them or set image_size in the backbone config"
+        )
+    if check_finite:
+        numeric = dataset.with_format("numpy")
+        for start in range(0, len(dataset), _CHUNK):
+            block = np.asarray(numeric[start : start + _CHUNK]["pixel_values"])
+            if not np.isfinite(block).all():
+                row = start + int(np.argwhere(~np.isfinite(block.reshape(len(block), -1)).all(1)).ravel()[0])
+                raise ValueError(f"{split_name} pixel_values hold NaN or inf (first at row {row}); clean the data first")
+
+
+def validate_input_tensor(name: str, tensor: Any) -> None:
+    """Raise if a model input tensor holds NaN/inf (used at evaluation time on perturbed inputs)."""
+    import torch
+
+    if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise ValueError(f"input {name!r} holds NaN or inf values")
+
+
+def check_checkpoint_folder(path: str | os.PathLike, expected_model_type: str = "monosemantic") -> None:
+    """Check a local checkpoint folder before loading: config present, right model type, weights readable.
+
+    Example:
+        >>> import tempfile
+        >>> check_checkpoint_folder(tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: ... has no config.json; a checkpoint folder holds config.json and model.safetensors
+    """
+    path = os.fspath(path)
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path} has no config.json; a checkpoint folder holds config.json and model.safetensors")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err}); the checkpoint is corrupt") from None
+    if model_type != expected_model_type:
+        raise ValueError(
+            f"{config_path} has model_type={model_type!r}, expected {expected_model_type!r}: this is not an "
+            "hf_monosem checkpoint; load it with the transformers class for that model type, or wrap it with "
+            "from_backbone(...)"
+        )
+    present = [name for name in _WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
+    if not present:
+        raise FileNotFoundError(f"{path} has config.json but no weights; expected one of {list(_WEIGHT_FILES)}")
+    if present[0] == "model.safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own error types for truncated/garbled headers
+            raise ValueError(f"{path}/model.safetensors cannot be read ({err}); the checkpoint is corrupt") from None
