@@ -12,7 +12,11 @@ from transformers import (
 )
 
 from .configuration import MonoSemanticConfig
+from .contrastive import ContrastiveTrainer, ImageViews, TextViews, UnlabeledDataCollator
+from .feature_cache import extract_pooled_features
 from .feature_layers import FEATURE_LAYERS, FeatureLayer, register_feature_layer
+from .hub import enable_remote_code, make_model_card, push_to_hub_with_card, save_for_hub
+from .lora import MonoLoraConfig, adapter_sparsity, add_lora, load_lora
 from .modeling import (
     MonoSemanticClassifierOutput,
     MonoSemanticForImageClassification,
@@ -21,6 +25,9 @@ from .modeling import (
     MonoSemanticModelOutput,
     MonoSemanticPreTrainedModel,
 )
+from .probing import CachedFeatureDataset, FeatureProbe, probe_on_features
+from .sae_fitting import fit_sae
+from .trainer import MonoSemanticTrainer
 
 __version__ = "0.1.0"
 
@@ -40,4 +47,22 @@ __all__ = [
     "MonoSemanticModelOutput",
     "MonoSemanticPreTrainedModel",
     "register_feature_layer",
+    "CachedFeatureDataset",
+    "ContrastiveTrainer",
+    "FeatureProbe",
+    "ImageViews",
+    "MonoSemanticTrainer",
+    "TextViews",
+    "UnlabeledDataCollator",
+    "extract_pooled_features",
+    "fit_sae",
+    "probe_on_features",
+    "MonoLoraConfig",
+    "adapter_sparsity",
+    "add_lora",
+    "enable_remote_code",
+    "load_lora",
+    "make_model_card",
+    "push_to_hub_with_card",
+    "save_for_hub",
 ]

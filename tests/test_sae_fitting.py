@@ -1,0 +1,200 @@
+import pytest
+import torch
+from conftest import tiny_bert_config
+from training_toys import toy_text
+from transformers import BertModel
+
+from hf_monosem import MonoSemanticConfig, MonoSemanticModel, extract_pooled_features, fit_sae
+from hf_monosem.sae_fitting import explained_variance, resample_dead_latents, train_sae_layer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def sparse_mixtures(n=512, dim=32, atoms=48, k=4, seed=0):
+    """Inputs that an SAE can explain: sums of k of `atoms` unit directions with positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    dictionary = torch.nn.functional.normalize(torch.randn(atoms, dim, generator=g), dim=-1)
+    idx = torch.rand(n, atoms, generator=g).argsort(-1)[:, :k]
+    codes = torch.zeros(n, atoms).scatter(1, idx, torch.rand(n, k, generator=g) + 0.5)
+    return codes @ dictionary
+
+
+def sae_layer(kind="sae", dim=32, width=64, **kwargs):
+    cfg = MonoSemanticConfig(
+        backbone_config=tiny_bert_config(hidden_size=dim), feature_layer=kind, feature_dim=width, **kwargs
+    )
+    torch.manual_seed(0)
+    return MonoSemanticModel(cfg).feature_layer
+
+
+@pytest.mark.parametrize("kind", ["topk", "sae"])
+def test_explained_variance_rises_during_fitting(kind):
+    bert = BertModel(tiny_bert_config())
+    model, report = fit_sae(
+        bert,
+        features=sparse_mixtures(),
+        feature_layer=kind,
+        feature_dim=64,
+        topk=8,
+        epochs=6,
+        lr=3e-3,
+        batch_size=32,
+        seed=0,
+        progress=False,
+    )
+    ev = report["explained_variance"]
+    assert (
+        len(ev) == 7
+        and len(report["l0"]) == 7
+        and len(report["dead_fraction"]) == 7
+        and len(report["loss"]) == 6
+    )
+    assert ev[-1] > ev[0] + 0.3 and ev[-1] > 0.7
+    assert all(later >= earlier - 0.02 for earlier, later in zip(ev, ev[1:]))  # rises (up to noise)
+    assert report["loss"][-1] < report["loss"][0]
+    assert report["final_explained_variance"] == ev[-1] and 0 <= report["final_dead_fraction"] <= 1
+    if kind == "topk":
+        assert report["final_l0"] == pytest.approx(8.0, abs=0.5)
+    assert model.config.freeze_backbone and model.config.feature_layer == kind
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in bert.parameters())  # the caller's backbone is untouched (copied)
+
+
+def test_same_seed_same_fit():
+    features = sparse_mixtures(n=128)
+    runs = [
+        fit_sae(
+            BertModel(tiny_bert_config()),
+            features=features,
+            feature_layer="topk",
+            feature_dim=64,
+            topk=8,
+            epochs=2,
+            batch_size=32,
+            seed=3,
+            progress=False,
+        )
+        for _ in range(2)
+    ]
+    assert runs[0][1] == runs[1][1]
+    assert torch.equal(runs[0][0].feature_layer.encoder.weight, runs[1][0].feature_layer.encoder.weight)
+
+
+def test_dead_latents_are_resampled_toward_badly_reconstructed_inputs():
+    layer = sae_layer("sae")
+    x = sparse_mixtures(n=64)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    codes, aux = layer(x)
+    layer.weighted_aux_loss(aux).backward()
+    optimizer.step()  # creates Adam moments
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:5] = True
+    before = layer.encoder.weight.detach().clone()
+    count = resample_dead_latents(layer, dead, x, optimizer, torch.Generator().manual_seed(0))
+    assert count == 5
+    assert torch.equal(layer.encoder.weight[5:], before[5:])  # live latents untouched
+    assert not torch.equal(layer.encoder.weight[:5], before[:5])
+    # the new decoder columns are unit-norm centred inputs; encoder rows point the same way, smaller
+    columns = layer.decoder.weight[:, :5].t()
+    assert torch.allclose(columns.norm(dim=-1), torch.ones(5), atol=1e-5)
+    prepared = layer.prepare_input(x) - layer.pre_bias
+    candidates = torch.nn.functional.normalize(prepared, dim=-1)
+    assert ((columns @ candidates.t()).max(dim=-1).values > 0.999).all()
+    enc = torch.nn.functional.normalize(layer.encoder.weight[:5], dim=-1)
+    assert torch.allclose(enc, columns, atol=1e-5)
+    assert (layer.encoder.bias[:5] == 0).all()
+    state = optimizer.state[layer.encoder.weight]
+    assert (state["exp_avg"][:5] == 0).all() and (state["exp_avg_sq"][:5] == 0).all()
+    assert (state["exp_avg_sq"][5:] != 0).any()
+    assert (optimizer.state[layer.decoder.weight]["exp_avg"][:, :5] == 0).all()
+
+
+def test_resampling_revives_latents_that_never_fire():
+    x = sparse_mixtures(n=256)
+    reports = {}
+    for resample_until in (0.0, 0.8):
+        layer = sae_layer("sae")
+        with torch.no_grad():
+            layer.encoder.bias[:32] = -100.0  # half the latents can never fire: no gradient reaches them
+        reports[resample_until] = train_sae_layer(
+            layer, x, epochs=6, lr=3e-3, batch_size=32, seed=0, resample_until=resample_until, progress=False
+        )
+    assert reports[0.0]["resampled"] == 0 and reports[0.0]["final_dead_fraction"] >= 0.5
+    assert reports[0.8]["resampled"] >= 32
+    assert reports[0.8]["final_dead_fraction"] < reports[0.0]["final_dead_fraction"]
+
+
+def test_fit_sae_from_a_dataset_caches_features_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    bert = BertModel(tiny_bert_config(hidden_dropout_prob=0.0))
+    ds = toy_text(n=32)
+    model, report = fit_sae(
+        bert,
+        ds,
+        feature_layer="topk",
+        feature_dim=64,
+        topk=4,
+        epochs=2,
+        lr=1e-4,
+        batch_size=8,
+        seed=0,
+        cache_dir=tmp_path / "cache",
+        extract_batch_size=16,
+        progress=False,
+    )
+    cached = list((tmp_path / "cache").glob("*.safetensors"))
+    assert len(cached) == 1
+    pooled = extract_pooled_features(bert, ds, cache_dir=tmp_path / "cache")  # the same cache entry
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    assert set(report) >= {"explained_variance", "l0", "dead_fraction", "resampled"}
+    # the returned model is backbone -> pooling -> the fitted SAE, and saves/loads as one checkpoint
+    batch = ds.with_format("torch")[:8]
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        expected, _ = model.feature_layer(pooled[:8])
+    assert torch.allclose(out.features, expected, atol=1e-5)
+    assert ((out.features != 0).sum(-1) <= 4).all()
+    model.save_pretrained(tmp_path / "sae_model")
+    loaded = MonoSemanticModel.from_pretrained(tmp_path / "sae_model")
+    assert loaded.config.freeze_backbone and loaded.config.feature_layer == "topk"
+    with torch.no_grad():
+        again = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).features
+    assert torch.allclose(again, out.features, atol=1e-6)
+    # a MonoSemantic model works as the source too (its backbone and pooling are used)
+    source = MonoSemanticModel(
+        MonoSemanticConfig(backbone_config=tiny_bert_config(), pooling="mean", feature_dim=16)
+    )
+    from_model, _ = fit_sae(
+        source, ds, feature_layer="sae", feature_dim=32, epochs=1, batch_size=8, progress=False
+    )
+    assert from_model.config.pooling == "mean" and from_model.config.feature_dim == 32
+
+
+def test_fit_sae_validates_arguments():
+    bert = BertModel(tiny_bert_config())
+    with pytest.raises(ValueError, match="feature_layer='nonneg'"):
+        fit_sae(bert, features=torch.randn(8, 32), feature_layer="nonneg")
+    with pytest.raises(ValueError, match="dataset"):
+        fit_sae(bert)
+    with pytest.raises(ValueError, match=r"features must be \[N, 32\]"):
+        fit_sae(bert, features=torch.randn(8, 5), progress=False)
+
+
+def test_explained_variance_matches_its_definition():
+    layer = sae_layer("topk", topk=8)
+    x = sparse_mixtures(n=64)
+    stats = explained_variance(layer, x, batch_size=10)  # chunked sums equal the one-shot formula
+    with torch.no_grad():
+        prepared = layer.prepare_input(x)
+        codes = layer.encode(prepared)
+        reconstruction = layer.decode(codes)
+    expected = 1 - (prepared - reconstruction).pow(2).sum() / (prepared - prepared.mean(0)).pow(2).sum()
+    assert stats["explained_variance"] == pytest.approx(float(expected), abs=1e-5)
+    assert stats["l0"] == pytest.approx(8.0)
+    assert stats["dead_fraction"] == pytest.approx(1 - float((codes != 0).any(0).float().mean()))

@@ -1,0 +1,79 @@
+"""Tiny learnable data sets and Trainer arguments shared by the training tests."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from transformers import TrainingArguments
+
+
+def toy_images(
+    n: int = 48, num_classes: int = 3, channels: int = 1, size: int = 16, seed: int = 0, noise: float = 0.3
+):
+    """Each class is a fixed random pattern; examples are pattern + Gaussian noise (values ~[0, 1])."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(num_classes, channels, size, size, generator=g)
+    labels = torch.arange(n) % num_classes
+    pixels = (patterns[labels] + noise * torch.randn(n, channels, size, size, generator=g)).clamp(0, 1)
+    return datasets.Dataset.from_dict({"pixel_values": pixels.numpy(), "label": labels.numpy()})
+
+
+def toy_smooth_images(n: int = 32, channels: int = 3, size: int = 16, seed: int = 0):
+    """Unlabelled images, each its own smooth random colour field (a 4x4 grid upsampled): the identity
+    of an image survives mild crops, flips and colour jitter, so contrastive views are matchable."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, channels, 4, 4, generator=g)
+    pixels = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    return datasets.Dataset.from_dict({"pixel_values": pixels.numpy(), "label": [0] * n})
+
+
+def mild_views():
+    """SimCLR's augmentations at toy strength (the defaults are made for real photos)."""
+    from hf_monosem import ImageViews
+
+    return ImageViews(crop_scale=(0.6, 1.0), color_jitter=(0.2, 0.2, 0.2, 0.0), grayscale_p=0.0)
+
+
+def toy_text(n: int = 48, num_classes: int = 2, length: int = 10, vocab: int = 100, seed: int = 0):
+    """Class c draws its tokens from its own band of the vocabulary; [CLS]=1 first, some rows padded."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    band = (vocab - 10) // num_classes
+    ids = 10 + labels[:, None] * band + torch.randint(0, band, (n, length), generator=g)
+    ids[:, 0] = 1
+    mask = torch.ones_like(ids)
+    mask[::4, -3:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    return datasets.Dataset.from_dict(
+        {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "label": labels.numpy()}
+    )
+
+
+def training_args(tmp_path, **overrides) -> TrainingArguments:
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        num_train_epochs=2,
+        logging_steps=2,
+        learning_rate=1e-2,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def train_logs(trainer) -> list[dict]:
+    """The training-step logs (those with a ``loss``)."""
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def comparable(log_history: list[dict]) -> list[dict]:
+    """Log entries without wall-clock fields, for run-to-run comparisons."""
+    timing = ("runtime", "per_second")
+    return [{k: v for k, v in e.items() if not any(t in k for t in timing)} for e in log_history]
