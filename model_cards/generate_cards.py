@@ -62,9 +62,9 @@ def planned_cards() -> dict[str, str]:
             "twin (`feature_layer=\"linear\"`) is trained by the same runs."
         ),
         planned_command=(
-            "accelerate launch examples/finetune_noisy.py --dataset tweets --feature_layer linear nonneg \\\n"
-            "    --label_noise 0 0.2 0.4 0.6 --seeds 0 1 2\n"
-            "python examples/robustness_benchmark.py --dataset tweets --feature_layers linear nonneg --seeds 0 1 2"
+            "accelerate launch examples/finetune_noisy.py --dataset_name tweets --feature_layers linear,nonneg \\\n"
+            "    --label_noise 0.4 --seed 0   # repeat with --seed 1 and 2\n"
+            "python examples/robustness_benchmark.py --seeds 3   # frozen-MiniLM probe grid, all scenarios"
         ),
         recipe={
             "status": "planned, not run",
@@ -73,7 +73,7 @@ def planned_cards() -> dict[str, str]:
             "data": "tweets train/validation/test = 80/10/10, stratified by label x source corpus, deduplicated (`hf_monosem.assets.load_tweets`)",
             "scenarios": "symmetric label noise on the training split only (rates 0, 0.2, 0.4, 0.6); few-shot subsets; "
                          "domain shift airline -> Apple / self-driving cars",
-            "selection": "early stopping on the (clean) validation split; 3 seeds, mean ± std reported",
+            "selection": "fixed epochs, no early stopping (the noisy labels would select for memorisation); 3 seeds, mean ± std reported",
         },
         tags=["sentiment-analysis", "tweets"],
     ))
@@ -130,11 +130,9 @@ def planned_cards() -> dict[str, str]:
             "train; its polysemantic twin (`feature_layer=\"linear\"`) is trained by the same runs."
         ),
         planned_command=(
-            "accelerate launch examples/finetune_noisy.py --backbone google/vit-base-patch16-224-in21k \\\n"
-            "    --dataset cifar100 --feature_layer linear nonneg --feature_dim 4096 \\\n"
-            "    --label_noise 0 0.2 0.4 0.6 0.8 --seeds 0 1 2\n"
-            "python examples/robustness_benchmark.py --backbone google/vit-base-patch16-224-in21k \\\n"
-            "    --dataset cifar100 --feature_layers linear nonneg --seeds 0 1 2"
+            "accelerate launch examples/finetune_noisy.py --model_name_or_path google/vit-base-patch16-224-in21k \\\n"
+            "    --dataset_name cifar100 --image_column img --label_column fine_label --max_train_samples 0 \\\n"
+            "    --max_eval_samples 0 --feature_layers linear,nonneg --feature_dim 4096 --label_noise 0.4 --bf16"
         ),
         recipe={
             "status": "planned, not run (GPU-scale)",
