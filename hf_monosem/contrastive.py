@@ -227,6 +227,7 @@ class ContrastiveTrainer(MonoSemanticTrainer):
                 "ContrastiveTrainer trains with InfoNCE; loss_type applies to MonoSemanticTrainer only"
             )
         user_collator = kwargs.get("data_collator")
+        kwargs.setdefault("validate_datasets", False)  # label-free: no class ids to check
         super().__init__(*args, **kwargs)
         self.label_names = []  # label-free: evaluation must not look for labels
         if user_collator is None:
@@ -293,6 +294,7 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         aux_losses = outputs.get("aux_losses") or {}
         weighted_aux = self.weighted_aux_loss(model, aux_losses)
         loss = contrastive if weighted_aux is None else contrastive + weighted_aux
+        self.check_finite_loss(model, loss, {"contrastive_loss": contrastive, **aux_losses}, inputs)
         self.record_terms(
             model,
             {"contrastive_loss": contrastive, "contrastive_accuracy": accuracy, **aux_losses},

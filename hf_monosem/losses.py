@@ -78,7 +78,7 @@ def info_nce_loss(
     ``2N - 2`` embeddings (``2NW - 2`` with ``W`` processes: negatives are gathered from every process).
     Embeddings are L2-normalised first (as in the authors' solo-learn code, after the non-negative
     projector for NCL) and the similarity is divided by ``temperature``. The loss is averaged over the
-    local anchors; computed in float32.
+    local anchors; computed in float32, with autocast disabled (bf16 / fp16 mixed precision included).
 
     Args:
         features_a, features_b: ``[N, D]`` projector outputs of the two views.
@@ -97,6 +97,12 @@ def info_nce_loss(
             f"info_nce_loss needs two [N, D] tensors of one shape, got {tuple(features_a.shape)} and "
             f"{tuple(features_b.shape)}"
         )
+    # float32 even under autocast: bf16 similarities over thousands of negatives lose the positive's margin
+    with torch.autocast(device_type=features_a.device.type, enabled=False):
+        return _info_nce_fp32(features_a, features_b, temperature, normalize, gather, return_accuracy)
+
+
+def _info_nce_fp32(features_a, features_b, temperature, normalize, gather, return_accuracy):
     n = features_a.shape[0]
     z = torch.cat([features_a, features_b], dim=0).float()
     if normalize:

@@ -10,7 +10,11 @@ What it adds to the plain Trainer:
 * feature statistics are logged too: ``active_fraction`` (mean L0 / width of the features) and
   ``dead_fraction`` (features active on no example since the previous log);
 * evaluation reports the same terms with the evaluation prefix (``eval_reconstruction_loss``, ...)
-  and keeps features / pooled vectors out of the gathered predictions (only logits are kept).
+  and keeps features / pooled vectors out of the gathered predictions (only logits are kept);
+* bad input fails before the first step: ``train()`` validates the train and eval datasets of a
+  classifier (:mod:`hf_monosem.validation`), refuses a resume checkpoint that is missing or
+  incomplete, and a process launched as one of several that ended up training alone; a NaN/inf
+  loss stops training with a ``FloatingPointError`` naming the step and the offending term.
 
 Contrastive pretraining (:class:`~hf_monosem.contrastive.ContrastiveTrainer`), post-hoc SAE fitting
 (:mod:`hf_monosem.sae_fitting`) and linear probing on cached features (:mod:`hf_monosem.probing`)
@@ -19,15 +23,48 @@ live in their own modules and reuse this trainer's logging.
 
 from __future__ import annotations
 
+import os
+import random
+import re
+import warnings
 from typing import Any
 
+import datasets
+import numpy as np
 import torch
 from torch import nn
 from transformers import Trainer
 
 from .losses import LOSS_TYPES, robust_classification_loss
+from .validation import validate_classification_batch, validate_classification_dataset
 
-__all__ = ["MonoSemanticTrainer", "RunningTerms"]
+__all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]
+
+#: written last into a Trainer checkpoint folder: a folder without it was cut off while saving.
+TRAINER_STATE_FILE = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+#: rows collated to check a dataset whose columns only exist after a transform.
+_FIRST_BATCH_ROWS = 8
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The ``checkpoint-<step>`` folder in ``folder`` with the highest step that was saved completely.
+
+    A run killed while saving leaves a newer ``checkpoint-*`` folder without ``trainer_state.json``
+    (the Trainer writes it last); ``transformers.trainer_utils.get_last_checkpoint`` would pick that
+    one and resuming would fail. ``None`` when ``folder`` does not exist or holds no complete one.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return None
+    steps = []
+    for name in os.listdir(folder):
+        match = _CHECKPOINT_RE.match(name)
+        path = os.path.join(folder, name)
+        if match and os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
+            steps.append((int(match.group(1)), path))
+    return max(steps)[1] if steps else None
+
 
 #: model output keys that are not predictions: never gathered during evaluation.
 NON_PREDICTION_KEYS = ("features", "pooled", "aux_losses", "hidden_states")
@@ -111,6 +148,9 @@ class MonoSemanticTrainer(Trainer):
         gce_q: GCE exponent (0.7, Zhang & Sabuncu 2018).
         sce_alpha, sce_beta: SCE weights of CE and reverse CE (0.1 / 1.0, Wang et al. 2019).
         activation_threshold: a feature counts as active when ``|value| > activation_threshold``.
+        stop_on_nonfinite_loss: raise ``FloatingPointError`` at the first training step whose loss is
+            NaN/inf (naming the step and the term), instead of letting NaN gradients ruin the weights.
+        validate_datasets: check the train / eval datasets of a classifier at the start of ``train()``.
         **kwargs: everything ``transformers.Trainer`` takes.
 
     A ``compute_loss_func`` or ``label_smoothing_factor`` given to the Trainer also replaces the task
@@ -136,6 +176,8 @@ class MonoSemanticTrainer(Trainer):
         sce_alpha: float = 0.1,
         sce_beta: float = 1.0,
         activation_threshold: float = 0.0,
+        stop_on_nonfinite_loss: bool = True,
+        validate_datasets: bool = True,
         **kwargs,
     ):
         if loss_type not in LOSS_TYPES:
@@ -150,7 +192,125 @@ class MonoSemanticTrainer(Trainer):
         self.sce_beta = float(sce_beta)
         self._train_terms = RunningTerms(activation_threshold)
         self._eval_terms = RunningTerms(activation_threshold)
+        self.stop_on_nonfinite_loss = bool(stop_on_nonfinite_loss)
+        self.validate_datasets = bool(validate_datasets)
         super().__init__(*args, **kwargs)
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if launched > 1 and "LOCAL_RANK" in os.environ and self.args.world_size == 1:
+            raise RuntimeError(
+                f"this process was launched as one of WORLD_SIZE={launched} but the Trainer runs on a single "
+                "process, so every process would train alone and overwrite the same output_dir. Without GPUs, "
+                "pass --use_cpu (TrainingArguments(use_cpu=True)) or set ACCELERATE_USE_CPU=1 so that the "
+                "processes join one gloo process group"
+            )
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not getattr(
+            self, "is_fsdp_enabled", True
+        ):
+            warnings.warn(
+                "FSDP was asked for (accelerate launch with an FSDP config) but is off: accelerate enables FSDP "
+                "only on GPU process groups, so on CPU every process holds the whole model (plain DDP)",
+                stacklevel=2,
+            )
+
+    # ---- checks before training -----------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """``Trainer.train`` after the checks of :meth:`check_before_training`.
+
+        ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint in ``output_dir``
+        (:func:`last_complete_checkpoint`), skipping one cut off while being saved.
+        """
+        resume_from_checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+        self.check_before_training()
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _resolve_checkpoint(self, resume: str | bool | None) -> str | None:
+        if resume is None or resume is False:
+            return None
+        if resume is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint-* folder "
+                    f"(one with {TRAINER_STATE_FILE}); start without resume_from_checkpoint"
+                )
+            return found
+        resume = os.fspath(resume)
+        if not os.path.isdir(resume):
+            raise FileNotFoundError(f"resume_from_checkpoint={resume!r} is not a folder")
+        if not os.path.isfile(os.path.join(resume, TRAINER_STATE_FILE)):
+            raise ValueError(
+                f"{resume} has no {TRAINER_STATE_FILE}: the checkpoint is incomplete (cut off while saving?) "
+                "or not a Trainer checkpoint; resume from an earlier checkpoint-* folder"
+            )
+        return resume
+
+    @staticmethod
+    def last_checkpoint(folder: str | os.PathLike) -> str | None:
+        """:func:`last_complete_checkpoint` (for scripts that import only the public classes)."""
+        return last_complete_checkpoint(folder)
+
+    def _classifier_config(self) -> Any:
+        """The model's ``MonoSemanticConfig`` when it is a classifier (possibly peft-wrapped), else ``None``."""
+        from .configuration import MonoSemanticConfig
+
+        model = self.accelerator.unwrap_model(self.model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = getattr(base, "config", None)
+        if not isinstance(config, MonoSemanticConfig) or not hasattr(base, "classifier"):
+            return None
+        return config
+
+    def check_before_training(self) -> None:
+        """Validate the train and eval datasets of a classifier before any step is taken.
+
+        A ``datasets.Dataset`` with its label and input columns is checked whole
+        (:func:`~hf_monosem.validation.validate_classification_dataset`: labels, image shape, NaN/inf,
+        token ids). A dataset whose columns appear only later (``set_transform``, a tokenising
+        collator) or any other map-style dataset is checked on its first collated rows
+        (:func:`~hf_monosem.validation.validate_classification_batch`), with the random state restored
+        so that random transforms do not shift the run. Skipped when ``validate_datasets=False``.
+        """
+        config = self._classifier_config() if self.validate_datasets else None
+        if config is None:
+            return
+        if self.train_dataset is not None:
+            self._validate(self.train_dataset, config, "train")
+        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
+        for name, dataset in evals.items():
+            if dataset is not None:
+                self._validate(dataset, config, name if name == "eval" else f"eval {name!r}")
+
+    def _validate(self, dataset: Any, config: Any, split_name: str) -> None:
+        if isinstance(dataset, datasets.Dataset):
+            columns = dataset.column_names
+            lazy = (dataset.format.get("type") == "custom") or not any(
+                c in columns for c in ("pixel_values", "input_ids")
+            )
+            if not lazy:
+                label = next((c for c in ("label", "labels", "label_ids") if c in columns), "label")
+                validate_classification_dataset(dataset, config, label_column=label, split_name=split_name)
+                return
+        elif isinstance(dataset, torch.utils.data.IterableDataset) or not (
+            hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+        ):
+            return  # a stream: reading ahead would consume it
+        if len(dataset) == 0:
+            raise ValueError(f"the {split_name} dataset is empty (0 rows); nothing to train or evaluate on")
+        collator = self.data_collator
+        description = "training" if split_name == "train" else "evaluation"
+        if isinstance(dataset, datasets.Dataset):  # as the Trainer's dataloaders do
+            dataset = self._remove_unused_columns(dataset, description=description)
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description=description)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            try:
+                batch = collator([dataset[i] for i in range(min(_FIRST_BATCH_ROWS, len(dataset)))])
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+        if isinstance(batch, dict) or hasattr(batch, "keys"):
+            validate_classification_batch(dict(batch), config, split_name=split_name)
 
     # ---- loss ---------------------------------------------------------------------------------
     def feature_layer_of(self, model: nn.Module) -> nn.Module | None:
@@ -212,8 +372,63 @@ class MonoSemanticTrainer(Trainer):
             task = None
             if labels is not None:
                 task = loss.detach() - weighted_aux.detach() if weighted_aux is not None else loss.detach()
+        if self.stop_on_nonfinite_loss and model.training and not bool(torch.isfinite(loss.detach()).all()):
+            if not replace and labels is not None:  # loss - aux is NaN whenever an aux term is: recompute
+                task = self._own_task_loss(model, outputs, labels)
+            self.check_finite_loss(model, loss, {"task_loss": task, **aux_losses}, inputs)
         self.record_terms(model, aux_losses, features=_get(outputs, "features"), task_loss=task)
         return (loss, outputs) if return_outputs else loss
+
+    def _own_task_loss(self, model: nn.Module, outputs: Any, labels: torch.Tensor) -> torch.Tensor | None:
+        unwrapped = self.accelerator.unwrap_model(model)
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        logits = _get(outputs, "logits")
+        if logits is None or not hasattr(base, "task_loss"):
+            return None
+        with torch.no_grad():
+            return base.task_loss(logits.detach(), labels)
+
+    def check_finite_loss(
+        self, model: nn.Module, loss: torch.Tensor, terms: dict[str, Any], inputs: dict[str, Any]
+    ) -> None:
+        """Raise ``FloatingPointError`` when a training loss is NaN/inf, naming the step and the culprit.
+
+        One ``isfinite`` on the total per training step (the Trainer already syncs on the loss every
+        step for its own NaN filter); only a non-finite total looks at the terms, inputs and weights.
+        """
+        if not self.stop_on_nonfinite_loss or not model.training or bool(torch.isfinite(loss.detach()).all()):
+            return
+        bad_terms = [
+            f"{name}={float(value.detach()):g}"
+            for name, value in terms.items()
+            if isinstance(value, torch.Tensor) and value.numel() == 1 and not torch.isfinite(value).all()
+        ]
+        causes = []
+        bad_inputs = [
+            name
+            for name, value in inputs.items()
+            if isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not torch.isfinite(value).all()
+        ]
+        if bad_inputs:
+            causes.append(f"the batch's {bad_inputs} hold NaN/inf")
+        bad_weights = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()][:3]
+        if bad_weights:
+            causes.append(
+                f"the weights already hold NaN/inf (e.g. {bad_weights}): training diverged; lower the learning "
+                "rate or keep max_grad_norm (gradient clipping) on"
+            )
+        if not causes:
+            causes.append(
+                "the inputs and weights are finite: the loss overflowed (lower the learning rate, use bf16 "
+                "not fp16, or check the loss weights)"
+            )
+        raise FloatingPointError(
+            f"non-finite loss {float(loss.detach()):g} at global step {self.state.global_step + 1} "
+            f"(epoch {self.state.epoch or 0:.2f}); offending term(s): {', '.join(bad_terms) or 'the total only'}; "
+            + "; ".join(causes)
+        )
 
     def record_terms(
         self,

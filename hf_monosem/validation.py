@@ -14,10 +14,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_checkpoint_folder", "validate_classification_dataset", "validate_input_tensor"]
+__all__ = [
+    "check_checkpoint_folder",
+    "validate_classification_batch",
+    "validate_classification_dataset",
+    "validate_input_tensor",
+]
 
 # rows read at a time when scanning a column for NaN/inf (bounded memory on large datasets)
 _CHUNK = 4096
+_IGNORE_INDEX = -100  # label of rows the loss skips
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -36,9 +42,10 @@ def validate_classification_dataset(
 ) -> None:
     """Check a ``datasets.Dataset`` against a :class:`MonoSemanticConfig` before training on it.
 
-    Checks: the dataset is not empty; the label column exists and holds integer class ids in
-    ``[0, num_labels)``; image inputs have the backbone's channel count (and, for ViT-like
-    backbones, its image size); numeric inputs hold no NaN/inf.
+    Checks: the dataset is not empty; the label column exists and (for single-label classification,
+    not regression or multi-label) holds integer class ids in ``[0, num_labels)`` or -100 (ignored);
+    image inputs have the backbone's channel count (and, for ViT-like backbones, its image size) and
+    hold no NaN/inf; token ids are below the backbone's ``vocab_size``.
 
     Example:
         >>> from datasets import Dataset
@@ -56,22 +63,10 @@ def validate_classification_dataset(
     columns = _columns(dataset)
     if label_column not in columns:
         raise ValueError(f"label column {label_column!r} not in the {split_name} dataset; its columns are {columns}")
-    labels = np.asarray(dataset.with_format("numpy")[label_column])
-    if labels.dtype.kind not in "iu":
-        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
-            labels = labels.astype(np.int64)
-        else:
-            raise ValueError(
-                f"{split_name} labels in column {label_column!r} must be integer class ids, got dtype {labels.dtype} "
-                f"(e.g. {labels.ravel()[:3].tolist()}); map label names to ids first (datasets' class_encode_column)"
-            )
-    num_labels = int(config.num_labels)
-    bad = labels[(labels < 0) | (labels >= num_labels)]
-    if bad.size:
-        raise ValueError(
-            f"{split_name} labels must be class ids in [0, {num_labels - 1}] for num_labels={num_labels}; "
-            f"found {int(bad[0])}"
-        )
+    if _problem_type(config) == "single_label_classification":
+        # the column as one array (``dataset[column]`` iterates row by row in datasets >= 4)
+        labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[:][label_column])
+        _check_class_ids(labels, config, split_name, f"in column {label_column!r} ")
 
     input_column = input_column or next((c for c in ("pixel_values", "input_ids") if c in columns), None)
     if input_column is None:
@@ -81,34 +76,152 @@ def validate_classification_dataset(
         )
     if input_column == "pixel_values":
         _check_images(dataset, config, split_name, check_finite)
+    elif input_column == "input_ids":
+        _check_token_ids(dataset, config, split_name)
+
+
+def validate_classification_batch(batch: Any, config: Any, *, split_name: str = "train") -> None:
+    """The checks of :func:`validate_classification_dataset` on one collated batch (a dict of tensors).
+
+    For datasets whose columns only exist after a transform (``set_transform``, an on-the-fly
+    tokenising collator): :class:`~hf_monosem.MonoSemanticTrainer` checks their first batch instead.
+    """
+    keys = sorted(batch)
+    label_key = next((k for k in ("labels", "label", "label_ids") if batch.get(k) is not None), None)
+    if label_key is None:
+        raise ValueError(f"the first {split_name} batch has no labels (keys {keys}); a classifier needs labels")
+    if _problem_type(config) == "single_label_classification":
+        _check_class_ids(_numpy(batch[label_key]), config, split_name, "")
+    pixels = batch.get("pixel_values")
+    if pixels is not None:
+        _check_image_array(_numpy(pixels), config, split_name)
+        if not np.isfinite(_numpy(pixels)).all():
+            raise ValueError(f"{split_name} pixel_values hold NaN or inf (in the first batch); clean the data first")
+    ids = batch.get("input_ids")
+    if ids is not None:
+        _check_max_token_id(int(_numpy(ids).max(initial=0)), config, split_name)
+    if pixels is None and ids is None and batch.get("inputs_embeds") is None:
+        raise ValueError(
+            f"the first {split_name} batch has no model input: expected 'pixel_values' or 'input_ids', got {keys}"
+        )
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if value.dtype.is_floating_point:
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _problem_type(config: Any) -> str:
+    """transformers' rule: regression for one output, else single- (or explicitly multi-) label classification."""
+    problem_type = getattr(config, "problem_type", None)
+    if problem_type:
+        return problem_type
+    return "regression" if int(config.num_labels) == 1 else "single_label_classification"
+
+
+def _check_class_ids(labels: np.ndarray, config: Any, split_name: str, where: str) -> None:
+    if labels.dtype.kind not in "iu":
+        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise ValueError(
+                f"{split_name} labels {where}must be integer class ids, got dtype {labels.dtype} "
+                f"(e.g. {labels.ravel()[:3].tolist()}); map label names to ids first (datasets' class_encode_column)"
+            )
+    num_labels = int(config.num_labels)
+    bad = labels[((labels < 0) & (labels != _IGNORE_INDEX)) | (labels >= num_labels)]
+    if bad.size:
+        raise ValueError(
+            f"{split_name} labels must be class ids in [0, {num_labels - 1}] for num_labels={num_labels}; "
+            f"found {int(bad[0])}"
+        )
+
+
+def _check_token_ids(dataset: Any, config: Any, split_name: str) -> None:
+    import pyarrow.compute as pc
+
+    arrow = dataset.with_format("arrow")
+    largest = 0
+    for start in range(0, len(dataset), _CHUNK):
+        column = arrow[start : start + _CHUNK]["input_ids"]
+        while hasattr(column.type, "value_type"):  # list<...> -> its values
+            column = pc.list_flatten(column)
+        top = pc.max(column).as_py()
+        largest = max(largest, top if top is not None else 0)
+    _check_max_token_id(largest, config, split_name)
+
+
+def _check_max_token_id(largest: int, config: Any, split_name: str) -> None:
+    backbone = config.backbone_config
+    vocab_size = getattr(backbone, "vocab_size", None)
+    if isinstance(vocab_size, int) and largest >= vocab_size:
+        raise ValueError(
+            f"{split_name} input_ids hold token id {largest} but the {backbone.model_type} backbone has "
+            f"vocab_size={vocab_size}; tokenise with the backbone's own tokenizer"
+        )
 
 
 def _check_images(dataset: Any, config: Any, split_name: str, check_finite: bool) -> None:
-    backbone = config.backbone_config
     first = np.asarray(dataset.with_format("numpy")[:1]["pixel_values"])
-    if first.ndim != 4:
-        raise ValueError(
-            f"{split_name} pixel_values must be [channels, height, width] per example; got shape {first.shape[1:]}"
-        )
-    channels = getattr(backbone, "num_channels", None)
-    if channels is not None and first.shape[1] != channels:
-        raise ValueError(
-            f"{split_name} images have {first.shape[1]} channel(s) but the {backbone.model_type} backbone expects "
-            f"num_channels={channels}; convert the images or set num_channels in the backbone config"
-        )
-    image_size = getattr(backbone, "image_size", None)
-    if isinstance(image_size, int) and tuple(first.shape[2:]) != (image_size, image_size):
-        raise ValueError(
-            f"{split_name} images are {first.shape[2]}x{first.shape[3]} but the {backbone.model_type} backbone "
-            f"expects image_size={image_size}; resize them or set image_size in the backbone config"
-        )
+    _check_image_array(first, config, split_name)
     if check_finite:
-        numeric = dataset.with_format("numpy")
+        numeric, arrow = dataset.with_format("numpy"), dataset.with_format("arrow")
         for start in range(0, len(dataset), _CHUNK):
+            if _all_finite(arrow[start : start + _CHUNK]["pixel_values"]):
+                continue  # the common case, without converting the rows to numpy
             block = np.asarray(numeric[start : start + _CHUNK]["pixel_values"])
             if not np.isfinite(block).all():
                 row = start + int(np.argwhere(~np.isfinite(block.reshape(len(block), -1)).all(1)).ravel()[0])
                 raise ValueError(f"{split_name} pixel_values hold NaN or inf (first at row {row}); clean the data first")
+
+
+def _all_finite(column: Any) -> bool | None:
+    """Whether a (nested list) arrow column holds only finite floats; ``None``: cannot tell in arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        while True:
+            if isinstance(column.type, pa.ExtensionType):  # datasets' ArrayXD columns
+                column = column.storage
+            elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                column = pc.list_flatten(column)
+            elif pa.types.is_fixed_size_list(column.type):
+                column = column.flatten()
+            else:
+                break
+        if not pa.types.is_floating(column.type):
+            return None
+        return bool(pc.all(pc.is_finite(column), skip_nulls=True).as_py() is not False)
+    except (pa.ArrowException, TypeError, AttributeError):
+        return None
+
+
+def _check_image_array(images: np.ndarray, config: Any, split_name: str) -> None:
+    """Shape checks of a ``[batch, channels, height, width]`` array against the backbone config."""
+    backbone = config.backbone_config
+    if images.ndim != 4:
+        raise ValueError(
+            f"{split_name} pixel_values must be [channels, height, width] per example; got shape {images.shape[1:]}"
+        )
+    channels = getattr(backbone, "num_channels", None)
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(
+            f"{split_name} images have {images.shape[1]} channel(s) but the {backbone.model_type} backbone expects "
+            f"num_channels={channels}; convert the images or set num_channels in the backbone config"
+        )
+    image_size = getattr(backbone, "image_size", None)
+    if isinstance(image_size, int) and tuple(images.shape[2:]) != (image_size, image_size):
+        raise ValueError(
+            f"{split_name} images are {images.shape[2]}x{images.shape[3]} but the {backbone.model_type} backbone "
+            f"expects image_size={image_size}; resize them or set image_size in the backbone config"
+        )
 
 
 def validate_input_tensor(name: str, tensor: Any) -> None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import tiny_bert_config, tiny_resnet_config, tiny_vit_config
 from training_toys import (
+    accelerate_launch,
     comparable,
     mild_views,
     toy_images,
@@ -265,22 +266,12 @@ with open(f"{sys.argv[1]}/rank{trainer.args.process_index}.json", "w") as f:
 @pytest.mark.distributed
 def test_contrastive_trainer_under_accelerate_launch_gathers_negatives(tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     script = tmp_path / "run_contrastive.py"
     script.write_text(ACCELERATE_SCRIPT)
     tests_dir = str(Path(__file__).resolve().parent)
-    # accelerate's torchrun launcher; on a CPU-only machine (use_cpu=True) the processes use gloo
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(script), str(tmp_path), tests_dir,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = accelerate_launch(script, tmp_path, tests_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for run in runs:

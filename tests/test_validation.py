@@ -100,3 +100,43 @@ def test_model_refuses_out_of_range_labels_at_forward():
     model = MonoSemanticForImageClassification(RESNET)
     with pytest.raises(ValueError, match=r"\[0, 2\].*max 5"):
         model(pixel_values=torch.zeros(2, 1, 28, 28), labels=torch.tensor([0, 5]))
+
+
+def test_token_ids_must_fit_the_vocabulary():
+    bert = MonoSemanticConfig(backbone_config=tiny_bert_config(vocab_size=100), feature_dim=16, num_labels=2)
+    good = Dataset.from_dict({"input_ids": [[1, 99], [5, 6, 7]], "label": [0, 1]})
+    validate_classification_dataset(good, bert)
+    bad = Dataset.from_dict({"input_ids": [[1, 2], [5, 30522, 7]], "label": [0, 1]})
+    with pytest.raises(ValueError, match="token id 30522 but the bert backbone has vocab_size=100"):
+        validate_classification_dataset(bad, bert)
+
+
+def test_ignored_labels_regression_and_multilabel_are_not_class_id_errors():
+    validate_classification_dataset(images(labels=[0, -100, 2, 1, 0, 1]), RESNET)  # -100: skipped by the loss
+    regression = MonoSemanticConfig(backbone_config=tiny_resnet_config(), feature_dim=16, num_labels=1)
+    validate_classification_dataset(images(labels=[0.5, 1.7, -2.0, 3.1, 0.0, 1.0]), regression)
+    multi = MonoSemanticConfig(
+        backbone_config=tiny_resnet_config(), feature_dim=16, num_labels=2, problem_type="multi_label_classification"
+    )
+    validate_classification_dataset(images(labels=[[0.0, 1.0]] * 6), multi)
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({"pixel_values": torch.zeros(2, 1, 28, 28), "labels": torch.tensor([0, 3])}, "found 3"),
+        ({"pixel_values": torch.zeros(2, 1, 28, 28), "labels": torch.tensor([0.5, 1.0])}, "integer class ids"),
+        ({"pixel_values": torch.zeros(2, 3, 28, 28), "labels": torch.tensor([0, 1])}, "3 channel(s)"),
+        ({"pixel_values": torch.zeros(2, 28, 28), "labels": torch.tensor([0, 1])}, "[channels, height, width]"),
+        ({"pixel_values": torch.full((2, 1, 28, 28), float("nan")), "labels": torch.tensor([0, 1])}, "NaN or inf"),
+        ({"pixel_values": torch.zeros(2, 1, 28, 28)}, "no labels"),
+        ({"text": ["a"], "labels": torch.tensor([0])}, "no model input"),
+    ],
+)
+def test_first_batch_checks(batch, message):
+    from hf_monosem.validation import validate_classification_batch
+
+    with pytest.raises(ValueError) as err:
+        validate_classification_batch(batch, RESNET)
+    assert message in str(err.value)
+    validate_classification_batch({"pixel_values": torch.zeros(2, 1, 28, 28), "labels": torch.tensor([0, 2])}, RESNET)

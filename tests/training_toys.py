@@ -77,3 +77,35 @@ def comparable(log_history: list[dict]) -> list[dict]:
     """Log entries without wall-clock fields, for run-to-run comparisons."""
     timing = ("runtime", "per_second")
     return [{k: v for k, v in e.items() if not any(t in k for t in timing)} for e in log_history]
+
+
+def accelerate_launch(
+    script, *script_args, num_processes: int = 2, config_file=None, use_cpu: bool = True, timeout: float = 300
+):
+    """Run ``script`` under ``accelerate launch`` with ``num_processes`` CPU processes (gloo).
+
+    On a machine without GPUs the working invocation is ``accelerate launch --multi_gpu`` (torchrun
+    under the hood) with ``ACCELERATE_USE_CPU=1``: ``--cpu`` alone starts a single process, and
+    without ``ACCELERATE_USE_CPU`` / ``use_cpu=True`` every process silently trains on its own.
+    Returns the ``CompletedProcess``; the caller asserts on ``returncode`` and ``stderr``.
+    """
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port: several launches may run side by side
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file is not None:
+        command += ["--config_file", str(config_file)]
+    else:
+        command += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if config_file is None or use_cpu:
+        command += ["--num_processes", str(num_processes)]
+    command += ["--main_process_port", str(port), str(script), *map(str, script_args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if use_cpu:
+        env.update(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1")
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,129 @@
+"""Resume: a run killed mid-epoch (SIGKILL) and resumed ends exactly where an uninterrupted run ends.
+
+The end-to-end test runs ``examples/finetune_noisy.py`` on the built-in 8x8 digits with the small
+ResNet (offline, about 10 s a run on one core); the unit tests cover how a resume point is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_monosem import MonoSemanticTrainer
+from hf_monosem.trainer import last_complete_checkpoint
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+TINY_RUN = [
+    "--dataset_name", "digits", "--feature_layers", "nonneg", "--max_train_samples", "128",
+    "--max_eval_samples", "128", "--num_train_epochs", "3", "--per_device_train_batch_size", "16",
+    "--save_strategy", "steps", "--save_steps", "4", "--use_cpu", "--disable_tqdm", "True",
+    "--report_to", "none", "--seed", "0",
+]  # fmt: skip
+# 128 rows / 16 = 8 steps an epoch, 24 in all; the kill comes at a checkpoint in the second epoch
+STEPS, KILL_AT_STEP = 24, 12
+
+
+def finetune_noisy(output_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WORLD_SIZE", None)
+    log = open(output_dir.with_suffix(".log"), "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "finetune_noisy.py"), *TINY_RUN, "--output_dir", str(output_dir), *extra],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(EXAMPLES),
+    )  # fmt: skip
+
+
+def wait(process: subprocess.Popen, output_dir: Path, timeout: float = 240) -> None:
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        process.stdout and process.stdout.close()
+    tail = output_dir.with_suffix(".log").read_text()[-3000:]
+    assert process.returncode == 0, tail
+
+
+def results(output_dir: Path) -> dict:
+    payload = json.loads((output_dir / "results.json").read_text())["results"]
+    return {kind: {k: v for k, v in r.items() if k != "checkpoint"} for kind, r in payload.items()}
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    reference = finetune_noisy(straight)  # runs alongside the one to be killed
+    victim = finetune_noisy(killed)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and victim.poll() is None:
+            found = last_complete_checkpoint(killed / "nonneg")
+            if found and int(found.rsplit("-", 1)[1]) >= KILL_AT_STEP:
+                victim.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        victim.wait(timeout=60)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "results.json").exists()
+    checkpoint = last_complete_checkpoint(killed / "nonneg")
+    step = int(checkpoint.rsplit("-", 1)[1])
+    assert KILL_AT_STEP <= step < STEPS  # killed mid-run, after an epoch boundary (eval history to restore)
+    labels_before = json.loads((killed / "scenario.json").read_text())
+
+    resumed = finetune_noisy(killed, "--resume_from_checkpoint", "True")
+    wait(resumed, killed)
+    wait(reference, straight)
+
+    # the label-noise draw was reused, not drawn again
+    assert json.loads((killed / "scenario.json").read_text()) == labels_before
+    assert labels_before == json.loads((straight / "scenario.json").read_text())
+    a, b = results(killed), results(straight)
+    assert a.keys() == b.keys() == {"nonneg"}
+    for key, value in b["nonneg"].items():
+        if isinstance(value, float):
+            assert a["nonneg"][key] == pytest.approx(value, abs=1e-6), key
+        else:
+            assert a["nonneg"][key] == value, key
+    # the resumed run started from the checkpoint, not from scratch: its history holds the first epochs
+    state = json.loads((Path(last_complete_checkpoint(killed / "nonneg")) / "trainer_state.json").read_text())
+    assert state["global_step"] == STEPS and any(e.get("epoch") == 1.0 and "eval_loss" in e for e in state["log_history"])
+    final_a = load_file(killed / "nonneg" / "model.safetensors")
+    final_b = load_file(straight / "nonneg" / "model.safetensors")
+    assert final_a.keys() == final_b.keys()
+    for name in final_b:
+        torch.testing.assert_close(final_a[name], final_b[name], rtol=0, atol=1e-6, msg=name)
+
+
+# ---- choosing the resume point (fast) ---------------------------------------------------------------
+
+
+def fake_checkpoint(folder: Path, step: int, complete: bool = True) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"")
+    if complete:
+        (path / "trainer_state.json").write_text("{}")
+    return path
+
+
+def test_last_complete_checkpoint_skips_one_cut_off_while_saving(tmp_path):
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    assert last_complete_checkpoint(tmp_path) is None
+    fake_checkpoint(tmp_path, 8)
+    good = fake_checkpoint(tmp_path, 12)
+    fake_checkpoint(tmp_path, 16, complete=False)  # killed while writing it
+    (tmp_path / "checkpoint-99.tmp").mkdir()
+    assert last_complete_checkpoint(tmp_path) == str(good)
+    assert MonoSemanticTrainer.last_checkpoint(tmp_path) == str(good)
