@@ -261,4 +261,4 @@ def test_planned_cards_say_they_are_planned_and_are_up_to_date():
         assert card.data.library_name == "hf_monosem" and "monosemantic" in card.data.tags
         assert card.data.eval_results is None  # no invented numbers
         assert "Not trained, not published yet" in card.text
-        assert "examples/robustness_benchmark.py" in card.text
+        assert "examples/finetune_noisy.py" in card.text or "examples/pretrain_ncl.py" in card.text
