@@ -1,0 +1,297 @@
+"""Post-hoc monosemanticity: fit a sparse autoencoder on a frozen backbone, then probe raw vs SAE codes.
+
+The paper's post-hoc path (Zhang et al., ICLR 2025): a TopK sparse autoencoder (normalised MSE, no
+L1, L2-normalised input) is trained on a frozen backbone's features, and downstream heads read its
+sparse codes instead of the raw features. :func:`hf_monosem.fit_sae` extracts the backbone's pooled
+vectors once (cached on disk under ``<output_dir>/cache``), fits the SAE on them (dead latents are
+resampled) and returns a :class:`~hf_monosem.MonoSemanticModel` = frozen backbone + fitted SAE,
+saved here with ``save_pretrained``.
+
+Then linear probes with the same budget (one batched grid,
+:func:`hf_monosem.probe_grid.train_probe_grid`: Adam, fixed epochs, no early stopping) are trained
+on the raw pooled vectors and on the SAE codes, with clean training labels and with
+``--label_noise`` symmetric label noise, and evaluated on the clean test labels. The sparsity and
+class consistency of both representations are reported next to the accuracies.
+
+Offline default (no arguments): MiniLM-L6 (mean pooling) on 4,000 training / 1,000 test sentiment
+tweets, TopK SAE with 1,536 latents and k = 192 (87.5% zeros, the paper's ratio), 20 SAE epochs,
+3 probe seeds. Measured: 1.6 min on 2 shared CPU cores (explained variance 0.88, 0% dead latents;
+probe accuracy clean / 40% noise: raw 0.731 / 0.700, SAE codes 0.724 / 0.653)::
+
+    accelerate launch examples/train_sae.py
+    accelerate launch examples/train_sae.py --feature_layer sae --sparsity_weight 3e-3 --label_noise 0.6
+    accelerate launch examples/train_sae.py --dataset_name fashion_mnist \\
+        --model_name_or_path runs/pretrain_ncl/simclr          # an SAE on the pretrained SimCLR backbone
+
+With a ``MonoSemanticModel`` checkpoint as ``--model_name_or_path`` the SAE reads its backbone's
+pooled output (its pooling is kept). Of the ``TrainingArguments`` only ``--output_dir``, ``--seed``,
+``--per_device_eval_batch_size`` (feature extraction), ``--resume_from_checkpoint`` (``True``: reuse
+a fitted SAE in the output folder), ``--use_cpu`` and ``--disable_tqdm`` apply; the SAE and the
+probes have their own options. Under ``accelerate launch`` with several processes the work runs on
+the main process only.
+
+Writes to ``--output_dir`` (default ``runs/train_sae``): ``sae_model/`` (loadable with
+``AutoModel.from_pretrained`` after ``import hf_monosem``), ``sae_report.json`` and
+``sae_report.png`` (explained variance, L0 and dead fraction per epoch), ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset, Features
+from example_utils import (
+    DataArguments,
+    command_line,
+    default_text_backbone,
+    label_names,
+    load_data,
+    parse_rate,
+    preprocess,
+    read_json,
+    small_resnet_config,
+    wants_resume,
+    write_json,
+)
+from transformers import (
+    AutoModel,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from hf_monosem import MonoSemanticModel, MonoSemanticPreTrainedModel, extract_pooled_features, fit_sae
+from hf_monosem.metrics import monosemanticity_report
+from hf_monosem.probe_grid import train_probe_grid
+from hf_monosem.scenarios import add_label_noise
+
+SAE_KINDS = ("topk", "sae")
+PROBE_INPUTS = ("standardize", "unit_rms", "none")
+
+
+@dataclass
+class SAEArguments:
+    """The frozen backbone and the sparse autoencoder fitted on its pooled output."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Frozen backbone (Hub id or folder, also a MonoSemantic checkpoint); default MiniLM-L6 for "
+                  "text, a randomly initialised small ResNet for images (only useful as a smoke test)."},
+    )
+    pooling: str | None = field(
+        default=None, metadata={"help": "cls, mean, last or pooler (default: mean for MiniLM, else per family)."}
+    )
+    feature_layer: str = field(default="topk", metadata={"help": "topk (TopK SAE, the paper's) or sae (ReLU + L1)."})
+    feature_dim: int = field(default=1536, metadata={"help": "SAE latents."})
+    topk: int = field(default=192, metadata={"help": "Active latents per input of the topk SAE."})
+    sparsity_weight: float = field(default=1e-3, metadata={"help": "L1 weight of the sae (ReLU) SAE."})
+    sae_normalize_input: bool = field(default=True, metadata={"help": "L2-normalise the SAE input (the paper's recipe)."})
+    sae_epochs: int = field(default=20, metadata={"help": "SAE training epochs over the cached features."})
+    sae_lr: float = field(default=1e-3, metadata={"help": "SAE Adam learning rate."})
+    sae_batch_size: int = field(default=256, metadata={"help": "SAE batch size."})
+
+
+@dataclass
+class ProbeArguments:
+    """The linear probes on raw features and on SAE codes (the same budget for both)."""
+
+    label_noise: float = field(default=0.4, metadata={"help": "Symmetric label-noise rate of the noisy probes, in [0, 1]."})
+    probe_seeds: int = field(default=3, metadata={"help": "Probe seeds (initialisation, order, noise draw) per cell."})
+    probe_epochs: int = field(default=50, metadata={"help": "Probe epochs (the paper: 50; no early stopping)."})
+    probe_lr: float = field(default=1e-3, metadata={"help": "Probe Adam learning rate."})
+    probe_batch_size: int = field(default=256, metadata={"help": "Probe batch size."})
+    probe_inputs: str = field(
+        default="unit_rms",
+        metadata={"help": "How both representations are scaled before probing: unit_rms (each vector to unit "
+                  "root-mean-square: the same input scale for both, zeros kept), standardize (per-feature z-score with "
+                  "training statistics) or none (as they are: the SAE codes are ~6x smaller than MiniLM's pooled "
+                  "vectors, which acts as a smaller learning rate)."},
+    )
+
+
+ARGUMENT_DATACLASSES = (SAEArguments, ProbeArguments, DataArguments, TrainingArguments)
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser(ARGUMENT_DATACLASSES)
+    # Defaults that suit a CPU laptop; every one can be overridden on the command line.
+    parser.set_defaults(output_dir="runs/train_sae", max_train_samples=4000, max_eval_samples=1000,
+                        per_device_eval_batch_size=128, report_to="none", seed=0)
+    sae_args, probe_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if sae_args.feature_layer not in SAE_KINDS:
+        parser.error(f"--feature_layer {sae_args.feature_layer!r}: allowed {', '.join(SAE_KINDS)} (post-hoc SAEs)")
+    if sae_args.feature_dim < 1:
+        parser.error(f"--feature_dim {sae_args.feature_dim} must be a positive integer")
+    if sae_args.feature_layer == "topk" and not 1 <= sae_args.topk <= sae_args.feature_dim:
+        parser.error(f"--topk {sae_args.topk} must be in [1, --feature_dim {sae_args.feature_dim}]")
+    if sae_args.sparsity_weight < 0:
+        parser.error(f"--sparsity_weight {sae_args.sparsity_weight} must be >= 0")
+    for name in ("sae_epochs", "sae_batch_size"):
+        if getattr(sae_args, name) < 1:
+            parser.error(f"--{name} {getattr(sae_args, name)} must be a positive integer")
+    parse_rate(parser, probe_args.label_noise, "--label_noise")
+    for name in ("probe_seeds", "probe_epochs", "probe_batch_size"):
+        if getattr(probe_args, name) < 1:
+            parser.error(f"--{name} {getattr(probe_args, name)} must be a positive integer")
+    if probe_args.probe_inputs not in PROBE_INPUTS:
+        parser.error(f"--probe_inputs {probe_args.probe_inputs!r}: allowed {', '.join(PROBE_INPUTS)}")
+    if min(sae_args.sae_lr, probe_args.probe_lr) <= 0:
+        parser.error(f"--sae_lr {sae_args.sae_lr} and --probe_lr {probe_args.probe_lr} must be > 0")
+    return sae_args, probe_args, data_args, training_args
+
+
+def load_backbone(sae_args: SAEArguments, modality: str, channels: int):
+    """The frozen backbone (a transformers model or a MonoSemantic model) and the pooling to use."""
+    if sae_args.model_name_or_path:
+        model = AutoModel.from_pretrained(sae_args.model_name_or_path)  # a MonoSemantic checkpoint too
+        pooling = sae_args.pooling or (model.config.pooling if isinstance(model, MonoSemanticPreTrainedModel) else None)
+        return model, pooling
+    if modality == "text":
+        return AutoModel.from_pretrained(default_text_backbone()), sae_args.pooling or "mean"
+    return AutoModel.from_config(small_resnet_config(channels)), sae_args.pooling
+
+
+def prepare(train: torch.Tensor, test: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if how == "standardize":
+        mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+        return (train - mean) / std, (test - mean) / std
+    if how == "unit_rms":
+        def unit(x):
+            return x / x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-8)
+
+        return unit(train), unit(test)
+    return train, test
+
+
+def probe_grid(representations, y_train, y_test, label_feature, num_labels, probe_args) -> dict:
+    """Clean and noisy-label probes (``probe_seeds`` each) on every representation, same labels and budget."""
+    seeds = list(range(probe_args.probe_seeds))
+    table = Dataset.from_dict({"label": y_train.tolist()}, features=Features({"label": label_feature}))
+    cells = {"clean": 0.0, f"label_noise_{probe_args.label_noise:g}": probe_args.label_noise}
+    labels = torch.stack([torch.tensor(add_label_noise(table, rate, seed=s)["label"])
+                          for rate in cells.values() for s in seeds])
+    out = {}
+    for name, (train, test) in representations.items():
+        grid = train_probe_grid(train, labels, num_labels, seeds=[s for _ in cells for s in seeds],
+                                epochs=probe_args.probe_epochs, lr=probe_args.probe_lr,
+                                batch_size=probe_args.probe_batch_size)
+        accs = grid.accuracy(test, y_test).view(len(cells), len(seeds))
+        fitted = grid.accuracy(train, labels).view(len(cells), len(seeds))  # how much of the noise was memorised
+        out[name] = {cell: {"test_accuracy": float(accs[i].mean()), "test_accuracy_std": float(accs[i].std(unbiased=False)),
+                            "per_seed": accs[i].tolist(), "train_accuracy_vs_training_labels": float(fitted[i].mean())}
+                     for i, cell in enumerate(cells)}
+    return out
+
+
+def plot_report(report: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = list(range(len(report["explained_variance"])))
+    fig, (ax_ev, ax_l0) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_ev.plot(epochs, report["explained_variance"], marker="o")
+    ax_ev.set(xlabel="epoch (0 = before training)", ylabel="explained variance", title=title, ylim=(min(0, *report["explained_variance"]), 1))
+    ax_l0.plot(epochs, report["l0"], marker="o", color="C1", label="L0 (active latents per input)")
+    ax_l0.set(xlabel="epoch (0 = before training)", ylabel="L0", ylim=(0, 1.15 * max(report["l0"]) + 1e-6))
+    ax_dead = ax_l0.twinx()
+    ax_dead.plot(epochs, report["dead_fraction"], marker="s", color="C2", label="dead fraction")
+    ax_dead.set(ylabel="dead fraction", ylim=(0, 1))
+    ax_l0.legend(handles=ax_l0.get_lines() + ax_dead.get_lines(), fontsize=8, loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    sae_args, probe_args, data_args, training_args = parse_args(argv)
+    if training_args.process_index != 0:  # single-process work: nothing to share between processes
+        return {}
+    out_dir = training_args.output_dir
+    model_dir, report_path = os.path.join(out_dir, "sae_model"), os.path.join(out_dir, "sae_report.json")
+    data, modality = load_data(data_args, seed=training_args.seed)
+    names = label_names(data, data_args)
+    channels = int(data[data_args.train_split][0]["pixel_values"].shape[0]) \
+        if modality == "image" and "pixel_values" in data[data_args.train_split].column_names else 3
+    backbone, pooling = load_backbone(sae_args, modality, channels)
+    tokenizer_source = sae_args.model_name_or_path or (default_text_backbone() if modality == "text" else None)
+    data, processor = preprocess(data, modality, tokenizer_source, data_args)
+    train, test = data[data_args.train_split], data[data_args.eval_split]
+    collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
+    device = training_args.device
+    extract = dict(batch_size=training_args.per_device_eval_batch_size, cache_dir=os.path.join(out_dir, "cache"),
+                   pooling=pooling, collate_fn=collator, device=device, progress=not training_args.disable_tqdm)
+    backbone.to(device).eval()
+    pooled_train = extract_pooled_features(backbone, train, **extract)
+    pooled_test = extract_pooled_features(backbone, test, **extract)
+
+    if wants_resume(training_args.resume_from_checkpoint) and os.path.isfile(report_path) \
+            and os.path.isfile(os.path.join(model_dir, "config.json")):
+        model, report = MonoSemanticModel.from_pretrained(model_dir), read_json(report_path)["fit"]
+        print(f"reusing the SAE fitted before in {model_dir}")
+    else:
+        model, report = fit_sae(
+            backbone, features=pooled_train, feature_layer=sae_args.feature_layer, feature_dim=sae_args.feature_dim,
+            topk=sae_args.topk if sae_args.feature_layer == "topk" else None,
+            sparsity_weight=sae_args.sparsity_weight if sae_args.feature_layer == "sae" else None,
+            sae_normalize_input=sae_args.sae_normalize_input, epochs=sae_args.sae_epochs, lr=sae_args.sae_lr,
+            batch_size=sae_args.sae_batch_size, seed=training_args.seed, pooling=pooling, device=device,
+            progress=not training_args.disable_tqdm,
+        )
+        model.save_pretrained(model_dir)
+        if processor is not None:
+            processor.save_pretrained(model_dir)
+        write_json(report_path, {"sae": dataclasses.asdict(sae_args), "train_rows": len(train), "fit": report})
+    plot_report(report, os.path.join(out_dir, "sae_report.png"),
+                f"{sae_args.feature_layer} SAE, {sae_args.feature_dim} latents on {data_args.dataset_name}")
+
+    layer = model.feature_layer.to(device).eval()
+    with torch.no_grad():
+        codes_train = torch.cat([layer(x.to(device))[0].float().cpu() for x in pooled_train.split(4096)])
+        codes_test = torch.cat([layer(x.to(device))[0].float().cpu() for x in pooled_test.split(4096)])
+    y_train = torch.as_tensor(np.asarray(train.with_format("numpy")[data_args.label_column]))
+    y_test = torch.as_tensor(np.asarray(test.with_format("numpy")[data_args.label_column]))
+    representations = {"raw": prepare(pooled_train, pooled_test, probe_args.probe_inputs),
+                       "sae": prepare(codes_train, codes_test, probe_args.probe_inputs)}
+    probes = probe_grid(representations, y_train, y_test, train.features[data_args.label_column], len(names),
+                        probe_args)
+    features = {name: {**monosemanticity_report(test, y_test), "mean_l2_norm": float(test.norm(dim=-1).mean())}
+                for name, test in (("raw", pooled_test), ("sae", codes_test))}
+
+    noise_cell = f"label_noise_{probe_args.label_noise:g}"
+    payload = {
+        "command": command_line(__file__, argv), "dataset": data_args.dataset_name, "modality": modality,
+        "backbone": sae_args.model_name_or_path or ("MiniLM-L6" if modality == "text" else "small-resnet (random init)"),
+        "pooling": model.config.pooling, "train_rows": len(train), "test_rows": len(test), "seed": training_args.seed,
+        "sae": dataclasses.asdict(sae_args), "probe": dataclasses.asdict(probe_args),
+        "sae_fit": {k: v for k, v in report.items() if k.startswith("final_") or k == "resampled"},
+        "probes": probes, "features": features, "sae_model": model_dir,
+        "records": [
+            {"dataset": data_args.dataset_name, "scenario": "label_noise", "level": level, "method": name,
+             "metric": "linear_probe_accuracy", "value": probes[name][cell]["test_accuracy"],
+             "seeds": list(range(probe_args.probe_seeds))}
+            for name in probes for cell, level in (("clean", 0.0), (noise_cell, probe_args.label_noise))
+        ],
+    }
+    write_json(os.path.join(out_dir, "results.json"), payload)
+    fit = payload["sae_fit"]
+    print(f"\nSAE: explained variance {fit['final_explained_variance']:.3f}, L0 {fit['final_l0']:.1f}, "
+          f"dead fraction {fit['final_dead_fraction']:.3f}")
+    print(f"{'features':>8} | probe acc clean | probe acc {noise_cell} | L0 | class consistency")
+    for name, p in probes.items():
+        clean, noisy, f = p["clean"], p[noise_cell], features[name]
+        print(f"{name:>8} | {clean['test_accuracy']:.3f} ± {clean['test_accuracy_std']:.3f} | "
+              f"{noisy['test_accuracy']:.3f} ± {noisy['test_accuracy_std']:.3f} | {f['l0']:6.1f} | "
+              f"{f['class_consistency']:.3f}")
+    print(f"results: {os.path.join(out_dir, 'results.json')}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,435 @@
+"""The example scripts: argument validation (fast, in-process) and end-to-end runs (slow).
+
+Fast tests call each script's ``parse_args`` / ``parse`` with bad values and check for a non-zero
+exit whose message names the bad value, and that ``--help`` documents every option. The slow tests
+run every example through ``accelerate launch --num_processes 1 --cpu`` with tiny settings (the
+digits dataset for images, a 1-layer random BERT with MiniLM's tokenizer for text), then check
+``results.json`` and that the saved checkpoints load back with the Auto classes after
+``import hf_monosem``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import hf_monosem  # noqa: F401 - registers the Auto classes the checkpoints load with
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCRIPTS = ("finetune_noisy", "finetune_fewshot", "finetune_domain_shift", "pretrain_ncl", "train_sae",
+           "robustness_benchmark")
+# accelerate 1.15: one local CPU process, no config file needed
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--cpu",
+          "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ex():
+    """The example modules, imported the way ``python examples/X.py`` sees them (examples/ on sys.path)."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        yield SimpleNamespace(**{name: importlib.import_module(name) for name in (*SCRIPTS, "example_utils")})
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def _parser_of(ex, script):
+    module = getattr(ex, script)
+    return module.parse if script == "robustness_benchmark" else module.parse_args
+
+
+def _usage_error(parse, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        parse(argv)
+    code = info.value.code
+    assert code not in (0, None), f"{argv} exited with status {code!r}"
+    return (code if isinstance(code, str) else "") + capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ fast
+BAD_ARGUMENTS = [
+    ("finetune_noisy", ["--feature_layers", "linear,sparse"], "sparse"),
+    ("finetune_noisy", ["--feature_layers", ""], "--feature_layers"),
+    ("finetune_noisy", ["--label_noise", "1.5"], "1.5"),
+    ("finetune_noisy", ["--label_noise", "-0.2"], "-0.2"),
+    ("finetune_noisy", ["--loss_type", "focal"], "focal"),
+    ("finetune_noisy", ["--eval_input_noise", "0.1,lots"], "0.1,lots"),
+    ("finetune_fewshot", ["--feature_layers", "linear,poly"], "poly"),
+    ("finetune_fewshot", ["--feature_layers", "nonneg,nonneg"], "nonneg,nonneg"),
+    ("finetune_fewshot", ["--shots", "5,0"], "5,0"),
+    ("finetune_fewshot", ["--shots", "-3"], "-3"),
+    ("finetune_fewshot", ["--shots", "2.5"], "2.5"),
+    ("finetune_fewshot", ["--shots", "five"], "five"),
+    ("finetune_domain_shift", ["--feature_layers", "mono"], "mono"),
+    ("finetune_domain_shift", ["--shift_by", "random"], "random"),
+    ("finetune_domain_shift", ["--source_domains", "airline,apple", "--target_domains", "apple"], "apple"),
+    ("pretrain_ncl", ["--methods", "simclr,byol"], "byol"),
+    ("pretrain_ncl", ["--label_noise", "1.01"], "1.01"),
+    ("pretrain_ncl", ["--crop_scale_min", "0"], "--crop_scale_min 0"),
+    ("pretrain_ncl", ["--probe_seeds", "0"], "--probe_seeds 0"),
+    ("train_sae", ["--feature_layer", "nonneg"], "nonneg"),
+    ("train_sae", ["--label_noise", "2"], "2"),
+    ("train_sae", ["--topk", "5000"], "5000"),
+    ("train_sae", ["--probe_inputs", "whiten"], "whiten"),
+    ("robustness_benchmark", ["--label_noise", "0.2,1.5"], "1.5"),
+    ("robustness_benchmark", ["--shots", "1,x"], "1,x"),
+    ("robustness_benchmark", ["--seeds", "0"], "--seeds 0"),
+]
+
+
+@pytest.mark.parametrize("script,argv,named", BAD_ARGUMENTS, ids=[f"{s}:{' '.join(a)}" for s, a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_exit_nonzero_naming_the_value(ex, capsys, script, argv, named):
+    assert named in _usage_error(_parser_of(ex, script), argv, capsys)
+
+
+def _own_dataclasses(ex, script):
+    module = getattr(ex, script)
+    if script == "finetune_noisy":
+        return (module.ModelArguments, module.DataArguments, module.ScenarioArguments)
+    if script == "robustness_benchmark":
+        return (module.BenchmarkArguments,)
+    return tuple(c for c in module.ARGUMENT_DATACLASSES if c.__name__ != "TrainingArguments")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_documents_every_option(ex, capsys, script):
+    with pytest.raises(SystemExit) as info:
+        _parser_of(ex, script)(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert getattr(ex, script).__doc__.split("\n")[0]  # module docstring: what the script does
+    for cls in _own_dataclasses(ex, script):
+        for f in dataclasses.fields(cls):
+            assert f"--{f.name}" in text, f"{script}: --{f.name} missing from --help"
+            assert f.metadata.get("help", "").strip(), f"{script}: --{f.name} has no help text"
+
+
+def test_defaults_parse_to_the_documented_offline_setup(ex):
+    model_args, _, shot_args, training_args, kinds, shots = ex.finetune_fewshot.parse_args([])
+    assert kinds == ["linear", "nonneg"] and shots == [5, 20] and shot_args.subset_seed == training_args.seed
+    assert model_args.model_name_or_path is None and not model_args.freeze_backbone
+    *_, kinds = ex.finetune_domain_shift.parse_args([])
+    assert kinds == ["linear", "nonneg"]
+    pre_args, probe_args, data_args, training_args, methods = ex.pretrain_ncl.parse_args([])
+    assert methods == ["simclr", "ncl"] and pre_args.temperature == 0.2 and data_args.dataset_name == "fashion_mnist"
+    assert pre_args.projector_hidden_dim and probe_args.label_noise == 0.4 and training_args.dataloader_drop_last
+    sae_args, *_ = ex.train_sae.parse_args([])
+    assert (sae_args.feature_layer, sae_args.feature_dim, sae_args.topk) == ("topk", 1536, 192)
+
+
+def test_subsample_draws_every_class_from_class_sorted_splits(ex):
+    from datasets import Dataset
+
+    sorted_split = Dataset.from_dict({"label": np.repeat(np.arange(10), 50)})
+    picked = ex.example_utils.subsample(sorted_split, 60, seed=0)
+    assert len(picked) == 60 and len(set(picked["label"])) == 10
+    assert picked["label"] == sorted(picked["label"])  # original order kept
+    assert ex.example_utils.subsample(sorted_split, 60, seed=0)["label"] == picked["label"]
+    assert len(ex.example_utils.subsample(sorted_split, 10_000)) == 500
+
+
+def test_few_shot_subsets_are_stored_and_reused(ex, tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    fewshot = ex.finetune_fewshot
+    train = Dataset.from_dict({"x": list(range(30)), "label": [i % 3 for i in range(30)]},
+                              features=Features({"x": Value("int64"), "label": ClassLabel(num_classes=3)}))
+    data_args = ex.example_utils.DataArguments()
+    shot_args = fewshot.FewShotArguments(subset_seed=3)
+    training_args = SimpleNamespace(output_dir=str(tmp_path), process_index=0)
+    subsets = fewshot.draw_subsets(train, [2, 4], shot_args, training_args, data_args)
+    assert [len(subsets[k]) for k in (2, 4)] == [6, 12] and set(subsets[2]) <= set(subsets[4])
+    assert sorted(np.bincount(np.asarray(train["label"])[subsets[4]]).tolist()) == [4, 4, 4]
+    stored = json.loads((tmp_path / fewshot.SUBSETS_FILE).read_text())
+    assert stored["subsets"]["2"] == subsets[2] and stored["seed"] == 3
+    # a resumed run reads them back, even if the sampler would now draw differently
+    stored["subsets"]["2"] = [0, 1, 2, 3, 4, 5]
+    (tmp_path / fewshot.SUBSETS_FILE).write_text(json.dumps(stored))
+    again = fewshot.draw_subsets(train, [2, 4, 8], shot_args, training_args, data_args)
+    assert again[2] == [0, 1, 2, 3, 4, 5] and again[4] == subsets[4] and len(again[8]) == 24
+    assert "8" in json.loads((tmp_path / fewshot.SUBSETS_FILE).read_text())["subsets"]
+    # another seed or dataset in the same folder is refused, naming both
+    with pytest.raises(SystemExit, match="seed"):
+        fewshot.draw_subsets(train, [2], fewshot.FewShotArguments(subset_seed=4), training_args, data_args)
+    with pytest.raises(SystemExit, match="--shots 11"):
+        fewshot.draw_subsets(train, [11], shot_args, SimpleNamespace(output_dir=str(tmp_path / "b"), process_index=0),
+                             data_args)
+
+
+def test_resume_checkpoint_per_run_folder(ex, tmp_path):
+    resume = ex.example_utils.resume_checkpoint
+    run = tmp_path / "k5" / "linear"
+    assert resume(str(run), None) is None and resume(str(run), "True") is None  # nothing saved yet: start afresh
+    for step in (3, 12):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (run / "checkpoint-20").mkdir()  # cut off while saving: no trainer_state.json
+    assert resume(str(run), "True") == str(run / "checkpoint-12")
+    assert resume(str(run), str(run / "checkpoint-3")) == str(run / "checkpoint-3")
+    other = tmp_path / "k5" / "nonneg"
+    assert resume(str(other), str(run / "checkpoint-3")) is None  # a path inside another run's folder
+    assert resume(str(run), "") is None and resume(str(run), False) is None
+
+
+def test_intensity_jitter_views_on_one_channel_images(ex):
+    from hf_monosem import ImageViews
+
+    views = ex.pretrain_ncl.IntensityJitterViews(ImageViews(crop_scale=(0.2, 1.0)), strength=0.4)
+    x = torch.randn(6, 1, 28, 28)
+    a = views(x, torch.Generator().manual_seed(0))
+    b = views(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
+    rgb = torch.rand(2, 3, 16, 16)  # RGB: colour jitter inside ImageViews, no extra intensity jitter
+    assert ex.pretrain_ncl.IntensityJitterViews(ImageViews(), 0.4)(rgb, torch.Generator()).shape == rgb.shape
+
+
+# ------------------------------------------------------------------------------------------ slow
+@pytest.fixture(scope="module")
+def tiny_text_backbone(tmp_path_factory):
+    """A 1-layer random BERT with MiniLM's tokenizer, saved as a folder (stands in for any Hub id/path)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from hf_monosem.assets import minilm_path
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def launch(script: str, args: list[str], cwd: Path, timeout: int = 300, accelerate: bool = True) -> tuple[str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    command = (LAUNCH if accelerate else [sys.executable]) + [str(EXAMPLES / f"{script}.py"), *args]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    print(f"{script}: {elapsed:.1f}s")
+    return done.stdout, elapsed
+
+
+def _results(folder: Path) -> dict:
+    assert (folder / "results.json").is_file(), sorted(p.name for p in folder.iterdir())
+    return json.loads((folder / "results.json").read_text())
+
+
+def _accuracy(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+TRAIN_FAST = ["--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--disable_tqdm", "true"]
+
+
+@pytest.mark.slow
+def test_finetune_noisy_end_to_end_digits(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    out = tmp_path / "run"
+    launch("finetune_noisy", ["--dataset_name", "digits", "--max_train_samples", "64", "--max_eval_samples", "64",
+                              "--output_dir", str(out), *TRAIN_FAST], tmp_path)
+    payload = _results(out)
+    assert set(payload["results"]) == {"linear", "nonneg"} and (out / "results.png").is_file()
+    assert (out / "scenario.json").is_file()
+    for kind, r in payload["results"].items():
+        assert _accuracy(r["test_accuracy"]) and 0 <= r["features_class_consistency"] <= 1
+        model = AutoModelForImageClassification.from_pretrained(out / kind)
+        assert model.config.feature_layer == kind
+        logits = model(pixel_values=torch.randn(2, 1, 8, 8)).logits
+        assert logits.shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_finetune_fewshot_end_to_end_and_resume(tmp_path, tiny_text_backbone):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "run"
+    common = ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "64", "--max_eval_samples", "32",
+              "--output_dir", str(out), *TRAIN_FAST]
+    launch("finetune_fewshot", [*common, "--shots", "2"], tmp_path)
+    payload = _results(out)
+    subsets = json.loads((out / "fewshot_subsets.json").read_text())["subsets"]
+    assert list(subsets) == ["2"] and len(subsets["2"]) == 6
+    assert payload["shots"] == [2] and (out / "results.png").is_file()
+    for kind in ("linear", "nonneg"):
+        assert payload["results"][kind]["2"]["train_rows"] == 6
+        assert _accuracy(payload["results"][kind]["2"]["test_accuracy"])
+    model = AutoModelForSequenceClassification.from_pretrained(out / "k2" / "nonneg")
+    tokenizer = AutoTokenizer.from_pretrained(out / "k2" / "nonneg")
+    assert model.config.feature_layer == "nonneg"
+    assert model(**tokenizer(["great flight"], return_tensors="pt")).logits.shape == (1, 3)
+
+    # resume with one more k: the finished runs and the stored subset are reused, only k=4 trains
+    stdout, _ = launch("finetune_fewshot", [*common, "--shots", "2,4", "--resume_from_checkpoint", "True"], tmp_path)
+    assert stdout.count("finished before") == 2
+    again = json.loads((out / "fewshot_subsets.json").read_text())["subsets"]
+    assert again["2"] == subsets["2"] and len(again["4"]) == 12 and set(again["2"]) <= set(again["4"])
+    payload = _results(out)
+    assert payload["shots"] == [2, 4] and all(set(payload["results"][k]) == {"2", "4"} for k in ("linear", "nonneg"))
+
+
+@pytest.mark.slow
+def test_finetune_domain_shift_end_to_end_digits_split(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    out = tmp_path / "run"
+    launch("finetune_domain_shift", ["--dataset_name", "digits", "--max_train_samples", "64",
+                                     "--max_eval_samples", "64", "--output_dir", str(out), *TRAIN_FAST], tmp_path)
+    payload = _results(out)
+    assert payload["shift"]["mode"] == "split" and payload["rows"] == {"train": 64, "in_domain": 64, "shifted": 64}
+    for kind, r in payload["results"].items():
+        assert _accuracy(r["in_domain_accuracy"]) and _accuracy(r["shifted_accuracy"])
+        assert r["features_shifted"]["num_examples"] == 64 and "class_consistency" in r["features_in_domain"]
+        assert AutoModelForImageClassification.from_pretrained(out / kind).config.feature_layer == kind
+    assert {r["scenario"] for r in payload["records"]} == {"domain_shift_in_domain", "domain_shift_shifted"}
+
+
+@pytest.mark.slow
+def test_finetune_domain_shift_end_to_end_tweets_domains(tmp_path, tiny_text_backbone):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "run"
+    launch("finetune_domain_shift", ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "64",
+                                     "--max_eval_samples", "32", "--feature_layers", "linear,topk",
+                                     "--feature_dim", "64", "--output_dir", str(out), *TRAIN_FAST], tmp_path)
+    payload = _results(out)
+    assert payload["shift"] == {"mode": "domain", "domain_column": "domain", "source": ["airline"],
+                                "target": "every other domain"}
+    assert payload["rows"] == {"train": 64, "in_domain": 32, "shifted": 32}
+    model = AutoModelForSequenceClassification.from_pretrained(out / "topk")
+    assert model.config.feature_layer == "topk" and model.config.topk == 8
+
+
+@pytest.mark.slow
+def test_pretrain_ncl_end_to_end_digits(tmp_path):
+    from transformers import AutoModel
+
+    out = tmp_path / "run"
+    launch("pretrain_ncl", ["--dataset_name", "digits", "--max_train_samples", "64", "--max_eval_samples", "64",
+                            "--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--probe_epochs", "2",
+                            "--probe_seeds", "2", "--feature_dim", "64", "--projector_hidden_dim", "64",
+                            "--output_dir", str(out), "--disable_tqdm", "true"], tmp_path)
+    payload = _results(out)
+    assert set(payload["results"]) == {"simclr", "ncl"} and (out / "results.png").is_file()
+    for method, r in payload["results"].items():
+        assert set(r["probe"]) == {"clean", "label_noise_0.4"}
+        assert all(_accuracy(cell["test_accuracy"]) and len(cell["per_seed"]) == 2 for cell in r["probe"].values())
+        model = AutoModel.from_pretrained(out / method)
+        assert type(model).__name__ == "MonoSemanticModel"
+        assert model.config.feature_layer == payload["results"][method]["feature_layer"]
+        assert model.config.temperature == 0.2 and model.config.projector_hidden_dim == 64
+    assert payload["results"]["ncl"]["features"]["zero_fraction"] > 0
+    assert payload["results"]["simclr"]["features"]["zero_fraction"] == 0
+    ncl = AutoModel.from_pretrained(out / "ncl").eval()
+    assert bool((ncl(pixel_values=torch.randn(3, 1, 8, 8)).features >= 0).all())
+
+
+@pytest.mark.slow
+def test_train_sae_end_to_end(tmp_path, tiny_text_backbone):
+    from transformers import AutoModel
+
+    out = tmp_path / "run"
+    launch("train_sae", ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "64",
+                         "--max_eval_samples", "32", "--feature_dim", "64", "--topk", "8", "--sae_epochs", "2",
+                         "--probe_epochs", "2", "--probe_seeds", "2", "--output_dir", str(out),
+                         "--disable_tqdm", "true"], tmp_path)
+    payload = _results(out)
+    report = json.loads((out / "sae_report.json").read_text())["fit"]
+    assert len(report["explained_variance"]) == 3 and len(report["l0"]) == 3 and (out / "sae_report.png").is_file()
+    assert set(payload["probes"]) == {"raw", "sae"} and payload["features"]["sae"]["l0"] <= 8
+    assert all(_accuracy(c["test_accuracy"]) for p in payload["probes"].values() for c in p.values())
+    model = AutoModel.from_pretrained(out / "sae_model")
+    assert type(model).__name__ == "MonoSemanticModel" and model.config.topk == 8 and model.config.freeze_backbone
+
+
+@pytest.mark.slow
+def test_robustness_benchmark_quick_end_to_end(tmp_path, tiny_text_backbone):
+    out = tmp_path / "run"
+    launch("robustness_benchmark", ["--quick", "--train_size", "300", "--test_size", "200", "--probe_epochs", "2",
+                                    "--representation_epochs", "1", "--model_name_or_path", tiny_text_backbone,
+                                    "--output_dir", str(out)], tmp_path, timeout=600)
+    payload = _results(out)
+    assert {r["method"] for r in payload["records"]} == {"raw", "sae", "simclr", "ncl"}
+    assert (out / "results.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def image_folder_and_backbone(tmp_path_factory):
+    """A DatasetDict of PIL images saved with ``save_to_disk`` (label column ``fine_label``, image column
+    ``img``, as on the Hub) and a tiny ViT folder with its image processor: any dataset folder + any backbone."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PILImage
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    root = tmp_path_factory.mktemp("image_folder")
+    rng = np.random.default_rng(0)
+    features = Features({"img": Image(), "fine_label": ClassLabel(names=["red", "green", "blue"]),
+                         "coarse_label": ClassLabel(num_classes=2)})
+
+    def split(n):
+        labels = np.arange(n) % 3
+        images = []
+        for label in labels:
+            pixels = rng.integers(0, 80, size=(12, 12, 3))
+            pixels[..., label] += 150
+            images.append(PILImage.fromarray(pixels.astype(np.uint8)))
+        return Dataset.from_dict({"img": images, "fine_label": labels, "coarse_label": labels % 2}, features=features)
+
+    DatasetDict(train=split(48), test=split(24)).save_to_disk(str(root / "data"))
+    config = ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=37)
+    torch.manual_seed(0)
+    ViTModel(config).save_pretrained(root / "vit")
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "vit")
+    return str(root / "data"), str(root / "vit")
+
+
+IMAGE_FOLDER_ARGS = ["--image_column", "img", "--label_column", "fine_label", "--disable_tqdm", "true"]
+
+
+@pytest.mark.slow
+def test_finetune_fewshot_on_an_image_folder_with_a_local_backbone(tmp_path, image_folder_and_backbone):
+    from transformers import AutoModelForImageClassification
+
+    data, backbone = image_folder_and_backbone
+    out = tmp_path / "run"
+    launch("finetune_fewshot", ["--dataset_name", data, "--model_name_or_path", backbone, "--shots", "4",
+                                "--num_train_epochs", "2", "--output_dir", str(out), *IMAGE_FOLDER_ARGS], tmp_path)
+    payload = _results(out)
+    assert payload["modality"] == "image" and payload["test_rows"] == 24
+    for kind in ("linear", "nonneg"):
+        assert payload["results"][kind]["4"]["train_rows"] == 12
+        model = AutoModelForImageClassification.from_pretrained(out / "k4" / kind)
+        assert model.config.id2label[2] == "blue"
+        assert model(pixel_values=torch.randn(1, 3, 16, 16)).logits.shape == (1, 3)
+
+
+@pytest.mark.slow
+def test_pretrain_ncl_on_an_image_folder_with_a_local_backbone(tmp_path, image_folder_and_backbone):
+    from transformers import AutoModel
+
+    data, backbone = image_folder_and_backbone
+    out = tmp_path / "run"
+    launch("pretrain_ncl", ["--dataset_name", data, "--model_name_or_path", backbone, "--methods", "ncl",
+                            "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--probe_epochs", "2",
+                            "--feature_dim", "32", "--projector_hidden_dim", "32", "--output_dir", str(out),
+                            *IMAGE_FOLDER_ARGS], tmp_path)
+    payload = _results(out)
+    assert payload["train_rows"] == 48 and payload["results"]["ncl"]["features"]["num_examples"] == 24
+    model = AutoModel.from_pretrained(out / "ncl")
+    assert model.config.backbone_config.model_type == "vit" and model.config.feature_layer == "nonneg"
