@@ -30,7 +30,6 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from example_utils import (
     DataArguments,
     backbone_source,
@@ -164,7 +163,7 @@ def build_model(kind, model_args, source, num_labels, names, modality):
     return cls(config)
 
 
-def evaluate_under_input_noise(trainer, test, modality, levels, seed, text_column):
+def evaluate_under_input_noise(trainer, test, modality, levels, seed, text_column, max_length=64):
     """Clean-label accuracy on perturbed test inputs, one pass per level."""
     out = {}
     for level in levels:
@@ -173,7 +172,7 @@ def evaluate_under_input_noise(trainer, test, modality, levels, seed, text_colum
         else:
             noisy = add_text_noise(test, kind="typo", rate=level, seed=seed, text_column=text_column)
             noisy = noisy.map(trainer.processing_class, input_columns=text_column,
-                              fn_kwargs={"truncation": True, "max_length": 512})
+                              fn_kwargs={"truncation": True, "max_length": max_length})
         out[level] = trainer.evaluate(noisy, metric_key_prefix=f"noise{level}")[f"noise{level}_accuracy"]
     return out
 
@@ -247,7 +246,7 @@ def main(argv=None) -> dict:
             "train_accuracy_vs_clean_labels": float((predicted == clean_labels).mean()),
             "memorised_noise": float((predicted[flipped] == noisy_labels[flipped]).mean()) if flipped.any() else 0.0,
             "input_noise_accuracy": evaluate_under_input_noise(
-                trainer, test, modality, levels, training_args.seed, data_args.text_column),
+                trainer, test, modality, levels, training_args.seed, data_args.text_column, data_args.max_length),
             "eval_curve": [(h["epoch"], h["eval_accuracy"]) for h in trainer.state.log_history if "eval_accuracy" in h],
             **{f"features_{k}": v for k, v in mono.items()},
             "checkpoint": args.output_dir,
@@ -277,5 +276,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     main()

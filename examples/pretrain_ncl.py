@@ -22,9 +22,13 @@ Scale, honestly: the paper pretrains a ResNet-18 for 200 epochs on ImageNet-100 
 (``example_utils.small_resnet_config``) pretrained for 8 epochs on 5,000 Fashion-MNIST images with
 a 128 -> 512 -> 512 projector, probed on those 5,000 images and tested on 2,000 -- orders of
 magnitude less compute, so its numbers say whether the pipeline works and how sparse NCL's
-features get, not whether the paper's robustness gains reproduce. Measured: 6.4 min on 2 shared
-CPU cores (linear-probe accuracy clean / 40% label noise, mean of 3 probe seeds: SimCLR 0.704 /
-0.679, NCL 0.695 / 0.687; NCL features 64% zeros)::
+features get, not whether the paper's robustness gains reproduce. Measured once: 3.1 min with
+``accelerate launch`` on 2 quiet CPU cores (``OMP_NUM_THREADS=1``; 7.4 min while another job ran).
+Linear-probe clean test accuracy with clean / 40%-noisy training labels, mean of 3 probe seeds:
+SimCLR 0.766 / 0.748, NCL 0.752 / 0.739; NCL's features are 97% zeros (L0 17 of 512, but about half
+of the dimensions are dead) with class consistency 0.68 vs SimCLR's 0.53 -- more monosemantic,
+no robustness gain at this scale. Several CPU processes: ``accelerate launch --multi_gpu
+--num_processes 2 examples/pretrain_ncl.py --use_cpu``::
 
     accelerate launch examples/pretrain_ncl.py
     accelerate launch examples/pretrain_ncl.py --max_train_samples 0 --num_train_epochs 100 \\

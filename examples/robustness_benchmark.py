@@ -97,6 +97,11 @@ def parse(argv=None) -> BenchmarkArguments:
             floats(getattr(args, name))
         except ValueError:
             raise SystemExit(f"--{name} {getattr(args, name)!r} must be comma-separated numbers") from None
+    if any(k < 1 or k != int(k) for k in floats(args.shots)):
+        raise SystemExit(f"--shots {args.shots!r}: every k must be a positive integer")
+    for name in ("probe_epochs", "representation_epochs", "train_size", "test_size", "feature_dim"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} {getattr(args, name)} must be >= 1")
     if any(not 0 <= r <= 1 for r in floats(args.label_noise)):
         raise SystemExit(f"--label_noise {args.label_noise!r}: rates must lie in [0, 1]")
     return args

@@ -433,3 +433,31 @@ def test_pretrain_ncl_on_an_image_folder_with_a_local_backbone(tmp_path, image_f
     assert payload["train_rows"] == 48 and payload["results"]["ncl"]["features"]["num_examples"] == 24
     model = AutoModel.from_pretrained(out / "ncl")
     assert model.config.backbone_config.model_type == "vit" and model.config.feature_layer == "nonneg"
+
+
+@pytest.mark.distributed
+def test_pretrain_ncl_and_fewshot_under_two_cpu_processes(tmp_path):
+    """``accelerate launch --num_processes 2`` on CPU (gloo): the processes train together, only the main
+    process writes the results."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launch_two = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    runs = {
+        "pretrain_ncl": ["--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--probe_epochs", "2",
+                         "--feature_dim", "32", "--projector_hidden_dim", "32"],
+        "finetune_fewshot": ["--shots", "2", "--num_train_epochs", "2", "--per_device_train_batch_size", "4"],
+    }
+    for script, args in runs.items():
+        out = tmp_path / script
+        command = [*launch_two, str(EXAMPLES / f"{script}.py"), "--dataset_name", "digits", "--max_train_samples", "96",
+                   "--max_eval_samples", "32", "--output_dir", str(out), "--use_cpu", "--disable_tqdm", "true", *args]
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-5000:]
+        assert done.stdout.count("results: ") == 1  # printed (and written) by the main process only
+        payload = _results(out)
+        if script == "pretrain_ncl":
+            logs = json.loads(next(out.glob("ncl/checkpoint-*/trainer_state.json")).read_text())
+            assert logs["global_step"] == 3  # 96 rows / (2 processes x 16), drop_last
+            assert payload["results"]["ncl"]["features"]["num_examples"] == 32
+        else:
+            assert payload["results"]["nonneg"]["2"]["features_num_examples"] == 32  # gathered, not duplicated
