@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .metrics import _features  # the same [N, F] input check as the metrics
+
 __all__ = ["TopExamples", "image_grid_for_feature", "text_snippets_for_feature", "top_activating_examples"]
 
 
@@ -32,18 +34,6 @@ class TopExamples(NamedTuple):
     values: torch.Tensor
 
 
-def _features(features: Any) -> torch.Tensor:
-    try:
-        x = features if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features))
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(
-            f"features of type {type(features).__name__} is not supported; allowed: a numeric [N, F] matrix"
-        ) from error
-    if x.dim() != 2:
-        raise ValueError(
-            f"features with shape {tuple(x.shape)} is not supported; allowed: a 2-D [N, F] matrix"
-        )
-    return x.detach().cpu().float()
 
 
 def top_activating_examples(features: Any, feature_index: int, k: int = 10) -> TopExamples:
