@@ -357,3 +357,42 @@ def metrics_with_monosemanticity():
         return result
 
     return compute
+
+
+def plot_panels(path: str, panels: list[dict[str, Any]], figsize: tuple[float, float] = (10, 3.8)) -> None:
+    """Save a row of result panels as one PNG (the ``results.png`` of the fine-tuning scripts).
+
+    Every panel is a dict holding either ``lines`` or ``bars``, plus optional axis settings:
+
+    * ``lines``: a list of dicts ``{"label", "x", "y"}`` (optional ``"style"``, a matplotlib format
+      string such as ``"--"``, and ``"color"``), each drawn with round markers;
+    * ``bars``: ``(groups, {series label: one value per group})``, grouped bars (one group per method);
+    * ``xlabel``, ``ylabel``, ``title``, ``ylim``, ``legend_fontsize``; ``log_x``: a log x axis ticked
+      at exactly the x values of the lines (e.g. k of a k-shot comparison).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for line in panel.get("lines", ()):
+            colour = {"color": line["color"]} if line.get("color") else {}
+            ax.plot(line["x"], line["y"], line.get("style", "-"), marker="o", label=line["label"], **colour)
+        if "bars" in panel:
+            groups, series = panel["bars"]
+            x, width = np.arange(len(groups)), 0.8 / max(len(series), 1)
+            for i, (label, values) in enumerate(series.items()):
+                ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
+            ax.set_xticks(x, groups)
+        if panel.get("log_x"):
+            ticks = sorted({v for line in panel.get("lines", ()) for v in line["x"]})
+            ax.set_xscale("log")
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+            ax.minorticks_off()
+        ax.set(**{key: panel[key] for key in ("xlabel", "ylabel", "title", "ylim") if key in panel})
+        ax.legend(fontsize=panel.get("legend_fontsize"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -60,6 +60,7 @@ from example_utils import (
     load_data,
     metrics_with_monosemanticity,
     parse_feature_layers,
+    plot_panels,
     preprocess,
     read_json,
     resume_checkpoint,
@@ -180,32 +181,18 @@ def final_metrics(trainer, dataset, name: str) -> dict[str, float]:
 
 
 def plot(results: dict, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for i, (kind, r) in enumerate(results.items()):
-        for name, style in zip(TEST_SETS, ("-", "--")):
-            curve = r["eval_curves"].get(name) or []
-            if curve:
-                epochs, accs = zip(*curve)
-                ax_curve.plot(epochs, accs, style, marker="o", color=f"C{i}", label=f"{kind} ({name})")
-    ax_curve.set(xlabel="epoch", ylabel="test accuracy", title=title)
-    ax_curve.legend(fontsize=8)
+    """In-domain (solid) and shifted (dashed) accuracy per epoch; both after training."""
     kinds = list(results)
-    x = np.arange(len(kinds))
-    ax_bar.bar(x - 0.2, [results[k]["in_domain_accuracy"] for k in kinds], 0.4, label="in-domain")
-    ax_bar.bar(x + 0.2, [results[k]["shifted_accuracy"] for k in kinds], 0.4, label="shifted")
-    ax_bar.set_xticks(x, kinds)
-    ax_bar.set_ylim(0, 1)
-    ax_bar.legend(fontsize=8)
-    ax_bar.set_title("after training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    curves = [{"label": f"{kind} ({name})", "x": [e for e, _ in curve], "y": [a for _, a in curve], "style": style,
+               "color": f"C{i}"}
+              for i, (kind, r) in enumerate(results.items()) for name, style in zip(TEST_SETS, ("-", "--"))
+              for curve in [r["eval_curves"].get(name) or []] if curve]
+    bars = {"in-domain": [results[k]["in_domain_accuracy"] for k in kinds],
+            "shifted": [results[k]["shifted_accuracy"] for k in kinds]}
+    plot_panels(path, [
+        {"lines": curves, "xlabel": "epoch", "ylabel": "test accuracy", "title": title, "legend_fontsize": 8},
+        {"bars": (kinds, bars), "ylim": (0, 1), "legend_fontsize": 8, "title": "after training"},
+    ])
 
 
 def main(argv=None) -> dict:

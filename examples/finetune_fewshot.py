@@ -52,6 +52,7 @@ from example_utils import (
     metrics_with_monosemanticity,
     parse_feature_layers,
     parse_positive_ints,
+    plot_panels,
     preprocess,
     read_json,
     resume_checkpoint,
@@ -139,27 +140,17 @@ def draw_subsets(train, shots, shot_args, training_args, data_args) -> dict[int,
 
 
 def plot(results: dict, path: str, dataset: str) -> None:
-    import matplotlib
+    """Clean test accuracy and class consistency of the test features against k (log scale)."""
+    def lines(key):
+        return [{"label": kind, "x": [int(k) for k in sorted(by_k, key=int)],
+                 "y": [by_k[k][key] for k in sorted(by_k, key=int)]} for kind, by_k in results.items()]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_acc, ax_cc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kind, by_k in results.items():
-        ks = sorted(by_k, key=int)
-        ax_acc.plot([int(k) for k in ks], [by_k[k]["test_accuracy"] for k in ks], marker="o", label=kind)
-        ax_cc.plot([int(k) for k in ks], [by_k[k]["features_class_consistency"] for k in ks], marker="o", label=kind)
-    shots = sorted({int(k) for by_k in results.values() for k in by_k})
-    for ax, label in ((ax_acc, "clean test accuracy"), (ax_cc, "class consistency of test features")):
-        ax.set_xscale("log")
-        ax.set_xticks(shots, [str(k) for k in shots])
-        ax.minorticks_off()
-        ax.set(xlabel="training examples per class (k)", ylabel=label)
-        ax.legend()
-    ax_acc.set_title(f"few-shot fine-tuning on {dataset}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    axis = {"xlabel": "training examples per class (k)", "log_x": True}
+    plot_panels(path, [
+        {"lines": lines("test_accuracy"), "ylabel": "clean test accuracy",
+         "title": f"few-shot fine-tuning on {dataset}", **axis},
+        {"lines": lines("features_class_consistency"), "ylabel": "class consistency of test features", **axis},
+    ])
 
 
 def main(argv=None) -> dict:

@@ -18,24 +18,31 @@ symmetric label noise, linear vs nonneg, about 5 minutes on 2 CPU cores::
 
 Writes to ``--output_dir`` (default ``runs/finetune_noisy``): one checkpoint folder per feature layer
 (loadable with ``AutoModelFor*Classification.from_pretrained`` after ``import hf_monosem``),
-``scenario.json`` (the exact noisy labels, reused on resume), ``results.json`` and ``results.png``.
+``scenario.json`` (the exact noisy labels, reused on resume; a resumed run on another dataset, label
+column or scenario is refused), ``results.json`` and ``results.png``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from example_utils import (
     DataArguments,
+    FeatureLayerArguments,
     backbone_source,
+    build_classifier,
+    command_line,
+    image_channels,
     label_names,
     load_data,
+    parse_feature_layers,
+    parse_rate,
+    plot_panels,
     preprocess,
+    read_json,
     resume_checkpoint,
     write_json,
 )
@@ -47,37 +54,21 @@ from transformers import (
     set_seed,
 )
 
-from hf_monosem import (
-    FEATURE_LAYERS,
-    MonoSemanticConfig,
-    MonoSemanticForImageClassification,
-    MonoSemanticForSequenceClassification,
-    MonoSemanticTrainer,
-)
+from hf_monosem import MonoSemanticTrainer
 from hf_monosem.metrics import extract_features, make_compute_metrics, monosemanticity_report
 from hf_monosem.scenarios import add_image_noise, add_label_noise, add_text_noise
 
 LOSS_TYPES = ("ce", "gce", "sce")
+SCENARIO_FILE = "scenario.json"
+#: what each entry of scenario.json comes from, to name it when a resumed run differs
+SCENARIO_OPTIONS = {"dataset": "--dataset_name", "label_column": "--label_column", "label_noise": "--label_noise",
+                    "kind": "--label_noise_kind", "seed": "--seed", "num_rows": "the number of training rows"}
 
 
 @dataclass
-class ModelArguments:
-    """The backbone and the feature layers to compare."""
+class ModelArguments(FeatureLayerArguments):
+    """The backbone and the feature layers to compare (the shared options), and the task loss."""
 
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Backbone Hub id or folder (default: MiniLM-L6 for text, a small ResNet for images)."},
-    )
-    feature_layers: str = field(
-        default="linear,nonneg",
-        metadata={"help": "Comma-separated feature layers to train, one model each: " + ", ".join(FEATURE_LAYERS)},
-    )
-    feature_dim: int | None = field(default=None, metadata={"help": "Feature-layer width (default 4x backbone width)."})
-    projector_hidden_dim: int | None = field(default=None, metadata={"help": "Hidden width of an MLP projector."})
-    topk: int | None = field(default=None, metadata={"help": "Active features for topk (default width/8)."})
-    sparsity_weight: float = field(default=1e-3, metadata={"help": "L1 weight of the sae layer."})
-    pooling: str | None = field(default=None, metadata={"help": "cls, mean, last or pooler (default per family)."})
-    freeze_backbone: bool = field(default=False, metadata={"help": "Linear probing: train feature layer + head only."})
     loss_type: str = field(default="ce", metadata={"help": "Task loss: ce, gce or sce (robust losses)."})
 
 
@@ -96,8 +87,11 @@ class ScenarioArguments:
     )
 
 
+ARGUMENT_DATACLASSES = (ModelArguments, DataArguments, ScenarioArguments, TrainingArguments)
+
+
 def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, ScenarioArguments, TrainingArguments))
+    parser = HfArgumentParser(ARGUMENT_DATACLASSES)
     # Defaults that suit a CPU laptop; every one can be overridden on the command line.
     parser.set_defaults(
         output_dir="runs/finetune_noisy", num_train_epochs=2, learning_rate=5e-5, per_device_train_batch_size=32,
@@ -105,14 +99,10 @@ def parse_args(argv=None):
         logging_steps=20, report_to="none", seed=0, weight_decay=0.01,
     )
     model_args, data_args, scenario_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    kinds = [k.strip() for k in model_args.feature_layers.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in FEATURE_LAYERS]
-    if unknown or not kinds:
-        parser.error(f"--feature_layers {model_args.feature_layers!r}: unknown {unknown}; allowed {sorted(FEATURE_LAYERS)}")
+    kinds = parse_feature_layers(parser, model_args.feature_layers)
     if model_args.loss_type not in LOSS_TYPES:
         parser.error(f"--loss_type {model_args.loss_type!r} is not one of {LOSS_TYPES}")
-    if not 0.0 <= scenario_args.label_noise <= 1.0:
-        parser.error(f"--label_noise {scenario_args.label_noise} must be in [0, 1]")
+    parse_rate(parser, scenario_args.label_noise, "--label_noise")
     if scenario_args.label_noise_kind not in ("symmetric", "asymmetric"):
         parser.error(f"--label_noise_kind {scenario_args.label_noise_kind!r}: allowed symmetric, asymmetric")
     try:
@@ -122,19 +112,20 @@ def parse_args(argv=None):
     return model_args, data_args, scenario_args, training_args, kinds, levels
 
 
-def noisy_train_split(train, scenario_args, training_args, data_args, num_labels):
-    """Corrupt the training labels once and store the draw, so a resumed run trains on the same labels."""
-    path = os.path.join(training_args.output_dir, "scenario.json")
-    spec = {"label_noise": scenario_args.label_noise, "kind": scenario_args.label_noise_kind,
+def noisy_train_split(train, scenario_args, training_args, data_args, num_labels, label_column=None):
+    """Corrupt the training labels once and store the draw, so a resumed run trains on the same labels.
+
+    ``scenario.json`` records what the draw was made for (dataset, label column, noise, seed, rows); a
+    resumed run with anything else is refused, naming the difference. ``label_column``: the column the
+    user named (``load_data`` renames it to ``label`` in ``data_args``); default ``data_args.label_column``.
+    """
+    path = os.path.join(training_args.output_dir, SCENARIO_FILE)
+    spec = {"dataset": data_args.dataset_name, "label_column": label_column or data_args.label_column,
+            "label_noise": scenario_args.label_noise, "kind": scenario_args.label_noise_kind,
             "seed": training_args.seed, "num_rows": len(train)}
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            stored = json.load(f)
-        if {k: stored.get(k) for k in spec} != spec:
-            raise ValueError(
-                f"{path} was written for {({k: stored.get(k) for k in spec})}, not {spec}; "
-                "use another --output_dir or delete the old run"
-            )
+        stored = read_json(path)
+        check_stored_scenario(path, stored, spec)
         label, order = data_args.label_column, train.column_names
         feature = train.features[label]
         clean = np.asarray(train.select_columns([label]).with_format("numpy")[:][label])  # plain ids, in one read
@@ -145,22 +136,23 @@ def noisy_train_split(train, scenario_args, training_args, data_args, num_labels
                             seed=training_args.seed, label_column=data_args.label_column, num_classes=num_labels)
     if training_args.process_index == 0:
         labels = np.asarray(noisy.with_format("numpy")[data_args.label_column]).tolist()
-        write_json(path + ".tmp", {**spec, "labels": labels})
-        os.replace(path + ".tmp", path)  # atomic: other processes never read a half-written file
+        write_json(path, {**spec, "labels": labels})  # atomic: other processes never read a half-written file
     return noisy
 
 
-def build_model(kind, model_args, source, num_labels, names, modality):
-    source = {**source, "pooling": model_args.pooling or source.get("pooling")}
-    config = MonoSemanticConfig(
-        **source, feature_layer=kind, feature_dim=model_args.feature_dim,
-        projector_hidden_dim=model_args.projector_hidden_dim,
-        topk=model_args.topk if kind == "topk" else None, sparsity_weight=model_args.sparsity_weight,
-        freeze_backbone=model_args.freeze_backbone,
-        num_labels=num_labels, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-    )
-    cls = MonoSemanticForSequenceClassification if modality == "text" else MonoSemanticForImageClassification
-    return cls(config)
+def check_stored_scenario(path: str, stored: dict, spec: dict) -> None:
+    """Refuse a stored label-noise draw made for other data or another scenario (``ValueError`` naming
+    every option that differs). A file from before the dataset and label column were recorded lacks
+    them; only its other entries are checked."""
+    expected = {key: value for key, value in spec.items() if key in stored or key not in ("dataset", "label_column")}
+    found = {key: stored.get(key) for key in expected}
+    different = [f"{SCENARIO_OPTIONS[key]} was {found[key]!r}, now {expected[key]!r}"
+                 for key in expected if found[key] != expected[key]]
+    if different:
+        raise ValueError(
+            f"{path} was written for {found}, not {expected} ({'; '.join(different)}): the resumed run must use "
+            "the same data and scenario; use another --output_dir or delete the old run"
+        )
 
 
 def evaluate_under_input_noise(trainer, test, modality, levels, seed, text_column, max_length=64):
@@ -178,40 +170,29 @@ def evaluate_under_input_noise(trainer, test, modality, levels, seed, text_colum
 
 
 def plot(results: dict, path: str, label_noise: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kind, r in results.items():
-        epochs, accs = zip(*r["eval_curve"]) if r["eval_curve"] else ((), ())
-        ax_curve.plot(epochs, accs, marker="o", label=kind)
-    ax_curve.set(xlabel="epoch", ylabel="clean test accuracy", title=f"training on {label_noise:.0%} noisy labels")
-    ax_curve.legend()
+    """Clean test accuracy per epoch; clean accuracy and noisy labels fitted after training."""
     kinds = list(results)
-    x = np.arange(len(kinds))
-    ax_bar.bar(x - 0.2, [results[k]["test_accuracy"] for k in kinds], 0.4, label="clean test accuracy")
-    ax_bar.bar(x + 0.2, [results[k]["memorised_noise"] for k in kinds], 0.4, label="noisy train labels fitted")
-    ax_bar.set_xticks(x, kinds)
-    ax_bar.set_ylim(0, 1)
-    ax_bar.legend(fontsize=8)
-    ax_bar.set_title("after training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    curves = [{"label": kind, "x": [e for e, _ in r["eval_curve"]], "y": [a for _, a in r["eval_curve"]]}
+              for kind, r in results.items()]
+    bars = {"clean test accuracy": [results[k]["test_accuracy"] for k in kinds],
+            "noisy train labels fitted": [results[k]["memorised_noise"] for k in kinds]}
+    plot_panels(path, [
+        {"lines": curves, "xlabel": "epoch", "ylabel": "clean test accuracy",
+         "title": f"training on {label_noise:.0%} noisy labels"},
+        {"bars": (kinds, bars), "ylim": (0, 1), "legend_fontsize": 8, "title": "after training"},
+    ])
 
 
 def main(argv=None) -> dict:
     model_args, data_args, scenario_args, training_args, kinds, levels = parse_args(argv)
+    label_column = data_args.label_column  # load_data renames it to "label"; scenario.json records the user's
     data, modality = load_data(data_args, seed=training_args.seed)
     names = label_names(data, data_args)
-    num_labels = len(names)
     source = backbone_source(model_args.model_name_or_path, modality,
-                             num_channels=int(data[data_args.train_split][0]["pixel_values"].shape[0])
-                             if modality == "image" and "pixel_values" in data[data_args.train_split].column_names else 3)
+                             num_channels=image_channels(data, data_args.train_split))
     data, processor = preprocess(data, modality, source.get("backbone"), data_args)
-    train = noisy_train_split(data[data_args.train_split], scenario_args, training_args, data_args, num_labels)
+    train = noisy_train_split(data[data_args.train_split], scenario_args, training_args, data_args, len(names),
+                              label_column=label_column)
     test = data[data_args.eval_split]
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
 
@@ -219,7 +200,7 @@ def main(argv=None) -> dict:
     for kind in kinds:
         args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, kind))
         set_seed(args.seed)  # the same initial weights for every run (and every layer) of this seed
-        model = build_model(kind, model_args, source, num_labels, names, modality)
+        model = build_classifier(kind, model_args, source, names, modality)
         trainer = MonoSemanticTrainer(
             model=model, args=args, train_dataset=train, eval_dataset=test, data_collator=collator,
             processing_class=processor, compute_metrics=make_compute_metrics(with_monosemanticity=False),
@@ -255,7 +236,7 @@ def main(argv=None) -> dict:
 
     if training_args.process_index == 0:
         payload = {
-            "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+            "command": command_line(__file__, argv),
             "dataset": data_args.dataset_name, "modality": modality,
             "backbone": model_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
             "scenario": dataclasses.asdict(scenario_args), "seed": training_args.seed, "results": results,

@@ -4,7 +4,8 @@ A run is recorded as one dict, e.g. ``{"method": "nonneg", "scenario": "label_no
 "seed": 0, "accuracy": 0.81, "class_consistency": 0.9}``; every numeric key other than ``method``,
 ``scenario``, ``level`` and ``seed`` is a metric. :func:`summarize_robustness` turns records into a
 tidy table, :func:`robustness_markdown_table` into the mono-vs-poly comparison the paper lacks (with
-error bars and a significance mark), :func:`plot_robustness` into figures and a JSON of the numbers.
+error bars and a significance mark), :func:`plot_robustness` into figures and a JSON of the numbers, :func:`plot_robustness_panel` into one
+overview figure.
 
 Example:
     >>> records = [{"method": m, "scenario": "label_noise", "level": 0.4, "seed": s, "accuracy": a}
@@ -25,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["plot_robustness", "robustness_markdown_table", "summarize_robustness"]
+__all__ = ["plot_robustness", "plot_robustness_panel", "robustness_markdown_table", "summarize_robustness"]
 
 _ID_COLUMNS = ("scenario", "level", "method", "seed")
 _SUMMARY_COLUMNS = ["scenario", "level", "method", "metric", "mean", "std", "n"]
@@ -156,6 +157,23 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "scenario"
 
 
+def _metric_rows(
+    df: pd.DataFrame | Iterable[Mapping[str, Any]], metric: str, methods: Sequence[str] | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """The summary rows of ``metric`` and the methods to draw (all by default), checked by name."""
+    summary = _as_summary(df)
+    available = sorted(summary["metric"].unique())
+    if metric not in available:
+        raise ValueError(f"metric={metric!r} not in the records; allowed values: {available}")
+    table = summary[summary["metric"] == metric]
+    all_methods = sorted(table["method"].unique())
+    chosen = list(methods) if methods is not None else all_methods
+    unknown = [m for m in chosen if m not in all_methods]
+    if unknown:
+        raise ValueError(f"methods {unknown} not in the records; allowed values: {all_methods}")
+    return table, chosen
+
+
 def plot_robustness(
     df: pd.DataFrame | Iterable[Mapping[str, Any]],
     out_dir: str | Path,
@@ -176,16 +194,7 @@ def plot_robustness(
     """
     from matplotlib.figure import Figure
 
-    summary = _as_summary(df)
-    available = sorted(summary["metric"].unique())
-    if metric not in available:
-        raise ValueError(f"metric={metric!r} not in the records; allowed values: {available}")
-    table = summary[summary["metric"] == metric]
-    all_methods = sorted(table["method"].unique())
-    chosen = list(methods) if methods is not None else all_methods
-    unknown = [m for m in chosen if m not in all_methods]
-    if unknown:
-        raise ValueError(f"methods {unknown} not in the records; allowed values: {all_methods}")
+    table, chosen = _metric_rows(df, metric, methods)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -209,7 +218,66 @@ def plot_robustness(
         fig.savefig(path)
         paths.append(path)
     numbers = out / "robustness_summary.json"
+    summary = _as_summary(df)
     rows = summary.astype(object).where(summary.notna(), None).to_dict(orient="records")
     numbers.write_text(json.dumps(rows, indent=2, default=float))
     paths.append(numbers)
     return paths
+
+
+def plot_robustness_panel(
+    df: pd.DataFrame | Iterable[Mapping[str, Any]],
+    path: str | Path,
+    metric: str = "accuracy",
+    title: str | None = None,
+    methods: Sequence[str] | None = None,
+) -> Path:
+    """One figure with a panel per scenario: ``metric`` vs level (error bars = std over seeds), or a bar
+    per method for scenarios with a single level (e.g. domain shift). Returns the PNG's path.
+
+    Example:
+        >>> import tempfile, os
+        >>> recs = [{"method": m, "scenario": s, "level": l, "seed": 0, "accuracy": 0.9 - l}
+        ...         for m in ("linear", "nonneg") for s, l in [("gaussian", 0.0), ("gaussian", 0.3), ("shift", 0)]]
+        >>> plot_robustness_panel(recs, os.path.join(tempfile.mkdtemp(), "panel.png")).name
+        'panel.png'
+    """
+    from matplotlib.figure import Figure
+
+    table, chosen = _metric_rows(df, metric, methods)
+    scenarios = list(dict.fromkeys(table["scenario"]))
+    columns = min(4, len(scenarios))
+    rows = math.ceil(len(scenarios) / columns)
+    fig = Figure(figsize=(3.6 * columns, 3.0 * rows + (0.4 if title else 0)), dpi=110)
+    colours = {m: f"C{i}" for i, m in enumerate(chosen)}
+    for i, scenario in enumerate(scenarios):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        part = table[table["scenario"] == scenario]
+        if part["level"].nunique() == 1:
+            for j, method in enumerate(chosen):
+                cell = part[part["method"] == method]
+                if not cell.empty:
+                    ax.bar(j, cell["mean"].iloc[0], yerr=float(cell["std"].fillna(0.0).iloc[0]), capsize=3,
+                           color=colours[method], label=method)
+            ax.set_xticks(range(len(chosen)), chosen, fontsize=7)
+        else:
+            for method in chosen:
+                line = part[part["method"] == method].sort_values("level")
+                if not line.empty:
+                    ax.errorbar(line["level"], line["mean"], yerr=line["std"].fillna(0.0), marker="o",
+                                markersize=3, capsize=2, color=colours[method], label=method)
+            ax.set_xlabel("level", fontsize=8)
+        ax.set_title(str(scenario), fontsize=9)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels() if fig.axes else ([], [])
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -64,7 +64,7 @@ def planned_cards() -> dict[str, str]:
         planned_command=(
             "accelerate launch examples/finetune_noisy.py --dataset_name tweets --feature_layers linear,nonneg \\\n"
             "    --label_noise 0.4 --seed 0   # repeat with --seed 1 and 2\n"
-            "python examples/robustness_benchmark.py --seeds 3   # frozen-MiniLM probe grid, all scenarios"
+            "python examples/robustness_benchmark.py --tracks text --seeds 3   # frozen-MiniLM probe grid, all scenarios"
         ),
         recipe={
             "status": "planned, not run",
@@ -97,8 +97,9 @@ def planned_cards() -> dict[str, str]:
             "network pretrained with plain SimCLR (`feature_layer=\"linear\"`)."
         ),
         planned_command=(
-            "python examples/pretrain_ncl.py --dataset digits --feature_layer nonneg   # NCL (and linear = SimCLR)\n"
-            "python examples/robustness_benchmark.py --dataset digits --feature_layers linear nonneg --seeds 0 1 2"
+            "accelerate launch examples/pretrain_ncl.py --dataset_name digits --methods simclr,ncl \\\n"
+            "    --feature_dim 1024 --projector_hidden_dim 2048   # NCL (and SimCLR, its baseline)\n"
+            "python examples/robustness_benchmark.py --tracks vision --seeds 3   # probe + fine-tune grid, digits -> MNIST shift"
         ),
         recipe={
             "status": "planned, not run",

@@ -85,6 +85,12 @@ BAD_ARGUMENTS = [
     ("robustness_benchmark", ["--label_noise", "0.2,1.5"], "1.5"),
     ("robustness_benchmark", ["--shots", "1,x"], "1,x"),
     ("robustness_benchmark", ["--seeds", "0"], "--seeds 0"),
+    ("robustness_benchmark", ["--tracks", "text,audio"], "audio"),
+    ("robustness_benchmark", ["--tracks", ""], "--tracks"),
+    ("robustness_benchmark", ["--finetune_tracks", "speech"], "speech"),
+    ("robustness_benchmark", ["--pixel_noise", "0.2,big"], "0.2,big"),
+    ("robustness_benchmark", ["--finetune_label_noise", "0,1.2"], "1.2"),
+    ("robustness_benchmark", ["--finetune_lr", "0"], "--finetune_lr 0"),
 ]
 
 
@@ -358,14 +364,36 @@ def test_train_sae_end_to_end(tmp_path, tiny_text_backbone):
 
 
 @pytest.mark.slow
-def test_robustness_benchmark_quick_end_to_end(tmp_path, tiny_text_backbone):
+def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_text_backbone):
     out = tmp_path / "run"
-    launch("robustness_benchmark", ["--quick", "--train_size", "300", "--test_size", "200", "--probe_epochs", "2",
-                                    "--representation_epochs", "1", "--model_name_or_path", tiny_text_backbone,
-                                    "--output_dir", str(out)], tmp_path, timeout=600)
+    argv = ["--quick", "--train_size", "300", "--test_size", "200", "--probe_epochs", "2", "--representation_epochs", "1",
+            "--model_name_or_path", tiny_text_backbone, "--feature_dim", "64", "--vision_train_size", "300",
+            "--vision_test_size", "200", "--vision_feature_dim", "64", "--pretrain_epochs", "1",
+            "--finetune_train_size", "200", "--finetune_epochs", "1", "--finetune_few_shot_steps", "2",
+            "--seeds", "2", "--shots", "1,3", "--output_dir", str(out)]
+    _, first_time = launch("robustness_benchmark", argv, tmp_path, timeout=600, accelerate=False)
     payload = _results(out)
-    assert {r["method"] for r in payload["records"]} == {"raw", "sae", "simclr", "ncl"}
-    assert (out / "results.md").is_file()
+    records = payload["records"]
+    methods = {(r["track"], r["mode"]): set() for r in records}
+    for r in records:
+        methods[(r["track"], r["mode"])].add(r["method"])
+    assert methods == {("text", "probe"): {"raw", "sae", "simclr", "ncl"}, ("vision", "probe"): {"simclr", "ncl", "sae"},
+                       ("vision", "finetune"): {"simclr", "ncl"}}
+    assert all(_accuracy(r["accuracy"]) for r in records)
+    finetune = [r for r in records if r["mode"] == "finetune"]
+    # quick: fine-tune label noise {0, 0.4, 0.8}; input noise on the clean-label runs only; 2 seeds everywhere
+    assert {r["level"] for r in finetune if r["scenario"] == "label_noise"} == {0.0, 0.4, 0.8}
+    assert all("train_fit" in r for r in finetune if r["scenario"] == "label_noise")
+    assert {r["scenario"] for r in finetune} >= {"gaussian_noise", "uniform_noise", "few_shot", "domain_shift_shifted"}
+    assert all(len([x for x in records if {k: x[k] for k in ("track", "mode", "method", "scenario", "level")}
+                    == {k: r[k] for k in ("track", "mode", "method", "scenario", "level")}]) == 2 for r in records)
+    assert (out / "results.md").is_file() and (out / "robustness_vision_finetune.png").is_file()
+    assert (out / "robustness_text_probe.png").is_file()
+    # a rerun reuses features, representations, pretrained models and every finished fine-tune cell
+    _, second_time = launch("robustness_benchmark", argv, tmp_path, timeout=600, accelerate=False)
+    again = _results(out)
+    assert [r for r in again["records"] if r["mode"] == "finetune"] == finetune
+    assert again["timings_s"]["vision: fine-tune grid"] < payload["timings_s"]["vision: fine-tune grid"] / 3
 
 
 @pytest.fixture(scope="module")
@@ -461,3 +489,31 @@ def test_pretrain_ncl_and_fewshot_under_two_cpu_processes(tmp_path):
             assert payload["results"]["ncl"]["features"]["num_examples"] == 32
         else:
             assert payload["results"]["nonneg"]["2"]["features_num_examples"] == 32  # gathered, not duplicated
+
+
+def _card_commands() -> list[tuple[str, str, list[str]]]:
+    """``(card, script, argv)`` of every example command the model cards and README name."""
+    import re
+    import shlex
+
+    root = EXAMPLES.parent
+    sources = [*sorted((root / "model_cards").glob("*.md")), root / "README.md"]
+    found = []
+    for path in sources:
+        text = re.sub(r"\\\n[>\s]*", " ", path.read_text())  # join shell line continuations (also in quotes)
+        for line in text.splitlines():
+            match = re.search(r"examples/(\w+)\.py(.*)", line)
+            if not match or match.group(1) not in SCRIPTS:
+                continue
+            argv = shlex.split(match.group(2).split("#")[0].split("`")[0])
+            found.append((path.name, match.group(1), argv))
+    return found
+
+
+@pytest.mark.parametrize("card,script,argv", _card_commands(),
+                         ids=[f"{c}:{s}:{' '.join(a)[:40]}" for c, s, a in _card_commands()])
+def test_documented_commands_parse(ex, card, script, argv):
+    """A command printed in a model card or the README must be accepted by the script it names."""
+    if "--bf16" in argv:  # a GPU command: TrainingArguments refuses bf16 on a CPU-only machine unless told
+        argv = [*argv, "--use_cpu", "true"]
+    _parser_of(ex, script)(argv)
