@@ -32,7 +32,7 @@ from benchmark_grid import (
     floats,
 )
 from example_utils import small_resnet_config
-from pretrain_ncl import IntensityJitterViews
+from pretrain_ncl import METHODS, IntensityJitterViews  # METHODS: simclr -> linear, ncl -> nonneg
 from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -58,9 +58,6 @@ from hf_monosem.metrics import monosemanticity_report
 from hf_monosem.projector_fitting import fit_contrastive_projector
 from hf_monosem.sae_fitting import train_sae_layer
 from hf_monosem.scenarios import add_text_noise, perturb_images
-
-#: pretraining method -> feature layer (the projector output as is, or through a ReLU)
-CONTRASTIVE = {"simclr": "linear", "ncl": "nonneg"}
 
 
 def _key(*parts) -> str:
@@ -128,7 +125,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                                             topk=width // 8, epochs=args.representation_epochs, seed=0, progress=True)
             fitted = {"sae": (sae_model.feature_layer,
                               {k: v for k, v in sae_report.items() if k.startswith("final_")})}
-            for name, kind in CONTRASTIVE.items():
+            for name, kind in METHODS.items():
                 layer, report = fit_contrastive_projector(pooled[TRAIN], feature_layer=kind, feature_dim=width,
                                                           projector_hidden_dim=width,
                                                           epochs=args.representation_epochs, seed=0)
@@ -160,7 +157,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
 
         def factory(name):
             def make():
-                config = MonoSemanticConfig(backbone=backbone, pooling="mean", feature_layer=CONTRASTIVE[name],
+                config = MonoSemanticConfig(backbone=backbone, pooling="mean", feature_layer=METHODS[name],
                                             feature_dim=width, projector_hidden_dim=width,
                                             num_labels=track.num_labels)
                 model = MonoSemanticForSequenceClassification(config)
@@ -168,7 +165,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                 return model
             return make
 
-        track.finetune_models = {name: factory(name) for name in CONTRASTIVE}
+        track.finetune_models = {name: factory(name) for name in METHODS}
     return track
 
 
@@ -182,7 +179,7 @@ def _pretrain(method: str, train: TensorRows, args, run_dir: str) -> MonoSemanti
         return MonoSemanticModel.from_pretrained(final)
     set_seed(0)  # both methods start from the same weights and see the same views
     model = MonoSemanticModel(MonoSemanticConfig(
-        backbone_config=small_resnet_config(), feature_layer=CONTRASTIVE[method], feature_dim=args.vision_feature_dim,
+        backbone_config=small_resnet_config(), feature_layer=METHODS[method], feature_dim=args.vision_feature_dim,
         projector_hidden_dim=args.vision_feature_dim, temperature=0.2))
     training_args = TrainingArguments(
         output_dir=run_dir, num_train_epochs=args.pretrain_epochs, learning_rate=2e-3, lr_scheduler_type="cosine",
@@ -221,7 +218,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         args.vision_train_size, args.vision_feature_dim, args.pretrain_epochs))
     pretrained = {}
     with timer("vision: contrastive pretraining"):
-        for method in CONTRASTIVE:
+        for method in METHODS:
             pretrained[method] = _pretrain(method, datasets[TRAIN], args, os.path.join(pretrain_dir, method))
     features, fit_reports = {}, {}
     with timer("vision: extract features"):
@@ -265,5 +262,5 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                 return model
             return make
 
-        track.finetune_models = {method: factory(method) for method in CONTRASTIVE}
+        track.finetune_models = {method: factory(method) for method in METHODS}
     return track

@@ -510,8 +510,11 @@ def _card_commands() -> list[tuple[str, str, list[str]]]:
     return found
 
 
-@pytest.mark.parametrize("card,script,argv", _card_commands(),
-                         ids=[f"{c}:{s}:{' '.join(a)[:40]}" for c, s, a in _card_commands()])
+CARD_COMMANDS = _card_commands()
+
+
+@pytest.mark.parametrize("card,script,argv", CARD_COMMANDS,
+                         ids=[f"{c}:{s}:{' '.join(a)[:40]}" for c, s, a in CARD_COMMANDS])
 def test_documented_commands_parse(ex, card, script, argv):
     """A command printed in a model card or the README must be accepted by the script it names."""
     if "--bf16" in argv:  # a GPU command: TrainingArguments refuses bf16 on a CPU-only machine unless told
