@@ -5,7 +5,7 @@ A *track* (``benchmark_tracks.py``) hands over one :class:`Track`: representatio
 module turns a track into result records, one per (method, scenario, level, seed):
 
 * :func:`probe_records` -- linear probes on the cached features, all probes of a scenario in one
-  batched grid (:func:`hf_monosem.probe_grid.train_probe_grid`);
+  batched grid (:func:`hf_monosem.cached.probe_grid.train_probe_grid`);
 * :func:`finetune_records` -- every weight trained (backbone, feature layer, head) with
   :class:`hf_monosem.MonoSemanticTrainer`, one run per cell; finished cells are appended to a JSONL
   file, so an interrupted benchmark resumes where it stopped.
@@ -31,7 +31,7 @@ from datasets import Dataset, Features
 from transformers import TrainingArguments
 
 from hf_monosem import MonoSemanticTrainer
-from hf_monosem.probe_grid import ProbeGrid, train_probe_grid
+from hf_monosem.cached.probe_grid import ProbeGrid, train_probe_grid
 from hf_monosem.scenarios import add_label_noise, few_shot
 
 #: feature / dataset keys every track provides (besides its input-noise keys)

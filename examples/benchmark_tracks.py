@@ -52,11 +52,11 @@ from hf_monosem import (
     extract_pooled_features,
     fit_sae,
 )
-from hf_monosem.assets import load_digits_domain_shift, load_fashion_mnist, load_tweets, minilm_path
-from hf_monosem.feature_layers import build_feature_layer
-from hf_monosem.metrics import monosemanticity_report
-from hf_monosem.projector_fitting import fit_contrastive_projector
-from hf_monosem.sae_fitting import train_sae_layer
+from hf_monosem.data.assets import load_digits_domain_shift, load_fashion_mnist, load_tweets, minilm_path
+from hf_monosem.models.feature_layers import build_feature_layer
+from hf_monosem.evaluation.metrics import monosemanticity_report
+from hf_monosem.cached.projector_fitting import fit_contrastive_projector
+from hf_monosem.cached.sae_fitting import train_sae_layer
 from hf_monosem.scenarios import add_text_noise, perturb_images
 
 

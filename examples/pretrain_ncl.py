@@ -12,7 +12,7 @@ added here, since grayscale images get no colour augmentation). They are trained
 
 Then each frozen model's projector outputs (the features the paper's heads read, ReLU kept on for
 NCL) are extracted once and linear probes are trained on them (one batched grid,
-:func:`hf_monosem.probe_grid.train_probe_grid`, the same budget for both methods, no early
+:func:`hf_monosem.cached.probe_grid.train_probe_grid`, the same budget for both methods, no early
 stopping) with clean labels and with ``--label_noise`` symmetric label noise, and evaluated on the
 clean test labels. Sparsity and class consistency of the test features are reported next to
 accuracy.
@@ -82,8 +82,8 @@ from hf_monosem import (
     UnlabeledDataCollator,
     extract_pooled_features,
 )
-from hf_monosem.metrics import monosemanticity_report
-from hf_monosem.probe_grid import train_probe_grid
+from hf_monosem.evaluation.metrics import monosemanticity_report
+from hf_monosem.cached.probe_grid import train_probe_grid
 from hf_monosem.scenarios import add_label_noise
 
 #: method -> feature layer: the projector output is used as is (SimCLR) or through a ReLU (NCL)

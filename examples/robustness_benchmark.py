@@ -48,7 +48,7 @@ from benchmark_grid import FinetuneBudget, Timer, finetune_records, floats, mean
 from benchmark_tracks import text_track, vision_track
 from transformers import HfArgumentParser
 
-from hf_monosem.reporting import plot_robustness_panel, robustness_markdown_table, summarize_robustness
+from hf_monosem.evaluation.reporting import plot_robustness_panel, robustness_markdown_table, summarize_robustness
 
 TRACKS = ("text", "vision")
 

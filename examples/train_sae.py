@@ -8,7 +8,7 @@ resampled) and returns a :class:`~hf_monosem.MonoSemanticModel` = frozen backbon
 saved here with ``save_pretrained``.
 
 Then linear probes with the same budget (one batched grid,
-:func:`hf_monosem.probe_grid.train_probe_grid`: Adam, fixed epochs, no early stopping) are trained
+:func:`hf_monosem.cached.probe_grid.train_probe_grid`: Adam, fixed epochs, no early stopping) are trained
 on the raw pooled vectors and on the SAE codes, with clean training labels and with
 ``--label_noise`` symmetric label noise, and evaluated on the clean test labels. The sparsity and
 class consistency of both representations are reported next to the accuracies.
@@ -77,8 +77,8 @@ from transformers import (
 )
 
 from hf_monosem import MonoSemanticModel, MonoSemanticPreTrainedModel, extract_pooled_features, fit_sae
-from hf_monosem.metrics import monosemanticity_report
-from hf_monosem.probe_grid import train_probe_grid
+from hf_monosem.evaluation.metrics import monosemanticity_report
+from hf_monosem.cached.probe_grid import train_probe_grid
 from hf_monosem.scenarios import add_label_noise
 
 SAE_KINDS = ("topk", "sae")

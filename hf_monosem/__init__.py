@@ -11,13 +11,13 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from .configuration import MonoSemanticConfig
-from .contrastive import ContrastiveTrainer, ImageViews, TextViews, UnlabeledDataCollator
-from .feature_cache import extract_pooled_features
-from .feature_layers import FEATURE_LAYERS, FeatureLayer, register_feature_layer
+from .models.configuration import MonoSemanticConfig
+from .training.contrastive import ContrastiveTrainer, ImageViews, TextViews, UnlabeledDataCollator
+from .cached.extraction import extract_pooled_features
+from .models.feature_layers import FEATURE_LAYERS, FeatureLayer, register_feature_layer
 from .hub import enable_remote_code, make_model_card, push_to_hub_with_card, save_for_hub
-from .lora import MonoLoraConfig, adapter_sparsity, add_lora, load_lora
-from .modeling import (
+from .adapters.lora import MonoLoraConfig, adapter_sparsity, add_lora, load_lora
+from .models.modeling import (
     MonoSemanticClassifierOutput,
     MonoSemanticForImageClassification,
     MonoSemanticForSequenceClassification,
@@ -25,9 +25,9 @@ from .modeling import (
     MonoSemanticModelOutput,
     MonoSemanticPreTrainedModel,
 )
-from .probing import CachedFeatureDataset, FeatureProbe, probe_on_features
-from .sae_fitting import fit_sae
-from .trainer import MonoSemanticTrainer
+from .cached.probing import CachedFeatureDataset, FeatureProbe, probe_on_features
+from .cached.sae_fitting import fit_sae
+from .training.trainer import MonoSemanticTrainer
 
 __version__ = "0.1.0"
 

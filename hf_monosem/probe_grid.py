@@ -1,118 +1,18 @@
-"""Many linear probes at once: one batched matmul trains a whole grid of noise levels x seeds.
+"""Deprecated import path: use :mod:`hf_monosem.cached` (moved in 0.2; this alias goes in 0.3)."""
 
-A robustness sweep probes the *same* cached features under many label sets (noise rates, seeds,
-few-shot subsets). Training those probes one by one through a Trainer spends most of its time in
-Python overhead; here all ``P`` probes of a grid step together: the features are gathered into a
-``[P, batch, F]`` tensor and multiplied with a ``[P, F, C]`` weight tensor. Each probe keeps its own
-initialisation, shuffling and labels, so the result is the same as ``P`` separate runs of the
-same mini-batch Adam loop (tested against :func:`hf_monosem.probing.probe_on_features`-style
-single runs in ``tests/test_probe_grid.py``).
-"""
+import warnings as _warnings
 
-from __future__ import annotations
+from .cached import *  # noqa: F401,F403
+from .cached import __all__  # noqa: F401
 
-from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
-
-__all__ = ["ProbeGrid", "train_probe_grid"]
+_warnings.warn(
+    "hf_monosem.probe_grid moved to hf_monosem.cached; the old path is an alias kept for one release",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 
-@dataclass
-class ProbeGrid:
-    """Trained probes: ``weight [P, F, C]`` and ``bias [P, C]``; ``predict`` scores new features."""
+def __getattr__(name):  # private helpers too, for code that reached into the old module
+    from importlib import import_module
 
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-    @torch.no_grad()
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """``[P, N, C]`` logits of every probe on shared features ``[N, F]`` or per-probe ``[P, N, F]``."""
-        features = features.to(self.weight.dtype)
-        if features.dim() == 2:
-            return torch.einsum("nf,pfc->pnc", features, self.weight) + self.bias[:, None, :]
-        return torch.bmm(features, self.weight) + self.bias[:, None, :]
-
-    @torch.no_grad()
-    def accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``[P]`` accuracies on shared labelled features (labels ``[N]`` or ``[P, N]``)."""
-        predictions = self.logits(features).argmax(-1)
-        labels = labels.to(predictions.device)
-        if labels.dim() == 1:
-            labels = labels.expand_as(predictions)
-        return (predictions == labels).float().mean(-1)
-
-
-def train_probe_grid(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    num_labels: int,
-    *,
-    rows: torch.Tensor | None = None,
-    epochs: int = 50,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    batch_size: int = 256,
-    seeds: torch.Tensor | list[int] | None = None,
-    initializer_range: float = 0.02,
-) -> ProbeGrid:
-    """Train ``P`` linear probes with Adam on mini-batches of cached features, all at once.
-
-    Args:
-        features: ``[N, F]`` features shared by every probe.
-        labels: ``[P, N]`` labels per probe (e.g. one noisy draw per rate and seed).
-        num_labels: number of classes ``C``.
-        rows: optional ``[P, M]`` row indices: probe ``p`` trains on ``features[rows[p]]`` with labels
-            ``labels[p, rows[p]]`` (few-shot subsets, domain subsets); all probes use ``M`` rows.
-        epochs, lr, weight_decay, batch_size: the same budget for every probe (the paper's protocol:
-            a fixed number of epochs, no early stopping on the noisy labels).
-        seeds: ``P`` seeds for initialisation and shuffling (default ``0..P-1``).
-
-    Example:
-        >>> x = torch.randn(200, 5); y = (x[:, 0] > 0).long()
-        >>> grid = train_probe_grid(x, torch.stack([y, 1 - y]), 2, epochs=20, lr=0.05, batch_size=32)
-        >>> grid.accuracy(x, torch.stack([y, 1 - y])).min().item() > 0.9
-        True
-    """
-    if features.dim() != 2:
-        raise ValueError(f"features must be [N, F], got shape {tuple(features.shape)}")
-    if labels.dim() != 2 or labels.shape[1] != features.shape[0]:
-        raise ValueError(f"labels must be [P, N={features.shape[0]}], got shape {tuple(labels.shape)}")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"epochs={epochs}, batch_size={batch_size} and lr={lr} must be positive")
-    num_probes = labels.shape[0]
-    if rows is None:
-        rows = torch.arange(features.shape[0]).expand(num_probes, -1)
-    if rows.dim() != 2 or rows.shape[0] != num_probes:
-        raise ValueError(f"rows must be [P={num_probes}, M], got shape {tuple(rows.shape)}")
-    seeds = list(range(num_probes)) if seeds is None else [int(s) for s in seeds]
-    if len(seeds) != num_probes:
-        raise ValueError(f"seeds has {len(seeds)} entries for {num_probes} probes")
-
-    device, dim = features.device, features.shape[1]
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    weight = torch.stack([torch.randn(dim, num_labels, generator=g) for g in generators]) * initializer_range
-    weight = weight.to(device).requires_grad_(True)
-    bias = torch.zeros(num_probes, num_labels, device=device, requires_grad=True)
-    optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
-    probe_index = torch.arange(num_probes, device=device)[:, None]
-    row_labels = labels.to(device).gather(1, rows.to(device))  # [P, M]
-    rows = rows.to(device)
-    m = rows.shape[1]
-
-    for _ in range(epochs):
-        # one shuffle per probe and epoch, each from the probe's own generator
-        order = torch.stack([torch.randperm(m, generator=g) for g in generators]).to(device)
-        for start in range(0, m, batch_size):
-            batch = order[:, start : start + batch_size]  # [P, B] positions into rows
-            x = features[rows[probe_index, batch]]  # [P, B, F]
-            y = row_labels[probe_index, batch]  # [P, B]
-            logits = torch.bmm(x, weight) + bias[:, None, :]
-            # sum of per-probe mean losses: each probe's gradient equals its own mean-loss gradient
-            loss = F.cross_entropy(logits.reshape(-1, num_labels), y.reshape(-1), reduction="none")
-            loss = loss.view(num_probes, -1).mean(1).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return ProbeGrid(weight.detach(), bias.detach())
+    return getattr(import_module("hf_monosem.cached.probe_grid"), name)

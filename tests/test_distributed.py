@@ -24,7 +24,7 @@ from conftest import tiny_vit_config
 from training_toys import accelerate_launch
 
 from hf_monosem import ImageViews, MonoSemanticConfig, MonoSemanticModel
-from hf_monosem.losses import info_nce_loss
+from hf_monosem.training.losses import info_nce_loss
 
 TESTS = Path(__file__).resolve().parent
 CONFIGS = TESTS.parent / "examples" / "accelerate_configs"
@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, sys.argv[2])
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from test_distributed import PER_PROCESS, contrastive_model
-from hf_monosem.losses import info_nce_loss
+from hf_monosem.training.losses import info_nce_loss
 
 torch.set_num_threads(1)
 # the ViT's pooler is unused (pooling="cls" reads the hidden states): without find_unused_parameters
@@ -130,7 +130,7 @@ def recording_torch_save(obj, f, *args, **kwargs):
 torch.save = recording_torch_save
 from conftest import tiny_resnet_config
 from training_toys import toy_images, training_args
-import hf_monosem.trainer as trainer_module
+import hf_monosem.training.trainer as trainer_module
 from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification, MonoSemanticTrainer
 
 windows = []

@@ -206,7 +206,7 @@ def tiny_text_backbone(tmp_path_factory):
     """A 1-layer random BERT with MiniLM's tokenizer, saved as a folder (stands in for any Hub id/path)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from hf_monosem.assets import minilm_path
+    from hf_monosem.data.assets import minilm_path
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())

@@ -1,4 +1,4 @@
-"""Tests for hf_monosem.explain: top-activating examples, image grids, text snippets."""
+"""Tests for hf_monosem.evaluation.explain: top-activating examples, image grids, text snippets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from hf_monosem.explain import (
+from hf_monosem.evaluation.explain import (
     TopExamples,
     image_grid_for_feature,
     text_snippets_for_feature,

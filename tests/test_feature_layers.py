@@ -3,7 +3,7 @@ import torch
 from conftest import tiny_bert_config
 
 from hf_monosem import FEATURE_LAYERS, MonoSemanticConfig, register_feature_layer
-from hf_monosem.feature_layers import LinearFeatures, build_feature_layer
+from hf_monosem.models.feature_layers import LinearFeatures, build_feature_layer
 
 
 def _layer(kind, **kwargs):

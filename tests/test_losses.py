@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_monosem.losses import (
+from hf_monosem.training.losses import (
     LOSS_TYPES,
     gather_with_grad,
     generalized_cross_entropy,

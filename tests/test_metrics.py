@@ -1,4 +1,4 @@
-"""Tests for hf_monosem.metrics (feature metrics, evaluate scripts, Trainer glue) and reporting."""
+"""Tests for hf_monosem.evaluation.metrics (feature metrics, evaluate scripts, Trainer glue) and reporting."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from datasets import Dataset
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import EvalPrediction
 
-from hf_monosem.metrics import (
+from hf_monosem.evaluation.metrics import (
     METRIC_SCRIPTS_DIR,
     activation_sparsity,
     class_consistency,
@@ -29,7 +29,7 @@ from hf_monosem.metrics import (
     make_compute_metrics,
     monosemanticity_report,
 )
-from hf_monosem.reporting import plot_robustness, robustness_markdown_table, summarize_robustness
+from hf_monosem.evaluation.reporting import plot_robustness, robustness_markdown_table, summarize_robustness
 
 
 def _one_hot_code(

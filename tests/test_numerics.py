@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_monosem import FEATURE_LAYERS, MonoSemanticConfig
-from hf_monosem.feature_layers import build_feature_layer
+from hf_monosem.models.feature_layers import build_feature_layer
 
 
 def layer_for(kind, input_dim, feature_dim, topk=None):
@@ -69,7 +69,7 @@ def test_sae_layers_are_stable_under_bf16_autocast(kind):
 
 
 def test_losses_compute_in_float32_under_bf16_autocast():
-    from hf_monosem.losses import info_nce_loss, robust_classification_loss
+    from hf_monosem.training.losses import info_nce_loss, robust_classification_loss
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(32, 64, generator=g), torch.randn(32, 64, generator=g)
@@ -118,7 +118,7 @@ def test_classifier_loss_is_float32_and_finite_under_bf16_autocast(kind):
     temperature=st.sampled_from([0.05, 0.2, 1.0]),
 )
 def test_info_nce_is_finite_with_finite_gradients_at_any_scale(batch, dim, log_scale, nonneg, zero_rows, temperature):
-    from hf_monosem.losses import info_nce_loss
+    from hf_monosem.training.losses import info_nce_loss
 
     g = torch.Generator().manual_seed(batch * 100 + dim)
     a, b = (torch.randn(batch, dim, generator=g) * 10.0**log_scale for _ in range(2))
@@ -142,7 +142,7 @@ def test_info_nce_is_finite_with_finite_gradients_at_any_scale(batch, dim, log_s
     ignored=st.integers(0, 3),
 )
 def test_robust_losses_are_finite_with_finite_gradients_for_extreme_logits(loss_type, batch, classes, log_scale, ignored):
-    from hf_monosem.losses import robust_classification_loss
+    from hf_monosem.training.losses import robust_classification_loss
 
     g = torch.Generator().manual_seed(batch * 13 + classes)
     logits = (torch.randn(batch, classes, generator=g) * 10.0**log_scale).requires_grad_(True)

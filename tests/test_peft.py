@@ -20,7 +20,7 @@ from hf_monosem import (
     add_lora,
     load_lora,
 )
-from hf_monosem.lora import (
+from hf_monosem.adapters.lora import (
     AdapterActivationMonitor,
     MonoLoraLinear,
     MonoLoraMergeError,

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_monosem.probe_grid import train_probe_grid
-from hf_monosem.projector_fitting import fit_contrastive_projector
+from hf_monosem.cached.probe_grid import train_probe_grid
+from hf_monosem.cached.projector_fitting import fit_contrastive_projector
 
 
 def single_probe(x, y, epochs, lr, batch_size, seed):

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_monosem import MonoSemanticTrainer
-from hf_monosem.trainer import last_complete_checkpoint
+from hf_monosem.training.trainer import last_complete_checkpoint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

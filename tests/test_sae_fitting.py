@@ -5,7 +5,7 @@ from training_toys import toy_text
 from transformers import BertModel
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticModel, extract_pooled_features, fit_sae
-from hf_monosem.sae_fitting import explained_variance, resample_dead_latents, train_sae_layer
+from hf_monosem.cached.sae_fitting import explained_variance, resample_dead_latents, train_sae_layer
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from hf_monosem import (
     MonoSemanticModel,
     MonoSemanticTrainer,
 )
-from hf_monosem.contrastive import ImageViews, TextViews, UnlabeledDataCollator
+from hf_monosem.training.contrastive import ImageViews, TextViews, UnlabeledDataCollator
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ def test_trainer_loss_falls_and_logs_every_term(tmp_path, loss_type):
 
 
 def test_robust_losses_replace_only_the_task_term(tmp_path):
-    from hf_monosem.losses import generalized_cross_entropy
+    from hf_monosem.training.losses import generalized_cross_entropy
 
     model = image_classifier()
     trainer = MonoSemanticTrainer(model=model, args=training_args(tmp_path), loss_type="gce")
@@ -236,7 +236,7 @@ ACCELERATE_SCRIPT = """
 import json, sys
 import torch
 sys.path.insert(0, sys.argv[2])
-import hf_monosem.losses as losses
+import hf_monosem.training.losses as losses
 from conftest import tiny_vit_config
 from training_toys import mild_views, toy_smooth_images, training_args
 from hf_monosem import ContrastiveTrainer, MonoSemanticConfig, MonoSemanticModel

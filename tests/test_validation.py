@@ -10,7 +10,8 @@ from datasets import Dataset
 from transformers import AutoModelForImageClassification, BertModel
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification
-from hf_monosem.validation import check_checkpoint_folder, validate_classification_dataset
+from hf_monosem.data.validation import validate_classification_dataset
+from hf_monosem.models.loading import check_checkpoint_folder
 
 
 def images(n=6, channels=1, size=28, labels=None):
@@ -134,7 +135,7 @@ def test_ignored_labels_regression_and_multilabel_are_not_class_id_errors():
     ],
 )
 def test_first_batch_checks(batch, message):
-    from hf_monosem.validation import validate_classification_batch
+    from hf_monosem.data.validation import validate_classification_batch
 
     with pytest.raises(ValueError) as err:
         validate_classification_batch(batch, RESNET)

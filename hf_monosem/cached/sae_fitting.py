@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, set_seed
 
-from .feature_cache import extract_pooled_features, resolve_base_model
-from .feature_layers import _SparseAutoencoderBase
-from .modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
+from .extraction import extract_pooled_features, resolve_base_model
+from ..models.feature_layers import _SparseAutoencoderBase
+from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 
 __all__ = ["explained_variance", "fit_sae", "resample_dead_latents", "train_sae_layer"]
 

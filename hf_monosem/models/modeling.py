@@ -1,7 +1,7 @@
 """Models: any transformers backbone -> pooling -> feature layer (-> linear classifier).
 
 One generic wrapper serves every backbone family through ``AutoModel``; the family only decides
-the pooling (see :func:`hf_monosem.configuration.default_pooling`).
+the pooling (see :func:`hf_monosem.models.configuration.default_pooling`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import MonoSemanticConfig
 from .feature_layers import FeatureLayer, _SparseAutoencoderBase, build_feature_layer
-from .validation import check_checkpoint_folder
+from .loading import check_checkpoint_folder
 
 __all__ = [
     "MonoSemanticClassifierOutput",

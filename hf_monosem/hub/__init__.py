@@ -56,8 +56,8 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from .configuration import MonoSemanticConfig
-from .modeling import (
+from ..models.configuration import MonoSemanticConfig
+from ..models.modeling import (
     MonoSemanticForImageClassification,
     MonoSemanticForSequenceClassification,
     MonoSemanticModel,
@@ -330,7 +330,7 @@ def _config_of(model: PreTrainedModel | PreTrainedConfig) -> MonoSemanticConfig:
         raise TypeError(
             "got a peft model: merge LoRA adapters first (peft_model.merge_and_unload()) to publish a plain "
             "checkpoint, or publish the adapter folder with peft_model.push_to_hub(...); MonoLoRA adapters "
-            "cannot be merged (see hf_monosem.lora)"
+            "cannot be merged (see hf_monosem.adapters.lora)"
         )
     config = model if isinstance(model, PreTrainedConfig) else getattr(model, "config", None)
     if getattr(config, "model_type", None) != MonoSemanticConfig.model_type:

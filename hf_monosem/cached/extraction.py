@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, default_data_collator
 
-from .modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
+from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 
 __all__ = ["extract_pooled_features", "model_fingerprint", "resolve_base_model"]
 

@@ -2,29 +2,24 @@
 
 Each function raises ``ValueError`` (or ``FileNotFoundError`` for missing files) whose message names
 the bad value and what is allowed. Trainers and examples call :func:`validate_classification_dataset`
-before training; :class:`~hf_monosem.modeling.MonoSemanticPreTrainedModel.from_pretrained` calls
-:func:`check_checkpoint_folder` on local folders.
+before training. Checkpoint folders are checked by :func:`hf_monosem.models.loading.check_checkpoint_folder`
+(it lives with the models so that remote code stays one self-contained folder).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "check_checkpoint_folder",
     "validate_classification_batch",
     "validate_classification_dataset",
-    "validate_input_tensor",
 ]
 
 # rows read at a time when scanning a column for NaN/inf (bounded memory on large datasets)
 _CHUNK = 4096
 _IGNORE_INDEX = -100  # label of rows the loss skips
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def _columns(dataset: Any) -> list[str]:
@@ -222,49 +217,3 @@ def _check_image_array(images: np.ndarray, config: Any, split_name: str) -> None
             f"{split_name} images are {images.shape[2]}x{images.shape[3]} but the {backbone.model_type} backbone "
             f"expects image_size={image_size}; resize them or set image_size in the backbone config"
         )
-
-
-def validate_input_tensor(name: str, tensor: Any) -> None:
-    """Raise if a model input tensor holds NaN/inf (used at evaluation time on perturbed inputs)."""
-    import torch
-
-    if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        raise ValueError(f"input {name!r} holds NaN or inf values")
-
-
-def check_checkpoint_folder(path: str | os.PathLike, expected_model_type: str = "monosemantic") -> None:
-    """Check a local checkpoint folder before loading: config present, right model type, weights readable.
-
-    Example:
-        >>> import tempfile
-        >>> check_checkpoint_folder(tempfile.mkdtemp())
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: ... has no config.json; a checkpoint folder holds config.json and model.safetensors
-    """
-    path = os.fspath(path)
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{path} has no config.json; a checkpoint folder holds config.json and model.safetensors")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON ({err}); the checkpoint is corrupt") from None
-    if model_type != expected_model_type:
-        raise ValueError(
-            f"{config_path} has model_type={model_type!r}, expected {expected_model_type!r}: this is not an "
-            "hf_monosem checkpoint; load it with the transformers class for that model type, or wrap it with "
-            "from_backbone(...)"
-        )
-    present = [name for name in _WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
-    if not present:
-        raise FileNotFoundError(f"{path} has config.json but no weights; expected one of {list(_WEIGHT_FILES)}")
-    if present[0] == "model.safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as f:
-                f.keys()
-        except Exception as err:  # safetensors raises its own error types for truncated/garbled headers
-            raise ValueError(f"{path}/model.safetensors cannot be read ({err}); the checkpoint is corrupt") from None

@@ -12,12 +12,12 @@ What it adds to the plain Trainer:
 * evaluation reports the same terms with the evaluation prefix (``eval_reconstruction_loss``, ...)
   and keeps features / pooled vectors out of the gathered predictions (only logits are kept);
 * bad input fails before the first step: ``train()`` validates the train and eval datasets of a
-  classifier (:mod:`hf_monosem.validation`), refuses a resume checkpoint that is missing or
+  classifier (:mod:`hf_monosem.data.validation`), refuses a resume checkpoint that is missing or
   incomplete, and a process launched as one of several that ended up training alone; a NaN/inf
   loss stops training with a ``FloatingPointError`` naming the step and the offending term.
 
-Contrastive pretraining (:class:`~hf_monosem.contrastive.ContrastiveTrainer`), post-hoc SAE fitting
-(:mod:`hf_monosem.sae_fitting`) and linear probing on cached features (:mod:`hf_monosem.probing`)
+Contrastive pretraining (:class:`~hf_monosem.training.contrastive.ContrastiveTrainer`), post-hoc SAE fitting
+(:mod:`hf_monosem.cached.sae_fitting`) and linear probing on cached features (:mod:`hf_monosem.cached.probing`)
 live in their own modules and reuse this trainer's logging.
 """
 
@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from ..data.validation import validate_classification_batch, validate_classification_dataset
 from .losses import LOSS_TYPES, robust_classification_loss
-from .validation import validate_classification_batch, validate_classification_dataset
 
 __all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]
 
@@ -251,7 +251,7 @@ class MonoSemanticTrainer(Trainer):
 
     def _classifier_config(self) -> Any:
         """The model's ``MonoSemanticConfig`` when it is a classifier (possibly peft-wrapped), else ``None``."""
-        from .configuration import MonoSemanticConfig
+        from ..models.configuration import MonoSemanticConfig
 
         model = self.accelerator.unwrap_model(self.model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -264,10 +264,10 @@ class MonoSemanticTrainer(Trainer):
         """Validate the train and eval datasets of a classifier before any step is taken.
 
         A ``datasets.Dataset`` with its label and input columns is checked whole
-        (:func:`~hf_monosem.validation.validate_classification_dataset`: labels, image shape, NaN/inf,
+        (:func:`~hf_monosem.data.validation.validate_classification_dataset`: labels, image shape, NaN/inf,
         token ids). A dataset whose columns appear only later (``set_transform``, a tokenising
         collator) or any other map-style dataset is checked on its first collated rows
-        (:func:`~hf_monosem.validation.validate_classification_batch`), with the random state restored
+        (:func:`~hf_monosem.data.validation.validate_classification_batch`), with the random state restored
         so that random transforms do not shift the run. Skipped when ``validate_datasets=False``.
         """
         config = self._classifier_config() if self.validate_datasets else None

@@ -1,0 +1,131 @@
+"""Contrastive (SimCLR / NCL) training of a projector on a frozen backbone's cached features.
+
+The paper's intrinsic route to monosemantic features is NCL: the SimCLR objective with a
+non-negative projector output. Pretraining a whole backbone that way costs GPU days; this module is
+the cheap variant for a *frozen* pretrained backbone: the pooled backbone vectors are extracted once
+(:func:`hf_monosem.extract_pooled_features`), and only the projector (the ``linear`` = SimCLR or
+``nonneg`` = NCL feature layer, usually with ``projector_hidden_dim``) is trained with InfoNCE.
+
+Views are made in feature space, since the backbone is not run again: each view is the
+standardised pooled vector with dropout (as SimCSE's dropout views, but on the output) plus small
+Gaussian noise. Labels are never used, so the features a probe reads afterwards are as
+label-independent as in the paper's pretrain-then-probe protocol.
+
+The returned layer works on *raw* pooled vectors: the standardisation is folded into its first
+linear map, so it drops into a :class:`~hf_monosem.MonoSemanticModel` unchanged.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models.feature_layers import LinearFeatures, build_feature_layer
+from ..training.losses import info_nce_loss
+
+__all__ = ["fit_contrastive_projector"]
+
+_KINDS = ("linear", "nonneg")
+
+
+def fit_contrastive_projector(
+    features: torch.Tensor,
+    *,
+    feature_layer: str = "nonneg",
+    feature_dim: int = 1536,
+    projector_hidden_dim: int | None = 1536,
+    nonneg_activation: str = "relu",
+    temperature: float = 0.2,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    view_dropout: float = 0.2,
+    view_noise: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[LinearFeatures, dict[str, Any]]:
+    """Train a SimCLR (``"linear"``) or NCL (``"nonneg"``) projector on cached pooled features.
+
+    Args:
+        features: ``[N, hidden]`` pooled backbone vectors (no labels needed).
+        feature_layer: ``"linear"`` (SimCLR baseline) or ``"nonneg"`` (NCL).
+        feature_dim, projector_hidden_dim: projector output / hidden widths (MLP when hidden is set).
+        temperature: InfoNCE temperature (0.2, the paper's).
+        epochs, lr, batch_size, seed: Adam on shuffled mini-batches.
+        view_dropout, view_noise: the feature-space augmentation making the two views.
+
+    Returns:
+        ``(layer, report)``: the trained feature layer (input: raw pooled vectors) and a report with
+        the per-epoch ``loss`` history, the final ``zero_fraction`` of the outputs and ``positive_accuracy``
+        (how often a view's nearest neighbour in the batch is its other view).
+
+    Example:
+        >>> x = torch.randn(512, 16)
+        >>> layer, report = fit_contrastive_projector(x, feature_dim=64, projector_hidden_dim=64, epochs=2,
+        ...                                           progress=False)
+        >>> bool((layer(x)[0] >= 0).all()), len(report["loss"])
+        (True, 2)
+    """
+    if feature_layer not in _KINDS:
+        raise ValueError(f"feature_layer={feature_layer!r} is not valid; allowed: {', '.join(map(repr, _KINDS))}")
+    if features.dim() != 2 or features.shape[0] < 2:
+        raise ValueError(f"features must be [N >= 2, hidden], got shape {tuple(features.shape)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("feature_dim", feature_dim)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} is not valid; allowed: a positive integer")
+    if not 0 <= view_dropout < 1 or view_noise < 0:
+        raise ValueError(f"view_dropout={view_dropout} must be in [0, 1) and view_noise={view_noise} >= 0")
+
+    torch.manual_seed(seed)
+    features = features.float()
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    standardized = (features - mean) / std
+    config = SimpleNamespace(
+        feature_layer=feature_layer, feature_dim=feature_dim, projector_hidden_dim=projector_hidden_dim,
+        nonneg_activation=nonneg_activation,
+    )
+    layer = build_feature_layer(config, input_dim=features.shape[1]).to(features.device)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    n = standardized.shape[0]
+    history: list[float] = []
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x + view_noise * torch.randn_like(x), view_dropout, training=True)
+
+    layer.train()
+    for _ in tqdm(range(epochs), desc=f"contrastive {feature_layer} projector", disable=not progress):
+        order = torch.randperm(n, generator=generator).to(features.device)
+        total, steps = 0.0, 0
+        for start in range(0, n - 1, batch_size):
+            x = standardized[order[start : start + batch_size]]
+            if x.shape[0] < 2:
+                continue
+            loss = info_nce_loss(layer(view(x))[0], layer(view(x))[0], temperature, gather=False)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        history.append(total / max(steps, 1))
+
+    _fold_standardization(layer, mean, std)
+    layer.eval()
+    with torch.no_grad():
+        sample = features[: min(n, 4096)]
+        out_a, out_b = layer(sample)[0], layer(sample + view_noise * std * torch.randn_like(sample))[0]
+        _, accuracy = info_nce_loss(out_a[:512], out_b[:512], temperature, gather=False, return_accuracy=True)
+        zero_fraction = float((out_a == 0).float().mean())
+    return layer, {"loss": history, "zero_fraction": zero_fraction, "positive_accuracy": float(accuracy)}
+
+
+@torch.no_grad()
+def _fold_standardization(layer: LinearFeatures, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make ``layer(raw)`` equal ``layer_before((raw - mean) / std)`` by rewriting its first linear map."""
+    first = layer.project if isinstance(layer.project, nn.Linear) else layer.project[0]
+    first.bias.sub_(first.weight @ (mean / std))
+    first.weight.div_(std)

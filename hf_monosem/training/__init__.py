@@ -1,0 +1,48 @@
+"""Trainers: :class:`MonoSemanticTrainer` (task + feature-layer losses), :class:`ContrastiveTrainer`
+(SimCLR vs NCL pretraining), their views and losses, checkpoint discovery for resume.
+"""
+from .views import IntensityJitterViews
+from .contrastive import (
+    CONTRASTIVE_METHODS,
+    LABEL_KEYS,
+    ContrastiveTrainer,
+    ImageViews,
+    TextViews,
+    UnlabeledDataCollator,
+)
+from .losses import (
+    LOSS_TYPES,
+    gather_with_grad,
+    generalized_cross_entropy,
+    info_nce_loss,
+    l1_sparsity_loss,
+    nonnegativity_loss,
+    robust_classification_loss,
+    symmetric_cross_entropy,
+)
+from .trainer import (
+    MonoSemanticTrainer,
+    RunningTerms,
+    last_complete_checkpoint,
+)
+
+__all__ = [
+    "CONTRASTIVE_METHODS",
+    "IntensityJitterViews",
+    "LOSS_TYPES",
+    "gather_with_grad",
+    "generalized_cross_entropy",
+    "info_nce_loss",
+    "l1_sparsity_loss",
+    "nonnegativity_loss",
+    "robust_classification_loss",
+    "symmetric_cross_entropy",
+    "MonoSemanticTrainer",
+    "RunningTerms",
+    "last_complete_checkpoint",
+    "LABEL_KEYS",
+    "ContrastiveTrainer",
+    "ImageViews",
+    "TextViews",
+    "UnlabeledDataCollator",
+]
