@@ -7,10 +7,9 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Tiny models run fastest single-threaded; more threads only add contention on the 2 shared cores.
-torch.set_num_threads(1)
+# The fixture folder holds data and the script that made it, not tests.
+collect_ignore_glob = ["fixtures/*"]
+
 
 
 def tiny_bert_config(**overrides):

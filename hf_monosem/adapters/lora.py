@@ -447,9 +447,16 @@ class AdapterActivationMonitor:
     no ReLU, the update ``B A x`` (normally no exact zeros), so the two can be compared.
 
     Example:
-        >>> with AdapterActivationMonitor(peft_model) as monitor:   # doctest: +SKIP
-        ...     peft_model(**batch)
-        >>> monitor.sparsity, monitor.per_layer()                   # doctest: +SKIP
+        >>> import torch
+        >>> from transformers import BertConfig
+        >>> from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification, add_lora
+        >>> cfg = MonoSemanticConfig(backbone_config=BertConfig(vocab_size=100, hidden_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37), feature_dim=64, num_labels=2)
+        >>> peft_model = add_lora(MonoSemanticForSequenceClassification(cfg), r=4, monolora="output")
+        >>> with AdapterActivationMonitor(peft_model) as monitor:
+        ...     _ = peft_model(input_ids=torch.randint(0, 100, (2, 7)))
+        >>> 0.0 <= monitor.sparsity <= 1.0, sorted(monitor.per_layer())[:1]
+        (True, ['base_model.model.monosemantic.backbone.encoder.layer.0.attention.self.query[default]'])
     """
 
     def __init__(self, model: nn.Module, adapter_name: str | None = None):
@@ -506,6 +513,17 @@ def adapter_sparsity(
 
     MonoLoRA: zeros of the ReLU'd intermediate; plain LoRA: zeros of ``B A x`` (see
     :class:`AdapterActivationMonitor`). Runs the model in eval mode and restores its mode.
+
+    Example:
+        >>> import torch
+        >>> from transformers import BertConfig
+        >>> from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification, add_lora
+        >>> cfg = MonoSemanticConfig(backbone_config=BertConfig(vocab_size=100, hidden_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37), feature_dim=64, num_labels=2)
+        >>> batch = {"input_ids": torch.randint(0, 100, (2, 7))}
+        >>> lora = add_lora(MonoSemanticForSequenceClassification(cfg), r=4)
+        >>> adapter_sparsity(lora, batch)  # plain LoRA: B A x has no exact zeros (B starts at 0: all zero)
+        1.0
     """
     if isinstance(batches, Mapping):
         batches = [batches]

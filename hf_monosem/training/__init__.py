@@ -20,10 +20,17 @@ from .losses import (
     robust_classification_loss,
     symmetric_cross_entropy,
 )
+from .checkpoints import (
+    TRAINER_STATE_FILE,
+    last_complete_checkpoint,
+    read_json,
+    resume_checkpoint,
+    wants_resume,
+    write_json,
+)
 from .trainer import (
     MonoSemanticTrainer,
     RunningTerms,
-    last_complete_checkpoint,
 )
 
 __all__ = [
@@ -39,7 +46,12 @@ __all__ = [
     "symmetric_cross_entropy",
     "MonoSemanticTrainer",
     "RunningTerms",
+    "TRAINER_STATE_FILE",
     "last_complete_checkpoint",
+    "read_json",
+    "resume_checkpoint",
+    "wants_resume",
+    "write_json",
     "LABEL_KEYS",
     "ContrastiveTrainer",
     "ImageViews",

@@ -59,6 +59,23 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         mask_rate, mask_token_id, special_token_ids: token masking for text views; the token ids
             default to ``processing_class``'s when it is a tokenizer.
         **kwargs: everything :class:`MonoSemanticTrainer` / ``transformers.Trainer`` takes.
+
+    Example (NCL on a tiny ResNet; ``feature_layer="linear"`` would be SimCLR):
+        >>> import contextlib, io, tempfile, torch
+        >>> from datasets import Dataset
+        >>> from transformers import ResNetConfig, TrainingArguments
+        >>> from hf_monosem import MonoSemanticConfig, MonoSemanticModel
+        >>> model = MonoSemanticModel(MonoSemanticConfig(backbone_config=ResNetConfig(num_channels=1,
+        ...     embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]), feature_layer="nonneg", feature_dim=32))
+        >>> images = Dataset.from_dict({"pixel_values": torch.rand(8, 1, 16, 16).tolist()}).with_format("torch")
+        >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, logging_steps=1, per_device_train_batch_size=4,
+        ...                          report_to=[], use_cpu=True, save_strategy="no")
+        >>> trainer = ContrastiveTrainer(model=model, args=args, train_dataset=images,
+        ...                              image_views=ImageViews(size=(16, 16)))
+        >>> with contextlib.redirect_stdout(io.StringIO()):
+        ...     _ = trainer.train()
+        >>> sorted(k for k in trainer.state.log_history[0] if k.startswith("contrastive"))
+        ['contrastive_accuracy', 'contrastive_loss']
     """
 
     def __init__(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import warnings
 from typing import Any
 
@@ -36,34 +35,13 @@ from torch import nn
 from transformers import Trainer
 
 from ..data.validation import validate_classification_batch, validate_classification_dataset
+from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint
 from .losses import LOSS_TYPES, robust_classification_loss
 
 __all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]
 
-#: written last into a Trainer checkpoint folder: a folder without it was cut off while saving.
-TRAINER_STATE_FILE = "trainer_state.json"
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 #: rows collated to check a dataset whose columns only exist after a transform.
 _FIRST_BATCH_ROWS = 8
-
-
-def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
-    """The ``checkpoint-<step>`` folder in ``folder`` with the highest step that was saved completely.
-
-    A run killed while saving leaves a newer ``checkpoint-*`` folder without ``trainer_state.json``
-    (the Trainer writes it last); ``transformers.trainer_utils.get_last_checkpoint`` would pick that
-    one and resuming would fail. ``None`` when ``folder`` does not exist or holds no complete one.
-    """
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        return None
-    steps = []
-    for name in os.listdir(folder):
-        match = _CHECKPOINT_RE.match(name)
-        path = os.path.join(folder, name)
-        if match and os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
-            steps.append((int(match.group(1)), path))
-    return max(steps)[1] if steps else None
 
 
 #: model output keys that are not predictions: never gathered during evaluation.
@@ -157,12 +135,23 @@ class MonoSemanticTrainer(Trainer):
     term only. Logged every ``logging_steps``: ``loss``, ``task_loss`` (when there are labels), each
     auxiliary term by name, ``active_fraction``, ``dead_fraction``.
 
-    Example (the model returns its own loss; the trainer adds the logging)::
-
-        trainer = MonoSemanticTrainer(model=model, args=TrainingArguments("out", report_to=[]),
-                                      train_dataset=train, loss_type="gce")
-        trainer.train()
-        trainer.state.log_history[-2]   # {'loss': ..., 'reconstruction_loss': ..., 'active_fraction': ...}
+    Example (the model returns its own loss; the trainer adds the logging):
+        >>> import contextlib, io, tempfile, torch
+        >>> from datasets import Dataset
+        >>> from transformers import BertConfig, TrainingArguments
+        >>> from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification
+        >>> model = MonoSemanticForSequenceClassification(MonoSemanticConfig(
+        ...     backbone_config=BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+        ...                                num_attention_heads=2, intermediate_size=20),
+        ...     feature_layer="topk", feature_dim=32, topk=4, num_labels=2))
+        >>> train = Dataset.from_dict({"input_ids": torch.randint(1, 50, (8, 6)).tolist(), "label": [0, 1] * 4})
+        >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, logging_steps=1, per_device_train_batch_size=4,
+        ...                          report_to=[], use_cpu=True, save_strategy="no")
+        >>> trainer = MonoSemanticTrainer(model=model, args=args, train_dataset=train, loss_type="gce")
+        >>> with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints each log line
+        ...     _ = trainer.train()
+        >>> sorted(k for k in trainer.state.log_history[0] if k.endswith(("_loss", "_fraction")))
+        ['active_fraction', 'dead_fraction', 'reconstruction_loss', 'task_loss']
     """
 
     #: keys of the model output kept out of evaluation predictions (only logits are gathered).

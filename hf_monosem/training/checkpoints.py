@@ -1,0 +1,144 @@
+"""Run folders: which Trainer checkpoint to resume from, and the JSON files that record a run.
+
+A training script that may be killed and restarted needs three things, all here:
+
+* :func:`last_complete_checkpoint` -- the newest ``checkpoint-<step>`` folder that was saved
+  completely (a run killed while saving leaves a newer one without ``trainer_state.json``);
+* :func:`resume_checkpoint` / :func:`wants_resume` -- what ``--resume_from_checkpoint`` means for one
+  run of a script that trains several models, each in its own folder;
+* :func:`write_json` / :func:`read_json` -- result and state files, written atomically so that another
+  process (of an ``accelerate launch`` run, or a resumed run) never reads half a file.
+
+Example:
+    >>> import os, tempfile
+    >>> run = tempfile.mkdtemp()
+    >>> for step, complete in ((4, True), (8, True), (12, False)):  # checkpoint-12 was cut off
+    ...     os.makedirs(os.path.join(run, f"checkpoint-{step}"))
+    ...     if complete:
+    ...         write_json(os.path.join(run, f"checkpoint-{step}", TRAINER_STATE_FILE), {"global_step": step})
+    >>> os.path.basename(last_complete_checkpoint(run))
+    'checkpoint-8'
+    >>> os.path.basename(resume_checkpoint(run, "True")), resume_checkpoint(run, "")
+    ('checkpoint-8', None)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict
+from typing import Any
+
+__all__ = [
+    "TRAINER_STATE_FILE",
+    "last_complete_checkpoint",
+    "read_json",
+    "resume_checkpoint",
+    "wants_resume",
+    "write_json",
+]
+
+#: written last into a Trainer checkpoint folder: a folder without it was cut off while saving.
+TRAINER_STATE_FILE = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The ``checkpoint-<step>`` folder in ``folder`` with the highest step that was saved completely.
+
+    A run killed while saving leaves a newer ``checkpoint-*`` folder without ``trainer_state.json``
+    (the Trainer writes it last); ``transformers.trainer_utils.get_last_checkpoint`` would pick that
+    one and resuming would fail. ``None`` when ``folder`` does not exist or holds no complete one.
+
+    Example:
+        >>> import tempfile
+        >>> last_complete_checkpoint(tempfile.mkdtemp()) is None
+        True
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return None
+    steps = []
+    for name in os.listdir(folder):
+        match = _CHECKPOINT_RE.match(name)
+        path = os.path.join(folder, name)
+        if match and os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
+            steps.append((int(match.group(1)), path))
+    return max(steps)[1] if steps else None
+
+
+def wants_resume(resume: str | bool | None) -> bool:
+    """Whether a ``--resume_from_checkpoint`` value asks for resuming: ``True`` or a path (as a bool or
+    the string ``TrainingArguments`` keeps), not ``None`` / ``False`` / ``""`` / ``"false"`` / ``"none"``.
+
+    Example:
+        >>> [wants_resume(v) for v in (None, False, "", "False", "True", "runs/x/checkpoint-8")]
+        [False, False, False, False, True, True]
+    """
+    return resume is not None and resume is not False and str(resume).lower() not in ("", "false", "none")
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, resume: str | bool | None) -> str | None:
+    """What to pass to ``Trainer.train(resume_from_checkpoint=...)`` for one run of a multi-run script.
+
+    ``resume`` is the script's ``--resume_from_checkpoint``: ``True`` resumes every run from the last
+    complete ``checkpoint-*`` in its own folder ``run_dir`` (:func:`last_complete_checkpoint`; a run
+    that never saved one starts afresh, returning ``None``); a checkpoint path resumes the run whose
+    folder holds it (every other run behaves as with ``True``); empty / ``False`` / ``None``: no
+    resuming. Unlike ``resume_from_checkpoint=True`` on the Trainer, a run with nothing saved yet is
+    not an error, so one flag can resume a script whose later runs never started.
+
+    Example:
+        >>> import tempfile
+        >>> resume_checkpoint(tempfile.mkdtemp(), True) is None  # nothing saved yet: start afresh
+        True
+    """
+    if not wants_resume(resume):
+        return None
+    run_dir = os.fspath(run_dir)
+    if isinstance(resume, (str, os.PathLike)) and str(resume).lower() != "true":
+        if os.path.abspath(resume).startswith(os.path.abspath(run_dir) + os.sep):
+            return os.fspath(resume)
+    return last_complete_checkpoint(run_dir)
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> None:
+    """Write ``payload`` as indented JSON atomically (a temporary file, then a rename), creating the folder.
+
+    A concurrent reader (another process of an ``accelerate launch`` run, a resumed run) sees the old
+    file or the new one, never half of one. Arrays and tensors are written as lists (their
+    ``tolist()``), dataclasses as dicts, anything else JSON cannot hold as its ``str``.
+
+    Example:
+        >>> import os, tempfile, numpy as np
+        >>> path = os.path.join(tempfile.mkdtemp(), "run", "result.json")
+        >>> write_json(path, {"accuracy": np.float32(0.5), "per_seed": np.array([1, 2])})
+        >>> read_json(path)
+        {'accuracy': 0.5, 'per_seed': [1, 2]}
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, default=_jsonable)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value stored in ``path`` (e.g. by :func:`write_json`)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dump``'s fallback: arrays/tensors/NumPy scalars as lists or numbers, dataclasses as dicts."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__") and not isinstance(value, type):
+        return asdict(value)
+    return str(value)
