@@ -21,6 +21,7 @@ independent per row). Random views are drawn from a ``torch.Generator`` seeded w
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +33,9 @@ from .trainer import MonoSemanticTrainer
 from .views import LABEL_KEYS, ImageViews, TextViews, UnlabeledDataCollator
 
 __all__ = ["CONTRASTIVE_METHODS", "LABEL_KEYS", "ContrastiveTrainer", "ImageViews", "TextViews", "UnlabeledDataCollator"]
+
+#: per-process file in a checkpoint folder holding the training view generator's state.
+VIEW_GENERATOR_FILE = "view_generator_state_{process}.pt"
 
 #: pretraining method -> the feature layer that makes it (the projector): SimCLR vs NCL differ in one value.
 CONTRASTIVE_METHODS = {"simclr": "linear", "ncl": "nonneg"}
@@ -167,6 +171,31 @@ class ContrastiveTrainer(MonoSemanticTrainer):
             features=features,
         )
         return (loss, outputs) if return_outputs else loss
+
+    # ---- resume: the view generator is part of the run's random state ---------------------------
+    def _view_state_file(self, folder: str) -> str:
+        return os.path.join(folder, VIEW_GENERATOR_FILE.format(process=self.args.process_index))
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # The Trainer saves python/numpy/torch RNGs per process; the views come from our own generator,
+        # so without this a resumed run would redraw the views of the first steps again.
+        super()._save_rng_state(output_dir)
+        torch.save(self._view_generator.get_state(), self._view_state_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._view_state_file(checkpoint)
+        if not os.path.isfile(path):
+            warnings.warn(
+                f"{checkpoint} has no {os.path.basename(path)} (saved before hf_monosem kept the view generator): "
+                "the resumed run draws its views from the start of the sequence, so it will not match an "
+                "uninterrupted run",
+                stacklevel=2,
+            )
+            return
+        self._view_generator.set_state(torch.load(path, weights_only=True))
 
     def evaluation_loop(self, *args, **kwargs):
         # the same views at every evaluation, independent of how far training has gone
