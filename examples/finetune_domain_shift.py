@@ -45,28 +45,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 
 from datasets import DatasetDict
 from example_utils import (
-    KEEP_FEATURES,
     DataArguments,
     FeatureLayerArguments,
-    backbone_source,
-    build_classifier,
-    command_line,
-    image_channels,
-    label_names,
-    load_data,
-    metrics_with_monosemanticity,
     parse_feature_layers,
-    plot_panels,
-    preprocess,
-    read_json,
-    resume_checkpoint,
-    subsample,
-    wants_resume,
-    write_json,
 )
 from transformers import (
     DataCollatorWithPadding,
@@ -77,7 +63,18 @@ from transformers import (
 )
 
 from hf_monosem import MonoSemanticTrainer
+from hf_monosem.data import (
+    backbone_source,
+    build_classifier,
+    image_channels,
+    label_names,
+    load_dataset_by_name,
+    preprocess,
+    subsample,
+)
+from hf_monosem.evaluation import KEEP_FEATURES, make_compute_metrics
 from hf_monosem.scenarios import split_by_domain
+from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
 SHIFT_MODES = ("auto", "split", "domain")
 TEST_SETS = ("in_domain", "shifted")
@@ -132,9 +129,8 @@ def _values(text: str) -> list[str]:
 
 def shifted_data(data_args, shift_args, seed: int) -> tuple[DatasetDict, str, str]:
     """``train`` (source domain), ``in_domain`` and ``shifted`` test sets; the modality; the mode used."""
-    everything = dataclasses.replace(data_args, max_train_samples=0, max_eval_samples=0)  # truncated after the split
-    data, modality = load_data(everything, seed=seed)
-    data_args.label_column = everything.label_column  # load_data renames the label column to "label"
+    every_row = {**data_args.loading_options, "max_train_samples": None, "max_eval_samples": None}  # cut after the split
+    data, modality = load_dataset_by_name(data_args.dataset_name, seed=seed, **every_row)  # labels in LABEL_COLUMN
     mode = shift_args.shift_by
     if mode == "auto":
         mode = "split" if shift_args.shifted_split in data else "domain"
@@ -182,26 +178,32 @@ def final_metrics(trainer, dataset, name: str) -> dict[str, float]:
 
 def plot(results: dict, path: str, title: str) -> None:
     """In-domain (solid) and shifted (dashed) accuracy per epoch; both after training."""
-    kinds = list(results)
-    curves = [{"label": f"{kind} ({name})", "x": [e for e, _ in curve], "y": [a for _, a in curve], "style": style,
-               "color": f"C{i}"}
-              for i, (kind, r) in enumerate(results.items()) for name, style in zip(TEST_SETS, ("-", "--"))
-              for curve in [r["eval_curves"].get(name) or []] if curve]
-    bars = {"in-domain": [results[k]["in_domain_accuracy"] for k in kinds],
-            "shifted": [results[k]["shifted_accuracy"] for k in kinds]}
-    plot_panels(path, [
-        {"lines": curves, "xlabel": "epoch", "ylabel": "test accuracy", "title": title, "legend_fontsize": 8},
-        {"bars": (kinds, bars), "ylim": (0, 1), "legend_fontsize": 8, "title": "after training"},
-    ])
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8))
+    curves, after = fig.subplots(1, 2)
+    for i, (kind, r) in enumerate(results.items()):
+        for name, style in zip(TEST_SETS, ("-", "--")):
+            curve = r["eval_curves"].get(name) or []
+            if curve:
+                curves.plot([e for e, _ in curve], [a for _, a in curve], style, marker="o", color=f"C{i}",
+                            label=f"{kind} ({name})")
+    curves.set(xlabel="epoch", ylabel="test accuracy", title=title)
+    curves.legend(fontsize=8)
+    bars = pd.DataFrame({"in-domain": [r["in_domain_accuracy"] for r in results.values()],
+                         "shifted": [r["shifted_accuracy"] for r in results.values()]}, index=list(results))
+    bars.plot.bar(ax=after, rot=0, ylim=(0, 1), title="after training").legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main(argv=None) -> dict:
     model_args, data_args, shift_args, training_args, kinds = parse_args(argv)
     data, modality, mode = shifted_data(data_args, shift_args, seed=training_args.seed)
-    parts_args = dataclasses.replace(data_args, train_split="train", eval_split="in_domain")
-    names = label_names(data, parts_args)
-    source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(data, "train"))
-    data, processor = preprocess(data, modality, source.get("backbone"), parts_args)
+    names = label_names(data["train"])
+    source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(data["train"]))
+    data, processor = preprocess(data, modality, source.get("backbone"), **data_args.preprocessing_options)
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
     main_process = training_args.process_index == 0
     tests = {name: data[name] for name in TEST_SETS}
@@ -216,10 +218,10 @@ def main(argv=None) -> dict:
             continue
         args = dataclasses.replace(training_args, output_dir=run_dir)
         set_seed(args.seed)  # the same initialisation for every feature layer
-        model = build_classifier(kind, model_args, source, names, modality)
+        model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
         trainer = MonoSemanticTrainer(
             model=model, args=args, train_dataset=data["train"], eval_dataset=tests, data_collator=collator,
-            processing_class=processor, compute_metrics=metrics_with_monosemanticity(),
+            processing_class=processor, compute_metrics=make_compute_metrics(full_report=True, prefix="features_"),
         )
         # evaluations keep the features, so accuracy and monosemanticity come from the same pass
         trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint),
@@ -250,7 +252,8 @@ def main(argv=None) -> dict:
                      "source": _values(shift_args.source_domains),
                      "target": _values(shift_args.target_domains) or "every other domain"}
         payload = {
-            "command": command_line(__file__, argv), "dataset": data_args.dataset_name, "modality": modality,
+            "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+            "dataset": data_args.dataset_name, "modality": modality,
             "backbone": model_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
             "shift": shift, "rows": {name: len(part) for name, part in data.items()}, "seed": training_args.seed,
             "freeze_backbone": model_args.freeze_backbone, "results": results,

@@ -35,29 +35,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import DatasetDict
 from example_utils import (
-    KEEP_FEATURES,
     DataArguments,
     FeatureLayerArguments,
-    backbone_source,
-    build_classifier,
-    command_line,
-    image_channels,
-    label_names,
-    load_data,
-    metrics_with_monosemanticity,
     parse_feature_layers,
     parse_positive_ints,
-    plot_panels,
-    preprocess,
-    read_json,
-    resume_checkpoint,
-    wants_resume,
-    write_json,
 )
 from transformers import (
     DataCollatorWithPadding,
@@ -68,7 +55,18 @@ from transformers import (
 )
 
 from hf_monosem import MonoSemanticTrainer
+from hf_monosem.data import (
+    LABEL_COLUMN,
+    backbone_source,
+    build_classifier,
+    image_channels,
+    label_names,
+    load_dataset_by_name,
+    preprocess,
+)
+from hf_monosem.evaluation import KEEP_FEATURES, make_compute_metrics
 from hf_monosem.scenarios import few_shot
+from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
 SUBSETS_FILE = "fewshot_subsets.json"
 ROW_COLUMN = "__fewshot_row__"
@@ -111,7 +109,9 @@ def parse_args(argv=None):
 
 
 def draw_subsets(train, shots, shot_args, training_args, data_args) -> dict[int, list[int]]:
-    """Row indices of every k-shot set, drawn once and stored so that a resumed run reuses them."""
+    """Row indices of every k-shot set, drawn once and stored so that a resumed run reuses them.
+
+    ``train``'s class ids are in ``LABEL_COLUMN``; the stored spec names the ``--label_column`` they came from."""
     path = os.path.join(training_args.output_dir, SUBSETS_FILE)
     spec = {"dataset": data_args.dataset_name, "train_split": data_args.train_split,
             "label_column": data_args.label_column, "num_rows": len(train), "seed": shot_args.subset_seed}
@@ -124,13 +124,13 @@ def draw_subsets(train, shots, shot_args, training_args, data_args) -> dict[int,
                 "use another --output_dir or delete the old run"
             )
         stored = {int(k): v for k, v in payload["subsets"].items()}
-    rows = train.select_columns([data_args.label_column]).add_column(ROW_COLUMN, np.arange(len(train)))
+    rows = train.select_columns([LABEL_COLUMN]).add_column(ROW_COLUMN, np.arange(len(train)))
     subsets = dict(stored)
     for k in shots:
         if k in subsets:
             continue
         try:
-            subsets[k] = few_shot(rows, k, seed=shot_args.subset_seed, label_column=data_args.label_column)[ROW_COLUMN]
+            subsets[k] = few_shot(rows, k, seed=shot_args.subset_seed, label_column=LABEL_COLUMN)[ROW_COLUMN]
         except ValueError as error:
             raise SystemExit(f"--shots {k}: {error}") from None
         subsets[k] = [int(i) for i in subsets[k]]
@@ -141,31 +141,39 @@ def draw_subsets(train, shots, shot_args, training_args, data_args) -> dict[int,
 
 def plot(results: dict, path: str, dataset: str) -> None:
     """Clean test accuracy and class consistency of the test features against k (log scale)."""
-    def lines(key):
-        return [{"label": kind, "x": [int(k) for k in sorted(by_k, key=int)],
-                 "y": [by_k[k][key] for k in sorted(by_k, key=int)]} for kind, by_k in results.items()]
+    from matplotlib.figure import Figure
 
-    axis = {"xlabel": "training examples per class (k)", "log_x": True}
-    plot_panels(path, [
-        {"lines": lines("test_accuracy"), "ylabel": "clean test accuracy",
-         "title": f"few-shot fine-tuning on {dataset}", **axis},
-        {"lines": lines("features_class_consistency"), "ylabel": "class consistency of test features", **axis},
-    ])
+    fig = Figure(figsize=(10, 3.8))
+    panels = fig.subplots(1, 2)
+    shots = sorted({int(k) for by_k in results.values() for k in by_k})
+    for ax, key, ylabel in zip(panels, ("test_accuracy", "features_class_consistency"),
+                               ("clean test accuracy", "class consistency of test features")):
+        for kind, by_k in results.items():
+            ks = sorted(by_k, key=int)
+            ax.plot([int(k) for k in ks], [by_k[k][key] for k in ks], marker="o", label=kind)
+        ax.set_xscale("log")
+        ax.set_xticks(shots, [str(k) for k in shots])
+        ax.minorticks_off()
+        ax.set(xlabel="training examples per class (k)", ylabel=ylabel)
+        ax.legend()
+    panels[0].set_title(f"few-shot fine-tuning on {dataset}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main(argv=None) -> dict:
     model_args, data_args, shot_args, training_args, kinds, shots = parse_args(argv)
-    data, modality = load_data(data_args, seed=training_args.seed)
-    names = label_names(data, data_args)
-    source = backbone_source(model_args.model_name_or_path, modality,
-                             num_channels=image_channels(data, data_args.train_split))
+    # the label column is renamed to LABEL_COLUMN
+    data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
     train, test = data[data_args.train_split], data[data_args.eval_split]
+    names = label_names(train)
+    source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(train))
     subsets = draw_subsets(train, shots, shot_args, training_args, data_args)
 
     # preprocess only the rows some k-shot set uses (tokenising a whole corpus would dominate the run)
     union = sorted(set().union(*subsets.values()))
     data, processor = preprocess(DatasetDict({data_args.train_split: train.select(union), data_args.eval_split: test}),
-                                 modality, source.get("backbone"), data_args)
+                                 modality, source.get("backbone"), **data_args.preprocessing_options)
     train, test = data[data_args.train_split], data[data_args.eval_split]
     position = {row: i for i, row in enumerate(union)}
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
@@ -183,10 +191,10 @@ def main(argv=None) -> dict:
                 continue
             args = dataclasses.replace(training_args, output_dir=run_dir)
             set_seed(args.seed)  # the same head initialisation for every feature layer
-            model = build_classifier(kind, model_args, source, names, modality)
+            model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
             trainer = MonoSemanticTrainer(
                 model=model, args=args, train_dataset=subset, eval_dataset=test, data_collator=collator,
-                processing_class=processor, compute_metrics=metrics_with_monosemanticity(),
+                processing_class=processor, compute_metrics=make_compute_metrics(full_report=True, prefix="features_"),
             )
             trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint),
                           ignore_keys_for_eval=KEEP_FEATURES)
@@ -206,7 +214,8 @@ def main(argv=None) -> dict:
 
     if main_process:
         payload = {
-            "command": command_line(__file__, argv), "dataset": data_args.dataset_name, "modality": modality,
+            "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+            "dataset": data_args.dataset_name, "modality": modality,
             "backbone": model_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
             "shots": shots, "subset_seed": shot_args.subset_seed, "seed": training_args.seed,
             "freeze_backbone": model_args.freeze_backbone, "test_rows": len(test), "results": results,

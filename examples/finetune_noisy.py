@@ -26,26 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-from example_utils import (
-    DataArguments,
-    FeatureLayerArguments,
-    backbone_source,
-    build_classifier,
-    command_line,
-    image_channels,
-    label_names,
-    load_data,
-    parse_feature_layers,
-    parse_rate,
-    plot_panels,
-    preprocess,
-    read_json,
-    resume_checkpoint,
-    write_json,
-)
+from example_utils import DataArguments, FeatureLayerArguments, parse_feature_layers, parse_rate
 from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
@@ -55,8 +40,18 @@ from transformers import (
 )
 
 from hf_monosem import MonoSemanticTrainer
+from hf_monosem.data import (
+    LABEL_COLUMN,
+    backbone_source,
+    build_classifier,
+    image_channels,
+    label_names,
+    load_dataset_by_name,
+    preprocess,
+)
 from hf_monosem.evaluation.metrics import extract_features, make_compute_metrics, monosemanticity_report
 from hf_monosem.scenarios import add_image_noise, add_label_noise, add_text_noise
+from hf_monosem.training.checkpoints import read_json, resume_checkpoint, write_json
 
 LOSS_TYPES = ("ce", "gce", "sce")
 SCENARIO_FILE = "scenario.json"
@@ -112,30 +107,30 @@ def parse_args(argv=None):
     return model_args, data_args, scenario_args, training_args, kinds, levels
 
 
-def noisy_train_split(train, scenario_args, training_args, data_args, num_labels, label_column=None):
+def noisy_train_split(train, scenario_args, training_args, data_args, num_labels):
     """Corrupt the training labels once and store the draw, so a resumed run trains on the same labels.
 
     ``scenario.json`` records what the draw was made for (dataset, label column, noise, seed, rows); a
-    resumed run with anything else is refused, naming the difference. ``label_column``: the column the
-    user named (``load_data`` renames it to ``label`` in ``data_args``); default ``data_args.label_column``.
+    resumed run with anything else is refused, naming the difference. ``train``'s class ids are in
+    ``LABEL_COLUMN`` (``load_dataset_by_name`` renamed ``--label_column``, which the file records).
     """
     path = os.path.join(training_args.output_dir, SCENARIO_FILE)
-    spec = {"dataset": data_args.dataset_name, "label_column": label_column or data_args.label_column,
+    spec = {"dataset": data_args.dataset_name, "label_column": data_args.label_column,
             "label_noise": scenario_args.label_noise, "kind": scenario_args.label_noise_kind,
             "seed": training_args.seed, "num_rows": len(train)}
     if os.path.isfile(path):
         stored = read_json(path)
         check_stored_scenario(path, stored, spec)
-        label, order = data_args.label_column, train.column_names
+        label, order = LABEL_COLUMN, train.column_names
         feature = train.features[label]
         clean = np.asarray(train.select_columns([label]).with_format("numpy")[:][label])  # plain ids, in one read
         train = train.remove_columns(label).add_column(label, np.asarray(stored["labels"]), feature=feature)
         train = train.select_columns(order)  # the same layout as a fresh draw
         return train if "clean_label" in order else train.add_column("clean_label", clean, feature=feature)
     noisy = add_label_noise(train, scenario_args.label_noise, kind=scenario_args.label_noise_kind,
-                            seed=training_args.seed, label_column=data_args.label_column, num_classes=num_labels)
+                            seed=training_args.seed, label_column=LABEL_COLUMN, num_classes=num_labels)
     if training_args.process_index == 0:
-        labels = np.asarray(noisy.with_format("numpy")[data_args.label_column]).tolist()
+        labels = np.asarray(noisy.with_format("numpy")[LABEL_COLUMN]).tolist()
         write_json(path, {**spec, "labels": labels})  # atomic: other processes never read a half-written file
     return noisy
 
@@ -171,28 +166,32 @@ def evaluate_under_input_noise(trainer, test, modality, levels, seed, text_colum
 
 def plot(results: dict, path: str, label_noise: float) -> None:
     """Clean test accuracy per epoch; clean accuracy and noisy labels fitted after training."""
-    kinds = list(results)
-    curves = [{"label": kind, "x": [e for e, _ in r["eval_curve"]], "y": [a for _, a in r["eval_curve"]]}
-              for kind, r in results.items()]
-    bars = {"clean test accuracy": [results[k]["test_accuracy"] for k in kinds],
-            "noisy train labels fitted": [results[k]["memorised_noise"] for k in kinds]}
-    plot_panels(path, [
-        {"lines": curves, "xlabel": "epoch", "ylabel": "clean test accuracy",
-         "title": f"training on {label_noise:.0%} noisy labels"},
-        {"bars": (kinds, bars), "ylim": (0, 1), "legend_fontsize": 8, "title": "after training"},
-    ])
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8))
+    curves, after = fig.subplots(1, 2)
+    for kind, r in results.items():
+        curves.plot([e for e, _ in r["eval_curve"]], [a for _, a in r["eval_curve"]], marker="o", label=kind)
+    curves.set(xlabel="epoch", ylabel="clean test accuracy", title=f"training on {label_noise:.0%} noisy labels")
+    curves.legend()
+    bars = pd.DataFrame({"clean test accuracy": [r["test_accuracy"] for r in results.values()],
+                         "noisy train labels fitted": [r["memorised_noise"] for r in results.values()]},
+                        index=list(results))
+    bars.plot.bar(ax=after, rot=0, ylim=(0, 1), title="after training").legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main(argv=None) -> dict:
     model_args, data_args, scenario_args, training_args, kinds, levels = parse_args(argv)
-    label_column = data_args.label_column  # load_data renames it to "label"; scenario.json records the user's
-    data, modality = load_data(data_args, seed=training_args.seed)
-    names = label_names(data, data_args)
+    # the label column is renamed to LABEL_COLUMN
+    data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
+    names = label_names(data[data_args.train_split])
     source = backbone_source(model_args.model_name_or_path, modality,
-                             num_channels=image_channels(data, data_args.train_split))
-    data, processor = preprocess(data, modality, source.get("backbone"), data_args)
-    train = noisy_train_split(data[data_args.train_split], scenario_args, training_args, data_args, len(names),
-                              label_column=label_column)
+                             num_channels=image_channels(data[data_args.train_split]))
+    data, processor = preprocess(data, modality, source.get("backbone"), **data_args.preprocessing_options)
+    train = noisy_train_split(data[data_args.train_split], scenario_args, training_args, data_args, len(names))
     test = data[data_args.eval_split]
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
 
@@ -200,7 +199,7 @@ def main(argv=None) -> dict:
     for kind in kinds:
         args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, kind))
         set_seed(args.seed)  # the same initial weights for every run (and every layer) of this seed
-        model = build_classifier(kind, model_args, source, names, modality)
+        model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
         trainer = MonoSemanticTrainer(
             model=model, args=args, train_dataset=train, eval_dataset=test, data_collator=collator,
             processing_class=processor, compute_metrics=make_compute_metrics(with_monosemanticity=False),
@@ -214,7 +213,7 @@ def main(argv=None) -> dict:
         train_logits = trainer.predict(train).predictions
         train_logits = train_logits[0] if isinstance(train_logits, tuple) else train_logits
         predicted = np.asarray(train_logits).argmax(-1)
-        noisy_labels = np.asarray(train.with_format("numpy")[data_args.label_column])
+        noisy_labels = np.asarray(train.with_format("numpy")[LABEL_COLUMN])
         clean_labels = np.asarray(train.with_format("numpy")["clean_label"])
         flipped = noisy_labels != clean_labels
         features, _, test_labels = extract_features(trainer.model, test, batch_size=args.per_device_eval_batch_size,
@@ -236,7 +235,7 @@ def main(argv=None) -> dict:
 
     if training_args.process_index == 0:
         payload = {
-            "command": command_line(__file__, argv),
+            "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
             "dataset": data_args.dataset_name, "modality": modality,
             "backbone": model_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
             "scenario": dataclasses.asdict(scenario_args), "seed": training_args.seed, "results": results,

@@ -6,20 +6,21 @@ against the same pretraining without it (SimCLR). Here both are :class:`~hf_mono
 s that differ in ``feature_layer`` only (``"linear"`` = SimCLR, ``"nonneg"`` = NCL), with the same
 MLP projector (``--projector_hidden_dim``), temperature 0.2 and views
 (:class:`~hf_monosem.ImageViews`: random resized crop + horizontal flip with ``kornia``; colour
-jitter / grayscale for RGB inputs, and for 1-channel images a random brightness / contrast jitter
-added here, since grayscale images get no colour augmentation). They are trained by
-:class:`~hf_monosem.ContrastiveTrainer` from a random initialisation, without labels.
+jitter / grayscale for RGB inputs, and for 1-channel images a random brightness / contrast jitter,
+:class:`~hf_monosem.training.IntensityJitterViews`, since grayscale images get no colour
+augmentation). They are trained by :class:`~hf_monosem.ContrastiveTrainer` from a random
+initialisation, without labels.
 
 Then each frozen model's projector outputs (the features the paper's heads read, ReLU kept on for
 NCL) are extracted once and linear probes are trained on them (one batched grid,
-:func:`hf_monosem.cached.probe_grid.train_probe_grid`, the same budget for both methods, no early
+:func:`hf_monosem.scenarios.grid.label_noise_probe_grid`, the same budget for both methods, no early
 stopping) with clean labels and with ``--label_noise`` symmetric label noise, and evaluated on the
 clean test labels. Sparsity and class consistency of the test features are reported next to
 accuracy.
 
 Scale, honestly: the paper pretrains a ResNet-18 for 200 epochs on ImageNet-100 / CIFAR-100 (batch
 256, LARS, projector 512 -> 16384 -> 2048). The offline default is a ~0.2M-parameter ResNet
-(``example_utils.small_resnet_config``) pretrained for 8 epochs on 5,000 Fashion-MNIST images with
+(:func:`hf_monosem.data.small_resnet_config`) pretrained for 8 epochs on 5,000 Fashion-MNIST images with
 a 128 -> 512 -> 512 projector, probed on those 5,000 images and tested on 2,000 -- orders of
 magnitude less compute, so its numbers say whether the pipeline works and how sparse NCL's
 features get, not whether the paper's robustness gains reproduce. Measured once: 3.1 min with
@@ -47,25 +48,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from datasets import Dataset, Features
-from example_utils import (
-    DataArguments,
-    backbone_source,
-    command_line,
-    image_channels,
-    label_names,
-    load_data,
-    parse_rate,
-    preprocess,
-    read_json,
-    resume_checkpoint,
-    wants_resume,
-    write_json,
-)
+from example_utils import DataArguments, parse_rate
 from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
@@ -82,12 +70,19 @@ from hf_monosem import (
     UnlabeledDataCollator,
     extract_pooled_features,
 )
+from hf_monosem.cached import unit_rms
+from hf_monosem.data import (
+    LABEL_COLUMN,
+    backbone_source,
+    image_channels,
+    label_names,
+    load_dataset_by_name,
+    preprocess,
+)
 from hf_monosem.evaluation.metrics import monosemanticity_report
-from hf_monosem.cached.probe_grid import train_probe_grid
-from hf_monosem.scenarios import add_label_noise
-
-#: method -> feature layer: the projector output is used as is (SimCLR) or through a ReLU (NCL)
-METHODS = {"simclr": "linear", "ncl": "nonneg"}
+from hf_monosem.scenarios.grid import label_noise_probe_grid
+from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews
+from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
 
 @dataclass
@@ -148,9 +143,10 @@ def parse_args(argv=None):
     )
     pre_args, probe_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     methods = [m.strip() for m in pre_args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in CONTRASTIVE_METHODS]
     if unknown or not methods or len(set(methods)) != len(methods):
-        parser.error(f"--methods {pre_args.methods!r}: unknown or repeated {unknown or methods}; allowed {list(METHODS)}")
+        parser.error(f"--methods {pre_args.methods!r}: unknown or repeated {unknown or methods}; "
+                     f"allowed {list(CONTRASTIVE_METHODS)}")
     parse_rate(parser, probe_args.label_noise, "--label_noise")
     parse_rate(parser, pre_args.hflip_p, "--hflip_p")
     if not 0 < pre_args.crop_scale_min <= 1:
@@ -172,29 +168,6 @@ def parse_args(argv=None):
     return pre_args, probe_args, data_args, training_args, methods
 
 
-class IntensityJitterViews:
-    """:class:`~hf_monosem.ImageViews`, then (1-channel images only) a random contrast / brightness jitter.
-
-    Works on normalised tensors, per view: ``(x - mean(x)) * c + mean(x) + b`` with
-    ``c ~ U[1 - s, 1 + s]`` and ``b ~ U[-s, s]`` (data-std units) for a fraction ``p`` of the views,
-    drawn from the trainer's view generator (reproducible, independent of the global RNG).
-    """
-
-    def __init__(self, views: ImageViews, strength: float, p: float = 0.8):
-        self.views, self.strength, self.p = views, float(strength), float(p)
-
-    def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = self.views(pixel_values, generator)
-        if self.strength == 0 or x.shape[1] != 1:
-            return x
-        u = torch.rand(x.shape[0], 3, generator=generator).to(x.device)
-        on = u[:, 0] < self.p
-        contrast = torch.where(on, 1 + self.strength * (2 * u[:, 1] - 1), torch.ones_like(u[:, 1]))
-        shift = torch.where(on, self.strength * (2 * u[:, 2] - 1), torch.zeros_like(u[:, 2]))
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        return ((x - mean) * contrast.view(-1, 1, 1, 1) + mean + shift.view(-1, 1, 1, 1)).to(x.dtype)
-
-
 def build_model(kind: str, pre_args: PretrainArguments, source: dict) -> MonoSemanticModel:
     source = dict(source)
     if "backbone" in source and pre_args.model_name_or_path:
@@ -210,23 +183,14 @@ def build_model(kind: str, pre_args: PretrainArguments, source: dict) -> MonoSem
 def probe(features_train, features_test, y_train, y_test, label_feature, num_labels, probe_args) -> dict:
     """Clean and noisy-label linear probes (``probe_seeds`` each) in one batched grid; clean-test accuracy."""
     if probe_args.probe_normalize:
-        def unit_rms(x):
-            return x / x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-8)
-
         features_train, features_test = unit_rms(features_train), unit_rms(features_test)
-    seeds = list(range(probe_args.probe_seeds))
-    table = Dataset.from_dict({"label": y_train.tolist()}, features=Features({"label": label_feature}))
     cells = {"clean": 0.0, f"label_noise_{probe_args.label_noise:g}": probe_args.label_noise}
-    labels = torch.stack([torch.tensor(add_label_noise(table, rate, seed=s)["label"])
-                          for rate in cells.values() for s in seeds])
-    grid = train_probe_grid(features_train, labels, num_labels, seeds=[s for _ in cells for s in seeds],
-                            epochs=probe_args.probe_epochs, lr=probe_args.probe_lr,
-                            batch_size=probe_args.probe_batch_size)
-    accs = grid.accuracy(features_test, y_test).view(len(cells), len(seeds))
-    fitted = grid.accuracy(features_train, labels).view(len(cells), len(seeds))
-    return {cell: {"test_accuracy": float(accs[i].mean()), "test_accuracy_std": float(accs[i].std(unbiased=False)),
-                   "per_seed": accs[i].tolist(), "train_accuracy_vs_training_labels": float(fitted[i].mean())}
-            for i, cell in enumerate(cells)}
+    probes = label_noise_probe_grid(
+        features_train, features_test, y_train, y_test, label_feature, list(cells.values()),
+        range(probe_args.probe_seeds), epochs=probe_args.probe_epochs, lr=probe_args.probe_lr,
+        batch_size=probe_args.probe_batch_size, num_labels=num_labels,
+    )
+    return probes.summary(list(cells))
 
 
 def plot(results: dict, path: str, noise_cell: str) -> None:
@@ -279,11 +243,12 @@ def pretraining_summary(trainer) -> dict:
 
 def main(argv=None) -> dict:
     pre_args, probe_args, data_args, training_args, methods = parse_args(argv)
-    data, modality = load_data(data_args, seed=training_args.seed)
-    names = label_names(data, data_args)
+    # the label column is renamed to LABEL_COLUMN
+    data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
+    names = label_names(data[data_args.train_split])
     source = backbone_source(pre_args.model_name_or_path, modality,
-                             num_channels=image_channels(data, data_args.train_split))
-    data, processor = preprocess(data, modality, source.get("backbone"), data_args)
+                             num_channels=image_channels(data[data_args.train_split]))
+    data, processor = preprocess(data, modality, source.get("backbone"), **data_args.preprocessing_options)
     train, test = data[data_args.train_split], data[data_args.eval_split]
     text = modality == "text"
     collator = DataCollatorWithPadding(processor) if text else default_data_collator
@@ -302,7 +267,7 @@ def main(argv=None) -> dict:
             continue
         args = dataclasses.replace(training_args, output_dir=run_dir)
         set_seed(args.seed)  # both methods start from the same backbone weights
-        model = build_model(METHODS[method], pre_args, source)
+        model = build_model(CONTRASTIVE_METHODS[method], pre_args, source)
         trainer = ContrastiveTrainer(
             model=model, args=args, train_dataset=train, eval_dataset=test,
             data_collator=UnlabeledDataCollator(collator), processing_class=processor, image_views=views,
@@ -319,9 +284,9 @@ def main(argv=None) -> dict:
     if not main_process:  # probing is cheap and runs once, on the main process
         return {}
     num_labels = len(names)
-    label_feature = train.features[data_args.label_column]
-    y_train = torch.as_tensor(np.asarray(train.with_format("numpy")[data_args.label_column]))
-    y_test = torch.as_tensor(np.asarray(test.with_format("numpy")[data_args.label_column]))
+    label_feature = train.features[LABEL_COLUMN]
+    y_train = torch.as_tensor(np.asarray(train.with_format("numpy")[LABEL_COLUMN]))
+    y_test = torch.as_tensor(np.asarray(test.with_format("numpy")[LABEL_COLUMN]))
     results = {}
     for method, (model, summary) in pretrained.items():
         model.eval()
@@ -330,7 +295,7 @@ def main(argv=None) -> dict:
         features_train = extract_pooled_features(model, train, **extract)
         features_test = extract_pooled_features(model, test, **extract)
         results[method] = {
-            "feature_layer": METHODS[method], "pretraining": summary,
+            "feature_layer": CONTRASTIVE_METHODS[method], "pretraining": summary,
             "probe": probe(features_train, features_test, y_train, y_test, label_feature, num_labels, probe_args),
             "features": monosemanticity_report(features_test, y_test),
             "checkpoint": os.path.join(training_args.output_dir, method),
@@ -338,7 +303,8 @@ def main(argv=None) -> dict:
 
     noise_cell = f"label_noise_{probe_args.label_noise:g}"
     payload = {
-        "command": command_line(__file__, argv), "dataset": data_args.dataset_name, "modality": modality,
+        "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        "dataset": data_args.dataset_name, "modality": modality,
         "backbone": pre_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
         "train_rows": len(train), "test_rows": len(test), "seed": training_args.seed,
         "pretrain": dataclasses.asdict(pre_args), "probe": dataclasses.asdict(probe_args),

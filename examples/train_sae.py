@@ -8,7 +8,7 @@ resampled) and returns a :class:`~hf_monosem.MonoSemanticModel` = frozen backbon
 saved here with ``save_pretrained``.
 
 Then linear probes with the same budget (one batched grid,
-:func:`hf_monosem.cached.probe_grid.train_probe_grid`: Adam, fixed epochs, no early stopping) are trained
+:func:`hf_monosem.scenarios.grid.label_noise_probe_grid`: Adam, fixed epochs, no early stopping) are trained
 on the raw pooled vectors and on the SAE codes, with clean training labels and with
 ``--label_noise`` symmetric label noise, and evaluated on the clean test labels. The sparsity and
 class consistency of both representations are reported next to the accuracies.
@@ -27,7 +27,7 @@ noise, by ``--probe_inputs``:
   6.5x smaller (mean L2 norm 0.55 vs 3.6), so its probe effectively trains with a smaller step and
   fits less noise: a scale effect, not monosemanticity (class consistency: raw 0.51, SAE 0.49).
 
-This naive post-hoc SAE does not reproduce the paper's gain here (see DESIGN.md's known risk)::
+This naive post-hoc SAE does not reproduce the paper's gain here::
 
     accelerate launch examples/train_sae.py
     accelerate launch examples/train_sae.py --feature_layer sae --sparsity_weight 3e-3 --label_noise 0.6
@@ -50,24 +50,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from datasets import Dataset, Features
-from example_utils import (
-    DataArguments,
-    command_line,
-    default_text_backbone,
-    label_names,
-    load_data,
-    parse_rate,
-    preprocess,
-    read_json,
-    small_resnet_config,
-    wants_resume,
-    write_json,
-)
+from example_utils import DataArguments, parse_rate
 from transformers import (
     AutoModel,
     DataCollatorWithPadding,
@@ -77,9 +65,19 @@ from transformers import (
 )
 
 from hf_monosem import MonoSemanticModel, MonoSemanticPreTrainedModel, extract_pooled_features, fit_sae
+from hf_monosem.cached import standardize, unit_rms
+from hf_monosem.data import (
+    LABEL_COLUMN,
+    default_text_backbone,
+    image_channels,
+    label_names,
+    load_dataset_by_name,
+    preprocess,
+    small_resnet_config,
+)
 from hf_monosem.evaluation.metrics import monosemanticity_report
-from hf_monosem.cached.probe_grid import train_probe_grid
-from hf_monosem.scenarios import add_label_noise
+from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
+from hf_monosem.training.checkpoints import read_json, wants_resume, write_json
 
 SAE_KINDS = ("topk", "sae")
 PROBE_INPUTS = ("standardize", "unit_rms", "none")
@@ -169,33 +167,24 @@ def load_backbone(sae_args: SAEArguments, modality: str, channels: int):
 
 def prepare(train: torch.Tensor, test: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
     if how == "standardize":
-        mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
-        return (train - mean) / std, (test - mean) / std
+        return standardize(train, test)
     if how == "unit_rms":
-        def unit(x):
-            return x / x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-8)
-
-        return unit(train), unit(test)
+        return unit_rms(train), unit_rms(test)
     return train, test
 
 
 def probe_grid(representations, y_train, y_test, label_feature, num_labels, probe_args) -> dict:
     """Clean and noisy-label probes (``probe_seeds`` each) on every representation, same labels and budget."""
     seeds = list(range(probe_args.probe_seeds))
-    table = Dataset.from_dict({"label": y_train.tolist()}, features=Features({"label": label_feature}))
     cells = {"clean": 0.0, f"label_noise_{probe_args.label_noise:g}": probe_args.label_noise}
-    labels = torch.stack([torch.tensor(add_label_noise(table, rate, seed=s)["label"])
-                          for rate in cells.values() for s in seeds])
+    draws = noisy_label_draws(y_train, label_feature, list(cells.values()), seeds)  # the same for every representation
     out = {}
     for name, (train, test) in representations.items():
-        grid = train_probe_grid(train, labels, num_labels, seeds=[s for _ in cells for s in seeds],
-                                epochs=probe_args.probe_epochs, lr=probe_args.probe_lr,
-                                batch_size=probe_args.probe_batch_size)
-        accs = grid.accuracy(test, y_test).view(len(cells), len(seeds))
-        fitted = grid.accuracy(train, labels).view(len(cells), len(seeds))  # how much of the noise was memorised
-        out[name] = {cell: {"test_accuracy": float(accs[i].mean()), "test_accuracy_std": float(accs[i].std(unbiased=False)),
-                            "per_seed": accs[i].tolist(), "train_accuracy_vs_training_labels": float(fitted[i].mean())}
-                     for i, cell in enumerate(cells)}
+        probes = label_noise_probe_grid(
+            train, test, y_train, y_test, label_feature, list(cells.values()), seeds, epochs=probe_args.probe_epochs,
+            lr=probe_args.probe_lr, batch_size=probe_args.probe_batch_size, num_labels=num_labels, label_draws=draws,
+        )
+        out[name] = probes.summary(list(cells))  # train_accuracy_vs_training_labels: how much noise was memorised
     return out
 
 
@@ -226,13 +215,12 @@ def main(argv=None) -> dict:
         return {}
     out_dir = training_args.output_dir
     model_dir, report_path = os.path.join(out_dir, "sae_model"), os.path.join(out_dir, "sae_report.json")
-    data, modality = load_data(data_args, seed=training_args.seed)
-    names = label_names(data, data_args)
-    channels = int(data[data_args.train_split][0]["pixel_values"].shape[0]) \
-        if modality == "image" and "pixel_values" in data[data_args.train_split].column_names else 3
-    backbone, pooling = load_backbone(sae_args, modality, channels)
+    # the label column is renamed to LABEL_COLUMN
+    data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
+    names = label_names(data[data_args.train_split])
+    backbone, pooling = load_backbone(sae_args, modality, image_channels(data[data_args.train_split]))
     tokenizer_source = sae_args.model_name_or_path or (default_text_backbone() if modality == "text" else None)
-    data, processor = preprocess(data, modality, tokenizer_source, data_args)
+    data, processor = preprocess(data, modality, tokenizer_source, **data_args.preprocessing_options)
     train, test = data[data_args.train_split], data[data_args.eval_split]
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
     device = training_args.device
@@ -266,18 +254,19 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         codes_train = torch.cat([layer(x.to(device))[0].float().cpu() for x in pooled_train.split(4096)])
         codes_test = torch.cat([layer(x.to(device))[0].float().cpu() for x in pooled_test.split(4096)])
-    y_train = torch.as_tensor(np.asarray(train.with_format("numpy")[data_args.label_column]))
-    y_test = torch.as_tensor(np.asarray(test.with_format("numpy")[data_args.label_column]))
+    y_train = torch.as_tensor(np.asarray(train.with_format("numpy")[LABEL_COLUMN]))
+    y_test = torch.as_tensor(np.asarray(test.with_format("numpy")[LABEL_COLUMN]))
     representations = {"raw": prepare(pooled_train, pooled_test, probe_args.probe_inputs),
                        "sae": prepare(codes_train, codes_test, probe_args.probe_inputs)}
-    probes = probe_grid(representations, y_train, y_test, train.features[data_args.label_column], len(names),
+    probes = probe_grid(representations, y_train, y_test, train.features[LABEL_COLUMN], len(names),
                         probe_args)
     features = {name: {**monosemanticity_report(test, y_test), "mean_l2_norm": float(test.norm(dim=-1).mean())}
                 for name, test in (("raw", pooled_test), ("sae", codes_test))}
 
     noise_cell = f"label_noise_{probe_args.label_noise:g}"
     payload = {
-        "command": command_line(__file__, argv), "dataset": data_args.dataset_name, "modality": modality,
+        "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        "dataset": data_args.dataset_name, "modality": modality,
         "backbone": sae_args.model_name_or_path or ("MiniLM-L6" if modality == "text" else "small-resnet (random init)"),
         "pooling": model.config.pooling, "train_rows": len(train), "test_rows": len(test), "seed": training_args.seed,
         "sae": dataclasses.asdict(sae_args), "probe": dataclasses.asdict(probe_args),

@@ -11,12 +11,13 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from .models.configuration import MonoSemanticConfig
-from .training.contrastive import ContrastiveTrainer, ImageViews, TextViews, UnlabeledDataCollator
-from .cached.extraction import extract_pooled_features
-from .models.feature_layers import FEATURE_LAYERS, FeatureLayer, register_feature_layer
-from .hub import enable_remote_code, make_model_card, push_to_hub_with_card, save_for_hub
 from .adapters.lora import MonoLoraConfig, adapter_sparsity, add_lora, load_lora
+from .cached.extraction import extract_pooled_features
+from .cached.probing import CachedFeatureDataset, FeatureProbe, probe_on_features
+from .cached.sae_fitting import fit_sae
+from .hub import enable_remote_code, make_model_card, push_to_hub_with_card, save_for_hub
+from .models.configuration import MonoSemanticConfig
+from .models.feature_layers import FEATURE_LAYERS, FeatureLayer, register_feature_layer
 from .models.modeling import (
     MonoSemanticClassifierOutput,
     MonoSemanticForImageClassification,
@@ -25,8 +26,7 @@ from .models.modeling import (
     MonoSemanticModelOutput,
     MonoSemanticPreTrainedModel,
 )
-from .cached.probing import CachedFeatureDataset, FeatureProbe, probe_on_features
-from .cached.sae_fitting import fit_sae
+from .training.contrastive import ContrastiveTrainer, ImageViews, TextViews, UnlabeledDataCollator
 from .training.trainer import MonoSemanticTrainer
 
 __version__ = "0.1.0"

@@ -1,18 +1,5 @@
 """Deprecated import path: use :mod:`hf_monosem.cached` (moved in 0.2; this alias goes in 0.3)."""
 
-import warnings as _warnings
+from ._deprecation import alias_module
 
-from .cached import *  # noqa: F401,F403
-from .cached import __all__  # noqa: F401
-
-_warnings.warn(
-    "hf_monosem.probe_grid moved to hf_monosem.cached; the old path is an alias kept for one release",
-    DeprecationWarning,
-    stacklevel=2,
-)
-
-
-def __getattr__(name):  # private helpers too, for code that reached into the old module
-    from importlib import import_module
-
-    return getattr(import_module("hf_monosem.cached.probe_grid"), name)
+__getattr__, __dir__, __all__ = alias_module(__name__, "hf_monosem.cached", "hf_monosem.cached.probe_grid")

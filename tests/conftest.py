@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 # The fixture folder holds data and the script that made it, not tests.
 collect_ignore_glob = ["fixtures/*"]
-
 
 
 def tiny_bert_config(**overrides):

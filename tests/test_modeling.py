@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 import torch
-from conftest import BACKBONES, make_inputs, tiny_bert_config, tiny_llama_config
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -14,6 +13,7 @@ from transformers import (
     BertModel,
 )
 
+from conftest import BACKBONES, make_inputs, tiny_bert_config, tiny_llama_config
 from hf_monosem import (
     MonoSemanticConfig,
     MonoSemanticForImageClassification,
@@ -193,3 +193,21 @@ def test_hub_id_loads_offline_from_the_real_cache_layout(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_public_classes_have_their_docstring():
+    import hf_monosem.models as models
+
+    for name in models.__all__:
+        obj = getattr(models, name)
+        if isinstance(obj, type):
+            assert obj.__dict__.get("__doc__"), f"{name} has no docstring of its own"
+    assert MonoSemanticForImageClassification.__doc__.startswith("A vision backbone")
+    assert MonoSemanticForImageClassification.main_input_name == "pixel_values"
+
+
+def test_sae_layers_are_initialised_like_saes_in_the_model():
+    model, _ = build("bert", "topk", head=False)
+    layer = model.feature_layer
+    assert torch.allclose(layer.decoder.weight.norm(dim=0), torch.ones(64), atol=1e-5)
+    assert torch.equal(layer.encoder.weight, layer.decoder.weight.t()) and not layer.pre_bias.any()

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hf_monosem.cached import MiniBatches
 from hf_monosem.cached.probe_grid import train_probe_grid
 from hf_monosem.cached.projector_fitting import fit_contrastive_projector
 
@@ -58,5 +59,53 @@ def test_ncl_projector_is_sparser_than_simclr_and_learns_the_views():
     assert ncl_report["zero_fraction"] > simclr_report["zero_fraction"] + 0.3
     # the folded standardisation: the layer takes raw vectors
     assert ncl_report["positive_accuracy"] > 0.5
-    with pytest.raises(ValueError, match="feature_layer='sae'"):
+    with pytest.raises(ValueError, match=r"feature_layer='sae' is not valid; allowed: 'linear', 'nonneg'"):
         fit_contrastive_projector(x, feature_layer="sae")
+    with pytest.raises(ValueError, match="nonneg_activation='gelu'"):
+        fit_contrastive_projector(x, nonneg_activation="gelu")
+
+
+def test_same_seed_same_projector():
+    x = torch.randn(129, 8)  # 129 = 2 x 64 + 1: the one-row tail batch is skipped
+    kwargs = dict(feature_dim=16, projector_hidden_dim=16, epochs=2, batch_size=64, seed=4, progress=False)
+    (a, report_a), (b, report_b) = (fit_contrastive_projector(x, **kwargs) for _ in range(2))
+    assert report_a == report_b
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_minibatches_follow_one_seeding_rule():
+    # an epoch is one randperm of the run's own generator, seeded once: the global RNG plays no part
+    torch.manual_seed(123)
+    epochs = [torch.cat(list(epoch)) for epoch in MiniBatches(10, 3, seed=7, epochs=3)]
+    reference = torch.Generator().manual_seed(7)
+    for order in epochs:
+        assert torch.equal(order, torch.randperm(10, generator=reference))
+    torch.manual_seed(0)
+    assert all(torch.equal(a, torch.cat(list(b))) for a, b in zip(epochs, MiniBatches(10, 3, seed=7, epochs=3)))
+    # draws from .generator between epochs shift later epochs exactly as they would in a plain loop
+    batches = MiniBatches(10, 3, seed=7, epochs=2)
+    reference = torch.Generator().manual_seed(7)
+    extra = torch.randperm(5, generator=batches.generator)
+    assert torch.equal(extra, torch.randperm(5, generator=reference))
+    for epoch in batches:
+        assert torch.equal(torch.cat(list(epoch)), torch.randperm(10, generator=reference))
+
+
+def test_minibatches_of_many_seeds_are_the_single_runs_side_by_side():
+    grid = [torch.cat(list(epoch), dim=1) for epoch in MiniBatches(9, 4, seed=[3, 4], epochs=2)]
+    for p, seed in enumerate([3, 4]):
+        single = [torch.cat(list(epoch)) for epoch in MiniBatches(9, 4, seed=seed, epochs=2)]
+        assert all(torch.equal(g[p], s) for g, s in zip(grid, single))
+    with pytest.raises(ValueError, match="use .generators"):
+        _ = MiniBatches(9, 4, seed=[3, 4], epochs=1).generator
+
+
+def test_minibatches_sizes_skipping_and_validation():
+    batches = MiniBatches(9, 4, seed=0, epochs=2, min_size=2)
+    assert [[len(rows) for rows in epoch] for epoch in batches] == [[4, 4], [4, 4]]  # the 1-row tail is skipped
+    assert batches.steps_per_epoch == 2 and batches.total_steps == 4
+    assert MiniBatches(10, 4, seed=0, epochs=1, min_size=2).steps_per_epoch == 3
+    assert MiniBatches(8, 4, seed=0, epochs=1).steps_per_epoch == 2
+    for kwargs, fragment in (({"batch_size": 0}, "batch_size=0"), ({"epochs": -1}, "epochs=-1"), ({"n": 0}, "n=0")):
+        with pytest.raises(ValueError, match=fragment):
+            MiniBatches(**{"n": 9, "batch_size": 4, "seed": 0, "epochs": 1, **kwargs})

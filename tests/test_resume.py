@@ -19,7 +19,13 @@ import torch
 from safetensors.torch import load_file
 
 from hf_monosem import MonoSemanticTrainer
-from hf_monosem.training.trainer import last_complete_checkpoint
+from hf_monosem.training.checkpoints import (
+    last_complete_checkpoint,
+    read_json,
+    resume_checkpoint,
+    wants_resume,
+    write_json,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -127,3 +133,59 @@ def test_last_complete_checkpoint_skips_one_cut_off_while_saving(tmp_path):
     (tmp_path / "checkpoint-99.tmp").mkdir()
     assert last_complete_checkpoint(tmp_path) == str(good)
     assert MonoSemanticTrainer.last_checkpoint(tmp_path) == str(good)
+
+
+def test_checkpoint_discovery_keeps_its_old_import_paths():
+    import hf_monosem.training
+    import hf_monosem.training.trainer
+
+    assert hf_monosem.training.trainer.last_complete_checkpoint is last_complete_checkpoint
+    assert hf_monosem.training.last_complete_checkpoint is last_complete_checkpoint
+    assert hf_monosem.training.trainer.TRAINER_STATE_FILE == "trainer_state.json"
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, False), (False, False), ("", False), ("False", False), ("false", False), ("None", False),
+    (True, True), ("True", True), ("true", True), ("runs/x/checkpoint-8", True),
+])  # fmt: skip
+def test_wants_resume_reads_the_command_line_value(value, expected):
+    assert wants_resume(value) is expected
+
+
+def test_resume_checkpoint_per_run_folder(tmp_path):
+    run = tmp_path / "k5" / "linear"
+    assert resume_checkpoint(run, None) is None and resume_checkpoint(run, "True") is None  # nothing saved: afresh
+    fake_checkpoint(run, 3)
+    good = fake_checkpoint(run, 12)
+    fake_checkpoint(run, 20, complete=False)  # cut off while saving
+    assert resume_checkpoint(run, "True") == resume_checkpoint(run, True) == str(good)
+    assert resume_checkpoint(str(run), str(run / "checkpoint-3")) == str(run / "checkpoint-3")
+    other = tmp_path / "k5" / "nonneg"
+    assert resume_checkpoint(other, str(run / "checkpoint-3")) is None  # a path inside another run's folder
+    fake_checkpoint(other, 4)
+    assert resume_checkpoint(other, str(run / "checkpoint-3")) == str(other / "checkpoint-4")
+    assert resume_checkpoint(run, "") is None and resume_checkpoint(run, False) is None
+
+
+def test_write_json_is_atomic_and_writes_arrays_and_dataclasses(tmp_path, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    @dataclasses.dataclass
+    class Spec:
+        rate: float = 0.4
+
+    path = tmp_path / "new" / "run" / "result.json"  # the folder is created
+    write_json(path, {"labels": np.arange(3), "accuracy": np.float32(0.5), "spec": Spec(), "loss": torch.tensor(1.5)})
+    assert read_json(path) == {"labels": [0, 1, 2], "accuracy": 0.5, "spec": {"rate": 0.4}, "loss": 1.5}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]  # no temporary file left
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("hf_monosem.training.checkpoints.os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_json(path, {"labels": []})
+    assert read_json(path)["labels"] == [0, 1, 2]  # the old file is intact, the temporary one removed
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from conftest import tiny_bert_config
 from training_toys import toy_text
 from transformers import BertModel
 
+from conftest import tiny_bert_config
 from hf_monosem import MonoSemanticConfig, MonoSemanticModel, extract_pooled_features, fit_sae
 from hf_monosem.cached.sae_fitting import explained_variance, resample_dead_latents, train_sae_layer
 
@@ -86,7 +86,8 @@ def test_same_seed_same_fit():
     assert torch.equal(runs[0][0].feature_layer.encoder.weight, runs[1][0].feature_layer.encoder.weight)
 
 
-def test_dead_latents_are_resampled_toward_badly_reconstructed_inputs():
+@pytest.mark.parametrize("through", ["method", "function"])
+def test_dead_latents_are_resampled_toward_badly_reconstructed_inputs(through):
     layer = sae_layer("sae")
     x = sparse_mixtures(n=64)
     optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
@@ -96,7 +97,11 @@ def test_dead_latents_are_resampled_toward_badly_reconstructed_inputs():
     dead = torch.zeros(64, dtype=torch.bool)
     dead[:5] = True
     before = layer.encoder.weight.detach().clone()
-    count = resample_dead_latents(layer, dead, x, optimizer, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    if through == "method":  # the layer maintains itself, Adam state included
+        count = layer.resample_dead_(dead, x, optimizer, generator)
+    else:  # the cached route's name for it
+        count = resample_dead_latents(layer, dead, x, optimizer, generator)
     assert count == 5
     assert torch.equal(layer.encoder.weight[5:], before[5:])  # live latents untouched
     assert not torch.equal(layer.encoder.weight[:5], before[:5])
@@ -113,6 +118,35 @@ def test_dead_latents_are_resampled_toward_badly_reconstructed_inputs():
     assert (state["exp_avg"][:5] == 0).all() and (state["exp_avg_sq"][:5] == 0).all()
     assert (state["exp_avg_sq"][5:] != 0).any()
     assert (optimizer.state[layer.decoder.weight]["exp_avg"][:, :5] == 0).all()
+    assert (optimizer.state[layer.decoder.weight]["exp_avg_sq"][:, 5:] != 0).any()
+    assert layer.resample_dead_(torch.zeros(64, dtype=torch.bool), x) == 0  # nothing dead: nothing changes
+
+
+def test_resampling_without_an_optimizer_leaves_no_state_behind():
+    layer = sae_layer("topk", topk=8)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[10:20] = True
+    x = sparse_mixtures(n=64)
+    runs = []
+    for _ in range(2):
+        copy = sae_layer("topk", topk=8)
+        copy.load_state_dict(layer.state_dict())
+        assert copy.resample_dead_(dead, x, generator=torch.Generator().manual_seed(1)) == 10
+        runs.append(copy.decoder.weight.detach())
+    assert torch.equal(runs[0], runs[1])  # the generator alone decides the picks
+    assert torch.equal(runs[0][:, :10], layer.decoder.weight[:, :10])
+
+
+def test_only_sparse_autoencoders_are_trained_or_measured():
+    linear = MonoSemanticModel(
+        MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="linear", feature_dim=16)
+    ).feature_layer
+    for call in (
+        lambda: train_sae_layer(linear, torch.randn(8, 32), progress=False),
+        lambda: explained_variance(linear, torch.randn(8, 32)),
+    ):
+        with pytest.raises(ValueError, match=r"LinearFeatures is not a sparse autoencoder; .*'sae', 'topk'"):
+            call()
 
 
 def test_resampling_revives_latents_that_never_fire():
@@ -178,7 +212,7 @@ def test_fit_sae_from_a_dataset_caches_features_and_round_trips(tmp_path):
 
 def test_fit_sae_validates_arguments():
     bert = BertModel(tiny_bert_config())
-    with pytest.raises(ValueError, match="feature_layer='nonneg'"):
+    with pytest.raises(ValueError, match=r"feature_layer='nonneg' is not valid; allowed: 'sae', 'topk'"):
         fit_sae(bert, features=torch.randn(8, 32), feature_layer="nonneg")
     with pytest.raises(ValueError, match="dataset"):
         fit_sae(bert)
@@ -189,7 +223,8 @@ def test_fit_sae_validates_arguments():
 def test_explained_variance_matches_its_definition():
     layer = sae_layer("topk", topk=8)
     x = sparse_mixtures(n=64)
-    stats = explained_variance(layer, x, batch_size=10)  # chunked sums equal the one-shot formula
+    stats = layer.explained_variance(x, batch_size=10)  # chunked sums equal the one-shot formula
+    assert explained_variance(layer, x, batch_size=10) == stats
     with torch.no_grad():
         prepared = layer.prepare_input(x)
         codes = layer.encode(prepared)

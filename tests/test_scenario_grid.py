@@ -1,4 +1,4 @@
-"""The robustness benchmark's scenario grid (examples/benchmark_grid.py) on small in-memory tracks.
+"""The scenario grid (hf_monosem.scenarios.grid / .finetune) on small in-memory tracks.
 
 The end-to-end run of ``robustness_benchmark.py`` is a slow test in ``test_examples.py``; here the
 pieces are checked fast: every (representation, scenario, level, seed) cell gets exactly one record,
@@ -9,20 +9,15 @@ its state file without training a finished cell again.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from datasets import ClassLabel
+from datasets import ClassLabel, Dataset, Features
 from transformers import ResNetConfig, default_data_collator
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import benchmark_grid as grid  # noqa: E402
-
-sys.path.pop(0)
+from hf_monosem.cached.probe_grid import train_probe_grid
+from hf_monosem.cached.scaling import equalize_scales, feature_stats, standardize, unit_rms
+from hf_monosem.scenarios import add_label_noise, finetune, grid
 
 LABELS = ClassLabel(names=["a", "b", "c"])
 KEYS = (grid.TRAIN, grid.TEST, grid.DOMAIN_TRAIN, grid.DOMAIN_TEST, grid.DOMAIN_SHIFTED, "gaussian0.5")
@@ -58,10 +53,41 @@ def test_probe_records_cover_every_cell_once_and_learn_separable_data():
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in records)
 
 
+def test_label_noise_probe_grid_is_the_inline_grid_it_replaced():
+    """Same seeds, same numbers as the grid the example scripts built by hand before."""
+    track = _track()
+    x_train, x_test = track.features["poly"][grid.TRAIN], track.features["poly"][grid.TEST]
+    y_train, y_test = track.labels[grid.TRAIN], track.labels[grid.TEST]
+    rates, seeds = [0.0, 0.4], [0, 1, 2]
+    probes = grid.label_noise_probe_grid(x_train, x_test, y_train, y_test, LABELS, rates, seeds, epochs=5, lr=0.05,
+                                         batch_size=16)
+    table = Dataset.from_dict({"label": y_train.tolist()}, features=Features({"label": LABELS}))
+    labels = torch.stack([torch.tensor(add_label_noise(table, r, seed=s)["label"]) for r in rates for s in seeds])
+    by_hand = train_probe_grid(x_train, labels, 3, seeds=[s for _ in rates for s in seeds], epochs=5, lr=0.05,
+                               batch_size=16)
+    assert torch.equal(probes.labels, labels) and torch.equal(probes.grid.weight, by_hand.weight)
+    assert torch.equal(probes.test_accuracy, by_hand.accuracy(x_test, y_test).view(2, 3))
+    assert torch.equal(probes.train_fit, by_hand.accuracy(x_train, labels).view(2, 3))
+    assert torch.equal(probes.at(0.0).weight, by_hand.weight[:3]) and torch.equal(probes.at(0.4).bias, by_hand.bias[3:])
+    summary = probes.summary(["clean", "noisy"])
+    assert summary["noisy"]["per_seed"] == probes.test_accuracy[1].tolist()
+    assert summary["clean"]["test_accuracy"] == pytest.approx(float(probes.test_accuracy[0].mean()))
+    with pytest.raises(ValueError, match="must name each"):
+        probes.summary(["clean"])
+
+
+def test_probe_input_scalings():
+    x = torch.tensor([[3.0, 0.0, -4.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(unit_rms(x).pow(2).mean(-1), torch.tensor([1.0, 0.0]))  # zero rows stay zero
+    train, test = standardize(x, x[:1])
+    mean, std = feature_stats(x)
+    assert torch.allclose(train.mean(0), torch.zeros(3), atol=1e-6) and torch.equal(test, (x[:1] - mean) / std)
+
+
 def test_equalize_scales_gives_every_representation_the_reference_norm():
     track = _track()
     before = track.features["mono"][grid.TEST].clone()
-    scales = grid.equalize_scales(track.features, "poly")
+    scales = equalize_scales(track.features, "poly")
     norm = {name: float(f[grid.TRAIN].norm(dim=1).mean()) for name, f in track.features.items()}
     assert scales["poly"] == pytest.approx(1.0) and norm["mono"] == pytest.approx(norm["poly"], rel=1e-5)
     assert torch.allclose(track.features["mono"][grid.TEST], before * scales["mono"])  # every key, one factor
@@ -103,9 +129,9 @@ def _image_track(calls: list[str]) -> grid.Track:
 def test_finetune_records_train_every_cell_and_resume_from_the_state_file(tmp_path):
     calls: list[str] = []
     track = _image_track(calls)
-    budget = grid.FinetuneBudget(epochs=1, few_shot_steps=2, batch_size=8, train_size=12)
+    budget = finetune.FinetuneBudget(epochs=1, few_shot_steps=2, batch_size=8, train_size=12)
     kwargs = dict(state_file=str(tmp_path / "cells.jsonl"), work_dir=str(tmp_path / "work"), progress=False)
-    records = grid.finetune_records(track, [0.0, 0.5], [1], [0, 1], budget, **kwargs)
+    records = finetune.finetune_records(track, [0.0, 0.5], [1], [0, 1], budget, **kwargs)
     runs_per_method = 2 * 2 + 1 * 2 + 2  # label-noise rates x seeds, k-shot x seeds, domain x seeds
     assert len(calls) == 2 * runs_per_method
     noisy = [r for r in records if r["scenario"] == "label_noise"]
@@ -116,9 +142,9 @@ def test_finetune_records_train_every_cell_and_resume_from_the_state_file(tmp_pa
     assert {r["mode"] for r in records} == {"finetune"}
 
     calls.clear()
-    again = grid.finetune_records(track, [0.0, 0.5], [1], [0, 1], budget, **kwargs)
+    again = finetune.finetune_records(track, [0.0, 0.5], [1], [0, 1], budget, **kwargs)
     assert calls == [] and again == records  # nothing retrained, the same records
-    grid.finetune_records(track, [0.0, 0.5], [1], [0, 1, 2], budget, **kwargs)
+    finetune.finetune_records(track, [0.0, 0.5], [1], [0, 1, 2], budget, **kwargs)
     assert len(calls) == 2 * (2 + 1 + 1)  # only the new seed's cells run
 
 
@@ -126,7 +152,7 @@ def test_tensor_rows_select_and_relabel_keep_other_columns():
     rows = grid.TensorRows(pixel_values=torch.arange(12.0).view(4, 1, 1, 3), label=torch.tensor([0, 1, 2, 0]))
     picked = rows.select([2, 0])
     assert len(picked) == 2 and picked[0]["label"] == 2 and picked[1]["pixel_values"].sum() == 3.0
-    relabelled = grid._with_labels(rows, torch.tensor([1, 1, 1, 1]), LABELS)
+    relabelled = finetune._with_labels(rows, torch.tensor([1, 1, 1, 1]), LABELS)
     assert relabelled.columns["label"].tolist() == [1, 1, 1, 1] and rows.columns["label"].tolist() == [0, 1, 2, 0]
     batch = default_data_collator(relabelled.__getitems__([0, 3]))
     assert batch["pixel_values"].shape == (2, 1, 1, 3) and batch["labels"].tolist() == [1, 1]

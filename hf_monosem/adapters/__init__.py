@@ -1,35 +1,6 @@
-"""LoRA / MonoLoRA adapters on the backbone (peft), the feature layer and head trained fully.
-"""
-from .lora import (
-    DEFAULT_LORA_TARGETS,
-    MONOLORA_PEFT_TYPE,
-    MONOLORA_PLACEMENTS,
-    AdapterActivationMonitor,
-    MonoLoraConfig,
-    MonoLoraLinear,
-    MonoLoraMergeError,
-    MonoReLU,
-    adapter_sparsity,
-    add_lora,
-    default_target_modules,
-    is_monolora,
-    load_lora,
-    lora_config,
-)
+"""LoRA / MonoLoRA adapters on the backbone (peft), the feature layer and head trained fully."""
 
-__all__ = [
-    "DEFAULT_LORA_TARGETS",
-    "MONOLORA_PEFT_TYPE",
-    "MONOLORA_PLACEMENTS",
-    "AdapterActivationMonitor",
-    "MonoLoraConfig",
-    "MonoLoraLinear",
-    "MonoLoraMergeError",
-    "MonoReLU",
-    "adapter_sparsity",
-    "add_lora",
-    "default_target_modules",
-    "is_monolora",
-    "load_lora",
-    "lora_config",
-]
+from . import lora
+from .lora import *  # noqa: F403
+
+__all__ = list(lora.__all__)

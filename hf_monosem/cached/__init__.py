@@ -1,42 +1,21 @@
 """The frozen-backbone route: features extracted once (optionally cached on disk), then SAEs,
 contrastive projectors and linear probes (single or batched grids) fitted on those features.
 """
-from .extraction import (
-    extract_pooled_features,
-    model_fingerprint,
-    resolve_base_model,
-)
-from .probing import (
-    CachedFeatureDataset,
-    FeatureProbe,
-    probe_on_features,
-)
-from .probe_grid import (
-    ProbeGrid,
-    train_probe_grid,
-)
-from .sae_fitting import (
-    explained_variance,
-    fit_sae,
-    resample_dead_latents,
-    train_sae_layer,
-)
-from .projector_fitting import (
-    fit_contrastive_projector,
-)
+from . import extraction, minibatch, probe_grid, probing, projector_fitting, sae_fitting, scaling
+from .extraction import *  # noqa: F403
+from .minibatch import *  # noqa: F403
+from .probe_grid import *  # noqa: F403
+from .probing import *  # noqa: F403
+from .projector_fitting import *  # noqa: F403
+from .sae_fitting import *  # noqa: F403
+from .scaling import *  # noqa: F403
 
 __all__ = [
-    "extract_pooled_features",
-    "model_fingerprint",
-    "resolve_base_model",
-    "CachedFeatureDataset",
-    "FeatureProbe",
-    "probe_on_features",
-    "ProbeGrid",
-    "train_probe_grid",
-    "explained_variance",
-    "fit_sae",
-    "resample_dead_latents",
-    "train_sae_layer",
-    "fit_contrastive_projector",
+    *extraction.__all__,
+    *probing.__all__,
+    *probe_grid.__all__,
+    *sae_fitting.__all__,
+    *projector_fitting.__all__,
+    *scaling.__all__,
+    *minibatch.__all__,
 ]

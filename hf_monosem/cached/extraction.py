@@ -1,20 +1,28 @@
-"""Extract a frozen model's pooled features once, batched and without gradients, cached on disk.
+"""Run a model over a dataset, batched and without gradients; cache a frozen model's features on disk.
 
-Post-hoc SAE fitting and linear probing train small layers on a frozen backbone: the backbone's
-output never changes, so it is computed once and reused (for every epoch, every noise rate of a
-sweep, every seed). :func:`extract_pooled_features` writes the matrix as safetensors under
-``cache_dir``, keyed by a hash of the model (config + a fingerprint of its weights), the dataset
-(``datasets.Dataset._fingerprint``) and what is extracted; the second call loads it.
+:func:`collect_outputs` is the package's one batched-inference loop: it picks the model inputs from
+the rows, runs the model in eval mode under ``no_grad`` and gathers output fields on the CPU,
+leaving every module's train/eval mode (and the model's device) as it found them. Two entry points
+use it:
+
+* :func:`extract_pooled_features`: post-hoc SAE fitting and linear probing train small layers on a
+  frozen backbone, whose output never changes, so it is computed once and reused (for every epoch,
+  every noise rate of a sweep, every seed). The matrix is written as safetensors under
+  ``cache_dir``, keyed by a hash of the model (config + a fingerprint of its weights), the dataset
+  (``datasets.Dataset._fingerprint``) and what is extracted; the second call loads it.
+* :func:`extract_features`: ``(features, pooled, labels)`` of any model whose output has
+  ``.features`` (the evaluation helper, also exported by :mod:`hf_monosem.evaluation`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +31,40 @@ from torch import nn
 from transformers import PreTrainedModel, default_data_collator
 
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
+from ..training.views import LABEL_KEYS
 
-__all__ = ["extract_pooled_features", "model_fingerprint", "resolve_base_model"]
+__all__ = [
+    "collect_outputs",
+    "extract_features",
+    "extract_pooled_features",
+    "input_columns",
+    "model_fingerprint",
+    "resolve_base_model",
+]
 
 logger = logging.getLogger(__name__)
 
 _OUTPUTS = ("pooled", "features")
-_NON_INPUT_KEYS = {"labels", "label", "label_ids"}
+# inputs taken from the rows when a forward takes **kwargs and says nothing more precise
+_INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask", "token_type_ids", "position_ids")
+# parameters that are never columns of a dataset
+_NOT_INPUTS = {"args", "kwargs", "return_dict", "output_hidden_states", *LABEL_KEYS}
 # values sampled per tensor for the weights fingerprint (plus the tensor's exact float64 sum)
 _FINGERPRINT_SAMPLES = 4096
 
 
 def resolve_base_model(model_or_backbone: nn.Module, pooling: str | None = None) -> MonoSemanticModel:
     """The :class:`MonoSemanticModel` inside a classifier, the model itself, or a plain backbone wrapped
-    in one (its weights shared, not copied) so that pooling follows the same rules everywhere."""
+    in one (its weights shared, not copied) so that pooling follows the same rules everywhere.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+        ...                             num_attention_heads=2, intermediate_size=20))
+        >>> base = resolve_base_model(bert, pooling="mean")
+        >>> type(base).__name__, base.backbone is bert, base.config.pooling
+        ('MonoSemanticModel', True, 'mean')
+    """
     if isinstance(model_or_backbone, MonoSemanticModel):
         return model_or_backbone
     if isinstance(model_or_backbone, MonoSemanticPreTrainedModel):
@@ -57,6 +85,15 @@ def model_fingerprint(module: nn.Module) -> str:
 
     Cheap for large models (one pass per tensor, no copy of the weights to the host) and changed by
     any training step, since training moves every value of a tensor and hence its sum.
+
+    Example:
+        >>> import torch
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> before = model_fingerprint(layer)
+        >>> with torch.no_grad():
+        ...     _ = layer.bias.add_(1.0)
+        >>> len(before), before == model_fingerprint(layer)
+        (64, False)
     """
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
@@ -100,13 +137,7 @@ def _cache_key(
 
 def _input_columns(base: MonoSemanticModel, dataset: Any) -> list[str]:
     names = getattr(dataset, "column_names", None)
-    if names is None:
-        return []
-    accepted = set(base._backbone_arguments) - {"args", "kwargs", "return_dict", "output_hidden_states"}
-    columns = [c for c in names if c in accepted and c not in _NON_INPUT_KEYS]
-    if not columns:
-        raise ValueError(f"no column of the dataset ({names}) is an input of {type(base.backbone).__name__}")
-    return columns
+    return input_columns(base, names) if names is not None else []
 
 
 def extract_pooled_features(
@@ -196,7 +227,6 @@ def extract_pooled_features(
     return features
 
 
-@torch.no_grad()
 def _run(
     base: MonoSemanticModel,
     dataset: Any,
@@ -207,35 +237,202 @@ def _run(
     output: str,
     progress: bool,
 ) -> torch.Tensor:
+    outputs = collect_outputs(
+        base, dataset, batch_size, outputs=(output,), inputs=columns or None, collate_fn=collate_fn,
+        device=device, progress=progress,
+    )
+    return outputs[output]
+
+
+# ------------------------------------------------------------------------------ the inference loop
+def _accepted_inputs(model: nn.Module) -> set[str]:
+    """Input names ``model`` takes from a batch: a MonoSemantic model's backbone arguments, else the
+    forward's named parameters (the usual input names when the forward takes ``**kwargs``)."""
+    backbone_arguments = getattr(getattr(model, "monosemantic", model), "_backbone_arguments", None)
+    if backbone_arguments is not None:
+        return set(backbone_arguments) - _NOT_INPUTS
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return set(_INPUT_NAMES)
+    return set(params) - _NOT_INPUTS
+
+
+def input_columns(model: nn.Module, available: Sequence[str]) -> list[str]:
+    """The names among ``available`` (dataset columns or row keys) that are inputs of ``model``, in order.
+
+    A MonoSemantic model takes what its backbone's forward takes; another module what its forward
+    names (``pixel_values``, ``input_ids``, ``attention_mask``, ``token_type_ids``, ``position_ids``
+    when it takes ``**kwargs``). Labels and other columns are never inputs.
+
+    Example:
+        >>> import torch
+        >>> class M(torch.nn.Module):
+        ...     def forward(self, input_ids, attention_mask=None, labels=None): ...
+        >>> input_columns(M(), ["text", "input_ids", "attention_mask", "label", "labels"])
+        ['input_ids', 'attention_mask']
+    """
+    accepted = _accepted_inputs(model)
+    columns = [c for c in available if c in accepted]
+    if not columns:
+        raise ValueError(
+            f"no column of the rows ({sorted(available)}) is an input of {type(model).__name__}; "
+            f"its inputs: {sorted(accepted)}"
+        )
+    return columns
+
+
+def _row_names(dataset: Any) -> list[str] | None:
+    names = getattr(dataset, "column_names", None)
+    if names is None:
+        first = dataset[0]
+        names = list(first) if isinstance(first, Mapping) else None
+    return list(names) if names is not None else None
+
+
+@torch.no_grad()
+def collect_outputs(
+    model: nn.Module,
+    dataset: Any,
+    batch_size: int = 64,
+    *,
+    outputs: Sequence[str] = ("features",),
+    inputs: Sequence[str] | None = None,
+    with_labels: bool = False,
+    collate_fn: Callable | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    num_workers: int = 0,
+    desc: str = "extracting features",
+) -> dict[str, torch.Tensor | None]:
+    """Run ``model`` over ``dataset`` once, in dataset order, and gather output fields on the CPU.
+
+    Args:
+        model: any module; its output's fields named by ``outputs`` are read (attribute or key).
+        dataset: a ``datasets.Dataset``, a list of dict rows or any map-style dataset whose
+            ``collate_fn`` batches are dicts.
+        outputs: the output fields to gather (each as float32, concatenated over batches; ``None`` in
+            the result when the model does not return that field).
+        inputs: the row keys fed to the model (default: :func:`input_columns` of the rows). When the
+            rows' keys are known, only these and the label reach the collator (``select_columns`` for
+            a ``datasets.Dataset``), so text or id columns never trip it.
+        with_labels: also return ``"labels"``: the rows' ``labels``/``label``/``label_ids`` (``None``
+            when there are none).
+        collate_fn: batches rows (default ``transformers.default_data_collator``).
+        device: where to run; default the model's device (the model is moved back afterwards).
+        progress, desc: a progress bar and its text. num_workers: DataLoader workers.
+
+    The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
+    module's train/eval mode is restored exactly afterwards.
+
+    Example:
+        >>> import torch, types
+        >>> class M(torch.nn.Module):
+        ...     def forward(self, pixel_values):
+        ...         return types.SimpleNamespace(features=pixel_values.flatten(1) * 2)
+        >>> rows = [{"pixel_values": torch.ones(2), "label": i, "name": "x"} for i in range(3)]
+        >>> out = collect_outputs(M(), rows, batch_size=2, outputs=("features", "pooled"), with_labels=True)
+        >>> out["features"].tolist(), out["pooled"], out["labels"].tolist()
+        ([[2.0, 2.0], [2.0, 2.0], [2.0, 2.0]], None, [0, 1, 2])
+    """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    if columns:
-        dataset = dataset.select_columns(columns)
-    device = torch.device(device) if device is not None else next(base.parameters()).device
-    moved = device != next(base.parameters()).device
-    original_device = next(base.parameters()).device
-    modes = {module: module.training for module in base.modules()}  # restored exactly, module by module
-    base.to(device).eval()
-    accepted = set(base._backbone_arguments)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn or default_data_collator
-    )
-    chunks = []
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
+    if len(dataset) == 0:
+        raise ValueError("dataset has 0 rows; allowed: a non-empty dataset")
+    names = _row_names(dataset)
+    if inputs is not None:
+        inputs = list(inputs)
+        missing = [c for c in inputs if names is not None and c not in names]
+        if missing or not inputs:
+            raise ValueError(
+                f"columns={missing or inputs!r} not found in the rows; available: {sorted(names or [])}"
+            )
+    elif names is not None:
+        inputs = input_columns(model, names)
+    accepted = set(inputs) if inputs is not None else _accepted_inputs(model)
+    base_collate = collate_fn or default_data_collator
+    if names is not None:  # only the model inputs and the label reach the collator
+        wanted = [c for c in names if c in accepted or c in LABEL_KEYS]
+        if hasattr(dataset, "select_columns"):
+            dataset = dataset.select_columns(wanted)
+
+        def collate(rows: list[Any]) -> Any:
+            return base_collate([{k: v for k, v in row.items() if k in wanted} for row in rows])
+    else:
+        collate = base_collate
+
+    current = next((p.device for p in model.parameters()), None)
+    device = torch.device(device) if device is not None else (current or torch.device("cpu"))
+    moved = current is not None and device != current
+    modes = {module: module.training for module in model.modules()}  # restored exactly, module by module
+    if moved:
+        model.to(device)
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in [*outputs, "labels"]}
+    batches = 0
     try:
-        for batch in tqdm(loader, desc="extracting features", disable=not progress):
-            inputs = {
-                k: v.to(device) if isinstance(v, torch.Tensor) else v
-                for k, v in batch.items()
-                if k in accepted and k not in _NON_INPUT_KEYS
-            }
-            out = base(**inputs)
-            chunks.append((out.pooled if output == "pooled" else out.features).float().cpu())
+        for batch in tqdm(loader, desc=desc, disable=not progress):
+            batches += 1
+            label = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+            out = model(**{
+                k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k in accepted
+            })
+            for name in outputs:
+                value = out.get(name) if isinstance(out, Mapping) else getattr(out, name, None)
+                if value is not None:
+                    chunks[name].append(value.detach().float().cpu())
+            if label is not None:
+                chunks["labels"].append(torch.as_tensor(label).cpu())
     finally:
         for module, mode in modes.items():
             module.training = mode
         if moved:
-            base.to(original_device)
-    if not chunks:
-        raise ValueError("the dataset is empty")
-    return torch.cat(chunks)
+            model.to(current)
+    wanted_fields = [*outputs, "labels"] if with_labels else list(outputs)
+    return {name: torch.cat(chunks[name]) if len(chunks[name]) == batches else None for name in wanted_fields}
+
+
+def extract_features(
+    model: nn.Module,
+    dataset: Any,
+    batch_size: int = 64,
+    columns: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    *,
+    tokenizer: Any = None,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Run ``model`` over ``dataset`` and collect ``(features [N, F], pooled, labels)`` on the CPU.
+
+    :func:`collect_outputs` of ``.features`` and ``.pooled``: batched, ``no_grad``, in eval mode (the
+    model's modes are restored afterwards). The model's output must have ``.features`` (and may have
+    ``.pooled``; else ``pooled`` is None). Rows hold the model inputs and ``label``/``labels``
+    (``labels`` is None when there are none). ``columns`` names the inputs passed to the model
+    (default: :func:`input_columns` of the rows). Batches are built by
+    ``transformers.default_data_collator``, or ``DataCollatorWithPadding(tokenizer)`` when a
+    tokenizer is given (variable-length ``input_ids``).
+
+    Example:
+        >>> import torch, types
+        >>> class M(torch.nn.Module):
+        ...     def forward(self, pixel_values):
+        ...         return types.SimpleNamespace(features=pixel_values.flatten(1), pooled=None)
+        >>> rows = [{"pixel_values": torch.ones(2, 2), "label": i % 2} for i in range(5)]
+        >>> feats, pooled, labels = extract_features(M(), rows, batch_size=2, progress=False)
+        >>> tuple(feats.shape), labels.tolist()
+        ((5, 4), [0, 1, 0, 1, 0])
+    """
+    from transformers import DataCollatorWithPadding
+
+    out = collect_outputs(
+        model, dataset, batch_size, outputs=("features", "pooled"), inputs=columns, with_labels=True,
+        collate_fn=DataCollatorWithPadding(tokenizer) if tokenizer is not None else None, device=device,
+        progress=progress, num_workers=num_workers, desc="extract_features",
+    )
+    if out["features"] is None:
+        raise ValueError(f"the output of {type(model).__name__} has no .features; allowed: a model returning features")
+    return out["features"], out["pooled"], out["labels"]

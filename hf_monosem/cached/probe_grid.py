@@ -4,8 +4,9 @@ A robustness sweep probes the *same* cached features under many label sets (nois
 few-shot subsets). Training those probes one by one through a Trainer spends most of its time in
 Python overhead; here all ``P`` probes of a grid step together: the features are gathered into a
 ``[P, batch, F]`` tensor and multiplied with a ``[P, F, C]`` weight tensor. Each probe keeps its own
-initialisation, shuffling and labels, so the result is the same as ``P`` separate runs of the
-same mini-batch Adam loop (tested against :func:`hf_monosem.cached.probing.probe_on_features`-style
+initialisation, shuffling (one generator per probe, :class:`~hf_monosem.cached.minibatch.MiniBatches`)
+and labels, so the result is the same as ``P`` separate runs of the same mini-batch Adam loop (tested
+against :func:`hf_monosem.cached.probing.probe_on_features`-style
 single runs in ``tests/test_probe_grid.py``).
 """
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .minibatch import MiniBatches
 
 __all__ = ["ProbeGrid", "train_probe_grid"]
 
@@ -67,7 +70,8 @@ def train_probe_grid(
             ``labels[p, rows[p]]`` (few-shot subsets, domain subsets); all probes use ``M`` rows.
         epochs, lr, weight_decay, batch_size: the same budget for every probe (the paper's protocol:
             a fixed number of epochs, no early stopping on the noisy labels).
-        seeds: ``P`` seeds for initialisation and shuffling (default ``0..P-1``).
+        seeds: ``P`` seeds for initialisation and shuffling (default ``0..P-1``): probe ``p``'s
+            generator draws its initial weights, then one permutation per epoch.
 
     Example:
         >>> x = torch.randn(200, 5); y = (x[:, 0] > 0).long()
@@ -79,8 +83,8 @@ def train_probe_grid(
         raise ValueError(f"features must be [N, F], got shape {tuple(features.shape)}")
     if labels.dim() != 2 or labels.shape[1] != features.shape[0]:
         raise ValueError(f"labels must be [P, N={features.shape[0]}], got shape {tuple(labels.shape)}")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"epochs={epochs}, batch_size={batch_size} and lr={lr} must be positive")
+    if lr <= 0:
+        raise ValueError(f"lr={lr!r} is not valid; allowed: a number > 0")
     num_probes = labels.shape[0]
     if rows is None:
         rows = torch.arange(features.shape[0]).expand(num_probes, -1)
@@ -91,21 +95,18 @@ def train_probe_grid(
         raise ValueError(f"seeds has {len(seeds)} entries for {num_probes} probes")
 
     device, dim = features.device, features.shape[1]
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    weight = torch.stack([torch.randn(dim, num_labels, generator=g) for g in generators]) * initializer_range
+    # one shuffle per probe and epoch, each from the probe's own generator
+    batches = MiniBatches(rows.shape[1], batch_size, seeds, epochs=epochs, device=device)
+    weight = torch.stack([torch.randn(dim, num_labels, generator=g) for g in batches.generators]) * initializer_range
     weight = weight.to(device).requires_grad_(True)
     bias = torch.zeros(num_probes, num_labels, device=device, requires_grad=True)
     optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
     probe_index = torch.arange(num_probes, device=device)[:, None]
     row_labels = labels.to(device).gather(1, rows.to(device))  # [P, M]
     rows = rows.to(device)
-    m = rows.shape[1]
 
-    for _ in range(epochs):
-        # one shuffle per probe and epoch, each from the probe's own generator
-        order = torch.stack([torch.randperm(m, generator=g) for g in generators]).to(device)
-        for start in range(0, m, batch_size):
-            batch = order[:, start : start + batch_size]  # [P, B] positions into rows
+    for epoch in batches:
+        for batch in epoch:  # [P, B] positions into rows
             x = features[rows[probe_index, batch]]  # [P, B, F]
             y = row_labels[probe_index, batch]  # [P, B]
             logits = torch.bmm(x, weight) + bias[:, None, :]

@@ -17,20 +17,17 @@ linear map, so it drops into a :class:`~hf_monosem.MonoSemanticModel` unchanged.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..models.feature_layers import LinearFeatures, build_feature_layer
+from ..models.feature_layers import FeatureLayerSettings, LinearFeatures, feature_layer_class
 from ..training.losses import info_nce_loss
+from .minibatch import MiniBatches
 
 __all__ = ["fit_contrastive_projector"]
-
-_KINDS = ("linear", "nonneg")
 
 
 def fit_contrastive_projector(
@@ -53,10 +50,14 @@ def fit_contrastive_projector(
 
     Args:
         features: ``[N, hidden]`` pooled backbone vectors (no labels needed).
-        feature_layer: ``"linear"`` (SimCLR baseline) or ``"nonneg"`` (NCL).
-        feature_dim, projector_hidden_dim: projector output / hidden widths (MLP when hidden is set).
+        feature_layer: ``"linear"`` (SimCLR baseline) or ``"nonneg"`` (NCL): a kind whose class has
+            ``is_contrastive_projector``.
+        feature_dim, projector_hidden_dim, nonneg_activation: the layer's
+            :class:`~hf_monosem.models.feature_layers.FeatureLayerSettings` (MLP when hidden is set).
         temperature: InfoNCE temperature (0.2, the paper's).
-        epochs, lr, batch_size, seed: Adam on shuffled mini-batches.
+        epochs, lr, batch_size, seed: Adam on shuffled mini-batches
+            (:class:`~hf_monosem.cached.minibatch.MiniBatches`; ``torch.manual_seed(seed)`` first, for
+            the initialisation and the views).
         view_dropout, view_noise: the feature-space augmentation making the two views.
 
     Returns:
@@ -71,47 +72,45 @@ def fit_contrastive_projector(
         >>> bool((layer(x)[0] >= 0).all()), len(report["loss"])
         (True, 2)
     """
-    if feature_layer not in _KINDS:
-        raise ValueError(f"feature_layer={feature_layer!r} is not valid; allowed: {', '.join(map(repr, _KINDS))}")
+    layer_class = feature_layer_class(feature_layer, is_contrastive_projector=True)
     if features.dim() != 2 or features.shape[0] < 2:
         raise ValueError(f"features must be [N >= 2, hidden], got shape {tuple(features.shape)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("feature_dim", feature_dim)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} is not valid; allowed: a positive integer")
     if not 0 <= view_dropout < 1 or view_noise < 0:
         raise ValueError(f"view_dropout={view_dropout} must be in [0, 1) and view_noise={view_noise} >= 0")
+    settings = FeatureLayerSettings(
+        feature_dim=feature_dim, projector_hidden_dim=projector_hidden_dim, nonneg_activation=nonneg_activation
+    )
+    n = features.shape[0]
+    # a batch of one row has no negatives: skipped
+    batches = MiniBatches(
+        n, batch_size, seed, epochs=epochs, device=features.device, min_size=2, progress=progress,
+        desc=f"contrastive {feature_layer} projector",
+    )
 
     torch.manual_seed(seed)
     features = features.float()
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     standardized = (features - mean) / std
-    config = SimpleNamespace(
-        feature_layer=feature_layer, feature_dim=feature_dim, projector_hidden_dim=projector_hidden_dim,
-        nonneg_activation=nonneg_activation,
-    )
-    layer = build_feature_layer(config, input_dim=features.shape[1]).to(features.device)
+    layer = layer_class(features.shape[1], settings).to(features.device)
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    n = standardized.shape[0]
     history: list[float] = []
 
     def view(x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x + view_noise * torch.randn_like(x), view_dropout, training=True)
 
     layer.train()
-    for _ in tqdm(range(epochs), desc=f"contrastive {feature_layer} projector", disable=not progress):
-        order = torch.randperm(n, generator=generator).to(features.device)
-        total, steps = 0.0, 0
-        for start in range(0, n - 1, batch_size):
-            x = standardized[order[start : start + batch_size]]
-            if x.shape[0] < 2:
-                continue
-            loss = info_nce_loss(layer(view(x))[0], layer(view(x))[0], temperature, gather=False)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        history.append(total / max(steps, 1))
+    with batches:
+        for epoch in batches:
+            total, steps = 0.0, 0
+            for rows in epoch:
+                x = standardized[rows]
+                loss = info_nce_loss(layer(view(x))[0], layer(view(x))[0], temperature, gather=False)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, steps = total + float(loss.detach()), steps + 1
+            history.append(total / max(steps, 1))
+            batches.set_postfix(loss=f"{history[-1]:.4f}")
 
     _fold_standardization(layer, mean, std)
     layer.eval()

@@ -2,7 +2,8 @@
 
 :func:`fit_sae` extracts the backbone's pooled features once (:func:`extract_pooled_features`, cached
 on disk), trains the ``sae``/``topk`` feature layer on that matrix with a plain vectorised loop over
-shuffled mini-batches (no backbone forward passes, no Trainer), and returns a
+shuffled mini-batches (:class:`~hf_monosem.cached.minibatch.MiniBatches`; no backbone forward
+passes, no Trainer), and returns a
 :class:`~hf_monosem.MonoSemanticModel` made of the frozen backbone and the fitted SAE, ready for
 ``save_pretrained`` and for training a head on top.
 """
@@ -10,119 +11,53 @@ shuffled mini-batches (no backbone forward passes, no Trainer), and returns a
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, set_seed
+from transformers import PreTrainedModel
 
-from .extraction import extract_pooled_features, resolve_base_model
-from ..models.feature_layers import _SparseAutoencoderBase
+from ..models.feature_layers import FeatureLayer, feature_layer_class, feature_layer_kinds
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
+from ..models.sae import SparseAutoencoder
+from .extraction import extract_pooled_features, resolve_base_model
+from .minibatch import MiniBatches
 
 __all__ = ["explained_variance", "fit_sae", "resample_dead_latents", "train_sae_layer"]
 
-_SAE_KINDS = ("topk", "sae")
 # rows of the cached matrix used to measure explained variance / L0 / dead latents, and to pick
 # resampling targets; the whole matrix when smaller
 _EVAL_ROWS = 16384
 _RESAMPLE_ROWS = 8192
-# Anthropic's resampling scales new encoder rows to this fraction of the mean alive encoder norm
-_RESAMPLE_ENCODER_SCALE = 0.2
 
 
-@torch.no_grad()
-def explained_variance(
-    layer: _SparseAutoencoderBase, features: torch.Tensor, batch_size: int = 4096
-) -> dict[str, float]:
-    """``1 - ||x - x_hat||^2 / ||x - mean(x)||^2`` over ``features`` (in the SAE's input space, i.e.
-    after its optional L2 normalisation), plus ``l0`` (mean active latents per input) and
-    ``dead_fraction`` (latents active on none of the inputs)."""
-    err = torch.zeros((), dtype=torch.float64, device=features.device)
-    total = torch.zeros((), dtype=torch.float64, device=features.device)
-    active = torch.zeros((), dtype=torch.float64, device=features.device)
-    fired = torch.zeros(layer.feature_dim, dtype=torch.bool, device=features.device)
-    prepared = torch.cat([layer.prepare_input(chunk) for chunk in features.split(batch_size)])
-    mean = prepared.mean(0, keepdim=True)
-    for x in prepared.split(batch_size):
-        codes = layer.encode(x)
-        err += (layer.decode(codes) - x).pow(2).sum().double()
-        total += (x - mean).pow(2).sum().double()
-        nonzero = codes != 0
-        active += nonzero.sum().double()
-        fired |= nonzero.any(0)
-    n = features.shape[0]
-    return {
-        "explained_variance": float(1.0 - err / total.clamp_min(1e-12)),
-        "l0": float(active / n),
-        "dead_fraction": float(1.0 - fired.float().mean()),
-    }
+def explained_variance(layer: SparseAutoencoder, features: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+    """:meth:`SparseAutoencoder.explained_variance <hf_monosem.models.sae.SparseAutoencoder.explained_variance>`
+    of ``layer`` on ``features``: ``explained_variance``, ``l0`` and ``dead_fraction``."""
+    return _check_sae(layer).explained_variance(features, batch_size=batch_size)
 
 
-@torch.no_grad()
 def resample_dead_latents(
-    layer: _SparseAutoencoderBase,
+    layer: SparseAutoencoder,
     dead: torch.Tensor,
     candidates: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> int:
-    """Re-initialise ``dead`` latents toward inputs the SAE reconstructs badly (Anthropic, 2023).
-
-    Following "Towards Monosemanticity" (Bricken et al., 2023, neuron resampling): each candidate
-    input is drawn with probability proportional to its squared reconstruction loss; a dead latent's
-    decoder column becomes the drawn input (centred by the pre-bias, unit norm), its encoder row the
-    same direction scaled to 0.2 x the mean encoder-row norm of the live latents, its encoder bias
-    zero, and the Adam moments of those rows/columns are reset so stale statistics do not undo the
-    change. Returns how many latents were resampled.
-    """
-    idx = dead.nonzero().flatten()
-    if idx.numel() == 0:
-        return 0
-    x = layer.prepare_input(candidates)
-    err = (layer.decode(layer.encode(x)) - x).pow(2).sum(-1)
-    weights = err.pow(2).double().cpu()
-    if not torch.isfinite(weights).all() or weights.sum() <= 0:
-        weights = torch.ones_like(weights)
-    picks = torch.multinomial(
-        weights, idx.numel(), replacement=idx.numel() > weights.numel(), generator=generator
-    )
-    directions = x[picks.to(x.device)] - layer.pre_bias
-    directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-
-    alive = ~dead
-    enc_norm = layer.encoder.weight[alive].norm(dim=-1).mean() if alive.any() else torch.tensor(1.0)
-    layer.decoder.weight[:, idx] = directions.t().to(layer.decoder.weight.dtype)
-    layer.encoder.weight[idx] = (directions * enc_norm * _RESAMPLE_ENCODER_SCALE).to(
-        layer.encoder.weight.dtype
-    )
-    layer.encoder.bias[idx] = 0.0
-    for param, by_column in (
-        (layer.encoder.weight, False),
-        (layer.encoder.bias, False),
-        (layer.decoder.weight, True),
-    ):
-        state = optimizer.state.get(param, {})
-        for name in ("exp_avg", "exp_avg_sq"):
-            if name in state:
-                _zero_rows(state[name], idx, column=by_column)
-    return int(idx.numel())
+    """:meth:`SparseAutoencoder.resample_dead_ <hf_monosem.models.sae.SparseAutoencoder.resample_dead_>`
+    (Anthropic 2023 neuron resampling, Adam moments of the resampled latents reset); returns the count."""
+    return _check_sae(layer).resample_dead_(dead, candidates, optimizer, generator)
 
 
-def _zero_rows(tensor: torch.Tensor, idx: torch.Tensor, column: bool) -> None:
-    if column:
-        tensor[:, idx] = 0.0
-    else:
-        tensor[idx] = 0.0
-
-
-@torch.no_grad()
-def _normalize_decoder(layer: _SparseAutoencoderBase) -> None:
-    norms = layer.decoder.weight.norm(dim=0, keepdim=True).clamp_min(1e-8)
-    layer.decoder.weight.div_(norms)
+def _check_sae(layer: FeatureLayer) -> SparseAutoencoder:
+    if not getattr(layer, "is_sparse_autoencoder", False):
+        raise ValueError(
+            f"{type(layer).__name__} is not a sparse autoencoder; allowed: a layer of kind "
+            f"{', '.join(map(repr, feature_layer_kinds(is_sparse_autoencoder=True)))}"
+        )
+    return layer
 
 
 def fit_sae(
@@ -174,9 +109,9 @@ def fit_sae(
         device: where to fit (default: the backbone's device).
         progress: show a tqdm bar (explained variance, L0 and dead fraction after every epoch).
 
-    Dead latents are resampled (:func:`resample_dead_latents`, Anthropic 2023) rather than revived
-    with an auxiliary loss (OpenAI's AuxK): resampling works for both the ReLU and the TopK layer
-    without changing their loss or forward pass (so the fitted layer is exactly the feature layer
+    Dead latents are resampled (:meth:`~hf_monosem.models.sae.SparseAutoencoder.resample_dead_`,
+    Anthropic 2023) rather than revived with an auxiliary loss (OpenAI's AuxK): resampling works for
+    both the ReLU and the TopK layer without changing their loss or forward pass (so the fitted layer is exactly the feature layer
     the model runs), and with the whole feature matrix cached, finding the badly reconstructed inputs
     it needs is one cheap batched pass.
 
@@ -187,10 +122,7 @@ def fit_sae(
         (entry 0 of the first three: before training), ``resampled`` (latents resampled in total) and
         the final values ``final_explained_variance``, ``final_l0``, ``final_dead_fraction``.
     """
-    if feature_layer not in _SAE_KINDS:
-        raise ValueError(
-            f"feature_layer={feature_layer!r} is not valid; allowed: {', '.join(map(repr, _SAE_KINDS))}"
-        )
+    feature_layer_class(feature_layer, is_sparse_autoencoder=True)
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs!r} and batch_size={batch_size!r} must be positive integers")
     if not 0 <= resample_until <= 1:
@@ -221,7 +153,7 @@ def fit_sae(
             device=device,
         )
 
-    set_seed(seed)
+    torch.manual_seed(seed)  # the SAE's initialisation (the seeding rule of .minibatch)
     config_kwargs: dict[str, Any] = {
         "feature_layer": feature_layer,
         "freeze_backbone": True,
@@ -238,7 +170,7 @@ def fit_sae(
     model = MonoSemanticModel.from_backbone(
         copy.deepcopy(backbone) if copy_backbone else backbone, **config_kwargs
     )
-    layer: _SparseAutoencoderBase = model.feature_layer
+    layer: SparseAutoencoder = model.feature_layer
     if features.dim() != 2 or features.shape[1] != layer.input_dim:
         raise ValueError(f"features must be [N, {layer.input_dim}], got {tuple(features.shape)}")
 
@@ -261,7 +193,7 @@ def fit_sae(
 
 
 def train_sae_layer(
-    layer: _SparseAutoencoderBase,
+    layer: SparseAutoencoder,
     features: torch.Tensor,
     *,
     epochs: int = 10,
@@ -277,18 +209,28 @@ def train_sae_layer(
     """Train an ``sae``/``topk`` feature layer in place on a feature matrix (on ``features.device``).
 
     The loop behind :func:`fit_sae` (see there for the arguments and the report): Adam on shuffled
-    mini-batches, decoder columns renormalised to unit norm after every step, dead latents resampled.
-    ``init_pre_bias`` starts the pre-bias at the data mean (turn off to continue a fit).
-    """
-    from tqdm.auto import tqdm
+    mini-batches (:class:`~hf_monosem.cached.minibatch.MiniBatches`, whose generator seeded with
+    ``seed`` also picks the evaluation rows and the resampling targets), decoder columns renormalised
+    to unit norm after every step, dead latents resampled. ``init_pre_bias`` starts the pre-bias at
+    the data mean (turn off to continue a fit).
 
+    Example:
+        >>> from hf_monosem.models.feature_layers import FeatureLayerSettings, build_feature_layer
+        >>> sae = build_feature_layer(FeatureLayerSettings(feature_dim=32, topk=4), input_dim=16, kind="topk")
+        >>> report = train_sae_layer(sae, torch.randn(256, 16), epochs=2, batch_size=64, progress=False)
+        >>> len(report["explained_variance"]), report["final_l0"]
+        (3, 4.0)
+    """
+    _check_sae(layer)
     device = features.device
     layer.to(device).train()
     n = features.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = steps_per_epoch * epochs
-    dead_after_steps = dead_after_steps or steps_per_epoch
+    batches = MiniBatches(
+        n, batch_size, seed, epochs=epochs, device=device, progress=progress, desc=f"fit_sae ({layer.kind})"
+    )
+    generator = batches.generator
+    total_steps = batches.total_steps
+    dead_after_steps = dead_after_steps or batches.steps_per_epoch
     resample_every = resample_every or dead_after_steps
     last_resample_step = int(resample_until * total_steps)
 
@@ -302,7 +244,7 @@ def train_sae_layer(
             layer.pre_bias.copy_(torch.cat([layer.prepare_input(c) for c in features.split(4096)]).mean(0))
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
 
-    start = explained_variance(layer, eval_rows)
+    start = layer.explained_variance(eval_rows)
     report: dict[str, Any] = {
         "explained_variance": [start["explained_variance"]],
         "l0": [start["l0"]],
@@ -312,18 +254,16 @@ def train_sae_layer(
     }
     since_fired = torch.zeros(layer.feature_dim, dtype=torch.long, device=device)
     step = 0
-    bar = tqdm(total=total_steps, desc=f"fit_sae ({layer.kind})", disable=not progress)
-    try:
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator).to(device)
+    with batches:
+        for epoch in batches:
             epoch_loss = torch.zeros((), device=device)
-            for rows in order.split(batch_size):
+            for rows in epoch:
                 codes, aux = layer(features[rows])
                 loss = layer.weighted_aux_loss(aux)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                _normalize_decoder(layer)
+                layer.normalize_decoder_()
                 epoch_loss += loss.detach() * rows.numel()
                 fired = (codes.detach() != 0).any(0)
                 since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + 1)
@@ -331,21 +271,17 @@ def train_sae_layer(
                 if step % resample_every == 0 and step <= last_resample_step and step < total_steps:
                     dead = since_fired >= dead_after_steps
                     candidates = features[torch.randperm(n, generator=generator)[:_RESAMPLE_ROWS].to(device)]
-                    count = resample_dead_latents(layer, dead, candidates, optimizer, generator)
-                    report["resampled"] += count
+                    report["resampled"] += layer.resample_dead_(dead, candidates, optimizer, generator)
                     since_fired = since_fired.masked_fill(dead, 0)
-                bar.update(1)
-            stats = explained_variance(layer, eval_rows)
+            stats = layer.explained_variance(eval_rows)
             for key in ("explained_variance", "l0", "dead_fraction"):
                 report[key].append(stats[key])
             report["loss"].append(float(epoch_loss) / n)
-            bar.set_postfix(
+            batches.set_postfix(
                 ev=f"{stats['explained_variance']:.3f}",
                 l0=f"{stats['l0']:.1f}",
                 dead=f"{stats['dead_fraction']:.2f}",
             )
-    finally:
-        bar.close()
     layer.eval()
     report["final_explained_variance"] = report["explained_variance"][-1]
     report["final_l0"] = report["l0"][-1]

@@ -1,44 +1,18 @@
-"""Offline data assets as ``datasets`` objects, and the dataset checks run before training.
-"""
-from .assets import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_DIR,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
-    NEWSGROUPS_SHIFT,
-    TWEET_DOMAINS,
-    TWEET_LABELS,
-    load_20newsgroups,
-    load_digits_domain_shift,
-    load_fashion_mnist,
-    load_reuters_r8,
-    load_tweets,
-    minilm_path,
-    newsgroups_domain_shift,
-)
-from .backbones import default_text_backbone, small_resnet_config
-from .validation import (
-    validate_classification_batch,
-    validate_classification_dataset,
-)
+"""Data for training scripts: the offline assets as ``datasets`` objects, datasets by name, the default
+backbones, and the dataset checks run before training.
 
-__all__ = [
-    "default_text_backbone",
-    "small_resnet_config",
-    "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_DIR",
-    "FASHION_MNIST_MEAN",
-    "FASHION_MNIST_STD",
-    "NEWSGROUPS_SHIFT",
-    "TWEET_DOMAINS",
-    "TWEET_LABELS",
-    "load_20newsgroups",
-    "load_digits_domain_shift",
-    "load_fashion_mnist",
-    "load_reuters_r8",
-    "load_tweets",
-    "minilm_path",
-    "newsgroups_domain_shift",
-    "validate_classification_batch",
-    "validate_classification_dataset",
-]
+* :mod:`~hf_monosem.data.assets` -- loaders of the offline datasets and the MiniLM folder;
+* :mod:`~hf_monosem.data.registry` -- :func:`load_dataset_by_name` (a built-in, a folder or a Hub id),
+  :func:`preprocess` and the small helpers around them;
+* :mod:`~hf_monosem.data.backbones` -- :func:`backbone_source` (a named backbone or the offline
+  defaults) and :func:`build_classifier`;
+* :mod:`~hf_monosem.data.validation` -- checks that fail before training, naming the bad value.
+"""
+from . import assets, backbones, registry, validation
+from .assets import *  # noqa: F403
+from .backbones import *  # noqa: F403
+from .registry import *  # noqa: F403
+from .validation import *  # noqa: F403
+
+# the public names of each module, as its own __all__ lists them
+__all__ = [*backbones.__all__, *registry.__all__, *assets.__all__, *validation.__all__]

@@ -1,10 +1,25 @@
-"""Offline default backbones of the examples and benchmarks (no pretrained vision weights exist offline)."""
+"""Backbones for training scripts: a Hub id / folder or the offline defaults, and a classifier on top.
+
+The offline defaults (no pretrained vision weights exist offline): the MiniLM-L6 sentence encoder for
+text (:func:`default_text_backbone`, mean pooling) and a small ResNet trained from scratch for images
+(:func:`small_resnet_config`). :func:`backbone_source` picks between a named backbone and these;
+:func:`build_classifier` puts a feature layer and a classification head on it.
+
+Example:
+    >>> source = backbone_source(None, "image", num_channels=1)
+    >>> model = build_classifier("topk", ["cat", "dog"], "image", source, feature_dim=64, topk=8)
+    >>> type(model).__name__, model.config.topk, model.config.id2label[1]
+    ('MonoSemanticForImageClassification', 8, 'dog')
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from transformers import ResNetConfig
 
-__all__ = ["default_text_backbone", "small_resnet_config"]
+__all__ = ["backbone_source", "build_classifier", "default_text_backbone", "small_resnet_config"]
 
 
 def default_text_backbone() -> str:
@@ -25,3 +40,57 @@ def small_resnet_config(num_channels: int = 1) -> ResNetConfig:
         num_channels=num_channels, embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1],
         layer_type="basic", downsample_in_first_stage=False,
     )
+
+
+def backbone_source(model_name_or_path: str | None, modality: str, num_channels: int = 1) -> dict[str, Any]:
+    """The :class:`~hf_monosem.MonoSemanticConfig` keyword arguments that choose the backbone.
+
+    ``model_name_or_path`` given: ``{"backbone": model_name_or_path}``, after checking that transformers
+    can read its config (an unknown id fails here, with transformers' message). Otherwise the offline
+    default for ``modality``: MiniLM-L6 with mean pooling for ``"text"``, a randomly initialised
+    :func:`small_resnet_config` with ``num_channels`` input channels for ``"image"``.
+
+    Example:
+        >>> backbone_source(None, "image", num_channels=3)["backbone_config"].num_channels
+        3
+    """
+    if model_name_or_path:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(model_name_or_path)  # fail early, with transformers' message, if unknown
+        return {"backbone": model_name_or_path}
+    if modality == "text":
+        return {"backbone": default_text_backbone(), "pooling": "mean"}
+    if modality == "image":
+        return {"backbone_config": small_resnet_config(num_channels)}
+    raise ValueError(f"modality {modality!r}: allowed 'text', 'image'")
+
+
+def build_classifier(
+    feature_layer: str, labels: Sequence[str], modality: str, source: dict[str, Any], **config_kwargs: Any
+):
+    """A fresh ``MonoSemanticFor{Sequence,Image}Classification`` with ``feature_layer`` on ``source``'s backbone.
+
+    ``labels``: the class names (``num_labels``, ``id2label`` and ``label2id`` follow from them);
+    ``modality``: ``"text"`` (sequence classification) or ``"image"``; ``source``: the backbone, as
+    :func:`backbone_source` returns it; ``config_kwargs``: any other ``MonoSemanticConfig`` argument
+    (``feature_dim``, ``projector_hidden_dim``, ``sparsity_weight``, ``freeze_backbone``, ...). So that one
+    set of options serves a comparison of several feature layers, ``topk`` applies to the ``topk`` layer
+    only and a ``pooling`` of ``None`` means ``source``'s own (mean pooling for the MiniLM default).
+    """
+    from ..models.configuration import MonoSemanticConfig
+    from ..models.modeling import MonoSemanticForImageClassification, MonoSemanticForSequenceClassification
+
+    classes = {"text": MonoSemanticForSequenceClassification, "image": MonoSemanticForImageClassification}
+    if modality not in classes:
+        raise ValueError(f"modality {modality!r}: allowed {', '.join(classes)}")
+    kwargs = {**source, **config_kwargs}
+    kwargs["pooling"] = config_kwargs.get("pooling") or source.get("pooling")
+    if feature_layer != "topk":
+        kwargs.pop("topk", None)
+    names = [str(name) for name in labels]
+    config = MonoSemanticConfig(
+        **kwargs, feature_layer=feature_layer, num_labels=len(names),
+        id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
+    )
+    return classes[modality](config)

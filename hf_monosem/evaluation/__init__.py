@@ -1,48 +1,29 @@
-"""Evaluation: feature metrics (sparsity, dead units, class consistency, MI), classification
-metrics for the Trainer, robustness tables and plots, feature explanations.
+"""Evaluation, one module per job:
+
+- :mod:`.features`: feature metrics (sparsity, dead units, class consistency, MI);
+- :mod:`.classification`: accuracy / macro-F1 (offline ``evaluate`` scripts) and the Trainer's
+  ``compute_metrics``;
+- :mod:`.results`: the results schema (run and result records, the mean ± std summary);
+- :mod:`.reporting`: robustness tables and plots;
+- :mod:`.explain`: top-activating examples as image grids or text snippets;
+
+plus :func:`extract_features` (from :mod:`hf_monosem.cached.extraction`). :mod:`.metrics` is the
+former single module, kept as an import path.
 """
-from .metrics import (
-    METRIC_SCRIPTS_DIR,
-    activation_sparsity,
-    class_consistency,
-    classification_metrics,
-    dead_features,
-    extract_features,
-    feature_label_mutual_information,
-    load_metric_script,
-    make_compute_metrics,
-    monosemanticity_report,
-)
-from .reporting import (
-    plot_robustness,
-    plot_robustness_panel,
-    robustness_markdown_table,
-    summarize_robustness,
-)
-from .explain import (
-    TopExamples,
-    image_grid_for_feature,
-    text_snippets_for_feature,
-    top_activating_examples,
-)
+
+from ..cached.extraction import extract_features
+from . import classification, explain, features, reporting, results
+from .classification import *  # noqa: F403
+from .explain import *  # noqa: F403
+from .features import *  # noqa: F403
+from .reporting import *  # noqa: F403
+from .results import *  # noqa: F403
 
 __all__ = [
-    "METRIC_SCRIPTS_DIR",
-    "activation_sparsity",
-    "class_consistency",
-    "classification_metrics",
-    "dead_features",
+    *features.__all__,
+    *classification.__all__,
+    *results.__all__,
+    *reporting.__all__,
+    *explain.__all__,
     "extract_features",
-    "feature_label_mutual_information",
-    "load_metric_script",
-    "make_compute_metrics",
-    "monosemanticity_report",
-    "plot_robustness",
-    "plot_robustness_panel",
-    "robustness_markdown_table",
-    "summarize_robustness",
-    "TopExamples",
-    "image_grid_for_feature",
-    "text_snippets_for_feature",
-    "top_activating_examples",
 ]

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .metrics import _features  # the same [N, F] input check as the metrics
+from .features import _features  # the same [N, F] input check as the feature metrics
 
 __all__ = ["TopExamples", "image_grid_for_feature", "text_snippets_for_feature", "top_activating_examples"]
 
@@ -32,8 +32,6 @@ class TopExamples(NamedTuple):
 
     indices: torch.Tensor
     values: torch.Tensor
-
-
 
 
 def top_activating_examples(features: Any, feature_index: int, k: int = 10) -> TopExamples:

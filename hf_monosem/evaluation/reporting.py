@@ -1,11 +1,11 @@
-"""Robustness summaries: mean ± std over seeds, mono-vs-poly tables, accuracy-vs-level plots.
+"""Robustness tables and plots: mono-vs-poly Markdown tables, accuracy-vs-level figures.
 
-A run is recorded as one dict, e.g. ``{"method": "nonneg", "scenario": "label_noise", "level": 0.4,
-"seed": 0, "accuracy": 0.81, "class_consistency": 0.9}``; every numeric key other than ``method``,
-``scenario``, ``level`` and ``seed`` is a metric. :func:`summarize_robustness` turns records into a
-tidy table, :func:`robustness_markdown_table` into the mono-vs-poly comparison the paper lacks (with
-error bars and a significance mark), :func:`plot_robustness` into figures and a JSON of the numbers, :func:`plot_robustness_panel` into one
-overview figure.
+Every function takes run records (the schema of :mod:`hf_monosem.evaluation.results`: one dict per
+seed, e.g. ``{"method": "nonneg", "scenario": "label_noise", "level": 0.4, "seed": 0, "accuracy":
+0.81}``) or their summary by :func:`~hf_monosem.evaluation.results.summarize_robustness` (mean ± std
+over seeds, also importable from here). :func:`robustness_markdown_table` gives the mono-vs-poly
+comparison the paper lacks (with error bars and a significance mark), :func:`plot_robustness`
+figures and a JSON of the numbers, :func:`plot_robustness_panel` one overview figure.
 
 Example:
     >>> records = [{"method": m, "scenario": "label_noise", "level": 0.4, "seed": s, "accuracy": a}
@@ -26,60 +26,13 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["plot_robustness", "plot_robustness_panel", "robustness_markdown_table", "summarize_robustness"]
+from .results import SUMMARY_COLUMNS, summarize_robustness
 
-_ID_COLUMNS = ("scenario", "level", "method", "seed")
-_SUMMARY_COLUMNS = ["scenario", "level", "method", "metric", "mean", "std", "n"]
-
-
-def summarize_robustness(records: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per (scenario, level, method, metric).
-
-    Returns a tidy DataFrame with columns ``scenario, level, method, metric, mean, std, n`` (``std``
-    is the sample std, NaN with a single seed; ``n`` counts the non-missing values). ``level``
-    defaults to 0 when absent (a clean run). Rows are sorted by scenario, level, method, metric.
-
-    Example:
-        >>> df = summarize_robustness([{"method": "linear", "scenario": "clean", "seed": s,
-        ...                             "accuracy": 0.9 + s / 100} for s in range(2)])
-        >>> round(float(df.loc[0, "mean"]), 3), round(float(df.loc[0, "std"]), 4)
-        (0.905, 0.0071)
-    """
-    frame = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame([dict(r) for r in records])
-    if frame.empty:
-        raise ValueError(
-            "records is empty; allowed: at least one record with 'method', 'scenario' and a metric"
-        )
-    missing = [c for c in ("method", "scenario") if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"records lack keys {missing}; allowed: records with 'method', 'scenario', 'level', 'seed', metrics"
-        )
-    if "level" not in frame.columns:
-        frame["level"] = 0.0
-    frame["level"] = pd.to_numeric(frame["level"].fillna(0.0), errors="raise")
-    metrics = [
-        c
-        for c in frame.columns
-        if c not in _ID_COLUMNS
-        and pd.api.types.is_numeric_dtype(frame[c])
-        and not pd.api.types.is_bool_dtype(frame[c])
-    ]
-    if not metrics:
-        raise ValueError(f"records have no numeric metric; got keys {list(frame.columns)}")
-    long = frame.melt(id_vars=["scenario", "level", "method"], value_vars=metrics, var_name="metric").dropna(
-        subset=["value"]
-    )
-    summary = (
-        long.groupby(["scenario", "level", "method", "metric"], sort=True)["value"]
-        .agg(mean="mean", std="std", n="count")
-        .reset_index()
-    )
-    return summary[_SUMMARY_COLUMNS].reset_index(drop=True)
+__all__ = ["plot_robustness", "plot_robustness_panel", "robustness_markdown_table"]
 
 
 def _as_summary(df: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    if isinstance(df, pd.DataFrame) and set(_SUMMARY_COLUMNS) <= set(df.columns):
+    if isinstance(df, pd.DataFrame) and set(SUMMARY_COLUMNS) <= set(df.columns):
         return df
     return summarize_robustness(df)
 

@@ -4,54 +4,17 @@ backbone -> pooling -> feature layer -> head modeling code.
 This folder is self-contained (same-folder relative imports only): remote-code export copies it next
 to a checkpoint so that ``trust_remote_code=True`` users need no hf_monosem.
 """
-from .configuration import (
-    POOLING_CHOICES,
-    MonoSemanticConfig,
-    backbone_hidden_size,
-    default_pooling,
-)
-from .feature_layers import (
-    FEATURE_LAYERS,
-    NONNEG_ACTIVATIONS,
-    FeatureLayer,
-    LinearFeatures,
-    NonNegativeFeatures,
-    SparseAutoencoderFeatures,
-    TopKSparseAutoencoderFeatures,
-    build_feature_layer,
-    register_feature_layer,
-)
-from .modeling import (
-    MonoSemanticClassifierOutput,
-    MonoSemanticForImageClassification,
-    MonoSemanticForSequenceClassification,
-    MonoSemanticModel,
-    MonoSemanticModelOutput,
-    MonoSemanticPreTrainedModel,
-)
-from .loading import (
-    check_checkpoint_folder,
-)
+from . import configuration, feature_layers, loading, modeling, sae
+from .configuration import *  # noqa: F403
+from .feature_layers import *  # noqa: F403
+from .loading import *  # noqa: F403
+from .modeling import *  # noqa: F403
+from .sae import *  # noqa: F403
 
 __all__ = [
-    "POOLING_CHOICES",
-    "MonoSemanticConfig",
-    "backbone_hidden_size",
-    "default_pooling",
-    "FEATURE_LAYERS",
-    "NONNEG_ACTIVATIONS",
-    "FeatureLayer",
-    "LinearFeatures",
-    "NonNegativeFeatures",
-    "SparseAutoencoderFeatures",
-    "TopKSparseAutoencoderFeatures",
-    "build_feature_layer",
-    "register_feature_layer",
-    "MonoSemanticClassifierOutput",
-    "MonoSemanticForImageClassification",
-    "MonoSemanticForSequenceClassification",
-    "MonoSemanticModel",
-    "MonoSemanticModelOutput",
-    "MonoSemanticPreTrainedModel",
-    "check_checkpoint_folder",
+    *configuration.__all__,
+    *feature_layers.__all__,
+    *sae.__all__,
+    *modeling.__all__,
+    *loading.__all__,
 ]

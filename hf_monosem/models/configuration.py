@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
@@ -11,7 +9,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from .feature_layers import FEATURE_LAYERS, NONNEG_ACTIVATIONS
+from .feature_layers import FeatureLayerSettings, _bad, feature_layer_class
 
 __all__ = ["POOLING_CHOICES", "MonoSemanticConfig", "backbone_hidden_size", "default_pooling"]
 
@@ -49,10 +47,6 @@ def default_pooling(config: PreTrainedConfig) -> str:
     return "cls"
 
 
-def _bad(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{name}={value!r} is not valid; allowed: {allowed}")
-
-
 class MonoSemanticConfig(PreTrainedConfig):
     r"""Configuration of a backbone with a (mono- or polysemantic) feature layer and a linear head.
 
@@ -67,13 +61,10 @@ class MonoSemanticConfig(PreTrainedConfig):
         feature_layer: one of ``"linear"`` (polysemantic baseline), ``"nonneg"`` (NCL-style
             non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
-        projector_hidden_dim: if set, ``linear``/``nonneg`` use a two-layer MLP projector
-            ``input -> projector_hidden_dim -> feature_dim`` as in SimCLR/NCL.
-        nonneg_activation: ``"relu"`` (NCL), ``"softplus"`` or ``"abs"``.
-        topk: active features per input for ``topk`` (default ``feature_dim // 8``, the paper's ratio).
-        sparsity_weight: weight of the L1 term of ``sae``.
-        reconstruction_weight: weight of the SAE reconstruction term (``sae``/``topk``).
-        sae_normalize_input: L2-normalise the SAE input (the paper's post-hoc recipe).
+        projector_hidden_dim, nonneg_activation, topk, sparsity_weight, reconstruction_weight,
+            sae_normalize_input: the feature layer's settings; meaning, defaults and validation are
+            those of :class:`~.feature_layers.FeatureLayerSettings` (``topk`` of a ``topk`` layer is
+            filled in here: ``feature_dim // 8``, the paper's ratio).
         pooling: ``"cls"``, ``"mean"``, ``"last"`` or ``"pooler"``; default chosen per backbone family.
         freeze_backbone: train only the feature layer and head (linear probing).
         classifier_dropout: dropout on the features before the classifier.
@@ -101,12 +92,13 @@ class MonoSemanticConfig(PreTrainedConfig):
     use_pretrained_backbone: bool = True
     feature_layer: str = "nonneg"
     feature_dim: int | None = None
-    projector_hidden_dim: int | None = None
-    nonneg_activation: str = "relu"
-    topk: int | None = None
-    sparsity_weight: float = 1e-3
-    reconstruction_weight: float = 1.0
-    sae_normalize_input: bool = True
+    # the feature layer's settings: defaults from FeatureLayerSettings, their one source
+    projector_hidden_dim: int | None = FeatureLayerSettings.projector_hidden_dim
+    nonneg_activation: str = FeatureLayerSettings.nonneg_activation
+    topk: int | None = FeatureLayerSettings.topk
+    sparsity_weight: float = FeatureLayerSettings.sparsity_weight
+    reconstruction_weight: float = FeatureLayerSettings.reconstruction_weight
+    sae_normalize_input: bool = FeatureLayerSettings.sae_normalize_input
     pooling: str | None = None
     freeze_backbone: bool = False
     classifier_dropout: float = 0.0
@@ -145,28 +137,12 @@ class MonoSemanticConfig(PreTrainedConfig):
     def _validate_and_fill_defaults(self) -> None:
         if self.backbone_config.model_type == self.model_type:
             raise ValueError("backbone_config is itself a MonoSemanticConfig; nest a plain backbone config")
-        if self.feature_layer not in FEATURE_LAYERS:
-            raise _bad("feature_layer", self.feature_layer, ", ".join(repr(k) for k in FEATURE_LAYERS))
+        layer_class = feature_layer_class(self.feature_layer)
         if self.feature_dim is None:
             self.feature_dim = 4 * backbone_hidden_size(self.backbone_config)
-        if isinstance(self.feature_dim, bool) or not isinstance(self.feature_dim, int) or self.feature_dim <= 0:
-            raise _bad("feature_dim", self.feature_dim, "a positive integer")
-        if self.projector_hidden_dim is not None and (
-            not isinstance(self.projector_hidden_dim, int) or self.projector_hidden_dim <= 0
-        ):
-            raise _bad("projector_hidden_dim", self.projector_hidden_dim, "None or a positive integer")
-        if self.nonneg_activation not in NONNEG_ACTIVATIONS:
-            raise _bad("nonneg_activation", self.nonneg_activation, ", ".join(repr(k) for k in NONNEG_ACTIVATIONS))
+        settings = layer_class.settings_class.from_config(self)  # validates the feature layer's fields
         if self.topk is None and self.feature_layer == "topk":
-            self.topk = max(1, self.feature_dim // 8)
-        if self.topk is not None and (
-            isinstance(self.topk, bool) or not isinstance(self.topk, int) or not 1 <= self.topk <= self.feature_dim
-        ):
-            raise _bad("topk", self.topk, f"an integer in [1, feature_dim={self.feature_dim}]")
-        for name in ("sparsity_weight", "reconstruction_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise _bad(name, value, "a number >= 0")
+            self.topk = settings.resolved_topk
         if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
             raise _bad("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:

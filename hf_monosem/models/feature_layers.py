@@ -3,6 +3,13 @@
 A feature layer maps the backbone's pooled vector ``x`` of shape ``[batch, input_dim]`` to the
 features a head reads, ``[batch, feature_dim]``, and returns the auxiliary loss terms it wants
 minimised next to the task loss (unweighted; the layer's ``loss_weights`` say how to weight them).
+Every layer is built from one typed, validated :class:`FeatureLayerSettings`, whose defaults are the
+only ones (:class:`~.configuration.MonoSemanticConfig` takes its feature-layer defaults from it).
+
+What a kind *is* lives on its class, not in lists elsewhere: ``is_sparse_autoencoder`` (``sae``,
+``topk``: the classes in :mod:`.sae`, which also own their decoder renormalisation and dead-latent
+resampling) and ``is_contrastive_projector`` (``linear``, ``nonneg``); :func:`feature_layer_kinds`
+lists the registered kinds with given attributes and :func:`feature_layer_class` checks one.
 
 Adding a fifth kind takes one class and one registry line::
 
@@ -11,28 +18,30 @@ Adding a fifth kind takes one class and one registry line::
         def forward(self, x):
             return torch.nn.functional.gelu(self.project(x)), {}
 
-This module imports nothing else from the package: the config validates ``feature_layer`` against
-:data:`FEATURE_LAYERS`, and the models build layers through :func:`build_feature_layer`.
+This module imports nothing else from the package (only :mod:`.sae` from its own folder, which
+registers the SAE kinds): the config validates ``feature_layer`` against :data:`FEATURE_LAYERS`, and
+the models build layers through :func:`build_feature_layer`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as hf_init
 
 __all__ = [
     "FEATURE_LAYERS",
     "NONNEG_ACTIVATIONS",
     "FeatureLayer",
+    "FeatureLayerSettings",
     "LinearFeatures",
     "NonNegativeFeatures",
-    "SparseAutoencoderFeatures",
-    "TopKSparseAutoencoderFeatures",
     "build_feature_layer",
+    "feature_layer_class",
+    "feature_layer_kinds",
     "register_feature_layer",
 ]
 
@@ -44,6 +53,101 @@ NONNEG_ACTIVATIONS: dict[str, Any] = {"relu": F.relu, "softplus": F.softplus, "a
 
 # Denominators below this are treated as zero (all-zero inputs must not produce NaN).
 _EPS = 1e-8
+
+
+def _bad(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{name}={value!r} is not valid; allowed: {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class FeatureLayerSettings:
+    """The typed, validated settings a feature layer is built from, and the one set of their defaults.
+
+    :class:`~.configuration.MonoSemanticConfig` takes the defaults of its fields of the same names
+    from here and hands its values over with :meth:`from_config`; code that builds a layer without a
+    model config (the cached route) makes the settings directly.
+
+    Args:
+        feature_dim: width of the feature layer's output.
+        projector_hidden_dim: if set, ``linear``/``nonneg`` use a two-layer MLP projector
+            ``input -> projector_hidden_dim -> feature_dim`` (SimCLR/NCL).
+        nonneg_activation: the non-negativity of ``nonneg``, a key of :data:`NONNEG_ACTIVATIONS`.
+        topk: active latents per input of ``topk`` (``None``: :meth:`default_topk`).
+        sparsity_weight: weight of the L1 term of ``sae``.
+        reconstruction_weight: weight of the reconstruction term of ``sae``/``topk``.
+        sae_normalize_input: L2-normalise the SAE input (the paper's post-hoc recipe).
+
+    Example:
+        >>> settings = FeatureLayerSettings(feature_dim=64)
+        >>> settings.resolved_topk, build_feature_layer(settings, input_dim=16, kind="topk").k
+        (8, 8)
+        >>> FeatureLayerSettings(feature_dim=64, nonneg_activation="gelu")
+        Traceback (most recent call last):
+        ...
+        ValueError: nonneg_activation='gelu' is not valid; allowed: 'relu', 'softplus', 'abs'
+    """
+
+    feature_dim: int
+    projector_hidden_dim: int | None = None
+    nonneg_activation: str = "relu"
+    topk: int | None = None
+    sparsity_weight: float = 1e-3
+    reconstruction_weight: float = 1.0
+    sae_normalize_input: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.feature_dim) or self.feature_dim <= 0:
+            raise _bad("feature_dim", self.feature_dim, "a positive integer")
+        if self.projector_hidden_dim is not None and (
+            not _is_int(self.projector_hidden_dim) or self.projector_hidden_dim <= 0
+        ):
+            raise _bad("projector_hidden_dim", self.projector_hidden_dim, "None or a positive integer")
+        if not isinstance(self.nonneg_activation, str) or self.nonneg_activation not in NONNEG_ACTIVATIONS:
+            raise _bad("nonneg_activation", self.nonneg_activation, ", ".join(map(repr, NONNEG_ACTIVATIONS)))
+        if self.topk is not None and (not _is_int(self.topk) or not 1 <= self.topk <= self.feature_dim):
+            raise _bad("topk", self.topk, f"an integer in [1, feature_dim={self.feature_dim}]")
+        for name in ("sparsity_weight", "reconstruction_weight"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value >= 0:
+                raise _bad(name, value, "a number >= 0")
+        if not isinstance(self.sae_normalize_input, bool):
+            raise _bad("sae_normalize_input", self.sae_normalize_input, "True or False")
+
+    @classmethod
+    def from_config(cls, config: Any) -> FeatureLayerSettings:
+        """The settings held by ``config``: a :class:`~.configuration.MonoSemanticConfig` (or any object
+        with these attributes; those it lacks take the defaults above). Settings pass through.
+
+        Example:
+            >>> from hf_monosem import MonoSemanticConfig
+            >>> from transformers import BertConfig
+            >>> cfg = MonoSemanticConfig(backbone_config=BertConfig(hidden_size=32, num_hidden_layers=1,
+            ...     num_attention_heads=2, intermediate_size=37), feature_layer="sae", sparsity_weight=0.01)
+            >>> s = FeatureLayerSettings.from_config(cfg)
+            >>> s.feature_dim, s.sparsity_weight, s.reconstruction_weight
+            (128, 0.01, 1.0)
+        """
+        if isinstance(config, cls):
+            return config
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
+
+    @staticmethod
+    def default_topk(feature_dim: int) -> int:
+        """The paper's ratio: ``feature_dim // 8`` active latents (at least one)."""
+        return max(1, int(feature_dim) // 8)
+
+    @property
+    def resolved_topk(self) -> int:
+        """``topk``, or :meth:`default_topk` of ``feature_dim`` when it is ``None``."""
+        return self.topk if self.topk is not None else self.default_topk(self.feature_dim)
 
 
 def register_feature_layer(name: str):
@@ -59,8 +163,47 @@ def register_feature_layer(name: str):
     return decorator
 
 
-def build_feature_layer(config: Any, input_dim: int) -> FeatureLayer:
-    """Build the layer named by ``config.feature_layer`` for inputs of width ``input_dim``.
+def feature_layer_kinds(**attributes: bool) -> list[str]:
+    """The registered kinds whose classes have the given ``is_...`` attributes, in registration order.
+
+    Example:
+        >>> feature_layer_kinds(is_sparse_autoencoder=True), feature_layer_kinds(is_contrastive_projector=True)
+        (['sae', 'topk'], ['linear', 'nonneg'])
+    """
+    unknown = [name for name in attributes if not name.startswith("is_") or not hasattr(FeatureLayer, name)]
+    if unknown:
+        flags = sorted(name for name in dir(FeatureLayer) if name.startswith("is_"))
+        raise ValueError(f"{', '.join(unknown)}: not a FeatureLayer kind attribute; allowed: {', '.join(flags)}")
+    return [
+        kind
+        for kind, cls in FEATURE_LAYERS.items()
+        if all(getattr(cls, name) == value for name, value in attributes.items())
+    ]
+
+
+def feature_layer_class(kind: str, **attributes: bool) -> type[FeatureLayer]:
+    """The registered class of ``kind``, which must have the given ``is_...`` attributes.
+
+    Example:
+        >>> feature_layer_class("topk", is_sparse_autoencoder=True).__name__
+        'TopKSparseAutoencoderFeatures'
+        >>> feature_layer_class("nonneg", is_sparse_autoencoder=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: feature_layer='nonneg' is not valid; allowed: 'sae', 'topk' (the kinds with is_sparse_autoencoder=True)
+    """
+    allowed = feature_layer_kinds(**attributes)
+    if not isinstance(kind, str) or kind not in allowed:
+        which = ", ".join(f"{name}={value}" for name, value in attributes.items())
+        raise _bad("feature_layer", kind, ", ".join(map(repr, allowed)) + (f" (the kinds with {which})" if which else ""))
+    return FEATURE_LAYERS[kind]
+
+
+def build_feature_layer(config: Any, input_dim: int, kind: str | None = None) -> FeatureLayer:
+    """Build a feature layer for inputs of width ``input_dim``.
+
+    ``config`` is a :class:`~.configuration.MonoSemanticConfig` (the layer is its ``feature_layer``)
+    or a :class:`FeatureLayerSettings` (then say which ``kind``; it also overrides the config's).
 
     Example:
         >>> from hf_monosem import MonoSemanticConfig
@@ -71,28 +214,39 @@ def build_feature_layer(config: Any, input_dim: int) -> FeatureLayer:
         >>> feats, aux = layer(torch.randn(4, 32))
         >>> feats.shape, sorted(aux)
         (torch.Size([4, 64]), ['reconstruction_loss'])
+        >>> type(build_feature_layer(FeatureLayerSettings(feature_dim=64), 32, kind="nonneg")).__name__
+        'NonNegativeFeatures'
     """
-    try:
-        cls = FEATURE_LAYERS[config.feature_layer]
-    except KeyError:
+    kind = kind if kind is not None else getattr(config, "feature_layer", None)
+    if kind is None:
         raise ValueError(
-            f"feature_layer={config.feature_layer!r} is not one of the registered kinds {sorted(FEATURE_LAYERS)}"
-        ) from None
-    return cls(input_dim=input_dim, config=config)
+            f"{type(config).__name__} names no feature layer: pass kind=, one of {', '.join(map(repr, FEATURE_LAYERS))}"
+        )
+    cls = feature_layer_class(kind)
+    return cls(input_dim, cls.settings_class.from_config(config))
 
 
 class FeatureLayer(nn.Module):
     """Base class. Subclasses implement ``forward(x) -> (features, aux_losses)``.
 
-    ``loss_weights`` maps each auxiliary term's name to its weight in the total loss.
+    ``loss_weights`` maps each auxiliary term's name to its weight in the total loss. The class
+    attributes below describe the kind, so that code elsewhere asks the class instead of keeping lists.
     """
 
     kind: ClassVar[str] = ""
+    #: a sparse autoencoder (codes = features, reconstruction loss): what ``fit_sae`` fits post hoc
+    is_sparse_autoencoder: ClassVar[bool] = False
+    #: a projection ``self.project`` of the input: what ``fit_contrastive_projector`` trains (SimCLR/NCL)
+    is_contrastive_projector: ClassVar[bool] = False
+    #: what :func:`build_feature_layer` makes from a config (a kind may extend it with its own fields)
+    settings_class: ClassVar[type[FeatureLayerSettings]] = FeatureLayerSettings
 
-    def __init__(self, input_dim: int, config: Any):
+    def __init__(self, input_dim: int, settings: FeatureLayerSettings):
         super().__init__()
+        # anything else (a MonoSemanticConfig, ...) is read into settings, i.e. validated, here
+        self.settings = self.settings_class.from_config(settings)
         self.input_dim = int(input_dim)
-        self.feature_dim = int(config.feature_dim)
+        self.feature_dim = self.settings.feature_dim
         self.loss_weights: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
@@ -128,15 +282,16 @@ class LinearFeatures(FeatureLayer):
     """The polysemantic baseline: a width-``feature_dim`` projection, nothing else.
 
     Example:
-        >>> from types import SimpleNamespace
-        >>> layer = LinearFeatures(16, SimpleNamespace(feature_dim=64, projector_hidden_dim=None))
+        >>> layer = LinearFeatures(16, FeatureLayerSettings(feature_dim=64))
         >>> layer(torch.randn(2, 16))[0].shape
         torch.Size([2, 64])
     """
 
-    def __init__(self, input_dim: int, config: Any):
-        super().__init__(input_dim, config)
-        self.project = _projector(input_dim, self.feature_dim, getattr(config, "projector_hidden_dim", None))
+    is_contrastive_projector = True
+
+    def __init__(self, input_dim: int, settings: FeatureLayerSettings):
+        super().__init__(input_dim, settings)
+        self.project = _projector(input_dim, self.feature_dim, self.settings.projector_hidden_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.project(x), {}
@@ -147,135 +302,25 @@ class NonNegativeFeatures(LinearFeatures):
     """The same projection followed by a non-negativity (NCL): sparse, near one-class-per-dimension.
 
     Example:
-        >>> from types import SimpleNamespace
-        >>> cfg = SimpleNamespace(feature_dim=64, projector_hidden_dim=None, nonneg_activation="relu")
-        >>> bool((NonNegativeFeatures(16, cfg)(torch.randn(2, 16))[0] >= 0).all())
+        >>> settings = FeatureLayerSettings(feature_dim=64, nonneg_activation="softplus")
+        >>> bool((NonNegativeFeatures(16, settings)(torch.randn(2, 16))[0] >= 0).all())
         True
     """
 
-    def __init__(self, input_dim: int, config: Any):
-        super().__init__(input_dim, config)
-        self.activation_name = getattr(config, "nonneg_activation", "relu")
+    def __init__(self, input_dim: int, settings: FeatureLayerSettings):
+        super().__init__(input_dim, settings)
+        self.activation_name = self.settings.nonneg_activation
         self.activation = NONNEG_ACTIVATIONS[self.activation_name]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.activation(self.project(x)), {}
 
 
-class _SparseAutoencoderBase(FeatureLayer):
-    """Shared parts of the ReLU and TopK SAEs: pre-bias, encoder, unit-norm decoder, reconstruction.
-
-    The codes are the features. Inputs are optionally L2-normalised first (the paper's post-hoc
-    SAE reads the normalised projector output), which also makes the losses scale-free.
-    """
-
-    def __init__(self, input_dim: int, config: Any):
-        super().__init__(input_dim, config)
-        self.normalize_input = bool(getattr(config, "sae_normalize_input", True))
-        self.pre_bias = nn.Parameter(torch.zeros(input_dim))
-        self.encoder = nn.Linear(input_dim, self.feature_dim)
-        self.decoder = nn.Linear(self.feature_dim, input_dim, bias=False)
-        self.loss_weights = {"reconstruction_loss": float(getattr(config, "reconstruction_weight", 1.0))}
-
-    @torch.no_grad()
-    def reset_parameters_like_sae(self) -> None:
-        """Decoder columns of unit norm, encoder = decoder transpose (a standard SAE initialisation).
-
-        Uses ``transformers.initialization`` so that weights already loaded from a checkpoint are
-        left alone when ``from_pretrained`` initialises missing keys.
-        """
-        decoder = torch.randn_like(self.decoder.weight, device="cpu" if self.decoder.weight.is_meta else None)
-        decoder = decoder / decoder.norm(dim=0, keepdim=True).clamp_min(_EPS)
-        hf_init.copy_(self.decoder.weight, decoder)
-        hf_init.copy_(self.encoder.weight, decoder.t().contiguous())
-        hf_init.zeros_(self.encoder.bias)
-        hf_init.zeros_(self.pre_bias)
-
-    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        # SAE arithmetic in fp32: reconstruction errors are small differences of large numbers.
-        x = x.float()
-        if self.normalize_input:
-            x = F.normalize(x, dim=-1, eps=_EPS)
-        return x
-
-    def encode_preactivations(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x - self.pre_bias, self.encoder.weight.float(), self.encoder.bias.float())
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return F.linear(codes, self.decoder.weight.float()) + self.pre_bias
-
-    @staticmethod
-    def normalized_mse(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        """Per-example squared error divided by the example's squared norm, averaged."""
-        err = (reconstruction - x).pow(2).sum(-1)
-        return (err / x.pow(2).sum(-1).clamp_min(_EPS)).mean()
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # Autocast would run the encoder/decoder matmuls in bf16/fp16; keep the SAE in fp32.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = self.prepare_input(x)
-            codes = self.encode(x)
-            aux = {"reconstruction_loss": self.normalized_mse(x, self.decode(codes))}
-            aux.update(self.extra_losses(codes))
-        return codes, aux
-
-    def extra_losses(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
-
-
-@register_feature_layer("sae")
-class SparseAutoencoderFeatures(_SparseAutoencoderBase):
-    """ReLU sparse autoencoder with an L1 penalty; its non-negative codes are the features.
-
-    The L1 term weights each code by its decoder column's norm, so the penalty cannot be dodged by
-    shrinking codes and growing the decoder.
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> cfg = SimpleNamespace(feature_dim=64, sparsity_weight=1e-3, reconstruction_weight=1.0)
-        >>> codes, aux = SparseAutoencoderFeatures(16, cfg)(torch.randn(2, 16))
-        >>> bool((codes >= 0).all()), sorted(aux)
-        (True, ['reconstruction_loss', 'sparsity_loss'])
-    """
-
-    def __init__(self, input_dim: int, config: Any):
-        super().__init__(input_dim, config)
-        self.loss_weights["sparsity_loss"] = float(getattr(config, "sparsity_weight", 1e-3))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.encode_preactivations(x))
-
-    def extra_losses(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        weight = self.decoder.weight.float()
-        # same value as weight.norm(dim=0), about 3x cheaper forward+backward on CPU
-        decoder_norms = (weight * weight).sum(0).clamp_min(1e-12).sqrt()
-        return {"sparsity_loss": (codes * decoder_norms).sum(-1).mean()}
-
-
-@register_feature_layer("topk")
-class TopKSparseAutoencoderFeatures(_SparseAutoencoderBase):
-    """TopK sparse autoencoder: keep the ``topk`` largest pre-activations (then ReLU), zero the rest.
-
-    Sparsity is set by construction, so there is no L1 term (as in the paper's post-hoc SAE:
-    k = 256 of 2048 latents, normalised-MSE loss).
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> cfg = SimpleNamespace(feature_dim=64, topk=8, reconstruction_weight=1.0)
-        >>> codes, _ = TopKSparseAutoencoderFeatures(16, cfg)(torch.randn(2, 16))
-        >>> bool(((codes != 0).sum(-1) <= 8).all())
-        True
-    """
-
-    def __init__(self, input_dim: int, config: Any):
-        super().__init__(input_dim, config)
-        self.k = int(config.topk)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.encode_preactivations(x)
-        values, indices = pre.topk(self.k, dim=-1)
-        # scatter keeps the op vectorised and differentiable w.r.t. the kept values
-        return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
+# The sparse autoencoders live in their own module (which imports this one); importing it here
+# registers "sae" and "topk" whenever the registry is imported, and keeps their old import path.
+from .sae import (  # noqa: E402,F401
+    SparseAutoencoder,
+    SparseAutoencoderFeatures,
+    TopKSparseAutoencoderFeatures,
+    _SparseAutoencoderBase,
+)

@@ -19,8 +19,9 @@ from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
 from .configuration import MonoSemanticConfig
-from .feature_layers import FeatureLayer, _SparseAutoencoderBase, build_feature_layer
+from .feature_layers import FeatureLayer, build_feature_layer
 from .loading import check_checkpoint_folder
+from .sae import SparseAutoencoder
 
 __all__ = [
     "MonoSemanticClassifierOutput",
@@ -123,7 +124,7 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # The backbone is a PreTrainedModel: transformers dispatches its own _init_weights to it.
         std = self.config.initializer_range
-        if isinstance(module, _SparseAutoencoderBase):
+        if isinstance(module, SparseAutoencoder):
             module.reset_parameters_like_sae()
         elif isinstance(module, nn.Linear):
             hf_init.normal_(module.weight, mean=0.0, std=std)
@@ -351,7 +352,6 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
 
 
 class MonoSemanticForImageClassification(_MonoSemanticClassifier):
-    main_input_name = "pixel_values"
     """A vision backbone (ViT, ResNet, ConvNeXt, ...) with a feature layer and a linear classifier.
 
     Example:
@@ -365,6 +365,8 @@ class MonoSemanticForImageClassification(_MonoSemanticClassifier):
         >>> out.logits.shape, bool((out.features >= 0).all())
         (torch.Size([4, 10]), True)
     """
+
+    main_input_name = "pixel_values"
 
 
 class MonoSemanticForSequenceClassification(_MonoSemanticClassifier):

@@ -1,60 +1,14 @@
 """Trainers: :class:`MonoSemanticTrainer` (task + feature-layer losses), :class:`ContrastiveTrainer`
-(SimCLR vs NCL pretraining), their views and losses, checkpoint discovery for resume.
+(SimCLR vs NCL pretraining), their views and losses, and the run files behind resume.
 """
-from .views import IntensityJitterViews
-from .contrastive import (
-    CONTRASTIVE_METHODS,
-    LABEL_KEYS,
-    ContrastiveTrainer,
-    ImageViews,
-    TextViews,
-    UnlabeledDataCollator,
-)
-from .losses import (
-    LOSS_TYPES,
-    gather_with_grad,
-    generalized_cross_entropy,
-    info_nce_loss,
-    l1_sparsity_loss,
-    nonnegativity_loss,
-    robust_classification_loss,
-    symmetric_cross_entropy,
-)
-from .checkpoints import (
-    TRAINER_STATE_FILE,
-    last_complete_checkpoint,
-    read_json,
-    resume_checkpoint,
-    wants_resume,
-    write_json,
-)
-from .trainer import (
-    MonoSemanticTrainer,
-    RunningTerms,
-)
 
-__all__ = [
-    "CONTRASTIVE_METHODS",
-    "IntensityJitterViews",
-    "LOSS_TYPES",
-    "gather_with_grad",
-    "generalized_cross_entropy",
-    "info_nce_loss",
-    "l1_sparsity_loss",
-    "nonnegativity_loss",
-    "robust_classification_loss",
-    "symmetric_cross_entropy",
-    "MonoSemanticTrainer",
-    "RunningTerms",
-    "TRAINER_STATE_FILE",
-    "last_complete_checkpoint",
-    "read_json",
-    "resume_checkpoint",
-    "wants_resume",
-    "write_json",
-    "LABEL_KEYS",
-    "ContrastiveTrainer",
-    "ImageViews",
-    "TextViews",
-    "UnlabeledDataCollator",
-]
+from . import checkpoints, contrastive, losses, trainer, views
+from .checkpoints import *  # noqa: F403
+from .contrastive import *  # noqa: F403
+from .losses import *  # noqa: F403
+from .trainer import *  # noqa: F403
+from .views import *  # noqa: F403
+
+# contrastive re-exports the views it uses and trainer re-exports last_complete_checkpoint: list each once
+__all__ = list(dict.fromkeys([*losses.__all__, *trainer.__all__, *checkpoints.__all__, *views.__all__,
+                              *contrastive.__all__]))
