@@ -54,6 +54,17 @@ class DataArguments:
 
 
 @dataclass
+class LinearProbeArguments:
+    """The budget of the linear probes on frozen features (scripts add how they scale the inputs)."""
+
+    label_noise: float = field(default=0.4, metadata={"help": "Symmetric label-noise rate of the noisy probes, in [0, 1]."})
+    probe_seeds: int = field(default=3, metadata={"help": "Probe seeds (initialisation, order, noise draw) per cell."})
+    probe_epochs: int = field(default=50, metadata={"help": "Probe epochs (the paper: 50; no early stopping)."})
+    probe_lr: float = field(default=1e-3, metadata={"help": "Probe Adam learning rate."})
+    probe_batch_size: int = field(default=256, metadata={"help": "Probe batch size."})
+
+
+@dataclass
 class FeatureLayerArguments:
     """The backbone and the feature layers to compare (one model per feature layer, same head)."""
 

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from example_utils import DataArguments, parse_rate
+from example_utils import DataArguments, LinearProbeArguments, parse_rate
 from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
@@ -114,14 +114,9 @@ class PretrainArguments:
 
 
 @dataclass
-class ProbeArguments:
+class ProbeArguments(LinearProbeArguments):
     """The linear probes trained on each frozen projector's outputs (same budget for every method)."""
 
-    label_noise: float = field(default=0.4, metadata={"help": "Symmetric label-noise rate of the noisy probes, in [0, 1]."})
-    probe_seeds: int = field(default=3, metadata={"help": "Probe seeds (initialisation, order, noise draw) per cell."})
-    probe_epochs: int = field(default=50, metadata={"help": "Probe epochs (the paper: 50; no early stopping)."})
-    probe_lr: float = field(default=1e-3, metadata={"help": "Probe Adam learning rate."})
-    probe_batch_size: int = field(default=256, metadata={"help": "Probe batch size."})
     probe_normalize: bool = field(
         default=True,
         metadata={"help": "Rescale every feature vector to unit root-mean-square before probing (keeps zeros and "

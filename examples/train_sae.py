@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from example_utils import DataArguments, parse_rate
+from example_utils import DataArguments, LinearProbeArguments, parse_rate
 from transformers import (
     AutoModel,
     DataCollatorWithPadding,
@@ -106,14 +106,9 @@ class SAEArguments:
 
 
 @dataclass
-class ProbeArguments:
+class ProbeArguments(LinearProbeArguments):
     """The linear probes on raw features and on SAE codes (the same budget for both)."""
 
-    label_noise: float = field(default=0.4, metadata={"help": "Symmetric label-noise rate of the noisy probes, in [0, 1]."})
-    probe_seeds: int = field(default=3, metadata={"help": "Probe seeds (initialisation, order, noise draw) per cell."})
-    probe_epochs: int = field(default=50, metadata={"help": "Probe epochs (the paper: 50; no early stopping)."})
-    probe_lr: float = field(default=1e-3, metadata={"help": "Probe Adam learning rate."})
-    probe_batch_size: int = field(default=256, metadata={"help": "Probe batch size."})
     probe_inputs: str = field(
         default="unit_rms",
         metadata={"help": "How both representations are scaled before probing: unit_rms (each vector to unit "

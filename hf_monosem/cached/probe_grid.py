@@ -7,7 +7,7 @@ Python overhead; here all ``P`` probes of a grid step together: the features are
 initialisation, shuffling (one generator per probe, :class:`~hf_monosem.cached.minibatch.MiniBatches`)
 and labels, so the result is the same as ``P`` separate runs of the same mini-batch Adam loop (tested
 against :func:`hf_monosem.cached.probing.probe_on_features`-style
-single runs in ``tests/test_probe_grid.py``).
+single runs in ``tests/cached/test_probe_grid.py``).
 """
 
 from __future__ import annotations

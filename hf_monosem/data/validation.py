@@ -13,9 +13,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "LABEL_KEYS",
     "validate_classification_batch",
     "validate_classification_dataset",
 ]
+
+#: batch / column names that carry class labels (the Trainer's collators use all three).
+LABEL_KEYS = ("labels", "label", "label_ids")
 
 # rows read at a time when scanning a column for NaN/inf (bounded memory on large datasets)
 _CHUNK = 4096
@@ -82,7 +86,7 @@ def validate_classification_batch(batch: Any, config: Any, *, split_name: str = 
     tokenising collator): :class:`~hf_monosem.MonoSemanticTrainer` checks their first batch instead.
     """
     keys = sorted(batch)
-    label_key = next((k for k in ("labels", "label", "label_ids") if batch.get(k) is not None), None)
+    label_key = next((k for k in LABEL_KEYS if batch.get(k) is not None), None)
     if label_key is None:
         raise ValueError(f"the first {split_name} batch has no labels (keys {keys}); a classifier needs labels")
     if _problem_type(config) == "single_label_classification":

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from ..data.validation import validate_classification_batch, validate_classification_dataset
+from ..data.validation import LABEL_KEYS, validate_classification_batch, validate_classification_dataset
 from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint
 from .losses import LOSS_TYPES, robust_classification_loss
 
@@ -276,7 +276,7 @@ class MonoSemanticTrainer(Trainer):
                 c in columns for c in ("pixel_values", "input_ids")
             )
             if not lazy:
-                label = next((c for c in ("label", "labels", "label_ids") if c in columns), "label")
+                label = next((c for c in LABEL_KEYS if c in columns), "label")
                 validate_classification_dataset(dataset, config, label_column=label, split_name=split_name)
                 return
         elif isinstance(dataset, torch.utils.data.IterableDataset) or not (

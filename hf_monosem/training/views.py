@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from transformers import default_data_collator
 
+from ..data.validation import LABEL_KEYS  # the keys contrastive training drops
+
 __all__ = ["LABEL_KEYS", "ImageViews", "IntensityJitterViews", "TextViews", "UnlabeledDataCollator"]
 
-#: batch keys that carry labels; contrastive training drops them.
-LABEL_KEYS = ("labels", "label", "label_ids")
 
 _SEED_HIGH = 2**62
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import tiny_bert_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import tiny_bert_config
 
 from hf_monosem import FEATURE_LAYERS, MonoSemanticConfig
 from hf_monosem.models.feature_layers import build_feature_layer

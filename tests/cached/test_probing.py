@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_resnet_config
+from tiny_models import tiny_bert_config, tiny_resnet_config
 from training_toys import toy_images, toy_text, training_args
 from transformers import BertModel
 

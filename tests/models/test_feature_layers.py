@@ -1,7 +1,7 @@
 import pytest
 import torch
+from tiny_models import tiny_bert_config
 
-from conftest import tiny_bert_config
 from hf_monosem import FEATURE_LAYERS, MonoSemanticConfig, register_feature_layer
 from hf_monosem.models.feature_layers import (
     FeatureLayerSettings,

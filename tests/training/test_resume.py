@@ -27,7 +27,7 @@ from hf_monosem.training.checkpoints import (
     write_json,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 TINY_RUN = [
     "--dataset_name", "digits", "--feature_layers", "nonneg", "--max_train_samples", "128",

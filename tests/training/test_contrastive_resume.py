@@ -11,9 +11,9 @@ import shutil
 import pytest
 import torch
 from datasets import Dataset
+from tiny_models import tiny_resnet_config
 from transformers import TrainingArguments
 
-from conftest import tiny_resnet_config
 from hf_monosem import ContrastiveTrainer, ImageViews, MonoSemanticConfig, MonoSemanticModel
 from hf_monosem.training.contrastive import VIEW_GENERATOR_FILE
 

@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
-from conftest import BACKBONES, make_inputs
 from peft import PeftModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.tuners.lora import LoraLayer
+from tiny_models import BACKBONES, make_inputs
 from transformers import AutoModelForSequenceClassification
 
 from hf_monosem import (

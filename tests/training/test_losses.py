@@ -101,7 +101,9 @@ def test_info_nce_gathers_negatives_with_gradients_across_processes(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    losses_file = Path(__file__).resolve().parents[1] / "hf_monosem" / "losses.py"
+    import hf_monosem.training.losses as losses_module
+
+    losses_file = Path(losses_module.__file__)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [sys.executable, str(script), str(losses_file), str(port), str(tmp_path)],

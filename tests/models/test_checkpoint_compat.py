@@ -1,5 +1,5 @@
 """Checkpoints saved before the package was laid out by job (v0.1 flat layout) still load, with
-identical logits: the fixture was written by ``tests/fixtures/checkpoints_v0_1/make_fixture.py`` on
+identical logits: the fixture was written by ``tests/models/fixtures/checkpoints_v0_1/make_fixture.py`` on
 the pre-layout main and is never regenerated."""
 
 from __future__ import annotations

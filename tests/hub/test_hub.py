@@ -13,13 +13,13 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from tiny_models import make_inputs, tiny_bert_config, tiny_resnet_config
 from transformers import (
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
 )
 
-from conftest import make_inputs, tiny_bert_config, tiny_resnet_config
 from hf_monosem import (
     MonoSemanticConfig,
     MonoSemanticForImageClassification,
@@ -33,7 +33,7 @@ from hf_monosem import (
 from hf_monosem.hub import MODEL_CARD_TEMPLATE, load_results, results_table
 from hf_monosem.hub import publishing as hub_publishing
 
-MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
+MODEL_CARDS = Path(__file__).resolve().parents[2] / "model_cards"
 
 RESULTS = [
     {"task": "text-classification", "dataset": "tweets", "scenario": "clean", "level": None, "method": m,

@@ -20,13 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_vit_config
+from tiny_models import tiny_vit_config
 from training_toys import accelerate_launch
 
 from hf_monosem import ImageViews, MonoSemanticConfig, MonoSemanticModel
 from hf_monosem.training.losses import info_nce_loss
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/: where tiny_models.py and training_toys.py live
+# what the launched scripts put on sys.path: tests/ and this folder (they import helpers of this module)
+SEARCH_PATH = f"{TESTS}|{Path(__file__).resolve().parent}"
 CONFIGS = TESTS.parent / "examples" / "accelerate_configs"
 PER_PROCESS, WORLD = 32, 2
 
@@ -42,7 +44,7 @@ def contrastive_model() -> MonoSemanticModel:
 INFO_NCE_SCRIPT = """
 import sys
 import torch
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = sys.argv[2].split("|")  # tests/ and tests/training/
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from test_distributed import PER_PROCESS, contrastive_model
 from hf_monosem.training.losses import info_nce_loss
@@ -76,7 +78,7 @@ def test_gathered_info_nce_on_two_processes_equals_one_process_with_the_whole_ba
     torch.save(fixed, tmp_path / "views.pt")
     script = tmp_path / "info_nce.py"
     script.write_text(INFO_NCE_SCRIPT)
-    result = accelerate_launch(script, tmp_path, TESTS)
+    result = accelerate_launch(script, tmp_path, SEARCH_PATH)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     assert all(r["world"] == WORLD for r in ranks)
@@ -101,7 +103,7 @@ def test_gathered_info_nce_on_two_processes_equals_one_process_with_the_whole_ba
 TRAINER_SCRIPT = """
 import json, os, sys
 import torch
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = sys.argv[2].split("|")  # tests/ and tests/training/
 out = os.path.abspath(sys.argv[1])
 written = set()
 
@@ -128,7 +130,7 @@ def recording_torch_save(obj, f, *args, **kwargs):
     return torch_save(obj, f, *args, **kwargs)
 
 torch.save = recording_torch_save
-from conftest import tiny_resnet_config
+from tiny_models import tiny_resnet_config
 from training_toys import toy_images, training_args
 import hf_monosem.training.trainer as trainer_module
 from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification, MonoSemanticTrainer
@@ -163,7 +165,7 @@ with open(f"{out}/rank{rank}.json", "w") as f:
 def test_trainer_under_two_processes_reduces_statistics_and_saves_once(tmp_path):
     script = tmp_path / "trainer_run.py"
     script.write_text(TRAINER_SCRIPT)
-    result = accelerate_launch(script, tmp_path, TESTS)
+    result = accelerate_launch(script, tmp_path, SEARCH_PATH)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert [run["world"] for run in runs] == [WORLD, WORLD]
@@ -203,8 +205,8 @@ def test_trainer_under_two_processes_reduces_statistics_and_saves_once(tmp_path)
 FSDP_SCRIPT = """
 import json, sys
 import torch
-sys.path.insert(0, sys.argv[2])
-from conftest import tiny_bert_config
+sys.path[:0] = sys.argv[2].split("|")  # tests/ and tests/training/
+from tiny_models import tiny_bert_config
 from training_toys import toy_text, training_args
 from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification, MonoSemanticTrainer
 
@@ -243,7 +245,7 @@ def test_fsdp_config_trains_on_gpus(tmp_path):
     gpu_config.write_text(yaml.safe_dump(config))
     script = tmp_path / "fsdp_run.py"
     script.write_text(FSDP_SCRIPT)
-    result = accelerate_launch(script, tmp_path, TESTS, config_file=gpu_config, use_cpu=False)
+    result = accelerate_launch(script, tmp_path, SEARCH_PATH, config_file=gpu_config, use_cpu=False)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert len(runs) == config["num_processes"] and all(run["fsdp"] for run in runs)
@@ -261,7 +263,7 @@ def test_fsdp_config_wraps_each_transformer_block(family):
     import yaml
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
-    from conftest import BACKBONES
+    from tiny_models import BACKBONES
 
     from hf_monosem import MonoSemanticForImageClassification, MonoSemanticForSequenceClassification
 

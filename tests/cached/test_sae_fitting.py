@@ -1,9 +1,9 @@
 import pytest
 import torch
+from tiny_models import tiny_bert_config
 from training_toys import toy_text
 from transformers import BertModel
 
-from conftest import tiny_bert_config
 from hf_monosem import MonoSemanticConfig, MonoSemanticModel, extract_pooled_features, fit_sae
 from hf_monosem.cached.sae_fitting import explained_variance, resample_dead_latents, train_sae_layer
 

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+from tiny_models import BACKBONES, make_inputs, tiny_bert_config, tiny_llama_config
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -13,7 +14,6 @@ from transformers import (
     BertModel,
 )
 
-from conftest import BACKBONES, make_inputs, tiny_bert_config, tiny_llama_config
 from hf_monosem import (
     MonoSemanticConfig,
     MonoSemanticForImageClassification,

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_resnet_config, tiny_vit_config
 from datasets import Dataset
+from tiny_models import tiny_bert_config, tiny_resnet_config, tiny_vit_config
 from transformers import AutoModelForImageClassification, BertModel
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification

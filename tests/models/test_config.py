@@ -1,8 +1,8 @@
 import dataclasses
 
 import pytest
+from tiny_models import tiny_bert_config, tiny_llama_config, tiny_resnet_config, tiny_vit_config
 
-from conftest import tiny_bert_config, tiny_llama_config, tiny_resnet_config, tiny_vit_config
 from hf_monosem import MonoSemanticConfig
 from hf_monosem.models.feature_layers import FeatureLayerSettings
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_resnet_config, tiny_vit_config
+from tiny_models import tiny_bert_config, tiny_resnet_config, tiny_vit_config
 from training_toys import (
     accelerate_launch,
     comparable,
@@ -235,9 +235,9 @@ def test_unlabeled_collator_drops_labels():
 ACCELERATE_SCRIPT = """
 import json, sys
 import torch
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = sys.argv[2].split("|")  # tests/ and tests/training/
 import hf_monosem.training.losses as losses
-from conftest import tiny_vit_config
+from tiny_models import tiny_vit_config
 from training_toys import mild_views, toy_smooth_images, training_args
 from hf_monosem import ContrastiveTrainer, MonoSemanticConfig, MonoSemanticModel
 
@@ -270,7 +270,7 @@ def test_contrastive_trainer_under_accelerate_launch_gathers_negatives(tmp_path)
 
     script = tmp_path / "run_contrastive.py"
     script.write_text(ACCELERATE_SCRIPT)
-    tests_dir = str(Path(__file__).resolve().parent)
+    tests_dir = str(Path(__file__).resolve().parents[1])  # tests/: tiny_models.py and training_toys.py
     result = accelerate_launch(script, tmp_path, tests_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_resnet_config
 from datasets import Dataset
+from tiny_models import tiny_bert_config, tiny_resnet_config
 from training_toys import comparable, toy_images, toy_text, training_args
 from transformers import TrainerCallback
 
@@ -25,7 +25,7 @@ from hf_monosem import (
     MonoSemanticTrainer,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def classifier(kind="sae", num_labels=3):
