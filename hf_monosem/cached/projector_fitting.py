@@ -37,6 +37,7 @@ def fit_contrastive_projector(
     feature_dim: int = 1536,
     projector_hidden_dim: int | None = 1536,
     nonneg_activation: str = "relu",
+    activation_loss_weight: float = 0.0,
     temperature: float = 0.2,
     epochs: int = 20,
     lr: float = 1e-3,
@@ -52,8 +53,10 @@ def fit_contrastive_projector(
         features: ``[N, hidden]`` pooled backbone vectors (no labels needed).
         feature_layer: ``"linear"`` (SimCLR baseline) or ``"nonneg"`` (NCL): a kind whose class has
             ``is_contrastive_projector``.
-        feature_dim, projector_hidden_dim, nonneg_activation: the layer's
-            :class:`~hf_monosem.models.feature_layers.FeatureLayerSettings` (MLP when hidden is set).
+        feature_dim, projector_hidden_dim, nonneg_activation, activation_loss_weight: the layer's
+            :class:`~hf_monosem.models.feature_layers.FeatureLayerSettings` (MLP when hidden is set;
+            ``nonneg_activation="rep_relu"`` and ``activation_loss_weight > 0`` are NCL's anti-collapse
+            pieces: the layer's weighted ``activation_loss`` is added to InfoNCE, over both views).
         temperature: InfoNCE temperature (0.2, the paper's).
         epochs, lr, batch_size, seed: Adam on shuffled mini-batches
             (:class:`~hf_monosem.cached.minibatch.MiniBatches`; ``torch.manual_seed(seed)`` first, for
@@ -78,7 +81,8 @@ def fit_contrastive_projector(
     if not 0 <= view_dropout < 1 or view_noise < 0:
         raise ValueError(f"view_dropout={view_dropout} must be in [0, 1) and view_noise={view_noise} >= 0")
     settings = FeatureLayerSettings(
-        feature_dim=feature_dim, projector_hidden_dim=projector_hidden_dim, nonneg_activation=nonneg_activation
+        feature_dim=feature_dim, projector_hidden_dim=projector_hidden_dim, nonneg_activation=nonneg_activation,
+        activation_loss_weight=activation_loss_weight,
     )
     n = features.shape[0]
     # a batch of one row has no negatives: skipped
@@ -104,7 +108,11 @@ def fit_contrastive_projector(
             total, steps = 0.0, 0
             for rows in epoch:
                 x = standardized[rows]
-                loss = info_nce_loss(layer(view(x))[0], layer(view(x))[0], temperature, gather=False)
+                (z_a, aux_a), (z_b, aux_b) = layer(view(x)), layer(view(x))
+                loss = info_nce_loss(z_a, z_b, temperature, gather=False)
+                aux = layer.weighted_aux_loss(aux_a)
+                if aux is not None:  # the mean over both views' rows, as on the concatenated batch
+                    loss = loss + 0.5 * (aux + layer.weighted_aux_loss(aux_b))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -62,7 +62,7 @@ class MonoSemanticConfig(PreTrainedConfig):
             non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
         projector_hidden_dim, nonneg_activation, topk, sparsity_weight, reconstruction_weight,
-            sae_normalize_input: the feature layer's settings; meaning, defaults and validation are
+            sae_normalize_input, activation_loss_weight: the feature layer's settings; meaning, defaults and validation are
             those of :class:`~.feature_layers.FeatureLayerSettings` (``topk`` of a ``topk`` layer is
             filled in here: ``feature_dim // 8``, the paper's ratio).
         pooling: ``"cls"``, ``"mean"``, ``"last"`` or ``"pooler"``; default chosen per backbone family.
@@ -99,6 +99,7 @@ class MonoSemanticConfig(PreTrainedConfig):
     sparsity_weight: float = FeatureLayerSettings.sparsity_weight
     reconstruction_weight: float = FeatureLayerSettings.reconstruction_weight
     sae_normalize_input: bool = FeatureLayerSettings.sae_normalize_input
+    activation_loss_weight: float = FeatureLayerSettings.activation_loss_weight
     pooling: str | None = None
     freeze_backbone: bool = False
     classifier_dropout: float = 0.0

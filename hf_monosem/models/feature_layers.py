@@ -39,17 +39,54 @@ __all__ = [
     "FeatureLayerSettings",
     "LinearFeatures",
     "NonNegativeFeatures",
+    "activation_loss",
     "build_feature_layer",
     "feature_layer_class",
     "feature_layer_kinds",
     "register_feature_layer",
+    "rep_relu",
 ]
 
 #: name -> class; filled by :func:`register_feature_layer`.
 FEATURE_LAYERS: dict[str, type[FeatureLayer]] = {}
 
-#: non-negativity functions for ``nonneg`` (NCL uses ``relu``).
-NONNEG_ACTIVATIONS: dict[str, Any] = {"relu": F.relu, "softplus": F.softplus, "abs": torch.abs}
+
+class _RepReLU(torch.autograd.Function):
+    """ReLU forward, GELU's derivative backward (the NCL authors' "reparameterised ReLU")."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.relu(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        # d/dx [x * Phi(x)] = Phi(x) + x * phi(x): the exact (erf) GELU, as F.gelu's default
+        xf = x if x.dtype == torch.float64 else x.float()  # half precision: compute in fp32
+        cdf = 0.5 * (1.0 + torch.erf(xf * 0.7071067811865476))
+        pdf = torch.exp(-0.5 * xf * xf) * 0.3989422804014327
+        return grad_output * (cdf + xf * pdf).to(grad_output.dtype)
+
+
+def rep_relu(x: torch.Tensor) -> torch.Tensor:
+    """Exact ReLU outputs (non-negative, sparse) with the gradient of GELU.
+
+    A unit whose pre-activation is negative for every input gets no gradient through a ReLU and stays
+    dead; GELU's derivative is small but not zero there, so the unit can come back. This is the
+    default non-negativity of the NCL authors' CIFAR configs (``non_neg=rep_relu`` in PKU-ML/non_neg).
+
+    Example:
+        >>> x = torch.tensor([-2.0, -0.5, 0.0, 1.5], requires_grad=True)
+        >>> y = rep_relu(x)
+        >>> torch.equal(y, torch.relu(x)), bool((torch.autograd.grad(y.sum(), x)[0] != 0).all())
+        (True, True)
+    """
+    return _RepReLU.apply(x)
+
+
+#: non-negativity functions for ``nonneg`` (NCL uses ``relu``; ``rep_relu``: ReLU with GELU's gradient).
+NONNEG_ACTIVATIONS: dict[str, Any] = {"relu": F.relu, "rep_relu": rep_relu, "softplus": F.softplus, "abs": torch.abs}
 
 # Denominators below this are treated as zero (all-zero inputs must not produce NaN).
 _EPS = 1e-8
@@ -84,6 +121,10 @@ class FeatureLayerSettings:
         sparsity_weight: weight of the L1 term of ``sae``.
         reconstruction_weight: weight of the reconstruction term of ``sae``/``topk``.
         sae_normalize_input: L2-normalise the SAE input (the paper's post-hoc recipe).
+        activation_loss_weight: weight of ``nonneg``'s ``activation_loss`` term,
+            ``-mean_j mean_batch |z_j|`` on the L2-normalised output: a reward for active units against
+            NCL's collapse onto a few of them (the Beyond-Interpretability authors' NCL adds it with
+            weight 1; ``0`` leaves the term out).
 
     Example:
         >>> settings = FeatureLayerSettings(feature_dim=64)
@@ -92,7 +133,7 @@ class FeatureLayerSettings:
         >>> FeatureLayerSettings(feature_dim=64, nonneg_activation="gelu")
         Traceback (most recent call last):
         ...
-        ValueError: nonneg_activation='gelu' is not valid; allowed: 'relu', 'softplus', 'abs'
+        ValueError: nonneg_activation='gelu' is not valid; allowed: 'relu', 'rep_relu', 'softplus', 'abs'
     """
 
     feature_dim: int
@@ -102,6 +143,7 @@ class FeatureLayerSettings:
     sparsity_weight: float = 1e-3
     reconstruction_weight: float = 1.0
     sae_normalize_input: bool = True
+    activation_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.feature_dim) or self.feature_dim <= 0:
@@ -114,7 +156,7 @@ class FeatureLayerSettings:
             raise _bad("nonneg_activation", self.nonneg_activation, ", ".join(map(repr, NONNEG_ACTIVATIONS)))
         if self.topk is not None and (not _is_int(self.topk) or not 1 <= self.topk <= self.feature_dim):
             raise _bad("topk", self.topk, f"an integer in [1, feature_dim={self.feature_dim}]")
-        for name in ("sparsity_weight", "reconstruction_weight"):
+        for name in ("sparsity_weight", "reconstruction_weight", "activation_loss_weight"):
             value = getattr(self, name)
             if not _is_number(value) or not value >= 0:
                 raise _bad(name, value, "a number >= 0")
@@ -311,9 +353,29 @@ class NonNegativeFeatures(LinearFeatures):
         super().__init__(input_dim, settings)
         self.activation_name = self.settings.nonneg_activation
         self.activation = NONNEG_ACTIVATIONS[self.activation_name]
+        if self.settings.activation_loss_weight:
+            self.loss_weights["activation_loss"] = float(self.settings.activation_loss_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.activation(self.project(x)), {}
+        features = self.activation(self.project(x))
+        if not self.settings.activation_loss_weight:
+            return features, {}
+        return features, {"activation_loss": activation_loss(features)}
+
+
+def activation_loss(features: torch.Tensor) -> torch.Tensor:
+    """``-mean_j mean_batch |z_j|`` of the L2-normalised features: lower when more units are active.
+
+    Unit-norm rows have ``sum_j z_j^2 = 1``, so the mean absolute value is largest when the mass is
+    spread over many units (``1/sqrt(F)`` each) and smallest when it sits on one (``1/F``).
+
+    Example:
+        >>> one_hot, spread = torch.eye(4)[:1], torch.ones(1, 4)
+        >>> float(activation_loss(one_hot)), float(activation_loss(spread))
+        (-0.25, -0.5)
+    """
+    z = features if features.dtype == torch.float64 else features.float()
+    return -F.normalize(z, dim=-1).abs().mean()
 
 
 # The sparse autoencoders live in their own module (which imports this one); importing it here
