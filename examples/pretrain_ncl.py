@@ -81,7 +81,7 @@ from hf_monosem.data import (
 )
 from hf_monosem.evaluation.metrics import monosemanticity_report
 from hf_monosem.scenarios.grid import label_noise_probe_grid
-from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews
+from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews, use_available_cores
 from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
 
@@ -238,6 +238,7 @@ def pretraining_summary(trainer) -> dict:
 
 def main(argv=None) -> dict:
     pre_args, probe_args, data_args, training_args, methods = parse_args(argv)
+    use_available_cores()  # accelerate launch defaults to one thread on CPU
     # the label column is renamed to LABEL_COLUMN
     data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
     names = label_names(data[data_args.train_split])

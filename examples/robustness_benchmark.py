@@ -103,7 +103,11 @@ from hf_monosem.scenarios.grid import (
     mean_by,
     probe_records,
 )
-from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews  # simclr -> linear, ncl -> nonneg
+from hf_monosem.training import (
+    CONTRASTIVE_METHODS,  # simclr -> linear, ncl -> nonneg
+    IntensityJitterViews,
+    use_available_cores,
+)
 
 TRACKS = ("text", "vision")
 
@@ -432,6 +436,7 @@ def _print_library_logs() -> None:
 def main(argv=None) -> dict:
     args = parse(argv)
     _print_library_logs()
+    use_available_cores()  # accelerate launch defaults to one thread on CPU
     os.makedirs(args.output_dir, exist_ok=True)
     cache_dir = args.cache_dir or os.path.join(args.output_dir, "cache")
     timer = Timer()

@@ -77,6 +77,7 @@ from hf_monosem.data import (
 )
 from hf_monosem.evaluation.metrics import monosemanticity_report
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
+from hf_monosem.training import use_available_cores
 from hf_monosem.training.checkpoints import read_json, wants_resume, write_json
 
 SAE_KINDS = ("topk", "sae")
@@ -206,6 +207,7 @@ def plot_report(report: dict, path: str, title: str) -> None:
 
 def main(argv=None) -> dict:
     sae_args, probe_args, data_args, training_args = parse_args(argv)
+    use_available_cores()  # accelerate launch defaults to one thread on CPU
     if training_args.process_index != 0:  # single-process work: nothing to share between processes
         return {}
     out_dir = training_args.output_dir
