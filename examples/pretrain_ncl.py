@@ -80,6 +80,7 @@ from hf_monosem.data import (
     preprocess,
 )
 from hf_monosem.evaluation.metrics import monosemanticity_report
+from hf_monosem.models import NONNEG_ACTIVATIONS
 from hf_monosem.scenarios.grid import label_noise_probe_grid
 from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews, use_available_cores
 from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
@@ -111,6 +112,21 @@ class PretrainArguments:
                   "the data std), applied to 80%% of the views; 0 turns it off. RGB inputs use colour jitter instead."},
     )
     text_mask_rate: float = field(default=0.1, metadata={"help": "Text datasets only: token masking rate of the views."})
+    nonneg_activation: str = field(
+        default="relu",
+        metadata={"help": "NCL's non-negativity: relu, or rep_relu (ReLU forward, GELU's gradient backward: the NCL "
+                  "authors' CIFAR default, against dead units)."},
+    )
+    activation_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": "NCL only: weight of the activation term -mean_j mean_batch |z_j| on the unit-norm "
+                  "projector output (the Beyond-Interpretability authors' NCL adds it with weight 1; 0: off)."},
+    )
+    validation_rows: int = field(
+        default=0,
+        metadata={"help": "Hold out this many stratified training rows and evaluate (pretraining views and probes) on "
+                  "them instead of --eval_split: for choosing settings without reading the test set (0: off)."},
+    )
 
 
 @dataclass
@@ -152,6 +168,12 @@ def parse_args(argv=None):
         parser.error(f"--text_mask_rate {pre_args.text_mask_rate} must be in [0, 1)")
     if pre_args.temperature <= 0:
         parser.error(f"--temperature {pre_args.temperature} must be > 0")
+    if pre_args.nonneg_activation not in NONNEG_ACTIVATIONS:
+        parser.error(f"--nonneg_activation {pre_args.nonneg_activation!r} is not one of {', '.join(NONNEG_ACTIVATIONS)}")
+    if not pre_args.activation_loss_weight >= 0:
+        parser.error(f"--activation_loss_weight {pre_args.activation_loss_weight} must be >= 0")
+    if pre_args.validation_rows < 0:
+        parser.error(f"--validation_rows {pre_args.validation_rows} must be >= 0")
     for name in ("feature_dim", "projector_hidden_dim"):
         if getattr(pre_args, name) < 1:
             parser.error(f"--{name} {getattr(pre_args, name)} must be a positive integer")
@@ -167,10 +189,11 @@ def build_model(kind: str, pre_args: PretrainArguments, source: dict) -> MonoSem
     source = dict(source)
     if "backbone" in source and pre_args.model_name_or_path:
         source["use_pretrained_backbone"] = pre_args.use_pretrained_backbone
+    ncl = {"nonneg_activation": pre_args.nonneg_activation, "activation_loss_weight": pre_args.activation_loss_weight}
     config = MonoSemanticConfig(
         **source, pooling=pre_args.pooling or source.get("pooling"), feature_layer=kind,
         feature_dim=pre_args.feature_dim, projector_hidden_dim=pre_args.projector_hidden_dim,
-        temperature=pre_args.temperature,
+        temperature=pre_args.temperature, **(ncl if kind == "nonneg" else {}),
     )
     return MonoSemanticModel(config)
 
@@ -246,6 +269,10 @@ def main(argv=None) -> dict:
                              num_channels=image_channels(data[data_args.train_split]))
     data, processor = preprocess(data, modality, source.get("backbone"), **data_args.preprocessing_options)
     train, test = data[data_args.train_split], data[data_args.eval_split]
+    if pre_args.validation_rows:  # model selection: the test split is never read
+        held_out = train.train_test_split(test_size=pre_args.validation_rows, stratify_by_column=LABEL_COLUMN,
+                                          seed=training_args.seed)
+        train, test = held_out["train"], held_out["test"]
     text = modality == "text"
     collator = DataCollatorWithPadding(processor) if text else default_data_collator
     views = ImageViews(crop_scale=(pre_args.crop_scale_min, 1.0), hflip_p=pre_args.hflip_p,
@@ -303,6 +330,8 @@ def main(argv=None) -> dict:
         "dataset": data_args.dataset_name, "modality": modality,
         "backbone": pre_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
         "train_rows": len(train), "test_rows": len(test), "seed": training_args.seed,
+        "evaluated_on": f"{pre_args.validation_rows} held-out training rows" if pre_args.validation_rows
+        else data_args.eval_split,
         "pretrain": dataclasses.asdict(pre_args), "probe": dataclasses.asdict(probe_args),
         "scale_note": "far below the paper (ResNet-18, 200 epochs, ImageNet-100 / CIFAR-100)",
         "results": results,
@@ -315,12 +344,12 @@ def main(argv=None) -> dict:
     }
     write_json(os.path.join(training_args.output_dir, "results.json"), payload)
     plot(results, os.path.join(training_args.output_dir, "results.png"), noise_cell)
-    print(f"\n{'method':>7} | probe acc clean | probe acc {noise_cell} | zero fraction | L0 | class consistency")
+    print(f"\n{'method':>7} | probe acc clean | probe acc {noise_cell} | zero fraction | dead | L0 | class consistency")
     for method, r in results.items():
         clean, noisy, f = r["probe"]["clean"], r["probe"][noise_cell], r["features"]
         print(f"{method:>7} | {clean['test_accuracy']:.3f} ± {clean['test_accuracy_std']:.3f} | "
               f"{noisy['test_accuracy']:.3f} ± {noisy['test_accuracy_std']:.3f} | {f['zero_fraction']:13.3f} | "
-              f"{f['l0']:4.0f} | {f['class_consistency']:.3f}")
+              f"{f['dead_fraction']:.3f} | {f['l0']:4.0f} | {f['class_consistency']:.3f}")
     print(f"results: {os.path.join(training_args.output_dir, 'results.json')}")
     return results
 
