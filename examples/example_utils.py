@@ -6,6 +6,10 @@ Only command-line options live here: every piece of work the scripts do is publi
 result files: :mod:`hf_monosem.training.checkpoints`), so the scripts double as usage documentation.
 The defaults (no ``--dataset_name`` / ``--model_name_or_path``) run offline: tweets with the MiniLM-L6
 sentence encoder for text; Fashion-MNIST or digits with a small ResNet trained from scratch for images.
+The options follow transformers' ``run_*.py``: ``--max_train_samples`` / ``--max_eval_samples`` keep every
+row of a dataset you name (the built-in offline ones default to a small sample, see
+:func:`parse_sample_limits`), and the backbone takes ``--model_revision``, ``--token``,
+``--trust_remote_code``, ``--cache_dir``, ``--attn_implementation`` and ``--dtype``.
 """
 
 from __future__ import annotations
@@ -33,19 +37,30 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str = field(default="test", metadata={"help": "Split to evaluate on (clean labels)."})
     max_train_samples: int | None = field(
-        default=2000, metadata={"help": "Keep N training rows, drawn at random with --seed (0 or None: all)."}
+        default=None,
+        metadata={"help": "Keep N training rows, drawn at random with --seed (default: every row of a dataset you "
+                  "name; a small sample of the built-in offline ones, see the script's docstring; 0: all)."},
     )
     max_eval_samples: int | None = field(
-        default=1000, metadata={"help": "Keep N rows of every other split, drawn at random with --seed (0 or None: all)."}
+        default=None,
+        metadata={"help": "Keep N rows of every other split, drawn at random with --seed (default: every row of a "
+                  "dataset you name; a small sample of the built-in offline ones; 0: all)."},
     )
     max_length: int = field(default=64, metadata={"help": "Token limit for text inputs."})
+    train_augmentation: bool = field(
+        default=True,
+        metadata={"help": "Fine-tuning on Hub images: a random resized crop and a horizontal flip of each training "
+                  "image, as transformers' run_image_classification.py does (--no_train_augmentation: none). The "
+                  "built-in tensor datasets (digits, fashion_mnist) are never augmented."},
+    )
 
     @property
     def loading_options(self) -> dict:
         """These options as keyword arguments of ``hf_monosem.data.load_dataset_by_name`` (with the name)."""
         return {"config_name": self.dataset_config_name, "train_split": self.train_split,
-                "eval_split": self.eval_split, "text_column": self.text_column, "label_column": self.label_column,
-                "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples}
+                "eval_split": self.eval_split, "text_column": self.text_column, "image_column": self.image_column,
+                "label_column": self.label_column, "max_train_samples": self.max_train_samples,
+                "max_eval_samples": self.max_eval_samples}
 
     @property
     def preprocessing_options(self) -> dict:
@@ -89,6 +104,36 @@ class FeatureLayerArguments:
     freeze_backbone: bool = field(
         default=False, metadata={"help": "Linear probing: train only the feature layer and the head."}
     )
+    model_revision: str = field(
+        default="main", metadata={"help": "The backbone's revision on the Hub: a branch, a tag or a commit id."}
+    )
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token for a private or gated backbone (default: the one `hf auth login` stored)."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow a backbone whose modeling code lives in its Hub repository (read that code first)."},
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where downloaded backbones are stored (default: the Hub cache)."}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "The backbone's attention: eager, sdpa, flash_attention_2, ... (default: "
+                                "transformers' choice)."}
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype the backbone is loaded in (default: auto, the checkpoint's own; the feature layer "
+                  "and head follow it, SAE layers stay float32).",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+
+    @property
+    def loading_options(self) -> dict:
+        """How the backbone is fetched and built: ``hf_monosem.data.backbone_source`` keyword arguments."""
+        return {"revision": self.model_revision, "token": self.token, "trust_remote_code": self.trust_remote_code or None,
+                "cache_dir": self.cache_dir, "attn_implementation": self.attn_implementation, "dtype": self.dtype}
 
     @property
     def classifier_options(self) -> dict:
@@ -126,3 +171,15 @@ def parse_positive_ints(parser, text: str, option: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         parser.error(f"{option} {text!r} must be comma-separated positive integers")
     return sorted(set(values))
+
+
+def parse_sample_limits(data_args: DataArguments, max_train_samples: int | None, max_eval_samples: int | None) -> None:
+    """Sample sizes as transformers' ``run_*.py`` have them: a dataset you name keeps every row unless
+    ``--max_train_samples`` / ``--max_eval_samples`` say otherwise; a built-in offline dataset, when they
+    are not given, takes the script's small defaults (``max_train_samples``, ``max_eval_samples``). In place."""
+    if data_args.dataset_name not in BUILTIN_DATASETS:
+        return
+    if data_args.max_train_samples is None:
+        data_args.max_train_samples = max_train_samples
+    if data_args.max_eval_samples is None:
+        data_args.max_eval_samples = max_eval_samples

@@ -37,22 +37,34 @@ with another job (``OMP_NUM_THREADS=1``). Accuracy in-domain / shifted: linear 0
 Writes to ``--output_dir`` (default ``runs/finetune_domain_shift``): one folder per feature layer
 (the final model, loadable with ``AutoModelFor*Classification.from_pretrained`` after
 ``import hf_monosem``, its last Trainer checkpoint and ``run_result.json``), ``results.json`` and
-``results.png`` (in-domain vs shifted accuracy per epoch and after training).
-``--resume_from_checkpoint True`` skips finished feature layers and resumes the others.
+``results.png`` (in-domain vs shifted accuracy per epoch and after training); each folder also holds the
+model card (``README.md``) and ``train_results.json`` / ``eval_results.json``.
+``--resume_from_checkpoint True`` skips finished feature layers and resumes the others. A dataset you
+name keeps every row unless ``--max_train_samples`` / ``--max_eval_samples`` say otherwise (the built-in
+ones default to 1,000 training and 500 test rows per test set). As with transformers' ``run_*.py``:
+``--push_to_hub`` pushes each feature layer to its own repository (``--hub_model_id ID`` gives
+``ID-linear``, ...), ``--report_to`` logs each to its own tracker run, ``--log_level`` sets the
+verbosity, training images of Hub datasets are augmented (random resized crop + flip), and the backbone
+takes ``--model_revision``, ``--token``, ``--trust_remote_code``, ``--cache_dir``,
+``--attn_implementation`` and ``--dtype``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
+import datasets
+import transformers
 from datasets import DatasetDict
 from example_utils import (
     DataArguments,
     FeatureLayerArguments,
     parse_feature_layers,
+    parse_sample_limits,
 )
 from transformers import (
     DataCollatorWithPadding,
@@ -64,6 +76,7 @@ from transformers import (
 
 from hf_monosem import MonoSemanticTrainer
 from hf_monosem.data import (
+    BUILTIN_DATASETS,
     backbone_source,
     build_classifier,
     image_channels,
@@ -73,11 +86,16 @@ from hf_monosem.data import (
     subsample,
 )
 from hf_monosem.evaluation import KEEP_FEATURES, make_compute_metrics
+from hf_monosem.hub import feature_layer_repo_ids
 from hf_monosem.scenarios import split_by_domain
 from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
+logger = transformers.utils.logging.get_logger(__name__)
+
 SHIFT_MODES = ("auto", "split", "domain")
 TEST_SETS = ("in_domain", "shifted")
+#: sample sizes of the built-in offline datasets when --max_train_samples / --max_eval_samples are not given
+BUILTIN_SAMPLES = {"max_train_samples": 1000, "max_eval_samples": 500}
 
 
 @dataclass
@@ -109,10 +127,15 @@ def parse_args(argv=None):
     parser.set_defaults(
         output_dir="runs/finetune_domain_shift", num_train_epochs=2, learning_rate=5e-5, per_device_train_batch_size=32,
         per_device_eval_batch_size=64, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
-        logging_steps=10, report_to="none", seed=0, weight_decay=0.01, max_train_samples=1000, max_eval_samples=500,
+        logging_steps=10, report_to="none", seed=0, weight_decay=0.01,
     )
     model_args, data_args, shift_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     kinds = parse_feature_layers(parser, model_args.feature_layers)
+    parse_sample_limits(data_args, **BUILTIN_SAMPLES)
+    try:
+        feature_layer_repo_ids(training_args.hub_model_id, kinds, training_args.output_dir)
+    except ValueError as error:
+        parser.error(f"--hub_model_id: {error}")
     if shift_args.shift_by not in SHIFT_MODES:
         parser.error(f"--shift_by {shift_args.shift_by!r}: allowed {', '.join(SHIFT_MODES)}")
     if shift_args.shift_by != "split" and not _values(shift_args.source_domains):
@@ -121,6 +144,19 @@ def parse_args(argv=None):
     if overlap:
         parser.error(f"--target_domains {shift_args.target_domains!r} shares {sorted(overlap)} with --source_domains")
     return model_args, data_args, shift_args, training_args, kinds
+
+
+def setup_logging(training_args) -> None:
+    """Logging as in transformers' ``run_*.py``: ``--log_level`` on the main process, ``--log_level_replica``
+    on the others, for this script, transformers and datasets alike."""
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
 
 
 def _values(text: str) -> list[str]:
@@ -200,13 +236,29 @@ def plot(results: dict, path: str, title: str) -> None:
 
 def main(argv=None) -> dict:
     model_args, data_args, shift_args, training_args, kinds = parse_args(argv)
-    data, modality, mode = shifted_data(data_args, shift_args, seed=training_args.seed)
-    names = label_names(data["train"])
-    source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(data["train"]))
-    data, processor = preprocess(data, modality, source.get("backbone"), **data_args.preprocessing_options)
+    setup_logging(training_args)
+    logger.info(f"training/evaluation parameters {training_args}")
+    with training_args.main_process_first(desc="loading, splitting and preprocessing the dataset"):
+        data, modality, mode = shifted_data(data_args, shift_args, seed=training_args.seed)
+        names = label_names(data["train"])
+        source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(data["train"]),
+                                 **model_args.loading_options)
+        augment = (data_args.train_augmentation and modality == "image"
+                   and "pixel_values" not in data["train"].column_names)
+        data, processor = preprocess(data, modality, source.get("backbone"), augment_split="train" if augment else None,
+                                     loading_kwargs=source.get("backbone_loading_kwargs"),
+                                     **data_args.preprocessing_options)
+    logger.info(f"{data_args.dataset_name} ({mode} shift): " + ", ".join(f"{n} {len(d)} rows" for n, d in data.items()))
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
     main_process = training_args.process_index == 0
     tests = {name: data[name] for name in TEST_SETS}
+    repo_ids = feature_layer_repo_ids(training_args.hub_model_id, kinds, training_args.output_dir)
+    run_name = training_args.run_name or os.path.basename(os.path.abspath(training_args.output_dir))
+    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(data_args.dataset_name)
+    dataset_label = (os.path.basename(os.path.normpath(data_args.dataset_name)) if os.path.isdir(data_args.dataset_name)
+                     else data_args.dataset_name)
+    splits = {"in_domain": data_args.eval_split,  # where each test set comes from, for the model card
+              "shifted": shift_args.shifted_split if mode == "split" else data_args.eval_split}
 
     results = {}
     for kind in kinds:
@@ -214,20 +266,42 @@ def main(argv=None) -> dict:
         done = os.path.join(run_dir, "run_result.json")
         if wants_resume(training_args.resume_from_checkpoint) and os.path.isfile(done):
             results[kind] = read_json(done)
-            print(f"{kind}: finished before, result reused from {done}")
+            logger.warning(f"{kind}: finished before, result reused from {done}")
             continue
-        args = dataclasses.replace(training_args, output_dir=run_dir)
+        # one folder, one Hub repository and one tracker run per feature layer
+        args = dataclasses.replace(training_args, output_dir=run_dir, run_name=f"{run_name}-{kind}",
+                                   hub_model_id=repo_ids[kind])
         set_seed(args.seed)  # the same initialisation for every feature layer
         model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
         trainer = MonoSemanticTrainer(
             model=model, args=args, train_dataset=data["train"], eval_dataset=tests, data_collator=collator,
             processing_class=processor, compute_metrics=make_compute_metrics(full_report=True, prefix="features_"),
         )
+        logger.info(f"{kind}: fine-tuning into {run_dir}")
         # evaluations keep the features, so accuracy and monosemanticity come from the same pass
-        trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint),
-                      ignore_keys_for_eval=KEEP_FEATURES)
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir,
+                                                                              training_args.resume_from_checkpoint),
+                                     ignore_keys_for_eval=KEEP_FEATURES)
         trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
         metrics = {name: final_metrics(trainer, tests[name], name) for name in TEST_SETS}
+        flat = {f"eval_{name}_{key}": value for name, m in metrics.items() for key, value in m.items()
+                if not isinstance(value, (dict, list))}
+        trainer.log_metrics("eval", flat)
+        trainer.save_metrics("eval", flat)
+        card = {"results": [{"dataset": dataset_label, "split": splits[name], "scenario": f"domain_shift_{name}",
+                             "level": None, "method": kind, "metric": metric, "value": metrics[name][metric],
+                             "seeds": [training_args.seed]} for name in TEST_SETS for metric in ("accuracy", "macro_f1")],
+                "dataset_tags": data_args.dataset_name if named_dataset else None,
+                "recipe": {**trainer.training_recipe(), "training data": f"{len(data['train'])} rows of the source "
+                           f"domain of `{data_args.dataset_name}` ({mode} shift)"}}
+        if args.push_to_hub:
+            trainer.push_to_hub(commit_message="End of training", **card)
+        else:
+            trainer.create_model_card(**card)
+        trainer.end_tracker_runs()  # the next feature layer logs to a tracker run of its own
         if main_process:
             result = {
                 "in_domain_accuracy": metrics["in_domain"]["accuracy"], "shifted_accuracy": metrics["shifted"]["accuracy"],

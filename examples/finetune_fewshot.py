@@ -26,25 +26,35 @@ this small are noise); class consistency of the test features 0.52 / 0.62 vs 0.5
 Writes to ``--output_dir`` (default ``runs/finetune_fewshot``): ``fewshot_subsets.json`` (the row
 indices of every k-shot set, reused by a resumed run), one folder ``k{k}/{feature_layer}`` per run
 holding the final model (loadable with ``AutoModelFor*Classification.from_pretrained`` after
-``import hf_monosem``), its Trainer checkpoints and ``run_result.json``; ``results.json`` and
-``results.png`` (test accuracy vs k). ``--resume_from_checkpoint True`` skips finished runs and
-resumes the others from their last checkpoint.
+``import hf_monosem``), its model card (``README.md``), its Trainer checkpoints, ``train_results.json`` /
+``eval_results.json`` and ``run_result.json``; ``results.json`` and ``results.png`` (test accuracy vs k).
+``--resume_from_checkpoint True`` skips finished runs and resumes the others from their last checkpoint.
+A dataset you name keeps every row unless ``--max_train_samples`` / ``--max_eval_samples`` say otherwise
+(the built-in tweets default to 1,000 test rows). As with transformers' ``run_*.py``: ``--push_to_hub``
+pushes each run to its own repository (``--hub_model_id ID`` gives ``ID-k5-linear``, ...),
+``--report_to`` logs each run to its own tracker run, ``--log_level`` sets the verbosity, and the
+backbone takes ``--model_revision``, ``--token``, ``--trust_remote_code``, ``--cache_dir``,
+``--attn_implementation`` and ``--dtype``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
+import datasets
 import numpy as np
+import transformers
 from datasets import DatasetDict
 from example_utils import (
     DataArguments,
     FeatureLayerArguments,
     parse_feature_layers,
     parse_positive_ints,
+    parse_sample_limits,
 )
 from transformers import (
     DataCollatorWithPadding,
@@ -56,6 +66,7 @@ from transformers import (
 
 from hf_monosem import MonoSemanticTrainer
 from hf_monosem.data import (
+    BUILTIN_DATASETS,
     LABEL_COLUMN,
     backbone_source,
     build_classifier,
@@ -65,11 +76,16 @@ from hf_monosem.data import (
     preprocess,
 )
 from hf_monosem.evaluation import KEEP_FEATURES, make_compute_metrics
+from hf_monosem.hub import feature_layer_repo_ids
 from hf_monosem.scenarios import few_shot
 from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
+logger = transformers.utils.logging.get_logger(__name__)
+
 SUBSETS_FILE = "fewshot_subsets.json"
 ROW_COLUMN = "__fewshot_row__"
+#: sample sizes of the built-in offline datasets when --max_train_samples / --max_eval_samples are not given
+BUILTIN_SAMPLES = {"max_train_samples": 0, "max_eval_samples": 1000}
 
 
 @dataclass
@@ -96,16 +112,39 @@ def parse_args(argv=None):
     parser.set_defaults(
         output_dir="runs/finetune_fewshot", num_train_epochs=15, learning_rate=1e-4, per_device_train_batch_size=16,
         per_device_eval_batch_size=64, eval_strategy="no", save_strategy="steps", save_steps=10_000,
-        save_total_limit=1, logging_steps=5, report_to="none", seed=0, weight_decay=0.01, max_train_samples=0,
+        save_total_limit=1, logging_steps=5, report_to="none", seed=0, weight_decay=0.01,
     )
     model_args, data_args, shot_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     kinds = parse_feature_layers(parser, model_args.feature_layers)
     shots = parse_positive_ints(parser, shot_args.shots, "--shots")
+    parse_sample_limits(data_args, **BUILTIN_SAMPLES)
+    try:
+        feature_layer_repo_ids(training_args.hub_model_id, run_names(kinds, shots), training_args.output_dir)
+    except ValueError as error:
+        parser.error(f"--hub_model_id: {error}")
     if shot_args.subset_seed is None:
         shot_args.subset_seed = training_args.seed
     if shot_args.subset_seed < 0:
         parser.error(f"--subset_seed {shot_args.subset_seed} must be >= 0")
     return model_args, data_args, shot_args, training_args, kinds, shots
+
+
+def run_names(kinds, shots) -> list[str]:
+    """One name per run, ``k{k}-{feature_layer}``: its Hub repository and tracker run are named after it."""
+    return [f"k{k}-{kind}" for k in shots for kind in kinds]
+
+
+def setup_logging(training_args) -> None:
+    """Logging as in transformers' ``run_*.py``: ``--log_level`` on the main process, ``--log_level_replica``
+    on the others, for this script, transformers and datasets alike."""
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
 
 
 def draw_subsets(train, shots, shot_args, training_args, data_args) -> dict[int, list[int]]:
@@ -163,21 +202,34 @@ def plot(results: dict, path: str, dataset: str) -> None:
 
 def main(argv=None) -> dict:
     model_args, data_args, shot_args, training_args, kinds, shots = parse_args(argv)
-    # the label column is renamed to LABEL_COLUMN
-    data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
-    train, test = data[data_args.train_split], data[data_args.eval_split]
-    names = label_names(train)
-    source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(train))
-    subsets = draw_subsets(train, shots, shot_args, training_args, data_args)
+    setup_logging(training_args)
+    logger.info(f"training/evaluation parameters {training_args}")
+    with training_args.main_process_first(desc="loading the dataset and drawing the k-shot sets"):
+        # the label column is renamed to LABEL_COLUMN
+        data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed,
+                                              **data_args.loading_options)
+        train, test = data[data_args.train_split], data[data_args.eval_split]
+        names = label_names(train)
+        source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(train),
+                                 **model_args.loading_options)
+        subsets = draw_subsets(train, shots, shot_args, training_args, data_args)
 
-    # preprocess only the rows some k-shot set uses (tokenising a whole corpus would dominate the run)
-    union = sorted(set().union(*subsets.values()))
-    data, processor = preprocess(DatasetDict({data_args.train_split: train.select(union), data_args.eval_split: test}),
-                                 modality, source.get("backbone"), **data_args.preprocessing_options)
+        # preprocess only the rows some k-shot set uses (tokenising a whole corpus would dominate the run)
+        union = sorted(set().union(*subsets.values()))
+        augment = data_args.train_augmentation and modality == "image" and "pixel_values" not in train.column_names
+        data, processor = preprocess(
+            DatasetDict({data_args.train_split: train.select(union), data_args.eval_split: test}), modality,
+            source.get("backbone"), augment_split=data_args.train_split if augment else None,
+            loading_kwargs=source.get("backbone_loading_kwargs"), **data_args.preprocessing_options)
     train, test = data[data_args.train_split], data[data_args.eval_split]
     position = {row: i for i, row in enumerate(union)}
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
     main_process = training_args.process_index == 0
+    repo_ids = feature_layer_repo_ids(training_args.hub_model_id, run_names(kinds, shots), training_args.output_dir)
+    run_name = training_args.run_name or os.path.basename(os.path.abspath(training_args.output_dir))
+    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(data_args.dataset_name)
+    dataset_label = (os.path.basename(os.path.normpath(data_args.dataset_name)) if os.path.isdir(data_args.dataset_name)
+                     else data_args.dataset_name)
 
     results: dict[str, dict[str, dict]] = {kind: {} for kind in kinds}
     for k in shots:
@@ -187,20 +239,41 @@ def main(argv=None) -> dict:
             done = os.path.join(run_dir, "run_result.json")
             if wants_resume(training_args.resume_from_checkpoint) and os.path.isfile(done):
                 results[kind][str(k)] = read_json(done)
-                print(f"k={k} {kind}: finished before, result reused from {done}")
+                logger.warning(f"k={k} {kind}: finished before, result reused from {done}")
                 continue
-            args = dataclasses.replace(training_args, output_dir=run_dir)
+            # one folder, one Hub repository and one tracker run per k and feature layer
+            args = dataclasses.replace(training_args, output_dir=run_dir, run_name=f"{run_name}-k{k}-{kind}",
+                                       hub_model_id=repo_ids[f"k{k}-{kind}"])
             set_seed(args.seed)  # the same head initialisation for every feature layer
             model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
             trainer = MonoSemanticTrainer(
                 model=model, args=args, train_dataset=subset, eval_dataset=test, data_collator=collator,
                 processing_class=processor, compute_metrics=make_compute_metrics(full_report=True, prefix="features_"),
             )
-            trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint),
-                          ignore_keys_for_eval=KEEP_FEATURES)
+            logger.info(f"k={k} {kind}: fine-tuning on {len(subset)} rows into {run_dir}")
+            train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir,
+                                                                                  training_args.resume_from_checkpoint),
+                                         ignore_keys_for_eval=KEEP_FEATURES)
             trainer.save_model()
+            trainer.log_metrics("train", train_result.metrics)
+            trainer.save_metrics("train", train_result.metrics)
+            trainer.save_state()
             # one pass over the test set: accuracy, macro-F1 and the monosemanticity of the test features
             metrics = trainer.evaluate(ignore_keys=KEEP_FEATURES)
+            trainer.log_metrics("eval", metrics)
+            trainer.save_metrics("eval", metrics)
+            card = {"results": [{"dataset": dataset_label,
+                                 "split": data_args.eval_split, "scenario": "few_shot", "level": k, "method": kind,
+                                 "metric": metric, "value": metrics[f"eval_{metric}"], "seeds": [shot_args.subset_seed]}
+                                for metric in ("accuracy", "macro_f1")],
+                    "dataset_tags": data_args.dataset_name if named_dataset else None,
+                    "recipe": {**trainer.training_recipe(), "training data": f"{k} examples per class of "
+                               f"`{data_args.dataset_name}` ({len(subset)} rows, subset seed {shot_args.subset_seed})"}}
+            if args.push_to_hub:
+                trainer.push_to_hub(commit_message="End of training", **card)
+            else:
+                trainer.create_model_card(**card)
+            trainer.end_tracker_runs()  # the next run logs to a tracker run of its own
             if main_process:
                 result = {
                     "k": k, "train_rows": len(subset), "test_accuracy": metrics["eval_accuracy"],

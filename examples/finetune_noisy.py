@@ -7,31 +7,61 @@ labels is corrupted (symmetric: moved uniformly to one of the other classes); ev
 clean test labels, and reports how much of the noise each model memorised and how monosemantic
 its features are.
 
-Offline default (no arguments): MiniLM-L6 fully fine-tuned on 2,000 sentiment tweets with 40%
-symmetric label noise, linear vs nonneg, about 5 minutes on 2 CPU cores::
+Offline default (no arguments): MiniLM-L6 fully fine-tuned on 2,000 sentiment tweets (1,000 test
+tweets: the built-in datasets default to these sample sizes, a dataset you name keeps every row) with
+40% symmetric label noise, linear vs nonneg, about 5 minutes on 2 CPU cores::
 
     accelerate launch examples/finetune_noisy.py
     accelerate launch examples/finetune_noisy.py --dataset_name fashion_mnist --label_noise 0.6
-    accelerate launch examples/finetune_noisy.py \\
-        --model_name_or_path google/vit-base-patch16-224-in21k --dataset_name cifar100 \\
-        --label_column fine_label --max_train_samples 0 --feature_layers linear,nonneg,topk --bf16
 
-Writes to ``--output_dir`` (default ``runs/finetune_noisy``): one checkpoint folder per feature layer
-(loadable with ``AutoModelFor*Classification.from_pretrained`` after ``import hf_monosem``),
-``scenario.json`` (the exact noisy labels, reused on resume; a resumed run on another dataset, label
-column or scenario is refused), ``results.json`` and ``results.png``.
+The GPU-scale run (README): ViT-B/16 on CIFAR-100 with 40% noisy labels, linear vs nonneg, each pushed
+to its own Hub repository with its model card, and the noisy-label draw pushed as a dataset::
+
+    accelerate launch examples/finetune_noisy.py --model_name_or_path google/vit-base-patch16-224-in21k \\
+        --dataset_name uoft-cs/cifar100 --image_column img --label_column fine_label \\
+        --feature_layers linear,nonneg --feature_dim 4096 --eval_input_noise 0.1,0.3 --bf16 \\
+        --push_to_hub --hub_model_id your-username/vit-base-cifar100-noisy40 \\
+        --scenario_hub_id your-username/cifar100-noisy40-labels
+
+Writes to ``--output_dir`` (default ``runs/finetune_noisy``): one folder per feature layer holding the
+final model (loadable with ``AutoModelFor*Classification.from_pretrained`` after ``import hf_monosem``),
+its model card (``README.md``: results of every feature layer, this one's in the ``model-index``), its
+``train_results.json`` / ``eval_results.json`` and Trainer checkpoints; ``scenario.json`` (the exact noisy
+labels, reused on resume; a resumed run on another dataset, label column or scenario is refused),
+``results.json`` and ``results.png``.
+
+Hub and trackers, as with transformers' ``run_*.py``: ``--push_to_hub`` pushes each feature layer to its
+own repository (``--hub_model_id ID`` gives ``ID-linear``, ``ID-nonneg``, ...; an id holding
+``{feature_layer}`` or a comma-separated id per layer names them exactly; without it, repositories are
+named ``<output folder>-<feature layer>``); ``--scenario_hub_id`` also pushes ``scenario.json`` as a
+dataset repository with its card. ``--report_to wandb`` / ``tensorboard`` / ... logs each feature layer
+to its own run, named ``<run_name or output folder>-<feature layer>``. ``--log_level info`` tells more.
+Backbones load with transformers' options: ``--model_revision``, ``--token``, ``--trust_remote_code``,
+``--cache_dir``, ``--attn_implementation``, ``--dtype``; a decoder LM whose tokenizer has no padding
+token (Llama 3) pads with its end-of-sequence token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
+import datasets
 import numpy as np
-from example_utils import DataArguments, FeatureLayerArguments, parse_feature_layers, parse_rate
+import transformers
+from example_utils import (
+    DataArguments,
+    FeatureLayerArguments,
+    parse_feature_layers,
+    parse_rate,
+    parse_sample_limits,
+)
 from transformers import (
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     HfArgumentParser,
     TrainingArguments,
@@ -41,6 +71,7 @@ from transformers import (
 
 from hf_monosem import MonoSemanticTrainer
 from hf_monosem.data import (
+    BUILTIN_DATASETS,
     LABEL_COLUMN,
     backbone_source,
     build_classifier,
@@ -50,11 +81,18 @@ from hf_monosem.data import (
     preprocess,
 )
 from hf_monosem.evaluation.metrics import extract_features, make_compute_metrics, monosemanticity_report
+from hf_monosem.hub import feature_layer_repo_ids, push_scenario_to_hub
 from hf_monosem.scenarios import add_image_noise, add_label_noise, add_text_noise
 from hf_monosem.training.checkpoints import read_json, resume_checkpoint, write_json
 
+logger = transformers.utils.logging.get_logger(__name__)
+
 LOSS_TYPES = ("ce", "gce", "sce")
 SCENARIO_FILE = "scenario.json"
+#: sample sizes of the built-in offline datasets when --max_train_samples / --max_eval_samples are not given
+BUILTIN_SAMPLES = {"max_train_samples": 2000, "max_eval_samples": 1000}
+#: the training rows without augmentation (memorisation is measured on the images as they are)
+PLAIN_TRAIN_SPLIT = "__train_without_augmentation__"
 #: what each entry of scenario.json comes from, to name it when a resumed run differs
 SCENARIO_OPTIONS = {"dataset": "--dataset_name", "label_column": "--label_column", "label_noise": "--label_noise",
                     "kind": "--label_noise_kind", "seed": "--seed", "num_rows": "the number of training rows"}
@@ -80,6 +118,11 @@ class ScenarioArguments:
             "typo rate for text (e.g. '0.1,0.3'). Empty: none."
         },
     )
+    scenario_hub_id: str | None = field(
+        default=None,
+        metadata={"help": "With --push_to_hub: also push scenario.json (the exact noisy labels) to this dataset "
+                  "repository, with a dataset card."},
+    )
 
 
 ARGUMENT_DATACLASSES = (ModelArguments, DataArguments, ScenarioArguments, TrainingArguments)
@@ -95,6 +138,11 @@ def parse_args(argv=None):
     )
     model_args, data_args, scenario_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     kinds = parse_feature_layers(parser, model_args.feature_layers)
+    parse_sample_limits(data_args, **BUILTIN_SAMPLES)
+    try:
+        feature_layer_repo_ids(training_args.hub_model_id, kinds, training_args.output_dir)
+    except ValueError as error:
+        parser.error(f"--hub_model_id: {error}")
     if model_args.loss_type not in LOSS_TYPES:
         parser.error(f"--loss_type {model_args.loss_type!r} is not one of {LOSS_TYPES}")
     parse_rate(parser, scenario_args.label_noise, "--label_noise")
@@ -105,6 +153,19 @@ def parse_args(argv=None):
     except ValueError:
         parser.error(f"--eval_input_noise {scenario_args.eval_input_noise!r} must be comma-separated numbers")
     return model_args, data_args, scenario_args, training_args, kinds, levels
+
+
+def setup_logging(training_args) -> None:
+    """Logging as in transformers' ``run_*.py``: ``--log_level`` on the main process, ``--log_level_replica``
+    on the others, for this script, transformers and datasets alike."""
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
 
 
 def noisy_train_split(train, scenario_args, training_args, data_args, num_labels):
@@ -183,21 +244,76 @@ def plot(results: dict, path: str, label_noise: float) -> None:
     fig.savefig(path, dpi=120)
 
 
+def result_records(results: dict, data_args, scenario_args, modality: str, seed: int) -> list[dict]:
+    """Every feature layer's numbers in the package's results schema (the model cards read them): clean-test
+    accuracy and macro-F1 after training on noisy labels, and accuracy under each test-time input noise."""
+    dataset = data_args.dataset_name
+    if os.path.isdir(dataset):
+        dataset = os.path.basename(os.path.normpath(dataset))
+    noise = "gaussian_noise" if modality == "image" else "typo_noise"
+    records = []
+    for kind, r in results.items():
+        common = {"dataset": dataset, "split": data_args.eval_split, "method": kind, "seeds": [seed]}
+        records += [{**common, "scenario": "label_noise", "level": scenario_args.label_noise, "metric": metric,
+                     "value": r[key]} for metric, key in (("accuracy", "test_accuracy"), ("macro_f1", "test_macro_f1"))]
+        records += [{**common, "scenario": noise, "level": float(level), "metric": "accuracy", "value": value}
+                    for level, value in r["input_noise_accuracy"].items()]
+    return records
+
+
+def publish(kind, args, modality, processor, records, card_options, loss_type, attn_implementation) -> None:
+    """The model card of one finished feature layer, with every layer's results (its own in the
+    ``model-index``), written to its folder and, with ``--push_to_hub``, pushed with the model to its repo."""
+    auto = AutoModelForImageClassification if modality == "image" else AutoModelForSequenceClassification
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = auto.from_pretrained(args.output_dir, **options)  # what was saved is what is published
+    trainer = MonoSemanticTrainer(model=model, args=dataclasses.replace(args, report_to="none", eval_strategy="no"),
+                                  processing_class=processor, loss_type=loss_type, validate_datasets=False)
+    recipe = {**trainer.training_recipe(), **card_options.pop("recipe", {})}
+    if args.push_to_hub:
+        trainer.push_to_hub(commit_message="End of training", results=records, recipe=recipe, **card_options)
+        logger.info(f"{kind}: pushed {args.output_dir} to {trainer.hub_model_id}")
+    else:
+        trainer.create_model_card(results=records, recipe=recipe, **card_options)
+
+
 def main(argv=None) -> dict:
     model_args, data_args, scenario_args, training_args, kinds, levels = parse_args(argv)
-    # the label column is renamed to LABEL_COLUMN
-    data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
-    names = label_names(data[data_args.train_split])
-    source = backbone_source(model_args.model_name_or_path, modality,
-                             num_channels=image_channels(data[data_args.train_split]))
-    data, processor = preprocess(data, modality, source.get("backbone"), **data_args.preprocessing_options)
-    train = noisy_train_split(data[data_args.train_split], scenario_args, training_args, data_args, len(names))
-    test = data[data_args.eval_split]
+    setup_logging(training_args)
+    logger.info(f"training/evaluation parameters {training_args}")
+    main_process = training_args.process_index == 0
+    with training_args.main_process_first(desc="loading, corrupting and preprocessing the dataset"):
+        # the label column is renamed to LABEL_COLUMN
+        data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed,
+                                              **data_args.loading_options)
+        train_split = data_args.train_split
+        names = label_names(data[train_split])
+        source = backbone_source(model_args.model_name_or_path, modality,
+                                 num_channels=image_channels(data[train_split]), **model_args.loading_options)
+        # the labels are corrupted before preprocessing, which never reads them
+        data[train_split] = noisy_train_split(data[train_split], scenario_args, training_args, data_args, len(names))
+        augment = (data_args.train_augmentation and modality == "image"
+                   and "pixel_values" not in data[train_split].column_names)  # Hub images: crop + flip
+        if augment:
+            data[PLAIN_TRAIN_SPLIT] = data[train_split]
+        data, processor = preprocess(data, modality, source.get("backbone"), augment_split=train_split if augment else None,
+                                     loading_kwargs=source.get("backbone_loading_kwargs"),
+                                     **data_args.preprocessing_options)
+    train, test = data[train_split], data[data_args.eval_split]
+    plain_train = data[PLAIN_TRAIN_SPLIT] if augment else train
+    logger.info(f"{data_args.dataset_name}: {len(train)} training rows ({scenario_args.label_noise:.0%} "
+                f"{scenario_args.label_noise_kind} label noise), {len(test)} test rows, {len(names)} classes")
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
+    repo_ids = feature_layer_repo_ids(training_args.hub_model_id, kinds, training_args.output_dir)
+    run_name = training_args.run_name or os.path.basename(os.path.abspath(training_args.output_dir))
 
-    results = {}
+    results, run_args = {}, {}
     for kind in kinds:
-        args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, kind))
+        # one folder, one Hub repository and one tracker run per feature layer
+        args = dataclasses.replace(
+            training_args, output_dir=os.path.join(training_args.output_dir, kind), run_name=f"{run_name}-{kind}",
+            hub_model_id=repo_ids[kind])
+        run_args[kind] = args
         set_seed(args.seed)  # the same initial weights for every run (and every layer) of this seed
         model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
         trainer = MonoSemanticTrainer(
@@ -205,16 +321,23 @@ def main(argv=None) -> dict:
             processing_class=processor, compute_metrics=make_compute_metrics(with_monosemanticity=False),
             loss_type=model_args.loss_type,
         )
-        trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir, training_args.resume_from_checkpoint))
+        logger.info(f"{kind}: fine-tuning into {args.output_dir}")
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir,
+                                                                              training_args.resume_from_checkpoint))
         trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
         metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
 
         # memorisation: how many of the corrupted training labels the model reproduces
-        train_logits = trainer.predict(train).predictions
+        train_logits = trainer.predict(plain_train).predictions
         train_logits = train_logits[0] if isinstance(train_logits, tuple) else train_logits
         predicted = np.asarray(train_logits).argmax(-1)
-        noisy_labels = np.asarray(train.with_format("numpy")[LABEL_COLUMN])
-        clean_labels = np.asarray(train.with_format("numpy")["clean_label"])
+        noisy_labels = np.asarray(plain_train.with_format("numpy")[LABEL_COLUMN])
+        clean_labels = np.asarray(plain_train.with_format("numpy")["clean_label"])
         flipped = noisy_labels != clean_labels
         features, _, test_labels = extract_features(trainer.model, test, batch_size=args.per_device_eval_batch_size,
                                                     tokenizer=processor if modality == "text" else None,
@@ -231,19 +354,36 @@ def main(argv=None) -> dict:
             **{f"features_{k}": v for k, v in mono.items()},
             "checkpoint": args.output_dir,
         }
+        trainer.end_tracker_runs()  # the next feature layer logs to a run of its own
         del trainer, model
 
-    if training_args.process_index == 0:
+    records = result_records(results, data_args, scenario_args, modality, training_args.seed)
+    scenario_path = os.path.join(training_args.output_dir, SCENARIO_FILE)
+    label_noise = (f"{scenario_args.label_noise:.0%} {scenario_args.label_noise_kind} label noise on "
+                   f"`{data_args.label_column}` (seed {training_args.seed}; the draw is `scenario.json`"
+                   + (f", dataset [{scenario_args.scenario_hub_id}](https://huggingface.co/datasets/"
+                      f"{scenario_args.scenario_hub_id})" if training_args.push_to_hub and scenario_args.scenario_hub_id
+                      else "") + ")")
+    if training_args.push_to_hub and scenario_args.scenario_hub_id and main_process:
+        push_scenario_to_hub(scenario_path, scenario_args.scenario_hub_id, modality=modality,
+                             token=training_args.hub_token, private=training_args.hub_private_repo)
+        logger.info(f"pushed {scenario_path} to the dataset {scenario_args.scenario_hub_id}")
+    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(data_args.dataset_name)
+    for kind in kinds:
+        card_options = {"dataset_tags": data_args.dataset_name if named_dataset else None,
+                        "recipe": {"training data": f"{len(train)} rows of `{data_args.dataset_name}` "
+                                   f"({train_split} split), {label_noise}", "test data": f"{len(test)} rows of the "
+                                   f"{data_args.eval_split} split, clean labels"}}
+        publish(kind, run_args[kind], modality, processor, records, card_options, model_args.loss_type,
+                model_args.attn_implementation)
+
+    if main_process:
         payload = {
             "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
             "dataset": data_args.dataset_name, "modality": modality,
             "backbone": model_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
             "scenario": dataclasses.asdict(scenario_args), "seed": training_args.seed, "results": results,
-            "records": [
-                {"dataset": data_args.dataset_name, "scenario": "label_noise", "level": scenario_args.label_noise,
-                 "method": kind, "metric": "accuracy", "value": r["test_accuracy"], "seeds": [training_args.seed]}
-                for kind, r in results.items()
-            ],
+            "records": records,
         }
         write_json(os.path.join(training_args.output_dir, "results.json"), payload)
         plot(results, os.path.join(training_args.output_dir, "results.png"), scenario_args.label_noise)

@@ -132,8 +132,9 @@ def planned_cards() -> dict[str, str]:
         ),
         planned_command=(
             "accelerate launch examples/finetune_noisy.py --model_name_or_path google/vit-base-patch16-224-in21k \\\n"
-            "    --dataset_name cifar100 --image_column img --label_column fine_label --max_train_samples 0 \\\n"
-            "    --max_eval_samples 0 --feature_layers linear,nonneg --feature_dim 4096 --label_noise 0.4 --bf16"
+            "    --dataset_name uoft-cs/cifar100 --image_column img --label_column fine_label \\\n"
+            "    --feature_layers linear,nonneg --feature_dim 4096 --label_noise 0.4 --eval_input_noise 0.1,0.3 --bf16 \\\n"
+            "    --push_to_hub --hub_model_id hf-monosem/vit-base-{feature_layer}-cifar100"
         ),
         recipe={
             "status": "planned, not run (GPU-scale)",

@@ -230,10 +230,25 @@ def _results(folder: Path) -> dict:
 
 
 def _accuracy(value: float) -> bool:
+    """Only a range check: for the runs whose tiny budget (a random 1-layer BERT, a few rows, 1-2 epochs)
+    is not meant to learn the task; the runs that are meant to learn use :func:`_beats_chance`."""
     return 0.0 <= value <= 1.0
 
 
+def _beats_chance(value: float, num_classes: int, test_rows: int) -> bool:
+    """Accuracy above what guessing scores, by a margin set from the task: chance is 1 / num_classes
+    (the digits test rows are near-balanced) and the margin is 4 binomial standard deviations of a
+    guessing classifier's accuracy on ``test_rows`` rows, so guessing passes with p < 1e-3. For 10
+    classes and 64 rows: 0.1 + 4 x 0.0375 = 0.25 (the runs below reach 0.45-0.75)."""
+    chance = 1.0 / num_classes
+    return value > chance + 4.0 * (chance * (1.0 - chance) / test_rows) ** 0.5
+
+
 TRAIN_FAST = ["--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--disable_tqdm", "true"]
+# digits runs that are meant to learn: 256 rows (16 steps an epoch), 2 epochs, a from-scratch learning rate
+DIGITS_LEARN = ["--dataset_name", "digits", "--max_train_samples", "256", "--max_eval_samples", "64",
+                "--num_train_epochs", "2", "--learning_rate", "3e-3", "--per_device_train_batch_size", "16",
+                "--disable_tqdm", "true"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -241,13 +256,14 @@ def test_finetune_noisy_end_to_end_digits(tmp_path):
     from transformers import AutoModelForImageClassification
 
     out = tmp_path / "run"
-    launch("finetune_noisy", ["--dataset_name", "digits", "--max_train_samples", "64", "--max_eval_samples", "64",
-                              "--output_dir", str(out), *TRAIN_FAST], tmp_path)
+    launch("finetune_noisy", [*DIGITS_LEARN, "--output_dir", str(out)], tmp_path)
     payload = _results(out)
     assert set(payload["results"]) == {"linear", "nonneg"} and (out / "results.png").is_file()
     assert (out / "scenario.json").is_file()
     for kind, r in payload["results"].items():
-        assert _accuracy(r["test_accuracy"]) and 0 <= r["features_class_consistency"] <= 1
+        # 40% of the training labels are wrong, the 64 test labels clean: still well above guessing
+        assert _beats_chance(r["test_accuracy"], num_classes=10, test_rows=64), (kind, r["test_accuracy"])
+        assert 0 <= r["features_class_consistency"] <= 1
         model = AutoModelForImageClassification.from_pretrained(out / kind)
         assert model.config.feature_layer == kind
         logits = model(pixel_values=torch.randn(2, 1, 8, 8)).logits
@@ -288,12 +304,13 @@ def test_finetune_domain_shift_end_to_end_digits_split(tmp_path):
     from transformers import AutoModelForImageClassification
 
     out = tmp_path / "run"
-    launch("finetune_domain_shift", ["--dataset_name", "digits", "--max_train_samples", "64",
-                                     "--max_eval_samples", "64", "--output_dir", str(out), *TRAIN_FAST], tmp_path)
+    launch("finetune_domain_shift", [*DIGITS_LEARN, "--output_dir", str(out)], tmp_path)
     payload = _results(out)
-    assert payload["shift"]["mode"] == "split" and payload["rows"] == {"train": 64, "in_domain": 64, "shifted": 64}
+    assert payload["shift"]["mode"] == "split" and payload["rows"] == {"train": 256, "in_domain": 64, "shifted": 64}
     for kind, r in payload["results"].items():
-        assert _accuracy(r["in_domain_accuracy"]) and _accuracy(r["shifted_accuracy"])
+        # in-domain digits are learned; the shifted ones (real MNIST) need not be at this budget
+        assert _beats_chance(r["in_domain_accuracy"], num_classes=10, test_rows=64), (kind, r["in_domain_accuracy"])
+        assert _accuracy(r["shifted_accuracy"])
         assert r["features_shifted"]["num_examples"] == 64 and "class_consistency" in r["features_in_domain"]
         assert AutoModelForImageClassification.from_pretrained(out / kind).config.feature_layer == kind
     assert {r["scenario"] for r in payload["records"]} == {"domain_shift_in_domain", "domain_shift_shifted"}
@@ -321,14 +338,17 @@ def test_pretrain_ncl_end_to_end_digits(tmp_path):
 
     out = tmp_path / "run"
     launch("pretrain_ncl", ["--dataset_name", "digits", "--max_train_samples", "64", "--max_eval_samples", "64",
-                            "--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--probe_epochs", "2",
-                            "--probe_seeds", "2", "--feature_dim", "64", "--projector_hidden_dim", "64",
-                            "--output_dir", str(out), "--disable_tqdm", "true"], tmp_path)
+                            "--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--probe_epochs", "30",
+                            "--probe_lr", "1e-2", "--probe_seeds", "2", "--feature_dim", "64",
+                            "--projector_hidden_dim", "64", "--output_dir", str(out), "--disable_tqdm", "true"], tmp_path)
     payload = _results(out)
     assert set(payload["results"]) == {"simclr", "ncl"} and (out / "results.png").is_file()
     for method, r in payload["results"].items():
         assert set(r["probe"]) == {"clean", "label_noise_0.4"}
         assert all(_accuracy(cell["test_accuracy"]) and len(cell["per_seed"]) == 2 for cell in r["probe"].values())
+        # a linear probe on the (barely pretrained) features, clean labels: above guessing on the 64 test rows
+        clean = r["probe"]["clean"]["test_accuracy"]
+        assert _beats_chance(clean, num_classes=10, test_rows=64), (method, clean)
         model = AutoModel.from_pretrained(out / method)
         assert type(model).__name__ == "MonoSemanticModel"
         assert model.config.feature_layer == payload["results"][method]["feature_layer"]
@@ -358,6 +378,7 @@ def test_train_sae_end_to_end(tmp_path, tiny_text_backbone):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)  # two runs of the benchmark: 160-190 s on 2 loaded cores (setup.cfg's limit is 180 s)
 def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_text_backbone):
     out = tmp_path / "run"
     argv = ["--quick", "--train_size", "300", "--test_size", "200", "--probe_epochs", "2", "--representation_epochs", "1",

@@ -80,7 +80,8 @@ def comparable(log_history: list[dict]) -> list[dict]:
 
 
 def accelerate_launch(
-    script, *script_args, num_processes: int = 2, config_file=None, use_cpu: bool = True, timeout: float = 300
+    script, *script_args, num_processes: int = 2, config_file=None, use_cpu: bool = True, timeout: float = 300,
+    attempts: int = 3,
 ):
     """Run ``script`` under ``accelerate launch`` with ``num_processes`` CPU processes (gloo).
 
@@ -88,15 +89,15 @@ def accelerate_launch(
     under the hood) with ``ACCELERATE_USE_CPU=1``: ``--cpu`` alone starts a single process, and
     without ``ACCELERATE_USE_CPU`` / ``use_cpu=True`` every process silently trains on its own.
     Returns the ``CompletedProcess``; the caller asserts on ``returncode`` and ``stderr``.
+
+    Several launches may run side by side: ``--main_process_port 0`` lets accelerate pick a free port,
+    and a launch whose port was taken in the moment between the pick and torchrun's bind (the error
+    names ``EADDRINUSE``) is started again, up to ``attempts`` times in all.
     """
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:  # a free port: several launches may run side by side
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if config_file is not None:
         command += ["--config_file", str(config_file)]
@@ -104,8 +105,17 @@ def accelerate_launch(
         command += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if config_file is None or use_cpu:
         command += ["--num_processes", str(num_processes)]
-    command += ["--main_process_port", str(port), str(script), *map(str, script_args)]
+    command += ["--main_process_port", "0", str(script), *map(str, script_args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if use_cpu:
         env.update(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1")
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    for _ in range(attempts):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        if result.returncode == 0 or not port_was_taken(result.stdout + result.stderr):
+            break
+    return result
+
+
+def port_was_taken(output: str) -> bool:
+    """Whether a launch failed because its rendezvous port was bound by another process first."""
+    return "EADDRINUSE" in output or "address already in use" in output.lower()

@@ -42,23 +42,39 @@ def small_resnet_config(num_channels: int = 1) -> ResNetConfig:
     )
 
 
-def backbone_source(model_name_or_path: str | None, modality: str, num_channels: int = 1) -> dict[str, Any]:
+def backbone_source(
+    model_name_or_path: str | None, modality: str, num_channels: int = 1, **loading_kwargs: Any
+) -> dict[str, Any]:
     """The :class:`~hf_monosem.MonoSemanticConfig` keyword arguments that choose the backbone.
 
     ``model_name_or_path`` given: ``{"backbone": model_name_or_path}``, after checking that transformers
-    can read its config (an unknown id fails here, with transformers' message). Otherwise the offline
-    default for ``modality``: MiniLM-L6 with mean pooling for ``"text"``, a randomly initialised
-    :func:`small_resnet_config` with ``num_channels`` input channels for ``"image"``.
+    can read its config (an unknown id fails here, with transformers' message). ``loading_kwargs`` are
+    ``from_pretrained`` options of the backbone (:data:`~hf_monosem.models.configuration.BACKBONE_LOADING_OPTIONS`:
+    ``revision``, ``token``, ``trust_remote_code``, ``cache_dir``, ``attn_implementation``, ``dtype``; ``None``
+    values are dropped); they are returned as ``backbone_loading_kwargs``, which the config keeps for
+    building the model and never saves. Otherwise the offline default for ``modality``: MiniLM-L6 with
+    mean pooling for ``"text"``, a randomly initialised :func:`small_resnet_config` with
+    ``num_channels`` input channels for ``"image"`` (loading options do not apply to them).
 
     Example:
         >>> backbone_source(None, "image", num_channels=3)["backbone_config"].num_channels
         3
     """
+    from ..models.configuration import BACKBONE_LOADING_OPTIONS
+
+    unknown = sorted(set(loading_kwargs) - set(BACKBONE_LOADING_OPTIONS))
+    if unknown:
+        raise ValueError(f"backbone_source got {unknown}; loading options allowed: {', '.join(BACKBONE_LOADING_OPTIONS)}")
+    loading = {key: value for key, value in loading_kwargs.items() if value is not None}
     if model_name_or_path:
         from transformers import AutoConfig
 
-        AutoConfig.from_pretrained(model_name_or_path)  # fail early, with transformers' message, if unknown
-        return {"backbone": model_name_or_path}
+        fetch = {key: loading[key] for key in ("revision", "token", "trust_remote_code", "cache_dir") if key in loading}
+        AutoConfig.from_pretrained(model_name_or_path, **fetch)  # fail early, with transformers' message, if unknown
+        source: dict[str, Any] = {"backbone": model_name_or_path}
+        if loading:
+            source["backbone_loading_kwargs"] = loading
+        return source
     if modality == "text":
         return {"backbone": default_text_backbone(), "pooling": "mean"}
     if modality == "image":

@@ -18,11 +18,13 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset, load_from_disk
+from datasets import Image as ImageFeature
 from huggingface_hub.errors import HFValidationError
 
 from . import assets
@@ -31,6 +33,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "LABEL_COLUMN",
     "BuiltinDataset",
+    "ensure_padding_token",
     "image_channels",
     "label_names",
     "load_dataset_by_name",
@@ -80,6 +83,7 @@ def load_dataset_by_name(
     eval_split: str = "test",
     text_column: str = "text",
     label_column: str = LABEL_COLUMN,
+    image_column: str = "img",
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 0,
@@ -88,7 +92,9 @@ def load_dataset_by_name(
 
     ``name``: a key of :data:`BUILTIN_DATASETS`, a folder saved with ``save_to_disk`` or a ``datasets``
     Hub id (with ``config_name``); a dataset that is not a built-in is ``"text"`` when its
-    ``train_split`` has ``text_column``, else ``"image"``. ``train_split`` and ``eval_split`` must
+    ``train_split`` has ``text_column``, ``"image"`` when it has ``image_column``, an ``Image`` feature or
+    ``pixel_values``; one with string columns but neither is refused, naming ``text_column`` (the
+    examples' ``--text_column``) and its string columns. ``train_split`` and ``eval_split`` must
     exist and ``label_column`` must be a column; a ``label_column`` other than ``label`` is renamed to
     ``label`` (an existing ``label`` column is dropped), so the returned label column is always
     :data:`LABEL_COLUMN`. ``max_train_samples`` keeps that many training rows and
@@ -119,7 +125,7 @@ def load_dataset_by_name(
     for split in (train_split, eval_split):
         if split not in data:
             raise ValueError(f"split {split!r} not in dataset {name!r}; it has {sorted(data)}")
-    modality = modality or ("text" if text_column in data[train_split].column_names else "image")
+    modality = modality or _modality_of(data[train_split], name, text_column, image_column)
     columns = data[train_split].column_names
     if label_column not in columns:
         raise ValueError(f"label column {label_column!r} not in dataset {name!r}; columns: {columns}")
@@ -132,6 +138,26 @@ def load_dataset_by_name(
         if limit:
             data[split] = subsample(data[split], limit, seed)
     return data, modality
+
+
+def _modality_of(split: Dataset, name: str, text_column: str, image_column: str) -> str:
+    """``"text"`` or ``"image"`` from the columns of a dataset that is not a built-in (``ValueError`` if neither)."""
+    features = split.features
+    if text_column in features:
+        return "text"
+    images = [c for c, f in features.items() if isinstance(f, ImageFeature)]
+    if image_column in features or images or "pixel_values" in features:
+        return "image"
+    strings = [c for c, f in features.items() if isinstance(f, Value) and f.dtype in ("string", "large_string")]
+    if strings:
+        raise ValueError(
+            f"dataset {name!r} has no text column {text_column!r} (text_column=, --text_column in the examples): "
+            f"its string columns are {strings}; pass the one that holds the text, e.g. --text_column {strings[0]}"
+        )
+    raise ValueError(
+        f"dataset {name!r} has neither a text column {text_column!r} (--text_column) nor an image column "
+        f"{image_column!r} (--image_column); its columns: {list(features)}"
+    )
 
 
 def subsample(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
@@ -184,14 +210,23 @@ def preprocess(
     image_column: str = "img",
     label_column: str = LABEL_COLUMN,
     max_length: int = 64,
+    augment_split: str | None = None,
+    loading_kwargs: dict[str, Any] | None = None,
 ) -> tuple[DatasetDict, Any]:
     """Model inputs for every split; returns ``(data, tokenizer_or_image_processor)``.
 
     Text: tokenised with ``backbone``'s tokenizer (truncated to ``max_length``; pad in the collator,
-    e.g. ``DataCollatorWithPadding``). Images already held as ``pixel_values`` (the built-ins) are
-    returned in torch format with ``None`` as the processor. Other images (PIL, in ``image_column``)
-    are converted to RGB and resized / normalised on the fly by ``backbone``'s image processor; they
-    are kept in a column named ``pixel_values``, which the Trainer keeps as a forward argument.
+    e.g. ``DataCollatorWithPadding``). A tokenizer without a padding token (decoder LMs such as
+    Llama 3 ship none) pads with its end-of-sequence token, with a warning, as transformers' examples
+    do; the attention mask keeps those pads out of every pooled vector. Images already held as
+    ``pixel_values`` (the built-ins) are returned in torch format with ``None`` as the processor.
+    Other images (PIL, in ``image_column``) are converted to RGB and resized / normalised on the fly
+    by ``backbone``'s image processor; they are kept in a column named ``pixel_values``, which the
+    Trainer keeps as a forward argument. The rows of ``augment_split`` (the training split) are also
+    augmented on the fly, as in transformers' ``run_image_classification.py``: a random resized crop
+    (scale 0.08-1) back to the processor's size and a random horizontal flip (kornia, drawn from
+    torch's random state). ``loading_kwargs`` (``revision``, ``token``, ``trust_remote_code``,
+    ``cache_dir``; others are ignored) go to ``from_pretrained`` of the tokenizer / processor.
 
     Example:
         >>> from hf_monosem.data import minilm_path
@@ -202,8 +237,11 @@ def preprocess(
     """
     from transformers import AutoImageProcessor, AutoTokenizer
 
+    fetch = {k: v for k, v in (loading_kwargs or {}).items()
+             if k in ("revision", "token", "trust_remote_code", "cache_dir") and v is not None}
     if modality == "text":
-        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        tokenizer = AutoTokenizer.from_pretrained(backbone, **fetch)
+        ensure_padding_token(tokenizer)
 
         def tokenize(batch):
             return tokenizer(batch[text_column], truncation=True, max_length=max_length)
@@ -217,15 +255,69 @@ def preprocess(
                          "and normalises them): pass --model_name_or_path")
     if image_column not in columns:
         raise ValueError(f"image column {image_column!r} not in the dataset; columns: {columns}")
-    processor = AutoImageProcessor.from_pretrained(backbone)
+    processor = AutoImageProcessor.from_pretrained(backbone, **fetch)
     data = data.rename_column(image_column, "pixel_values")
 
-    def transform(batch):
+    def transform(batch, augment=None):
         images = [image.convert("RGB") for image in batch["pixel_values"]]
-        out = {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
+        pixels = processor(images, return_tensors="pt")["pixel_values"]
+        out = {"pixel_values": augment(pixels) if augment is not None else pixels}
         if label_column in batch:  # absent when only the model inputs were selected
             out[label_column] = batch[label_column]
         return out
 
-    data.set_transform(transform)
+    for split in data:
+        augment = _train_augmentation(processor) if split == augment_split else None
+        data[split].set_transform(lambda batch, augment=augment: transform(batch, augment))
     return data, processor
+
+
+def _train_augmentation(processor: Any) -> Callable:
+    """Random resized crop (back to the processor's output size) + horizontal flip, on a pixel batch."""
+    import kornia.augmentation as K
+    import torch
+
+    crop, flip = {}, K.RandomHorizontalFlip()
+
+    def augment(pixels):
+        size = tuple(pixels.shape[-2:])
+        if size not in crop:
+            crop[size] = K.RandomResizedCrop(size, scale=(0.08, 1.0))
+        with torch.no_grad():
+            return flip(crop[size](pixels)).to(pixels.dtype)
+
+    return augment
+
+
+def ensure_padding_token(tokenizer: Any) -> Any:
+    """Give a tokenizer without a padding token its end-of-sequence token as one (with a warning), as
+    transformers' examples do for decoder LMs such as Llama 3; a tokenizer with neither is refused.
+
+    Pads never reach a feature: every pooling reads the attention mask (``last`` takes the last
+    non-pad position, left or right padded alike).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> import warnings
+        >>> tok = SimpleNamespace(pad_token=None, eos_token="</s>", name_or_path="org/decoder")
+        >>> with warnings.catch_warnings(record=True):
+        ...     ensure_padding_token(tok).pad_token
+        '</s>'
+    """
+    if getattr(tokenizer, "pad_token", None) is not None:
+        return tokenizer
+    eos = getattr(tokenizer, "eos_token", None)
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if eos is None:
+        raise ValueError(
+            f"the tokenizer of {name!r} has neither a padding token nor an end-of-sequence token to pad with; "
+            "set tokenizer.pad_token (or add one with tokenizer.add_special_tokens) before padding batches"
+        )
+    warnings.warn(
+        f"the tokenizer of {name!r} has no padding token: padding with its end-of-sequence token {eos!r} "
+        "(as transformers' examples do); the attention mask keeps the pads out of every feature",
+        UserWarning,
+        stacklevel=2,
+    )
+    tokenizer.pad_token = eos
+    return tokenizer

@@ -3,8 +3,13 @@
 * :mod:`.cards`: :func:`make_model_card` (YAML metadata with a ``model-index``, usage snippet,
   recipe, poly-vs-mono :func:`results_table`) and its template :data:`MODEL_CARD_TEMPLATE`;
 * :mod:`.remote_code`: :func:`enable_remote_code`, checkpoints that load without hf_monosem;
-* :mod:`.publishing`: :func:`save_for_hub` (the folder that is uploaded) and
-  :func:`push_to_hub_with_card` (that folder, uploaded in one commit).
+* :mod:`.publishing`: :func:`save_for_hub` (the folder that is uploaded),
+  :func:`push_to_hub_with_card` (that folder, uploaded in one commit), :func:`feature_layer_repo_ids`
+  (one repository per feature layer of a run) and :func:`save_scenario_for_hub` /
+  :func:`push_scenario_to_hub` (a noisy-label draw as a dataset repository with its card).
+
+The Trainer's own ``push_to_hub`` / ``create_model_card``
+(:class:`~hf_monosem.MonoSemanticTrainer`) write the card of :func:`make_model_card` too.
 
 Results follow the package's one schema, :mod:`hf_monosem.evaluation.results`; its
 :func:`load_results`, :data:`RESULT_FIELDS` and :data:`POLY_METHODS` are re-exported here.

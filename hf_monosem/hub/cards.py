@@ -9,9 +9,12 @@ poly-vs-mono table (:func:`results_table`). The Jinja template is :data:`MODEL_C
 
 Results follow the package's one schema (:mod:`hf_monosem.evaluation.results`): result records
 (mean ± std over seeds) or run records (one per seed, summarised the same way as the robustness
-tables do). The ``model-index`` holds the records whose ``method`` is the model's own feature layer
-(one metric entry per scenario/level, ``config: "<scenario>=<level>"``, std and seeds under
-``args``); the Markdown table shows every method side by side.
+tables do). The ``model-index`` holds the records whose ``method`` is the model's own feature layer:
+one result per dataset, split and scenario/level (the dataset ``config`` is ``"<scenario>=<level>"``, so
+huggingface_hub never merges two scenarios into one result), its metrics with std and seeds under
+``args``; the Markdown table shows every method side by side. The card's ``pipeline_tag`` is the
+transformers pipeline the model works with (``text-classification``, ``image-classification``, and
+``feature-extraction`` / ``image-feature-extraction`` for the base model).
 """
 
 from __future__ import annotations
@@ -37,11 +40,26 @@ _FEATURE_LAYER_TEXT = {
 }
 
 
+#: the transformers pipeline each class works with: the card's ``pipeline_tag``. The base model's
+#: depends on its inputs (``feature-extraction`` for text, ``image-feature-extraction`` for images);
+#: both pipelines read ``outputs[0]``, which is ``features``.
 _PIPELINE_TAG = {
     "MonoSemanticForSequenceClassification": "text-classification",
     "MonoSemanticForImageClassification": "image-classification",
     "MonoSemanticModel": "feature-extraction",
 }
+_IMAGE_PIPELINE_TAG = {"MonoSemanticModel": "image-feature-extraction"}
+
+
+def _is_image_backbone(config: MonoSemanticConfig) -> bool:
+    backbone = config.backbone_config
+    return hasattr(backbone, "num_channels") and not hasattr(backbone, "vocab_size")
+
+
+def _pipeline_tag(arch: str, config: MonoSemanticConfig) -> str:
+    if _is_image_backbone(config) and arch in _IMAGE_PIPELINE_TAG:
+        return _IMAGE_PIPELINE_TAG[arch]
+    return _PIPELINE_TAG.get(arch, "text-classification")
 
 _CITATION = """@inproceedings{zhang2025beyond,
   title     = {Beyond Interpretability: The Gains of Feature Monosemanticity on Model Robustness},
@@ -181,18 +199,25 @@ def results_table(records: Sequence[Mapping], method: str | None = None) -> str:
 
 
 def _eval_results(records: Sequence[Mapping], method: str, default_task: str) -> list[EvalResult]:
+    """This model's records as ``model-index`` entries, one result per (dataset, split, scenario, level).
+
+    huggingface_hub files metrics under one result when they share (task, dataset type, dataset config,
+    split, revision); the scenario label (``label_noise=0.4``) is the dataset config, so two scenarios
+    of one dataset never merge, and the metrics of one scenario (accuracy, macro-F1) stay together.
+    """
     out = []
     for r in records:
         if r["method"] != method:
             continue
         label = scenario_label(r["scenario"], r["level"])
         extra = f", ± {_fmt(r['std'])}" if r["std"] is not None else ""
-        seeds = f", {r['seeds']} seeds" if r["seeds"] is not None else ""
+        seeds = f", {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}" if r["seeds"] is not None else ""
         out.append(
             EvalResult(
                 task_type=r["task"] or default_task,
                 dataset_type=r["dataset"],
-                dataset_name=r["dataset"],
+                dataset_name=f"{r['dataset']} ({label})",
+                dataset_config=label,
                 dataset_split=r["split"],
                 metric_type=r["metric"],
                 metric_value=r["value"],
@@ -224,9 +249,7 @@ def _architecture(model: PreTrainedModel | PreTrainedConfig) -> str:
     archs = getattr(model, "architectures", None) or []
     if archs:
         return archs[0]
-    backbone = model.backbone_config
-    is_image = hasattr(backbone, "num_channels") and not hasattr(backbone, "vocab_size")
-    return "MonoSemanticForImageClassification" if is_image else "MonoSemanticForSequenceClassification"
+    return "MonoSemanticForImageClassification" if _is_image_backbone(model) else "MonoSemanticForSequenceClassification"
 
 
 def _looks_like_hub_id(name: str | None) -> bool:
@@ -364,7 +387,7 @@ def make_model_card(
     """
     config = _config_of(model)
     arch = _architecture(model)
-    pipeline_tag = _PIPELINE_TAG.get(arch, "text-classification")
+    pipeline_tag = _pipeline_tag(arch, config)
     method = method or config.feature_layer
     if base_model is None and _looks_like_hub_id(config.backbone):
         base_model = config.backbone

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
@@ -11,10 +13,26 @@ from transformers.models.auto.modeling_auto import (
 
 from .feature_layers import FeatureLayerSettings, _bad, feature_layer_class
 
-__all__ = ["POOLING_CHOICES", "MonoSemanticConfig", "backbone_hidden_size", "default_pooling"]
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # earlier transformers 5 releases: sub-configs are a plain class attribute
+    SubConfigSpec = None
+
+__all__ = [
+    "BACKBONE_LOADING_OPTIONS",
+    "POOLING_CHOICES",
+    "MonoSemanticConfig",
+    "backbone_hidden_size",
+    "default_pooling",
+]
 
 #: how the backbone's output becomes one vector per input.
 POOLING_CHOICES = ("cls", "mean", "last", "pooler")
+
+#: ``from_pretrained`` arguments that say how a Hub backbone is fetched and built. The first four also
+#: fetch its config; none of them is saved with a checkpoint (a token must never land in config.json).
+BACKBONE_LOADING_OPTIONS = ("revision", "token", "trust_remote_code", "cache_dir", "attn_implementation", "dtype")
+_CONFIG_LOADING_OPTIONS = ("revision", "token", "trust_remote_code", "cache_dir")
 
 
 def backbone_hidden_size(config: PreTrainedConfig) -> int:
@@ -58,6 +76,10 @@ class MonoSemanticConfig(PreTrainedConfig):
             its weights are loaded when the model is built, unless ``use_pretrained_backbone=False``.
         backbone_config: a transformers config (or its dict) for a randomly initialised backbone.
         use_pretrained_backbone: load ``backbone``'s weights when building a fresh model.
+        backbone_loading_kwargs: how ``backbone`` (a Hub id) is fetched and built, as for
+            ``AutoModel.from_pretrained``: any of :data:`BACKBONE_LOADING_OPTIONS` (``revision``,
+            ``token``, ``trust_remote_code``, ``cache_dir`` also fetch its config; ``attn_implementation``
+            and ``dtype`` choose how it is built). Kept for building the model, never saved.
         feature_layer: one of ``"linear"`` (polysemantic baseline), ``"nonneg"`` (NCL-style
             non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
@@ -83,9 +105,21 @@ class MonoSemanticConfig(PreTrainedConfig):
         Traceback (most recent call last):
         ...
         ValueError: feature_layer='sparse' is not valid; allowed: 'linear', 'nonneg', 'sae', 'topk'
+
+    The nested ``backbone_config`` is a sub-config in transformers' sense, so what ``from_pretrained``
+    sets on a whole model (``attn_implementation``, ``dtype``) reaches the backbone too:
+
+        >>> cfg = MonoSemanticConfig(backbone_config=cfg.backbone_config, attn_implementation="eager")
+        >>> cfg.backbone_config._attn_implementation
+        'eager'
     """
 
     model_type = "monosemantic"
+    # a sub-config: transformers hands attn_implementation / dtype of the whole model down to it
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=PreTrainedConfig, optional=True)}
+    else:  # pragma: no cover - older transformers 5
+        sub_configs = {"backbone_config": AutoConfig}
 
     backbone: str | None = None
     backbone_config: dict | PreTrainedConfig | None = None
@@ -107,9 +141,41 @@ class MonoSemanticConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        self.backbone_config = self._resolve_backbone_config()
+        loading = kwargs.pop("backbone_loading_kwargs", None)
+        self._backbone_loading_kwargs = self._checked_loading_kwargs(loading)
+        backbone_config = self._resolve_backbone_config()
+        attn_implementation = kwargs.get("attn_implementation")
+        # PreTrainedConfig.__post_init__ sets attn_implementation (None unless given) on every sub-config:
+        # keep the backbone's own (it may be shared with a live backbone model) unless one is asked for
+        self.backbone_config = None
         super().__post_init__(**kwargs)
+        self.backbone_config = backbone_config
+        if attn_implementation is not None:
+            self._attn_implementation = attn_implementation
         self._validate_and_fill_defaults()
+
+    @staticmethod
+    def _checked_loading_kwargs(loading: Any) -> dict[str, Any]:
+        if loading is None:
+            return {}
+        if not isinstance(loading, dict):
+            raise ValueError(f"backbone_loading_kwargs must be a dict, got {type(loading).__name__}")
+        unknown = sorted(set(loading) - set(BACKBONE_LOADING_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"backbone_loading_kwargs has {unknown}; allowed: {', '.join(BACKBONE_LOADING_OPTIONS)}"
+            )
+        return {key: value for key, value in loading.items() if value is not None}
+
+    @property
+    def backbone_loading_kwargs(self) -> dict[str, Any]:
+        """How ``backbone`` is fetched and built (``AutoModel.from_pretrained`` keyword arguments); never saved."""
+        return dict(self.__dict__.get("_backbone_loading_kwargs") or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_backbone_loading_kwargs", None)  # may hold a token: not part of the checkpoint
+        return output
 
     def _resolve_backbone_config(self) -> PreTrainedConfig:
         config = self.backbone_config
@@ -133,7 +199,13 @@ class MonoSemanticConfig(PreTrainedConfig):
             raise ValueError("give either backbone (a Hub id or folder) or backbone_config (a transformers config)")
         if not isinstance(self.backbone, str):
             raise ValueError(f"backbone={self.backbone!r} must be a Hub id or a folder path (str)")
-        return AutoConfig.from_pretrained(self.backbone)
+        loading = self.backbone_loading_kwargs
+        config = AutoConfig.from_pretrained(
+            self.backbone, **{key: loading[key] for key in _CONFIG_LOADING_OPTIONS if key in loading}
+        )
+        if loading.get("attn_implementation") is not None:
+            config._attn_implementation = loading["attn_implementation"]
+        return config
 
     def _validate_and_fill_defaults(self) -> None:
         if self.backbone_config.model_type == self.model_type:

@@ -18,7 +18,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
-from .configuration import MonoSemanticConfig
+from .configuration import BACKBONE_LOADING_OPTIONS, MonoSemanticConfig
 from .feature_layers import FeatureLayer, build_feature_layer
 from .loading import check_checkpoint_folder
 from .sae import SparseAutoencoder
@@ -41,17 +41,20 @@ _LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("_LOA
 class MonoSemanticModelOutput(ModelOutput):
     """Output of :class:`MonoSemanticModel`.
 
+    ``features`` comes first, as ``last_hidden_state`` does in transformers' base-model outputs:
+    the feature-extraction pipelines read ``outputs[0]`` (and a tuple output starts with it).
+
     Attributes:
-        loss: weighted sum of the feature layer's auxiliary terms (``None`` if it has none).
         features: feature-layer output ``[batch, feature_dim]``.
         pooled: pooled backbone vector fed to the feature layer ``[batch, hidden]``.
+        loss: weighted sum of the feature layer's auxiliary terms (``None`` if it has none).
         aux_losses: the feature layer's unweighted auxiliary terms by name.
         hidden_states: the backbone's hidden states when requested.
     """
 
-    loss: torch.FloatTensor | None = None
     features: torch.FloatTensor | None = None
     pooled: torch.FloatTensor | None = None
+    loss: torch.FloatTensor | None = None
     aux_losses: dict[str, torch.Tensor] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
@@ -99,6 +102,11 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
     ) -> MonoSemanticPreTrainedModel:
         """Wrap an already-pretrained backbone (a model instance, Hub id or folder), keeping its weights.
 
+        A Hub id or folder is loaded with ``AutoModel.from_pretrained``; the keyword arguments named in
+        :data:`~.configuration.BACKBONE_LOADING_OPTIONS` (``revision``, ``token``, ``trust_remote_code``,
+        ``cache_dir``, ``attn_implementation``, ``dtype``) go to it, the others to :class:`MonoSemanticConfig`.
+        The feature layer and head take the backbone's dtype (SAE layers stay fp32).
+
         Example:
             >>> from transformers import BertConfig, BertModel
             >>> from hf_monosem import MonoSemanticForSequenceClassification
@@ -108,9 +116,15 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
             >>> torch.equal(model.backbone.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
             True
         """
-        if isinstance(backbone, str):
-            backbone = AutoModel.from_pretrained(backbone)
+        loading = {key: config_kwargs.pop(key) for key in BACKBONE_LOADING_OPTIONS if key in config_kwargs}
+        if isinstance(backbone, (str, os.PathLike)):
+            options = {key: value for key, value in loading.items() if value is not None}
+            backbone = AutoModel.from_pretrained(os.fspath(backbone), **options)
             name = backbone.config.name_or_path
+        elif loading:
+            raise ValueError(
+                f"{sorted(loading)} say how a backbone is loaded, but this {type(backbone).__name__} is loaded already"
+            )
         elif isinstance(backbone, PreTrainedModel):
             name = backbone.config.name_or_path or None
         else:
@@ -177,12 +191,28 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         self.main_input_name = self.backbone.main_input_name  # pixel_values or input_ids
         self.feature_layer = build_feature_layer(config, config.backbone_hidden_size)
+        if self.feature_layer.is_sparse_autoencoder:  # SAE numerics stay fp32 whatever the checkpoint's dtype
+            self._keep_in_fp32_modules_strict = ["feature_layer"]
+        self._follow_backbone_dtype()
         self._backbone_arguments = set(inspect.signature(self.backbone.forward).parameters)
         self._check_pooling_is_possible()
         self.post_init()
         if load_pretrained:
-            self.backbone = AutoModel.from_pretrained(config.backbone)
+            loading = config.backbone_loading_kwargs
+            self.backbone = AutoModel.from_pretrained(config.backbone, config=config.backbone_config, **loading)
+            config.backbone_config = self.backbone.config  # the config the weights were loaded with (dtype, ...)
+            self._follow_backbone_dtype()
         self._apply_backbone_freezing()
+
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        """The dtype of the backbone's floating-point weights (what the feature layer and head follow)."""
+        return next((p.dtype for p in self.backbone.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+    def _follow_backbone_dtype(self) -> None:
+        # transformers 5 loads a backbone in its saved dtype (dtype="auto"): a bf16 checkpoint comes up bf16.
+        # The feature layer follows it, as every head of a transformers model does; an SAE stays fp32.
+        self.feature_layer.to(torch.float32 if self.feature_layer.is_sparse_autoencoder else self.backbone_dtype)
 
     @staticmethod
     def _should_load_pretrained_backbone(config: MonoSemanticConfig) -> bool:
@@ -250,6 +280,11 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         if not any(k in backbone_inputs for k in ("input_ids", "pixel_values", "inputs_embeds")):
             raise ValueError("no model input given: pass pixel_values, input_ids or inputs_embeds")
         backbone_inputs["return_dict"] = True
+        dtype = self.backbone_dtype
+        for name in ("pixel_values", "inputs_embeds"):  # fp32 pixels from a processor into a bf16/fp16 backbone
+            value = backbone_inputs.get(name)
+            if value is not None and value.is_floating_point() and value.dtype != dtype:
+                backbone_inputs[name] = value.to(dtype)
 
         if self.config.freeze_backbone:
             with torch.no_grad():
@@ -258,11 +293,12 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
             backbone_output = self.backbone(**backbone_inputs)
 
         pooled = self.pool(backbone_output, attention_mask)
-        features, aux_losses = self.feature_layer(pooled)
+        layer_dtype = next((p.dtype for p in self.feature_layer.parameters()), pooled.dtype)
+        features, aux_losses = self.feature_layer(pooled if pooled.dtype == layer_dtype else pooled.to(layer_dtype))
         output = MonoSemanticModelOutput(
-            loss=self.feature_layer.weighted_aux_loss(aux_losses),
             features=features,
             pooled=pooled,
+            loss=self.feature_layer.weighted_aux_loss(aux_losses),
             aux_losses=aux_losses,
             hidden_states=getattr(backbone_output, "hidden_states", None),
         )
@@ -277,7 +313,8 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
         self.num_labels = config.num_labels
         self.monosemantic = MonoSemanticModel(config, backbone=backbone)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.feature_dim, config.num_labels)
+        # the head follows the backbone's dtype, like the feature layer (a bf16 checkpoint stays bf16)
+        self.classifier = nn.Linear(config.feature_dim, config.num_labels).to(self.monosemantic.backbone_dtype)
         self.post_init()
 
     @property

@@ -86,14 +86,23 @@ def _finetune(
 
 
 def _load_state(state_file: str) -> dict[str, list[dict[str, Any]]]:
-    """The finished cells of a state file: cell key -> its records (empty when there is no file)."""
+    """The finished cells of a state file: cell key -> its records (empty when there is no file).
+
+    A last line without its newline was cut off by a kill while being appended: it is dropped from
+    the file (that cell runs again), so the next cell's line starts on a line of its own.
+    """
     done: dict[str, list[dict[str, Any]]] = {}
     if os.path.isfile(state_file):
-        with open(state_file, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    entry = json.loads(line)
-                    done[entry["cell"]] = entry["records"]
+        with open(state_file, "rb") as f:
+            data = f.read()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            with open(state_file, "r+b") as f:
+                f.truncate(complete)
+        for line in data[:complete].decode("utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                done[entry["cell"]] = entry["records"]
     return done
 
 

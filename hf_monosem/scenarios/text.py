@@ -41,6 +41,8 @@ def _typos(words: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pos = np.floor(rng.random(s.size) * np.where(op == 0, length - 1, np.maximum(length, 1))).astype(np.int64)
     choice = rng.integers(0, _TYPO_ALPHABET.size, size=s.size)
     here = np.strings.slice(s, pos, pos + 1)
+    # swapping two equal letters ("ll") would be no typo: substitute the first one instead
+    op = np.where((op == 0) & (here == np.strings.slice(s, pos + 1, pos + 2)), 3, op)
     # a substitution by the same letter would be no typo: take the next letter instead
     same = (op == 3) & (np.strings.lower(here) == _TYPO_ALPHABET[choice].astype(StringDType()))
     letter = _TYPO_ALPHABET[np.where(same, (choice + 1) % _TYPO_ALPHABET.size, choice)].astype(StringDType())

@@ -328,8 +328,8 @@ def test_folder_dataset_gets_its_label_column_renamed(folder_dataset):
     data, modality = registry.load_dataset_by_name(folder_dataset, label_column="fine_label")
     assert modality == "text" and data["train"].column_names == ["text", registry.LABEL_COLUMN]
     assert data["train"]["label"] == [0, 1, 2] * 2 and registry.label_names(data["train"]) == ["a", "b", "c"]
-    _, modality = registry.load_dataset_by_name(folder_dataset, text_column="sentence")
-    assert modality == "image"  # no such text column
+    with pytest.raises(ValueError, match="no text column 'sentence'.*--text_column.*\\['text'\\]"):
+        registry.load_dataset_by_name(folder_dataset, text_column="sentence")  # a text dataset, not images
 
 
 @pytest.mark.parametrize("kwargs, named", [

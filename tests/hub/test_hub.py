@@ -228,28 +228,33 @@ def test_enable_remote_code_makes_plain_save_pretrained_carry_the_code(tmp_path,
 
 
 def test_push_to_hub_with_card_uploads_the_save_for_hub_folder(tmp_path, monkeypatch):
-    calls = {}
+    from unittest import mock
 
-    class FakeApi:
-        def __init__(self, token=None):
-            calls["token"] = token
+    from huggingface_hub import HfApi
 
-        def create_repo(self, repo_id, private=None, exist_ok=False):
-            calls["create_repo"] = (repo_id, private, exist_ok)
+    # a mock with HfApi's own signatures: a call the real client would refuse (an unknown or positional
+    # argument where it takes keywords only) fails here too
+    api_class = mock.create_autospec(HfApi)
+    api = api_class.return_value
+    uploaded = {}
 
-        def upload_folder(self, repo_id, folder_path, **kwargs):
-            calls["upload"] = (repo_id, sorted(os.listdir(folder_path)), kwargs)
-            calls["card"] = ModelCard.load(os.path.join(folder_path, "README.md"))
-            return "commit-info"
+    def upload_folder(*, repo_id, folder_path, **kwargs):  # read the folder before it is deleted
+        uploaded["files"] = sorted(os.listdir(folder_path))
+        uploaded["card"] = ModelCard.load(os.path.join(folder_path, "README.md"))
+        return "commit-info"
 
-    monkeypatch.setattr(hub_publishing, "HfApi", FakeApi)
+    api.upload_folder.side_effect = upload_folder
+    monkeypatch.setattr(hub_publishing, "HfApi", api_class)
     out = push_to_hub_with_card(text_model(), "me/tiny-nonneg", RESULTS, token="hf_x", private=True)
-    assert out == "commit-info" and calls["token"] == "hf_x"
-    assert calls["create_repo"] == ("me/tiny-nonneg", True, True)
-    repo_id, files, kwargs = calls["upload"]
-    assert repo_id == "me/tiny-nonneg" and {"README.md", "config.json", "model.safetensors", "results.json"} <= set(files)
+    assert out == "commit-info"
+    api_class.assert_called_once_with(token="hf_x")
+    api.create_repo.assert_called_once_with("me/tiny-nonneg", private=True, exist_ok=True)
+    api.upload_folder.assert_called_once()
+    kwargs = api.upload_folder.call_args.kwargs
+    assert kwargs["repo_id"] == "me/tiny-nonneg" and {"README.md", "config.json", "model.safetensors",
+                                                      "results.json"} <= set(uploaded["files"])
     assert kwargs["create_pr"] is False and "hf_monosem" in kwargs["commit_message"]
-    assert 'from_pretrained("me/tiny-nonneg")' in calls["card"].text
+    assert 'from_pretrained("me/tiny-nonneg")' in uploaded["card"].text
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")

@@ -43,6 +43,30 @@ def test_topk_keeps_exactly_k_codes():
     assert (codes >= 0).all()
 
 
+def test_topk_keeps_at_most_k_codes_the_positive_part_of_the_k_largest():
+    """ReLU after the top-k: a row with fewer than k positive pre-activations keeps fewer than k codes."""
+    layer, k = _layer("topk", topk=8), 8
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pre = layer.encode_preactivations(layer.prepare_input(x))
+        # lower every pre-activation by the median k-th largest one: about half the rows keep < k positives
+        layer.encoder.bias -= pre.topk(k, dim=-1).values[:, -1].median()
+        pre = layer.encode_preactivations(layer.prepare_input(x))
+        codes, _ = layer(x)
+    active = (codes != 0).sum(-1)
+    positive = (pre > 0).sum(-1)
+    assert (positive < k).any() and (positive >= k).any()  # both cases are exercised
+    assert torch.equal(active, positive.clamp(max=k)) and (active <= k).all() and (active < k).any()
+    assert (codes >= 0).all()
+    kept = codes != 0  # each kept code is its pre-activation, and one of the row's k largest
+    assert torch.equal(codes[kept], pre[kept])
+    assert (pre[kept] >= pre.topk(k, dim=-1).values[:, -1:].expand_as(pre)[kept]).all()
+    with torch.no_grad():
+        layer.encoder.bias -= 10.0  # every pre-activation negative: no code at all, finite loss
+        codes, aux = layer(x)
+    assert not codes.any() and torch.isfinite(aux["reconstruction_loss"])
+
+
 def test_sae_loss_weights_come_from_config():
     layer = _layer("sae", sparsity_weight=0.25, reconstruction_weight=2.0)
     _, aux = layer(torch.randn(4, 32))

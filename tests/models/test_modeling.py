@@ -54,10 +54,16 @@ def test_forward_shapes_every_family(backbone_family, kind):
 
 
 def test_base_model_returns_features_and_aux_loss():
-    model, inputs = build("vit", "sae", head=False)
+    model, inputs = build("vit", "sae", head=False, reconstruction_weight=2.0, sparsity_weight=0.25)
     out = model(**inputs)
     assert out.features.shape == (4, 64) and set(out.aux_losses) == {"reconstruction_loss", "sparsity_loss"}
-    assert out.loss is not None and out.loss.requires_grad
+    # the base model's loss is the config-weighted sum of the auxiliary terms, and it trains the layer
+    aux = out.aux_losses
+    torch.testing.assert_close(out.loss, 2.0 * aux["reconstruction_loss"] + 0.25 * aux["sparsity_loss"])
+    out.loss.backward()
+    assert model.feature_layer.encoder.weight.grad.abs().sum() > 0
+    plain, inputs = build("vit", "linear", head=False)
+    assert plain(**inputs).loss is None  # no auxiliary term, no loss
 
 
 @pytest.mark.parametrize("freeze", [False, True])
@@ -78,12 +84,20 @@ def test_gradients_reach_the_backbone_unless_frozen(freeze):
 def test_last_token_pooling_handles_left_and_right_padding():
     model, _ = build("llama", "linear", head=False)
     model.eval()
-    ids = torch.randint(1, 100, (1, 5))
-    right = model(input_ids=torch.cat([ids, torch.zeros(1, 2, dtype=torch.long)], 1),
-                  attention_mask=torch.tensor([[1] * 5 + [0] * 2]))
+    ids = torch.randint(1, 100, (1, 5), generator=torch.Generator().manual_seed(0))
+    pad = torch.zeros(1, 2, dtype=torch.long)
     plain = model(input_ids=ids, attention_mask=torch.ones(1, 5, dtype=torch.long))
     assert model.config.pooling == "last"
-    assert torch.allclose(right.pooled, plain.pooled, atol=1e-5)
+    # one batch: row 0 padded on the right, row 1 on the left (as decoder tokenizers pad); RoPE positions
+    # are relative and the pads are masked, so both rows' last real token is the unpadded one
+    both = model(input_ids=torch.cat([torch.cat([ids, pad], 1), torch.cat([pad, ids], 1)]),
+                 attention_mask=torch.tensor([[1] * 5 + [0] * 2, [0] * 2 + [1] * 5]))
+    torch.testing.assert_close(both.pooled[0], plain.pooled[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both.pooled[1], plain.pooled[0], rtol=1e-4, atol=1e-5)
+    # the pooled vector of the left-padded row is the hidden state at the sequence's end, not at index 4
+    hidden = model.backbone(input_ids=torch.cat([pad, ids], 1),
+                            attention_mask=torch.tensor([[0] * 2 + [1] * 5])).last_hidden_state
+    torch.testing.assert_close(both.pooled[1], hidden[0, -1], rtol=1e-4, atol=1e-5)
 
 
 def test_mean_pooling_ignores_padding():

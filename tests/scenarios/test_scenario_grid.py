@@ -141,11 +141,36 @@ def test_finetune_records_train_every_cell_and_resume_from_the_state_file(tmp_pa
     assert len([r for r in records if r["scenario"].startswith("domain_shift")]) == 8
     assert {r["mode"] for r in records} == {"finetune"}
 
+    state = tmp_path / "cells.jsonl"
+    assert len(state.read_text().splitlines()) == len(calls)  # one line per finished cell
+
     calls.clear()
     again = finetune.finetune_records(track, [0.0, 0.5], [1], [0, 1], budget, **kwargs)
     assert calls == [] and again == records  # nothing retrained, the same records
+    assert len(state.read_text().splitlines()) == 2 * runs_per_method  # and nothing appended twice
     finetune.finetune_records(track, [0.0, 0.5], [1], [0, 1, 2], budget, **kwargs)
     assert len(calls) == 2 * (2 + 1 + 1)  # only the new seed's cells run
+
+
+def test_finetune_state_file_cut_off_mid_line_reruns_only_that_cell(tmp_path):
+    """A kill while a cell's line is appended leaves half a line: the rerun redoes that one cell, and the
+    state file stays one complete line per cell afterwards."""
+    calls: list[str] = []
+    track = _image_track(calls)
+    budget = finetune.FinetuneBudget(epochs=1, few_shot_steps=2, batch_size=8, train_size=12)
+    state = tmp_path / "cells.jsonl"
+    kwargs = dict(state_file=str(state), work_dir=str(tmp_path / "work"), progress=False)
+    records = finetune.finetune_records(track, [0.0], [], [0], budget, **kwargs)
+    assert calls == ["linear", "linear", "nonneg", "nonneg"]  # label noise 0 and domain shift, per method
+    lines = state.read_bytes().splitlines(keepends=True)
+    state.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # killed mid-append
+
+    calls.clear()
+    again = finetune.finetune_records(track, [0.0], [], [0], budget, **kwargs)
+    assert calls == ["nonneg"] and again == records  # only the cut-off (last) cell trained again
+    calls.clear()
+    assert finetune.finetune_records(track, [0.0], [], [0], budget, **kwargs) == records and calls == []
+    assert state.read_bytes() == b"".join(lines)  # the cut-off line was replaced, not appended to
 
 
 def test_tensor_rows_select_and_relabel_keep_other_columns():

@@ -78,6 +78,27 @@ def test_symmetric_noise_corrupts_exactly_rate_and_never_keeps_clean_label(label
     assert noisy.column_names == ["x", "label", CLEAN_LABEL_COLUMN]
 
 
+@pytest.mark.parametrize("num_classes", [2, 5])
+@pytest.mark.parametrize(
+    "n, rate, moved",
+    # n * rate: 2.1 -> 2, 1.3 -> 1, 2.9 -> 3, 3.5 -> 4 and 2.5 -> 3 (half up: not floor, not banker's round())
+    [(7, 0.3, 2), (13, 0.1, 1), (10, 0.29, 3), (7, 0.5, 4), (5, 0.5, 3), (9, 0.75, 7)],
+)
+def test_symmetric_noise_moves_n_rate_rounded_half_up_labels_each_to_another_class(
+    n, rate, moved, num_classes
+):
+    features = Features({"label": ClassLabel(num_classes=num_classes)})
+    clean = np.arange(n) % num_classes
+    for seed in range(3):
+        noisy = add_label_noise(Dataset.from_dict({"label": clean}, features=features), rate, seed=seed)
+        y = np.array(noisy["label"][:])
+        changed = y != clean
+        assert changed.sum() == moved  # exactly that many picked, and every picked label really moved
+        assert ((y >= 0) & (y < num_classes)).all()
+        if num_classes == 2:
+            np.testing.assert_array_equal(y[changed], 1 - clean[changed])  # the other class is the only one
+
+
 def test_symmetric_noise_is_uniform_over_other_classes(labelled):
     noisy = add_label_noise(labelled, 1.0, seed=0)
     y, clean = np.array(noisy["label"][:]), np.array(noisy[CLEAN_LABEL_COLUMN][:])
@@ -200,10 +221,17 @@ def test_image_noise_is_deterministic_by_seed_and_example(images):
     assert torch.equal(add_image_noise(images, "gaussian", 0.3, seed=0)[:]["pixel_values"], first)
     assert not torch.equal(add_image_noise(images, "gaussian", 0.3, seed=1)[:]["pixel_values"], first)
     assert _snapshot(images) == before
-    # Trainer's remove_unused_columns drops the index column: noise is then keyed on content
+    # Trainer's remove_unused_columns drops the index column: noise is then keyed on content, so it
+    # follows each image wherever it sits, and one image read alone gets the noise it gets in a batch
     dropped = noisy.remove_columns([INDEX_COLUMN])
-    assert torch.equal(dropped[:]["pixel_values"], dropped[:]["pixel_values"])
-    assert not torch.equal(dropped[:]["pixel_values"], clean)
+    keyed = dropped[:]["pixel_values"]
+    assert not torch.equal(keyed, clean) and abs(float((keyed - clean).std()) - 0.3) < 0.05
+    order = [7, 2, 11, 0]
+    rebuilt = add_image_noise(images, "gaussian", 0.3, seed=0).remove_columns([INDEX_COLUMN])
+    assert torch.equal(rebuilt.select(order)[:]["pixel_values"], keyed[order])
+    assert torch.equal(dropped[4]["pixel_values"], keyed[4])
+    other_seed = add_image_noise(images, "gaussian", 0.3, seed=1).remove_columns([INDEX_COLUMN])
+    assert not torch.equal(other_seed[:]["pixel_values"], keyed)
 
 
 def test_uniform_image_noise_range_and_dataloader(images):
@@ -269,7 +297,15 @@ def test_full_inversion_and_elastic_dataset_determinism(images):
     flat = x.flatten()
     assert torch.allclose(corrupt_images(x, "invert", 5).flatten(), flat.min() + flat.max() - flat)
     warped = add_image_corruption(images, "elastic", 4, seed=0)
-    assert torch.equal(warped[:]["pixel_values"], warped[:]["pixel_values"])
+    # the random warp of an image depends on (seed, example) only: a rebuilt dataset, a reordered one and a
+    # single-row read all give each image the same warp
+    first = warped[:]["pixel_values"]
+    assert not torch.allclose(first, torch.tensor(images["pixel_values"][:]))
+    order = [5, 0, 9, 3]
+    assert torch.equal(
+        add_image_corruption(images, "elastic", 4, seed=0).select(order)[:]["pixel_values"], first[order]
+    )
+    assert torch.equal(warped[6]["pixel_values"], first[6])
     assert not torch.equal(
         warped[:]["pixel_values"], add_image_corruption(images, "elastic", 4, seed=1)[:]["pixel_values"]
     )
@@ -309,12 +345,50 @@ def test_text_substitution_uses_own_vocabulary(texts):
     assert changed == int(np.floor(0.5 * total + 0.5))
 
 
-def test_text_typos_edit_one_character(texts):
-    noisy = add_text_noise(texts, "typo", 1.0, seed=0)
-    for old, new in zip(_words(texts), _words(noisy)):
+def _one_edit(a: str, b: str) -> bool:
+    """``b`` is ``a`` with exactly one character edit: a substitution by another character, a deletion,
+    an insertion, or a swap of two adjacent different characters."""
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        swap = (
+            len(diff) == 2 and diff[1] == diff[0] + 1 and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
+        )
+        return len(diff) == 1 or swap
+    short, long = sorted((a, b), key=len)
+    return len(long) == len(short) + 1 and any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def test_one_edit_checker():
+    assert (
+        _one_edit("cat", "cut")
+        and _one_edit("cat", "act")
+        and _one_edit("cat", "ca")
+        and _one_edit("at", "cat")
+    )
+    assert not _one_edit("cat", "cat") and not _one_edit("cat", "dog") and not _one_edit("cat", "tac")
+    assert not _one_edit("cat", "cuts") and not _one_edit("cat", "c")
+
+
+@pytest.mark.parametrize("rate", [0.5, 1.0])
+def test_text_typos_make_exactly_one_edit_in_each_picked_word(texts, rate):
+    words = _words(texts)
+    total = sum(len(w) for w in words)
+    noisy = _words(add_text_noise(texts, "typo", rate, seed=0))
+    changed = 0
+    for old, new in zip(words, noisy):
         assert len(old) == len(new)
         for a, b in zip(old, new):
-            assert a != b and abs(len(a) - len(b)) <= 1
+            assert a == b or _one_edit(a, b), (a, b)
+            changed += a != b
+    assert changed == int(np.floor(rate * total + 0.5))  # every picked word changed, no other
+
+
+def test_typos_of_words_with_double_letters_still_change_them():
+    """A swap of two equal letters ("ll") would change nothing: such a word still gets its one edit."""
+    doubled = Dataset.from_dict({"text": ["aa bb llama bookkeeper see ll"] * 20})
+    noisy = add_text_noise(doubled, "typo", 1.0, seed=0)
+    for old, new in zip(_words(doubled), _words(noisy)):
+        assert all(_one_edit(a, b) for a, b in zip(old, new)), list(zip(old, new))
 
 
 # ---------------------------------------------------------------------------------------------

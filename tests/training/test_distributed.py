@@ -293,3 +293,30 @@ def test_shipped_accelerate_configs_parse():
     fsdp = configs["fsdp.yaml"]["fsdp_config"]
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP" and configs["fsdp.yaml"]["mixed_precision"] == "bf16"
     assert configs["cpu_2proc.yaml"]["num_processes"] == 2 and configs["cpu_2proc.yaml"]["use_cpu"] is True
+
+
+# ---- the launch helper: a port taken between accelerate's pick and torchrun's bind ---------------------
+
+
+def test_a_launch_whose_port_was_taken_is_started_again_and_other_failures_are_not(monkeypatch, tmp_path):
+    import subprocess
+
+    taken = ("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+             "address. port: 41234, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
+    outcomes = [(1, taken), (0, "")]
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append(command)
+        code, err = outcomes[len(calls) - 1]
+        return subprocess.CompletedProcess(command, code, "", err)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    assert accelerate_launch(tmp_path / "script.py").returncode == 0 and len(calls) == 2
+    assert all(c[c.index("--main_process_port") + 1] == "0" for c in calls)  # accelerate picks the port
+    calls.clear()
+    outcomes[:] = [(1, "ValueError: a real failure")]
+    assert accelerate_launch(tmp_path / "script.py").returncode == 1 and len(calls) == 1  # not retried
+    calls.clear()
+    outcomes[:] = [(1, taken)] * 3
+    assert accelerate_launch(tmp_path / "script.py", attempts=3).returncode == 1 and len(calls) == 3

@@ -72,9 +72,15 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
         spec.loader.exec_module(module)
         return module
 
-    def worker(rank, world, port, out):
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    def worker(rank, world, ports, out):
+        # rank 0 opens the store on a port the OS picks and hands it to rank 1 (no free port is picked,
+        # released and hoped to be still free when the store binds it)
+        if rank == 0:
+            store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
+            ports.put(store.port)
+        else:
+            store = dist.TCPStore("127.0.0.1", ports.get(), world, is_master=False)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
         torch.set_num_threads(1)
         losses = load_losses()
         g = torch.Generator().manual_seed(0)
@@ -88,25 +94,21 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         # fork: the workers reuse the imported torch instead of importing it again
-        mp.start_processes(worker, args=(2, int(sys.argv[2]), sys.argv[3]), nprocs=2, start_method="fork")
+        ports = mp.get_context("fork").SimpleQueue()
+        mp.start_processes(worker, args=(2, ports, sys.argv[2]), nprocs=2, start_method="fork")
     """
 )
 
 
 def test_info_nce_gathers_negatives_with_gradients_across_processes(tmp_path):
-    import socket
-
     script = tmp_path / "dist_info_nce.py"
     script.write_text(DISTRIBUTED_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     import hf_monosem.training.losses as losses_module
 
     losses_file = Path(losses_module.__file__)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, str(script), str(losses_file), str(port), str(tmp_path)],
+        [sys.executable, str(script), str(losses_file), str(tmp_path)],
         check=True,
         env=env,
         timeout=120,

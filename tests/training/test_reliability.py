@@ -6,6 +6,7 @@ Every case here is a row of docs/RELIABILITY.md.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +203,35 @@ def test_nan_check_can_be_turned_off(tmp_path):
     trainer = trainer_for(
         tmp_path, Dataset.from_dict(data), validate_datasets=False, stop_on_nonfinite_loss=False, args={"max_steps": 1}
     )
-    trainer.train()  # the transformers behaviour: the NaN step is skipped in the logs only
+    trainer.train()  # no FloatingPointError: the step is taken
+    # the transformers behaviour (docs/RELIABILITY.md): the NaN step is hidden from the logs only, the
+    # optimizer still steps on its NaN gradients, so the weights are ruined; the default check prevents that
+    assert trainer.state.global_step == 1
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+    assert any(not torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_the_gradient_norm_is_clipped_unless_turned_off(tmp_path, max_grad_norm):
+    """docs/RELIABILITY.md: MonoSemanticTrainer clips the total gradient (task + weighted auxiliary terms)
+    to norm 1.0 unless ``max_grad_norm=0``. One plain SGD step of learning rate 1 moves the weights by
+    exactly the (clipped) gradient, so the size of the step shows the norm that was applied."""
+    kwargs = {"max_steps": 1, "logging_steps": 1, "optim": "sgd", "learning_rate": 1.0,
+              "lr_scheduler_type": "constant"}  # fmt: skip
+    if max_grad_norm == 0.0:
+        kwargs["max_grad_norm"] = 0.0
+    torch.manual_seed(0)
+    model = MonoSemanticForImageClassification(MonoSemanticConfig(  # a large auxiliary term: gradient norm >> 1
+        backbone_config=tiny_resnet_config(), feature_layer="sae", feature_dim=32, num_labels=3,
+        reconstruction_weight=50.0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = trainer_for(tmp_path, toy_images(n=8), model=model, args=kwargs)
+    trainer.train()
+    step = torch.sqrt(sum(((p.detach() - before[n]) ** 2).sum() for n, p in model.named_parameters()))
+    grad_norm = trainer.state.log_history[0]["grad_norm"]  # before clipping
+    assert grad_norm > 2.0
+    expected = min(grad_norm, max_grad_norm) if max_grad_norm else grad_norm
+    assert float(step) == pytest.approx(expected, rel=1e-3)
 
 
 # ---- resuming --------------------------------------------------------------------------------------

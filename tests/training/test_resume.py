@@ -6,8 +6,12 @@ ResNet (offline, about 10 s a run on one core); the unit tests cover how a resum
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,29 +37,43 @@ TINY_RUN = [
     "--dataset_name", "digits", "--feature_layers", "nonneg", "--max_train_samples", "128",
     "--max_eval_samples", "128", "--num_train_epochs", "3", "--per_device_train_batch_size", "16",
     "--save_strategy", "steps", "--save_steps", "4", "--use_cpu", "--disable_tqdm", "True",
-    "--report_to", "none", "--seed", "0",
+    "--report_to", "none", "--seed", "0", "--logging_steps", "1",
 ]  # fmt: skip
 # 128 rows / 16 = 8 steps an epoch, 24 in all; the kill comes at a checkpoint in the second epoch
-STEPS, KILL_AT_STEP = 24, 12
+STEPS_PER_EPOCH, STEPS, KILL_AT_STEP = 8, 24, 12
 
 
 def finetune_noisy(output_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("WORLD_SIZE", None)
+    # stdout (the Trainer's printed log lines) and stderr apart, so that warnings never split a log line;
+    # each process's files are written afresh: the resumed run's log is its own
     log = open(output_dir.with_suffix(".log"), "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(
+    err = open(output_dir.with_suffix(".err"), "w")  # noqa: SIM115
+    process = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "finetune_noisy.py"), *TINY_RUN, "--output_dir", str(output_dir), *extra],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(EXAMPLES),
+        env=env, stdout=log, stderr=err, cwd=str(EXAMPLES),
     )  # fmt: skip
+    log.close(), err.close()  # the child holds its own copies
+    return process
 
 
 def wait(process: subprocess.Popen, output_dir: Path, timeout: float = 240) -> None:
-    try:
-        process.wait(timeout=timeout)
-    finally:
-        process.stdout and process.stdout.close()
-    tail = output_dir.with_suffix(".log").read_text()[-3000:]
+    process.wait(timeout=timeout)
+    tail = output_dir.with_suffix(".log").read_text()[-1500:] + output_dir.with_suffix(".err").read_text()[-3000:]
     assert process.returncode == 0, tail
+
+
+def logged_steps(output_dir: Path) -> list[int]:
+    """The training steps the last process run in ``output_dir`` computed, read from its printed logs:
+    with ``--logging_steps 1`` the Trainer prints one ``{'loss': ..., 'epoch': ...}`` line per step."""
+    steps = []
+    for line in output_dir.with_suffix(".log").read_text().splitlines():
+        if line.startswith("{"):
+            entry = ast.literal_eval(line)
+            if "loss" in entry:
+                steps.append(round(float(entry["epoch"]) * STEPS_PER_EPOCH))
+    return steps
 
 
 def results(output_dir: Path) -> dict:
@@ -92,6 +110,10 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     wait(resumed, killed)
     wait(reference, straight)
 
+    # a real resume: the resumed process started at the checkpoint's step and never ran an earlier one
+    # (a silent restart ends with the same weights, a fresh run being deterministic, but logs steps 1..)
+    assert logged_steps(straight) == list(range(1, STEPS + 1))
+    assert logged_steps(killed) == list(range(step + 1, STEPS + 1))
     # the label-noise draw was reused, not drawn again
     assert json.loads((killed / "scenario.json").read_text()) == labels_before
     assert labels_before == json.loads((straight / "scenario.json").read_text())
@@ -110,6 +132,58 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     assert final_a.keys() == final_b.keys()
     for name in final_b:
         torch.testing.assert_close(final_a[name], final_b[name], rtol=0, atol=1e-6, msg=name)
+
+
+# ---- MonoSemanticTrainer in-process (fast) -----------------------------------------------------------
+
+
+class CountingTrainer(MonoSemanticTrainer):
+    """Counts the training steps this trainer computed (a silent restart would compute all of them)."""
+
+    steps_computed = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.steps_computed += 1
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+IN_PROCESS_STEPS, SAVE_EVERY = 8, 4  # 32 rows / 4 = 8 steps: the checkpoint is mid-epoch
+
+
+def counting_trainer(output_dir) -> CountingTrainer:
+    from tiny_models import tiny_resnet_config
+    from training_toys import toy_images, training_args
+
+    from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification
+
+    torch.manual_seed(0)
+    model = MonoSemanticForImageClassification(MonoSemanticConfig(
+        backbone_config=tiny_resnet_config(), feature_layer="sae", feature_dim=16, num_labels=3))
+    args = training_args(output_dir, max_steps=IN_PROCESS_STEPS, save_strategy="steps", save_steps=SAVE_EVERY,
+                         per_device_train_batch_size=4, logging_steps=1, seed=3)
+    return CountingTrainer(model=model, args=args, train_dataset=toy_images(n=32))
+
+
+def test_monosemantic_trainer_resume_computes_only_the_steps_after_the_checkpoint(tmp_path):
+    full = counting_trainer(tmp_path / "full")
+    with contextlib.redirect_stdout(io.StringIO()):
+        full.train()
+    assert full.steps_computed == IN_PROCESS_STEPS
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / f"checkpoint-{SAVE_EVERY}", resumed_dir / f"checkpoint-{SAVE_EVERY}")
+    resumed = counting_trainer(resumed_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        resumed.train(resume_from_checkpoint=True)
+    # this process computed steps 5..8 only, and its log of them is the uninterrupted run's
+    assert resumed.steps_computed == IN_PROCESS_STEPS - SAVE_EVERY
+    assert resumed.state.global_step == IN_PROCESS_STEPS
+    losses = {h["step"]: h["loss"] for h in full.state.log_history if "loss" in h}
+    resumed_losses = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h}
+    after = range(SAVE_EVERY + 1, IN_PROCESS_STEPS + 1)
+    assert [resumed_losses[s] for s in after] == pytest.approx([losses[s] for s in after], rel=1e-5, abs=1e-6)
+    for name, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
 # ---- choosing the resume point (fast) ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from hf_monosem import (
     ContrastiveTrainer,
     MonoSemanticConfig,
     MonoSemanticForImageClassification,
+    MonoSemanticForSequenceClassification,
     MonoSemanticModel,
     MonoSemanticTrainer,
 )
@@ -104,6 +105,68 @@ def test_robust_losses_replace_only_the_task_term(tmp_path):
     assert torch.allclose(loss, expected)
 
 
+@pytest.mark.parametrize("loss_type", ["ce", "gce"])
+def test_gradient_accumulation_equals_one_step_on_the_doubled_batch(tmp_path, loss_type):
+    """Two accumulated half batches = one step on the whole batch, for the task term and the SAE's
+    auxiliary terms alike (each a per-example mean). Plain SGD without clipping, so that a wrongly
+    scaled gradient shows in the weights (Adam's first step and clipping would hide the scale)."""
+    from transformers import BertConfig
+
+    def model():
+        torch.manual_seed(0)
+        backbone = BertConfig(**{**tiny_bert_config().to_dict(), "hidden_dropout_prob": 0.0,
+                                 "attention_probs_dropout_prob": 0.0})  # no dropout: both runs see one function
+        return MonoSemanticForSequenceClassification(MonoSemanticConfig(
+            backbone_config=backbone, feature_layer="sae", feature_dim=32, num_labels=2))
+
+    def one_step(folder, batch, accumulation):
+        args = training_args(folder, max_steps=1, per_device_train_batch_size=batch, logging_steps=1,
+                             gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=0.5,
+                             max_grad_norm=0.0, lr_scheduler_type="constant")
+        trainer = MonoSemanticTrainer(model=model(), args=args, train_dataset=toy_text(n=8), loss_type=loss_type)
+        trainer.train()
+        return trainer
+
+    whole, halves = one_step(tmp_path / "whole", 8, 1), one_step(tmp_path / "halves", 4, 2)
+    (log_whole,), (log_halves,) = train_logs(whole), train_logs(halves)
+    for key in ("loss", "task_loss", "reconstruction_loss", "sparsity_loss"):
+        assert log_halves[key] == pytest.approx(log_whole[key], rel=1e-5), key
+    initial = model()
+    for (name, a), b in zip(halves.model.named_parameters(), whole.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.allclose(whole.model.feature_layer.encoder.weight, initial.feature_layer.encoder.weight)
+    assert not torch.allclose(whole.model.classifier.weight, initial.classifier.weight)
+
+
+@pytest.mark.parametrize(
+    "loss_type, options",
+    [("ce", {}), ("gce", {"gce_q": 0.4}), ("sce", {"sce_alpha": 0.5, "sce_beta": 2.0})],  # not the defaults
+)
+def test_logged_task_loss_is_the_library_loss_with_the_trainer_options(tmp_path, loss_type, options):
+    import torch.nn.functional as F
+
+    from hf_monosem.training.losses import generalized_cross_entropy, symmetric_cross_entropy
+
+    reference = {
+        "ce": F.cross_entropy,
+        "gce": lambda logits, labels: generalized_cross_entropy(logits, labels, q=0.4),
+        "sce": lambda logits, labels: symmetric_cross_entropy(logits, labels, alpha=0.5, beta=2.0),
+    }[loss_type]
+    model, data = image_classifier(), toy_images(n=8)
+    batch = data.with_format("torch")[:]
+    model.train()  # as in the training step (batch-norm statistics of the batch)
+    with torch.no_grad():  # the model before its one step, on the one batch (the whole data set)
+        out = model(pixel_values=batch["pixel_values"])
+    task = float(reference(out.logits, batch["label"]))
+    total = task + float(model.feature_layer.weighted_aux_loss(out.aux_losses))
+    args = training_args(tmp_path, max_steps=1, logging_steps=1, per_device_train_batch_size=8)
+    trainer = MonoSemanticTrainer(model=model, args=args, train_dataset=data, loss_type=loss_type, **options)
+    trainer.train()
+    (log,) = train_logs(trainer)
+    assert log["task_loss"] == pytest.approx(task, rel=1e-5)
+    assert log["loss"] == pytest.approx(total, rel=1e-5)
+
+
 def test_bad_loss_type_raises(tmp_path):
     with pytest.raises(ValueError, match=r"loss_type='mae'.*'ce', 'gce', 'sce'"):
         MonoSemanticTrainer(model=image_classifier(), args=training_args(tmp_path), loss_type="mae")
@@ -118,7 +181,9 @@ def test_same_seed_same_metrics(tmp_path):
 # ---- contrastive ---------------------------------------------------------------------------------
 
 
-def contrastive_run(tmp_path, kind, seed=0, epochs=5, **trainer_kwargs):
+def contrastive_run(tmp_path, kind, seed=0, epochs=5, evaluate_first=False, **trainer_kwargs):
+    """A trained ContrastiveTrainer; with ``evaluate_first`` its ``metrics_before`` are the evaluation
+    of the untrained model (the evaluation views are fixed, so before and after see the same views)."""
     torch.manual_seed(seed)
     cfg = MonoSemanticConfig(
         backbone_config=tiny_vit_config(), feature_layer=kind, feature_dim=64, projector_hidden_dim=64
@@ -131,36 +196,74 @@ def contrastive_run(tmp_path, kind, seed=0, epochs=5, **trainer_kwargs):
         image_views=mild_views(),
         **trainer_kwargs,
     )
+    if evaluate_first:
+        trainer.metrics_before = trainer.evaluate()
     trainer.train()
     return trainer
 
 
-def test_ncl_is_nonnegative_and_sparser_than_simclr(tmp_path):
-    runs = {kind: contrastive_run(tmp_path / kind, kind) for kind in ("linear", "nonneg")}
-    for trainer in runs.values():
-        logs = train_logs(trainer)
-        for entry in logs:
-            for key in (
-                "loss",
-                "contrastive_loss",
-                "contrastive_accuracy",
-                "active_fraction",
-                "dead_fraction",
-            ):
-                assert math.isfinite(entry[key])
-        assert logs[-1]["contrastive_loss"] < logs[0]["contrastive_loss"]
-        metrics = trainer.evaluate()
-        assert math.isfinite(metrics["eval_loss"]) and "eval_contrastive_loss" in metrics
+def test_ncl_training_makes_features_sparser_and_simclr_stays_dense(tmp_path):
+    """NCL's sparsity is what training adds: a ReLU output is already about half zeros at initialisation,
+    so the trained NCL features are compared with the same model before training, on the same views."""
+    runs = {kind: contrastive_run(tmp_path / kind, kind, evaluate_first=True) for kind in ("linear", "nonneg")}
+    after = {}
+    for kind, trainer in runs.items():
+        for entry in train_logs(trainer):
+            for key in ("loss", "contrastive_loss", "contrastive_accuracy", "active_fraction", "dead_fraction"):
+                assert math.isfinite(entry[key]), (kind, key, entry)
+        after[kind] = trainer.evaluate()
+        # learned: the untrained model scores the held-out views at about log(2N - 1) = log(31) = 3.43
+        # (all embeddings alike); a model that learned to match views scores clearly lower (2.7-2.9 here)
+        assert after[kind]["eval_contrastive_loss"] < trainer.metrics_before["eval_contrastive_loss"] - 0.3, kind
+    before_ncl = runs["nonneg"].metrics_before["eval_active_fraction"]
+    assert 0.3 < before_ncl < 0.8  # a ReLU at initialisation: about half active
+    # trained NCL features: clearly fewer active than at initialisation (0.58 -> 0.26 here)
+    assert after["nonneg"]["eval_active_fraction"] < 0.75 * before_ncl
+    assert runs["linear"].metrics_before["eval_active_fraction"] == after["linear"]["eval_active_fraction"] == 1.0
     pixels = toy_smooth_images(n=16, seed=3).with_format("torch")[:]["pixel_values"]
     with torch.no_grad():
         simclr = runs["linear"].model.eval()(pixel_values=pixels).features
         ncl = runs["nonneg"].model.eval()(pixel_values=pixels).features
     assert (ncl >= 0).all() and (simclr < 0).any()
-    ncl_active = (ncl > 0).float().mean()
-    assert ncl_active < 0.9 * (simclr != 0).float().mean()
-    assert (
-        train_logs(runs["nonneg"])[-1]["active_fraction"] < train_logs(runs["linear"])[-1]["active_fraction"]
-    )
+
+
+class RecordingContrastiveTrainer(ContrastiveTrainer):
+    """Keeps each training step's features (both views, from the one forward pass) and auxiliary terms."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if model.training:
+            aux = {k: v.detach() for k, v in outputs.aux_losses.items()}
+            self.steps.append((outputs.features.detach().clone(), aux))
+        return (loss, outputs) if return_outputs else loss
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])  # neither is the config's 0.2: the trainer's value is used
+def test_contrastive_logged_loss_is_info_nce_at_the_temperature_plus_the_weighted_aux_term(tmp_path, temperature):
+    from hf_monosem.training.losses import info_nce_loss
+
+    torch.manual_seed(0)
+    cfg = MonoSemanticConfig(backbone_config=tiny_vit_config(), feature_layer="nonneg", feature_dim=32,
+                             activation_loss_weight=0.5)
+    trainer = RecordingContrastiveTrainer(
+        model=MonoSemanticModel(cfg), args=training_args(tmp_path, max_steps=3, logging_steps=1),
+        train_dataset=toy_smooth_images(n=16), image_views=mild_views(), temperature=temperature,
+    )  # fmt: skip
+    trainer.steps = []
+    trainer.train()
+    logs = train_logs(trainer)
+    assert len(logs) == len(trainer.steps) == 3
+    at_default = []
+    for entry, (features, aux) in zip(logs, trainer.steps):
+        z1, z2 = features.chunk(2)  # view 1 of every row, then view 2
+        assert not torch.allclose(z1, z2)  # two different views of the batch
+        expected = float(info_nce_loss(z1, z2, temperature))
+        assert entry["contrastive_loss"] == pytest.approx(expected, rel=1e-5)
+        assert entry["activation_loss"] == pytest.approx(float(aux["activation_loss"]), rel=1e-5)
+        assert entry["loss"] == pytest.approx(expected + 0.5 * float(aux["activation_loss"]), rel=1e-5)
+        at_default.append(float(info_nce_loss(z1, z2, 0.2)))
+    # the temperature matters on these views: at 0.2 the same steps would have logged other values
+    assert at_default != pytest.approx([e["contrastive_loss"] for e in logs], rel=1e-3)
 
 
 def test_contrastive_same_seed_same_metrics(tmp_path):
