@@ -3,8 +3,8 @@
 The paper's post-hoc path (Zhang et al., ICLR 2025): a TopK sparse autoencoder (normalised MSE, no
 L1, L2-normalised input) is trained on a frozen backbone's features, and downstream heads read its
 sparse codes instead of the raw features. :func:`hf_monosem.fit_sae` extracts the backbone's pooled
-vectors once (cached on disk under ``<output_dir>/cache``), fits the SAE on them (dead latents are
-resampled) and returns a :class:`~hf_monosem.MonoSemanticModel` = frozen backbone + fitted SAE,
+vectors once (cached on disk under ``<output_dir>/cache``), fits the SAE on them (dead latents get
+the AuxK loss) and returns a :class:`~hf_monosem.MonoSemanticModel` = frozen backbone + fitted SAE,
 saved here with ``save_pretrained``.
 
 Then linear probes with the same budget (one batched grid,

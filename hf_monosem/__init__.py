@@ -26,6 +26,7 @@ from .models.modeling import (
     MonoSemanticModelOutput,
     MonoSemanticPreTrainedModel,
 )
+from .models.sae_formats import load_sae, save_sae
 from .training.contrastive import ContrastiveTrainer, ImageViews, TextViews, UnlabeledDataCollator
 from .training.trainer import MonoSemanticTrainer
 
@@ -58,6 +59,8 @@ __all__ = [
     "UnlabeledDataCollator",
     "extract_pooled_features",
     "fit_sae",
+    "load_sae",
+    "save_sae",
     "probe_on_features",
     "MonoLoraConfig",
     "adapter_sparsity",

@@ -135,6 +135,32 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
         config = MonoSemanticConfig(backbone_config=backbone.config, use_pretrained_backbone=False, **config_kwargs)
         return cls(config, backbone=backbone)
 
+    @classmethod
+    def from_sae(cls, backbone: str | PreTrainedModel, sae: str | os.PathLike, **kwargs) -> MonoSemanticPreTrainedModel:
+        """:meth:`from_backbone` with a SAELens or sparsify checkpoint as the feature layer (``topk`` or ``sae``).
+
+        ``sae`` is a folder or a Hub id (downloaded with ``huggingface_hub``, the cache used offline);
+        ``subfolder=``, ``sae_revision=``, ``local_files_only=`` and ``normalize_input=`` (override the
+        checkpoint's input normalisation) say how to read it; the other keyword arguments go to
+        :meth:`from_backbone` (``freeze_backbone`` defaults to ``True``; ``pooling`` to the one the checkpoint
+        names). See :mod:`hf_monosem.models.sae_formats` for the mapping.
+
+        Example:
+            >>> import tempfile
+            >>> from transformers import BertConfig, BertModel
+            >>> from hf_monosem import MonoSemanticModel, save_sae
+            >>> bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            ...                             intermediate_size=37))
+            >>> fitted = MonoSemanticModel.from_backbone(bert, feature_layer="topk", feature_dim=64, topk=8)
+            >>> folder = save_sae(fitted, tempfile.mkdtemp(), format="sparsify")
+            >>> model = MonoSemanticModel.from_sae(bert, folder)
+            >>> model.config.feature_layer, model.config.topk, model.config.freeze_backbone
+            ('topk', 8, True)
+        """
+        from .sae_formats import model_from_sae
+
+        return model_from_sae(cls, backbone, sae, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         # The backbone is a PreTrainedModel: transformers dispatches its own _init_weights to it.
         std = self.config.initializer_range

@@ -1,0 +1,391 @@
+"""SAEs to and from SAELens and sparsify checkpoints: the weight and config mapping, nothing else.
+
+:func:`save_sae` writes an ``sae``/``topk`` feature layer (or the one of a MonoSemantic model) as a
+folder that SAELens' ``SAE.load_from_disk`` or sparsify's ``SparseCoder.load_from_disk`` reads;
+:func:`load_sae` reads such a folder (or a Hub repository holding one) back into a feature layer, which
+:meth:`MonoSemanticModel.from_sae <hf_monosem.MonoSemanticModel.from_sae>` puts on a backbone. Neither
+library is imported here (the files are plain ``cfg.json`` + safetensors), so this module works, and
+travels with remote code, without them; ``tests/models/test_sae_formats.py`` checks the mapping against
+the real libraries (sae-lens 6.54.12, eai-sparsify 1.3.3: the ``interop`` extra).
+
+The mapping, ``W`` our encoder weight ``[M, D]``, ``b`` its bias, ``V`` our decoder weight ``[D, M]``,
+``p`` our pre-bias:
+
+* SAELens ``topk`` (our ``topk``) or ``standard`` (our ``sae``, ReLU): ``W_enc = W.T``, ``b_enc = b``,
+  ``W_dec = V.T``, ``b_dec = p``, ``apply_b_dec_to_input = True``. Our L2 input normalisation is
+  SAELens' ``normalize_activations="constant_norm_rescale"`` (each input rescaled to norm
+  ``sqrt(D)``, the output scaled back): the same normalisation up to the constant ``sqrt(D)``, folded
+  into the weights (``W_enc / sqrt(D)``, ``W_dec * sqrt(D)``, ``b_dec * sqrt(D)``), so the codes are
+  equal and SAELens' reconstruction is ours times the input's norm (in the input's scale). SAELens'
+  other normalisations have no counterpart (``layer_norm`` centres the input, ``expected_average_only_in``
+  is a dataset constant applied outside the SAE): a layer without normalisation is written with
+  ``"none"``. Read back: ``constant_norm_rescale`` -> normalised input, ``none`` and
+  ``expected_average_only_in`` (which SAELens' inference also leaves to the caller) -> not;
+  ``apply_b_dec_to_input=False`` and ``rescale_acts_by_decoder_norm=True`` are folded into the weights.
+* sparsify ``SparseCoder`` (``topk`` only: its codes are ReLU then top-k, the same nonzero codes):
+  ``encoder.weight = W``, ``encoder.bias = b``, ``W_dec = V.T``, ``b_dec = p``. sparsify has no input
+  normalisation: a layer that normalises its input is written as is, and ``cfg.json`` records
+  ``"hf_monosem": {"normalize_input": true}`` (sparsify ignores unknown keys): feed it the
+  L2-normalised vector.
+
+The metadata names where the SAE reads: SAELens' ``metadata.model_name`` is the backbone's Hub id or
+folder and ``metadata.hook_name`` the pooled vector (``"pooled.<pooling>"``, e.g. ``"pooled.mean"``);
+both formats carry an ``hf_monosem`` block (kind, pooling, normalisation, loss weights) that makes
+export then import the identity.
+
+Example:
+    >>> import tempfile
+    >>> from hf_monosem.models import FeatureLayerSettings, TopKSparseAutoencoderFeatures
+    >>> layer = TopKSparseAutoencoderFeatures(16, FeatureLayerSettings(feature_dim=64, topk=8))
+    >>> folder = save_sae(layer, tempfile.mkdtemp(), format="saelens", backbone="org/encoder", pooling="mean")
+    >>> sorted(os.listdir(folder))
+    ['cfg.json', 'sae_weights.safetensors']
+    >>> loaded, info = load_sae(folder)
+    >>> x = torch.randn(4, 16)
+    >>> torch.allclose(loaded(x)[0], layer(x)[0], atol=1e-6), info["format"], info["hook_name"]
+    (True, 'saelens', 'pooled.mean')
+
+Same-folder imports only (remote-code export copies this folder next to the weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .feature_layers import FeatureLayerSettings
+from .sae import SparseAutoencoder, SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
+
+__all__ = ["SAE_FORMATS", "load_sae", "model_from_sae", "resolve_sae_folder", "save_sae"]
+
+#: the checkpoint formats :func:`save_sae` writes and :func:`load_sae` reads
+SAE_FORMATS = ("saelens", "sparsify")
+_CONFIG = "cfg.json"
+_WEIGHTS = {"saelens": "sae_weights.safetensors", "sparsify": "sae.safetensors"}
+# the SAELens release whose format is written (its loader reads metadata.sae_lens_version >= 6 as
+# the current format)
+_SAELENS_VERSION = "6.54.12"
+_SAELENS_ARCHITECTURES = {"topk": "topk", "sae": "standard"}
+
+
+def save_sae(
+    model_or_layer: nn.Module,
+    folder: str | os.PathLike,
+    format: str = "saelens",
+    *,
+    backbone: str | None = None,
+    pooling: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> str:
+    """Write the SAE of ``model_or_layer`` to ``folder`` as a SAELens or sparsify checkpoint; return ``folder``.
+
+    Args:
+        model_or_layer: an ``sae``/``topk`` feature layer, or a MonoSemantic model (base or classifier)
+            whose feature layer is one; a model also gives the backbone id (``config.backbone``, else
+            the backbone's ``name_or_path``) and the pooling.
+        folder: created if missing; ``cfg.json`` and ``sae_weights.safetensors`` (SAELens) or
+            ``sae.safetensors`` (sparsify) are written into it.
+        format: ``"saelens"`` (architecture ``topk`` or ``standard``) or ``"sparsify"`` (``topk`` only).
+        backbone, pooling: override what the model says (or say it, for a bare layer); they go into the
+            metadata only.
+        dtype: of the written weights.
+    """
+    if format not in SAE_FORMATS:
+        raise ValueError(f"format={format!r} is not valid; allowed: {', '.join(map(repr, SAE_FORMATS))}")
+    layer, found_backbone, found_pooling = _sae_of(model_or_layer)
+    backbone = backbone if backbone is not None else found_backbone
+    pooling = pooling if pooling is not None else found_pooling
+    ours = {
+        "kind": layer.kind,
+        "normalize_input": bool(layer.normalize_input),
+        "pooling": pooling,
+        "backbone": backbone,
+        "sparsity_weight": float(layer.settings.sparsity_weight),
+        "reconstruction_weight": float(layer.settings.reconstruction_weight),
+    }
+    with torch.no_grad():
+        weight = layer.encoder.weight.detach().float().cpu()
+        bias = layer.encoder.bias.detach().float().cpu()
+        decoder = layer.decoder.weight.detach().float().cpu().t()
+        pre_bias = layer.pre_bias.detach().float().cpu()
+    if format == "saelens":
+        config, tensors = _to_saelens(layer, weight, bias, decoder, pre_bias, backbone, pooling, ours, dtype)
+    else:
+        config, tensors = _to_sparsify(layer, weight, bias, decoder, pre_bias, ours)
+    os.makedirs(folder, exist_ok=True)
+    save_file({name: t.to(dtype).contiguous() for name, t in tensors.items()}, os.path.join(folder, _WEIGHTS[format]))
+    with open(os.path.join(folder, _CONFIG), "w") as f:
+        json.dump(config, f, indent=2)
+    return os.fspath(folder)
+
+
+def _sae_of(model_or_layer: nn.Module) -> tuple[SparseAutoencoder, str | None, str | None]:
+    layer = getattr(model_or_layer, "feature_layer", model_or_layer)
+    if not isinstance(layer, SparseAutoencoder) or layer.kind not in _SAELENS_ARCHITECTURES:
+        raise ValueError(
+            f"{type(layer).__name__} is not a sparse autoencoder; allowed: a feature layer of kind 'sae' or "
+            "'topk', or a MonoSemantic model with one"
+        )
+    config = getattr(model_or_layer, "config", None)
+    if config is None:
+        return layer, None, None
+    backbone = getattr(config, "backbone", None)
+    if not backbone:
+        inner = getattr(model_or_layer, "backbone", None)
+        backbone = getattr(getattr(inner, "config", None), "name_or_path", None) or None
+    return layer, backbone, getattr(config, "pooling", None)
+
+
+def _to_saelens(layer, weight, bias, decoder, pre_bias, backbone, pooling, ours, dtype):
+    dim = layer.input_dim
+    scale = math.sqrt(dim) if layer.normalize_input else 1.0
+    config: dict[str, Any] = {
+        "architecture": _SAELENS_ARCHITECTURES[layer.kind],
+        "d_in": dim,
+        "d_sae": layer.feature_dim,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "constant_norm_rescale" if layer.normalize_input else "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": _SAELENS_VERSION,
+            "sae_lens_training_version": None,
+            "model_name": backbone,
+            "hook_name": f"pooled.{pooling}" if pooling else "pooled",
+            "hf_monosem": ours,
+        },
+    }
+    if layer.kind == "topk":
+        config.update(k=layer.k, rescale_acts_by_decoder_norm=False)
+    tensors = {"W_enc": weight.t() / scale, "b_enc": bias, "W_dec": decoder * scale, "b_dec": pre_bias * scale}
+    return config, tensors
+
+
+def _to_sparsify(layer, weight, bias, decoder, pre_bias, ours):
+    if layer.kind != "topk":
+        raise ValueError(f"sparsify has TopK sparse coders only; a {layer.kind!r} layer can be saved as format='saelens'")
+    config = {
+        "activation": "topk",
+        "expansion_factor": max(1, layer.feature_dim // layer.input_dim),
+        "normalize_decoder": True,
+        "num_latents": layer.feature_dim,
+        "k": layer.k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": layer.input_dim,
+        "hf_monosem": ours,
+    }
+    return config, {"encoder.weight": weight, "encoder.bias": bias, "W_dec": decoder, "b_dec": pre_bias}
+
+
+def resolve_sae_folder(
+    folder_or_hub_id: str | os.PathLike,
+    subfolder: str | None = None,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> str:
+    """The local folder of an SAE checkpoint: ``folder_or_hub_id`` (+ ``subfolder``) if it is a folder,
+    else a Hub repository downloaded with ``huggingface_hub.snapshot_download`` (only ``subfolder``'s
+    files when given). Offline (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``) the cached snapshot is used.
+    """
+    if os.path.isdir(folder_or_hub_id):
+        folder = os.path.join(folder_or_hub_id, subfolder) if subfolder else os.fspath(folder_or_hub_id)
+    else:
+        from huggingface_hub import snapshot_download
+
+        root = snapshot_download(
+            os.fspath(folder_or_hub_id),
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            allow_patterns=[f"{subfolder.strip('/')}/*"] if subfolder else None,
+        )
+        folder = os.path.join(root, subfolder) if subfolder else root
+    if not os.path.isfile(os.path.join(folder, _CONFIG)):
+        present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        raise FileNotFoundError(
+            f"no {_CONFIG} in {folder} (it holds {present}); an SAE checkpoint is a folder with {_CONFIG} and "
+            f"{' or '.join(_WEIGHTS.values())}; pass subfolder= if the SAE sits in a folder of the repository"
+        )
+    return folder
+
+
+def load_sae(
+    folder_or_hub_id: str | os.PathLike,
+    subfolder: str | None = None,
+    *,
+    format: str | None = None,
+    normalize_input: bool | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> tuple[SparseAutoencoder, dict[str, Any]]:
+    """Read a SAELens or sparsify checkpoint (a folder or a Hub id, see :func:`resolve_sae_folder`) into
+    an ``sae``/``topk`` feature layer; return ``(layer, info)``.
+
+    ``format`` is detected from the weights file when ``None``. ``normalize_input`` overrides what the
+    checkpoint says about L2-normalising the input (sparsify checkpoints not written here say nothing:
+    no normalisation). ``info`` holds ``format``, ``architecture``, ``model_name``, ``hook_name``,
+    ``pooling`` and ``folder``. The layer is in eval mode, in fp32.
+    """
+    folder = resolve_sae_folder(
+        folder_or_hub_id, subfolder, revision=revision, token=token, cache_dir=cache_dir,
+        local_files_only=local_files_only,
+    )
+    if format is None:
+        found = [name for name, weights in _WEIGHTS.items() if os.path.isfile(os.path.join(folder, weights))]
+        if not found:
+            raise FileNotFoundError(f"{folder} has {_CONFIG} but neither of {', '.join(_WEIGHTS.values())}")
+        format = found[0]
+    elif format not in SAE_FORMATS:
+        raise ValueError(f"format={format!r} is not valid; allowed: None, {', '.join(map(repr, SAE_FORMATS))}")
+    with open(os.path.join(folder, _CONFIG)) as f:
+        config = json.load(f)
+    tensors = {name: t.float() for name, t in load_file(os.path.join(folder, _WEIGHTS[format])).items()}
+    reader = _from_saelens if format == "saelens" else _from_sparsify
+    kind, dim, width, k, normalized, tensors, info = reader(config, tensors)
+    ours = info.pop("ours")
+    if normalize_input is not None:
+        normalized = bool(normalize_input)
+    settings_kwargs = {
+        name: ours[name] for name in ("sparsity_weight", "reconstruction_weight") if ours.get(name) is not None
+    }
+    settings = FeatureLayerSettings(feature_dim=width, topk=k, sae_normalize_input=normalized, **settings_kwargs)
+    cls = TopKSparseAutoencoderFeatures if kind == "topk" else SparseAutoencoderFeatures
+    layer = cls(dim, settings)
+    layer.load_state_dict(tensors)
+    layer.eval()
+    info.update(format=format, folder=folder, normalize_input=normalized)
+    info.setdefault("pooling", ours.get("pooling"))
+    return layer, info
+
+
+def _from_saelens(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    metadata = config.get("metadata") or {}
+    architecture = config.get("architecture", "standard")
+    legacy_k = (config.get("activation_fn_kwargs") or {}).get("k")
+    if architecture == "standard" and config.get("activation_fn", config.get("activation_fn_str")) == "topk":
+        architecture = "topk"  # SAELens < 6 wrote TopK SAEs as standard + activation_fn="topk"
+    kinds = {value: key for key, value in _SAELENS_ARCHITECTURES.items()}
+    if architecture not in kinds:
+        raise ValueError(
+            f"SAELens architecture {architecture!r} has no feature layer here; allowed: "
+            f"{', '.join(map(repr, kinds))}"
+        )
+    if config.get("finetuning_scaling_factor"):
+        raise ValueError("SAELens checkpoints with a finetuning scaling factor are not supported")
+    normalization = config.get("normalize_activations") or "none"
+    if normalization not in ("none", "expected_average_only_in", "constant_norm_rescale"):
+        raise ValueError(
+            f"SAELens normalize_activations={normalization!r} has no counterpart here (the feature layer "
+            "L2-normalises its input or leaves it alone); allowed: 'none', 'expected_average_only_in', "
+            "'constant_norm_rescale'"
+        )
+    dim, width = int(config["d_in"]), int(config["d_sae"])
+    w_enc, b_enc, w_dec, b_dec = (tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    if config.get("rescale_acts_by_decoder_norm"):  # fold the decoder norms into the encoder
+        norms = w_dec.norm(dim=-1).clamp_min(1e-8)
+        w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms.unsqueeze(-1)
+    if not config.get("apply_b_dec_to_input", True):  # we always subtract the pre-bias: fold it back in
+        b_enc = b_enc + b_dec @ w_enc
+    normalized = normalization == "constant_norm_rescale"
+    scale = math.sqrt(dim) if normalized else 1.0
+    state = {
+        "pre_bias": b_dec / scale,
+        "encoder.weight": (w_enc * scale).t().contiguous(),
+        "encoder.bias": b_enc,
+        "decoder.weight": (w_dec / scale).t().contiguous(),
+    }
+    kind = kinds[architecture]
+    k = int(config.get("k", legacy_k or 0)) if kind == "topk" else None
+    info = {
+        "architecture": architecture,
+        "model_name": metadata.get("model_name", config.get("model_name")),
+        "hook_name": metadata.get("hook_name", config.get("hook_name")),
+        "ours": metadata.get("hf_monosem") or {},
+    }
+    return kind, dim, width, k, normalized, state, info
+
+
+def _from_sparsify(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    if config.get("activation", "topk") != "topk":
+        raise ValueError(f"sparsify activation={config.get('activation')!r} has no feature layer here; allowed: 'topk'")
+    for flag in ("skip_connection", "transcode"):  # (multi_topk changes the training loss only)
+        if config.get(flag):
+            raise ValueError(f"sparsify coders with {flag}=True have no feature layer here")
+    dim = int(config["d_in"])
+    width = int(config.get("num_latents") or dim * int(config.get("expansion_factor", 32)))
+    ours = config.get("hf_monosem") or {}
+    state = {
+        "pre_bias": tensors["b_dec"],
+        "encoder.weight": tensors["encoder.weight"],
+        "encoder.bias": tensors["encoder.bias"],
+        "decoder.weight": tensors["W_dec"].t().contiguous(),
+    }
+    info = {"architecture": "topk", "model_name": ours.get("backbone"), "hook_name": None, "ours": ours}
+    return "topk", dim, width, int(config["k"]), bool(ours.get("normalize_input", False)), state, info
+
+
+def model_from_sae(
+    model_class: type,
+    backbone: Any,
+    sae: str | os.PathLike,
+    *,
+    subfolder: str | None = None,
+    sae_revision: str | None = None,
+    local_files_only: bool = False,
+    normalize_input: bool | None = None,
+    **config_kwargs: Any,
+):
+    """``model_class.from_backbone(backbone, ...)`` with the SAE checkpoint ``sae`` as its feature layer.
+
+    What :meth:`MonoSemanticModel.from_sae <hf_monosem.MonoSemanticModel.from_sae>` does (see there);
+    ``model_class`` is any MonoSemantic model class.
+    """
+    set_by_sae = sorted({"feature_layer", "feature_dim", "topk", "sae_normalize_input"} & set(config_kwargs))
+    if set_by_sae:
+        raise ValueError(f"{set_by_sae} are set by the SAE checkpoint; pass normalize_input= to override its normalisation")
+    # token / cache_dir serve the SAE's download, and the backbone's when it is a Hub id or folder too
+    hub = {key: config_kwargs.get(key) for key in ("token", "cache_dir")}
+    if not isinstance(backbone, (str, os.PathLike)):
+        for key in hub:
+            config_kwargs.pop(key, None)
+    layer, info = load_sae(
+        sae, subfolder, revision=sae_revision, local_files_only=local_files_only, normalize_input=normalize_input,
+        **hub,
+    )
+    if info.get("pooling") and "pooling" not in config_kwargs:
+        config_kwargs["pooling"] = info["pooling"]
+    config_kwargs.setdefault("freeze_backbone", True)  # the SAE was fitted on this backbone's vectors
+    settings = layer.settings
+    model = model_class.from_backbone(
+        backbone,
+        feature_layer=layer.kind,
+        feature_dim=layer.feature_dim,
+        sae_normalize_input=layer.normalize_input,
+        sparsity_weight=settings.sparsity_weight,
+        reconstruction_weight=settings.reconstruction_weight,
+        **({"topk": layer.k} if layer.kind == "topk" else {}),
+        **config_kwargs,
+    )
+    if model.feature_layer.input_dim != layer.input_dim:
+        raise ValueError(
+            f"the SAE in {info['folder']} reads {layer.input_dim}-d vectors, but this backbone's pooled vector "
+            f"is {model.feature_layer.input_dim}-d"
+        )
+    model.feature_layer.load_state_dict(layer.state_dict())
+    model.eval()
+    return model
