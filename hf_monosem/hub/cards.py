@@ -318,6 +318,8 @@ def _default_recipe(config: MonoSemanticConfig) -> str:
         f"- feature layer: {_FEATURE_LAYER_TEXT.get(config.feature_layer, config.feature_layer)}",
         f"- backbone {'frozen (linear probing)' if config.freeze_backbone else 'fine-tuned with the head'}",
     ]
+    if getattr(config, "freeze_feature_layer", False):
+        lines.append("- feature layer frozen: the backbone was trained through it (the paper's NCE fine-tuning)")
     if config.feature_layer in ("sae", "topk"):
         lines.append(f"- reconstruction weight {config.reconstruction_weight}" + (
             f", L1 weight {config.sparsity_weight}" if config.feature_layer == "sae" else f", k = {config.topk}"))

@@ -89,6 +89,12 @@ class MonoSemanticConfig(PreTrainedConfig):
             filled in here: ``feature_dim // 8``, the paper's ratio).
         pooling: ``"cls"``, ``"mean"``, ``"last"`` or ``"pooler"``; default chosen per backbone family.
         freeze_backbone: train only the feature layer and head (linear probing).
+        freeze_feature_layer: keep the feature layer's weights fixed (``requires_grad=False``, so the
+            Trainer's optimizer skips them) while the backbone and head train *through* it: the paper's
+            "NCE" fine-tuning of a pretrained SimCLR/NCL projector (its ReLU included) with the classifier
+            on top. Gradients still flow through the frozen layer to the backbone, and its auxiliary loss
+            terms (if any) still reach the backbone. Feature layers have no dropout or BatchNorm, so the
+            layer needs no eval mode. With ``freeze_backbone`` too only the head trains.
         classifier_dropout: dropout on the features before the classifier.
         temperature: InfoNCE temperature for contrastive pretraining (0.2, as in the paper).
 
@@ -136,6 +142,7 @@ class MonoSemanticConfig(PreTrainedConfig):
     activation_loss_weight: float = FeatureLayerSettings.activation_loss_weight
     pooling: str | None = None
     freeze_backbone: bool = False
+    freeze_feature_layer: bool = False
     classifier_dropout: float = 0.0
     temperature: float = 0.2
     initializer_range: float = 0.02
@@ -216,6 +223,8 @@ class MonoSemanticConfig(PreTrainedConfig):
         settings = layer_class.settings_class.from_config(self)  # validates the feature layer's fields
         if self.topk is None and self.feature_layer == "topk":
             self.topk = settings.resolved_topk
+        if not isinstance(self.freeze_feature_layer, bool):
+            raise _bad("freeze_feature_layer", self.freeze_feature_layer, "True or False")
         if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
             raise _bad("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:

@@ -72,7 +72,7 @@ class MonoSemanticClassifierOutput(ModelOutput):
 
 
 class MonoSemanticPreTrainedModel(PreTrainedModel):
-    """Shared plumbing: config class, weight init, checkpoint loading, backbone freezing."""
+    """Shared plumbing: config class, weight init, checkpoint loading, backbone / feature-layer freezing."""
 
     config_class = MonoSemanticConfig
     base_model_prefix = "monosemantic"
@@ -172,10 +172,16 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
                 hf_init.zeros_(module.bias)
 
     def _apply_backbone_freezing(self) -> None:
+        """``freeze_backbone`` and ``freeze_feature_layer``: those parts get ``requires_grad=False``
+        (run at construction and again after ``from_pretrained``, which may hand in new parameters)."""
         base = getattr(self, self.base_model_prefix, self)
         if self.config.freeze_backbone:
             base.backbone.requires_grad_(False)
             base.backbone.eval()
+        if self.config.freeze_feature_layer:
+            # no eval() needed: feature layers have no dropout / BatchNorm; the backbone and head still
+            # train through the fixed layer (the backbone is not run under no_grad for this flag)
+            base.feature_layer.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)

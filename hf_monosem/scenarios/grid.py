@@ -29,7 +29,9 @@ import torch
 from datasets import Dataset, Features
 
 from ..cached.probe_grid import ProbeGrid, train_probe_grid
+from ..cached.scaling import equalize_scales
 from .labels import add_label_noise
+from .protocols import ProbeProtocol
 from .splits import few_shot
 
 __all__ = [
@@ -66,7 +68,10 @@ class Track:
     ``pairs`` lists the (poly, mono) representations the tables compare. For the fine-tune mode,
     ``finetune_models`` maps a method to a factory of a fresh pretrained classifier, and
     ``datasets[key]`` holds the model-ready rows behind each feature key (with a ``label`` column; a
-    ``datasets.Dataset`` or :class:`TensorRows`).
+    ``datasets.Dataset`` or :class:`TensorRows`). ``train_views[representation]`` are optional
+    ``[K, N_train, F]`` augmented views of the training rows (for protocols with
+    ``augmented_views``), and ``scale_reference`` the representation whose mean norm protocols with
+    ``equalize_scale`` rescale the others to (default: the first pair's poly side).
     """
 
     name: str
@@ -84,6 +89,12 @@ class Track:
     finetune_pairs: list[tuple[str, str]] = field(default_factory=list)
     datasets: dict[str, Any] = field(default_factory=dict)
     collator: Callable | None = None
+    train_views: dict[str, torch.Tensor] = field(default_factory=dict)
+    scale_reference: str | None = None
+    #: classes of the domain-shift task when it is another data set (default ``num_labels``)
+    domain_num_labels: int | None = None
+    #: per protocol and representation: the probe learning rate used and, if chosen, the held-out scores
+    probe_selection: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class TensorRows(torch.utils.data.Dataset):
@@ -219,6 +230,8 @@ def label_noise_probe_grid(
     batch_size: int = 256,
     num_labels: int | None = None,
     label_draws: torch.Tensor | None = None,
+    unaugmented_train_features: torch.Tensor | None = None,
+    **training: Any,
 ) -> LabelNoiseProbes:
     """Linear probes on symmetric-noise training labels, every (rate, seed) in one batched grid.
 
@@ -227,7 +240,9 @@ def label_noise_probe_grid(
     Adam budget for all (fixed epochs, no early stopping on the noisy labels), and is scored on the
     clean ``y_test``. ``label_feature`` is the labels' ``ClassLabel``; ``num_labels`` defaults to its
     size. ``label_draws`` (from :func:`noisy_label_draws` with the same rates and seeds) lets several
-    representations share one set of draws.
+    representations share one set of draws. ``train_features`` may be ``[K, N, F]`` augmented views;
+    the fit to the training labels is then measured on ``unaugmented_train_features``. Other
+    keyword arguments (``optimizer``, ``schedule``, ...) go to :func:`~hf_monosem.cached.train_probe_grid`.
 
     Example:
         >>> from datasets import ClassLabel
@@ -252,15 +267,18 @@ def label_noise_probe_grid(
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
+        **training,
     )
     shape = (len(rates), len(seeds))
+    if unaugmented_train_features is None:
+        unaugmented_train_features = train_features if train_features.dim() == 2 else train_features[0]
     return LabelNoiseProbes(
         rates=rates,
         seeds=seeds,
         grid=grid,
         labels=label_draws,
         test_accuracy=grid.accuracy(test_features, y_test).view(shape),
-        train_fit=grid.accuracy(train_features, label_draws).view(shape),
+        train_fit=grid.accuracy(unaugmented_train_features, label_draws).view(shape),
     )
 
 
@@ -277,52 +295,90 @@ def _record(track, mode, method, scenario, level, seed, accuracy, **extra) -> di
     }
 
 
+def _protocol_inputs(track: Track, protocol: ProbeProtocol) -> tuple[dict, dict]:
+    """The track's features (and augmented training views) as ``protocol`` probes them."""
+    features = dict(track.features)
+    views = dict(track.train_views) if protocol.augmented_views else {}
+    if protocol.equalize_scale:
+        reference = track.scale_reference or track.pairs[0][0]
+        features = {name: dict(f) for name, f in features.items()}
+        scales = equalize_scales(features, reference)
+        views = {name: v * scales[name] for name, v in views.items()}
+    return features, views
+
+
+def _selection_labels(track: Track, protocol: ProbeProtocol) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy training labels (rate ``selection_rate``, seed 0) and the held-out rows lr selection scores."""
+    y_train = track.labels[TRAIN]
+    noisy = noisy_label_draws(y_train, track.label_feature, [protocol.selection_rate], [0])[0]
+    n = len(y_train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return noisy, order[: max(1, int(n * protocol.selection_fraction))]
+
+
 def probe_records(
     track: Track,
     rates: list[float],
     shots: list[int],
     seeds: list[int],
     *,
-    epochs: int,
-    lr: float,
+    epochs: int = 50,
+    lr: float = 1e-3,
     batch_size: int = 256,
+    protocol: ProbeProtocol | None = None,
 ) -> list[dict[str, Any]]:
-    """Linear probes on every representation of ``track`` over all scenarios (same budget for all).
+    """Linear probes on every representation of ``track`` over all scenarios (same protocol for all).
 
     One record per (representation, scenario, level, seed): ``label_noise`` at each rate, every
     input-noise cell of the track (the clean-label probes on the perturbed test features; needs
     ``0.0`` in ``rates``), ``few_shot`` at each k, ``domain_shift_in_domain`` and ``domain_shift_shifted``.
+    ``protocol`` (:mod:`hf_monosem.scenarios.protocols`) says how probes train; without one, AdamW at
+    ``lr`` for ``epochs`` on the features as given (protocol name ``"fixed"``). Each record names its
+    protocol and probe learning rate; the chosen rates are kept in ``track.probe_selection``.
     """
+    if protocol is None:
+        protocol = ProbeProtocol("fixed", lr=lr, epochs=epochs, batch_size=batch_size)
+    features, views = _protocol_inputs(track, protocol)
     records = []
     y_train, y_test = track.labels[TRAIN], track.labels[TEST]
     draws = noisy_label_draws(y_train, track.label_feature, rates, seeds)
     shot_rows = {k: few_shot_rows(y_train, track.label_feature, k, seeds) for k in shots}
-    budget = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
-    for name, f in track.features.items():
+    selection = _selection_labels(track, protocol) if protocol.lr_grid else None
+    chosen = track.probe_selection.setdefault(protocol.name, {})
+    for name, f in features.items():
+        train = views.get(name, f[TRAIN])  # [K, N, F] augmented views where the protocol uses them
+        lr_used, scores = (protocol.select_lr(train, selection[0], track.num_labels, seeds, selection[1])
+                           if selection is not None else (protocol.lr, {}))  # fmt: skip
+        chosen[name] = {"lr": lr_used, "held_out_accuracy": scores}
+        budget = protocol.training_kwargs(lr_used)
+        tags = {"protocol": protocol.name, "probe_lr": lr_used}
 
-        def add(scenario, level, accs, name=name):
+        def add(scenario, level, accs, name=name, tags=tags):
             records.extend(
-                _record(track.name, "probe", name, scenario, level, s, a) for s, a in zip(seeds, accs.tolist())
+                _record(track.name, "probe", name, scenario, level, s, a, **tags) for s, a in zip(seeds, accs.tolist())
             )
 
         noisy = label_noise_probe_grid(
-            f[TRAIN], f[TEST], y_train, y_test, track.label_feature, rates, seeds,
-            num_labels=track.num_labels, label_draws=draws, **budget,
+            train, f[TEST], y_train, y_test, track.label_feature, rates, seeds, num_labels=track.num_labels,
+            label_draws=draws, unaugmented_train_features=f[TRAIN], **budget,
         )  # fmt: skip
         for i, r in enumerate(rates):
-            add("label_noise", r, noisy.test_accuracy[i])
+            records.extend(
+                _record(track.name, "probe", name, "label_noise", r, s, a, train_fit=float(fit), **tags)
+                for s, a, fit in zip(seeds, noisy.test_accuracy[i].tolist(), noisy.train_fit[i].tolist())
+            )
         if 0.0 in rates:  # the probes trained on clean labels, tested on perturbed inputs
             clean = noisy.at(0.0)
             for scenario, level, key in track.noise_cells:
                 add(scenario, level, clean.accuracy(f[key], track.labels[key]))
         for k, rows in shot_rows.items():
-            grid = train_probe_grid(
-                f[TRAIN], y_train.expand(len(seeds), -1), track.num_labels, rows=rows, seeds=seeds, **budget
-            )
+            grid = train_probe_grid(train, y_train.expand(len(seeds), -1), track.num_labels, rows=rows, seeds=seeds,
+                                    **budget)  # fmt: skip
             add("few_shot", k, grid.accuracy(f[TEST], y_test))
         y_domain = track.labels[DOMAIN_TRAIN]
+        domain_labels = track.domain_num_labels or track.num_labels
         grid = train_probe_grid(
-            f[DOMAIN_TRAIN], y_domain.expand(len(seeds), -1), track.num_labels, seeds=seeds, **budget
+            f[DOMAIN_TRAIN], y_domain.expand(len(seeds), -1), domain_labels, seeds=seeds, **budget
         )
         add("domain_shift_in_domain", 0, grid.accuracy(f[DOMAIN_TEST], track.labels[DOMAIN_TEST]))
         add("domain_shift_shifted", 0, grid.accuracy(f[DOMAIN_SHIFTED], track.labels[DOMAIN_SHIFTED]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -15,7 +16,6 @@ from ._checks import (
     _check_fraction,
     _check_int,
     _check_seed,
-    _exact_count,
     _integer_labels,
     _replace_column,
 )
@@ -26,6 +26,42 @@ LABEL_NOISE_KINDS = ("symmetric", "asymmetric")
 
 #: column that keeps the original label next to a noisy one
 CLEAN_LABEL_COLUMN = "clean_label"
+
+
+def _floor_count(rate: float, n: int) -> int:
+    """``floor(n * rate)`` (the authors' count), forgiving floating-point error: ``0.29 * 100`` is
+    ``28.999999999999996`` in floats and still moves 29 labels (the product is off by at most a few
+    units in the last place; a relative 1e-12 below an integer counts as that integer)."""
+    product = rate * n
+    count = math.floor(product)
+    if math.isclose(product, count + 1, rel_tol=1e-12, abs_tol=0.0):
+        count += 1
+    return min(n, count)
+
+
+def _max_symmetric_rate_text(num_classes: int) -> str:
+    """``(C-1)/C`` to 3 significant digits, with enough more that it never prints as 1."""
+    return f"{(num_classes - 1) / num_classes:.{max(3, len(str(num_classes)) + 1)}g}"
+
+
+def _check_symmetric_rate(rate: float, num_classes: int, num_rows: int) -> None:
+    """Refuse a symmetric rate at or above ``(C-1)/C``: there the noisy labels carry no signal."""
+    if rate == 0:
+        return  # nothing is moved: every number of classes is fine
+    if num_classes < 2:
+        if num_rows:
+            raise ValueError(
+                f"num_classes={num_classes} is not allowed for symmetric noise at rate={rate!r}: there is no other "
+                "class to move a label to; allowed: at least 2 classes, or rate=0"
+            )
+        return
+    if rate >= (num_classes - 1) / num_classes:
+        limit = _max_symmetric_rate_text(num_classes)
+        raise ValueError(
+            f"label noise rate={rate!r} with {num_classes} classes is not valid: at rate >= (C-1)/C = {limit} the "
+            "noisy labels carry no signal about the true class (a wrong class is at least as likely as the "
+            f"true one); allowed: 0 <= rate < {limit}"
+        )
 
 
 def add_label_noise(
@@ -41,11 +77,20 @@ def add_label_noise(
 ) -> DatasetLike:
     """Corrupt a fraction ``rate`` of the labels; the original label is kept in ``clean_label``.
 
-    - ``kind="symmetric"``: exactly ``round(rate * n)`` examples (a seeded permutation picks them)
-      get a label drawn uniformly from the *other* classes, so ``rate`` is the true corruption rate.
+    - ``kind="symmetric"``: exactly ``floor(rate * n)`` examples (the authors' count; a seeded
+      permutation picks them) each get a label drawn uniformly from the *other* ``C - 1`` classes, so
+      every picked label really changes and ``rate`` is the true corruption rate (up to the floor).
+      ``rate`` must be below ``(C-1)/C`` (``C`` = number of classes; 0.5 for 2 classes, 0.667 for 3,
+      0.9 for 10): at ``(C-1)/C`` a noisy label is uniform over all classes whatever the true one,
+      so a higher rate is refused with a :class:`ValueError` before any work. ``rate=0`` is always
+      allowed.
     - ``kind="asymmetric"``: class-pair flips ``c -> transition[c]`` (default ``c -> (c + 1) % C``);
-      exactly ``round(rate * n_eligible)`` of the examples whose class is flipped by ``transition``
-      are changed (with the default transition every example is eligible).
+      exactly ``floor(rate * n_eligible)`` of the examples whose class is flipped by ``transition``
+      are changed (with the default transition every example is eligible); any ``rate`` in
+      ``[0, 1]`` is allowed.
+
+    The floor forgives floating-point error: ``0.29`` of 100 labels moves 29, although ``0.29 * 100``
+    is ``28.999999999999996`` in floats.
 
     A ``clean_label`` column that already exists is kept (noise applied twice still remembers the
     original labels); the noise is applied to the current ``label_column``. ``num_classes`` defaults
@@ -59,6 +104,10 @@ def add_label_noise(
         >>> noisy = add_label_noise(ds, 0.5, kind="asymmetric", seed=1)
         >>> noisy["clean_label"][:], sum(a != b for a, b in zip(noisy["label"], noisy["clean_label"]))
         ([0, 1, 2, 0, 1, 2], 3)
+        >>> add_label_noise(ds, 0.7)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: label noise rate=0.7 with 3 classes is not valid: at rate >= (C-1)/C = 0.667 ...; allowed: 0 <= rate < 0.667
     """
     rate = _check_fraction("rate", rate)
     _check_choice("kind", kind, LABEL_NOISE_KINDS)
@@ -85,10 +134,7 @@ def add_label_noise(
             )
         mapping = None
         if kind == "symmetric":
-            if n_cls < 2 and _exact_count(rate, labels.size) > 0:
-                raise ValueError(
-                    f"num_classes={n_cls} is not allowed for symmetric noise; allowed: at least 2 classes"
-                )
+            _check_symmetric_rate(rate, n_cls, labels.size)
         else:
             mapping = np.arange(n_cls)
             pairs = transition if transition is not None else {c: (c + 1) % n_cls for c in range(n_cls)}
@@ -114,12 +160,12 @@ def add_label_noise(
         rng = np.random.default_rng(seed)
         noisy = labels.copy()
         if kind == "symmetric":
-            chosen = rng.permutation(labels.size)[: _exact_count(rate, labels.size)]
+            chosen = rng.permutation(labels.size)[: _floor_count(rate, labels.size)]
             if chosen.size:  # a shift in [1, C) mod C is uniform over the other classes, never the same
                 noisy[chosen] = (labels[chosen] + rng.integers(1, n_cls, size=chosen.size)) % n_cls
         else:
             eligible = np.flatnonzero(mapping[labels] != labels)
-            chosen = rng.permutation(eligible)[: _exact_count(rate, eligible.size)]
+            chosen = rng.permutation(eligible)[: _floor_count(rate, eligible.size)]
             noisy[chosen] = mapping[labels[chosen]]
         feature = ds.features[label_column]
         if CLEAN_LABEL_COLUMN not in ds.column_names:

@@ -72,6 +72,16 @@ def test_default_targets_are_per_family_and_stay_inside_the_backbone(family, exp
     assert trainable == {"feature_layer", "classifier"}  # head trained fully, backbone frozen apart from LoRA
 
 
+def test_a_frozen_feature_layer_stays_frozen_under_lora():
+    """peft trains a copy of every module in modules_to_save: a frozen projector must not be one of them."""
+    model, _ = build("bert", freeze_feature_layer=True)
+    peft_model = add_lora(model, r=2)
+    trainable = {n.split(".modules_to_save.")[0].split(".")[-1] for n, p in peft_model.named_parameters()
+                 if p.requires_grad and "lora_" not in n}
+    assert trainable == {"classifier"}
+    assert not any(p.requires_grad for n, p in peft_model.named_parameters() if "feature_layer" in n)
+
+
 def test_lora_head_trains_round_trips_and_merges(tmp_path):
     model, inputs = build("bert", "sae")
     model.save_pretrained(tmp_path / "base")

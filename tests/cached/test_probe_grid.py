@@ -135,3 +135,97 @@ def test_minibatches_sizes_skipping_and_validation():
     for kwargs, fragment in (({"batch_size": 0}, "batch_size=0"), ({"epochs": -1}, "epochs=-1"), ({"n": 0}, "n=0")):
         with pytest.raises(ValueError, match=fragment):
             MiniBatches(**{"n": 9, "batch_size": 4, "seed": 0, "epochs": 1, **kwargs})
+
+
+def single_probe_sgd(x, y, epochs, lr, batch_size, seed, *, weight_decay, lars, warmup_epochs, views=None):
+    """Reference for the SGD / LARS + warmup-cosine recipe: one probe, solo-learn's LARS written plainly,
+    and (with ``views``) the augmentation done on the fly: ``views(epoch_choice) -> [N, F]``."""
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(x.shape[1], int(y.max()) + 1, generator=g) * 0.02
+    b = torch.zeros(w.shape[1])
+    mw, mb = None, None
+    n = len(y)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
+    step = 0
+    for _ in range(epochs):
+        feats = x if views is None else views(torch.randint(views.k, (n,), generator=g))
+        order = torch.randperm(n, generator=g)
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            wg, bg = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+            F.cross_entropy(feats[idx] @ wg + bg, y[idx]).backward()
+            if step < warm:
+                rate = 3e-5 + step * (lr - 3e-5) / (warm - 1)
+            else:
+                rate = 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+            dw, db = wg.grad, bg.grad
+            if lars:
+                trust = min(0.02 * w.norm() / (dw.norm() + w.norm() * weight_decay + 1e-8) / rate, 1.0)
+                dw = (dw + weight_decay * w) * trust
+            else:
+                dw, db = dw + weight_decay * w, db + weight_decay * b  # torch's SGD decays every parameter
+            mw = dw.clone() if mw is None else 0.9 * mw + dw
+            mb = db.clone() if mb is None else 0.9 * mb + db
+            w, b = w - rate * mw, b - rate * mb
+            step += 1
+    return w, b
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_sgd_and_lars_with_warmup_cosine_equal_the_plain_recipe(optimizer):
+    torch.manual_seed(0)
+    x = torch.randn(90, 6) * 3
+    y = torch.stack([(x[:, 0] > 0).long() + (x[:, 1] > 0).long(), torch.randint(0, 3, (90,))])
+    kwargs = dict(epochs=6, lr=0.4, batch_size=16, weight_decay=1e-4)
+    grid = train_probe_grid(x, y, 3, seeds=[3, 4], optimizer=optimizer, schedule="warmup_cosine", warmup_epochs=2,
+                            **kwargs)
+    for p, seed in enumerate([3, 4]):
+        w, b = single_probe_sgd(x, y[p], seed=seed, lars=optimizer == "lars", warmup_epochs=2, **kwargs)
+        torch.testing.assert_close(grid.weight[p], w, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(grid.bias[p], b, rtol=1e-4, atol=1e-5)
+
+
+def test_k_view_cache_gives_the_probe_of_augmenting_on_the_fly():
+    """The cached route (K augmented views extracted once, one drawn per image and epoch) trains the
+    same probe as augmenting every epoch's batch again through the encoder with the same generators."""
+    from hf_monosem.cached.extraction import augmented_view_features, view_generator
+    from hf_monosem.training import ImageViews
+
+    torch.manual_seed(0)
+    images = torch.randn(40, 1, 8, 8)
+    y = (images.mean((1, 2, 3)) > 0).long()
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.ReLU()).eval()
+    views = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5)
+    k, block = 4, 16
+    cache = augmented_view_features(encoder, images, views, k, seed=7, batch_size=block)
+    assert cache.shape == (k, 40, 12) and not torch.allclose(cache[0], cache[1])  # the views differ
+
+    def on_the_fly(choice):  # per image i, its view choice[i]: rebuilt from its block's generator
+        out = torch.empty(40, 12)
+        with torch.no_grad():
+            for i in range(40):
+                c = i // block
+                augmented = views(images[c * block : (c + 1) * block], view_generator(7, int(choice[i]), c))
+                out[i] = encoder(augmented[i - c * block : i - c * block + 1])[0]
+        return out
+
+    on_the_fly.k = k
+    kwargs = dict(epochs=3, lr=0.4, batch_size=8, weight_decay=1e-4)
+    grid = train_probe_grid(cache, y[None], 2, seeds=[5], optimizer="lars", schedule="warmup_cosine",
+                            warmup_epochs=1, **kwargs)
+    w, b = single_probe_sgd(cache[0], y, seed=5, lars=True, warmup_epochs=1, views=on_the_fly, **kwargs)
+    torch.testing.assert_close(grid.weight[0], w, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grid.bias[0], b, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_optimizer_schedule_and_warmup_are_refused_before_training():
+    x, y = torch.randn(10, 3), torch.zeros(1, 10, dtype=torch.long)
+    with pytest.raises(ValueError, match="optimizer='rmsprop' is not valid; allowed: 'adam', 'sgd', 'lars'"):
+        train_probe_grid(x, y, 2, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="schedule='step' is not valid"):
+        train_probe_grid(x, y, 2, schedule="step")
+    with pytest.raises(ValueError, match="warmup_epochs=5 is not valid"):
+        train_probe_grid(x, y, 2, epochs=5, warmup_epochs=5)
