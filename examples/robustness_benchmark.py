@@ -33,8 +33,8 @@ consistency) is measured next to accuracy.
 Offline default: both tracks, both probe protocols, fine-tune mode on vision (MiniLM fine-tunes take
 minutes each on a CPU: add ``--finetune_tracks text,vision`` on a GPU), 3 seeds::
 
-    python examples/robustness_benchmark.py            # see docs/results/benchmark for the wall time
-    python examples/robustness_benchmark.py --quick    # smaller data and budgets
+    python examples/robustness_benchmark.py            # 21.0 min on 2 idle CPU cores (docs/results/benchmark_p2)
+    python examples/robustness_benchmark.py --quick    # smaller data and budgets: a smoke test, not a result
 
 Writes ``results.json`` (every record, monosemanticity, protocols, chosen probe rates, timings),
 ``results.md`` (one table per track, mode, protocol and pair: mean ± std over seeds, the
