@@ -1,11 +1,12 @@
 """Argument dataclasses shared by the example scripts (like ``transformers``' ``examples/pytorch``).
 
-Only command-line options live here: every piece of work the scripts do is public ``hf_monosem`` API
-(datasets by name: :func:`hf_monosem.data.load_dataset_by_name`; backbones and classifiers:
+Only command-line plumbing lives here (the options, their checks and :func:`setup_logging`): every piece
+of work the scripts do is public ``hf_monosem`` API (datasets by name:
+:func:`hf_monosem.data.load_dataset_by_name`; backbones and classifiers:
 :func:`hf_monosem.data.backbone_source` / :func:`~hf_monosem.data.build_classifier`; resuming and
 result files: :mod:`hf_monosem.training.checkpoints`), so the scripts double as usage documentation.
-The defaults (no ``--dataset_name`` / ``--model_name_or_path``) run offline: tweets with the MiniLM-L6
-sentence encoder for text; Fashion-MNIST or digits with a small ResNet trained from scratch for images.
+The defaults (no ``--dataset_name`` / ``--model_name_or_path``) run offline: tweets (20 Newsgroups in
+``finetune_noisy.py``) with the MiniLM-L6 sentence encoder for text; Fashion-MNIST or digits with a small ResNet trained from scratch for images.
 The options follow transformers' ``run_*.py``: ``--max_train_samples`` / ``--max_eval_samples`` keep every
 row of a dataset you name (the built-in offline ones default to a small sample, see
 :func:`parse_sample_limits`), and the backbone takes ``--model_revision``, ``--token``,
@@ -14,6 +15,8 @@ row of a dataset you name (the built-in offline ones default to a small sample, 
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass, field
 
 from hf_monosem.data import BUILTIN_DATASETS
@@ -183,3 +186,22 @@ def parse_sample_limits(data_args: DataArguments, max_train_samples: int | None,
         data_args.max_train_samples = max_train_samples
     if data_args.max_eval_samples is None:
         data_args.max_eval_samples = max_eval_samples
+
+
+def setup_logging(training_args, logger: logging.Logger) -> int:
+    """Logging as in transformers' ``run_*.py``: ``--log_level`` on the main process, ``--log_level_replica``
+    on the others (``training_args.get_process_log_level()``), for the script's ``logger``, transformers and
+    datasets alike. Returns that level. The scripts print only their final summary, on the main process;
+    everything else goes through these loggers."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    return log_level

@@ -52,12 +52,10 @@ takes ``--model_revision``, ``--token``, ``--trust_remote_code``, ``--cache_dir`
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
-import datasets
 import transformers
 from datasets import DatasetDict
 from example_utils import (
@@ -65,6 +63,7 @@ from example_utils import (
     FeatureLayerArguments,
     parse_feature_layers,
     parse_sample_limits,
+    setup_logging,
 )
 from transformers import (
     DataCollatorWithPadding,
@@ -88,6 +87,7 @@ from hf_monosem.data import (
 from hf_monosem.evaluation import KEEP_FEATURES, make_compute_metrics
 from hf_monosem.hub import feature_layer_repo_ids
 from hf_monosem.scenarios import split_by_domain
+from hf_monosem.training import use_available_cores
 from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
 logger = transformers.utils.logging.get_logger(__name__)
@@ -144,19 +144,6 @@ def parse_args(argv=None):
     if overlap:
         parser.error(f"--target_domains {shift_args.target_domains!r} shares {sorted(overlap)} with --source_domains")
     return model_args, data_args, shift_args, training_args, kinds
-
-
-def setup_logging(training_args) -> None:
-    """Logging as in transformers' ``run_*.py``: ``--log_level`` on the main process, ``--log_level_replica``
-    on the others, for this script, transformers and datasets alike."""
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
 
 
 def _values(text: str) -> list[str]:
@@ -236,7 +223,8 @@ def plot(results: dict, path: str, title: str) -> None:
 
 def main(argv=None) -> dict:
     model_args, data_args, shift_args, training_args, kinds = parse_args(argv)
-    setup_logging(training_args)
+    use_available_cores()  # accelerate launch defaults to one thread on CPU
+    setup_logging(training_args, logger)
     logger.info(f"training/evaluation parameters {training_args}")
     with training_args.main_process_first(desc="loading, splitting and preprocessing the dataset"):
         data, modality, mode = shifted_data(data_args, shift_args, seed=training_args.seed)

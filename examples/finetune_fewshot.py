@@ -40,12 +40,10 @@ backbone takes ``--model_revision``, ``--token``, ``--trust_remote_code``, ``--c
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
-import datasets
 import numpy as np
 import transformers
 from datasets import DatasetDict
@@ -55,6 +53,7 @@ from example_utils import (
     parse_feature_layers,
     parse_positive_ints,
     parse_sample_limits,
+    setup_logging,
 )
 from transformers import (
     DataCollatorWithPadding,
@@ -78,6 +77,7 @@ from hf_monosem.data import (
 from hf_monosem.evaluation import KEEP_FEATURES, make_compute_metrics
 from hf_monosem.hub import feature_layer_repo_ids
 from hf_monosem.scenarios import few_shot
+from hf_monosem.training import use_available_cores
 from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
 logger = transformers.utils.logging.get_logger(__name__)
@@ -132,19 +132,6 @@ def parse_args(argv=None):
 def run_names(kinds, shots) -> list[str]:
     """One name per run, ``k{k}-{feature_layer}``: its Hub repository and tracker run are named after it."""
     return [f"k{k}-{kind}" for k in shots for kind in kinds]
-
-
-def setup_logging(training_args) -> None:
-    """Logging as in transformers' ``run_*.py``: ``--log_level`` on the main process, ``--log_level_replica``
-    on the others, for this script, transformers and datasets alike."""
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
 
 
 def draw_subsets(train, shots, shot_args, training_args, data_args) -> dict[int, list[int]]:
@@ -202,7 +189,8 @@ def plot(results: dict, path: str, dataset: str) -> None:
 
 def main(argv=None) -> dict:
     model_args, data_args, shot_args, training_args, kinds, shots = parse_args(argv)
-    setup_logging(training_args)
+    use_available_cores()  # accelerate launch defaults to one thread on CPU
+    setup_logging(training_args, logger)
     logger.info(f"training/evaluation parameters {training_args}")
     with training_args.main_process_first(desc="loading the dataset and drawing the k-shot sets"):
         # the label column is renamed to LABEL_COLUMN

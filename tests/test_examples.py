@@ -94,6 +94,9 @@ BAD_ARGUMENTS = [
     ("robustness_benchmark", ["--pixel_noise", "0.2,big"], "0.2,big"),
     ("robustness_benchmark", ["--finetune_label_noise", "0,1.2"], "1.2"),
     ("robustness_benchmark", ["--finetune_lr", "0"], "--finetune_lr 0"),
+    ("robustness_benchmark", ["--tracks", "vision", "--label_noise", "0,0.9"], "0,0.9"),  # >= (C-1)/C, 10 classes
+    ("robustness_benchmark", ["--probe_protocols", "paper,lbfgs"], "lbfgs"),
+    ("robustness_benchmark", ["--sae_topk", "16,0"], "16,0"),
 ]
 
 
@@ -111,6 +114,23 @@ def _own_dataclasses(ex, script):
     return tuple(c for c in module.ARGUMENT_DATACLASSES if c.__name__ != "TrainingArguments")
 
 
+def test_finetune_noisy_ends_with_one_line_from_the_measured_metrics(ex):
+    scenario = SimpleNamespace(label_noise=0.6, label_noise_kind="symmetric")
+    results = {"linear": {"test_accuracy": 0.4123, "memorised_noise": 0.081, "flipped_labels": 1200},
+               "nonneg": {"test_accuracy": 0.4371, "memorised_noise": 0.064, "flipped_labels": 1200}}
+    line = ex.finetune_noisy.what_the_run_shows(results, "20newsgroups", scenario, 20)
+    assert line == ("20 Newsgroups bydate, 60% symmetric label noise, 20 classes: linear 0.412 vs nonneg 0.437 clean "
+                    "test accuracy (nonneg - linear +0.025); fit to flipped labels 0.08 vs 0.06")
+    results["nonneg"]["test_accuracy"] = 0.3
+    assert "nonneg 0.300 clean test accuracy (nonneg - linear -0.112)" in ex.finetune_noisy.what_the_run_shows(
+        results, "20newsgroups", scenario, 20)
+    clean = {kind: {**r, "flipped_labels": 0, "memorised_noise": 0.0} for kind, r in results.items()}
+    line = ex.finetune_noisy.what_the_run_shows(clean, "digits", SimpleNamespace(label_noise=0.0,
+                                                                                 label_noise_kind="symmetric"), 10)
+    assert line.startswith("UCI digits 8x8, 0% symmetric label noise, 10 classes: ")
+    assert line.endswith("; no training label was flipped")
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_documents_every_option(ex, capsys, script):
     with pytest.raises(SystemExit) as info:
@@ -125,6 +145,11 @@ def test_help_documents_every_option(ex, capsys, script):
 
 
 def test_defaults_parse_to_the_documented_offline_setup(ex):
+    model_args, data_args, scenario_args, training_args, kinds, levels = ex.finetune_noisy.parse_args([])
+    assert (data_args.dataset_name, scenario_args.label_noise, scenario_args.label_noise_kind) == (
+        "20newsgroups", 0.6, "symmetric")  # many classes, where label noise is the paper's question
+    assert (data_args.max_train_samples, data_args.max_eval_samples, data_args.max_length) == (1000, 500, 64)
+    assert training_args.num_train_epochs == 2 and kinds == ["linear", "nonneg"] and levels == []
     model_args, _, shot_args, training_args, kinds, shots = ex.finetune_fewshot.parse_args([])
     assert kinds == ["linear", "nonneg"] and shots == [5, 20] and shot_args.subset_seed == training_args.seed
     assert model_args.model_name_or_path is None and not model_args.freeze_backbone
@@ -132,14 +157,16 @@ def test_defaults_parse_to_the_documented_offline_setup(ex):
     assert kinds == ["linear", "nonneg"]
     pre_args, probe_args, data_args, training_args, methods = ex.pretrain_ncl.parse_args([])
     assert methods == ["simclr", "ncl"] and pre_args.temperature == 0.2 and data_args.dataset_name == "fashion_mnist"
-    assert pre_args.projector_hidden_dim and probe_args.label_noise == 0.4 and training_args.dataloader_drop_last
+    assert pre_args.projector_hidden_dim and probe_args.rates == [0.0, 0.4] and training_args.dataloader_drop_last
+    assert probe_args.protocols == ["fixed"] and probe_args.probe_views == 8
     sae_args, *_ = ex.train_sae.parse_args([])
     assert (sae_args.feature_layer, sae_args.feature_dim, sae_args.topk) == ("topk", 1536, 192)
 
 
 def test_examples_are_standalone(ex):
-    """No example imports another example: they share only the argument dataclasses of example_utils,
-    and example_utils itself does no work (the work is public hf_monosem API)."""
+    """No example imports another example: they share only the command-line plumbing of example_utils (the
+    argument dataclasses, their checks, the logging set-up), and example_utils itself does no work (the work is
+    public hf_monosem API)."""
     import ast
 
     scripts = {path.stem for path in EXAMPLES.glob("*.py")}
@@ -153,7 +180,7 @@ def test_examples_are_standalone(ex):
         assert not (imported & scripts) - {"example_utils"}, f"{path.name} imports {sorted(imported & scripts)}"
     work = [name for name, value in vars(ex.example_utils).items()
             if callable(value) and getattr(value, "__module__", None) == "example_utils"
-            and not isinstance(value, type) and not name.startswith("parse_")]
+            and not isinstance(value, type) and not name.startswith("parse_") and name != "setup_logging"]
     assert not work, f"example_utils holds more than argument handling: {work}"
 
 
@@ -259,10 +286,16 @@ def test_finetune_noisy_end_to_end_digits(tmp_path):
     from transformers import AutoModelForImageClassification
 
     out = tmp_path / "run"
-    launch("finetune_noisy", [*DIGITS_LEARN, "--output_dir", str(out)], tmp_path)
+    stdout, _ = launch("finetune_noisy", [*DIGITS_LEARN, "--label_noise", "0.4", "--output_dir", str(out)], tmp_path)
     payload = _results(out)
     assert set(payload["results"]) == {"linear", "nonneg"} and (out / "results.png").is_file()
     assert (out / "scenario.json").is_file()
+    res = payload["results"]
+    last = stdout.strip().splitlines()[-1]  # what the run shows, from the measured metrics
+    assert last == (f"UCI digits 8x8, 40% symmetric label noise, 10 classes: linear {res['linear']['test_accuracy']:.3f} "
+                    f"vs nonneg {res['nonneg']['test_accuracy']:.3f} clean test accuracy (nonneg - linear "
+                    f"{res['nonneg']['test_accuracy'] - res['linear']['test_accuracy']:+.3f}); fit to flipped labels "
+                    f"{res['linear']['memorised_noise']:.2f} vs {res['nonneg']['memorised_noise']:.2f}")
     for kind, r in payload["results"].items():
         # 40% of the training labels are wrong, the 64 test labels clean: still well above guessing
         assert _beats_chance(r["test_accuracy"], num_classes=10, test_rows=64), (kind, r["test_accuracy"])
@@ -347,10 +380,12 @@ def test_pretrain_ncl_end_to_end_digits(tmp_path):
     payload = _results(out)
     assert set(payload["results"]) == {"simclr", "ncl"} and (out / "results.png").is_file()
     for method, r in payload["results"].items():
-        assert set(r["probe"]) == {"clean", "label_noise_0.4"}
-        assert all(_accuracy(cell["test_accuracy"]) and len(cell["per_seed"]) == 2 for cell in r["probe"].values())
+        assert set(r["probe"]) == {"fixed"} and r["probe_lr"] == {"fixed": 1e-2}  # the default protocol
+        probes = r["probe"]["fixed"]
+        assert set(probes) == {"clean", "label_noise_0.4"}
+        assert all(_accuracy(cell["test_accuracy"]) and len(cell["per_seed"]) == 2 for cell in probes.values())
         # a linear probe on the (barely pretrained) features, clean labels: above guessing on the 64 test rows
-        clean = r["probe"]["clean"]["test_accuracy"]
+        clean = probes["clean"]["test_accuracy"]
         assert _beats_chance(clean, num_classes=10, test_rows=64), (method, clean)
         model = AutoModel.from_pretrained(out / method)
         assert type(model).__name__ == "MonoSemanticModel"
@@ -388,25 +423,36 @@ def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_t
             "--model_name_or_path", tiny_text_backbone, "--feature_dim", "64", "--vision_train_size", "300",
             "--vision_test_size", "200", "--vision_feature_dim", "64", "--pretrain_epochs", "1",
             "--finetune_train_size", "200", "--finetune_epochs", "1", "--finetune_few_shot_steps", "2",
-            "--seeds", "2", "--shots", "1,3", "--output_dir", str(out)]
+            "--seeds", "2", "--shots", "1,3", "--sae_topk", "8,16", "--sae_overcomplete", "2", "--probe_views", "2",
+            "--output_dir", str(out)]
     _, first_time = launch("robustness_benchmark", argv, tmp_path, timeout=600, accelerate=False)
     payload = _results(out)
     records = payload["records"]
-    methods = {(r["track"], r["mode"]): set() for r in records}
+    methods = {(r["track"], r["mode"], r.get("protocol")): set() for r in records}
     for r in records:
-        methods[(r["track"], r["mode"])].add(r["method"])
-    assert methods == {("text", "probe"): {"raw", "sae", "simclr", "ncl"}, ("vision", "probe"): {"simclr", "ncl", "sae"},
-                       ("vision", "finetune"): {"simclr", "ncl"}}
+        methods[(r["track"], r["mode"], r.get("protocol"))].add(r["method"])
+    saes = {"sae_k8", "sae_k16", "sae_x2_k32"}
+    assert methods == {("text", "probe", "paper"): {"raw", "simclr", "ncl", *saes},
+                       ("text", "probe", "controlled"): {"raw", "simclr", "ncl", *saes},
+                       ("vision", "probe", "paper"): {"simclr", "ncl", *saes},
+                       ("vision", "probe", "controlled"): {"simclr", "ncl", *saes},
+                       ("vision", "finetune", None): {"simclr", "nce", "ncl"}}
+    assert payload["tracks"]["text"]["num_labels"] == 20 and payload["tracks"]["vision"]["num_labels"] == 10
+    assert payload["tracks"]["text"]["domain_num_labels"] == 3
+    controlled = payload["tracks"]["vision"]["probe_selection"]["controlled"]
+    assert all(pick["lr"] in payload["probe_protocols"]["controlled"]["lr_grid"] for pick in controlled.values())
     assert all(_accuracy(r["accuracy"]) for r in records)
     finetune = [r for r in records if r["mode"] == "finetune"]
-    # quick: fine-tune label noise {0, 0.4, 0.8}; input noise on the clean-label runs only; 2 seeds everywhere
-    assert {r["level"] for r in finetune if r["scenario"] == "label_noise"} == {0.0, 0.4, 0.8}
-    assert all("train_fit" in r for r in finetune if r["scenario"] == "label_noise")
+    # quick: fine-tune label noise {0, 0.3, 0.8}; input noise on the clean-label runs only; 2 seeds everywhere
+    assert {r["level"] for r in finetune if r["scenario"] == "label_noise"} == {0.0, 0.3, 0.8}
+    assert all("train_fit" in r for r in records if r["scenario"] == "label_noise")
     assert {r["scenario"] for r in finetune} >= {"gaussian_noise", "uniform_noise", "few_shot", "domain_shift_shifted"}
-    assert all(len([x for x in records if {k: x[k] for k in ("track", "mode", "method", "scenario", "level")}
-                    == {k: r[k] for k in ("track", "mode", "method", "scenario", "level")}]) == 2 for r in records)
+    cell = ("track", "mode", "protocol", "method", "scenario", "level")
+    assert all(len([x for x in records if {k: x.get(k) for k in cell} == {k: r.get(k) for k in cell}]) == 2
+               for r in records)
     assert (out / "results.md").is_file() and (out / "robustness_vision_finetune.png").is_file()
-    assert (out / "robustness_text_probe.png").is_file()
+    assert (out / "robustness_text_probe_paper.png").is_file() and (out / "robustness_text_probe_controlled.png").is_file()
+    assert "| vision | probe (paper) | simclr -> ncl | label_noise |" in (out / "paper_comparison.md").read_text()
     # a rerun reuses features, representations, pretrained models and every finished fine-tune cell
     _, second_time = launch("robustness_benchmark", argv, tmp_path, timeout=600, accelerate=False)
     again = _results(out)

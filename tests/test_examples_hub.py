@@ -162,7 +162,7 @@ def test_backbone_loading_options_reach_the_backbone(ex, hub_cache, script):
 
 
 @pytest.mark.parametrize("script,builtin,defaults", [
-    ("finetune_noisy", "tweets", (2000, 1000)),
+    ("finetune_noisy", "tweets", (1000, 500)),
     ("finetune_fewshot", "tweets", (0, 1000)),
     ("finetune_domain_shift", "tweets", (1000, 500)),
 ])  # fmt: skip
@@ -279,8 +279,52 @@ def test_only_the_final_summary_is_printed_on_the_main_process(script):
                 assert node.name == "main", f"{script}: print in {node.name}()"
                 break
         assert "main_process" in guards, f"{script}: print at line {call.lineno} outside `if main_process:`"
-    source = (EXAMPLES / f"{script}.py").read_text()
-    assert "transformers.utils.logging.get_logger(__name__)" in source and "get_process_log_level()" in source
+    # logging: the script's own transformers logger, set up by the shared helper (tested below) before any work
+    assert "transformers.utils.logging.get_logger(__name__)" in ast.unparse(tree)
+    shared = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "example_utils"
+              for alias in node.names}
+    own = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    assert "setup_logging" in shared and "setup_logging" not in own, f"{script}: not example_utils.setup_logging"
+    calls = [ast.unparse(node) for node in ast.walk(_main_of(script)) if isinstance(node, ast.Call)]
+    assert "setup_logging(training_args, logger)" in calls, f"{script}: main() does not set up its logging"
+    assert "use_available_cores()" in calls, f"{script}: main() keeps accelerate's one CPU thread"
+
+
+@pytest.fixture
+def restored_library_logging():
+    """transformers' and datasets' verbosity and format put back after the test."""
+    import datasets
+    import transformers
+
+    levels = transformers.utils.logging.get_verbosity(), datasets.utils.logging.get_verbosity()
+    yield
+    transformers.utils.logging.set_verbosity(levels[0])
+    transformers.utils.logging.reset_format()
+    datasets.utils.logging.set_verbosity(levels[1])
+
+
+@pytest.mark.parametrize("main_process", [True, False], ids=["main", "replica"])
+def test_setup_logging_gives_replicas_log_level_replica(ex, caplog, monkeypatch, restored_library_logging,
+                                                        main_process):
+    """The helper every fine-tune script calls first: ``--log_level`` on the main process, ``--log_level_replica``
+    on the others, for the script's logger, transformers and datasets alike."""
+    import logging
+
+    import datasets
+    import transformers
+    from transformers import TrainingArguments
+
+    monkeypatch.setattr(TrainingArguments, "should_log", property(lambda self: main_process))
+    args = TrainingArguments(output_dir="unused", log_level="info", log_level_replica="error", report_to="none",
+                             use_cpu=True)
+    logger = transformers.utils.logging.get_logger("finetune_example_under_test")
+    expected = logging.INFO if main_process else logging.ERROR
+    assert ex["example_utils"].setup_logging(args, logger) == expected
+    assert logger.level == transformers.utils.logging.get_verbosity() == datasets.utils.logging.get_verbosity() == expected
+    logger.info("progress")
+    logger.error("failure")
+    messages = [record.getMessage() for record in caplog.records if record.name == "finetune_example_under_test"]
+    assert messages == (["progress", "failure"] if main_process else ["failure"])
 
 
 @pytest.mark.parametrize("script", FINETUNE_SCRIPTS)
@@ -336,7 +380,8 @@ def test_decoder_lm_without_pad_token_on_a_sentence_dataset_with_tensorboard(tmp
     done = run_script("finetune_noisy", ["--model_name_or_path", llama_without_pad, "--dataset_name", sentence_folder,
                                          "--text_column", "sentence", "--feature_dim", "32", "--output_dir", str(out),
                                          "--report_to", "tensorboard", "--run_name", "llama-noisy", "--logging_steps",
-                                         "1", "--log_level", "info", *FAST], tmp_path)
+                                         "1", "--log_level", "info", "--label_noise", "0.4", *FAST],
+                      tmp_path)  # two classes: a symmetric rate must stay below 0.5
     assert "padding with its end-of-sequence token" in done.stderr
     assert "linear: fine-tuning into" in done.stdout and "nonneg: fine-tuning into" in done.stdout  # --log_level info
     payload = json.loads((out / "results.json").read_text())
