@@ -101,7 +101,7 @@ DEFAULT_DATASET = "20newsgroups"
 #: sample sizes of the built-in offline datasets when --max_train_samples / --max_eval_samples are not given:
 #: with --max_length 64 and 2 epochs, what lets the default run (two MiniLM fine-tunes) finish within 5 minutes
 #: on 2 CPU cores: 3:38 measured on 2 otherwise idle cores; 1,200 / 600 took 4:33, too close to the limit for
-#: the +-15% that repeated runs vary by
+#: the +-15% that repeated runs vary by (a virtual machine whose host steals a third of its CPU time takes ~7 min)
 BUILTIN_SAMPLES = {"max_train_samples": 1000, "max_eval_samples": 500}
 DEFAULT_RUN = (
     "Default run (no arguments): 20 Newsgroups (20 classes), 60% symmetric label noise, linear vs nonneg; "
