@@ -119,3 +119,12 @@ def accelerate_launch(
 def port_was_taken(output: str) -> bool:
     """Whether a launch failed because its rendezvous port was bound by another process first."""
     return "EADDRINUSE" in output or "address already in use" in output.lower()
+
+
+def sparse_mixtures(n=512, dim=32, atoms=48, k=4, seed=0):
+    """Inputs that an SAE can explain: sums of k of `atoms` unit directions with positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    dictionary = torch.nn.functional.normalize(torch.randn(atoms, dim, generator=g), dim=-1)
+    idx = torch.rand(n, atoms, generator=g).argsort(-1)[:, :k]
+    codes = torch.zeros(n, atoms).scatter(1, idx, torch.rand(n, k, generator=g) + 0.5)
+    return codes @ dictionary

@@ -1,28 +1,15 @@
 import pytest
 import torch
 from tiny_models import tiny_bert_config
-from training_toys import toy_text
+from training_toys import sparse_mixtures, toy_text
 from transformers import BertModel
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticModel, extract_pooled_features, fit_sae
 from hf_monosem.cached.sae_fitting import explained_variance, resample_dead_latents, train_sae_layer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def sparse_mixtures(n=512, dim=32, atoms=48, k=4, seed=0):
-    """Inputs that an SAE can explain: sums of k of `atoms` unit directions with positive weights."""
-    g = torch.Generator().manual_seed(seed)
-    dictionary = torch.nn.functional.normalize(torch.randn(atoms, dim, generator=g), dim=-1)
-    idx = torch.rand(n, atoms, generator=g).argsort(-1)[:, :k]
-    codes = torch.zeros(n, atoms).scatter(1, idx, torch.rand(n, k, generator=g) + 0.5)
-    return codes @ dictionary
 
 
 def sae_layer(kind="sae", dim=32, width=64, **kwargs):

@@ -4,26 +4,15 @@ tests/models/test_sae_kernels.py; the speed itself by benchmarks/sae_throughput.
 
 import pytest
 import torch
+from training_toys import sparse_mixtures
 
 from hf_monosem.cached.sae_fitting import train_sae_layer
 from hf_monosem.models import FeatureLayerSettings, SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
 from hf_monosem.models.sae import SparseAutoencoder
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def sparse_mixtures(n=512, dim=32, atoms=48, k=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    dictionary = torch.nn.functional.normalize(torch.randn(atoms, dim, generator=g), dim=-1)
-    idx = torch.rand(n, atoms, generator=g).argsort(-1)[:, :k]
-    codes = torch.zeros(n, atoms).scatter(1, idx, torch.rand(n, k, generator=g) + 0.5)
-    return codes @ dictionary
 
 
 def _topk(width=64, k=4, seed=0):

@@ -24,12 +24,7 @@ HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SAE_KINDS = {"sae", "topk"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,7 @@ from hf_monosem import (
 )
 from hf_monosem.training.contrastive import ImageViews, TextViews, UnlabeledDataCollator
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models gain nothing from a second thread, and lose a lot when the cores are shared
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def image_classifier(kind="sae", seed=0, **kwargs):
