@@ -162,6 +162,7 @@ def train_probe_grid(
     row_labels = labels.to(device).gather(1, rows.to(device))  # [P, M]
     rows = rows.to(device)
 
+    plain = features[0] if features.dim() == 3 else features  # one view: no draw, the plain matrix
     step = 0
     for epoch in batches:
         if num_views > 1:  # drawn before the epoch's permutation (made lazily), from the same generators
@@ -171,7 +172,7 @@ def train_probe_grid(
             if num_views > 1:
                 x = features[views[probe_index, batch], rows[probe_index, batch]]  # [P, B, F]
             else:
-                x = (features[0] if features.dim() == 3 else features)[rows[probe_index, batch]]
+                x = plain[rows[probe_index, batch]]
             y = row_labels[probe_index, batch]  # [P, B]
             logits = torch.bmm(x, weight) + bias[:, None, :]
             # sum of per-probe mean losses: each probe's gradient equals its own mean-loss gradient
