@@ -72,8 +72,14 @@ def minilm_features(rows: int, cache_dir: str) -> torch.Tensor:
     encoded = [tokenizer(t, truncation=True, max_length=64) for t in texts]
     backbone = AutoModel.from_pretrained(minilm_path())
     return extract_pooled_features(
-        backbone, encoded, batch_size=128, cache_dir=cache_dir, pooling="mean",
-        collate_fn=DataCollatorWithPadding(tokenizer), cache_key=f"tweets-minilm-{len(texts)}", progress=True,
+        backbone,
+        encoded,
+        batch_size=128,
+        cache_dir=cache_dir,
+        pooling="mean",
+        collate_fn=DataCollatorWithPadding(tokenizer),
+        cache_key=f"tweets-minilm-{len(texts)}",
+        progress=True,
     )
 
 
@@ -110,7 +116,9 @@ def run_ours(x: torch.Tensor, args, seed: int) -> tuple[float, float, float]:
     settings = FeatureLayerSettings(feature_dim=args.width, topk=args.k, sae_normalize_input=True)
     layer = build_feature_layer(settings, input_dim=x.shape[1], kind="topk")
     wall, cpu = time.perf_counter(), time.process_time()
-    train_sae_layer(layer, x, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=seed, progress=False)
+    train_sae_layer(
+        layer, x, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=seed, progress=False
+    )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     with torch.no_grad():
         prepared = layer.prepare_input(x)
@@ -157,7 +165,9 @@ def main() -> None:
         )
         print(f"repeat {repeat} (seed {repeat}, {order[0]} first)  {line}", flush=True)
 
-    medians = {name: [statistics.median(r[i] for r in runs) for i in range(3)] for name, runs in results.items()}
+    medians = {
+        name: [statistics.median(r[i] for r in runs) for i in range(3)] for name, runs in results.items()
+    }
     paired = statistics.median(o[0] / s[0] for o, s in zip(results["ours"], results["sparsify"]))
     print(f"\n{'trainer':<10} {'rows/s':>10} {'rows/cpu-s':>11} {'FVU':>8}   (medians of {args.repeats})")
     for name, (rate, cpu_rate, quality) in medians.items():

@@ -162,7 +162,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--optimizer", choices=["default", "fused"], default="default",
+        "--optimizer",
+        choices=["default", "fused"],
+        default="default",
         help="AdamW implementation: torch's default (for-each on CPU) or fused (the Trainer's default)",
     )
     args = parser.parse_args()

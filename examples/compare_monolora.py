@@ -62,8 +62,13 @@ def other_text(n: int) -> list[str]:
 
 def batches(tokenizer, texts, labels=None, batch_size=32, max_length=64):
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        enc = tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if labels is not None:
             batch["labels"] = torch.tensor(np.array(labels[i : i + batch_size], dtype=np.int64))
@@ -95,10 +100,17 @@ def drift(model, tokenizer, texts) -> float:
 
 def run(method: str, args, tokenizer, train, test, held_out: dict[str, list[str]]) -> dict:
     torch.manual_seed(args.seed)
-    config = MonoSemanticConfig(backbone=args.backbone, feature_layer="nonneg", feature_dim=args.feature_dim,
-                                pooling="mean", num_labels=3, id2label=dict(enumerate(TWEET_LABELS)))
-    model = add_lora(MonoSemanticForSequenceClassification(config), r=args.r, alpha=args.alpha,
-                     monolora=METHODS[method])
+    config = MonoSemanticConfig(
+        backbone=args.backbone,
+        feature_layer="nonneg",
+        feature_dim=args.feature_dim,
+        pooling="mean",
+        num_labels=3,
+        id2label=dict(enumerate(TWEET_LABELS)),
+    )
+    model = add_lora(
+        MonoSemanticForSequenceClassification(config), r=args.r, alpha=args.alpha, monolora=METHODS[method]
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     rng = np.random.default_rng(args.seed)
     start = time.time()
@@ -115,7 +127,9 @@ def run(method: str, args, tokenizer, train, test, held_out: dict[str, list[str]
     result = {
         "method": method,
         "accuracy": accuracy(model, tokenizer, test["text"].to_numpy(), test["label"].to_numpy()),
-        "adapter_sparsity": adapter_sparsity(model, list(batches(tokenizer, held_out["tweets"], batch_size=64))),
+        "adapter_sparsity": adapter_sparsity(
+            model, list(batches(tokenizer, held_out["tweets"], batch_size=64))
+        ),
         "train_seconds": round(train_s, 1),
     }
     for name, texts in held_out.items():
@@ -124,11 +138,17 @@ def run(method: str, args, tokenizer, train, test, held_out: dict[str, list[str]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default=None, help="text backbone folder or Hub id (default: offline MiniLM-L6)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backbone", default=None, help="text backbone folder or Hub id (default: offline MiniLM-L6)"
+    )
     parser.add_argument("--train", type=int, default=400, help="training tweets")
     parser.add_argument("--test", type=int, default=400, help="test tweets (accuracy)")
-    parser.add_argument("--held_out", type=int, default=128, help="held-out sentences per source for drift/sparsity")
+    parser.add_argument(
+        "--held_out", type=int, default=128, help="held-out sentences per source for drift/sparsity"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -151,8 +171,10 @@ def main() -> None:
     news = other_text(args.held_out)
     if news:
         held_out["20newsgroups"] = news
-    print(f"backbone {args.backbone}\ntrain {len(train)} tweets, test {len(test)}, held-out "
-          + ", ".join(f"{k} {len(v)}" for k, v in held_out.items()))
+    print(
+        f"backbone {args.backbone}\ntrain {len(train)} tweets, test {len(test)}, held-out "
+        + ", ".join(f"{k} {len(v)}" for k, v in held_out.items())
+    )
 
     results = []
     for method in args.methods:

@@ -104,17 +104,24 @@ class DomainShiftArguments:
 
     shift_by: str = field(
         default="auto",
-        metadata={"help": "split: train on --train_split, test on --eval_split (in-domain) and --shifted_split; "
-                  "domain: split train and test rows by --domain_column; auto: split if the dataset has "
-                  "--shifted_split, else domain."},
+        metadata={
+            "help": "split: train on --train_split, test on --eval_split (in-domain) and --shifted_split; "
+            "domain: split train and test rows by --domain_column; auto: split if the dataset has "
+            "--shifted_split, else domain."
+        },
     )
-    shifted_split: str = field(default="test_shifted", metadata={"help": "The shifted test split (shift_by=split)."})
-    domain_column: str = field(default="domain", metadata={"help": "Column naming each row's domain (shift_by=domain)."})
+    shifted_split: str = field(
+        default="test_shifted", metadata={"help": "The shifted test split (shift_by=split)."}
+    )
+    domain_column: str = field(
+        default="domain", metadata={"help": "Column naming each row's domain (shift_by=domain)."}
+    )
     source_domains: str = field(
         default="airline", metadata={"help": "Comma-separated training domains (shift_by=domain)."}
     )
     target_domains: str = field(
-        default="", metadata={"help": "Comma-separated shifted domains (shift_by=domain); empty: every other domain."}
+        default="",
+        metadata={"help": "Comma-separated shifted domains (shift_by=domain); empty: every other domain."},
     )
 
 
@@ -125,9 +132,18 @@ def parse_args(argv=None):
     parser = HfArgumentParser(ARGUMENT_DATACLASSES)
     # Defaults that suit a CPU laptop; every one can be overridden on the command line.
     parser.set_defaults(
-        output_dir="runs/finetune_domain_shift", num_train_epochs=2, learning_rate=5e-5, per_device_train_batch_size=32,
-        per_device_eval_batch_size=64, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
-        logging_steps=10, report_to="none", seed=0, weight_decay=0.01,
+        output_dir="runs/finetune_domain_shift",
+        num_train_epochs=2,
+        learning_rate=5e-5,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=10,
+        report_to="none",
+        seed=0,
+        weight_decay=0.01,
     )
     model_args, data_args, shift_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     kinds = parse_feature_layers(parser, model_args.feature_layers)
@@ -142,7 +158,9 @@ def parse_args(argv=None):
         parser.error(f"--source_domains {shift_args.source_domains!r} names no domain")
     overlap = set(_values(shift_args.source_domains)) & set(_values(shift_args.target_domains))
     if overlap:
-        parser.error(f"--target_domains {shift_args.target_domains!r} shares {sorted(overlap)} with --source_domains")
+        parser.error(
+            f"--target_domains {shift_args.target_domains!r} shares {sorted(overlap)} with --source_domains"
+        )
     return model_args, data_args, shift_args, training_args, kinds
 
 
@@ -152,36 +170,61 @@ def _values(text: str) -> list[str]:
 
 def shifted_data(data_args, shift_args, seed: int) -> tuple[DatasetDict, str, str]:
     """``train`` (source domain), ``in_domain`` and ``shifted`` test sets; the modality; the mode used."""
-    every_row = {**data_args.loading_options, "max_train_samples": None, "max_eval_samples": None}  # cut after the split
-    data, modality = load_dataset_by_name(data_args.dataset_name, seed=seed, **every_row)  # labels in LABEL_COLUMN
+    every_row = {
+        **data_args.loading_options,
+        "max_train_samples": None,
+        "max_eval_samples": None,
+    }  # cut after the split
+    data, modality = load_dataset_by_name(
+        data_args.dataset_name, seed=seed, **every_row
+    )  # labels in LABEL_COLUMN
     mode = shift_args.shift_by
     if mode == "auto":
         mode = "split" if shift_args.shifted_split in data else "domain"
     if mode == "split":
         if shift_args.shifted_split not in data:
-            raise SystemExit(f"--shifted_split {shift_args.shifted_split!r} not in dataset {data_args.dataset_name!r}; "
-                             f"it has {sorted(data)} (or use --shift_by domain)")
-        parts = {"train": data[data_args.train_split], "in_domain": data[data_args.eval_split],
-                 "shifted": data[shift_args.shifted_split]}
+            raise SystemExit(
+                f"--shifted_split {shift_args.shifted_split!r} not in dataset {data_args.dataset_name!r}; "
+                f"it has {sorted(data)} (or use --shift_by domain)"
+            )
+        parts = {
+            "train": data[data_args.train_split],
+            "in_domain": data[data_args.eval_split],
+            "shifted": data[shift_args.shifted_split],
+        }
     else:
         column = shift_args.domain_column
         train, test = data[data_args.train_split], data[data_args.eval_split]
         if column not in train.column_names:
-            raise SystemExit(f"--domain_column {column!r} not in dataset {data_args.dataset_name!r}; "
-                             f"columns: {train.column_names}")
+            raise SystemExit(
+                f"--domain_column {column!r} not in dataset {data_args.dataset_name!r}; "
+                f"columns: {train.column_names}"
+            )
         source = _values(shift_args.source_domains)
         target = _values(shift_args.target_domains) or sorted(
-            {d for d in train.unique(column) + test.unique(column) if d not in source}, key=str)
+            {d for d in train.unique(column) + test.unique(column) if d not in source}, key=str
+        )
         try:
             split_train = split_by_domain(train, column, source, target)
             split_test = split_by_domain(test, column, source, target)
         except ValueError as error:
-            raise SystemExit(f"--source_domains {shift_args.source_domains!r} / --target_domains "
-                             f"{shift_args.target_domains!r}: {error}") from None
-        parts = {"train": split_train["train"], "in_domain": split_test["train"], "shifted": split_test["test"]}
-    limits = {"train": data_args.max_train_samples, "in_domain": data_args.max_eval_samples,
-              "shifted": data_args.max_eval_samples}
-    parts = {name: subsample(part, limits[name], seed) if limits[name] else part for name, part in parts.items()}
+            raise SystemExit(
+                f"--source_domains {shift_args.source_domains!r} / --target_domains "
+                f"{shift_args.target_domains!r}: {error}"
+            ) from None
+        parts = {
+            "train": split_train["train"],
+            "in_domain": split_test["train"],
+            "shifted": split_test["test"],
+        }
+    limits = {
+        "train": data_args.max_train_samples,
+        "in_domain": data_args.max_eval_samples,
+        "shifted": data_args.max_eval_samples,
+    }
+    parts = {
+        name: subsample(part, limits[name], seed) if limits[name] else part for name, part in parts.items()
+    }
     for name, part in parts.items():
         if len(part) == 0:
             raise SystemExit(f"the {name} set of {data_args.dataset_name!r} is empty (shift_by={mode})")
@@ -192,11 +235,17 @@ def final_metrics(trainer, dataset, name: str) -> dict[str, float]:
     """Accuracy, macro-F1 and ``features_*`` monosemanticity on one test set after training: the last
     per-epoch evaluation when it is current, else one more evaluation pass."""
     prefix, step = f"eval_{name}_", trainer.state.global_step
-    metrics = next((log for log in reversed(trainer.state.log_history)
-                    if f"{prefix}accuracy" in log and log.get("step") == step), None)
+    metrics = next(
+        (
+            log
+            for log in reversed(trainer.state.log_history)
+            if f"{prefix}accuracy" in log and log.get("step") == step
+        ),
+        None,
+    )
     if metrics is None:
         metrics = trainer.evaluate(dataset, ignore_keys=KEEP_FEATURES, metric_key_prefix=prefix[:-1])
-    return {key[len(prefix):]: value for key, value in metrics.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)}
 
 
 def plot(results: dict, path: str, title: str) -> None:
@@ -210,12 +259,23 @@ def plot(results: dict, path: str, title: str) -> None:
         for name, style in zip(TEST_SETS, ("-", "--")):
             curve = r["eval_curves"].get(name) or []
             if curve:
-                curves.plot([e for e, _ in curve], [a for _, a in curve], style, marker="o", color=f"C{i}",
-                            label=f"{kind} ({name})")
+                curves.plot(
+                    [e for e, _ in curve],
+                    [a for _, a in curve],
+                    style,
+                    marker="o",
+                    color=f"C{i}",
+                    label=f"{kind} ({name})",
+                )
     curves.set(xlabel="epoch", ylabel="test accuracy", title=title)
     curves.legend(fontsize=8)
-    bars = pd.DataFrame({"in-domain": [r["in_domain_accuracy"] for r in results.values()],
-                         "shifted": [r["shifted_accuracy"] for r in results.values()]}, index=list(results))
+    bars = pd.DataFrame(
+        {
+            "in-domain": [r["in_domain_accuracy"] for r in results.values()],
+            "shifted": [r["shifted_accuracy"] for r in results.values()],
+        },
+        index=list(results),
+    )
     bars.plot.bar(ax=after, rot=0, ylim=(0, 1), title="after training").legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -229,24 +289,46 @@ def main(argv=None) -> dict:
     with training_args.main_process_first(desc="loading, splitting and preprocessing the dataset"):
         data, modality, mode = shifted_data(data_args, shift_args, seed=training_args.seed)
         names = label_names(data["train"])
-        source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(data["train"]),
-                                 **model_args.loading_options)
-        augment = (data_args.train_augmentation and modality == "image"
-                   and "pixel_values" not in data["train"].column_names)
-        data, processor = preprocess(data, modality, source.get("backbone"), augment_split="train" if augment else None,
-                                     loading_kwargs=source.get("backbone_loading_kwargs"),
-                                     **data_args.preprocessing_options)
-    logger.info(f"{data_args.dataset_name} ({mode} shift): " + ", ".join(f"{n} {len(d)} rows" for n, d in data.items()))
+        source = backbone_source(
+            model_args.model_name_or_path,
+            modality,
+            num_channels=image_channels(data["train"]),
+            **model_args.loading_options,
+        )
+        augment = (
+            data_args.train_augmentation
+            and modality == "image"
+            and "pixel_values" not in data["train"].column_names
+        )
+        data, processor = preprocess(
+            data,
+            modality,
+            source.get("backbone"),
+            augment_split="train" if augment else None,
+            loading_kwargs=source.get("backbone_loading_kwargs"),
+            **data_args.preprocessing_options,
+        )
+    logger.info(
+        f"{data_args.dataset_name} ({mode} shift): "
+        + ", ".join(f"{n} {len(d)} rows" for n, d in data.items())
+    )
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
     main_process = training_args.process_index == 0
     tests = {name: data[name] for name in TEST_SETS}
     repo_ids = feature_layer_repo_ids(training_args.hub_model_id, kinds, training_args.output_dir)
     run_name = training_args.run_name or os.path.basename(os.path.abspath(training_args.output_dir))
-    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(data_args.dataset_name)
-    dataset_label = (os.path.basename(os.path.normpath(data_args.dataset_name)) if os.path.isdir(data_args.dataset_name)
-                     else data_args.dataset_name)
-    splits = {"in_domain": data_args.eval_split,  # where each test set comes from, for the model card
-              "shifted": shift_args.shifted_split if mode == "split" else data_args.eval_split}
+    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(
+        data_args.dataset_name
+    )
+    dataset_label = (
+        os.path.basename(os.path.normpath(data_args.dataset_name))
+        if os.path.isdir(data_args.dataset_name)
+        else data_args.dataset_name
+    )
+    splits = {
+        "in_domain": data_args.eval_split,  # where each test set comes from, for the model card
+        "shifted": shift_args.shifted_split if mode == "split" else data_args.eval_split,
+    }
 
     results = {}
     for kind in kinds:
@@ -257,34 +339,61 @@ def main(argv=None) -> dict:
             logger.warning(f"{kind}: finished before, result reused from {done}")
             continue
         # one folder, one Hub repository and one tracker run per feature layer
-        args = dataclasses.replace(training_args, output_dir=run_dir, run_name=f"{run_name}-{kind}",
-                                   hub_model_id=repo_ids[kind])
+        args = dataclasses.replace(
+            training_args, output_dir=run_dir, run_name=f"{run_name}-{kind}", hub_model_id=repo_ids[kind]
+        )
         set_seed(args.seed)  # the same initialisation for every feature layer
         model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
         trainer = MonoSemanticTrainer(
-            model=model, args=args, train_dataset=data["train"], eval_dataset=tests, data_collator=collator,
-            processing_class=processor, compute_metrics=make_compute_metrics(full_report=True, prefix="features_"),
+            model=model,
+            args=args,
+            train_dataset=data["train"],
+            eval_dataset=tests,
+            data_collator=collator,
+            processing_class=processor,
+            compute_metrics=make_compute_metrics(full_report=True, prefix="features_"),
         )
         logger.info(f"{kind}: fine-tuning into {run_dir}")
         # evaluations keep the features, so accuracy and monosemanticity come from the same pass
-        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir,
-                                                                              training_args.resume_from_checkpoint),
-                                     ignore_keys_for_eval=KEEP_FEATURES)
+        train_result = trainer.train(
+            resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint),
+            ignore_keys_for_eval=KEEP_FEATURES,
+        )
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         metrics = {name: final_metrics(trainer, tests[name], name) for name in TEST_SETS}
-        flat = {f"eval_{name}_{key}": value for name, m in metrics.items() for key, value in m.items()
-                if not isinstance(value, (dict, list))}
+        flat = {
+            f"eval_{name}_{key}": value
+            for name, m in metrics.items()
+            for key, value in m.items()
+            if not isinstance(value, (dict, list))
+        }
         trainer.log_metrics("eval", flat)
         trainer.save_metrics("eval", flat)
-        card = {"results": [{"dataset": dataset_label, "split": splits[name], "scenario": f"domain_shift_{name}",
-                             "level": None, "method": kind, "metric": metric, "value": metrics[name][metric],
-                             "seeds": [training_args.seed]} for name in TEST_SETS for metric in ("accuracy", "macro_f1")],
-                "dataset_tags": data_args.dataset_name if named_dataset else None,
-                "recipe": {**trainer.training_recipe(), "training data": f"{len(data['train'])} rows of the source "
-                           f"domain of `{data_args.dataset_name}` ({mode} shift)"}}
+        card = {
+            "results": [
+                {
+                    "dataset": dataset_label,
+                    "split": splits[name],
+                    "scenario": f"domain_shift_{name}",
+                    "level": None,
+                    "method": kind,
+                    "metric": metric,
+                    "value": metrics[name][metric],
+                    "seeds": [training_args.seed],
+                }
+                for name in TEST_SETS
+                for metric in ("accuracy", "macro_f1")
+            ],
+            "dataset_tags": data_args.dataset_name if named_dataset else None,
+            "recipe": {
+                **trainer.training_recipe(),
+                "training data": f"{len(data['train'])} rows of the source "
+                f"domain of `{data_args.dataset_name}` ({mode} shift)",
+            },
+        }
         if args.push_to_hub:
             trainer.push_to_hub(commit_message="End of training", **card)
         else:
@@ -292,13 +401,27 @@ def main(argv=None) -> dict:
         trainer.end_tracker_runs()  # the next feature layer logs to a tracker run of its own
         if main_process:
             result = {
-                "in_domain_accuracy": metrics["in_domain"]["accuracy"], "shifted_accuracy": metrics["shifted"]["accuracy"],
+                "in_domain_accuracy": metrics["in_domain"]["accuracy"],
+                "shifted_accuracy": metrics["shifted"]["accuracy"],
                 "accuracy_drop": metrics["in_domain"]["accuracy"] - metrics["shifted"]["accuracy"],
-                "in_domain_macro_f1": metrics["in_domain"]["macro_f1"], "shifted_macro_f1": metrics["shifted"]["macro_f1"],
-                **{f"features_{name}": {key[len("features_"):]: value for key, value in metrics[name].items()
-                                        if key.startswith("features_")} for name in TEST_SETS},
-                "eval_curves": {name: [(h["epoch"], h[f"eval_{name}_accuracy"]) for h in trainer.state.log_history
-                                       if f"eval_{name}_accuracy" in h] for name in TEST_SETS},
+                "in_domain_macro_f1": metrics["in_domain"]["macro_f1"],
+                "shifted_macro_f1": metrics["shifted"]["macro_f1"],
+                **{
+                    f"features_{name}": {
+                        key[len("features_") :]: value
+                        for key, value in metrics[name].items()
+                        if key.startswith("features_")
+                    }
+                    for name in TEST_SETS
+                },
+                "eval_curves": {
+                    name: [
+                        (h["epoch"], h[f"eval_{name}_accuracy"])
+                        for h in trainer.state.log_history
+                        if f"eval_{name}_accuracy" in h
+                    ]
+                    for name in TEST_SETS
+                },
                 "checkpoint": run_dir,
             }
             write_json(done, result)
@@ -307,32 +430,61 @@ def main(argv=None) -> dict:
 
     if main_process:
         if mode == "split":
-            shift = {"mode": "split", "train_split": data_args.train_split, "in_domain_split": data_args.eval_split,
-                     "shifted_split": shift_args.shifted_split}
+            shift = {
+                "mode": "split",
+                "train_split": data_args.train_split,
+                "in_domain_split": data_args.eval_split,
+                "shifted_split": shift_args.shifted_split,
+            }
         else:
-            shift = {"mode": "domain", "domain_column": shift_args.domain_column,
-                     "source": _values(shift_args.source_domains),
-                     "target": _values(shift_args.target_domains) or "every other domain"}
+            shift = {
+                "mode": "domain",
+                "domain_column": shift_args.domain_column,
+                "source": _values(shift_args.source_domains),
+                "target": _values(shift_args.target_domains) or "every other domain",
+            }
         payload = {
             "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
-            "dataset": data_args.dataset_name, "modality": modality,
-            "backbone": model_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
-            "shift": shift, "rows": {name: len(part) for name, part in data.items()}, "seed": training_args.seed,
-            "freeze_backbone": model_args.freeze_backbone, "results": results,
+            "dataset": data_args.dataset_name,
+            "modality": modality,
+            "backbone": model_args.model_name_or_path
+            or source.get("backbone")
+            or "small-resnet (random init)",
+            "shift": shift,
+            "rows": {name: len(part) for name, part in data.items()},
+            "seed": training_args.seed,
+            "freeze_backbone": model_args.freeze_backbone,
+            "results": results,
             "records": [
-                {"dataset": data_args.dataset_name, "scenario": f"domain_shift_{name}", "level": 0, "method": kind,
-                 "metric": "accuracy", "value": r[f"{name}_accuracy"], "seeds": [training_args.seed]}
-                for kind, r in results.items() for name in TEST_SETS
+                {
+                    "dataset": data_args.dataset_name,
+                    "scenario": f"domain_shift_{name}",
+                    "level": 0,
+                    "method": kind,
+                    "metric": "accuracy",
+                    "value": r[f"{name}_accuracy"],
+                    "seeds": [training_args.seed],
+                }
+                for kind, r in results.items()
+                for name in TEST_SETS
             ],
         }
         write_json(os.path.join(training_args.output_dir, "results.json"), payload)
-        plot(results, os.path.join(training_args.output_dir, "results.png"), f"{data_args.dataset_name}: {mode} shift")
-        print(f"\n{'feature_layer':>13} | in-domain acc | shifted acc |  drop | L0 (shifted) | class consistency (in/shifted)")
+        plot(
+            results,
+            os.path.join(training_args.output_dir, "results.png"),
+            f"{data_args.dataset_name}: {mode} shift",
+        )
+        print(
+            f"\n{'feature_layer':>13} | in-domain acc | shifted acc |  drop | L0 (shifted) | class consistency (in/shifted)"
+        )
         for kind, r in results.items():
             fi, fs = r["features_in_domain"], r["features_shifted"]
-            print(f"{kind:>13} | {r['in_domain_accuracy']:13.3f} | {r['shifted_accuracy']:11.3f} | "
-                  f"{r['accuracy_drop']:5.3f} | {fs['l0']:12.0f} | {fi['class_consistency']:.3f} / "
-                  f"{fs['class_consistency']:.3f}")
+            print(
+                f"{kind:>13} | {r['in_domain_accuracy']:13.3f} | {r['shifted_accuracy']:11.3f} | "
+                f"{r['accuracy_drop']:5.3f} | {fs['l0']:12.0f} | {fi['class_consistency']:.3f} / "
+                f"{fs['class_consistency']:.3f}"
+            )
         print(f"results: {os.path.join(training_args.output_dir, 'results.json')}")
     return results
 

@@ -94,11 +94,14 @@ class FewShotArguments:
 
     shots: str = field(
         default="5,20",
-        metadata={"help": "Comma-separated k values: train on exactly k examples per class, one run per k and "
-                  "feature layer (every class needs at least max(k) training rows)."},
+        metadata={
+            "help": "Comma-separated k values: train on exactly k examples per class, one run per k and "
+            "feature layer (every class needs at least max(k) training rows)."
+        },
     )
     subset_seed: int | None = field(
-        default=None, metadata={"help": "Seed of the k-shot sampling (default: --seed). Stored with the subsets."}
+        default=None,
+        metadata={"help": "Seed of the k-shot sampling (default: --seed). Stored with the subsets."},
     )
 
 
@@ -110,9 +113,19 @@ def parse_args(argv=None):
     # Defaults that suit a CPU laptop; every one can be overridden on the command line. Few-shot runs
     # are short, so a checkpoint is kept at the end of each run only (use --save_strategy epoch for more).
     parser.set_defaults(
-        output_dir="runs/finetune_fewshot", num_train_epochs=15, learning_rate=1e-4, per_device_train_batch_size=16,
-        per_device_eval_batch_size=64, eval_strategy="no", save_strategy="steps", save_steps=10_000,
-        save_total_limit=1, logging_steps=5, report_to="none", seed=0, weight_decay=0.01,
+        output_dir="runs/finetune_fewshot",
+        num_train_epochs=15,
+        learning_rate=1e-4,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=10_000,
+        save_total_limit=1,
+        logging_steps=5,
+        report_to="none",
+        seed=0,
+        weight_decay=0.01,
     )
     model_args, data_args, shot_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     kinds = parse_feature_layers(parser, model_args.feature_layers)
@@ -139,14 +152,19 @@ def draw_subsets(train, shots, shot_args, training_args, data_args) -> dict[int,
 
     ``train``'s class ids are in ``LABEL_COLUMN``; the stored spec names the ``--label_column`` they came from."""
     path = os.path.join(training_args.output_dir, SUBSETS_FILE)
-    spec = {"dataset": data_args.dataset_name, "train_split": data_args.train_split,
-            "label_column": data_args.label_column, "num_rows": len(train), "seed": shot_args.subset_seed}
+    spec = {
+        "dataset": data_args.dataset_name,
+        "train_split": data_args.train_split,
+        "label_column": data_args.label_column,
+        "num_rows": len(train),
+        "seed": shot_args.subset_seed,
+    }
     stored = {}
     if os.path.isfile(path):
         payload = read_json(path)
         if {k: payload.get(k) for k in spec} != spec:
             raise SystemExit(
-                f"{path} was drawn for {({k: payload.get(k) for k in spec})}, not {spec}; "
+                f"{path} was drawn for { ({k: payload.get(k) for k in spec}) }, not {spec}; "
                 "use another --output_dir or delete the old run"
             )
         stored = {int(k): v for k, v in payload["subsets"].items()}
@@ -172,8 +190,11 @@ def plot(results: dict, path: str, dataset: str) -> None:
     fig = Figure(figsize=(10, 3.8))
     panels = fig.subplots(1, 2)
     shots = sorted({int(k) for by_k in results.values() for k in by_k})
-    for ax, key, ylabel in zip(panels, ("test_accuracy", "features_class_consistency"),
-                               ("clean test accuracy", "class consistency of test features")):
+    for ax, key, ylabel in zip(
+        panels,
+        ("test_accuracy", "features_class_consistency"),
+        ("clean test accuracy", "class consistency of test features"),
+    ):
         for kind, by_k in results.items():
             ks = sorted(by_k, key=int)
             ax.plot([int(k) for k in ks], [by_k[k][key] for k in ks], marker="o", label=kind)
@@ -194,30 +215,48 @@ def main(argv=None) -> dict:
     logger.info(f"training/evaluation parameters {training_args}")
     with training_args.main_process_first(desc="loading the dataset and drawing the k-shot sets"):
         # the label column is renamed to LABEL_COLUMN
-        data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed,
-                                              **data_args.loading_options)
+        data, modality = load_dataset_by_name(
+            data_args.dataset_name, seed=training_args.seed, **data_args.loading_options
+        )
         train, test = data[data_args.train_split], data[data_args.eval_split]
         names = label_names(train)
-        source = backbone_source(model_args.model_name_or_path, modality, num_channels=image_channels(train),
-                                 **model_args.loading_options)
+        source = backbone_source(
+            model_args.model_name_or_path,
+            modality,
+            num_channels=image_channels(train),
+            **model_args.loading_options,
+        )
         subsets = draw_subsets(train, shots, shot_args, training_args, data_args)
 
         # preprocess only the rows some k-shot set uses (tokenising a whole corpus would dominate the run)
         union = sorted(set().union(*subsets.values()))
-        augment = data_args.train_augmentation and modality == "image" and "pixel_values" not in train.column_names
+        augment = (
+            data_args.train_augmentation and modality == "image" and "pixel_values" not in train.column_names
+        )
         data, processor = preprocess(
-            DatasetDict({data_args.train_split: train.select(union), data_args.eval_split: test}), modality,
-            source.get("backbone"), augment_split=data_args.train_split if augment else None,
-            loading_kwargs=source.get("backbone_loading_kwargs"), **data_args.preprocessing_options)
+            DatasetDict({data_args.train_split: train.select(union), data_args.eval_split: test}),
+            modality,
+            source.get("backbone"),
+            augment_split=data_args.train_split if augment else None,
+            loading_kwargs=source.get("backbone_loading_kwargs"),
+            **data_args.preprocessing_options,
+        )
     train, test = data[data_args.train_split], data[data_args.eval_split]
     position = {row: i for i, row in enumerate(union)}
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
     main_process = training_args.process_index == 0
-    repo_ids = feature_layer_repo_ids(training_args.hub_model_id, run_names(kinds, shots), training_args.output_dir)
+    repo_ids = feature_layer_repo_ids(
+        training_args.hub_model_id, run_names(kinds, shots), training_args.output_dir
+    )
     run_name = training_args.run_name or os.path.basename(os.path.abspath(training_args.output_dir))
-    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(data_args.dataset_name)
-    dataset_label = (os.path.basename(os.path.normpath(data_args.dataset_name)) if os.path.isdir(data_args.dataset_name)
-                     else data_args.dataset_name)
+    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(
+        data_args.dataset_name
+    )
+    dataset_label = (
+        os.path.basename(os.path.normpath(data_args.dataset_name))
+        if os.path.isdir(data_args.dataset_name)
+        else data_args.dataset_name
+    )
 
     results: dict[str, dict[str, dict]] = {kind: {} for kind in kinds}
     for k in shots:
@@ -230,18 +269,28 @@ def main(argv=None) -> dict:
                 logger.warning(f"k={k} {kind}: finished before, result reused from {done}")
                 continue
             # one folder, one Hub repository and one tracker run per k and feature layer
-            args = dataclasses.replace(training_args, output_dir=run_dir, run_name=f"{run_name}-k{k}-{kind}",
-                                       hub_model_id=repo_ids[f"k{k}-{kind}"])
+            args = dataclasses.replace(
+                training_args,
+                output_dir=run_dir,
+                run_name=f"{run_name}-k{k}-{kind}",
+                hub_model_id=repo_ids[f"k{k}-{kind}"],
+            )
             set_seed(args.seed)  # the same head initialisation for every feature layer
             model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
             trainer = MonoSemanticTrainer(
-                model=model, args=args, train_dataset=subset, eval_dataset=test, data_collator=collator,
-                processing_class=processor, compute_metrics=make_compute_metrics(full_report=True, prefix="features_"),
+                model=model,
+                args=args,
+                train_dataset=subset,
+                eval_dataset=test,
+                data_collator=collator,
+                processing_class=processor,
+                compute_metrics=make_compute_metrics(full_report=True, prefix="features_"),
             )
             logger.info(f"k={k} {kind}: fine-tuning on {len(subset)} rows into {run_dir}")
-            train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir,
-                                                                                  training_args.resume_from_checkpoint),
-                                         ignore_keys_for_eval=KEEP_FEATURES)
+            train_result = trainer.train(
+                resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint),
+                ignore_keys_for_eval=KEEP_FEATURES,
+            )
             trainer.save_model()
             trainer.log_metrics("train", train_result.metrics)
             trainer.save_metrics("train", train_result.metrics)
@@ -250,13 +299,27 @@ def main(argv=None) -> dict:
             metrics = trainer.evaluate(ignore_keys=KEEP_FEATURES)
             trainer.log_metrics("eval", metrics)
             trainer.save_metrics("eval", metrics)
-            card = {"results": [{"dataset": dataset_label,
-                                 "split": data_args.eval_split, "scenario": "few_shot", "level": k, "method": kind,
-                                 "metric": metric, "value": metrics[f"eval_{metric}"], "seeds": [shot_args.subset_seed]}
-                                for metric in ("accuracy", "macro_f1")],
-                    "dataset_tags": data_args.dataset_name if named_dataset else None,
-                    "recipe": {**trainer.training_recipe(), "training data": f"{k} examples per class of "
-                               f"`{data_args.dataset_name}` ({len(subset)} rows, subset seed {shot_args.subset_seed})"}}
+            card = {
+                "results": [
+                    {
+                        "dataset": dataset_label,
+                        "split": data_args.eval_split,
+                        "scenario": "few_shot",
+                        "level": k,
+                        "method": kind,
+                        "metric": metric,
+                        "value": metrics[f"eval_{metric}"],
+                        "seeds": [shot_args.subset_seed],
+                    }
+                    for metric in ("accuracy", "macro_f1")
+                ],
+                "dataset_tags": data_args.dataset_name if named_dataset else None,
+                "recipe": {
+                    **trainer.training_recipe(),
+                    "training data": f"{k} examples per class of "
+                    f"`{data_args.dataset_name}` ({len(subset)} rows, subset seed {shot_args.subset_seed})",
+                },
+            }
             if args.push_to_hub:
                 trainer.push_to_hub(commit_message="End of training", **card)
             else:
@@ -264,9 +327,16 @@ def main(argv=None) -> dict:
             trainer.end_tracker_runs()  # the next run logs to a tracker run of its own
             if main_process:
                 result = {
-                    "k": k, "train_rows": len(subset), "test_accuracy": metrics["eval_accuracy"],
-                    "test_macro_f1": metrics["eval_macro_f1"], "train_steps": trainer.state.global_step,
-                    **{key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_features_")},
+                    "k": k,
+                    "train_rows": len(subset),
+                    "test_accuracy": metrics["eval_accuracy"],
+                    "test_macro_f1": metrics["eval_macro_f1"],
+                    "train_steps": trainer.state.global_step,
+                    **{
+                        key[len("eval_") :]: value
+                        for key, value in metrics.items()
+                        if key.startswith("eval_features_")
+                    },
                     "checkpoint": run_dir,
                 }
                 write_json(done, result)
@@ -276,14 +346,29 @@ def main(argv=None) -> dict:
     if main_process:
         payload = {
             "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
-            "dataset": data_args.dataset_name, "modality": modality,
-            "backbone": model_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
-            "shots": shots, "subset_seed": shot_args.subset_seed, "seed": training_args.seed,
-            "freeze_backbone": model_args.freeze_backbone, "test_rows": len(test), "results": results,
+            "dataset": data_args.dataset_name,
+            "modality": modality,
+            "backbone": model_args.model_name_or_path
+            or source.get("backbone")
+            or "small-resnet (random init)",
+            "shots": shots,
+            "subset_seed": shot_args.subset_seed,
+            "seed": training_args.seed,
+            "freeze_backbone": model_args.freeze_backbone,
+            "test_rows": len(test),
+            "results": results,
             "records": [
-                {"dataset": data_args.dataset_name, "scenario": "few_shot", "level": int(k), "method": kind,
-                 "metric": "accuracy", "value": r["test_accuracy"], "seeds": [shot_args.subset_seed]}
-                for kind, by_k in results.items() for k, r in by_k.items()
+                {
+                    "dataset": data_args.dataset_name,
+                    "scenario": "few_shot",
+                    "level": int(k),
+                    "method": kind,
+                    "metric": "accuracy",
+                    "value": r["test_accuracy"],
+                    "seeds": [shot_args.subset_seed],
+                }
+                for kind, by_k in results.items()
+                for k, r in by_k.items()
             ],
         }
         write_json(os.path.join(training_args.output_dir, "results.json"), payload)
@@ -291,8 +376,10 @@ def main(argv=None) -> dict:
         print(f"\n{'feature_layer':>13} | {'k':>4} | clean test acc | macro-F1 |   L0 | class consistency")
         for kind, by_k in results.items():
             for k, r in sorted(by_k.items(), key=lambda item: int(item[0])):
-                print(f"{kind:>13} | {int(k):4d} | {r['test_accuracy']:14.3f} | {r['test_macro_f1']:8.3f} | "
-                      f"{r['features_l0']:4.0f} | {r['features_class_consistency']:.3f}")
+                print(
+                    f"{kind:>13} | {int(k):4d} | {r['test_accuracy']:14.3f} | {r['test_macro_f1']:8.3f} | "
+                    f"{r['features_l0']:4.0f} | {r['features_class_consistency']:.3f}"
+                )
         print(f"results: {os.path.join(training_args.output_dir, 'results.json')}")
     return results
 

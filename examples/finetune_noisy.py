@@ -113,8 +113,14 @@ DEFAULT_RUN = (
 #: the training rows without augmentation (memorisation is measured on the images as they are)
 PLAIN_TRAIN_SPLIT = "__train_without_augmentation__"
 #: what each entry of scenario.json comes from, to name it when a resumed run differs
-SCENARIO_OPTIONS = {"dataset": "--dataset_name", "label_column": "--label_column", "label_noise": "--label_noise",
-                    "kind": "--label_noise_kind", "seed": "--seed", "num_rows": "the number of training rows"}
+SCENARIO_OPTIONS = {
+    "dataset": "--dataset_name",
+    "label_column": "--label_column",
+    "label_noise": "--label_noise",
+    "kind": "--label_noise_kind",
+    "seed": "--seed",
+    "num_rows": "the number of training rows",
+}
 
 
 @dataclass
@@ -130,10 +136,12 @@ class ScenarioArguments:
 
     label_noise: float = field(
         default=0.6,
-        metadata={"help": "Fraction of training labels corrupted, in [0, 1]. The default 0.6 lies where the paper reports "
-                  "its gains (30-90%% noise, many classes): on the default 20 Newsgroups, symmetric noise leaves 40%% "
-                  "of a class's labels on the true class and about 3%% on each other one, so they stay informative "
-                  "(below 0.95 with 20 classes; with 3 classes, only below 0.67)."},
+        metadata={
+            "help": "Fraction of training labels corrupted, in [0, 1]. The default 0.6 lies where the paper reports "
+            "its gains (30-90%% noise, many classes): on the default 20 Newsgroups, symmetric noise leaves 40%% "
+            "of a class's labels on the true class and about 3%% on each other one, so they stay informative "
+            "(below 0.95 with 20 classes; with 3 classes, only below 0.67)."
+        },
     )
     label_noise_kind: str = field(default="symmetric", metadata={"help": "symmetric or asymmetric."})
     eval_input_noise: str = field(
@@ -145,8 +153,10 @@ class ScenarioArguments:
     )
     scenario_hub_id: str | None = field(
         default=None,
-        metadata={"help": "With --push_to_hub: also push scenario.json (the exact noisy labels) to this dataset "
-                  "repository, with a dataset card."},
+        metadata={
+            "help": "With --push_to_hub: also push scenario.json (the exact noisy labels) to this dataset "
+            "repository, with a dataset card."
+        },
     )
 
 
@@ -157,9 +167,19 @@ def parse_args(argv=None):
     parser = HfArgumentParser(ARGUMENT_DATACLASSES, epilog=DEFAULT_RUN)
     # Defaults that suit a CPU laptop; every one can be overridden on the command line.
     parser.set_defaults(
-        output_dir="runs/finetune_noisy", dataset_name=DEFAULT_DATASET, num_train_epochs=2, learning_rate=5e-5,
-        per_device_train_batch_size=32, per_device_eval_batch_size=64, eval_strategy="epoch", save_strategy="epoch",
-        save_total_limit=1, logging_steps=20, report_to="none", seed=0, weight_decay=0.01,
+        output_dir="runs/finetune_noisy",
+        dataset_name=DEFAULT_DATASET,
+        num_train_epochs=2,
+        learning_rate=5e-5,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=20,
+        report_to="none",
+        seed=0,
+        weight_decay=0.01,
     )
     model_args, data_args, scenario_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     kinds = parse_feature_layers(parser, model_args.feature_layers)
@@ -188,20 +208,33 @@ def noisy_train_split(train, scenario_args, training_args, data_args, num_labels
     ``LABEL_COLUMN`` (``load_dataset_by_name`` renamed ``--label_column``, which the file records).
     """
     path = os.path.join(training_args.output_dir, SCENARIO_FILE)
-    spec = {"dataset": data_args.dataset_name, "label_column": data_args.label_column,
-            "label_noise": scenario_args.label_noise, "kind": scenario_args.label_noise_kind,
-            "seed": training_args.seed, "num_rows": len(train)}
+    spec = {
+        "dataset": data_args.dataset_name,
+        "label_column": data_args.label_column,
+        "label_noise": scenario_args.label_noise,
+        "kind": scenario_args.label_noise_kind,
+        "seed": training_args.seed,
+        "num_rows": len(train),
+    }
     if os.path.isfile(path):
         stored = read_json(path)
         check_stored_scenario(path, stored, spec)
         label, order = LABEL_COLUMN, train.column_names
         feature = train.features[label]
-        clean = np.asarray(train.select_columns([label]).with_format("numpy")[:][label])  # plain ids, in one read
+        clean = np.asarray(
+            train.select_columns([label]).with_format("numpy")[:][label]
+        )  # plain ids, in one read
         train = train.remove_columns(label).add_column(label, np.asarray(stored["labels"]), feature=feature)
         train = train.select_columns(order)  # the same layout as a fresh draw
         return train if "clean_label" in order else train.add_column("clean_label", clean, feature=feature)
-    noisy = add_label_noise(train, scenario_args.label_noise, kind=scenario_args.label_noise_kind,
-                            seed=training_args.seed, label_column=LABEL_COLUMN, num_classes=num_labels)
+    noisy = add_label_noise(
+        train,
+        scenario_args.label_noise,
+        kind=scenario_args.label_noise_kind,
+        seed=training_args.seed,
+        label_column=LABEL_COLUMN,
+        num_classes=num_labels,
+    )
     if training_args.process_index == 0:
         labels = np.asarray(noisy.with_format("numpy")[LABEL_COLUMN]).tolist()
         write_json(path, {**spec, "labels": labels})  # atomic: other processes never read a half-written file
@@ -212,10 +245,15 @@ def check_stored_scenario(path: str, stored: dict, spec: dict) -> None:
     """Refuse a stored label-noise draw made for other data or another scenario (``ValueError`` naming
     every option that differs). A file from before the dataset and label column were recorded lacks
     them; only its other entries are checked."""
-    expected = {key: value for key, value in spec.items() if key in stored or key not in ("dataset", "label_column")}
+    expected = {
+        key: value for key, value in spec.items() if key in stored or key not in ("dataset", "label_column")
+    }
     found = {key: stored.get(key) for key in expected}
-    different = [f"{SCENARIO_OPTIONS[key]} was {found[key]!r}, now {expected[key]!r}"
-                 for key in expected if found[key] != expected[key]]
+    different = [
+        f"{SCENARIO_OPTIONS[key]} was {found[key]!r}, now {expected[key]!r}"
+        for key in expected
+        if found[key] != expected[key]
+    ]
     if different:
         raise ValueError(
             f"{path} was written for {found}, not {expected} ({'; '.join(different)}): the resumed run must use "
@@ -231,8 +269,11 @@ def evaluate_under_input_noise(trainer, test, modality, levels, seed, text_colum
             noisy = add_image_noise(test, kind="gaussian", strength=level, seed=seed)
         else:
             noisy = add_text_noise(test, kind="typo", rate=level, seed=seed, text_column=text_column)
-            noisy = noisy.map(trainer.processing_class, input_columns=text_column,
-                              fn_kwargs={"truncation": True, "max_length": max_length})
+            noisy = noisy.map(
+                trainer.processing_class,
+                input_columns=text_column,
+                fn_kwargs={"truncation": True, "max_length": max_length},
+            )
         out[level] = trainer.evaluate(noisy, metric_key_prefix=f"noise{level}")[f"noise{level}_accuracy"]
     return out
 
@@ -246,11 +287,17 @@ def plot(results: dict, path: str, label_noise: float) -> None:
     curves, after = fig.subplots(1, 2)
     for kind, r in results.items():
         curves.plot([e for e, _ in r["eval_curve"]], [a for _, a in r["eval_curve"]], marker="o", label=kind)
-    curves.set(xlabel="epoch", ylabel="clean test accuracy", title=f"training on {label_noise:.0%} noisy labels")
+    curves.set(
+        xlabel="epoch", ylabel="clean test accuracy", title=f"training on {label_noise:.0%} noisy labels"
+    )
     curves.legend()
-    bars = pd.DataFrame({"clean test accuracy": [r["test_accuracy"] for r in results.values()],
-                         "noisy train labels fitted": [r["memorised_noise"] for r in results.values()]},
-                        index=list(results))
+    bars = pd.DataFrame(
+        {
+            "clean test accuracy": [r["test_accuracy"] for r in results.values()],
+            "noisy train labels fitted": [r["memorised_noise"] for r in results.values()],
+        },
+        index=list(results),
+    )
     bars.plot.bar(ax=after, rot=0, ylim=(0, 1), title="after training").legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -266,10 +313,20 @@ def result_records(results: dict, data_args, scenario_args, modality: str, seed:
     records = []
     for kind, r in results.items():
         common = {"dataset": dataset, "split": data_args.eval_split, "method": kind, "seeds": [seed]}
-        records += [{**common, "scenario": "label_noise", "level": scenario_args.label_noise, "metric": metric,
-                     "value": r[key]} for metric, key in (("accuracy", "test_accuracy"), ("macro_f1", "test_macro_f1"))]
-        records += [{**common, "scenario": noise, "level": float(level), "metric": "accuracy", "value": value}
-                    for level, value in r["input_noise_accuracy"].items()]
+        records += [
+            {
+                **common,
+                "scenario": "label_noise",
+                "level": scenario_args.label_noise,
+                "metric": metric,
+                "value": r[key],
+            }
+            for metric, key in (("accuracy", "test_accuracy"), ("macro_f1", "test_macro_f1"))
+        ]
+        records += [
+            {**common, "scenario": noise, "level": float(level), "metric": "accuracy", "value": value}
+            for level, value in r["input_noise_accuracy"].items()
+        ]
     return records
 
 
@@ -287,15 +344,25 @@ def what_the_run_shows(results: dict, dataset_name: str, scenario_args, num_clas
     ``20 Newsgroups bydate, 60% symmetric label noise, 20 classes: linear 0.412 vs nonneg 0.437 clean test
     accuracy (nonneg - linear +0.025); fit to flipped labels 0.08 vs 0.06``."""
     kinds = list(results)
-    line = (f"{dataset_title(dataset_name)}, {scenario_args.label_noise:.0%} {scenario_args.label_noise_kind} label "
-            f"noise, {num_classes} classes: "
-            + " vs ".join(f"{kind} {results[kind]['test_accuracy']:.3f}" for kind in kinds) + " clean test accuracy")
+    line = (
+        f"{dataset_title(dataset_name)}, {scenario_args.label_noise:.0%} {scenario_args.label_noise_kind} label "
+        f"noise, {num_classes} classes: "
+        + " vs ".join(f"{kind} {results[kind]['test_accuracy']:.3f}" for kind in kinds)
+        + " clean test accuracy"
+    )
     if len(kinds) > 1:
         base = results[kinds[0]]["test_accuracy"]
-        line += " (" + ", ".join(f"{kind} - {kinds[0]} {results[kind]['test_accuracy'] - base:+.3f}"
-                                 for kind in kinds[1:]) + ")"
+        line += (
+            " ("
+            + ", ".join(
+                f"{kind} - {kinds[0]} {results[kind]['test_accuracy'] - base:+.3f}" for kind in kinds[1:]
+            )
+            + ")"
+        )
     if any(r.get("flipped_labels", 1) for r in results.values()):
-        line += "; fit to flipped labels " + " vs ".join(f"{results[kind]['memorised_noise']:.2f}" for kind in kinds)
+        line += "; fit to flipped labels " + " vs ".join(
+            f"{results[kind]['memorised_noise']:.2f}" for kind in kinds
+        )
     else:
         line += "; no training label was flipped"
     return line
@@ -307,8 +374,13 @@ def publish(kind, args, modality, processor, records, card_options, loss_type, a
     auto = AutoModelForImageClassification if modality == "image" else AutoModelForSequenceClassification
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = auto.from_pretrained(args.output_dir, **options)  # what was saved is what is published
-    trainer = MonoSemanticTrainer(model=model, args=dataclasses.replace(args, report_to="none", eval_strategy="no"),
-                                  processing_class=processor, loss_type=loss_type, validate_datasets=False)
+    trainer = MonoSemanticTrainer(
+        model=model,
+        args=dataclasses.replace(args, report_to="none", eval_strategy="no"),
+        processing_class=processor,
+        loss_type=loss_type,
+        validate_datasets=False,
+    )
     recipe = {**trainer.training_recipe(), **card_options.pop("recipe", {})}
     if args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training", results=records, recipe=recipe, **card_options)
@@ -325,25 +397,42 @@ def main(argv=None) -> dict:
     main_process = training_args.process_index == 0
     with training_args.main_process_first(desc="loading, corrupting and preprocessing the dataset"):
         # the label column is renamed to LABEL_COLUMN
-        data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed,
-                                              **data_args.loading_options)
+        data, modality = load_dataset_by_name(
+            data_args.dataset_name, seed=training_args.seed, **data_args.loading_options
+        )
         train_split = data_args.train_split
         names = label_names(data[train_split])
-        source = backbone_source(model_args.model_name_or_path, modality,
-                                 num_channels=image_channels(data[train_split]), **model_args.loading_options)
+        source = backbone_source(
+            model_args.model_name_or_path,
+            modality,
+            num_channels=image_channels(data[train_split]),
+            **model_args.loading_options,
+        )
         # the labels are corrupted before preprocessing, which never reads them
-        data[train_split] = noisy_train_split(data[train_split], scenario_args, training_args, data_args, len(names))
-        augment = (data_args.train_augmentation and modality == "image"
-                   and "pixel_values" not in data[train_split].column_names)  # Hub images: crop + flip
+        data[train_split] = noisy_train_split(
+            data[train_split], scenario_args, training_args, data_args, len(names)
+        )
+        augment = (
+            data_args.train_augmentation
+            and modality == "image"
+            and "pixel_values" not in data[train_split].column_names
+        )  # Hub images: crop + flip
         if augment:
             data[PLAIN_TRAIN_SPLIT] = data[train_split]
-        data, processor = preprocess(data, modality, source.get("backbone"), augment_split=train_split if augment else None,
-                                     loading_kwargs=source.get("backbone_loading_kwargs"),
-                                     **data_args.preprocessing_options)
+        data, processor = preprocess(
+            data,
+            modality,
+            source.get("backbone"),
+            augment_split=train_split if augment else None,
+            loading_kwargs=source.get("backbone_loading_kwargs"),
+            **data_args.preprocessing_options,
+        )
     train, test = data[train_split], data[data_args.eval_split]
     plain_train = data[PLAIN_TRAIN_SPLIT] if augment else train
-    logger.info(f"{data_args.dataset_name}: {len(train)} training rows ({scenario_args.label_noise:.0%} "
-                f"{scenario_args.label_noise_kind} label noise), {len(test)} test rows, {len(names)} classes")
+    logger.info(
+        f"{data_args.dataset_name}: {len(train)} training rows ({scenario_args.label_noise:.0%} "
+        f"{scenario_args.label_noise_kind} label noise), {len(test)} test rows, {len(names)} classes"
+    )
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
     repo_ids = feature_layer_repo_ids(training_args.hub_model_id, kinds, training_args.output_dir)
     run_name = training_args.run_name or os.path.basename(os.path.abspath(training_args.output_dir))
@@ -352,19 +441,28 @@ def main(argv=None) -> dict:
     for kind in kinds:
         # one folder, one Hub repository and one tracker run per feature layer
         args = dataclasses.replace(
-            training_args, output_dir=os.path.join(training_args.output_dir, kind), run_name=f"{run_name}-{kind}",
-            hub_model_id=repo_ids[kind])
+            training_args,
+            output_dir=os.path.join(training_args.output_dir, kind),
+            run_name=f"{run_name}-{kind}",
+            hub_model_id=repo_ids[kind],
+        )
         run_args[kind] = args
         set_seed(args.seed)  # the same initial weights for every run (and every layer) of this seed
         model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
         trainer = MonoSemanticTrainer(
-            model=model, args=args, train_dataset=train, eval_dataset=test, data_collator=collator,
-            processing_class=processor, compute_metrics=make_compute_metrics(with_monosemanticity=False),
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=test,
+            data_collator=collator,
+            processing_class=processor,
+            compute_metrics=make_compute_metrics(with_monosemanticity=False),
             loss_type=model_args.loss_type,
         )
         logger.info(f"{kind}: fine-tuning into {args.output_dir}")
-        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir,
-                                                                              training_args.resume_from_checkpoint))
+        train_result = trainer.train(
+            resume_from_checkpoint=resume_checkpoint(args.output_dir, training_args.resume_from_checkpoint)
+        )
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
@@ -380,19 +478,34 @@ def main(argv=None) -> dict:
         noisy_labels = np.asarray(plain_train.with_format("numpy")[LABEL_COLUMN])
         clean_labels = np.asarray(plain_train.with_format("numpy")["clean_label"])
         flipped = noisy_labels != clean_labels
-        features, _, test_labels = extract_features(trainer.model, test, batch_size=args.per_device_eval_batch_size,
-                                                    tokenizer=processor if modality == "text" else None,
-                                                    progress=False)
+        features, _, test_labels = extract_features(
+            trainer.model,
+            test,
+            batch_size=args.per_device_eval_batch_size,
+            tokenizer=processor if modality == "text" else None,
+            progress=False,
+        )
         mono = monosemanticity_report(features, test_labels)
         results[kind] = {
             "test_accuracy": metrics["eval_accuracy"],
             "test_macro_f1": metrics["eval_macro_f1"],
             "train_accuracy_vs_clean_labels": float((predicted == clean_labels).mean()),
-            "memorised_noise": float((predicted[flipped] == noisy_labels[flipped]).mean()) if flipped.any() else 0.0,
+            "memorised_noise": float((predicted[flipped] == noisy_labels[flipped]).mean())
+            if flipped.any()
+            else 0.0,
             "flipped_labels": int(flipped.sum()),
             "input_noise_accuracy": evaluate_under_input_noise(
-                trainer, test, modality, levels, training_args.seed, data_args.text_column, data_args.max_length),
-            "eval_curve": [(h["epoch"], h["eval_accuracy"]) for h in trainer.state.log_history if "eval_accuracy" in h],
+                trainer,
+                test,
+                modality,
+                levels,
+                training_args.seed,
+                data_args.text_column,
+                data_args.max_length,
+            ),
+            "eval_curve": [
+                (h["epoch"], h["eval_accuracy"]) for h in trainer.state.log_history if "eval_accuracy" in h
+            ],
             **{f"features_{k}": v for k, v in mono.items()},
             "checkpoint": args.output_dir,
         }
@@ -401,38 +514,72 @@ def main(argv=None) -> dict:
 
     records = result_records(results, data_args, scenario_args, modality, training_args.seed)
     scenario_path = os.path.join(training_args.output_dir, SCENARIO_FILE)
-    label_noise = (f"{scenario_args.label_noise:.0%} {scenario_args.label_noise_kind} label noise on "
-                   f"`{data_args.label_column}` (seed {training_args.seed}; the draw is `scenario.json`"
-                   + (f", dataset [{scenario_args.scenario_hub_id}](https://huggingface.co/datasets/"
-                      f"{scenario_args.scenario_hub_id})" if training_args.push_to_hub and scenario_args.scenario_hub_id
-                      else "") + ")")
+    label_noise = (
+        f"{scenario_args.label_noise:.0%} {scenario_args.label_noise_kind} label noise on "
+        f"`{data_args.label_column}` (seed {training_args.seed}; the draw is `scenario.json`"
+        + (
+            f", dataset [{scenario_args.scenario_hub_id}](https://huggingface.co/datasets/"
+            f"{scenario_args.scenario_hub_id})"
+            if training_args.push_to_hub and scenario_args.scenario_hub_id
+            else ""
+        )
+        + ")"
+    )
     if training_args.push_to_hub and scenario_args.scenario_hub_id and main_process:
-        push_scenario_to_hub(scenario_path, scenario_args.scenario_hub_id, modality=modality,
-                             token=training_args.hub_token, private=training_args.hub_private_repo)
+        push_scenario_to_hub(
+            scenario_path,
+            scenario_args.scenario_hub_id,
+            modality=modality,
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
+        )
         logger.info(f"pushed {scenario_path} to the dataset {scenario_args.scenario_hub_id}")
-    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(data_args.dataset_name)
+    named_dataset = data_args.dataset_name not in BUILTIN_DATASETS and not os.path.isdir(
+        data_args.dataset_name
+    )
     for kind in kinds:
-        card_options = {"dataset_tags": data_args.dataset_name if named_dataset else None,
-                        "recipe": {"training data": f"{len(train)} rows of `{data_args.dataset_name}` "
-                                   f"({train_split} split), {label_noise}", "test data": f"{len(test)} rows of the "
-                                   f"{data_args.eval_split} split, clean labels"}}
-        publish(kind, run_args[kind], modality, processor, records, card_options, model_args.loss_type,
-                model_args.attn_implementation)
+        card_options = {
+            "dataset_tags": data_args.dataset_name if named_dataset else None,
+            "recipe": {
+                "training data": f"{len(train)} rows of `{data_args.dataset_name}` "
+                f"({train_split} split), {label_noise}",
+                "test data": f"{len(test)} rows of the {data_args.eval_split} split, clean labels",
+            },
+        }
+        publish(
+            kind,
+            run_args[kind],
+            modality,
+            processor,
+            records,
+            card_options,
+            model_args.loss_type,
+            model_args.attn_implementation,
+        )
 
     if main_process:
         payload = {
             "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
-            "dataset": data_args.dataset_name, "modality": modality,
-            "backbone": model_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
-            "scenario": dataclasses.asdict(scenario_args), "seed": training_args.seed, "results": results,
+            "dataset": data_args.dataset_name,
+            "modality": modality,
+            "backbone": model_args.model_name_or_path
+            or source.get("backbone")
+            or "small-resnet (random init)",
+            "scenario": dataclasses.asdict(scenario_args),
+            "seed": training_args.seed,
+            "results": results,
             "records": records,
         }
         write_json(os.path.join(training_args.output_dir, "results.json"), payload)
         plot(results, os.path.join(training_args.output_dir, "results.png"), scenario_args.label_noise)
-        print(f"\n{'feature_layer':>13} | clean test acc | macro-F1 | noisy labels fitted | L0 | class consistency")
+        print(
+            f"\n{'feature_layer':>13} | clean test acc | macro-F1 | noisy labels fitted | L0 | class consistency"
+        )
         for kind, r in results.items():
-            print(f"{kind:>13} | {r['test_accuracy']:14.3f} | {r['test_macro_f1']:8.3f} | {r['memorised_noise']:19.3f} | "
-                  f"{r['features_l0']:4.0f} | {r['features_class_consistency']:.3f}")
+            print(
+                f"{kind:>13} | {r['test_accuracy']:14.3f} | {r['test_macro_f1']:8.3f} | {r['memorised_noise']:19.3f} | "
+                f"{r['features_l0']:4.0f} | {r['features_class_consistency']:.3f}"
+            )
         print(f"results: {os.path.join(training_args.output_dir, 'results.json')}")
         print(what_the_run_shows(results, data_args.dataset_name, scenario_args, len(names)))
     return results

@@ -138,43 +138,67 @@ from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_
 class PretrainArguments:
     """The model pretrained with each method and its views."""
 
-    methods: str = field(default="simclr,ncl", metadata={"help": "Comma-separated methods: simclr (linear projector "
-                                                         "output), ncl (non-negative projector output)."})
+    methods: str = field(
+        default="simclr,ncl",
+        metadata={
+            "help": "Comma-separated methods: simclr (linear projector "
+            "output), ncl (non-negative projector output)."
+        },
+    )
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Backbone architecture (Hub id or folder); default a small ResNet. Randomly initialised "
-                  "unless --use_pretrained_backbone."},
+        metadata={
+            "help": "Backbone architecture (Hub id or folder); default a small ResNet. Randomly initialised "
+            "unless --use_pretrained_backbone."
+        },
     )
     use_pretrained_backbone: bool = field(
-        default=False, metadata={"help": "Start from --model_name_or_path's weights instead of a random init."}
+        default=False,
+        metadata={"help": "Start from --model_name_or_path's weights instead of a random init."},
     )
     feature_dim: int = field(default=512, metadata={"help": "Projector output width (the probed features)."})
-    projector_hidden_dim: int = field(default=512, metadata={"help": "Projector hidden width (same for both methods)."})
+    projector_hidden_dim: int = field(
+        default=512, metadata={"help": "Projector hidden width (same for both methods)."}
+    )
     temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature (the paper: 0.2)."})
-    pooling: str | None = field(default=None, metadata={"help": "cls, mean, last or pooler (default per family)."})
-    crop_scale_min: float = field(default=0.2, metadata={"help": "Smallest area fraction of the random resized crop."})
+    pooling: str | None = field(
+        default=None, metadata={"help": "cls, mean, last or pooler (default per family)."}
+    )
+    crop_scale_min: float = field(
+        default=0.2, metadata={"help": "Smallest area fraction of the random resized crop."}
+    )
     hflip_p: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
     intensity_jitter: float = field(
         default=0.4,
-        metadata={"help": "1-channel images: contrast factor in [1-s, 1+s] and brightness shift in [-s, s] (units of "
-                  "the data std), applied to 80%% of the views; 0 turns it off. RGB inputs use colour jitter instead."},
+        metadata={
+            "help": "1-channel images: contrast factor in [1-s, 1+s] and brightness shift in [-s, s] (units of "
+            "the data std), applied to 80%% of the views; 0 turns it off. RGB inputs use colour jitter instead."
+        },
     )
-    text_mask_rate: float = field(default=0.1, metadata={"help": "Text datasets only: token masking rate of the views."})
+    text_mask_rate: float = field(
+        default=0.1, metadata={"help": "Text datasets only: token masking rate of the views."}
+    )
     nonneg_activation: str = field(
         default="relu",
-        metadata={"help": "NCL's non-negativity: relu, or rep_relu (ReLU forward, GELU's gradient backward: the NCL "
-                  "authors' CIFAR default, against dead units)."},
+        metadata={
+            "help": "NCL's non-negativity: relu, or rep_relu (ReLU forward, GELU's gradient backward: the NCL "
+            "authors' CIFAR default, against dead units)."
+        },
     )
     activation_loss_weight: float = field(
         default=10.0,
-        metadata={"help": "NCL only: weight of the activation term -mean_j mean_batch |z_j| on the unit-norm "
-                  "projector output, against dead units (the Beyond-Interpretability authors' NCL adds it with "
-                  "weight 1; 10 was chosen on held-out rows by protocol P1, docs/results/p1_ncl_selection.md; 0: off)."},
+        metadata={
+            "help": "NCL only: weight of the activation term -mean_j mean_batch |z_j| on the unit-norm "
+            "projector output, against dead units (the Beyond-Interpretability authors' NCL adds it with "
+            "weight 1; 10 was chosen on held-out rows by protocol P1, docs/results/p1_ncl_selection.md; 0: off)."
+        },
     )
     validation_rows: int = field(
         default=0,
-        metadata={"help": "Hold out this many stratified training rows and evaluate (pretraining views and probes) on "
-                  "them instead of --eval_split: for choosing settings without reading the test set (0: off)."},
+        metadata={
+            "help": "Hold out this many stratified training rows and evaluate (pretraining views and probes) on "
+            "them instead of --eval_split: for choosing settings without reading the test set (0: off)."
+        },
     )
 
 
@@ -192,29 +216,38 @@ class ProbeArguments(LinearProbeArguments):
 
     label_noise: str = field(
         default="0.4",
-        metadata={"help": "Comma-separated symmetric label-noise rates of the noisy probes (e.g. 0,0.1,0.3,0.6,0.9), "
-                  "each in [0, 1) and below (C-1)/C for the dataset's C classes; clean-label probes always run."},
+        metadata={
+            "help": "Comma-separated symmetric label-noise rates of the noisy probes (e.g. 0,0.1,0.3,0.6,0.9), "
+            "each in [0, 1) and below (C-1)/C for the dataset's C classes; clean-label probes always run."
+        },
     )
     probe_lr: float = field(
-        default=1e-3, metadata={"help": "Adam learning rate of the fixed protocol (the others set their own)."}
+        default=1e-3,
+        metadata={"help": "Adam learning rate of the fixed protocol (the others set their own)."},
     )
     probe_protocols: str = field(
         default="fixed",
-        metadata={"help": "Comma-separated probe protocols, each probing every method: fixed (unit-RMS inputs if "
-                  "--probe_normalize, Adam at --probe_lr), paper (the authors' linear probe: natural scale, LARS lr "
-                  "0.4 warmup-cosine, --probe_views augmented views of each training image), controlled (every "
-                  "method at SimCLR's mean feature norm, Adam with the lr chosen per method on held-out training "
-                  "rows with noisy labels). --probe_epochs and --probe_batch_size apply to all."},
+        metadata={
+            "help": "Comma-separated probe protocols, each probing every method: fixed (unit-RMS inputs if "
+            "--probe_normalize, Adam at --probe_lr), paper (the authors' linear probe: natural scale, LARS lr "
+            "0.4 warmup-cosine, --probe_views augmented views of each training image), controlled (every "
+            "method at SimCLR's mean feature norm, Adam with the lr chosen per method on held-out training "
+            "rows with noisy labels). --probe_epochs and --probe_batch_size apply to all."
+        },
     )
     probe_views: int = field(
         default=8,
-        metadata={"help": "Paper protocol, image datasets: augmented views (crop 0.08-1 + flip) of every training "
-                  "image, extracted once; each probe epoch draws one per image."},
+        metadata={
+            "help": "Paper protocol, image datasets: augmented views (crop 0.08-1 + flip) of every training "
+            "image, extracted once; each probe epoch draws one per image."
+        },
     )
     probe_normalize: bool = field(
         default=True,
-        metadata={"help": "Fixed protocol: rescale every feature vector to unit root-mean-square before probing "
-                  "(keeps zeros and signs; the contrastive loss only sees directions)."},
+        metadata={
+            "help": "Fixed protocol: rescale every feature vector to unit root-mean-square before probing "
+            "(keeps zeros and signs; the contrastive loss only sees directions)."
+        },
     )
 
     @property
@@ -238,10 +271,22 @@ def parse_args(argv=None):
     parser = HfArgumentParser(ARGUMENT_DATACLASSES)
     # Defaults that suit a CPU laptop; every one can be overridden on the command line.
     parser.set_defaults(
-        output_dir="runs/pretrain_ncl", dataset_name="fashion_mnist", num_train_epochs=8, learning_rate=2e-3,
-        lr_scheduler_type="cosine", warmup_steps=20, weight_decay=1e-4, per_device_train_batch_size=256,
-        per_device_eval_batch_size=256, dataloader_drop_last=True, eval_strategy="epoch", save_strategy="epoch",
-        save_total_limit=1, logging_steps=10, report_to="none", seed=0,
+        output_dir="runs/pretrain_ncl",
+        dataset_name="fashion_mnist",
+        num_train_epochs=8,
+        learning_rate=2e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=20,
+        weight_decay=1e-4,
+        per_device_train_batch_size=256,
+        per_device_eval_batch_size=256,
+        dataloader_drop_last=True,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=10,
+        report_to="none",
+        seed=0,
     )
     pre_args, probe_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     # a dataset you name is used whole, the built-in offline ones default to small samples (--max_*_samples 0: all)
@@ -249,8 +294,10 @@ def parse_args(argv=None):
     methods = [m.strip() for m in pre_args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in CONTRASTIVE_METHODS]
     if unknown or not methods or len(set(methods)) != len(methods):
-        parser.error(f"--methods {pre_args.methods!r}: unknown or repeated {unknown or methods}; "
-                     f"allowed {list(CONTRASTIVE_METHODS)}")
+        parser.error(
+            f"--methods {pre_args.methods!r}: unknown or repeated {unknown or methods}; "
+            f"allowed {list(CONTRASTIVE_METHODS)}"
+        )
     try:
         rates = [float(r) for r in probe_args.label_noise.split(",") if r.strip()]
     except ValueError:
@@ -263,11 +310,21 @@ def parse_args(argv=None):
     protocols = probe_args.protocols
     unknown = [p for p in protocols if p not in PROTOCOL_NAMES]
     if unknown or not protocols or len(set(protocols)) != len(protocols):
-        problem = f"unknown {unknown}" if unknown else "names no protocol" if not protocols else "repeats a protocol"
-        parser.error(f"--probe_protocols {probe_args.probe_protocols!r} {problem}; allowed {list(PROTOCOL_NAMES)}")
+        problem = (
+            f"unknown {unknown}"
+            if unknown
+            else "names no protocol"
+            if not protocols
+            else "repeats a protocol"
+        )
+        parser.error(
+            f"--probe_protocols {probe_args.probe_protocols!r} {problem}; allowed {list(PROTOCOL_NAMES)}"
+        )
     if probe_args.probe_views < 1:
-        parser.error(f"--probe_views {probe_args.probe_views} is not valid; allowed: a positive integer (augmented "
-                     "views per training image)")
+        parser.error(
+            f"--probe_views {probe_args.probe_views} is not valid; allowed: a positive integer (augmented "
+            "views per training image)"
+        )
     parse_rate(parser, pre_args.hflip_p, "--hflip_p")
     if not 0 < pre_args.crop_scale_min <= 1:
         parser.error(f"--crop_scale_min {pre_args.crop_scale_min} must be in (0, 1]")
@@ -278,7 +335,9 @@ def parse_args(argv=None):
     if pre_args.temperature <= 0:
         parser.error(f"--temperature {pre_args.temperature} must be > 0")
     if pre_args.nonneg_activation not in NONNEG_ACTIVATIONS:
-        parser.error(f"--nonneg_activation {pre_args.nonneg_activation!r} is not one of {', '.join(NONNEG_ACTIVATIONS)}")
+        parser.error(
+            f"--nonneg_activation {pre_args.nonneg_activation!r} is not one of {', '.join(NONNEG_ACTIVATIONS)}"
+        )
     if not pre_args.activation_loss_weight >= 0:
         parser.error(f"--activation_loss_weight {pre_args.activation_loss_weight} must be >= 0")
     if pre_args.validation_rows < 0:
@@ -298,11 +357,18 @@ def build_model(kind: str, pre_args: PretrainArguments, source: dict) -> MonoSem
     source = dict(source)
     if "backbone" in source and pre_args.model_name_or_path:
         source["use_pretrained_backbone"] = pre_args.use_pretrained_backbone
-    ncl = {"nonneg_activation": pre_args.nonneg_activation, "activation_loss_weight": pre_args.activation_loss_weight}
+    ncl = {
+        "nonneg_activation": pre_args.nonneg_activation,
+        "activation_loss_weight": pre_args.activation_loss_weight,
+    }
     config = MonoSemanticConfig(
-        **source, pooling=pre_args.pooling or source.get("pooling"), feature_layer=kind,
-        feature_dim=pre_args.feature_dim, projector_hidden_dim=pre_args.projector_hidden_dim,
-        temperature=pre_args.temperature, **(ncl if kind == "nonneg" else {}),
+        **source,
+        pooling=pre_args.pooling or source.get("pooling"),
+        feature_layer=kind,
+        feature_dim=pre_args.feature_dim,
+        projector_hidden_dim=pre_args.projector_hidden_dim,
+        temperature=pre_args.temperature,
+        **(ncl if kind == "nonneg" else {}),
     )
     return MonoSemanticModel(config)
 
@@ -312,9 +378,11 @@ def check_rates(probe_args, num_labels: int, dataset: str) -> None:
     limit = (num_labels - 1) / num_labels
     bad = [r for r in probe_args.rates if not r < limit]
     if bad:
-        raise SystemExit(f"--label_noise {probe_args.label_noise!r}: rate {bad[0]:g} is not valid for {dataset!r} "
-                         f"with {num_labels} classes; allowed: rates in [0, {limit:.3g}) -- symmetric noise at "
-                         "(C-1)/C or more leaves no signal in the labels")
+        raise SystemExit(
+            f"--label_noise {probe_args.label_noise!r}: rate {bad[0]:g} is not valid for {dataset!r} "
+            f"with {num_labels} classes; allowed: rates in [0, {limit:.3g}) -- symmetric noise at "
+            "(C-1)/C or more leaves no signal in the labels"
+        )
 
 
 def protocol_for(name: str, probe_args) -> ProbeProtocol:
@@ -331,7 +399,9 @@ def cell_name(rate: float) -> str:
 
 
 @torch.no_grad()
-def training_view_features(model, train, views, num_views: int, seed: int, device, chunk: int = 4096) -> torch.Tensor:
+def training_view_features(
+    model, train, views, num_views: int, seed: int, device, chunk: int = 4096
+) -> torch.Tensor:
     """``[num_views, N, F]`` projector outputs of ``num_views`` augmented copies of every training image,
     extracted once (:func:`hf_monosem.cached.augmented_view_features`), ``chunk`` images at a time so
     that a whole Hub dataset never sits in memory as pixels. Every method gets the same views."""
@@ -341,13 +411,22 @@ def training_view_features(model, train, views, num_views: int, seed: int, devic
 
     parts = []
     for j, start in enumerate(range(0, len(train), chunk)):
-        images = torch.as_tensor(train[start:start + chunk]["pixel_values"]).float().to(device)
+        images = torch.as_tensor(train[start : start + chunk]["pixel_values"]).float().to(device)
         parts.append(augmented_view_features(encode, images, views, num_views, seed=seed * 1_000_003 + j))
     return torch.cat(parts, dim=1)
 
 
-def probe(protocol: ProbeProtocol, features: dict, train_views: dict, y_train, y_test, label_feature, num_labels,
-          probe_args, device) -> dict:
+def probe(
+    protocol: ProbeProtocol,
+    features: dict,
+    train_views: dict,
+    y_train,
+    y_test,
+    label_feature,
+    num_labels,
+    probe_args,
+    device,
+) -> dict:
     """Clean and noisy-label linear probes of every method under ``protocol`` (``probe_seeds`` each, one
     batched grid per method, :func:`hf_monosem.scenarios.grid.label_noise_probe_grid`; the same label
     draws for every method); clean-test accuracy per cell, the probe learning rate and the input scale.
@@ -370,7 +449,9 @@ def probe(protocol: ProbeProtocol, features: dict, train_views: dict, y_train, y
         views = {method: v * scales[method] for method, v in views.items()}
     rates, seeds = probe_args.rates, list(range(probe_args.probe_seeds))
     draws = noisy_label_draws(y_train, label_feature, rates, seeds)
-    if protocol.lr_grid:  # the held-out rows and noisy labels the learning rate is chosen on (as the benchmark's)
+    if (
+        protocol.lr_grid
+    ):  # the held-out rows and noisy labels the learning rate is chosen on (as the benchmark's)
         noisy = noisy_label_draws(y_train, label_feature, [protocol.selection_rate], [0])[0]
         order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(0))
         held_out = order[: max(1, int(len(y_train) * protocol.selection_fraction))]
@@ -384,9 +465,13 @@ def probe(protocol: ProbeProtocol, features: dict, train_views: dict, y_train, y
             train, f["test"].to(device), y_train, y_test, label_feature, rates, seeds, num_labels=num_labels,
             label_draws=draws, unaugmented_train_features=plain, **protocol.training_kwargs(lr),
         )  # fmt: skip
-        out[method] = {"cells": probes.summary([cell_name(r) for r in rates]), "probe_lr": lr,
-                       "lr_selection": {f"{k:g}": v for k, v in scores.items()}, "input_scale": scales[method],
-                       "augmented_views": int(train.shape[0]) if train.dim() == 3 else 0}
+        out[method] = {
+            "cells": probes.summary([cell_name(r) for r in rates]),
+            "probe_lr": lr,
+            "lr_selection": {f"{k:g}": v for k, v in scores.items()},
+            "input_scale": scales[method],
+            "augmented_views": int(train.shape[0]) if train.dim() == 3 else 0,
+        }
     return out
 
 
@@ -399,7 +484,10 @@ def plot(results: dict, path: str, protocols: list[str]) -> None:
     fig, axes = plt.subplots(1, 1 + len(protocols), figsize=(5 * (1 + len(protocols)), 3.8), squeeze=False)
     ax_loss, bar_axes = axes[0][0], axes[0][1:]
     for i, (method, r) in enumerate(results.items()):
-        for key, style, label in (("train_loss_curve", "-", "train"), ("eval_loss_curve", "--", "test views")):
+        for key, style, label in (
+            ("train_loss_curve", "-", "train"),
+            ("eval_loss_curve", "--", "test views"),
+        ):
             if r["pretraining"].get(key):
                 epochs, losses = zip(*r["pretraining"][key])
                 ax_loss.plot(epochs, losses, style, color=f"C{i}", label=f"{method} ({label})")
@@ -413,12 +501,21 @@ def plot(results: dict, path: str, protocols: list[str]) -> None:
         x = np.arange(len(cells))
         for i, method in enumerate(methods):
             probes = results[method]["probe"][protocol]
-            ax.bar(x + (i - (len(methods) - 1) / 2) * width, [probes[c]["test_accuracy"] for c in cells], width,
-                   yerr=[probes[c]["test_accuracy_std"] for c in cells], capsize=3, color=f"C{i}",
-                   label=f"{method} ({results[method]['features']['zero_fraction']:.0%} zeros)")
+            ax.bar(
+                x + (i - (len(methods) - 1) / 2) * width,
+                [probes[c]["test_accuracy"] for c in cells],
+                width,
+                yerr=[probes[c]["test_accuracy_std"] for c in cells],
+                capsize=3,
+                color=f"C{i}",
+                label=f"{method} ({results[method]['features']['zero_fraction']:.0%} zeros)",
+            )
         ax.set_xticks(x, [c.replace("label_noise_", "noise ") for c in cells], fontsize=8)
         ax.set_ylim(0, 1)
-        ax.set(ylabel="linear-probe clean test accuracy", title=f"probes on projector outputs ({protocol} protocol)")
+        ax.set(
+            ylabel="linear-probe clean test accuracy",
+            title=f"probes on projector outputs ({protocol} protocol)",
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -433,7 +530,8 @@ def pretraining_summary(trainer) -> dict:
         per_epoch.setdefault(float(np.ceil(h["epoch"])), []).append(h["contrastive_loss"])
     final = train_logs[-1] if train_logs else {}
     return {
-        "epochs": trainer.state.epoch, "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "steps": trainer.state.global_step,
         "train_loss_curve": [(e, float(np.mean(v))) for e, v in sorted(per_epoch.items())],
         "eval_loss_curve": [(h["epoch"], h["eval_loss"]) for h in history if "eval_loss" in h],
         "final_contrastive_loss": final.get("contrastive_loss"),
@@ -447,21 +545,29 @@ def main(argv=None) -> dict:
     pre_args, probe_args, data_args, training_args, methods = parse_args(argv)
     use_available_cores()  # accelerate launch defaults to one thread on CPU
     # the label column is renamed to LABEL_COLUMN
-    data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
+    data, modality = load_dataset_by_name(
+        data_args.dataset_name, seed=training_args.seed, **data_args.loading_options
+    )
     names = label_names(data[data_args.train_split])
     check_rates(probe_args, len(names), data_args.dataset_name)  # before any training
-    source = backbone_source(pre_args.model_name_or_path, modality,
-                             num_channels=image_channels(data[data_args.train_split]))
+    source = backbone_source(
+        pre_args.model_name_or_path, modality, num_channels=image_channels(data[data_args.train_split])
+    )
     data, processor = preprocess(data, modality, source.get("backbone"), **data_args.preprocessing_options)
     train, test = data[data_args.train_split], data[data_args.eval_split]
     if pre_args.validation_rows:  # model selection: the test split is never read
-        held_out = train.train_test_split(test_size=pre_args.validation_rows, stratify_by_column=LABEL_COLUMN,
-                                          seed=training_args.seed)
+        held_out = train.train_test_split(
+            test_size=pre_args.validation_rows, stratify_by_column=LABEL_COLUMN, seed=training_args.seed
+        )
         train, test = held_out["train"], held_out["test"]
     text = modality == "text"
     collator = DataCollatorWithPadding(processor) if text else default_data_collator
-    views = ImageViews(crop_scale=(pre_args.crop_scale_min, 1.0), hflip_p=pre_args.hflip_p,
-                       mean=getattr(processor, "image_mean", None), std=getattr(processor, "image_std", None))
+    views = ImageViews(
+        crop_scale=(pre_args.crop_scale_min, 1.0),
+        hflip_p=pre_args.hflip_p,
+        mean=getattr(processor, "image_mean", None),
+        std=getattr(processor, "image_std", None),
+    )
     views = IntensityJitterViews(views, pre_args.intensity_jitter)
     main_process = training_args.process_index == 0
 
@@ -477,8 +583,13 @@ def main(argv=None) -> dict:
         set_seed(args.seed)  # both methods start from the same backbone weights
         model = build_model(CONTRASTIVE_METHODS[method], pre_args, source)
         trainer = ContrastiveTrainer(
-            model=model, args=args, train_dataset=train, eval_dataset=test,
-            data_collator=UnlabeledDataCollator(collator), processing_class=processor, image_views=views,
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=test,
+            data_collator=UnlabeledDataCollator(collator),
+            processing_class=processor,
+            image_views=views,
             mask_rate=pre_args.text_mask_rate if text else 0.0,
         )
         trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint))
@@ -498,79 +609,132 @@ def main(argv=None) -> dict:
     protocols = [protocol_for(name, probe_args) for name in probe_args.protocols]
     # the authors' probe augmentation (crop + flip, no colour jitter) on the model's inputs; mean / std: the
     # processor's normalisation, which ImageViews undoes before augmenting and redoes after
-    probe_views = ImageViews(crop_scale=PROBE_VIEW_CROP, hflip_p=PROBE_VIEW_HFLIP, color_jitter_p=0.0, grayscale_p=0.0,
-                             mean=getattr(processor, "image_mean", None), std=getattr(processor, "image_std", None))
+    probe_views = ImageViews(
+        crop_scale=PROBE_VIEW_CROP,
+        hflip_p=PROBE_VIEW_HFLIP,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
+        mean=getattr(processor, "image_mean", None),
+        std=getattr(processor, "image_std", None),
+    )
     with_views = not text and any(p.augmented_views for p in protocols)
     device = training_args.device
     features, train_views, results = {}, {}, {}
     for method, (model, summary) in pretrained.items():
         model.to(device).eval()
-        extract = dict(batch_size=training_args.per_device_eval_batch_size, output="features",
-                       collate_fn=collator, progress=not training_args.disable_tqdm)
-        features[method] = {"train": extract_pooled_features(model, train, **extract),
-                            "test": extract_pooled_features(model, test, **extract)}
+        extract = dict(
+            batch_size=training_args.per_device_eval_batch_size,
+            output="features",
+            collate_fn=collator,
+            progress=not training_args.disable_tqdm,
+        )
+        features[method] = {
+            "train": extract_pooled_features(model, train, **extract),
+            "test": extract_pooled_features(model, test, **extract),
+        }
         if with_views:
-            train_views[method] = training_view_features(model, train, probe_views, probe_args.probe_views,
-                                                         training_args.seed, device)
+            train_views[method] = training_view_features(
+                model, train, probe_views, probe_args.probe_views, training_args.seed, device
+            )
         results[method] = {
-            "feature_layer": CONTRASTIVE_METHODS[method], "pretraining": summary, "probe": {}, "probe_lr": {},
+            "feature_layer": CONTRASTIVE_METHODS[method],
+            "pretraining": summary,
+            "probe": {},
+            "probe_lr": {},
             "features": monosemanticity_report(features[method]["test"], y_test),
             "checkpoint": os.path.join(training_args.output_dir, method),
         }
     protocol_settings = {}
     for protocol in protocols:
-        probes = probe(protocol, features, train_views, y_train, y_test, label_feature, num_labels, probe_args, device)
+        probes = probe(
+            protocol, features, train_views, y_train, y_test, label_feature, num_labels, probe_args, device
+        )
         for method, p in probes.items():
             results[method]["probe"][protocol.name] = p["cells"]
             results[method]["probe_lr"][protocol.name] = p["probe_lr"]
         protocol_settings[protocol.name] = {
             **protocol.to_dict(),
-            "inputs": "unit-RMS vectors" if protocol.name == "fixed" and probe_args.probe_normalize
-            else "equal mean L2 norm (SimCLR's)" if protocol.equalize_scale else "natural scale",
+            "inputs": "unit-RMS vectors"
+            if protocol.name == "fixed" and probe_args.probe_normalize
+            else "equal mean L2 norm (SimCLR's)"
+            if protocol.equalize_scale
+            else "natural scale",
             "probe_views": next(iter(probes.values()))["augmented_views"],
-            **{key: {method: p[key] for method, p in probes.items()}
-               for key in ("probe_lr", "lr_selection", "input_scale")},
+            **{
+                key: {method: p[key] for method, p in probes.items()}
+                for key in ("probe_lr", "lr_selection", "input_scale")
+            },
         }
 
     seeds = list(range(probe_args.probe_seeds))
     payload = {
         "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
-        "dataset": data_args.dataset_name, "modality": modality,
+        "dataset": data_args.dataset_name,
+        "modality": modality,
         "backbone": pre_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
-        "train_rows": len(train), "test_rows": len(test), "num_labels": num_labels, "seed": training_args.seed,
-        "evaluated_on": f"{pre_args.validation_rows} held-out training rows" if pre_args.validation_rows
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "num_labels": num_labels,
+        "seed": training_args.seed,
+        "evaluated_on": f"{pre_args.validation_rows} held-out training rows"
+        if pre_args.validation_rows
         else data_args.eval_split,
-        "pretrain": dataclasses.asdict(pre_args), "probe": dataclasses.asdict(probe_args),
-        "label_noise_rates": probe_args.rates, "probe_protocols": protocol_settings,
+        "pretrain": dataclasses.asdict(pre_args),
+        "probe": dataclasses.asdict(probe_args),
+        "label_noise_rates": probe_args.rates,
+        "probe_protocols": protocol_settings,
         "scale_note": "far below the paper (ResNet-18, 200 epochs, ImageNet-100 / CIFAR-100)",
         "results": results,
         # result records (hf_monosem.evaluation.results), the protocol in the metric's name so that each is unique
         "records": [
-            {"dataset": data_args.dataset_name, "scenario": "label_noise", "level": rate, "method": method,
-             "metric": f"linear_probe_accuracy_{name}", "value": r["probe"][name][cell_name(rate)]["test_accuracy"],
-             "std": r["probe"][name][cell_name(rate)]["test_accuracy_std"], "seeds": seeds, "protocol": name,
-             "probe_lr": r["probe_lr"][name]}
-            for method, r in results.items() for name in probe_args.protocols for rate in probe_args.rates
+            {
+                "dataset": data_args.dataset_name,
+                "scenario": "label_noise",
+                "level": rate,
+                "method": method,
+                "metric": f"linear_probe_accuracy_{name}",
+                "value": r["probe"][name][cell_name(rate)]["test_accuracy"],
+                "std": r["probe"][name][cell_name(rate)]["test_accuracy_std"],
+                "seeds": seeds,
+                "protocol": name,
+                "probe_lr": r["probe_lr"][name],
+            }
+            for method, r in results.items()
+            for name in probe_args.protocols
+            for rate in probe_args.rates
         ],
     }
     write_json(os.path.join(training_args.output_dir, "results.json"), payload)
     plot(results, os.path.join(training_args.output_dir, "results.png"), probe_args.protocols)
     cells = [cell_name(r) for r in probe_args.rates]
     for name, settings in protocol_settings.items():
-        augmented = f", {settings['probe_views']} augmented views per training image" if settings["probe_views"] else ""
-        print(f"\nprobe protocol {name}: {settings['optimizer']} ({settings['schedule']}), {settings['epochs']} epochs, "
-              f"{settings['inputs']}{augmented}; clean test accuracy, mean ± std over {len(seeds)} probe seeds")
+        augmented = (
+            f", {settings['probe_views']} augmented views per training image"
+            if settings["probe_views"]
+            else ""
+        )
+        print(
+            f"\nprobe protocol {name}: {settings['optimizer']} ({settings['schedule']}), {settings['epochs']} epochs, "
+            f"{settings['inputs']}{augmented}; clean test accuracy, mean ± std over {len(seeds)} probe seeds"
+        )
         widths = [max(13, len(c)) for c in cells]
         print(f"{'method':>7} | probe lr | " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)))
         for method, r in results.items():
             accs = [r["probe"][name][c] for c in cells]
-            print(f"{method:>7} | {r['probe_lr'][name]:8.2g} | " + " | ".join(
-                f"{a['test_accuracy']:.3f} ± {a['test_accuracy_std']:.3f}".rjust(w) for a, w in zip(accs, widths)))
+            print(
+                f"{method:>7} | {r['probe_lr'][name]:8.2g} | "
+                + " | ".join(
+                    f"{a['test_accuracy']:.3f} ± {a['test_accuracy_std']:.3f}".rjust(w)
+                    for a, w in zip(accs, widths)
+                )
+            )
     print(f"\n{'method':>7} | zero fraction | dead  |  L0  | class consistency (test features)")
     for method, r in results.items():
         f = r["features"]
-        print(f"{method:>7} | {f['zero_fraction']:13.3f} | {f['dead_fraction']:.3f} | {f['l0']:4.0f} | "
-              f"{f['class_consistency']:.3f}")
+        print(
+            f"{method:>7} | {f['zero_fraction']:13.3f} | {f['dead_fraction']:.3f} | {f['l0']:4.0f} | "
+            f"{f['class_consistency']:.3f}"
+        )
     print(f"results: {os.path.join(training_args.output_dir, 'results.json')}")
     return results
 

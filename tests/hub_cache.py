@@ -13,8 +13,14 @@ import shutil
 from pathlib import Path
 
 
-def add_to_hub_cache(cache_dir: str | os.PathLike, repo_id: str, folder: str | os.PathLike, *,
-                     branch: str = "main", repo_type: str = "model") -> str:
+def add_to_hub_cache(
+    cache_dir: str | os.PathLike,
+    repo_id: str,
+    folder: str | os.PathLike,
+    *,
+    branch: str = "main",
+    repo_type: str = "model",
+) -> str:
     """Put the files of ``folder`` into ``cache_dir`` as one commit of ``repo_id`` on ``branch``; returns
     the commit id (derived from the files, so the same files give the same commit)."""
     folder = Path(folder)

@@ -27,8 +27,14 @@ import torch
 import hf_monosem  # noqa: F401 - registers the Auto classes the checkpoints load with
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SCRIPTS = ("finetune_noisy", "finetune_fewshot", "finetune_domain_shift", "pretrain_ncl", "train_sae",
-           "robustness_benchmark")
+SCRIPTS = (
+    "finetune_noisy",
+    "finetune_fewshot",
+    "finetune_domain_shift",
+    "pretrain_ncl",
+    "train_sae",
+    "robustness_benchmark",
+)
 # accelerate 1.15: one local CPU process, no config file needed
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--cpu",
           "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
@@ -94,13 +100,19 @@ BAD_ARGUMENTS = [
     ("robustness_benchmark", ["--pixel_noise", "0.2,big"], "0.2,big"),
     ("robustness_benchmark", ["--finetune_label_noise", "0,1.2"], "1.2"),
     ("robustness_benchmark", ["--finetune_lr", "0"], "--finetune_lr 0"),
-    ("robustness_benchmark", ["--tracks", "vision", "--label_noise", "0,0.9"], "0,0.9"),  # >= (C-1)/C, 10 classes
+    (
+        "robustness_benchmark",
+        ["--tracks", "vision", "--label_noise", "0,0.9"],
+        "0,0.9",
+    ),  # >= (C-1)/C, 10 classes
     ("robustness_benchmark", ["--probe_protocols", "paper,lbfgs"], "lbfgs"),
     ("robustness_benchmark", ["--sae_topk", "16,0"], "16,0"),
 ]
 
 
-@pytest.mark.parametrize("script,argv,named", BAD_ARGUMENTS, ids=[f"{s}:{' '.join(a)}" for s, a, _ in BAD_ARGUMENTS])
+@pytest.mark.parametrize(
+    "script,argv,named", BAD_ARGUMENTS, ids=[f"{s}:{' '.join(a)}" for s, a, _ in BAD_ARGUMENTS]
+)
 def test_bad_arguments_exit_nonzero_naming_the_value(ex, capsys, script, argv, named):
     assert named in _usage_error(_parser_of(ex, script), argv, capsys)
 
@@ -116,17 +128,24 @@ def _own_dataclasses(ex, script):
 
 def test_finetune_noisy_ends_with_one_line_from_the_measured_metrics(ex):
     scenario = SimpleNamespace(label_noise=0.6, label_noise_kind="symmetric")
-    results = {"linear": {"test_accuracy": 0.4123, "memorised_noise": 0.081, "flipped_labels": 1200},
-               "nonneg": {"test_accuracy": 0.4371, "memorised_noise": 0.064, "flipped_labels": 1200}}
+    results = {
+        "linear": {"test_accuracy": 0.4123, "memorised_noise": 0.081, "flipped_labels": 1200},
+        "nonneg": {"test_accuracy": 0.4371, "memorised_noise": 0.064, "flipped_labels": 1200},
+    }
     line = ex.finetune_noisy.what_the_run_shows(results, "20newsgroups", scenario, 20)
-    assert line == ("20 Newsgroups bydate, 60% symmetric label noise, 20 classes: linear 0.412 vs nonneg 0.437 clean "
-                    "test accuracy (nonneg - linear +0.025); fit to flipped labels 0.08 vs 0.06")
+    assert line == (
+        "20 Newsgroups bydate, 60% symmetric label noise, 20 classes: linear 0.412 vs nonneg 0.437 clean "
+        "test accuracy (nonneg - linear +0.025); fit to flipped labels 0.08 vs 0.06"
+    )
     results["nonneg"]["test_accuracy"] = 0.3
-    assert "nonneg 0.300 clean test accuracy (nonneg - linear -0.112)" in ex.finetune_noisy.what_the_run_shows(
-        results, "20newsgroups", scenario, 20)
+    assert (
+        "nonneg 0.300 clean test accuracy (nonneg - linear -0.112)"
+        in ex.finetune_noisy.what_the_run_shows(results, "20newsgroups", scenario, 20)
+    )
     clean = {kind: {**r, "flipped_labels": 0, "memorised_noise": 0.0} for kind, r in results.items()}
-    line = ex.finetune_noisy.what_the_run_shows(clean, "digits", SimpleNamespace(label_noise=0.0,
-                                                                                 label_noise_kind="symmetric"), 10)
+    line = ex.finetune_noisy.what_the_run_shows(
+        clean, "digits", SimpleNamespace(label_noise=0.0, label_noise_kind="symmetric"), 10
+    )
     assert line.startswith("UCI digits 8x8, 0% symmetric label noise, 10 classes: ")
     assert line.endswith("; no training label was flipped")
 
@@ -147,7 +166,10 @@ def test_help_documents_every_option(ex, capsys, script):
 def test_defaults_parse_to_the_documented_offline_setup(ex):
     model_args, data_args, scenario_args, training_args, kinds, levels = ex.finetune_noisy.parse_args([])
     assert (data_args.dataset_name, scenario_args.label_noise, scenario_args.label_noise_kind) == (
-        "20newsgroups", 0.6, "symmetric")  # many classes, where label noise is the paper's question
+        "20newsgroups",
+        0.6,
+        "symmetric",
+    )  # many classes, where label noise is the paper's question
     assert (data_args.max_train_samples, data_args.max_eval_samples, data_args.max_length) == (1000, 500, 64)
     assert training_args.num_train_epochs == 2 and kinds == ["linear", "nonneg"] and levels == []
     model_args, _, shot_args, training_args, kinds, shots = ex.finetune_fewshot.parse_args([])
@@ -156,8 +178,16 @@ def test_defaults_parse_to_the_documented_offline_setup(ex):
     *_, kinds = ex.finetune_domain_shift.parse_args([])
     assert kinds == ["linear", "nonneg"]
     pre_args, probe_args, data_args, training_args, methods = ex.pretrain_ncl.parse_args([])
-    assert methods == ["simclr", "ncl"] and pre_args.temperature == 0.2 and data_args.dataset_name == "fashion_mnist"
-    assert pre_args.projector_hidden_dim and probe_args.rates == [0.0, 0.4] and training_args.dataloader_drop_last
+    assert (
+        methods == ["simclr", "ncl"]
+        and pre_args.temperature == 0.2
+        and data_args.dataset_name == "fashion_mnist"
+    )
+    assert (
+        pre_args.projector_hidden_dim
+        and probe_args.rates == [0.0, 0.4]
+        and training_args.dataloader_drop_last
+    )
     assert probe_args.protocols == ["fixed"] and probe_args.probe_views == 8
     sae_args, *_ = ex.train_sae.parse_args([])
     assert (sae_args.feature_layer, sae_args.feature_dim, sae_args.topk) == ("topk", 1536, 192)
@@ -177,10 +207,18 @@ def test_examples_are_standalone(ex):
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
-        assert not (imported & scripts) - {"example_utils"}, f"{path.name} imports {sorted(imported & scripts)}"
-    work = [name for name, value in vars(ex.example_utils).items()
-            if callable(value) and getattr(value, "__module__", None) == "example_utils"
-            and not isinstance(value, type) and not name.startswith("parse_") and name != "setup_logging"]
+        assert not (imported & scripts) - {"example_utils"}, (
+            f"{path.name} imports {sorted(imported & scripts)}"
+        )
+    work = [
+        name
+        for name, value in vars(ex.example_utils).items()
+        if callable(value)
+        and getattr(value, "__module__", None) == "example_utils"
+        and not isinstance(value, type)
+        and not name.startswith("parse_")
+        and name != "setup_logging"
+    ]
     assert not work, f"example_utils holds more than argument handling: {work}"
 
 
@@ -188,8 +226,10 @@ def test_few_shot_subsets_are_stored_and_reused(ex, tmp_path):
     from datasets import ClassLabel, Dataset, Features, Value
 
     fewshot = ex.finetune_fewshot
-    train = Dataset.from_dict({"x": list(range(30)), "label": [i % 3 for i in range(30)]},
-                              features=Features({"x": Value("int64"), "label": ClassLabel(num_classes=3)}))
+    train = Dataset.from_dict(
+        {"x": list(range(30)), "label": [i % 3 for i in range(30)]},
+        features=Features({"x": Value("int64"), "label": ClassLabel(num_classes=3)}),
+    )
     data_args = ex.example_utils.DataArguments()
     shot_args = fewshot.FewShotArguments(subset_seed=3)
     training_args = SimpleNamespace(output_dir=str(tmp_path), process_index=0)
@@ -208,8 +248,13 @@ def test_few_shot_subsets_are_stored_and_reused(ex, tmp_path):
     with pytest.raises(SystemExit, match="seed"):
         fewshot.draw_subsets(train, [2], fewshot.FewShotArguments(subset_seed=4), training_args, data_args)
     with pytest.raises(SystemExit, match="--shots 11"):
-        fewshot.draw_subsets(train, [11], shot_args, SimpleNamespace(output_dir=str(tmp_path / "b"), process_index=0),
-                             data_args)
+        fewshot.draw_subsets(
+            train,
+            [11],
+            shot_args,
+            SimpleNamespace(output_dir=str(tmp_path / "b"), process_index=0),
+            data_args,
+        )
 
 
 def test_intensity_jitter_views_on_one_channel_images(ex):
@@ -234,17 +279,31 @@ def tiny_text_backbone(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
 
-def launch(script: str, args: list[str], cwd: Path, timeout: int = 300, accelerate: bool = True) -> tuple[str, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+def launch(
+    script: str, args: list[str], cwd: Path, timeout: int = 300, accelerate: bool = True
+) -> tuple[str, float]:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     command = (LAUNCH if accelerate else [sys.executable]) + [str(EXAMPLES / f"{script}.py"), *args]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -286,16 +345,20 @@ def test_finetune_noisy_end_to_end_digits(tmp_path):
     from transformers import AutoModelForImageClassification
 
     out = tmp_path / "run"
-    stdout, _ = launch("finetune_noisy", [*DIGITS_LEARN, "--label_noise", "0.4", "--output_dir", str(out)], tmp_path)
+    stdout, _ = launch(
+        "finetune_noisy", [*DIGITS_LEARN, "--label_noise", "0.4", "--output_dir", str(out)], tmp_path
+    )
     payload = _results(out)
     assert set(payload["results"]) == {"linear", "nonneg"} and (out / "results.png").is_file()
     assert (out / "scenario.json").is_file()
     res = payload["results"]
     last = stdout.strip().splitlines()[-1]  # what the run shows, from the measured metrics
-    assert last == (f"UCI digits 8x8, 40% symmetric label noise, 10 classes: linear {res['linear']['test_accuracy']:.3f} "
-                    f"vs nonneg {res['nonneg']['test_accuracy']:.3f} clean test accuracy (nonneg - linear "
-                    f"{res['nonneg']['test_accuracy'] - res['linear']['test_accuracy']:+.3f}); fit to flipped labels "
-                    f"{res['linear']['memorised_noise']:.2f} vs {res['nonneg']['memorised_noise']:.2f}")
+    assert last == (
+        f"UCI digits 8x8, 40% symmetric label noise, 10 classes: linear {res['linear']['test_accuracy']:.3f} "
+        f"vs nonneg {res['nonneg']['test_accuracy']:.3f} clean test accuracy (nonneg - linear "
+        f"{res['nonneg']['test_accuracy'] - res['linear']['test_accuracy']:+.3f}); fit to flipped labels "
+        f"{res['linear']['memorised_noise']:.2f} vs {res['nonneg']['memorised_noise']:.2f}"
+    )
     for kind, r in payload["results"].items():
         # 40% of the training labels are wrong, the 64 test labels clean: still well above guessing
         assert _beats_chance(r["test_accuracy"], num_classes=10, test_rows=64), (kind, r["test_accuracy"])
@@ -311,8 +374,17 @@ def test_finetune_fewshot_end_to_end_and_resume(tmp_path, tiny_text_backbone):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "run"
-    common = ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "64", "--max_eval_samples", "32",
-              "--output_dir", str(out), *TRAIN_FAST]
+    common = [
+        "--model_name_or_path",
+        tiny_text_backbone,
+        "--max_train_samples",
+        "64",
+        "--max_eval_samples",
+        "32",
+        "--output_dir",
+        str(out),
+        *TRAIN_FAST,
+    ]
     launch("finetune_fewshot", [*common, "--shots", "2"], tmp_path)
     payload = _results(out)
     subsets = json.loads((out / "fewshot_subsets.json").read_text())["subsets"]
@@ -327,12 +399,16 @@ def test_finetune_fewshot_end_to_end_and_resume(tmp_path, tiny_text_backbone):
     assert model(**tokenizer(["great flight"], return_tensors="pt")).logits.shape == (1, 3)
 
     # resume with one more k: the finished runs and the stored subset are reused, only k=4 trains
-    stdout, _ = launch("finetune_fewshot", [*common, "--shots", "2,4", "--resume_from_checkpoint", "True"], tmp_path)
+    stdout, _ = launch(
+        "finetune_fewshot", [*common, "--shots", "2,4", "--resume_from_checkpoint", "True"], tmp_path
+    )
     assert stdout.count("finished before") == 2
     again = json.loads((out / "fewshot_subsets.json").read_text())["subsets"]
     assert again["2"] == subsets["2"] and len(again["4"]) == 12 and set(again["2"]) <= set(again["4"])
     payload = _results(out)
-    assert payload["shots"] == [2, 4] and all(set(payload["results"][k]) == {"2", "4"} for k in ("linear", "nonneg"))
+    assert payload["shots"] == [2, 4] and all(
+        set(payload["results"][k]) == {"2", "4"} for k in ("linear", "nonneg")
+    )
 
 
 @pytest.mark.slow
@@ -342,10 +418,17 @@ def test_finetune_domain_shift_end_to_end_digits_split(tmp_path):
     out = tmp_path / "run"
     launch("finetune_domain_shift", [*DIGITS_LEARN, "--output_dir", str(out)], tmp_path)
     payload = _results(out)
-    assert payload["shift"]["mode"] == "split" and payload["rows"] == {"train": 256, "in_domain": 64, "shifted": 64}
+    assert payload["shift"]["mode"] == "split" and payload["rows"] == {
+        "train": 256,
+        "in_domain": 64,
+        "shifted": 64,
+    }
     for kind, r in payload["results"].items():
         # in-domain digits are learned; the shifted ones (real MNIST) need not be at this budget
-        assert _beats_chance(r["in_domain_accuracy"], num_classes=10, test_rows=64), (kind, r["in_domain_accuracy"])
+        assert _beats_chance(r["in_domain_accuracy"], num_classes=10, test_rows=64), (
+            kind,
+            r["in_domain_accuracy"],
+        )
         assert _accuracy(r["shifted_accuracy"])
         assert r["features_shifted"]["num_examples"] == 64 and "class_consistency" in r["features_in_domain"]
         assert AutoModelForImageClassification.from_pretrained(out / kind).config.feature_layer == kind
@@ -357,12 +440,32 @@ def test_finetune_domain_shift_end_to_end_tweets_domains(tmp_path, tiny_text_bac
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "run"
-    launch("finetune_domain_shift", ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "64",
-                                     "--max_eval_samples", "32", "--feature_layers", "linear,topk",
-                                     "--feature_dim", "64", "--output_dir", str(out), *TRAIN_FAST], tmp_path)
+    launch(
+        "finetune_domain_shift",
+        [
+            "--model_name_or_path",
+            tiny_text_backbone,
+            "--max_train_samples",
+            "64",
+            "--max_eval_samples",
+            "32",
+            "--feature_layers",
+            "linear,topk",
+            "--feature_dim",
+            "64",
+            "--output_dir",
+            str(out),
+            *TRAIN_FAST,
+        ],
+        tmp_path,
+    )
     payload = _results(out)
-    assert payload["shift"] == {"mode": "domain", "domain_column": "domain", "source": ["airline"],
-                                "target": "every other domain"}
+    assert payload["shift"] == {
+        "mode": "domain",
+        "domain_column": "domain",
+        "source": ["airline"],
+        "target": "every other domain",
+    }
     assert payload["rows"] == {"train": 64, "in_domain": 32, "shifted": 32}
     model = AutoModelForSequenceClassification.from_pretrained(out / "topk")
     assert model.config.feature_layer == "topk" and model.config.topk == 8
@@ -373,17 +476,45 @@ def test_pretrain_ncl_end_to_end_digits(tmp_path):
     from transformers import AutoModel
 
     out = tmp_path / "run"
-    launch("pretrain_ncl", ["--dataset_name", "digits", "--max_train_samples", "64", "--max_eval_samples", "64",
-                            "--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--probe_epochs", "30",
-                            "--probe_lr", "1e-2", "--probe_seeds", "2", "--feature_dim", "64",
-                            "--projector_hidden_dim", "64", "--output_dir", str(out), "--disable_tqdm", "true"], tmp_path)
+    launch(
+        "pretrain_ncl",
+        [
+            "--dataset_name",
+            "digits",
+            "--max_train_samples",
+            "64",
+            "--max_eval_samples",
+            "64",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "32",
+            "--probe_epochs",
+            "30",
+            "--probe_lr",
+            "1e-2",
+            "--probe_seeds",
+            "2",
+            "--feature_dim",
+            "64",
+            "--projector_hidden_dim",
+            "64",
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+            "true",
+        ],
+        tmp_path,
+    )
     payload = _results(out)
     assert set(payload["results"]) == {"simclr", "ncl"} and (out / "results.png").is_file()
     for method, r in payload["results"].items():
         assert set(r["probe"]) == {"fixed"} and r["probe_lr"] == {"fixed": 1e-2}  # the default protocol
         probes = r["probe"]["fixed"]
         assert set(probes) == {"clean", "label_noise_0.4"}
-        assert all(_accuracy(cell["test_accuracy"]) and len(cell["per_seed"]) == 2 for cell in probes.values())
+        assert all(
+            _accuracy(cell["test_accuracy"]) and len(cell["per_seed"]) == 2 for cell in probes.values()
+        )
         # a linear probe on the (barely pretrained) features, clean labels: above guessing on the 64 test rows
         clean = probes["clean"]["test_accuracy"]
         assert _beats_chance(clean, num_classes=10, test_rows=64), (method, clean)
@@ -402,29 +533,96 @@ def test_train_sae_end_to_end(tmp_path, tiny_text_backbone):
     from transformers import AutoModel
 
     out = tmp_path / "run"
-    launch("train_sae", ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "64",
-                         "--max_eval_samples", "32", "--feature_dim", "64", "--topk", "8", "--sae_epochs", "2",
-                         "--probe_epochs", "2", "--probe_seeds", "2", "--output_dir", str(out),
-                         "--disable_tqdm", "true"], tmp_path)
+    launch(
+        "train_sae",
+        [
+            "--model_name_or_path",
+            tiny_text_backbone,
+            "--max_train_samples",
+            "64",
+            "--max_eval_samples",
+            "32",
+            "--feature_dim",
+            "64",
+            "--topk",
+            "8",
+            "--sae_epochs",
+            "2",
+            "--probe_epochs",
+            "2",
+            "--probe_seeds",
+            "2",
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+            "true",
+        ],
+        tmp_path,
+    )
     payload = _results(out)
     report = json.loads((out / "sae_report.json").read_text())["fit"]
-    assert len(report["explained_variance"]) == 3 and len(report["l0"]) == 3 and (out / "sae_report.png").is_file()
+    assert (
+        len(report["explained_variance"]) == 3
+        and len(report["l0"]) == 3
+        and (out / "sae_report.png").is_file()
+    )
     assert set(payload["probes"]) == {"raw", "sae"} and payload["features"]["sae"]["l0"] <= 8
     assert all(_accuracy(c["test_accuracy"]) for p in payload["probes"].values() for c in p.values())
     model = AutoModel.from_pretrained(out / "sae_model")
-    assert type(model).__name__ == "MonoSemanticModel" and model.config.topk == 8 and model.config.freeze_backbone
+    assert (
+        type(model).__name__ == "MonoSemanticModel"
+        and model.config.topk == 8
+        and model.config.freeze_backbone
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)  # two runs of the benchmark: 160-190 s on 2 loaded cores (setup.cfg's limit is 180 s)
+@pytest.mark.timeout(
+    480
+)  # two runs of the benchmark: 160-190 s on 2 loaded cores (pyproject's limit is 180 s)
 def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_text_backbone):
     out = tmp_path / "run"
-    argv = ["--quick", "--train_size", "300", "--test_size", "200", "--probe_epochs", "2", "--representation_epochs", "1",
-            "--model_name_or_path", tiny_text_backbone, "--feature_dim", "64", "--vision_train_size", "300",
-            "--vision_test_size", "200", "--vision_feature_dim", "64", "--pretrain_epochs", "1",
-            "--finetune_train_size", "200", "--finetune_epochs", "1", "--finetune_few_shot_steps", "2",
-            "--seeds", "2", "--shots", "1,3", "--sae_topk", "8,16", "--sae_overcomplete", "2", "--probe_views", "2",
-            "--output_dir", str(out)]
+    argv = [
+        "--quick",
+        "--train_size",
+        "300",
+        "--test_size",
+        "200",
+        "--probe_epochs",
+        "2",
+        "--representation_epochs",
+        "1",
+        "--model_name_or_path",
+        tiny_text_backbone,
+        "--feature_dim",
+        "64",
+        "--vision_train_size",
+        "300",
+        "--vision_test_size",
+        "200",
+        "--vision_feature_dim",
+        "64",
+        "--pretrain_epochs",
+        "1",
+        "--finetune_train_size",
+        "200",
+        "--finetune_epochs",
+        "1",
+        "--finetune_few_shot_steps",
+        "2",
+        "--seeds",
+        "2",
+        "--shots",
+        "1,3",
+        "--sae_topk",
+        "8,16",
+        "--sae_overcomplete",
+        "2",
+        "--probe_views",
+        "2",
+        "--output_dir",
+        str(out),
+    ]
     _, first_time = launch("robustness_benchmark", argv, tmp_path, timeout=600, accelerate=False)
     payload = _results(out)
     records = payload["records"]
@@ -432,27 +630,43 @@ def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_t
     for r in records:
         methods[(r["track"], r["mode"], r.get("protocol"))].add(r["method"])
     saes = {"sae_k8", "sae_k16", "sae_x2_k32"}
-    assert methods == {("text", "probe", "paper"): {"raw", "simclr", "ncl", *saes},
-                       ("text", "probe", "controlled"): {"raw", "simclr", "ncl", *saes},
-                       ("vision", "probe", "paper"): {"simclr", "ncl", *saes},
-                       ("vision", "probe", "controlled"): {"simclr", "ncl", *saes},
-                       ("vision", "finetune", None): {"simclr", "nce", "ncl"}}
+    assert methods == {
+        ("text", "probe", "paper"): {"raw", "simclr", "ncl", *saes},
+        ("text", "probe", "controlled"): {"raw", "simclr", "ncl", *saes},
+        ("vision", "probe", "paper"): {"simclr", "ncl", *saes},
+        ("vision", "probe", "controlled"): {"simclr", "ncl", *saes},
+        ("vision", "finetune", None): {"simclr", "nce", "ncl"},
+    }
     assert payload["tracks"]["text"]["num_labels"] == 20 and payload["tracks"]["vision"]["num_labels"] == 10
     assert payload["tracks"]["text"]["domain_num_labels"] == 3
     controlled = payload["tracks"]["vision"]["probe_selection"]["controlled"]
-    assert all(pick["lr"] in payload["probe_protocols"]["controlled"]["lr_grid"] for pick in controlled.values())
+    assert all(
+        pick["lr"] in payload["probe_protocols"]["controlled"]["lr_grid"] for pick in controlled.values()
+    )
     assert all(_accuracy(r["accuracy"]) for r in records)
     finetune = [r for r in records if r["mode"] == "finetune"]
     # quick: fine-tune label noise {0, 0.3, 0.8}; input noise on the clean-label runs only; 2 seeds everywhere
     assert {r["level"] for r in finetune if r["scenario"] == "label_noise"} == {0.0, 0.3, 0.8}
     assert all("train_fit" in r for r in records if r["scenario"] == "label_noise")
-    assert {r["scenario"] for r in finetune} >= {"gaussian_noise", "uniform_noise", "few_shot", "domain_shift_shifted"}
+    assert {r["scenario"] for r in finetune} >= {
+        "gaussian_noise",
+        "uniform_noise",
+        "few_shot",
+        "domain_shift_shifted",
+    }
     cell = ("track", "mode", "protocol", "method", "scenario", "level")
-    assert all(len([x for x in records if {k: x.get(k) for k in cell} == {k: r.get(k) for k in cell}]) == 2
-               for r in records)
+    assert all(
+        len([x for x in records if {k: x.get(k) for k in cell} == {k: r.get(k) for k in cell}]) == 2
+        for r in records
+    )
     assert (out / "results.md").is_file() and (out / "robustness_vision_finetune.png").is_file()
-    assert (out / "robustness_text_probe_paper.png").is_file() and (out / "robustness_text_probe_controlled.png").is_file()
-    assert "| vision | probe (paper) | simclr -> ncl | label_noise |" in (out / "paper_comparison.md").read_text()
+    assert (out / "robustness_text_probe_paper.png").is_file() and (
+        out / "robustness_text_probe_controlled.png"
+    ).is_file()
+    assert (
+        "| vision | probe (paper) | simclr -> ncl | label_noise |"
+        in (out / "paper_comparison.md").read_text()
+    )
     # a rerun reuses features, representations, pretrained models and every finished fine-tune cell
     _, second_time = launch("robustness_benchmark", argv, tmp_path, timeout=600, accelerate=False)
     again = _results(out)
@@ -470,8 +684,13 @@ def image_folder_and_backbone(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("image_folder")
     rng = np.random.default_rng(0)
-    features = Features({"img": Image(), "fine_label": ClassLabel(names=["red", "green", "blue"]),
-                         "coarse_label": ClassLabel(num_classes=2)})
+    features = Features(
+        {
+            "img": Image(),
+            "fine_label": ClassLabel(names=["red", "green", "blue"]),
+            "coarse_label": ClassLabel(num_classes=2),
+        }
+    )
 
     def split(n):
         labels = np.arange(n) % 3
@@ -480,11 +699,20 @@ def image_folder_and_backbone(tmp_path_factory):
             pixels = rng.integers(0, 80, size=(12, 12, 3))
             pixels[..., label] += 150
             images.append(PILImage.fromarray(pixels.astype(np.uint8)))
-        return Dataset.from_dict({"img": images, "fine_label": labels, "coarse_label": labels % 2}, features=features)
+        return Dataset.from_dict(
+            {"img": images, "fine_label": labels, "coarse_label": labels % 2}, features=features
+        )
 
     DatasetDict(train=split(48), test=split(24)).save_to_disk(str(root / "data"))
-    config = ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=37)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+    )
     torch.manual_seed(0)
     ViTModel(config).save_pretrained(root / "vit")
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "vit")
@@ -500,8 +728,23 @@ def test_finetune_fewshot_on_an_image_folder_with_a_local_backbone(tmp_path, ima
 
     data, backbone = image_folder_and_backbone
     out = tmp_path / "run"
-    launch("finetune_fewshot", ["--dataset_name", data, "--model_name_or_path", backbone, "--shots", "4",
-                                "--num_train_epochs", "2", "--output_dir", str(out), *IMAGE_FOLDER_ARGS], tmp_path)
+    launch(
+        "finetune_fewshot",
+        [
+            "--dataset_name",
+            data,
+            "--model_name_or_path",
+            backbone,
+            "--shots",
+            "4",
+            "--num_train_epochs",
+            "2",
+            "--output_dir",
+            str(out),
+            *IMAGE_FOLDER_ARGS,
+        ],
+        tmp_path,
+    )
     payload = _results(out)
     assert payload["modality"] == "image" and payload["test_rows"] == 24
     for kind in ("linear", "nonneg"):
@@ -517,10 +760,31 @@ def test_pretrain_ncl_on_an_image_folder_with_a_local_backbone(tmp_path, image_f
 
     data, backbone = image_folder_and_backbone
     out = tmp_path / "run"
-    launch("pretrain_ncl", ["--dataset_name", data, "--model_name_or_path", backbone, "--methods", "ncl",
-                            "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--probe_epochs", "2",
-                            "--feature_dim", "32", "--projector_hidden_dim", "32", "--output_dir", str(out),
-                            *IMAGE_FOLDER_ARGS], tmp_path)
+    launch(
+        "pretrain_ncl",
+        [
+            "--dataset_name",
+            data,
+            "--model_name_or_path",
+            backbone,
+            "--methods",
+            "ncl",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "16",
+            "--probe_epochs",
+            "2",
+            "--feature_dim",
+            "32",
+            "--projector_hidden_dim",
+            "32",
+            "--output_dir",
+            str(out),
+            *IMAGE_FOLDER_ARGS,
+        ],
+        tmp_path,
+    )
     payload = _results(out)
     assert payload["train_rows"] == 48 and payload["results"]["ncl"]["features"]["num_examples"] == 24
     model = AutoModel.from_pretrained(out / "ncl")
@@ -535,14 +799,38 @@ def test_pretrain_ncl_and_fewshot_under_two_cpu_processes(tmp_path):
     launch_two = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     runs = {
-        "pretrain_ncl": ["--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--probe_epochs", "2",
-                         "--feature_dim", "32", "--projector_hidden_dim", "32"],
+        "pretrain_ncl": [
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "16",
+            "--probe_epochs",
+            "2",
+            "--feature_dim",
+            "32",
+            "--projector_hidden_dim",
+            "32",
+        ],
         "finetune_fewshot": ["--shots", "2", "--num_train_epochs", "2", "--per_device_train_batch_size", "4"],
     }
     for script, args in runs.items():
         out = tmp_path / script
-        command = [*launch_two, str(EXAMPLES / f"{script}.py"), "--dataset_name", "digits", "--max_train_samples", "96",
-                   "--max_eval_samples", "32", "--output_dir", str(out), "--use_cpu", "--disable_tqdm", "true", *args]
+        command = [
+            *launch_two,
+            str(EXAMPLES / f"{script}.py"),
+            "--dataset_name",
+            "digits",
+            "--max_train_samples",
+            "96",
+            "--max_eval_samples",
+            "32",
+            "--output_dir",
+            str(out),
+            "--use_cpu",
+            "--disable_tqdm",
+            "true",
+            *args,
+        ]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-5000:]
         assert done.stdout.count("results: ") == 1  # printed (and written) by the main process only
@@ -552,7 +840,9 @@ def test_pretrain_ncl_and_fewshot_under_two_cpu_processes(tmp_path):
             assert logs["global_step"] == 3  # 96 rows / (2 processes x 16), drop_last
             assert payload["results"]["ncl"]["features"]["num_examples"] == 32
         else:
-            assert payload["results"]["nonneg"]["2"]["features_num_examples"] == 32  # gathered, not duplicated
+            assert (
+                payload["results"]["nonneg"]["2"]["features_num_examples"] == 32
+            )  # gathered, not duplicated
 
 
 def _card_commands() -> list[tuple[str, str, list[str]]]:
@@ -577,8 +867,9 @@ def _card_commands() -> list[tuple[str, str, list[str]]]:
 CARD_COMMANDS = _card_commands()
 
 
-@pytest.mark.parametrize("card,script,argv", CARD_COMMANDS,
-                         ids=[f"{c}:{s}:{' '.join(a)[:40]}" for c, s, a in CARD_COMMANDS])
+@pytest.mark.parametrize(
+    "card,script,argv", CARD_COMMANDS, ids=[f"{c}:{s}:{' '.join(a)[:40]}" for c, s, a in CARD_COMMANDS]
+)
 def test_documented_commands_parse(ex, card, script, argv):
     """A command printed in a model card or the README must be accepted by the script it names."""
     if "--bf16" in argv:  # a GPU command: TrainingArguments refuses bf16 on a CPU-only machine unless told

@@ -54,8 +54,11 @@ def gpu_scale_command() -> list[str]:
     """The GPU-scale command of pretrain_ncl's docstring, as argv (after the script's path)."""
     doc = ast.get_docstring(ast.parse(SCRIPT.read_text()))
     text = re.sub(r"\\\n\s*", " ", doc)
-    lines = [line for line in text.splitlines()
-             if "accelerate launch examples/pretrain_ncl.py" in line and "uoft-cs/cifar100" in line]
+    lines = [
+        line
+        for line in text.splitlines()
+        if "accelerate launch examples/pretrain_ncl.py" in line and "uoft-cs/cifar100" in line
+    ]
     assert len(lines) == 1, lines
     return shlex.split(lines[0].split("examples/pretrain_ncl.py", 1)[1])
 
@@ -88,27 +91,41 @@ def hf_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("hf_home")
     resnet = tmp_path_factory.mktemp("resnet")
     torch.manual_seed(0)
-    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                              layer_type="basic")).save_pretrained(resnet)
-    ConvNextImageProcessor(size={"shortest_edge": 16}, image_mean=[0.485, 0.456, 0.406],
-                           image_std=[0.229, 0.224, 0.225]).save_pretrained(resnet)
+    ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ).save_pretrained(resnet)
+    ConvNextImageProcessor(
+        size={"shortest_edge": 16}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+    ).save_pretrained(resnet)
     add_to_hub_cache(home / "hub", "microsoft/resnet-18", resnet)
 
     rng = np.random.default_rng(0)
-    features = Features({"img": Image(), "fine_label": ClassLabel(num_classes=CIFAR_CLASSES),
-                         "coarse_label": ClassLabel(num_classes=20)})
+    features = Features(
+        {
+            "img": Image(),
+            "fine_label": ClassLabel(num_classes=CIFAR_CLASSES),
+            "coarse_label": ClassLabel(num_classes=20),
+        }
+    )
     repo = tmp_path_factory.mktemp("cifar100-repo")
     for split, n in (("train", 200), ("test", 60)):
         labels = rng.integers(0, CIFAR_CLASSES, size=n)
         images = [PILImage.fromarray(rng.integers(0, 255, size=(32, 32, 3)).astype(np.uint8)) for _ in labels]
         (repo / "cifar100").mkdir(exist_ok=True)
-        Dataset.from_dict({"img": images, "fine_label": labels, "coarse_label": labels // 5}, features=features
-                          ).to_parquet(str(repo / "cifar100" / f"{split}-00000-of-00001.parquet"))
+        Dataset.from_dict(
+            {"img": images, "fine_label": labels, "coarse_label": labels // 5}, features=features
+        ).to_parquet(str(repo / "cifar100" / f"{split}-00000-of-00001.parquet"))
     # what load_dataset("uoft-cs/cifar100") leaves in the datasets cache: <namespace>___<name>/<config>/<version>/<hash>
-    files = DataFilesDict.from_patterns({"train": ["cifar100/train-*"], "test": ["cifar100/test-*"]},
-                                        base_path=str(repo))
-    builder = Parquet(cache_dir=str(home / "staging"), dataset_name="cifar100", config_name="cifar100",
-                      data_files=files, hash="0" * 40)
+    files = DataFilesDict.from_patterns(
+        {"train": ["cifar100/train-*"], "test": ["cifar100/test-*"]}, base_path=str(repo)
+    )
+    builder = Parquet(
+        cache_dir=str(home / "staging"),
+        dataset_name="cifar100",
+        config_name="cifar100",
+        data_files=files,
+        hash="0" * 40,
+    )
     builder.download_and_prepare()
     target = home / "datasets" / "uoft-cs___cifar100" / "cifar100" / "0.0.0"
     target.mkdir(parents=True)
@@ -133,7 +150,9 @@ BAD_ARGUMENTS = [
 
 
 @pytest.mark.parametrize("argv,named", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
-def test_bad_probe_arguments_exit_nonzero_naming_the_value_and_the_allowed_ones(pretrain_ncl, capsys, argv, named):
+def test_bad_probe_arguments_exit_nonzero_naming_the_value_and_the_allowed_ones(
+    pretrain_ncl, capsys, argv, named
+):
     with pytest.raises(SystemExit) as info:
         pretrain_ncl.parse_args(argv)
     assert info.value.code not in (0, None)
@@ -144,12 +163,16 @@ def test_bad_probe_arguments_exit_nonzero_naming_the_value_and_the_allowed_ones(
 def test_label_noise_takes_one_rate_or_a_list_and_always_probes_clean_labels(pretrain_ncl):
     probe_args = pretrain_ncl.parse_args(["--label_noise", "0.4"])[1]
     assert probe_args.rates == [0.0, 0.4] and probe_args.protocols == ["fixed"]  # the offline default
-    probe_args = pretrain_ncl.parse_args(["--label_noise", "0,0.1,0.3,0.6,0.9", "--probe_protocols", "paper,controlled"])[1]
+    probe_args = pretrain_ncl.parse_args(
+        ["--label_noise", "0,0.1,0.3,0.6,0.9", "--probe_protocols", "paper,controlled"]
+    )[1]
     assert probe_args.rates == [0.0, 0.1, 0.3, 0.6, 0.9] and probe_args.protocols == ["paper", "controlled"]
     assert [pretrain_ncl.cell_name(r) for r in probe_args.rates[:2]] == ["clean", "label_noise_0.1"]
 
 
-def test_a_rate_at_or_above_c_minus_1_over_c_is_refused_before_any_training(pretrain_ncl, tmp_path, monkeypatch):
+def test_a_rate_at_or_above_c_minus_1_over_c_is_refused_before_any_training(
+    pretrain_ncl, tmp_path, monkeypatch
+):
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
     features = Features({"text": Value("string"), "label": ClassLabel(names=["a", "b", "c"])})
@@ -164,9 +187,13 @@ def test_a_rate_at_or_above_c_minus_1_over_c_is_refused_before_any_training(pret
     monkeypatch.setattr(pretrain_ncl, "backbone_source", no_training)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
-        pretrain_ncl.main(["--dataset_name", str(folder), "--label_noise", "0.3,0.7", "--output_dir", str(out)])
+        pretrain_ncl.main(
+            ["--dataset_name", str(folder), "--label_noise", "0.3,0.7", "--output_dir", str(out)]
+        )
     message = str(info.value.code)
-    assert "rate 0.7" in message and "3 classes" in message and "allowed: rates in [0, 0.667)" in message, message
+    assert "rate 0.7" in message and "3 classes" in message and "allowed: rates in [0, 0.667)" in message, (
+        message
+    )
     assert not out.exists()
     # CIFAR-100's 100 classes allow the authors' 90%; 10 classes do not
     probe_args = pretrain_ncl.parse_args(["--label_noise", "0,0.1,0.3,0.6,0.9"])[1]
@@ -177,12 +204,22 @@ def test_a_rate_at_or_above_c_minus_1_over_c_is_refused_before_any_training(pret
 
 def test_the_gpu_scale_command_is_the_paper_setting_and_parses(pretrain_ncl):
     argv = gpu_scale_command()
-    pre_args, probe_args, data_args, training_args, methods = pretrain_ncl.parse_args([*argv, "--use_cpu", "true"])
+    pre_args, probe_args, data_args, training_args, methods = pretrain_ncl.parse_args(
+        [*argv, "--use_cpu", "true"]
+    )
     assert (data_args.dataset_name, data_args.image_column, data_args.label_column) == (
-        "uoft-cs/cifar100", "img", "fine_label")
-    assert data_args.max_train_samples is None and data_args.max_eval_samples is None  # every row of CIFAR-100
+        "uoft-cs/cifar100",
+        "img",
+        "fine_label",
+    )
+    assert (
+        data_args.max_train_samples is None and data_args.max_eval_samples is None
+    )  # every row of CIFAR-100
     assert pre_args.model_name_or_path == "microsoft/resnet-18" and not pre_args.use_pretrained_backbone
-    assert (pre_args.projector_hidden_dim, pre_args.feature_dim) == (16384, 2048)  # the authors' CIFAR projector
+    assert (pre_args.projector_hidden_dim, pre_args.feature_dim) == (
+        16384,
+        2048,
+    )  # the authors' CIFAR projector
     assert training_args.num_train_epochs == 200 and training_args.per_device_train_batch_size == 256
     assert training_args.bf16 and methods == ["simclr", "ncl"]
     assert probe_args.protocols == ["paper", "controlled"] and probe_args.probe_views == 8
@@ -191,8 +228,11 @@ def test_the_gpu_scale_command_is_the_paper_setting_and_parses(pretrain_ncl):
 
 def test_every_command_of_the_docstring_parses(pretrain_ncl):
     text = re.sub(r"\\\n\s*", " ", ast.get_docstring(ast.parse(SCRIPT.read_text())))
-    commands = [line.split("examples/pretrain_ncl.py", 1)[1].split("#")[0] for line in text.splitlines()
-                if line.strip().startswith("accelerate launch examples/pretrain_ncl.py")]
+    commands = [
+        line.split("examples/pretrain_ncl.py", 1)[1].split("#")[0]
+        for line in text.splitlines()
+        if line.strip().startswith("accelerate launch examples/pretrain_ncl.py")
+    ]
     assert len(commands) >= 4, commands
     for command in commands:
         argv = shlex.split(command)
@@ -207,8 +247,10 @@ def _synthetic(num_rows=240, dim=16, classes=4, views=3):
     y = torch.arange(num_rows) % classes
     features = {}
     for method, scale in (("simclr", 1.0), ("ncl", 0.1)):
-        features[method] = {key: scale * (centres[y] + 0.3 * torch.randn(num_rows, dim, generator=g))
-                            for key in ("train", "test")}
+        features[method] = {
+            key: scale * (centres[y] + 0.3 * torch.randn(num_rows, dim, generator=g))
+            for key in ("train", "test")
+        }
     noise = {method: torch.randn(views, num_rows, dim, generator=g) for method in features}
     return features, noise, y
 
@@ -217,25 +259,45 @@ def test_each_protocol_probes_as_documented(pretrain_ncl):
     from datasets import ClassLabel
 
     features, noise_views, y = _synthetic()
-    probe_args = pretrain_ncl.parse_args(["--label_noise", "0.3", "--probe_epochs", "10", "--probe_seeds", "2",
-                                          "--probe_batch_size", "32"])[1]
+    probe_args = pretrain_ncl.parse_args(
+        ["--label_noise", "0.3", "--probe_epochs", "10", "--probe_seeds", "2", "--probe_batch_size", "32"]
+    )[1]
     label_feature = ClassLabel(num_classes=4)
-    runs = {name: pretrain_ncl.probe(pretrain_ncl.protocol_for(name, probe_args), features, noise_views, y, y,
-                                     label_feature, 4, probe_args, "cpu")
-            for name in ("fixed", "paper", "controlled")}
+    runs = {
+        name: pretrain_ncl.probe(
+            pretrain_ncl.protocol_for(name, probe_args),
+            features,
+            noise_views,
+            y,
+            y,
+            label_feature,
+            4,
+            probe_args,
+            "cpu",
+        )
+        for name in ("fixed", "paper", "controlled")
+    }
     for name, by_method in runs.items():
         for method, result in by_method.items():
             assert set(result["cells"]) == {"clean", "label_noise_0.3"}, (name, method)
-            assert all(0 <= c["test_accuracy"] <= 1 and len(c["per_seed"]) == 2 for c in result["cells"].values())
+            assert all(
+                0 <= c["test_accuracy"] <= 1 and len(c["per_seed"]) == 2 for c in result["cells"].values()
+            )
     paper, controlled, fixed = runs["paper"], runs["controlled"], runs["fixed"]
     # paper: LARS 0.4, natural scale, trained on the K views (noise here: near chance on the clean test labels)
-    assert all(r["probe_lr"] == 0.4 and r["input_scale"] == 1.0 and r["augmented_views"] == 3 for r in paper.values())
+    assert all(
+        r["probe_lr"] == 0.4 and r["input_scale"] == 1.0 and r["augmented_views"] == 3 for r in paper.values()
+    )
     assert all(r["cells"]["clean"]["test_accuracy"] < 0.5 for r in paper.values()), paper
     # controlled and fixed train on the features themselves (no views) and learn the task
-    assert all(r["augmented_views"] == 0 and r["cells"]["clean"]["test_accuracy"] > 0.9
-               for r in (*controlled.values(), *fixed.values())), (controlled, fixed)
+    assert all(
+        r["augmented_views"] == 0 and r["cells"]["clean"]["test_accuracy"] > 0.9
+        for r in (*controlled.values(), *fixed.values())
+    ), (controlled, fixed)
     # controlled: NCL rescaled to SimCLR's mean norm, the rate chosen per method from the grid on held-out rows
-    assert controlled["simclr"]["input_scale"] == 1.0 and controlled["ncl"]["input_scale"] == pytest.approx(10, rel=1e-3)
+    assert controlled["simclr"]["input_scale"] == 1.0 and controlled["ncl"]["input_scale"] == pytest.approx(
+        10, rel=1e-3
+    )
     grid = pretrain_ncl.PROBE_PROTOCOLS["controlled"].lr_grid
     for r in controlled.values():
         assert r["probe_lr"] in grid and len(r["lr_selection"]) == len(grid)
@@ -255,13 +317,25 @@ def test_the_gpu_scale_command_on_cpu_with_tiny_sizes_probes_under_both_protocol
                        per_device_eval_batch_size="64", projector_hidden_dim="32", feature_dim="16", probe_epochs="3",
                        probe_seeds="2", dataloader_num_workers="0", output_dir=str(out), use_cpu="true",
                        disable_tqdm="true", logging_steps="4")  # fmt: skip
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")}
-    env.update({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""})
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")
+    }
+    env.update(
+        {
+            "HF_HOME": str(hf_home),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+    )
     start = time.perf_counter()
-    done = subprocess.run([*LAUNCH, str(SCRIPT), *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [*LAUNCH, str(SCRIPT), *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     elapsed = time.perf_counter() - start
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     print(f"pretrain_ncl GPU-scale command, tiny: {elapsed:.1f}s")
@@ -273,10 +347,19 @@ def test_the_gpu_scale_command_on_cpu_with_tiny_sizes_probes_under_both_protocol
     settings = payload["probe_protocols"]
     assert list(settings) == ["paper", "controlled"]
     paper, controlled = settings["paper"], settings["controlled"]
-    assert (paper["optimizer"], paper["lr"], paper["schedule"], paper["epochs"]) == ("lars", 0.4, "warmup_cosine", 3)
+    assert (paper["optimizer"], paper["lr"], paper["schedule"], paper["epochs"]) == (
+        "lars",
+        0.4,
+        "warmup_cosine",
+        3,
+    )
     assert paper["inputs"] == "natural scale" and paper["probe_views"] == 8  # the command's --probe_views
     assert paper["probe_lr"] == {"simclr": 0.4, "ncl": 0.4} and set(paper["input_scale"].values()) == {1.0}
-    assert (controlled["optimizer"], controlled["equalize_scale"], controlled["probe_views"]) == ("adam", True, 0)
+    assert (controlled["optimizer"], controlled["equalize_scale"], controlled["probe_views"]) == (
+        "adam",
+        True,
+        0,
+    )
     assert controlled["input_scale"]["simclr"] == 1.0 and controlled["input_scale"]["ncl"] > 0
     for method in ("simclr", "ncl"):
         assert controlled["probe_lr"][method] in controlled["lr_grid"]
@@ -287,15 +370,22 @@ def test_the_gpu_scale_command_on_cpu_with_tiny_sizes_probes_under_both_protocol
         for protocol, probes in r["probe"].items():
             assert list(probes) == cells, (method, protocol)
             for cell in probes.values():
-                assert len(cell["per_seed"]) == 2 and all(math.isfinite(a) and 0 <= a <= 1 for a in cell["per_seed"])
+                assert len(cell["per_seed"]) == 2 and all(
+                    math.isfinite(a) and 0 <= a <= 1 for a in cell["per_seed"]
+                )
                 assert math.isfinite(cell["test_accuracy"])
     assert len(payload["records"]) == 2 * 2 * len(rates)
-    assert {(r["protocol"], r["level"]) for r in payload["records"]} == {(p, x) for p in settings for x in rates}
+    assert {(r["protocol"], r["level"]) for r in payload["records"]} == {
+        (p, x) for p in settings for x in rates
+    }
     from hf_monosem.evaluation.results import load_results
 
     loaded = load_results(payload["records"])  # valid result records, one per method, protocol and rate
     assert len({(r["method"], r["metric"], r["level"]) for r in loaded}) == len(loaded) == 2 * 2 * len(rates)
-    assert {r["metric"] for r in loaded} == {"linear_probe_accuracy_paper", "linear_probe_accuracy_controlled"}
+    assert {r["metric"] for r in loaded} == {
+        "linear_probe_accuracy_paper",
+        "linear_probe_accuracy_controlled",
+    }
     assert "probe protocol paper: lars" in done.stdout and "probe protocol controlled: adam" in done.stdout
     assert (out / "results.png").is_file()
     for method, kind in (("simclr", "linear"), ("ncl", "nonneg")):

@@ -34,8 +34,29 @@ import hf_monosem  # noqa: F401 - registers the Auto classes the checkpoints loa
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 FINETUNE_SCRIPTS = ("finetune_noisy", "finetune_fewshot", "finetune_domain_shift")
-WORDS = ["<unk>", "<s>", "</s>", "great", "good", "lovely", "awful", "bad", "late", "flight", "crew", "seat", "the",
-         "was", "very", "a", "delayed", "friendly", "rude", "on", "time"]
+WORDS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "great",
+    "good",
+    "lovely",
+    "awful",
+    "bad",
+    "late",
+    "flight",
+    "crew",
+    "seat",
+    "the",
+    "was",
+    "very",
+    "a",
+    "delayed",
+    "friendly",
+    "rude",
+    "on",
+    "time",
+]
 LLAMA_REPO = "tiny-org/tiny-llama-no-pad"
 
 CIFAR100_NAMES = (
@@ -45,7 +66,8 @@ CIFAR100_NAMES = (
     "motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate "
     "poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider "
     "squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle "
-    "wardrobe whale willow_tree wolf woman worm").split()
+    "wardrobe whale willow_tree wolf woman worm"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +116,15 @@ def sentence_folder(tmp_path_factory):
 
     def split(n):
         labels = np.arange(n) % 2
-        rows = [" ".join(["the", "flight", "was", *rng.choice(positive if y else negative, size=rng.integers(1, 4))])
-                for y in labels]
-        features = Features({"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"])})
+        rows = [
+            " ".join(
+                ["the", "flight", "was", *rng.choice(positive if y else negative, size=rng.integers(1, 4))]
+            )
+            for y in labels
+        ]
+        features = Features(
+            {"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"])}
+        )
         return Dataset.from_dict({"sentence": rows, "label": labels}, features=features)
 
     folder = tmp_path_factory.mktemp("sentences") / "data"
@@ -111,15 +139,22 @@ def cifar100_folder(tmp_path_factory):
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
     rng = np.random.default_rng(0)
-    features = Features({"img": Image(), "fine_label": ClassLabel(names=CIFAR100_NAMES),
-                         "coarse_label": ClassLabel(num_classes=20)})
+    features = Features(
+        {
+            "img": Image(),
+            "fine_label": ClassLabel(names=CIFAR100_NAMES),
+            "coarse_label": ClassLabel(num_classes=20),
+        }
+    )
 
     def split(n):
         from PIL import Image as PILImage
 
         labels = rng.integers(0, 100, size=n)
         images = [PILImage.fromarray(rng.integers(0, 255, size=(32, 32, 3)).astype(np.uint8)) for _ in labels]
-        return Dataset.from_dict({"img": images, "fine_label": labels, "coarse_label": labels // 5}, features=features)
+        return Dataset.from_dict(
+            {"img": images, "fine_label": labels, "coarse_label": labels // 5}, features=features
+        )
 
     folder = tmp_path_factory.mktemp("cifar100-shaped") / "cifar100"
     DatasetDict(train=split(40), test=split(20)).save_to_disk(str(folder))
@@ -135,8 +170,17 @@ def hub_cache(tmp_path_factory, llama_without_pad):
     cache = tmp_path_factory.mktemp("hf_home") / "hub"
     vit = tmp_path_factory.mktemp("vit")
     torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=37), add_pooling_layer=False).save_pretrained(vit)
+    ViTModel(
+        ViTConfig(
+            image_size=16,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(vit)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(vit)
     add_to_hub_cache(cache, "google/vit-base-patch16-224-in21k", vit)
     commit = add_to_hub_cache(cache, LLAMA_REPO, llama_without_pad)
@@ -148,14 +192,32 @@ def hub_cache(tmp_path_factory, llama_without_pad):
 def test_backbone_loading_options_reach_the_backbone(ex, hub_cache, script):
     from hf_monosem.data import backbone_source, build_classifier
 
-    argv = ["--model_name_or_path", LLAMA_REPO, "--model_revision", hub_cache["llama_commit"], "--cache_dir",
-            hub_cache["cache"], "--attn_implementation", "eager", "--dtype", "bfloat16", "--token", "hf_not_real",
-            "--trust_remote_code", "true"]
+    argv = [
+        "--model_name_or_path",
+        LLAMA_REPO,
+        "--model_revision",
+        hub_cache["llama_commit"],
+        "--cache_dir",
+        hub_cache["cache"],
+        "--attn_implementation",
+        "eager",
+        "--dtype",
+        "bfloat16",
+        "--token",
+        "hf_not_real",
+        "--trust_remote_code",
+        "true",
+    ]
     model_args = ex[script].parse_args(argv)[0]
     source = backbone_source(model_args.model_name_or_path, "text", **model_args.loading_options)
     assert source["backbone_loading_kwargs"] == {
-        "revision": hub_cache["llama_commit"], "cache_dir": hub_cache["cache"], "attn_implementation": "eager",
-        "dtype": "bfloat16", "token": "hf_not_real", "trust_remote_code": True}
+        "revision": hub_cache["llama_commit"],
+        "cache_dir": hub_cache["cache"],
+        "attn_implementation": "eager",
+        "dtype": "bfloat16",
+        "token": "hf_not_real",
+        "trust_remote_code": True,
+    }
     model = build_classifier("nonneg", ["negative", "positive"], "text", source, feature_dim=32)
     assert model.backbone.config._attn_implementation == "eager"
     assert model.backbone.dtype == model.classifier.weight.dtype == torch.bfloat16
@@ -166,8 +228,9 @@ def test_backbone_loading_options_reach_the_backbone(ex, hub_cache, script):
     ("finetune_fewshot", "tweets", (0, 1000)),
     ("finetune_domain_shift", "tweets", (1000, 500)),
 ])  # fmt: skip
-def test_named_datasets_keep_every_row_builtins_keep_their_small_defaults(ex, sentence_folder, script, builtin,
-                                                                         defaults):
+def test_named_datasets_keep_every_row_builtins_keep_their_small_defaults(
+    ex, sentence_folder, script, builtin, defaults
+):
     parse = ex[script].parse_args
     data_args = parse(["--dataset_name", sentence_folder])[1]
     assert (data_args.max_train_samples, data_args.max_eval_samples) == (None, None)  # every row
@@ -183,12 +246,15 @@ def test_a_text_dataset_without_the_text_column_is_named(ex, sentence_folder):
     data_args = ex["finetune_noisy"].parse_args(["--dataset_name", sentence_folder])[1]
     with pytest.raises(ValueError, match=r"no text column 'text'.*--text_column.*\['sentence'\]"):
         load_dataset_by_name(data_args.dataset_name, **data_args.loading_options)
-    data_args = ex["finetune_noisy"].parse_args(["--dataset_name", sentence_folder, "--text_column", "sentence"])[1]
+    data_args = ex["finetune_noisy"].parse_args(
+        ["--dataset_name", sentence_folder, "--text_column", "sentence"]
+    )[1]
     assert load_dataset_by_name(data_args.dataset_name, **data_args.loading_options)[1] == "text"
 
 
-def test_a_tokenizer_without_pad_token_pads_with_eos_and_last_token_pooling_ignores_the_side(llama_without_pad,
-                                                                                             sentence_folder):
+def test_a_tokenizer_without_pad_token_pads_with_eos_and_last_token_pooling_ignores_the_side(
+    llama_without_pad, sentence_folder
+):
     from datasets import load_from_disk
     from transformers import DataCollatorWithPadding
 
@@ -202,8 +268,9 @@ def test_a_tokenizer_without_pad_token_pads_with_eos_and_last_token_pooling_igno
     rows = [{"input_ids": tokens["train"][i]["input_ids"]} for i in range(6)]
     assert len({len(r["input_ids"]) for r in rows}) > 1  # the batch needs padding
     torch.manual_seed(0)
-    model = MonoSemanticModel(MonoSemanticConfig(backbone=llama_without_pad, feature_layer="nonneg",
-                                                 feature_dim=32)).eval()
+    model = MonoSemanticModel(
+        MonoSemanticConfig(backbone=llama_without_pad, feature_layer="nonneg", feature_dim=32)
+    ).eval()
     assert model.config.pooling == "last"
     features = {}
     for side in ("right", "left"):
@@ -236,7 +303,9 @@ def test_training_images_are_augmented_test_images_are_not(hub_cache, cifar100_f
     from hf_monosem.data import preprocess
 
     model_dir = next(Path(hub_cache["cache"]).glob("models--google--vit-base-patch16-224-in21k/snapshots/*"))
-    data, processor = preprocess(load_from_disk(cifar100_folder), "image", str(model_dir), augment_split="train")
+    data, processor = preprocess(
+        load_from_disk(cifar100_folder), "image", str(model_dir), augment_split="train"
+    )
     torch.manual_seed(0)
     first, again = data["train"][0]["pixel_values"], data["train"][0]["pixel_values"]
     assert first.shape == again.shape == (3, 16, 16) and not torch.equal(first, again)  # random crop + flip
@@ -255,8 +324,9 @@ def _main_of(script: str) -> ast.FunctionDef:
 def test_preprocessing_runs_main_process_first(script):
     guarded = set()
     for node in ast.walk(_main_of(script)):
-        if isinstance(node, ast.With) and any("main_process_first" in ast.unparse(item.context_expr)
-                                               for item in node.items):
+        if isinstance(node, ast.With) and any(
+            "main_process_first" in ast.unparse(item.context_expr) for item in node.items
+        ):
             guarded |= {ast.unparse(call.func) for call in ast.walk(node) if isinstance(call, ast.Call)}
     assert "preprocess" in guarded and ("load_dataset_by_name" in guarded or "shifted_data" in guarded)
 
@@ -266,8 +336,11 @@ def test_only_the_final_summary_is_printed_on_the_main_process(script):
     """Everything else goes through transformers.logging (honouring --log_level)."""
     tree = ast.parse((EXAMPLES / f"{script}.py").read_text())
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    prints = [node for node in ast.walk(tree)
-              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
+    prints = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+    ]
     assert prints
     for call in prints:
         node, guards = call, []
@@ -281,10 +354,16 @@ def test_only_the_final_summary_is_printed_on_the_main_process(script):
         assert "main_process" in guards, f"{script}: print at line {call.lineno} outside `if main_process:`"
     # logging: the script's own transformers logger, set up by the shared helper (tested below) before any work
     assert "transformers.utils.logging.get_logger(__name__)" in ast.unparse(tree)
-    shared = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "example_utils"
-              for alias in node.names}
+    shared = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "example_utils"
+        for alias in node.names
+    }
     own = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
-    assert "setup_logging" in shared and "setup_logging" not in own, f"{script}: not example_utils.setup_logging"
+    assert "setup_logging" in shared and "setup_logging" not in own, (
+        f"{script}: not example_utils.setup_logging"
+    )
     calls = [ast.unparse(node) for node in ast.walk(_main_of(script)) if isinstance(node, ast.Call)]
     assert "setup_logging(training_args, logger)" in calls, f"{script}: main() does not set up its logging"
     assert "use_available_cores()" in calls, f"{script}: main() keeps accelerate's one CPU thread"
@@ -304,8 +383,9 @@ def restored_library_logging():
 
 
 @pytest.mark.parametrize("main_process", [True, False], ids=["main", "replica"])
-def test_setup_logging_gives_replicas_log_level_replica(ex, caplog, monkeypatch, restored_library_logging,
-                                                        main_process):
+def test_setup_logging_gives_replicas_log_level_replica(
+    ex, caplog, monkeypatch, restored_library_logging, main_process
+):
     """The helper every fine-tune script calls first: ``--log_level`` on the main process, ``--log_level_replica``
     on the others, for the script's logger, transformers and datasets alike."""
     import logging
@@ -315,15 +395,23 @@ def test_setup_logging_gives_replicas_log_level_replica(ex, caplog, monkeypatch,
     from transformers import TrainingArguments
 
     monkeypatch.setattr(TrainingArguments, "should_log", property(lambda self: main_process))
-    args = TrainingArguments(output_dir="unused", log_level="info", log_level_replica="error", report_to="none",
-                             use_cpu=True)
+    args = TrainingArguments(
+        output_dir="unused", log_level="info", log_level_replica="error", report_to="none", use_cpu=True
+    )
     logger = transformers.utils.logging.get_logger("finetune_example_under_test")
     expected = logging.INFO if main_process else logging.ERROR
     assert ex["example_utils"].setup_logging(args, logger) == expected
-    assert logger.level == transformers.utils.logging.get_verbosity() == datasets.utils.logging.get_verbosity() == expected
+    assert (
+        logger.level
+        == transformers.utils.logging.get_verbosity()
+        == datasets.utils.logging.get_verbosity()
+        == expected
+    )
     logger.info("progress")
     logger.error("failure")
-    messages = [record.getMessage() for record in caplog.records if record.name == "finetune_example_under_test"]
+    messages = [
+        record.getMessage() for record in caplog.records if record.name == "finetune_example_under_test"
+    ]
     assert messages == (["progress", "failure"] if main_process else ["failure"])
 
 
@@ -343,15 +431,30 @@ def test_hub_model_id_naming_a_wrong_number_of_repositories_is_refused(ex, capsy
 
 
 # ------------------------------------------------------------------------------------------ slow
-def run_script(script: str, args: list[str], cwd: Path, env: dict | None = None, driver: str | None = None,
-               timeout: int = 300) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                   "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+def run_script(
+    script: str,
+    args: list[str],
+    cwd: Path,
+    env: dict | None = None,
+    driver: str | None = None,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+        **(env or {}),
+    }
     command = [sys.executable, *(["-c", driver] if driver else []), str(EXAMPLES / f"{script}.py"), *args]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
     print(f"{script}: {time.perf_counter() - start:.1f}s")
-    assert done.returncode == 0, f"{' '.join(command[-len(args) - 1:])}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(command[-len(args) - 1 :])}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    )
     return done
 
 
@@ -372,18 +475,43 @@ def _event_file_data(run_dir: Path) -> tuple[set[str], str]:
 
 
 @pytest.mark.slow
-def test_decoder_lm_without_pad_token_on_a_sentence_dataset_with_tensorboard(tmp_path, llama_without_pad,
-                                                                             sentence_folder):
+def test_decoder_lm_without_pad_token_on_a_sentence_dataset_with_tensorboard(
+    tmp_path, llama_without_pad, sentence_folder
+):
     """A Llama-3-style backbone (no pad token) fine-tuned on a text folder whose column is ``sentence``, logged
     to TensorBoard: each feature layer writes its own run with its own training and evaluation logs."""
     out = tmp_path / "run"
-    done = run_script("finetune_noisy", ["--model_name_or_path", llama_without_pad, "--dataset_name", sentence_folder,
-                                         "--text_column", "sentence", "--feature_dim", "32", "--output_dir", str(out),
-                                         "--report_to", "tensorboard", "--run_name", "llama-noisy", "--logging_steps",
-                                         "1", "--log_level", "info", "--label_noise", "0.4", *FAST],
-                      tmp_path)  # two classes: a symmetric rate must stay below 0.5
+    done = run_script(
+        "finetune_noisy",
+        [
+            "--model_name_or_path",
+            llama_without_pad,
+            "--dataset_name",
+            sentence_folder,
+            "--text_column",
+            "sentence",
+            "--feature_dim",
+            "32",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "tensorboard",
+            "--run_name",
+            "llama-noisy",
+            "--logging_steps",
+            "1",
+            "--log_level",
+            "info",
+            "--label_noise",
+            "0.4",
+            *FAST,
+        ],
+        tmp_path,
+    )  # two classes: a symmetric rate must stay below 0.5
     assert "padding with its end-of-sequence token" in done.stderr
-    assert "linear: fine-tuning into" in done.stdout and "nonneg: fine-tuning into" in done.stdout  # --log_level info
+    assert (
+        "linear: fine-tuning into" in done.stdout and "nonneg: fine-tuning into" in done.stdout
+    )  # --log_level info
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["results"]) == {"linear", "nonneg"} and payload["modality"] == "text"
     for kind in ("linear", "nonneg"):
@@ -399,7 +527,9 @@ def test_decoder_lm_without_pad_token_on_a_sentence_dataset_with_tensorboard(tmp
         model = AutoModelForSequenceClassification.from_pretrained(out / kind).eval()
         tokenizer = AutoTokenizer.from_pretrained(out / kind)
         assert tokenizer.pad_token == "</s>"  # saved with the checkpoint: it pads as it was trained
-        batch = tokenizer(["the flight was great", "the flight was very very late"], padding=True, return_tensors="pt")
+        batch = tokenizer(
+            ["the flight was great", "the flight was very very late"], padding=True, return_tensors="pt"
+        )
         assert model(**batch).logits.shape == (2, 2)
         assert model.config.id2label == {0: "negative", 1: "positive"}
 
@@ -408,10 +538,31 @@ def test_decoder_lm_without_pad_token_on_a_sentence_dataset_with_tensorboard(tmp
 def test_wandb_offline_logs_each_feature_layer_to_its_own_run(tmp_path):
     pytest.importorskip("wandb")
     out = tmp_path / "run"
-    run_script("finetune_noisy", ["--dataset_name", "digits", "--max_train_samples", "48", "--max_eval_samples", "32",
-                                  "--output_dir", str(out), "--report_to", "wandb", "--logging_steps", "2", *FAST],
-               tmp_path, env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
-                              "WANDB_PROJECT": "hf-monosem-test"})
+    run_script(
+        "finetune_noisy",
+        [
+            "--dataset_name",
+            "digits",
+            "--max_train_samples",
+            "48",
+            "--max_eval_samples",
+            "32",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "wandb",
+            "--logging_steps",
+            "2",
+            *FAST,
+        ],
+        tmp_path,
+        env={
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": str(tmp_path),
+            "WANDB_SILENT": "true",
+            "WANDB_PROJECT": "hf-monosem-test",
+        },
+    )
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2, runs  # one per feature layer, not the second logging into the first
     names = []
@@ -467,15 +618,19 @@ PUSH_DRIVER = textwrap.dedent("""
 def readme_gpu_command() -> list[str]:
     """The README's GPU-scale command of the main job, as argv."""
     text = re.sub(r"\\\n\s*", " ", (ROOT / "README.md").read_text())
-    lines = [line for line in text.splitlines()
-             if "examples/finetune_noisy.py" in line and "google/vit-base-patch16-224-in21k" in line]
+    lines = [
+        line
+        for line in text.splitlines()
+        if "examples/finetune_noisy.py" in line and "google/vit-base-patch16-224-in21k" in line
+    ]
     assert len(lines) == 1, lines
     return shlex.split(lines[0].split("examples/finetune_noisy.py", 1)[1])
 
 
 @pytest.mark.slow
 def test_the_readme_gpu_command_on_cpu_pushes_one_repo_per_feature_layer_with_its_card(
-        tmp_path, hub_cache, cifar100_folder):
+    tmp_path, hub_cache, cifar100_folder
+):
     """The README's GPU-scale command, with tiny sizes added and the dataset replaced by a CIFAR-100-shaped
     folder: the backbone resolves offline from the Hub cache, each feature layer is pushed (to a mocked Hub)
     with our card, one model-index result per scenario, the labels by name, and the label-noise draw as a
@@ -488,12 +643,32 @@ def test_the_readme_gpu_command_on_cpu_pushes_one_repo_per_feature_layer_with_it
     hub_id = argv[argv.index("--hub_model_id") + 1]
     argv[argv.index("--dataset_name") + 1] = cifar100_folder
     out = tmp_path / "run"
-    argv += ["--output_dir", str(out), "--use_cpu", "true", "--num_train_epochs", "1", "--per_device_train_batch_size",
-             "8", "--per_device_eval_batch_size", "16", "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+    argv += [
+        "--output_dir",
+        str(out),
+        "--use_cpu",
+        "true",
+        "--num_train_epochs",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+    ]
     record = tmp_path / "uploads.json"
     start = time.perf_counter()
-    run_script("finetune_noisy", argv, tmp_path, driver=PUSH_DRIVER, timeout=600,
-               env={"HF_HUB_CACHE": hub_cache["cache"], "UPLOAD_RECORD": str(record)})
+    run_script(
+        "finetune_noisy",
+        argv,
+        tmp_path,
+        driver=PUSH_DRIVER,
+        timeout=600,
+        env={"HF_HUB_CACHE": hub_cache["cache"], "UPLOAD_RECORD": str(record)},
+    )
     elapsed = time.perf_counter() - start
     log = json.loads(record.read_text())
     kinds = argv[argv.index("--feature_layers") + 1].split(",")
@@ -501,19 +676,34 @@ def test_the_readme_gpu_command_on_cpu_pushes_one_repo_per_feature_layer_with_it
     levels = argv[argv.index("--eval_input_noise") + 1].split(",")
     for kind in kinds:
         repo = f"{hub_id}-{kind}"
-        final = [u for u in log["uploads"] if u["repo_id"] == repo and u["commit_message"] == "End of training"]
+        final = [
+            u for u in log["uploads"] if u["repo_id"] == repo and u["commit_message"] == "End of training"
+        ]
         assert len(final) == 1, [u["repo_id"] for u in log["uploads"]]
         upload = final[0]
-        assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "training_args.bin",
-                "train_results.json", "eval_results.json"} <= set(upload["files"])
+        assert {
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+            "training_args.bin",
+            "train_results.json",
+            "eval_results.json",
+        } <= set(upload["files"])
         assert not any(f.startswith("checkpoint-") for f in upload["files"])
         card = ModelCard.load(Path(upload["copy"]) / "README.md")
-        assert card.data.library_name == "hf_monosem" and card.data.base_model == "google/vit-base-patch16-224-in21k"
+        assert (
+            card.data.library_name == "hf_monosem"
+            and card.data.base_model == "google/vit-base-patch16-224-in21k"
+        )
         assert card.data.pipeline_tag == "image-classification" and f"feature-layer-{kind}" in card.data.tags
         configs = sorted(r["dataset"]["config"] for r in card.data.to_dict()["model-index"][0]["results"])
         assert configs == sorted(["label_noise=0.4", *[f"gaussian_noise={float(s)}" for s in levels]])
         assert {e.metric_type for e in card.data.eval_results} == {"accuracy", "macro_f1"}
-        assert "100 classes (0: apple, 1: aquarium_fish" in card.text and f'from_pretrained("{repo}")' in card.text
+        assert (
+            "100 classes (0: apple, 1: aquarium_fish" in card.text
+            and f'from_pretrained("{repo}")' in card.text
+        )
         assert "`linear` (poly" in card.text and "`nonneg` (mono" in card.text  # both layers' numbers
         assert "| cifar100 (test) | label_noise=0.4 | accuracy |" in card.text
         model = AutoModelForImageClassification.from_pretrained(upload["copy"])

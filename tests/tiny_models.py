@@ -12,7 +12,9 @@ import torch
 def tiny_bert_config(**overrides):
     from transformers import BertConfig
 
-    kwargs = dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    kwargs = dict(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
+    )
     kwargs.update(overrides)
     return BertConfig(**kwargs)
 
@@ -21,7 +23,12 @@ def tiny_vit_config(**overrides):
     from transformers import ViTConfig
 
     kwargs = dict(
-        image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
         intermediate_size=37,
     )
     kwargs.update(overrides)
@@ -48,8 +55,14 @@ def tiny_llama_config(**overrides):
     from transformers import LlamaConfig
 
     kwargs = dict(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
     )
     kwargs.update(overrides)
     return LlamaConfig(**kwargs)

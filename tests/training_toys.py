@@ -80,7 +80,12 @@ def comparable(log_history: list[dict]) -> list[dict]:
 
 
 def accelerate_launch(
-    script, *script_args, num_processes: int = 2, config_file=None, use_cpu: bool = True, timeout: float = 300,
+    script,
+    *script_args,
+    num_processes: int = 2,
+    config_file=None,
+    use_cpu: bool = True,
+    timeout: float = 300,
     attempts: int = 3,
 ):
     """Run ``script`` under ``accelerate launch`` with ``num_processes`` CPU processes (gloo).

@@ -84,7 +84,10 @@ DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
     "bert": ["query", "value"],
     "roberta": ["query", "value"],
     "xlm-roberta": ["query", "value"],
-    "vit": ["query", "value"],  # transformers < 5.24 names; 5.24 uses q_proj / v_proj (found by the heuristic)
+    "vit": [
+        "query",
+        "value",
+    ],  # transformers < 5.24 names; 5.24 uses q_proj / v_proj (found by the heuristic)
     "deit": ["query", "value"],
     "dinov2": ["query", "value"],
     "llama": ["q_proj", "v_proj"],
@@ -211,7 +214,9 @@ class MonoLoraVariant(LoraVariant):
     merge_unsafe = _refuse
     unmerge = _refuse
 
-    def forward(self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs):
+    def forward(
+        self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs
+    ):
         lora_a = module.lora_A[active_adapter]
         lora_b = module.lora_B[active_adapter]
         dropout = module.lora_dropout[active_adapter]
@@ -304,7 +309,9 @@ def _default_modules_to_save(model: nn.Module) -> list[str]:
     names = {name.split(".")[-1] for name, _ in base.named_modules()}
     # a frozen feature layer (config.freeze_feature_layer) must stay frozen: peft would train a copy of it
     frozen = bool(getattr(getattr(base, "config", None), "freeze_feature_layer", False))
-    return [n for n in ("feature_layer", "classifier") if n in names and not (frozen and n == "feature_layer")]
+    return [
+        n for n in ("feature_layer", "classifier") if n in names and not (frozen and n == "feature_layer")
+    ]
 
 
 def lora_config(
@@ -337,7 +344,9 @@ def lora_config(
         targets = _backbone_regex(prefix, names)
     if modules_to_save is None:
         modules_to_save = _default_modules_to_save(model)
-    task_type = lora_kwargs.pop("task_type", "SEQ_CLS" if type(model).__name__.endswith("SequenceClassification") else None)
+    task_type = lora_kwargs.pop(
+        "task_type", "SEQ_CLS" if type(model).__name__.endswith("SequenceClassification") else None
+    )
     kwargs = dict(
         r=r,
         lora_alpha=alpha,
@@ -400,8 +409,14 @@ def add_lora(
         ['query', 'value']
     """
     config = lora_config(
-        model, r=r, alpha=alpha, target_modules=target_modules, dropout=dropout, monolora=monolora,
-        modules_to_save=modules_to_save, **lora_kwargs,
+        model,
+        r=r,
+        alpha=alpha,
+        target_modules=target_modules,
+        dropout=dropout,
+        monolora=monolora,
+        modules_to_save=modules_to_save,
+        **lora_kwargs,
     )
     _check_monolora_targets(model, config)
     return get_peft_model(model, config, adapter_name=adapter_name)
@@ -410,13 +425,19 @@ def add_lora(
 def _read_adapter_config(folder: str | os.PathLike) -> dict:
     path = os.path.join(os.fspath(folder), "adapter_config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: not a peft adapter folder (save one with peft_model.save_pretrained)")
+        raise FileNotFoundError(
+            f"{path} not found: not a peft adapter folder (save one with peft_model.save_pretrained)"
+        )
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
 def load_lora(
-    model: nn.Module, folder: str | os.PathLike, is_trainable: bool = False, adapter_name: str = "default", **kwargs
+    model: nn.Module,
+    folder: str | os.PathLike,
+    is_trainable: bool = False,
+    adapter_name: str = "default",
+    **kwargs,
 ) -> PeftModel:
     """Load a LoRA or MonoLoRA adapter (+ its trained feature layer and classifier) onto ``model``.
 
@@ -430,7 +451,12 @@ def load_lora(
     else:
         config = LoraConfig.from_pretrained(os.fspath(folder))
     return PeftModel.from_pretrained(
-        model, os.fspath(folder), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
+        model,
+        os.fspath(folder),
+        adapter_name=adapter_name,
+        is_trainable=is_trainable,
+        config=config,
+        **kwargs,
     )
 
 
@@ -509,7 +535,9 @@ class AdapterActivationMonitor:
 
 @torch.no_grad()
 def adapter_sparsity(
-    model: nn.Module, batches: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]], adapter_name: str | None = None
+    model: nn.Module,
+    batches: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
+    adapter_name: str | None = None,
 ) -> float:
     """Fraction of zeros in the adapters' intermediate over one batch (a dict) or several (an iterable).
 

@@ -1,6 +1,7 @@
 """The frozen-backbone route: features extracted once (optionally cached on disk), then SAEs,
 contrastive projectors and linear probes (single or batched grids) fitted on those features.
 """
+
 from . import extraction, minibatch, probe_grid, probing, projector_fitting, sae_fitting, scaling
 from .extraction import *  # noqa: F403
 from .minibatch import *  # noqa: F403

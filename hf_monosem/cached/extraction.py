@@ -291,8 +291,14 @@ def _run(
     progress: bool,
 ) -> torch.Tensor:
     outputs = collect_outputs(
-        base, dataset, batch_size, outputs=(output,), inputs=columns or None, collate_fn=collate_fn,
-        device=device, progress=progress,
+        base,
+        dataset,
+        batch_size,
+        outputs=(output,),
+        inputs=columns or None,
+        collate_fn=collate_fn,
+        device=device,
+        progress=progress,
     )
     return outputs[output]
 
@@ -423,16 +429,22 @@ def collect_outputs(
     if moved:
         model.to(device)
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
+    )
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in [*outputs, "labels"]}
     batches = 0
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress):
             batches += 1
             label = next((batch[k] for k in LABEL_KEYS if k in batch), None)
-            out = model(**{
-                k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k in accepted
-            })
+            out = model(
+                **{
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v
+                    for k, v in batch.items()
+                    if k in accepted
+                }
+            )
             for name in outputs:
                 value = out.get(name) if isinstance(out, Mapping) else getattr(out, name, None)
                 if value is not None:
@@ -482,10 +494,20 @@ def extract_features(
     from transformers import DataCollatorWithPadding
 
     out = collect_outputs(
-        model, dataset, batch_size, outputs=("features", "pooled"), inputs=columns, with_labels=True,
-        collate_fn=DataCollatorWithPadding(tokenizer) if tokenizer is not None else None, device=device,
-        progress=progress, num_workers=num_workers, desc="extract_features",
+        model,
+        dataset,
+        batch_size,
+        outputs=("features", "pooled"),
+        inputs=columns,
+        with_labels=True,
+        collate_fn=DataCollatorWithPadding(tokenizer) if tokenizer is not None else None,
+        device=device,
+        progress=progress,
+        num_workers=num_workers,
+        desc="extract_features",
     )
     if out["features"] is None:
-        raise ValueError(f"the output of {type(model).__name__} has no .features; allowed: a model returning features")
+        raise ValueError(
+            f"the output of {type(model).__name__} has no .features; allowed: a model returning features"
+        )
     return out["features"], out["pooled"], out["labels"]

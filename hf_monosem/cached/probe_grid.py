@@ -38,7 +38,12 @@ PROBE_SCHEDULES = ("constant", "warmup_cosine")
 
 
 def warmup_cosine_lr(
-    step: int, total_steps: int, lr: float, warmup_steps: int, warmup_start_lr: float = 3e-5, min_lr: float = 0.0
+    step: int,
+    total_steps: int,
+    lr: float,
+    warmup_steps: int,
+    warmup_start_lr: float = 3e-5,
+    min_lr: float = 0.0,
 ) -> float:
     """The learning rate at ``step`` of a linear warmup then cosine decay (pl_bolts'
     ``LinearWarmupCosineAnnealingLR`` stepped per batch, as the authors' solo-learn probes use it).
@@ -133,11 +138,17 @@ def train_probe_grid(
     if lr <= 0:
         raise ValueError(f"lr={lr!r} is not valid; allowed: a number > 0")
     if optimizer not in PROBE_OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r} is not valid; allowed: {', '.join(map(repr, PROBE_OPTIMIZERS))}")
+        raise ValueError(
+            f"optimizer={optimizer!r} is not valid; allowed: {', '.join(map(repr, PROBE_OPTIMIZERS))}"
+        )
     if schedule not in PROBE_SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not valid; allowed: {', '.join(map(repr, PROBE_SCHEDULES))}")
+        raise ValueError(
+            f"schedule={schedule!r} is not valid; allowed: {', '.join(map(repr, PROBE_SCHEDULES))}"
+        )
     if not 0 <= warmup_epochs < max(epochs, 1):
-        raise ValueError(f"warmup_epochs={warmup_epochs!r} is not valid; allowed: 0 <= warmup_epochs < epochs={epochs}")
+        raise ValueError(
+            f"warmup_epochs={warmup_epochs!r} is not valid; allowed: 0 <= warmup_epochs < epochs={epochs}"
+        )
     num_probes = labels.shape[0]
     if rows is None:
         rows = torch.arange(num_rows).expand(num_probes, -1)
@@ -151,11 +162,17 @@ def train_probe_grid(
     num_views = features.shape[0] if features.dim() == 3 else 1
     # one shuffle per probe and epoch, each from the probe's own generator
     batches = MiniBatches(rows.shape[1], batch_size, seeds, epochs=epochs, device=device)
-    weight = torch.stack([torch.randn(dim, num_labels, generator=g) for g in batches.generators]) * initializer_range
+    weight = (
+        torch.stack([torch.randn(dim, num_labels, generator=g) for g in batches.generators])
+        * initializer_range
+    )
     weight = weight.to(device).requires_grad_(True)
     bias = torch.zeros(num_probes, num_labels, device=device, requires_grad=True)
-    step_fn = _adamw(weight, bias, lr, weight_decay) if optimizer == "adam" else _momentum_sgd(
-        weight, bias, weight_decay, momentum, lars_eta if optimizer == "lars" else None)
+    step_fn = (
+        _adamw(weight, bias, lr, weight_decay)
+        if optimizer == "adam"
+        else _momentum_sgd(weight, bias, weight_decay, momentum, lars_eta if optimizer == "lars" else None)
+    )
     total_steps = batches.total_steps
     warmup_steps = int(warmup_epochs * batches.steps_per_epoch)
     probe_index = torch.arange(num_probes, device=device)[:, None]
@@ -166,8 +183,9 @@ def train_probe_grid(
     step = 0
     for epoch in batches:
         if num_views > 1:  # drawn before the epoch's permutation (made lazily), from the same generators
-            views = torch.stack([torch.randint(num_views, (rows.shape[1],), generator=g)
-                                 for g in batches.generators]).to(device)
+            views = torch.stack(
+                [torch.randint(num_views, (rows.shape[1],), generator=g) for g in batches.generators]
+            ).to(device)
         for batch in epoch:  # [P, B] positions into rows
             if num_views > 1:
                 x = features[views[probe_index, batch], rows[probe_index, batch]]  # [P, B, F]

@@ -81,13 +81,21 @@ def fit_contrastive_projector(
     if not 0 <= view_dropout < 1 or view_noise < 0:
         raise ValueError(f"view_dropout={view_dropout} must be in [0, 1) and view_noise={view_noise} >= 0")
     settings = FeatureLayerSettings(
-        feature_dim=feature_dim, projector_hidden_dim=projector_hidden_dim, nonneg_activation=nonneg_activation,
+        feature_dim=feature_dim,
+        projector_hidden_dim=projector_hidden_dim,
+        nonneg_activation=nonneg_activation,
         activation_loss_weight=activation_loss_weight,
     )
     n = features.shape[0]
     # a batch of one row has no negatives: skipped
     batches = MiniBatches(
-        n, batch_size, seed, epochs=epochs, device=features.device, min_size=2, progress=progress,
+        n,
+        batch_size,
+        seed,
+        epochs=epochs,
+        device=features.device,
+        min_size=2,
+        progress=progress,
         desc=f"contrastive {feature_layer} projector",
     )
 

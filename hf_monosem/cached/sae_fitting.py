@@ -43,7 +43,9 @@ _DEFAULT_DEAD_LATENTS = {"topk": "auxk", "sae": "resample"}
 _AUXK_WEIGHT = 1 / 32
 
 
-def explained_variance(layer: SparseAutoencoder, features: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+def explained_variance(
+    layer: SparseAutoencoder, features: torch.Tensor, batch_size: int = 4096
+) -> dict[str, float]:
     """:meth:`SparseAutoencoder.explained_variance <hf_monosem.models.sae.SparseAutoencoder.explained_variance>`
     of ``layer`` on ``features``: ``explained_variance``, ``l0`` and ``dead_fraction``."""
     return _check_sae(layer).explained_variance(features, batch_size=batch_size)
@@ -259,7 +261,9 @@ def train_sae_layer(
             f"dead_latents={dead_latents!r} is not valid; allowed: None, {', '.join(map(repr, DEAD_LATENT_STRATEGIES))}"
         )
     if strategy == "auxk" and layer.kind != "topk":
-        raise ValueError(f"dead_latents='auxk' applies to 'topk' layers only, not {layer.kind!r}; use 'resample'")
+        raise ValueError(
+            f"dead_latents='auxk' applies to 'topk' layers only, not {layer.kind!r}; use 'resample'"
+        )
     if not (isinstance(auxk_weight, (int, float)) and auxk_weight >= 0):
         raise ValueError(f"auxk_weight={auxk_weight!r} is not valid; allowed: a number >= 0")
     device = features.device
@@ -311,7 +315,12 @@ def train_sae_layer(
                 layer.normalize_decoder_()
 
                 batch_stats = torch.stack(
-                    [loss.detach() * rows.numel(), out.squared_error, spread[rows].sum(), out.active.to(spread.dtype)]
+                    [
+                        loss.detach() * rows.numel(),
+                        out.squared_error,
+                        spread[rows].sum(),
+                        out.active.to(spread.dtype),
+                    ]
                 ).double()
                 if step == 0:  # before any step: the first batch
                     _append_stats(report, batch_stats, out.fired, rows.numel())

@@ -8,6 +8,7 @@ backbones, and the dataset checks run before training.
   defaults) and :func:`build_classifier`;
 * :mod:`~hf_monosem.data.validation` -- checks that fail before training, naming the bad value.
 """
+
 from . import assets, backbones, registry, validation
 from .assets import *  # noqa: F403
 from .backbones import *  # noqa: F403

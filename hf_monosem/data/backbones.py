@@ -37,8 +37,12 @@ def small_resnet_config(num_channels: int = 1) -> ResNetConfig:
         [32, 64, 128]
     """
     return ResNetConfig(
-        num_channels=num_channels, embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1],
-        layer_type="basic", downsample_in_first_stage=False,
+        num_channels=num_channels,
+        embedding_size=32,
+        hidden_sizes=[32, 64, 128],
+        depths=[1, 1, 1],
+        layer_type="basic",
+        downsample_in_first_stage=False,
     )
 
 
@@ -64,13 +68,21 @@ def backbone_source(
 
     unknown = sorted(set(loading_kwargs) - set(BACKBONE_LOADING_OPTIONS))
     if unknown:
-        raise ValueError(f"backbone_source got {unknown}; loading options allowed: {', '.join(BACKBONE_LOADING_OPTIONS)}")
+        raise ValueError(
+            f"backbone_source got {unknown}; loading options allowed: {', '.join(BACKBONE_LOADING_OPTIONS)}"
+        )
     loading = {key: value for key, value in loading_kwargs.items() if value is not None}
     if model_name_or_path:
         from transformers import AutoConfig
 
-        fetch = {key: loading[key] for key in ("revision", "token", "trust_remote_code", "cache_dir") if key in loading}
-        AutoConfig.from_pretrained(model_name_or_path, **fetch)  # fail early, with transformers' message, if unknown
+        fetch = {
+            key: loading[key]
+            for key in ("revision", "token", "trust_remote_code", "cache_dir")
+            if key in loading
+        }
+        AutoConfig.from_pretrained(
+            model_name_or_path, **fetch
+        )  # fail early, with transformers' message, if unknown
         source: dict[str, Any] = {"backbone": model_name_or_path}
         if loading:
             source["backbone_loading_kwargs"] = loading
@@ -106,7 +118,10 @@ def build_classifier(
         kwargs.pop("topk", None)
     names = [str(name) for name in labels]
     config = MonoSemanticConfig(
-        **kwargs, feature_layer=feature_layer, num_labels=len(names),
-        id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
+        **kwargs,
+        feature_layer=feature_layer,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
     )
     return classes[modality](config)

@@ -51,27 +51,38 @@ class BuiltinDataset(NamedTuple):
     """One entry of :data:`BUILTIN_DATASETS`."""
 
     modality: str  #: "text" or "image"
-    load: Callable[[int], DatasetDict]  #: seed -> the dataset (the seed draws the splits where they are random)
+    load: Callable[
+        [int], DatasetDict
+    ]  #: seed -> the dataset (the seed draws the splits where they are random)
     description: str
 
 
 #: the offline datasets, by the name a script's ``--dataset_name`` uses
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "tweets": BuiltinDataset(
-        "text", lambda seed: assets.load_tweets(seed=seed),
-        "sentiment tweets, 3 classes, with a domain column (assets.load_tweets)"),
+        "text",
+        lambda seed: assets.load_tweets(seed=seed),
+        "sentiment tweets, 3 classes, with a domain column (assets.load_tweets)",
+    ),
     "20newsgroups": BuiltinDataset(
-        "text", lambda seed: assets.load_20newsgroups(), "20 Newsgroups bydate (assets.load_20newsgroups)"),
+        "text", lambda seed: assets.load_20newsgroups(), "20 Newsgroups bydate (assets.load_20newsgroups)"
+    ),
     "reuters_r8": BuiltinDataset(
-        "text", lambda seed: assets.load_reuters_r8(), "Reuters-21578 R8 (assets.load_reuters_r8)"),
+        "text", lambda seed: assets.load_reuters_r8(), "Reuters-21578 R8 (assets.load_reuters_r8)"
+    ),
     "newsgroups_shift": BuiltinDataset(
-        "text", lambda seed: assets.newsgroups_domain_shift(),
-        "computers vs recreation with a test_shifted split (assets.newsgroups_domain_shift)"),
+        "text",
+        lambda seed: assets.newsgroups_domain_shift(),
+        "computers vs recreation with a test_shifted split (assets.newsgroups_domain_shift)",
+    ),
     "fashion_mnist": BuiltinDataset(
-        "image", lambda seed: assets.load_fashion_mnist(), "Fashion-MNIST 28x28 (assets.load_fashion_mnist)"),
+        "image", lambda seed: assets.load_fashion_mnist(), "Fashion-MNIST 28x28 (assets.load_fashion_mnist)"
+    ),
     "digits": BuiltinDataset(
-        "image", lambda seed: assets.load_digits_domain_shift(seed=seed),
-        "UCI digits 8x8 with an MNIST test_shifted split (assets.load_digits_domain_shift)"),
+        "image",
+        lambda seed: assets.load_digits_domain_shift(seed=seed),
+        "UCI digits 8x8 with an MNIST test_shifted split (assets.load_digits_domain_shift)",
+    ),
 }
 
 
@@ -148,7 +159,9 @@ def _modality_of(split: Dataset, name: str, text_column: str, image_column: str)
     images = [c for c, f in features.items() if isinstance(f, ImageFeature)]
     if image_column in features or images or "pixel_values" in features:
         return "image"
-    strings = [c for c, f in features.items() if isinstance(f, Value) and f.dtype in ("string", "large_string")]
+    strings = [
+        c for c, f in features.items() if isinstance(f, Value) and f.dtype in ("string", "large_string")
+    ]
     if strings:
         raise ValueError(
             f"dataset {name!r} has no text column {text_column!r} (text_column=, --text_column in the examples): "
@@ -237,8 +250,11 @@ def preprocess(
     """
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    fetch = {k: v for k, v in (loading_kwargs or {}).items()
-             if k in ("revision", "token", "trust_remote_code", "cache_dir") and v is not None}
+    fetch = {
+        k: v
+        for k, v in (loading_kwargs or {}).items()
+        if k in ("revision", "token", "trust_remote_code", "cache_dir") and v is not None
+    }
     if modality == "text":
         tokenizer = AutoTokenizer.from_pretrained(backbone, **fetch)
         ensure_padding_token(tokenizer)
@@ -251,8 +267,10 @@ def preprocess(
     if "pixel_values" in columns:  # built-in image datasets are already normalised tensors
         return data.with_format("torch"), None
     if backbone is None:
-        raise ValueError("images that are not pixel_values tensors need a backbone (its image processor resizes "
-                         "and normalises them): pass --model_name_or_path")
+        raise ValueError(
+            "images that are not pixel_values tensors need a backbone (its image processor resizes "
+            "and normalises them): pass --model_name_or_path"
+        )
     if image_column not in columns:
         raise ValueError(f"image column {image_column!r} not in the dataset; columns: {columns}")
     processor = AutoImageProcessor.from_pretrained(backbone, **fetch)

@@ -61,7 +61,9 @@ def validate_classification_dataset(
         raise ValueError(f"the {split_name} dataset is empty (0 rows); nothing to train or evaluate on")
     columns = _columns(dataset)
     if label_column not in columns:
-        raise ValueError(f"label column {label_column!r} not in the {split_name} dataset; its columns are {columns}")
+        raise ValueError(
+            f"label column {label_column!r} not in the {split_name} dataset; its columns are {columns}"
+        )
     if _problem_type(config) == "single_label_classification":
         # the column as one array (``dataset[column]`` iterates row by row in datasets >= 4)
         labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[:][label_column])
@@ -88,14 +90,18 @@ def validate_classification_batch(batch: Any, config: Any, *, split_name: str = 
     keys = sorted(batch)
     label_key = next((k for k in LABEL_KEYS if batch.get(k) is not None), None)
     if label_key is None:
-        raise ValueError(f"the first {split_name} batch has no labels (keys {keys}); a classifier needs labels")
+        raise ValueError(
+            f"the first {split_name} batch has no labels (keys {keys}); a classifier needs labels"
+        )
     if _problem_type(config) == "single_label_classification":
         _check_class_ids(_numpy(batch[label_key]), config, split_name, "")
     pixels = batch.get("pixel_values")
     if pixels is not None:
         _check_image_array(_numpy(pixels), config, split_name)
         if not np.isfinite(_numpy(pixels)).all():
-            raise ValueError(f"{split_name} pixel_values hold NaN or inf (in the first batch); clean the data first")
+            raise ValueError(
+                f"{split_name} pixel_values hold NaN or inf (in the first batch); clean the data first"
+            )
     ids = batch.get("input_ids")
     if ids is not None:
         _check_max_token_id(int(_numpy(ids).max(initial=0)), config, split_name)
@@ -175,7 +181,9 @@ def _check_images(dataset: Any, config: Any, split_name: str, check_finite: bool
             block = np.asarray(numeric[start : start + _CHUNK]["pixel_values"])
             if not np.isfinite(block).all():
                 row = start + int(np.argwhere(~np.isfinite(block.reshape(len(block), -1)).all(1)).ravel()[0])
-                raise ValueError(f"{split_name} pixel_values hold NaN or inf (first at row {row}); clean the data first")
+                raise ValueError(
+                    f"{split_name} pixel_values hold NaN or inf (first at row {row}); clean the data first"
+                )
 
 
 def _all_finite(column: Any) -> bool | None:

@@ -47,7 +47,11 @@ __all__ = [
 ]
 
 # where the private helpers of the old module went, for code that reached into it
-_PRIVATE_HOMES = ("hf_monosem.evaluation.features", "hf_monosem.evaluation.classification", "hf_monosem.cached.extraction")
+_PRIVATE_HOMES = (
+    "hf_monosem.evaluation.features",
+    "hf_monosem.evaluation.classification",
+    "hf_monosem.cached.extraction",
+)
 
 
 def __getattr__(name: str):

@@ -106,13 +106,22 @@ def paper_comparison_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
         "|---|---|---|---|---|---:|---|---|",
     ]
     for r in rows:
-        level = f"{r['level']:g}" if r["paper_level"] == r["level"] else f"{r['level']:g} (paper {r['paper_level']:g}*)"
+        level = (
+            f"{r['level']:g}"
+            if r["paper_level"] == r["level"]
+            else f"{r['level']:g} (paper {r['paper_level']:g}*)"
+        )
         mode = r["mode"] if not r.get("protocol") else f"{r['mode']} ({r['protocol']})"
         std = "" if r["pooled_std"] != r["pooled_std"] else f" ± {100 * r['pooled_std']:.1f}"
         paper = ", ".join(f"{ds} {v:+.1f}" for ds, v in r["paper"].items())
-        lines.append(f"| {r['track']} | {mode} | {r['poly']} -> {r['mono']} | {r['scenario']} | {level} | "
-                     f"{100 * r['gap']:+.1f}{std} | {r['verdict']} | {paper} |")
-    lines += ["", "Δ = mono − poly in accuracy points; ours: mean over seeds ± pooled std, a win / loss where "
-              "|Δ| > 2 pooled std. * the paper's 90% label noise beside our highest rate (90% leaves no signal "
-              "with 10 classes)."]
+        lines.append(
+            f"| {r['track']} | {mode} | {r['poly']} -> {r['mono']} | {r['scenario']} | {level} | "
+            f"{100 * r['gap']:+.1f}{std} | {r['verdict']} | {paper} |"
+        )
+    lines += [
+        "",
+        "Δ = mono − poly in accuracy points; ours: mean over seeds ± pooled std, a win / loss where "
+        "|Δ| > 2 pooled std. * the paper's 90% label noise beside our highest rate (90% leaves no signal "
+        "with 10 classes).",
+    ]
     return "\n".join(lines)

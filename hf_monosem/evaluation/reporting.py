@@ -66,9 +66,22 @@ def mono_poly_gaps(
         base, other = cells.loc[(scenario, level, poly)], cells.loc[(scenario, level, mono)]
         gap = float(other["mean"] - base["mean"])
         pooled = _pooled_std(base["std"], int(base["n"]), other["std"], int(other["n"]))
-        verdict = "n/a" if math.isnan(pooled) else ("tie" if abs(gap) <= 2 * pooled else ("win" if gap > 0 else "loss"))
-        gaps.append({"scenario": scenario, "level": float(level), "poly_mean": float(base["mean"]),
-                     "mono_mean": float(other["mean"]), "gap": gap, "pooled_std": pooled, "verdict": verdict})
+        verdict = (
+            "n/a"
+            if math.isnan(pooled)
+            else ("tie" if abs(gap) <= 2 * pooled else ("win" if gap > 0 else "loss"))
+        )
+        gaps.append(
+            {
+                "scenario": scenario,
+                "level": float(level),
+                "poly_mean": float(base["mean"]),
+                "mono_mean": float(other["mean"]),
+                "gap": gap,
+                "pooled_std": pooled,
+                "verdict": verdict,
+            }
+        )
     return gaps
 
 
@@ -239,15 +252,29 @@ def plot_robustness_panel(
             for j, method in enumerate(chosen):
                 cell = part[part["method"] == method]
                 if not cell.empty:
-                    ax.bar(j, cell["mean"].iloc[0], yerr=float(cell["std"].fillna(0.0).iloc[0]), capsize=3,
-                           color=colours[method], label=method)
+                    ax.bar(
+                        j,
+                        cell["mean"].iloc[0],
+                        yerr=float(cell["std"].fillna(0.0).iloc[0]),
+                        capsize=3,
+                        color=colours[method],
+                        label=method,
+                    )
             ax.set_xticks(range(len(chosen)), chosen, fontsize=7)
         else:
             for method in chosen:
                 line = part[part["method"] == method].sort_values("level")
                 if not line.empty:
-                    ax.errorbar(line["level"], line["mean"], yerr=line["std"].fillna(0.0), marker="o",
-                                markersize=3, capsize=2, color=colours[method], label=method)
+                    ax.errorbar(
+                        line["level"],
+                        line["mean"],
+                        yerr=line["std"].fillna(0.0),
+                        marker="o",
+                        markersize=3,
+                        capsize=2,
+                        color=colours[method],
+                        label=method,
+                    )
             ax.set_xlabel("level", fontsize=8)
         ax.set_title(str(scenario), fontsize=9)
         ax.set_ylabel(metric, fontsize=8)

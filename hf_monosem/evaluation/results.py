@@ -90,7 +90,9 @@ def read_records(source: Any) -> list[dict]:
             source = json.load(f)
     if isinstance(source, Mapping):
         if "results" not in source:
-            raise ValueError(f"a results dict must hold the records under 'results'; got keys {sorted(source)}")
+            raise ValueError(
+                f"a results dict must hold the records under 'results'; got keys {sorted(source)}"
+            )
         source = source["results"]
     if isinstance(source, (str, bytes)) or not isinstance(source, Iterable):
         raise ValueError(f"results must be a list of records, got {type(source).__name__}")
@@ -118,9 +120,15 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------------ run records -> summary
 def _run_frame(records: Any) -> pd.DataFrame:
     """Run records as a DataFrame, checked: not empty, ``method``/``scenario`` named on every record."""
-    frame = records.reset_index(drop=True) if isinstance(records, pd.DataFrame) else pd.DataFrame(read_records(records))
+    frame = (
+        records.reset_index(drop=True)
+        if isinstance(records, pd.DataFrame)
+        else pd.DataFrame(read_records(records))
+    )
     if frame.empty:
-        raise ValueError("records is empty; allowed: at least one record with 'method', 'scenario' and a metric")
+        raise ValueError(
+            "records is empty; allowed: at least one record with 'method', 'scenario' and a metric"
+        )
     missing = [c for c in ("method", "scenario") if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -129,7 +137,9 @@ def _run_frame(records: Any) -> pd.DataFrame:
     for key in ("method", "scenario"):
         unnamed = frame.index[frame[key].isna()]
         if len(unnamed):
-            raise ValueError(f"results[{unnamed[0]}] has {key}=None; allowed: a name such as 'nonneg' / 'clean'")
+            raise ValueError(
+                f"results[{unnamed[0]}] has {key}=None; allowed: a name such as 'nonneg' / 'clean'"
+            )
     if "level" not in frame.columns:
         frame["level"] = None
     return frame

@@ -28,5 +28,12 @@ from .publishing import *  # noqa: F403
 from .remote_code import *  # noqa: F403
 
 __all__ = sorted(
-    [*cards.__all__, *remote_code.__all__, *publishing.__all__, "POLY_METHODS", "RESULT_FIELDS", "load_results"]
+    [
+        *cards.__all__,
+        *remote_code.__all__,
+        *publishing.__all__,
+        "POLY_METHODS",
+        "RESULT_FIELDS",
+        "load_results",
+    ]
 )

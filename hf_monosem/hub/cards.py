@@ -61,6 +61,7 @@ def _pipeline_tag(arch: str, config: MonoSemanticConfig) -> str:
         return _IMAGE_PIPELINE_TAG[arch]
     return _PIPELINE_TAG.get(arch, "text-classification")
 
+
 _CITATION = """@inproceedings{zhang2025beyond,
   title     = {Beyond Interpretability: The Gains of Feature Monosemanticity on Model Robustness},
   author    = {Zhang, Qi and Wang, Yifei and Cui, Jingyi and Pan, Xiang and Lei, Qi and Jegelka, Stefanie and Wang, Yisen},
@@ -223,7 +224,12 @@ def _eval_results(records: Sequence[Mapping], method: str, default_task: str) ->
                 metric_value=r["value"],
                 metric_name=f"{r['metric']} ({label}{extra}{seeds})",
                 metric_config=label,
-                metric_args={"scenario": r["scenario"], "level": r["level"], "std": r["std"], "seeds": r["seeds"]},
+                metric_args={
+                    "scenario": r["scenario"],
+                    "level": r["level"],
+                    "std": r["std"],
+                    "seeds": r["seeds"],
+                },
             )
         )
     return out
@@ -249,7 +255,11 @@ def _architecture(model: PreTrainedModel | PreTrainedConfig) -> str:
     archs = getattr(model, "architectures", None) or []
     if archs:
         return archs[0]
-    return "MonoSemanticForImageClassification" if _is_image_backbone(model) else "MonoSemanticForSequenceClassification"
+    return (
+        "MonoSemanticForImageClassification"
+        if _is_image_backbone(model)
+        else "MonoSemanticForSequenceClassification"
+    )
 
 
 def _looks_like_hub_id(name: str | None) -> bool:
@@ -269,17 +279,28 @@ def _backbone_summary(config: MonoSemanticConfig) -> str:
     return ", ".join(parts)
 
 
-def _usage_code(repo_id: str, arch: str, config: MonoSemanticConfig, has_preprocessor: bool,
-                base_model: str | None, trust_remote_code: bool = False, image_size: int | None = None) -> str:
+def _usage_code(
+    repo_id: str,
+    arch: str,
+    config: MonoSemanticConfig,
+    has_preprocessor: bool,
+    base_model: str | None,
+    trust_remote_code: bool = False,
+    image_size: int | None = None,
+) -> str:
     auto_cls = {
         "text-classification": "AutoModelForSequenceClassification",
         "image-classification": "AutoModelForImageClassification",
     }.get(_PIPELINE_TAG.get(arch, ""), "AutoModel")
     remote = ", trust_remote_code=True" if trust_remote_code else ""
     is_text = hasattr(config.backbone_config, "vocab_size")
-    head = [] if trust_remote_code else [
-        'import hf_monosem  # noqa: F401  (registers the "monosemantic" model type with the Auto classes)'
-    ]
+    head = (
+        []
+        if trust_remote_code
+        else [
+            'import hf_monosem  # noqa: F401  (registers the "monosemantic" model type with the Auto classes)'
+        ]
+    )
     head.append("import torch")
     body = [f'model = {auto_cls}.from_pretrained("{repo_id}"{remote}).eval()']
     if is_text:
@@ -303,7 +324,9 @@ def _usage_code(repo_id: str, arch: str, config: MonoSemanticConfig, has_preproc
         else:
             head.append(f"from transformers import {auto_cls}")
             channels = getattr(bc, "num_channels", 3)
-            body.append(f'inputs = {{"pixel_values": torch.randn(1, {channels}, {size}, {size})}}  # your normalised images')
+            body.append(
+                f'inputs = {{"pixel_values": torch.randn(1, {channels}, {size}, {size})}}  # your normalised images'
+            )
     body += ["with torch.no_grad():", "    out = model(**inputs)"]
     if auto_cls != "AutoModel":
         body.append("print(model.config.id2label[int(out.logits.argmax(-1)[0])])")
@@ -319,10 +342,18 @@ def _default_recipe(config: MonoSemanticConfig) -> str:
         f"- backbone {'frozen (linear probing)' if config.freeze_backbone else 'fine-tuned with the head'}",
     ]
     if getattr(config, "freeze_feature_layer", False):
-        lines.append("- feature layer frozen: the backbone was trained through it (the paper's NCE fine-tuning)")
+        lines.append(
+            "- feature layer frozen: the backbone was trained through it (the paper's NCE fine-tuning)"
+        )
     if config.feature_layer in ("sae", "topk"):
-        lines.append(f"- reconstruction weight {config.reconstruction_weight}" + (
-            f", L1 weight {config.sparsity_weight}" if config.feature_layer == "sae" else f", k = {config.topk}"))
+        lines.append(
+            f"- reconstruction weight {config.reconstruction_weight}"
+            + (
+                f", L1 weight {config.sparsity_weight}"
+                if config.feature_layer == "sae"
+                else f", k = {config.topk}"
+            )
+        )
     return "\n".join(lines)
 
 
@@ -405,8 +436,14 @@ def make_model_card(
         )
     metrics = sorted({r["metric"] for r in records if r["method"] == method}) or None
     kind = config.feature_layer
-    card_tags = ["hf_monosem", "monosemantic", "polysemantic-baseline" if kind == "linear" else "monosemanticity",
-                 f"feature-layer-{kind}", config.backbone_config.model_type, *tags]
+    card_tags = [
+        "hf_monosem",
+        "monosemantic",
+        "polysemantic-baseline" if kind == "linear" else "monosemanticity",
+        f"feature-layer-{kind}",
+        config.backbone_config.model_type,
+        *tags,
+    ]
     card_data = ModelCardData(
         library_name="hf_monosem",
         license=license,
@@ -425,11 +462,22 @@ def make_model_card(
     label_text = ", ".join(named) if len(named) <= 12 else f"{len(named)} classes ({', '.join(named[:5])}, …)"
     architecture = [
         ("architecture", f"`{arch}`"),
-        ("backbone", (f"[`{base_model}`](https://huggingface.co/{base_model}) – " if base_model else "") + _backbone_summary(config)),
+        (
+            "backbone",
+            (f"[`{base_model}`](https://huggingface.co/{base_model}) – " if base_model else "")
+            + _backbone_summary(config),
+        ),
         ("pooling", f"`{config.pooling}`"),
         ("feature layer", _FEATURE_LAYER_TEXT.get(kind, f"`{kind}`")),
-        ("feature width", str(config.feature_dim) + (
-            f" (projector hidden width {config.projector_hidden_dim})" if config.projector_hidden_dim else "")),
+        (
+            "feature width",
+            str(config.feature_dim)
+            + (
+                f" (projector hidden width {config.projector_hidden_dim})"
+                if config.projector_hidden_dim
+                else ""
+            ),
+        ),
     ]
     if kind == "topk":
         architecture.append(("active features (k)", str(config.topk)))
@@ -455,11 +503,15 @@ def make_model_card(
             "The `model-index` metadata holds this model's rows.\n\n" + results_table(records, method)
         )
     elif planned_command:
-        results_text = "None yet: this checkpoint has not been trained or evaluated (see the note at the top)."
+        results_text = (
+            "None yet: this checkpoint has not been trained or evaluated (see the note at the top)."
+        )
     else:
         results_text = "No evaluation results were supplied with this card."
     remote_snippet = (
-        _usage_code(repo_id, arch, config, has_preprocessor, base_model, trust_remote_code=True, image_size=image_size)
+        _usage_code(
+            repo_id, arch, config, has_preprocessor, base_model, trust_remote_code=True, image_size=image_size
+        )
         if remote_code
         else ""
     )
@@ -476,4 +528,3 @@ def make_model_card(
         results_text=results_text,
         citation=_CITATION,
     )
-

@@ -87,13 +87,19 @@ def save_for_hub(
     """
     config = _config_of(model)
     if not isinstance(model, PreTrainedModel):
-        raise TypeError("save_for_hub needs a model with weights; for a planned checkpoint use make_model_card(config)")
+        raise TypeError(
+            "save_for_hub needs a model with weights; for a planned checkpoint use make_model_card(config)"
+        )
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     records = load_results(results) if results is not None else None
     card = make_model_card(
-        model, records, repo_id=repo_id, has_preprocessor=tokenizer_or_processor is not None,
-        remote_code=remote_code, **card_kwargs,
+        model,
+        records,
+        repo_id=repo_id,
+        has_preprocessor=tokenizer_or_processor is not None,
+        remote_code=remote_code,
+        **card_kwargs,
     )
     base_model = card.data.base_model
     with contextlib.ExitStack() as stack:
@@ -142,8 +148,13 @@ def push_to_hub_with_card(
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as folder:
         save_for_hub(
-            model, folder, results, tokenizer_or_processor=tokenizer_or_processor, remote_code=remote_code,
-            repo_id=repo_id, **card_kwargs,
+            model,
+            folder,
+            results,
+            tokenizer_or_processor=tokenizer_or_processor,
+            remote_code=remote_code,
+            repo_id=repo_id,
+            **card_kwargs,
         )
         api.create_repo(repo_id, private=private, exist_ok=True)
         return api.upload_folder(
@@ -156,7 +167,9 @@ def push_to_hub_with_card(
 
 
 # ------------------------------------------------------------------------- one repo per feature layer
-def feature_layer_repo_ids(hub_model_id: str | None, kinds: Sequence[str], output_dir: str | os.PathLike) -> dict[str, str]:
+def feature_layer_repo_ids(
+    hub_model_id: str | None, kinds: Sequence[str], output_dir: str | os.PathLike
+) -> dict[str, str]:
     """The Hub repository of each feature layer of a run that trains several (one model per kind).
 
     ``hub_model_id``: ``None`` (``<name of output_dir>-<kind>``, in the namespace of the token's user, as
@@ -188,7 +201,9 @@ def feature_layer_repo_ids(hub_model_id: str | None, kinds: Sequence[str], outpu
                 "one id per feature layer, one id to suffix with -<feature layer>, or one with {feature_layer} in it"
             )
     if len(set(ids)) != len(ids):
-        raise ValueError(f"hub_model_id={hub_model_id!r} names a repository twice ({ids}); every feature layer needs its own")
+        raise ValueError(
+            f"hub_model_id={hub_model_id!r} names a repository twice ({ids}); every feature layer needs its own"
+        )
     return dict(zip(kinds, ids))
 
 

@@ -49,7 +49,9 @@ def _own_auto_class(model: PreTrainedModel) -> str:
     for cls, auto in _AUTO_CLASS.items():
         if type(model) is cls:
             return auto
-    raise TypeError(f"remote code is supported for {[c.__name__ for c in _AUTO_CLASS]}, not {type(model).__name__}")
+    raise TypeError(
+        f"remote code is supported for {[c.__name__ for c in _AUTO_CLASS]}, not {type(model).__name__}"
+    )
 
 
 def enable_remote_code(model: PreTrainedModel) -> PreTrainedModel:

@@ -4,6 +4,7 @@ backbone -> pooling -> feature layer -> head modeling code.
 This folder is self-contained (same-folder relative imports only): remote-code export copies it next
 to a checkpoint so that ``trust_remote_code=True`` users need no hf_monosem.
 """
+
 from . import configuration, feature_layers, loading, modeling, sae, sae_formats
 from .configuration import *  # noqa: F403
 from .feature_layers import *  # noqa: F403

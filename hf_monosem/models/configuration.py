@@ -31,7 +31,14 @@ POOLING_CHOICES = ("cls", "mean", "last", "pooler")
 
 #: ``from_pretrained`` arguments that say how a Hub backbone is fetched and built. The first four also
 #: fetch its config; none of them is saved with a checkpoint (a token must never land in config.json).
-BACKBONE_LOADING_OPTIONS = ("revision", "token", "trust_remote_code", "cache_dir", "attn_implementation", "dtype")
+BACKBONE_LOADING_OPTIONS = (
+    "revision",
+    "token",
+    "trust_remote_code",
+    "cache_dir",
+    "attn_implementation",
+    "dtype",
+)
 _CONFIG_LOADING_OPTIONS = ("revision", "token", "trust_remote_code", "cache_dir")
 
 
@@ -52,7 +59,10 @@ def backbone_hidden_size(config: PreTrainedConfig) -> int:
 
 
 def _is_decoder_lm(model_type: str) -> bool:
-    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 def default_pooling(config: PreTrainedConfig) -> str:
@@ -123,7 +133,9 @@ class MonoSemanticConfig(PreTrainedConfig):
     model_type = "monosemantic"
     # a sub-config: transformers hands attn_implementation / dtype of the whole model down to it
     if SubConfigSpec is not None:
-        sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=PreTrainedConfig, optional=True)}
+        sub_configs_defaults = {
+            "backbone_config": SubConfigSpec(config_class=PreTrainedConfig, optional=True)
+        }
     else:  # pragma: no cover - older transformers 5
         sub_configs = {"backbone_config": AutoConfig}
 
@@ -203,7 +215,9 @@ class MonoSemanticConfig(PreTrainedConfig):
                 f"backbone_config must be a transformers config or a dict, got {type(config).__name__}"
             )
         if not self.backbone:
-            raise ValueError("give either backbone (a Hub id or folder) or backbone_config (a transformers config)")
+            raise ValueError(
+                "give either backbone (a Hub id or folder) or backbone_config (a transformers config)"
+            )
         if not isinstance(self.backbone, str):
             raise ValueError(f"backbone={self.backbone!r} must be a Hub id or a folder path (str)")
         loading = self.backbone_loading_kwargs
@@ -233,8 +247,10 @@ class MonoSemanticConfig(PreTrainedConfig):
             self.pooling = default_pooling(self.backbone_config)
         if self.pooling not in POOLING_CHOICES:
             raise _bad("pooling", self.pooling, ", ".join(repr(k) for k in POOLING_CHOICES))
-        if self.pooling == "cls" and getattr(self.backbone_config, "hidden_sizes", None) and not hasattr(
-            self.backbone_config, "hidden_size"
+        if (
+            self.pooling == "cls"
+            and getattr(self.backbone_config, "hidden_sizes", None)
+            and not hasattr(self.backbone_config, "hidden_size")
         ):
             raise ValueError(
                 f"pooling='cls' needs a token sequence, but {self.backbone_config.model_type!r} outputs "

@@ -86,7 +86,12 @@ def rep_relu(x: torch.Tensor) -> torch.Tensor:
 
 
 #: non-negativity functions for ``nonneg`` (NCL uses ``relu``; ``rep_relu``: ReLU with GELU's gradient).
-NONNEG_ACTIVATIONS: dict[str, Any] = {"relu": F.relu, "rep_relu": rep_relu, "softplus": F.softplus, "abs": torch.abs}
+NONNEG_ACTIVATIONS: dict[str, Any] = {
+    "relu": F.relu,
+    "rep_relu": rep_relu,
+    "softplus": F.softplus,
+    "abs": torch.abs,
+}
 
 # Denominators below this are treated as zero (all-zero inputs must not produce NaN).
 _EPS = 1e-8
@@ -197,7 +202,9 @@ def register_feature_layer(name: str):
 
     def decorator(cls: type[FeatureLayer]) -> type[FeatureLayer]:
         if name in FEATURE_LAYERS:
-            raise ValueError(f"feature layer {name!r} is already registered by {FEATURE_LAYERS[name].__name__}")
+            raise ValueError(
+                f"feature layer {name!r} is already registered by {FEATURE_LAYERS[name].__name__}"
+            )
         cls.kind = name
         FEATURE_LAYERS[name] = cls
         return cls
@@ -215,7 +222,9 @@ def feature_layer_kinds(**attributes: bool) -> list[str]:
     unknown = [name for name in attributes if not name.startswith("is_") or not hasattr(FeatureLayer, name)]
     if unknown:
         flags = sorted(name for name in dir(FeatureLayer) if name.startswith("is_"))
-        raise ValueError(f"{', '.join(unknown)}: not a FeatureLayer kind attribute; allowed: {', '.join(flags)}")
+        raise ValueError(
+            f"{', '.join(unknown)}: not a FeatureLayer kind attribute; allowed: {', '.join(flags)}"
+        )
     return [
         kind
         for kind, cls in FEATURE_LAYERS.items()
@@ -237,7 +246,11 @@ def feature_layer_class(kind: str, **attributes: bool) -> type[FeatureLayer]:
     allowed = feature_layer_kinds(**attributes)
     if not isinstance(kind, str) or kind not in allowed:
         which = ", ".join(f"{name}={value}" for name, value in attributes.items())
-        raise _bad("feature_layer", kind, ", ".join(map(repr, allowed)) + (f" (the kinds with {which})" if which else ""))
+        raise _bad(
+            "feature_layer",
+            kind,
+            ", ".join(map(repr, allowed)) + (f" (the kinds with {which})" if which else ""),
+        )
     return FEATURE_LAYERS[kind]
 
 

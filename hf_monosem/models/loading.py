@@ -27,7 +27,9 @@ def check_checkpoint_folder(path: str | os.PathLike, expected_model_type: str = 
     path = os.fspath(path)
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{path} has no config.json; a checkpoint folder holds config.json and model.safetensors")
+        raise FileNotFoundError(
+            f"{path} has no config.json; a checkpoint folder holds config.json and model.safetensors"
+        )
     try:
         with open(config_path, encoding="utf-8") as f:
             model_type = json.load(f).get("model_type")
@@ -41,7 +43,9 @@ def check_checkpoint_folder(path: str | os.PathLike, expected_model_type: str = 
         )
     present = [name for name in _WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
     if not present:
-        raise FileNotFoundError(f"{path} has config.json but no weights; expected one of {list(_WEIGHT_FILES)}")
+        raise FileNotFoundError(
+            f"{path} has config.json but no weights; expected one of {list(_WEIGHT_FILES)}"
+        )
     if present[0] == "model.safetensors":
         from safetensors import safe_open
 
@@ -49,4 +53,6 @@ def check_checkpoint_folder(path: str | os.PathLike, expected_model_type: str = 
             with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as f:
                 f.keys()
         except Exception as err:  # safetensors raises its own error types for truncated/garbled headers
-            raise ValueError(f"{path}/model.safetensors cannot be read ({err}); the checkpoint is corrupt") from None
+            raise ValueError(
+                f"{path}/model.safetensors cannot be read ({err}); the checkpoint is corrupt"
+            ) from None

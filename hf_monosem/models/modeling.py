@@ -34,7 +34,9 @@ __all__ = [
 
 # Set while ``from_pretrained`` builds a model: the checkpoint holds the backbone's weights, so the
 # model must not also download/load them from ``config.backbone``.
-_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("_LOADING_CHECKPOINT", default=False)
+_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "_LOADING_CHECKPOINT", default=False
+)
 
 
 @dataclass
@@ -97,9 +99,7 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
         return model
 
     @classmethod
-    def from_backbone(
-        cls, backbone: str | PreTrainedModel, **config_kwargs
-    ) -> MonoSemanticPreTrainedModel:
+    def from_backbone(cls, backbone: str | PreTrainedModel, **config_kwargs) -> MonoSemanticPreTrainedModel:
         """Wrap an already-pretrained backbone (a model instance, Hub id or folder), keeping its weights.
 
         A Hub id or folder is loaded with ``AutoModel.from_pretrained``; the keyword arguments named in
@@ -132,11 +132,15 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
                 f"backbone must be a Hub id, a folder or a transformers PreTrainedModel, got {type(backbone).__name__}"
             )
         config_kwargs.setdefault("backbone", name or None)
-        config = MonoSemanticConfig(backbone_config=backbone.config, use_pretrained_backbone=False, **config_kwargs)
+        config = MonoSemanticConfig(
+            backbone_config=backbone.config, use_pretrained_backbone=False, **config_kwargs
+        )
         return cls(config, backbone=backbone)
 
     @classmethod
-    def from_sae(cls, backbone: str | PreTrainedModel, sae: str | os.PathLike, **kwargs) -> MonoSemanticPreTrainedModel:
+    def from_sae(
+        cls, backbone: str | PreTrainedModel, sae: str | os.PathLike, **kwargs
+    ) -> MonoSemanticPreTrainedModel:
         """:meth:`from_backbone` with a SAELens or sparsify checkpoint as the feature layer (``topk`` or ``sae``).
 
         ``sae`` is a folder or a Hub id (downloaded with ``huggingface_hub``, the cache used offline);
@@ -231,20 +235,28 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         self.post_init()
         if load_pretrained:
             loading = config.backbone_loading_kwargs
-            self.backbone = AutoModel.from_pretrained(config.backbone, config=config.backbone_config, **loading)
-            config.backbone_config = self.backbone.config  # the config the weights were loaded with (dtype, ...)
+            self.backbone = AutoModel.from_pretrained(
+                config.backbone, config=config.backbone_config, **loading
+            )
+            config.backbone_config = (
+                self.backbone.config
+            )  # the config the weights were loaded with (dtype, ...)
             self._follow_backbone_dtype()
         self._apply_backbone_freezing()
 
     @property
     def backbone_dtype(self) -> torch.dtype:
         """The dtype of the backbone's floating-point weights (what the feature layer and head follow)."""
-        return next((p.dtype for p in self.backbone.parameters() if p.is_floating_point()), torch.get_default_dtype())
+        return next(
+            (p.dtype for p in self.backbone.parameters() if p.is_floating_point()), torch.get_default_dtype()
+        )
 
     def _follow_backbone_dtype(self) -> None:
         # transformers 5 loads a backbone in its saved dtype (dtype="auto"): a bf16 checkpoint comes up bf16.
         # The feature layer follows it, as every head of a transformers model does; an SAE stays fp32.
-        self.feature_layer.to(torch.float32 if self.feature_layer.is_sparse_autoencoder else self.backbone_dtype)
+        self.feature_layer.to(
+            torch.float32 if self.feature_layer.is_sparse_autoencoder else self.backbone_dtype
+        )
 
     @staticmethod
     def _should_load_pretrained_backbone(config: MonoSemanticConfig) -> bool:
@@ -313,7 +325,10 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
             raise ValueError("no model input given: pass pixel_values, input_ids or inputs_embeds")
         backbone_inputs["return_dict"] = True
         dtype = self.backbone_dtype
-        for name in ("pixel_values", "inputs_embeds"):  # fp32 pixels from a processor into a bf16/fp16 backbone
+        for name in (
+            "pixel_values",
+            "inputs_embeds",
+        ):  # fp32 pixels from a processor into a bf16/fp16 backbone
             value = backbone_inputs.get(name)
             if value is not None and value.is_floating_point() and value.dtype != dtype:
                 backbone_inputs[name] = value.to(dtype)
@@ -326,7 +341,9 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
 
         pooled = self.pool(backbone_output, attention_mask)
         layer_dtype = next((p.dtype for p in self.feature_layer.parameters()), pooled.dtype)
-        features, aux_losses = self.feature_layer(pooled if pooled.dtype == layer_dtype else pooled.to(layer_dtype))
+        features, aux_losses = self.feature_layer(
+            pooled if pooled.dtype == layer_dtype else pooled.to(layer_dtype)
+        )
         output = MonoSemanticModelOutput(
             features=features,
             pooled=pooled,
@@ -346,7 +363,9 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
         self.monosemantic = MonoSemanticModel(config, backbone=backbone)
         self.dropout = nn.Dropout(config.classifier_dropout)
         # the head follows the backbone's dtype, like the feature layer (a bf16 checkpoint stays bf16)
-        self.classifier = nn.Linear(config.feature_dim, config.num_labels).to(self.monosemantic.backbone_dtype)
+        self.classifier = nn.Linear(config.feature_dim, config.num_labels).to(
+            self.monosemantic.backbone_dtype
+        )
         self.post_init()
 
     @property

@@ -59,7 +59,9 @@ class FitForward(NamedTuple):
     active: torch.Tensor
 
 
-def _latent_major_sum(indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, num_latents: int) -> torch.Tensor:
+def _latent_major_sum(
+    indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, num_latents: int
+) -> torch.Tensor:
     """``out[m] = sum over (b, j) with indices[b, j] == m of values[b, j] * rows[b]``: ``[num_latents, D]``.
 
     The weight gradient of a gather/scatter of ``k`` latents per row. One sparse ``[num_latents, B]``
@@ -75,12 +77,18 @@ def _latent_major_sum(indices: torch.Tensor, values: torch.Tensor, rows: torch.T
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore")
         matrix = torch.sparse_csr_tensor(
-            crow, columns, values.reshape(-1)[order].to(rows.dtype), (num_latents, batch), check_invariants=False
+            crow,
+            columns,
+            values.reshape(-1)[order].to(rows.dtype),
+            (num_latents, batch),
+            check_invariants=False,
         )
         return matrix @ rows
 
 
-def _latent_major_layout(indices: torch.Tensor, num_latents: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _latent_major_layout(
+    indices: torch.Tensor, num_latents: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The CSR layout of the ``[num_latents, B]`` matrix with a nonzero at ``(indices[b, j], b)``:
     ``(crow, columns, order)``, ``order`` the flat positions of the entries in latent-major order.
 
@@ -204,7 +212,9 @@ class _DecodeWithDecoderNormL1(torch.autograd.Function):
                 grad_codes = grad_decoded @ weight
             if grad_l1 is not None:
                 per_code = (grad_l1 / codes.shape[0]) * norms
-                grad_codes = per_code.expand_as(codes).clone() if grad_codes is None else grad_codes.add_(per_code)
+                grad_codes = (
+                    per_code.expand_as(codes).clone() if grad_codes is None else grad_codes.add_(per_code)
+                )
         if ctx.needs_input_grad[1]:
             grad_weight = grad_decoded.t() @ codes if grad_decoded is not None else torch.zeros_like(weight)
             if grad_l1 is not None:
@@ -395,10 +405,16 @@ class SparseAutoencoder(FeatureLayer):
         alive = ~dead
         enc_norm = self.encoder.weight[alive].norm(dim=-1).mean() if alive.any() else torch.tensor(1.0)
         self.decoder.weight[:, idx] = directions.t().to(self.decoder.weight.dtype)
-        self.encoder.weight[idx] = (directions * enc_norm * _RESAMPLE_ENCODER_SCALE).to(self.encoder.weight.dtype)
+        self.encoder.weight[idx] = (directions * enc_norm * _RESAMPLE_ENCODER_SCALE).to(
+            self.encoder.weight.dtype
+        )
         self.encoder.bias[idx] = 0.0
         if optimizer is not None:
-            for param, latent_dim in ((self.encoder.weight, 0), (self.encoder.bias, 0), (self.decoder.weight, 1)):
+            for param, latent_dim in (
+                (self.encoder.weight, 0),
+                (self.encoder.bias, 0),
+                (self.decoder.weight, 1),
+            ):
                 state = optimizer.state.get(param, {})
                 for name in ("exp_avg", "exp_avg_sq"):
                     if name in state:

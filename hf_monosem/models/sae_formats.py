@@ -119,7 +119,10 @@ def save_sae(
     else:
         config, tensors = _to_sparsify(layer, weight, bias, decoder, pre_bias, ours)
     os.makedirs(folder, exist_ok=True)
-    save_file({name: t.to(dtype).contiguous() for name, t in tensors.items()}, os.path.join(folder, _WEIGHTS[format]))
+    save_file(
+        {name: t.to(dtype).contiguous() for name, t in tensors.items()},
+        os.path.join(folder, _WEIGHTS[format]),
+    )
     with open(os.path.join(folder, _CONFIG), "w") as f:
         json.dump(config, f, indent=2)
     return os.fspath(folder)
@@ -164,13 +167,20 @@ def _to_saelens(layer, weight, bias, decoder, pre_bias, backbone, pooling, ours,
     }
     if layer.kind == "topk":
         config.update(k=layer.k, rescale_acts_by_decoder_norm=False)
-    tensors = {"W_enc": weight.t() / scale, "b_enc": bias, "W_dec": decoder * scale, "b_dec": pre_bias * scale}
+    tensors = {
+        "W_enc": weight.t() / scale,
+        "b_enc": bias,
+        "W_dec": decoder * scale,
+        "b_dec": pre_bias * scale,
+    }
     return config, tensors
 
 
 def _to_sparsify(layer, weight, bias, decoder, pre_bias, ours):
     if layer.kind != "topk":
-        raise ValueError(f"sparsify has TopK sparse coders only; a {layer.kind!r} layer can be saved as format='saelens'")
+        raise ValueError(
+            f"sparsify has TopK sparse coders only; a {layer.kind!r} layer can be saved as format='saelens'"
+        )
     config = {
         "activation": "topk",
         "expansion_factor": max(1, layer.feature_dim // layer.input_dim),
@@ -242,7 +252,11 @@ def load_sae(
     ``pooling`` and ``folder``. The layer is in eval mode, in fp32.
     """
     folder = resolve_sae_folder(
-        folder_or_hub_id, subfolder, revision=revision, token=token, cache_dir=cache_dir,
+        folder_or_hub_id,
+        subfolder,
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
         local_files_only=local_files_only,
     )
     if format is None:
@@ -251,7 +265,9 @@ def load_sae(
             raise FileNotFoundError(f"{folder} has {_CONFIG} but neither of {', '.join(_WEIGHTS.values())}")
         format = found[0]
     elif format not in SAE_FORMATS:
-        raise ValueError(f"format={format!r} is not valid; allowed: None, {', '.join(map(repr, SAE_FORMATS))}")
+        raise ValueError(
+            f"format={format!r} is not valid; allowed: None, {', '.join(map(repr, SAE_FORMATS))}"
+        )
     with open(os.path.join(folder, _CONFIG)) as f:
         config = json.load(f)
     tensors = {name: t.float() for name, t in load_file(os.path.join(folder, _WEIGHTS[format])).items()}
@@ -261,9 +277,13 @@ def load_sae(
     if normalize_input is not None:
         normalized = bool(normalize_input)
     settings_kwargs = {
-        name: ours[name] for name in ("sparsity_weight", "reconstruction_weight") if ours.get(name) is not None
+        name: ours[name]
+        for name in ("sparsity_weight", "reconstruction_weight")
+        if ours.get(name) is not None
     }
-    settings = FeatureLayerSettings(feature_dim=width, topk=k, sae_normalize_input=normalized, **settings_kwargs)
+    settings = FeatureLayerSettings(
+        feature_dim=width, topk=k, sae_normalize_input=normalized, **settings_kwargs
+    )
     cls = TopKSparseAutoencoderFeatures if kind == "topk" else SparseAutoencoderFeatures
     layer = cls(dim, settings)
     layer.load_state_dict(tensors)
@@ -322,7 +342,9 @@ def _from_saelens(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
 
 def _from_sparsify(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
     if config.get("activation", "topk") != "topk":
-        raise ValueError(f"sparsify activation={config.get('activation')!r} has no feature layer here; allowed: 'topk'")
+        raise ValueError(
+            f"sparsify activation={config.get('activation')!r} has no feature layer here; allowed: 'topk'"
+        )
     for flag in ("skip_connection", "transcode"):  # (multi_topk changes the training loss only)
         if config.get(flag):
             raise ValueError(f"sparsify coders with {flag}=True have no feature layer here")
@@ -357,14 +379,20 @@ def model_from_sae(
     """
     set_by_sae = sorted({"feature_layer", "feature_dim", "topk", "sae_normalize_input"} & set(config_kwargs))
     if set_by_sae:
-        raise ValueError(f"{set_by_sae} are set by the SAE checkpoint; pass normalize_input= to override its normalisation")
+        raise ValueError(
+            f"{set_by_sae} are set by the SAE checkpoint; pass normalize_input= to override its normalisation"
+        )
     # token / cache_dir serve the SAE's download, and the backbone's when it is a Hub id or folder too
     hub = {key: config_kwargs.get(key) for key in ("token", "cache_dir")}
     if not isinstance(backbone, (str, os.PathLike)):
         for key in hub:
             config_kwargs.pop(key, None)
     layer, info = load_sae(
-        sae, subfolder, revision=sae_revision, local_files_only=local_files_only, normalize_input=normalize_input,
+        sae,
+        subfolder,
+        revision=sae_revision,
+        local_files_only=local_files_only,
+        normalize_input=normalize_input,
         **hub,
     )
     if info.get("pooling") and "pooling" not in config_kwargs:

@@ -52,7 +52,9 @@ def _with_labels(dataset, labels: torch.Tensor, label_feature):
     if isinstance(dataset, TensorRows):
         return TensorRows(**{**dataset.columns, "label": labels.clone()})
     return (
-        dataset.remove_columns("label").add_column("label", labels.tolist()).cast_column("label", label_feature)
+        dataset.remove_columns("label")
+        .add_column("label", labels.tolist())
+        .cast_column("label", label_feature)
     )
 
 
@@ -70,7 +72,13 @@ def _accuracy(trainer: MonoSemanticTrainer, dataset: Dataset) -> float:
 
 
 def _finetune(
-    make_model, train: Dataset, budget: FinetuneBudget, seed: int, work_dir: str, collator, max_steps: int | None = None
+    make_model,
+    train: Dataset,
+    budget: FinetuneBudget,
+    seed: int,
+    work_dir: str,
+    collator,
+    max_steps: int | None = None,
 ) -> MonoSemanticTrainer:
     args = TrainingArguments(
         output_dir=work_dir, per_device_train_batch_size=budget.batch_size, per_device_eval_batch_size=512,
@@ -151,7 +159,9 @@ def finetune_records(
             cells.append((method, "domain_shift", 0, s, None))
 
     def record(method, scenario, level, seed, trainer, dataset, **extra):
-        return _record(track.name, "finetune", method, scenario, level, seed, _accuracy(trainer, dataset), **extra)
+        return _record(
+            track.name, "finetune", method, scenario, level, seed, _accuracy(trainer, dataset), **extra
+        )
 
     records = []
     bar = tqdm(cells, desc=f"fine-tune grid ({track.name})", disable=not progress)

@@ -168,7 +168,9 @@ def noisy_label_draws(
         (torch.Size([4, 4]), [0, 0, 2, 2])
     """
     table = _label_table(labels, label_feature)
-    return torch.stack([torch.tensor(add_label_noise(table, r, seed=s)["label"]) for r in rates for s in seeds])
+    return torch.stack(
+        [torch.tensor(add_label_noise(table, r, seed=s)["label"]) for r in rates for s in seeds]
+    )
 
 
 def few_shot_rows(labels: torch.Tensor, label_feature, k: int, seeds: Sequence[int]) -> torch.Tensor:
@@ -355,7 +357,8 @@ def probe_records(
 
         def add(scenario, level, accs, name=name, tags=tags):
             records.extend(
-                _record(track.name, "probe", name, scenario, level, s, a, **tags) for s, a in zip(seeds, accs.tolist())
+                _record(track.name, "probe", name, scenario, level, s, a, **tags)
+                for s, a in zip(seeds, accs.tolist())
             )
 
         noisy = label_noise_probe_grid(

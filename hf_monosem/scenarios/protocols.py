@@ -82,7 +82,9 @@ class ProbeProtocol:
         if not self.lr > 0 or any(not lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr={self.lr!r}, lr_grid={self.lr_grid!r} are not valid; allowed: numbers > 0")
         if not 0 < self.selection_fraction < 1:
-            raise ValueError(f"selection_fraction={self.selection_fraction!r} is not valid; allowed: 0 < f < 1")
+            raise ValueError(
+                f"selection_fraction={self.selection_fraction!r} is not valid; allowed: 0 < f < 1"
+            )
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(
                 f"warmup_epochs={self.warmup_epochs!r} is not valid; allowed: 0 <= warmup_epochs < epochs={self.epochs}"
@@ -176,5 +178,7 @@ def probe_protocol(name: str) -> ProbeProtocol:
         (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
     """
     if name not in PROBE_PROTOCOLS:
-        raise ValueError(f"probe protocol {name!r} is not valid; allowed: {', '.join(map(repr, PROBE_PROTOCOLS))}")
+        raise ValueError(
+            f"probe protocol {name!r} is not valid; allowed: {', '.join(map(repr, PROBE_PROTOCOLS))}"
+        )
     return PROBE_PROTOCOLS[name]

@@ -11,5 +11,15 @@ from .trainer import *  # noqa: F403
 from .views import *  # noqa: F403
 
 # contrastive re-exports the views it uses and trainer re-exports last_complete_checkpoint: list each once
-__all__ = list(dict.fromkeys([*losses.__all__, *trainer.__all__, *checkpoints.__all__, *threads.__all__, *views.__all__,
-                              *contrastive.__all__]))
+__all__ = list(
+    dict.fromkeys(
+        [
+            *losses.__all__,
+            *trainer.__all__,
+            *checkpoints.__all__,
+            *threads.__all__,
+            *views.__all__,
+            *contrastive.__all__,
+        ]
+    )
+)

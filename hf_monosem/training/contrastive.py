@@ -32,7 +32,14 @@ from .losses import info_nce_loss
 from .trainer import MonoSemanticTrainer
 from .views import LABEL_KEYS, ImageViews, TextViews, UnlabeledDataCollator
 
-__all__ = ["CONTRASTIVE_METHODS", "LABEL_KEYS", "ContrastiveTrainer", "ImageViews", "TextViews", "UnlabeledDataCollator"]
+__all__ = [
+    "CONTRASTIVE_METHODS",
+    "LABEL_KEYS",
+    "ContrastiveTrainer",
+    "ImageViews",
+    "TextViews",
+    "UnlabeledDataCollator",
+]
 
 #: per-process file in a checkpoint folder holding the training view generator's state.
 VIEW_GENERATOR_FILE = "view_generator_state_{process}.pt"

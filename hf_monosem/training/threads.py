@@ -86,6 +86,8 @@ def use_available_cores() -> int:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # for child processes (data-loader workers)
         logger.info(
             "accelerate launch set OMP_NUM_THREADS=1 by default; using %d threads per process on %d cores "
-            "(set OMP_NUM_THREADS or --num_cpu_threads_per_process to choose)", threads, cores,
+            "(set OMP_NUM_THREADS or --num_cpu_threads_per_process to choose)",
+            threads,
+            cores,
         )
     return torch.get_num_threads()

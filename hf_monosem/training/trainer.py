@@ -477,24 +477,45 @@ class MonoSemanticTrainer(Trainer):
         builder = type(self).model_card_builder
         from ..models.configuration import MonoSemanticConfig
 
-        if builder is None or hasattr(model, "peft_config") or not isinstance(getattr(model, "config", None),
-                                                                              MonoSemanticConfig):
+        if (
+            builder is None
+            or hasattr(model, "peft_config")
+            or not isinstance(getattr(model, "config", None), MonoSemanticConfig)
+        ):
             return super().create_model_card(
-                language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
-                tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+                language=language,
+                license=license,
+                tags=tags,
+                model_name=model_name,
+                finetuned_from=finetuned_from,
+                tasks=tasks,
+                dataset_tags=dataset_tags,
+                dataset=dataset,
+                dataset_args=dataset_args,
             )
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         repo_id = self.hub_model_id or self.args.hub_model_id
         repo_id = repo_id if isinstance(repo_id, str) else None
         if model_name is None:  # as Trainer.push_to_hub names it
-            model_name = repo_id.split("/")[-1] if repo_id else os.path.basename(os.path.abspath(self.args.output_dir))
-        options = {"language": language, "license": license, "base_model": finetuned_from,
-                   "datasets": dataset_tags, "model_name": model_name}
+            model_name = (
+                repo_id.split("/")[-1] if repo_id else os.path.basename(os.path.abspath(self.args.output_dir))
+            )
+        options = {
+            "language": language,
+            "license": license,
+            "base_model": finetuned_from,
+            "datasets": dataset_tags,
+            "model_name": model_name,
+        }
         options = {key: value for key, value in options.items() if value is not None}
         options.setdefault("recipe", self.training_recipe())
         card = builder(
-            model, results, repo_id=repo_id, tags=[t for t in tags if t],
-            has_preprocessor=self.processing_class is not None, **{**options, **card_kwargs},
+            model,
+            results,
+            repo_id=repo_id,
+            tags=[t for t in tags if t],
+            has_preprocessor=self.processing_class is not None,
+            **{**options, **card_kwargs},
         )
         os.makedirs(self.args.output_dir, exist_ok=True)
         card.save(os.path.join(self.args.output_dir, "README.md"))
@@ -502,8 +523,11 @@ class MonoSemanticTrainer(Trainer):
     def training_recipe(self) -> dict[str, Any]:
         """How this trainer trains, for the model card: loss, optimiser, schedule, budget, precision, seed."""
         args = self.args
-        loss = {"ce": "cross-entropy", "gce": f"generalized cross-entropy (q = {self.gce_q})",
-                "sce": f"symmetric cross-entropy (alpha = {self.sce_alpha}, beta = {self.sce_beta})"}[self.loss_type]
+        loss = {
+            "ce": "cross-entropy",
+            "gce": f"generalized cross-entropy (q = {self.gce_q})",
+            "sce": f"symmetric cross-entropy (alpha = {self.sce_alpha}, beta = {self.sce_beta})",
+        }[self.loss_type]
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
         precision = "bf16 mixed precision" if args.bf16 else "fp16 mixed precision" if args.fp16 else "fp32"
         state = self.state
@@ -518,7 +542,8 @@ class MonoSemanticTrainer(Trainer):
             "optimizer": f"{_plain(args.optim)}, learning rate {args.learning_rate:g}, weight decay "
             f"{args.weight_decay:g}, {_plain(args.lr_scheduler_type)} schedule"
             + (f", warmup {args.warmup_steps:g}" if args.warmup_steps else ""),
-            "budget": f"{epochs:g} epoch{'s' if epochs != 1 else ''}" + (f", {steps} steps" if steps and steps > 0 else "")
+            "budget": f"{epochs:g} epoch{'s' if epochs != 1 else ''}"
+            + (f", {steps} steps" if steps and steps > 0 else "")
             + f", batch size {batch}",
             "precision": precision,
             "seed": args.seed,
@@ -537,7 +562,11 @@ class MonoSemanticTrainer(Trainer):
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, WandbCallback) and getattr(callback, "_initialized", False):
                 wandb = getattr(callback, "_wandb", None) or sys.modules.get("wandb")
-                if wandb is not None and getattr(wandb, "run", None) is not None and self.is_world_process_zero():
+                if (
+                    wandb is not None
+                    and getattr(wandb, "run", None) is not None
+                    and self.is_world_process_zero()
+                ):
                     wandb.finish()
                 callback._initialized = False
             elif isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:

@@ -177,7 +177,6 @@ class TextViews:
         return input_ids.masked_fill(maskable, self.mask_token_id)
 
 
-
 class IntensityJitterViews:
     """:class:`ImageViews`, then (1-channel images only) a random contrast / brightness jitter.
 

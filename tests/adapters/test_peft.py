@@ -35,9 +35,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 def build(family="bert", kind="nonneg", **kwargs):
     make_config, input_kind = BACKBONES[family]
-    cfg = MonoSemanticConfig(backbone_config=make_config(), feature_layer=kind, feature_dim=64, num_labels=3, **kwargs)
+    cfg = MonoSemanticConfig(
+        backbone_config=make_config(), feature_layer=kind, feature_dim=64, num_labels=3, **kwargs
+    )
     torch.manual_seed(0)
-    cls = MonoSemanticForSequenceClassification if input_kind == "text" else MonoSemanticForImageClassification
+    cls = (
+        MonoSemanticForSequenceClassification if input_kind == "text" else MonoSemanticForImageClassification
+    )
     return cls(cfg), make_inputs(input_kind)
 
 
@@ -59,16 +63,26 @@ def logits(model, inputs):
         return model(**inputs).logits
 
 
-@pytest.mark.parametrize("family,expected", [("bert", ["query", "value"]), ("llama", ["q_proj", "v_proj"]),
-                                             ("vit", ["q_proj", "v_proj"]), ("convnext", ["pwconv1", "pwconv2"])])
+@pytest.mark.parametrize(
+    "family,expected",
+    [
+        ("bert", ["query", "value"]),
+        ("llama", ["q_proj", "v_proj"]),
+        ("vit", ["q_proj", "v_proj"]),
+        ("convnext", ["pwconv1", "pwconv2"]),
+    ],
+)
 def test_default_targets_are_per_family_and_stay_inside_the_backbone(family, expected):
     model, _ = build(family)
     assert default_target_modules(model) == expected
     peft_model = add_lora(model, r=2)
     adapted = [n for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
     assert adapted and all(".backbone." in n and n.split(".")[-1] in expected for n in adapted)
-    trainable = {n.split(".modules_to_save.")[0].split(".")[-1] for n, p in peft_model.named_parameters()
-                 if p.requires_grad and "lora_" not in n}
+    trainable = {
+        n.split(".modules_to_save.")[0].split(".")[-1]
+        for n, p in peft_model.named_parameters()
+        if p.requires_grad and "lora_" not in n
+    }
     assert trainable == {"feature_layer", "classifier"}  # head trained fully, backbone frozen apart from LoRA
 
 
@@ -76,8 +90,11 @@ def test_a_frozen_feature_layer_stays_frozen_under_lora():
     """peft trains a copy of every module in modules_to_save: a frozen projector must not be one of them."""
     model, _ = build("bert", freeze_feature_layer=True)
     peft_model = add_lora(model, r=2)
-    trainable = {n.split(".modules_to_save.")[0].split(".")[-1] for n, p in peft_model.named_parameters()
-                 if p.requires_grad and "lora_" not in n}
+    trainable = {
+        n.split(".modules_to_save.")[0].split(".")[-1]
+        for n, p in peft_model.named_parameters()
+        if p.requires_grad and "lora_" not in n
+    }
     assert trainable == {"classifier"}
     assert not any(p.requires_grad for n, p in peft_model.named_parameters() if "feature_layer" in n)
 
@@ -101,8 +118,12 @@ def test_lora_head_trains_round_trips_and_merges(tmp_path):
     assert type(merged) is MonoSemanticForSequenceClassification
     torch.testing.assert_close(logits(merged, inputs), ref, rtol=1e-4, atol=1e-5)
     merged.save_pretrained(tmp_path / "merged")
-    torch.testing.assert_close(logits(AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged"), inputs),
-                               ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        logits(AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged"), inputs),
+        ref,
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_lora_on_a_decoder_lm_with_last_token_pooling(tmp_path):
@@ -112,7 +133,9 @@ def test_lora_on_a_decoder_lm_with_last_token_pooling(tmp_path):
     peft_model, losses = train(add_lora(model, r=4, monolora="hidden"), inputs, steps=3)
     assert losses[-1] < losses[0]
     peft_model.save_pretrained(tmp_path / "adapter")
-    reloaded = load_lora(AutoModelForSequenceClassification.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    reloaded = load_lora(
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "base"), tmp_path / "adapter"
+    )
     torch.testing.assert_close(logits(reloaded, inputs), logits(peft_model, inputs))
 
 
@@ -130,7 +153,9 @@ def test_monolora_intermediate_is_non_negative_sparse_and_trains(placement):
     peft_model, losses = train(peft_model, inputs)
     assert losses[-1] < losses[0]
     seen = []
-    hooks = [m.mono_relu["default"].register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in layers]
+    hooks = [
+        m.mono_relu["default"].register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in layers
+    ]
     with AdapterActivationMonitor(peft_model) as monitor, torch.no_grad():
         peft_model(**inputs)
     for h in hooks:
@@ -156,7 +181,10 @@ def test_monolora_round_trips_and_refuses_to_merge(tmp_path, monkeypatch):
         return AutoModelForSequenceClassification.from_pretrained(tmp_path / "base")
 
     # plain peft API (hf_monosem is imported, so peft knows the MONOLORA config type) and our helper
-    for reloaded in (PeftModel.from_pretrained(base(), tmp_path / "adapter"), load_lora(base(), tmp_path / "adapter")):
+    for reloaded in (
+        PeftModel.from_pretrained(base(), tmp_path / "adapter"),
+        load_lora(base(), tmp_path / "adapter"),
+    ):
         reloaded.eval()
         assert any(isinstance(m, MonoLoraLinear) for m in reloaded.modules())
         torch.testing.assert_close(logits(reloaded, inputs), ref)
@@ -170,7 +198,9 @@ def test_monolora_round_trips_and_refuses_to_merge(tmp_path, monkeypatch):
     unloaded = reloaded.unload()
     assert type(unloaded) is MonoSemanticForSequenceClassification
     assert not any(isinstance(m, LoraLayer) for m in unloaded.modules())
-    torch.testing.assert_close(unloaded.classifier.weight, peft_model.base_model.model.classifier.modules_to_save["default"].weight)
+    torch.testing.assert_close(
+        unloaded.classifier.weight, peft_model.base_model.model.classifier.modules_to_save["default"].weight
+    )
     # where peft does not know MONOLORA (hf_monosem not imported), loading fails loudly, never as plain LoRA
     monkeypatch.delitem(PEFT_TYPE_TO_CONFIG_MAPPING, "MONOLORA")
     with pytest.raises(KeyError, match="MONOLORA"):

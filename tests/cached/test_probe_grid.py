@@ -42,7 +42,9 @@ def test_grid_with_rows_and_weight_decay_equals_separate_runs():
     x = torch.randn(60, 5)
     y = torch.stack([(x[:, 0] > 0).long(), (x[:, 1] > 0).long() * 2, torch.randint(0, 3, (60,))])
     rows = torch.stack([torch.arange(0, 22), torch.arange(30, 52), torch.randperm(60)[:22]])
-    grid = train_probe_grid(x, y, 3, rows=rows, epochs=4, lr=0.05, weight_decay=0.3, batch_size=8, seeds=[2, 3, 4])
+    grid = train_probe_grid(
+        x, y, 3, rows=rows, epochs=4, lr=0.05, weight_decay=0.3, batch_size=8, seeds=[2, 3, 4]
+    )
     for p, seed in enumerate([2, 3, 4]):
         w, b = single_probe(x, y[p], 4, 0.05, 8, seed, weight_decay=0.3, rows=rows[p], num_labels=3)
         torch.testing.assert_close(grid.weight[p], w, rtol=1e-4, atol=1e-5)
@@ -107,7 +109,9 @@ def test_minibatches_follow_one_seeding_rule():
     for order in epochs:
         assert torch.equal(order, torch.randperm(10, generator=reference))
     torch.manual_seed(0)
-    assert all(torch.equal(a, torch.cat(list(b))) for a, b in zip(epochs, MiniBatches(10, 3, seed=7, epochs=3)))
+    assert all(
+        torch.equal(a, torch.cat(list(b))) for a, b in zip(epochs, MiniBatches(10, 3, seed=7, epochs=3))
+    )
     # draws from .generator between epochs shift later epochs exactly as they would in a plain loop
     batches = MiniBatches(10, 3, seed=7, epochs=2)
     reference = torch.Generator().manual_seed(7)
@@ -128,11 +132,18 @@ def test_minibatches_of_many_seeds_are_the_single_runs_side_by_side():
 
 def test_minibatches_sizes_skipping_and_validation():
     batches = MiniBatches(9, 4, seed=0, epochs=2, min_size=2)
-    assert [[len(rows) for rows in epoch] for epoch in batches] == [[4, 4], [4, 4]]  # the 1-row tail is skipped
+    assert [[len(rows) for rows in epoch] for epoch in batches] == [
+        [4, 4],
+        [4, 4],
+    ]  # the 1-row tail is skipped
     assert batches.steps_per_epoch == 2 and batches.total_steps == 4
     assert MiniBatches(10, 4, seed=0, epochs=1, min_size=2).steps_per_epoch == 3
     assert MiniBatches(8, 4, seed=0, epochs=1).steps_per_epoch == 2
-    for kwargs, fragment in (({"batch_size": 0}, "batch_size=0"), ({"epochs": -1}, "epochs=-1"), ({"n": 0}, "n=0")):
+    for kwargs, fragment in (
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"epochs": -1}, "epochs=-1"),
+        ({"n": 0}, "n=0"),
+    ):
         with pytest.raises(ValueError, match=fragment):
             MiniBatches(**{"n": 9, "batch_size": 4, "seed": 0, "epochs": 1, **kwargs})
 
@@ -180,8 +191,9 @@ def test_sgd_and_lars_with_warmup_cosine_equal_the_plain_recipe(optimizer):
     x = torch.randn(90, 6) * 3
     y = torch.stack([(x[:, 0] > 0).long() + (x[:, 1] > 0).long(), torch.randint(0, 3, (90,))])
     kwargs = dict(epochs=6, lr=0.4, batch_size=16, weight_decay=1e-4)
-    grid = train_probe_grid(x, y, 3, seeds=[3, 4], optimizer=optimizer, schedule="warmup_cosine", warmup_epochs=2,
-                            **kwargs)
+    grid = train_probe_grid(
+        x, y, 3, seeds=[3, 4], optimizer=optimizer, schedule="warmup_cosine", warmup_epochs=2, **kwargs
+    )
     for p, seed in enumerate([3, 4]):
         w, b = single_probe_sgd(x, y[p], seed=seed, lars=optimizer == "lars", warmup_epochs=2, **kwargs)
         torch.testing.assert_close(grid.weight[p], w, rtol=1e-4, atol=1e-5)
@@ -214,8 +226,9 @@ def test_k_view_cache_gives_the_probe_of_augmenting_on_the_fly():
 
     on_the_fly.k = k
     kwargs = dict(epochs=3, lr=0.4, batch_size=8, weight_decay=1e-4)
-    grid = train_probe_grid(cache, y[None], 2, seeds=[5], optimizer="lars", schedule="warmup_cosine",
-                            warmup_epochs=1, **kwargs)
+    grid = train_probe_grid(
+        cache, y[None], 2, seeds=[5], optimizer="lars", schedule="warmup_cosine", warmup_epochs=1, **kwargs
+    )
     w, b = single_probe_sgd(cache[0], y, seed=5, lars=True, warmup_epochs=1, views=on_the_fly, **kwargs)
     torch.testing.assert_close(grid.weight[0], w, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grid.bias[0], b, rtol=1e-4, atol=1e-5)

@@ -10,8 +10,6 @@ from hf_monosem.cached.sae_fitting import explained_variance, resample_dead_late
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-
-
 def sae_layer(kind="sae", dim=32, width=64, **kwargs):
     cfg = MonoSemanticConfig(
         backbone_config=tiny_bert_config(hidden_size=dim), feature_layer=kind, feature_dim=width, **kwargs

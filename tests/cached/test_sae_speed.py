@@ -13,8 +13,6 @@ from hf_monosem.models.sae import SparseAutoencoder
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-
-
 def _topk(width=64, k=4, seed=0):
     torch.manual_seed(seed)
     return TopKSparseAutoencoderFeatures(32, FeatureLayerSettings(feature_dim=width, topk=k))
@@ -35,7 +33,9 @@ def test_epoch_numbers_are_those_of_the_epochs_batches():
     report = train_sae_layer(layer, x, epochs=1, lr=0.0, batch_size=64, progress=False)
     exact = layer.explained_variance(x)
     assert report["explained_variance"][1] == pytest.approx(exact["explained_variance"], abs=1e-5)
-    assert report["l0"][1] == pytest.approx(exact["l0"]) and report["dead_fraction"][1] == exact["dead_fraction"]
+    assert (
+        report["l0"][1] == pytest.approx(exact["l0"]) and report["dead_fraction"][1] == exact["dead_fraction"]
+    )
     first = layer.explained_variance(x[torch.randperm(200, generator=torch.Generator().manual_seed(0))[:64]])
     assert report["l0"][0] == pytest.approx(first["l0"])  # entry 0: the first batch, before any step
     assert report["final_explained_variance"] == report["explained_variance"][-1]
@@ -50,7 +50,14 @@ def test_auxk_revives_topk_latents_that_never_win_the_top_k():
             layer.encoder.weight[:32] = 0.0
             layer.encoder.bias[:32] = 1e-3
         reports[strategy] = train_sae_layer(
-            layer, x, epochs=6, lr=3e-3, batch_size=64, seed=0, dead_latents=strategy, dead_after_steps=8,
+            layer,
+            x,
+            epochs=6,
+            lr=3e-3,
+            batch_size=64,
+            seed=0,
+            dead_latents=strategy,
+            dead_after_steps=8,
             progress=False,
         )
     assert reports["none"]["final_dead_fraction"] == 0.5
@@ -67,7 +74,9 @@ def test_dead_latent_strategies_are_checked():
     assert train_sae_layer(relu, x, epochs=1, progress=False)["dead_latents"] == "resample"
     with pytest.raises(ValueError, match="dead_latents='auxk' applies to 'topk' layers only"):
         train_sae_layer(relu, x, dead_latents="auxk", progress=False)
-    with pytest.raises(ValueError, match=r"dead_latents='revive' is not valid; allowed: None, 'auxk', 'resample', 'none'"):
+    with pytest.raises(
+        ValueError, match=r"dead_latents='revive' is not valid; allowed: None, 'auxk', 'resample', 'none'"
+    ):
         train_sae_layer(_topk(), x, dead_latents="revive", progress=False)
     with pytest.raises(ValueError, match="auxk_weight=-1 is not valid"):
         train_sae_layer(_topk(), x, auxk_weight=-1, progress=False)

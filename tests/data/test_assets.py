@@ -299,12 +299,20 @@ def test_unknown_dataset_name_lists_the_allowed_names(name):
 
 @needs_digits
 def test_builtin_by_name_subsamples_every_split_with_the_seed():
-    data, modality = registry.load_dataset_by_name("digits", max_train_samples=50, max_eval_samples=40, seed=1)
-    assert modality == "image" and {s: len(d) for s, d in data.items()} == {"train": 50, "test": 40, "test_shifted": 40}
+    data, modality = registry.load_dataset_by_name(
+        "digits", max_train_samples=50, max_eval_samples=40, seed=1
+    )
+    assert modality == "image" and {s: len(d) for s, d in data.items()} == {
+        "train": 50,
+        "test": 40,
+        "test_shifted": 40,
+    }
     again, _ = registry.load_dataset_by_name("digits", max_train_samples=50, max_eval_samples=40, seed=1)
     shifted = np.asarray(data["test_shifted"].with_format("numpy")["label"])
     assert np.array_equal(np.asarray(again["test_shifted"].with_format("numpy")["label"]), shifted)
-    assert len(np.unique(shifted)) == 10  # sorted by class: a random draw, not its first rows, holds every class
+    assert (
+        len(np.unique(shifted)) == 10
+    )  # sorted by class: a random draw, not its first rows, holds every class
     assert registry.label_names(data["train"]) == [str(i) for i in range(10)]
     assert registry.image_channels(data["train"]) == 1
     full, _ = registry.load_dataset_by_name("digits")
@@ -317,9 +325,12 @@ def folder_dataset(tmp_path):
     that is something else), as Hub datasets such as cifar100 have them."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    features = Features({"text": Value("string"), "fine_label": ClassLabel(names=["a", "b", "c"]),
-                         "label": Value("int64")})
-    split = Dataset.from_dict({"text": ["x"] * 6, "fine_label": [0, 1, 2] * 2, "label": [9] * 6}, features=features)
+    features = Features(
+        {"text": Value("string"), "fine_label": ClassLabel(names=["a", "b", "c"]), "label": Value("int64")}
+    )
+    split = Dataset.from_dict(
+        {"text": ["x"] * 6, "fine_label": [0, 1, 2] * 2, "label": [9] * 6}, features=features
+    )
     DatasetDict(train=split, test=split.select(range(3))).save_to_disk(str(tmp_path / "data"))
     return str(tmp_path / "data")
 
@@ -365,7 +376,9 @@ def test_preprocess_tokenises_text_with_the_backbone_tokenizer():
     from datasets import Dataset, DatasetDict
 
     data = DatasetDict(train=Dataset.from_dict({"sentence": ["a " * 100, "b"], "label": [0, 1]}))
-    tokens, tokenizer = registry.preprocess(data, "text", assets.minilm_path(), text_column="sentence", max_length=8)
+    tokens, tokenizer = registry.preprocess(
+        data, "text", assets.minilm_path(), text_column="sentence", max_length=8
+    )
     assert type(tokenizer).__name__.startswith("Bert") and len(tokens["train"][0]["input_ids"]) == 8
 
 
@@ -377,8 +390,11 @@ def test_preprocess_images():
     tensors = DatasetDict(train=Dataset.from_dict({"pixel_values": [np.zeros((1, 4, 4))], "label": [0]}))
     ready, processor = registry.preprocess(tensors, "image", None)
     assert processor is None and tuple(ready["train"][0]["pixel_values"].shape) == (1, 4, 4)
-    pil = DatasetDict(train=Dataset.from_dict({"img": [Image.new("L", (5, 5))], "label": [0]}).cast_column(
-        "img", ImageFeature()))
+    pil = DatasetDict(
+        train=Dataset.from_dict({"img": [Image.new("L", (5, 5))], "label": [0]}).cast_column(
+            "img", ImageFeature()
+        )
+    )
     with pytest.raises(ValueError, match="--model_name_or_path"):
         registry.preprocess(pil, "image", None)
     with pytest.raises(ValueError, match="image column 'picture' not in the dataset"):
@@ -400,11 +416,21 @@ def test_backbone_source_text_default_is_minilm_with_mean_pooling():
 
 def test_build_classifier_one_option_set_for_every_feature_layer():
     source = backbones.backbone_source(None, "image", num_channels=1)
-    options = {"feature_dim": 32, "topk": 4, "sparsity_weight": 0.01, "pooling": None, "freeze_backbone": True}
-    models = {kind: backbones.build_classifier(kind, ["x", "y", "z"], "image", source, **options)
-              for kind in ("linear", "topk")}
+    options = {
+        "feature_dim": 32,
+        "topk": 4,
+        "sparsity_weight": 0.01,
+        "pooling": None,
+        "freeze_backbone": True,
+    }
+    models = {
+        kind: backbones.build_classifier(kind, ["x", "y", "z"], "image", source, **options)
+        for kind in ("linear", "topk")
+    }
     assert type(models["topk"]).__name__ == "MonoSemanticForImageClassification"
-    assert models["topk"].config.topk == 4 and models["linear"].config.topk is None  # topk: the topk layer only
+    assert (
+        models["topk"].config.topk == 4 and models["linear"].config.topk is None
+    )  # topk: the topk layer only
     config = models["linear"].config
     assert (config.num_labels, config.id2label[2], config.label2id["y"]) == (3, "z", 1)
     assert config.feature_dim == 32 and config.freeze_backbone

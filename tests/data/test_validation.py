@@ -16,7 +16,9 @@ from hf_monosem.models.loading import check_checkpoint_folder
 
 def images(n=6, channels=1, size=28, labels=None):
     x = np.random.default_rng(0).normal(size=(n, channels, size, size)).astype("float32")
-    return Dataset.from_dict({"pixel_values": x, "label": labels if labels is not None else [i % 3 for i in range(n)]})
+    return Dataset.from_dict(
+        {"pixel_values": x, "label": labels if labels is not None else [i % 3 for i in range(n)]}
+    )
 
 
 RESNET = MonoSemanticConfig(backbone_config=tiny_resnet_config(), feature_dim=16, num_labels=3)
@@ -117,7 +119,10 @@ def test_ignored_labels_regression_and_multilabel_are_not_class_id_errors():
     regression = MonoSemanticConfig(backbone_config=tiny_resnet_config(), feature_dim=16, num_labels=1)
     validate_classification_dataset(images(labels=[0.5, 1.7, -2.0, 3.1, 0.0, 1.0]), regression)
     multi = MonoSemanticConfig(
-        backbone_config=tiny_resnet_config(), feature_dim=16, num_labels=2, problem_type="multi_label_classification"
+        backbone_config=tiny_resnet_config(),
+        feature_dim=16,
+        num_labels=2,
+        problem_type="multi_label_classification",
     )
     validate_classification_dataset(images(labels=[[0.0, 1.0]] * 6), multi)
 
@@ -126,10 +131,19 @@ def test_ignored_labels_regression_and_multilabel_are_not_class_id_errors():
     "batch, message",
     [
         ({"pixel_values": torch.zeros(2, 1, 28, 28), "labels": torch.tensor([0, 3])}, "found 3"),
-        ({"pixel_values": torch.zeros(2, 1, 28, 28), "labels": torch.tensor([0.5, 1.0])}, "integer class ids"),
+        (
+            {"pixel_values": torch.zeros(2, 1, 28, 28), "labels": torch.tensor([0.5, 1.0])},
+            "integer class ids",
+        ),
         ({"pixel_values": torch.zeros(2, 3, 28, 28), "labels": torch.tensor([0, 1])}, "3 channel(s)"),
-        ({"pixel_values": torch.zeros(2, 28, 28), "labels": torch.tensor([0, 1])}, "[channels, height, width]"),
-        ({"pixel_values": torch.full((2, 1, 28, 28), float("nan")), "labels": torch.tensor([0, 1])}, "NaN or inf"),
+        (
+            {"pixel_values": torch.zeros(2, 28, 28), "labels": torch.tensor([0, 1])},
+            "[channels, height, width]",
+        ),
+        (
+            {"pixel_values": torch.full((2, 1, 28, 28), float("nan")), "labels": torch.tensor([0, 1])},
+            "NaN or inf",
+        ),
         ({"pixel_values": torch.zeros(2, 1, 28, 28)}, "no labels"),
         ({"text": ["a"], "labels": torch.tensor([0])}, "no model input"),
     ],
@@ -140,4 +154,6 @@ def test_first_batch_checks(batch, message):
     with pytest.raises(ValueError) as err:
         validate_classification_batch(batch, RESNET)
     assert message in str(err.value)
-    validate_classification_batch({"pixel_values": torch.zeros(2, 1, 28, 28), "labels": torch.tensor([0, 2])}, RESNET)
+    validate_classification_batch(
+        {"pixel_values": torch.zeros(2, 1, 28, 28), "labels": torch.tensor([0, 2])}, RESNET
+    )

@@ -198,7 +198,7 @@ def test_compute_metrics_full_report_with_prefix_and_kept_features():
         EvalPrediction(predictions=(feats.numpy(), feats.numpy()), label_ids=label_ids)
     )
     expected = monosemanticity_report(feats[1:], labels[1:])
-    assert {k[len("features_"):]: v for k, v in full.items() if k.startswith("features_")} == expected
+    assert {k[len("features_") :]: v for k, v in full.items() if k.startswith("features_")} == expected
     assert full["accuracy"] == 1.0 and full["features_num_examples"] == 29.0
 
 
@@ -336,7 +336,10 @@ BAD_CALLS = [
     ("'precision'", lambda: load_metric_script("precision")),
     ("(2, 2, 2)", lambda: classification_metrics(np.zeros((2, 2, 2)), [0, 1])),
     ("'method'", lambda: summarize_robustness([{"scenario": "x", "accuracy": 1.0}])),
-    ("level='high'", lambda: summarize_robustness([{"method": "m", "scenario": "x", "level": "high", "accuracy": 1.0}])),
+    (
+        "level='high'",
+        lambda: summarize_robustness([{"method": "m", "scenario": "x", "level": "high", "accuracy": 1.0}]),
+    ),
     ("0 rows", lambda: extract_features(_TinyModel(), [], progress=False)),
 ]
 
@@ -357,5 +360,7 @@ def test_old_import_paths_keep_every_name():
         import hf_monosem.metrics as deprecated
     for name in old.__all__:
         assert getattr(deprecated, name) is getattr(old, name)
-    assert old.METRIC_SCRIPTS_DIR.is_dir() and {"accuracy.py", "f1.py"} <= {p.name for p in old.METRIC_SCRIPTS_DIR.iterdir()}
+    assert old.METRIC_SCRIPTS_DIR.is_dir() and {"accuracy.py", "f1.py"} <= {
+        p.name for p in old.METRIC_SCRIPTS_DIR.iterdir()
+    }
     assert callable(old._features) and callable(deprecated._labels)  # private helpers of the old module

@@ -36,20 +36,43 @@ from hf_monosem.hub import publishing as hub_publishing
 MODEL_CARDS = Path(__file__).resolve().parents[2] / "model_cards"
 
 RESULTS = [
-    {"task": "text-classification", "dataset": "tweets", "scenario": "clean", "level": None, "method": m,
-     "metric": "accuracy", "value": v, "std": 0.01, "seeds": 3}
+    {
+        "task": "text-classification",
+        "dataset": "tweets",
+        "scenario": "clean",
+        "level": None,
+        "method": m,
+        "metric": "accuracy",
+        "value": v,
+        "std": 0.01,
+        "seeds": 3,
+    }
     for m, v in (("linear", 0.80), ("nonneg", 0.81))
 ] + [
-    {"dataset": "tweets", "scenario": "label_noise", "level": 0.4, "method": m, "metric": "accuracy",
-     "value": v, "std": 0.02, "seeds": [0, 1, 2]}
+    {
+        "dataset": "tweets",
+        "scenario": "label_noise",
+        "level": 0.4,
+        "method": m,
+        "metric": "accuracy",
+        "value": v,
+        "std": 0.02,
+        "seeds": [0, 1, 2],
+    }
     for m, v in (("linear", 0.70), ("nonneg", 0.75))
 ]
 
 
 def text_model(kind="nonneg", **kwargs):
     torch.manual_seed(0)
-    cfg = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer=kind, feature_dim=64, num_labels=3,
-                             id2label={0: "negative", 1: "neutral", 2: "positive"}, **kwargs)
+    cfg = MonoSemanticConfig(
+        backbone_config=tiny_bert_config(),
+        feature_layer=kind,
+        feature_dim=64,
+        num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        **kwargs,
+    )
     return MonoSemanticForSequenceClassification(cfg).eval()
 
 
@@ -58,13 +81,21 @@ def tiny_tokenizer(tmp_path):
 
     vocab = tmp_path / "vocab.txt"
     words = ["what", "a", "lovely", "flight", "!"]
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"w{i}" for i in range(90)]]))
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"w{i}" for i in range(90)]])
+    )
     return BertTokenizer(vocab_file=str(vocab))
 
 
 def test_card_metadata_round_trips_and_holds_the_numbers():
-    card = make_model_card(text_model(), RESULTS, base_model="org/tiny-bert", datasets=["org/tweets"],
-                           repo_id="me/tiny-nonneg", recipe={"epochs": 3})
+    card = make_model_card(
+        text_model(),
+        RESULTS,
+        base_model="org/tiny-bert",
+        datasets=["org/tweets"],
+        repo_id="me/tiny-nonneg",
+        recipe={"epochs": 3},
+    )
     parsed = ModelCard(str(card))  # parses its own output
     data = parsed.data
     assert data.library_name == "hf_monosem" and data.license == "apache-2.0"
@@ -80,7 +111,10 @@ def test_card_metadata_round_trips_and_holds_the_numbers():
     name, _ = model_index_to_eval_results(data.to_dict()["model-index"])
     assert name == "tiny-nonneg"
     # body: poly-vs-mono table, usage snippet, recipe
-    assert "| tweets (test) | label_noise=0.4 | accuracy | 0.700 ± 0.020 (3 seeds) | 0.750 ± 0.020 (3 seeds) | +0.050 |" in card.text
+    assert (
+        "| tweets (test) | label_noise=0.4 | accuracy | 0.700 ± 0.020 (3 seeds) | 0.750 ± 0.020 (3 seeds) | +0.050 |"
+        in card.text
+    )
     assert 'AutoModelForSequenceClassification.from_pretrained("me/tiny-nonneg")' in card.text
     assert "import hf_monosem" in card.text and "- **epochs**: 3" in card.text
 
@@ -96,21 +130,35 @@ def test_results_are_validated(tmp_path):
     with pytest.raises(ValueError, match="methods present"):
         make_model_card(text_model("sae"), RESULTS)
     table = results_table(RESULTS, method="nonneg")
-    assert table.splitlines()[0].startswith("| dataset | scenario | metric | `linear` (poly) | `nonneg` (mono, this model)")
+    assert table.splitlines()[0].startswith(
+        "| dataset | scenario | metric | `linear` (poly) | `nonneg` (mono, this model)"
+    )
 
 
 def test_run_records_are_summarised_like_the_robustness_tables():
     from hf_monosem.evaluation import summarize_robustness
 
-    runs = [{"dataset": "tweets", "method": m, "scenario": "label_noise", "level": 0.4, "seed": s,
-             "accuracy": a + s / 100} for m, a in (("linear", 0.70), ("nonneg", 0.75)) for s in range(3)]
+    runs = [
+        {
+            "dataset": "tweets",
+            "method": m,
+            "scenario": "label_noise",
+            "level": 0.4,
+            "seed": s,
+            "accuracy": a + s / 100,
+        }
+        for m, a in (("linear", 0.70), ("nonneg", 0.75))
+        for s in range(3)
+    ]
     summary = summarize_robustness(runs).set_index("method")
     records = {r["method"]: r for r in load_results(runs)}
     for method, record in records.items():
         assert record["value"] == pytest.approx(summary.loc[method, "mean"])
         assert record["std"] == pytest.approx(summary.loc[method, "std"]) and record["seeds"] == 3
     card = make_model_card(text_model(), runs)
-    assert {(e.metric_config, round(e.metric_value, 3)) for e in card.data.eval_results} == {("label_noise=0.4", 0.76)}
+    assert {(e.metric_config, round(e.metric_value, 3)) for e in card.data.eval_results} == {
+        ("label_noise=0.4", 0.76)
+    }
     with pytest.raises(ValueError, match="lacks \\['dataset'\\]"):
         load_results([{k: v for k, v in r.items() if k != "dataset"} for r in runs])
 
@@ -130,9 +178,14 @@ def test_save_for_hub_writes_a_complete_folder_that_loads_back(tmp_path):
     assert type(loaded) is MonoSemanticForSequenceClassification
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
-    assert AutoTokenizer.from_pretrained(folder)("a lovely flight")["input_ids"] == tokenizer("a lovely flight")["input_ids"]
+    assert (
+        AutoTokenizer.from_pretrained(folder)("a lovely flight")["input_ids"]
+        == tokenizer("a lovely flight")["input_ids"]
+    )
     # the card's usage snippet runs as written, with the repo id pointing at the folder
-    snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1).replace("me/tiny-nonneg", str(folder))
+    snippet = (
+        re.search(r"```python\n(.*?)```", card.text, re.S).group(1).replace("me/tiny-nonneg", str(folder))
+    )
     exec(compile(snippet, "card-usage", "exec"), {})
 
 
@@ -143,7 +196,8 @@ def test_save_for_hub_image_model_and_local_backbone_path(tmp_path):
 
     ResNetModel(tiny_resnet_config()).save_pretrained(backbone_dir)
     model = MonoSemanticForImageClassification(
-        MonoSemanticConfig(backbone=str(backbone_dir), feature_layer="topk", feature_dim=64, num_labels=10)).eval()
+        MonoSemanticConfig(backbone=str(backbone_dir), feature_layer="topk", feature_dim=64, num_labels=10)
+    ).eval()
     card = save_for_hub(model, tmp_path / "repo", base_model="org/resnet-digits", image_size=28)
     saved = json.loads((tmp_path / "repo" / "config.json").read_text())
     assert saved["backbone"] == "org/resnet-digits"  # not the publisher's local folder
@@ -197,24 +251,39 @@ def test_remote_code_checkpoint_loads_in_a_fresh_process_without_hf_monosem(tmp_
     assert {"modeling.py", "configuration.py", "feature_layers.py"} <= files  # the relative-import chain
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForSequenceClassification"] == "modeling.MonoSemanticForSequenceClassification"
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification",
-                             "AutoModelForImageClassification"}
+    assert set(auto_map) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForSequenceClassification",
+        "AutoModelForImageClassification",
+    }
     assert "trust_remote_code=True" in card.text
     # no global state left behind: a plain save has no code and no auto_map
     assert type(model).is_remote_code() is False and "auto_map" not in model.config.__dict__
     with torch.no_grad():
-        torch.save({"inputs": inputs, "logits": model(**inputs).logits, "features": model(**inputs).features},
-                   tmp_path / "ref.pt")
+        torch.save(
+            {"inputs": inputs, "logits": model(**inputs).logits, "features": model(**inputs).features},
+            tmp_path / "ref.pt",
+        )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.run([sys.executable, "-c", _FRESH_LOAD, str(folder)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_LOAD, str(folder)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["class"].startswith("transformers_modules.") and report["hf_monosem_loaded"] == []
     assert report["logits_diff"] < 1e-5 and report["features_diff"] < 1e-5
     # with hf_monosem imported the same folder loads with the library's own classes, no flag needed
-    assert type(AutoModelForSequenceClassification.from_pretrained(folder)) is MonoSemanticForSequenceClassification
+    assert (
+        type(AutoModelForSequenceClassification.from_pretrained(folder))
+        is MonoSemanticForSequenceClassification
+    )
 
 
 def test_enable_remote_code_makes_plain_save_pretrained_carry_the_code(tmp_path, monkeypatch):
@@ -251,8 +320,12 @@ def test_push_to_hub_with_card_uploads_the_save_for_hub_folder(tmp_path, monkeyp
     api.create_repo.assert_called_once_with("me/tiny-nonneg", private=True, exist_ok=True)
     api.upload_folder.assert_called_once()
     kwargs = api.upload_folder.call_args.kwargs
-    assert kwargs["repo_id"] == "me/tiny-nonneg" and {"README.md", "config.json", "model.safetensors",
-                                                      "results.json"} <= set(uploaded["files"])
+    assert kwargs["repo_id"] == "me/tiny-nonneg" and {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "results.json",
+    } <= set(uploaded["files"])
     assert kwargs["create_pr"] is False and "hf_monosem" in kwargs["commit_message"]
     assert 'from_pretrained("me/tiny-nonneg")' in uploaded["card"].text
 

@@ -39,7 +39,9 @@ COLOURS = {0: "red", 1: "green", 2: "blue"}
 def tokenizer(tmp_path_factory):
     vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     words = ["what", "a", "lovely", "flight", "!"]
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"w{i}" for i in range(90)]]))
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"w{i}" for i in range(90)]])
+    )
     return BertTokenizerFast(vocab_file=str(vocab))
 
 
@@ -54,7 +56,9 @@ def image(seed=0):
 
 def build(cls, backbone_config, kind="nonneg", **kwargs):
     torch.manual_seed(0)
-    return cls(MonoSemanticConfig(backbone_config=backbone_config, feature_layer=kind, feature_dim=64, **kwargs)).eval()
+    return cls(
+        MonoSemanticConfig(backbone_config=backbone_config, feature_layer=kind, feature_dim=64, **kwargs)
+    ).eval()
 
 
 # ------------------------------------------------------------------------------------------ pipelines
@@ -89,13 +93,17 @@ def test_tuple_outputs_start_with_the_features():
 
 @pytest.mark.parametrize("kind", ["linear", "topk"])
 def test_classification_pipelines_name_the_labels(tokenizer, processor, kind):
-    text = build(MonoSemanticForSequenceClassification, tiny_bert_config(), kind, num_labels=3, id2label=LABELS)
+    text = build(
+        MonoSemanticForSequenceClassification, tiny_bert_config(), kind, num_labels=3, id2label=LABELS
+    )
     top = pipeline("text-classification", model=text, tokenizer=tokenizer)("what a lovely flight")
     with torch.no_grad():
         logits = text(**tokenizer(["what a lovely flight"], return_tensors="pt")).logits[0]
     assert top[0]["label"] == LABELS[int(logits.argmax())]
     assert top[0]["score"] == pytest.approx(float(logits.softmax(-1).max()), abs=1e-5)
-    vision = build(MonoSemanticForImageClassification, tiny_vit_config(), kind, num_labels=3, id2label=COLOURS)
+    vision = build(
+        MonoSemanticForImageClassification, tiny_vit_config(), kind, num_labels=3, id2label=COLOURS
+    )
     ranked = pipeline("image-classification", model=vision, image_processor=processor)(image())
     assert sorted(r["label"] for r in ranked) == sorted(COLOURS.values())
     assert ranked[0]["score"] >= ranked[-1]["score"]
@@ -109,18 +117,30 @@ CARD_PIPELINES = [
 ]
 
 
-@pytest.mark.parametrize("cls,modality,tag", CARD_PIPELINES, ids=[f"{c.__name__}-{m}" for c, m, _ in CARD_PIPELINES])
+@pytest.mark.parametrize(
+    "cls,modality,tag", CARD_PIPELINES, ids=[f"{c.__name__}-{m}" for c, m, _ in CARD_PIPELINES]
+)
 def test_the_cards_pipeline_tag_is_a_pipeline_that_works_on_the_published_folder(
-        tmp_path, tokenizer, processor, cls, modality, tag):
+    tmp_path, tokenizer, processor, cls, modality, tag
+):
     labels = {"num_labels": 3, "id2label": LABELS if modality == "text" else COLOURS}
-    model = build(cls, tiny_bert_config() if modality == "text" else tiny_vit_config(), "topk",
-                  **(labels if cls is not MonoSemanticModel else {}))
-    card = save_for_hub(model, tmp_path / "repo", tokenizer_or_processor=tokenizer if modality == "text" else processor,
-                        repo_id="me/tiny")
+    model = build(
+        cls,
+        tiny_bert_config() if modality == "text" else tiny_vit_config(),
+        "topk",
+        **(labels if cls is not MonoSemanticModel else {}),
+    )
+    card = save_for_hub(
+        model,
+        tmp_path / "repo",
+        tokenizer_or_processor=tokenizer if modality == "text" else processor,
+        repo_id="me/tiny",
+    )
     assert card.data.pipeline_tag == tag
     assert ModelCard.load(tmp_path / "repo" / "README.md").data.pipeline_tag == tag
-    out = pipeline(card.data.pipeline_tag, model=str(tmp_path / "repo"))("what a lovely flight" if modality == "text"
-                                                                           else image())
+    out = pipeline(card.data.pipeline_tag, model=str(tmp_path / "repo"))(
+        "what a lovely flight" if modality == "text" else image()
+    )
     if cls is MonoSemanticModel:
         assert np.asarray(out).shape == (1, 64)
     else:
@@ -129,16 +149,46 @@ def test_the_cards_pipeline_tag_is_a_pipeline_that_works_on_the_published_folder
 
 # ----------------------------------------------------------------------------------------- model-index
 SCENARIO_RECORDS = [
-    {"dataset": "cifar100", "scenario": "label_noise", "level": 0.4, "method": "nonneg", "metric": "accuracy",
-     "value": 0.61},
-    {"dataset": "cifar100", "scenario": "label_noise", "level": 0.4, "method": "nonneg", "metric": "macro_f1",
-     "value": 0.58},
-    {"dataset": "cifar100", "scenario": "label_noise", "level": 0.8, "method": "nonneg", "metric": "accuracy",
-     "value": 0.31},
-    {"dataset": "cifar100", "scenario": "gaussian_noise", "level": 0.1, "method": "nonneg", "metric": "accuracy",
-     "value": 0.55},
-    {"dataset": "cifar100", "scenario": "clean", "level": None, "method": "nonneg", "metric": "accuracy",
-     "value": 0.70},
+    {
+        "dataset": "cifar100",
+        "scenario": "label_noise",
+        "level": 0.4,
+        "method": "nonneg",
+        "metric": "accuracy",
+        "value": 0.61,
+    },
+    {
+        "dataset": "cifar100",
+        "scenario": "label_noise",
+        "level": 0.4,
+        "method": "nonneg",
+        "metric": "macro_f1",
+        "value": 0.58,
+    },
+    {
+        "dataset": "cifar100",
+        "scenario": "label_noise",
+        "level": 0.8,
+        "method": "nonneg",
+        "metric": "accuracy",
+        "value": 0.31,
+    },
+    {
+        "dataset": "cifar100",
+        "scenario": "gaussian_noise",
+        "level": 0.1,
+        "method": "nonneg",
+        "metric": "accuracy",
+        "value": 0.55,
+    },
+    {
+        "dataset": "cifar100",
+        "scenario": "clean",
+        "level": None,
+        "method": "nonneg",
+        "metric": "accuracy",
+        "value": 0.70,
+    },
 ]
 
 
@@ -153,7 +203,11 @@ def test_model_index_keeps_one_result_per_scenario_and_level():
     # huggingface_hub merges results with the same (task, dataset type, config, split, revision)
     assert len(results) == 4
     assert sorted(r["dataset"]["config"] for r in results) == [
-        "clean", "gaussian_noise=0.1", "label_noise=0.4", "label_noise=0.8"]
+        "clean",
+        "gaussian_noise=0.1",
+        "label_noise=0.4",
+        "label_noise=0.8",
+    ]
     by_config = {r["dataset"]["config"]: r for r in results}
     assert [m["type"] for m in by_config["label_noise=0.4"]["metrics"]] == ["accuracy", "macro_f1"]
     name, parsed = model_index_to_eval_results(ModelCard(str(card)).data.to_dict()["model-index"])
@@ -175,11 +229,25 @@ def fake_hub():
     def upload_folder(*, repo_id, folder_path, ignore_patterns=(), path_in_repo=None, **kwargs):
         root = Path(folder_path)
         files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        kept = [f for f in files if not any(fnmatch.fnmatch(f, pat) or fnmatch.fnmatch(f.split("/")[0], pat)
-                                            for pat in ignore_patterns or ())]
+        kept = [
+            f
+            for f in files
+            if not any(
+                fnmatch.fnmatch(f, pat) or fnmatch.fnmatch(f.split("/")[0], pat)
+                for pat in ignore_patterns or ()
+            )
+        ]
         card = (root / "README.md").read_text() if (root / "README.md").is_file() else None
-        api.uploads.append({"repo_id": repo_id, "folder": str(root), "files": kept, "card": card,
-                            "path_in_repo": path_in_repo, **kwargs})
+        api.uploads.append(
+            {
+                "repo_id": repo_id,
+                "folder": str(root),
+                "files": kept,
+                "card": card,
+                "path_in_repo": path_in_repo,
+                **kwargs,
+            }
+        )
         return mock.MagicMock(done=mock.MagicMock(return_value=True))
 
     api.create_repo.side_effect = create_repo
@@ -189,29 +257,47 @@ def fake_hub():
 
 def toy_train(n=12):
     g = torch.Generator().manual_seed(0)
-    return Dataset.from_dict({"pixel_values": torch.randn(n, 3, 16, 16, generator=g).numpy(),
-                              "label": [i % 3 for i in range(n)]})
+    return Dataset.from_dict(
+        {"pixel_values": torch.randn(n, 3, 16, 16, generator=g).numpy(), "label": [i % 3 for i in range(n)]}
+    )
 
 
 def test_trainer_push_to_hub_uploads_our_card_with_one_result_per_scenario(tmp_path, processor):
     model = build(MonoSemanticForImageClassification, tiny_vit_config(), num_labels=3, id2label=COLOURS)
     api = fake_hub()
-    args = TrainingArguments(str(tmp_path / "nonneg"), max_steps=2, per_device_train_batch_size=4, use_cpu=True,
-                             report_to=[], save_strategy="no", disable_tqdm=True, push_to_hub=True,
-                             hub_model_id="me/vit-cifar100-nonneg")
+    args = TrainingArguments(
+        str(tmp_path / "nonneg"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        push_to_hub=True,
+        hub_model_id="me/vit-cifar100-nonneg",
+    )
     with mock.patch("transformers.trainer.hf_api", return_value=api):
-        trainer = MonoSemanticTrainer(model=model, args=args, train_dataset=toy_train(), processing_class=processor)
+        trainer = MonoSemanticTrainer(
+            model=model, args=args, train_dataset=toy_train(), processing_class=processor
+        )
         trainer.train()
-        trainer.push_to_hub(results=SCENARIO_RECORDS, dataset_tags="uoft-cs/cifar100",
-                            finetuned_from="google/vit-base-patch16-224-in21k")
+        trainer.push_to_hub(
+            results=SCENARIO_RECORDS,
+            dataset_tags="uoft-cs/cifar100",
+            finetuned_from="google/vit-base-patch16-224-in21k",
+        )
     api.create_repo.assert_called_once()
     assert api.create_repo.call_args.args[0] == "me/vit-cifar100-nonneg"
     upload = api.uploads[-1]
     assert upload["repo_id"] == "me/vit-cifar100-nonneg" and upload["folder"] == args.output_dir
-    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(upload["files"])
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(
+        upload["files"]
+    )
     card = ModelCard(upload["card"])
     assert card.data.library_name == "hf_monosem"  # ours, not transformers' auto card
-    assert card.data.base_model == "google/vit-base-patch16-224-in21k" and card.data.datasets == ["uoft-cs/cifar100"]
+    assert card.data.base_model == "google/vit-base-patch16-224-in21k" and card.data.datasets == [
+        "uoft-cs/cifar100"
+    ]
     assert card.data.pipeline_tag == "image-classification" and "feature-layer-nonneg" in card.data.tags
     assert len(model_index_results(upload["card"])) == 4
     assert "0: red, 1: green, 2: blue" in card.text  # the labels, by name
@@ -220,9 +306,18 @@ def test_trainer_push_to_hub_uploads_our_card_with_one_result_per_scenario(tmp_p
 
 
 def test_trainer_create_model_card_without_push_writes_our_card(tmp_path):
-    model = build(MonoSemanticForImageClassification, tiny_vit_config(), "sae", num_labels=3, id2label=COLOURS)
-    args = TrainingArguments(str(tmp_path / "sae"), max_steps=1, per_device_train_batch_size=4, use_cpu=True,
-                             report_to=[], save_strategy="no", disable_tqdm=True)
+    model = build(
+        MonoSemanticForImageClassification, tiny_vit_config(), "sae", num_labels=3, id2label=COLOURS
+    )
+    args = TrainingArguments(
+        str(tmp_path / "sae"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = MonoSemanticTrainer(model=model, args=args, train_dataset=toy_train())
     trainer.train()
     trainer.create_model_card(results=SCENARIO_RECORDS[:1] and [dict(SCENARIO_RECORDS[0], method="sae")])
@@ -235,12 +330,21 @@ def test_one_repository_per_feature_layer():
 
     kinds = ["linear", "nonneg"]
     assert feature_layer_repo_ids(None, kinds, "runs/finetune_noisy") == {
-        "linear": "finetune_noisy-linear", "nonneg": "finetune_noisy-nonneg"}
+        "linear": "finetune_noisy-linear",
+        "nonneg": "finetune_noisy-nonneg",
+    }
     assert feature_layer_repo_ids("me/vit-cifar100", kinds, "out") == {
-        "linear": "me/vit-cifar100-linear", "nonneg": "me/vit-cifar100-nonneg"}
+        "linear": "me/vit-cifar100-linear",
+        "nonneg": "me/vit-cifar100-nonneg",
+    }
     assert feature_layer_repo_ids("me/vit-{feature_layer}-c100", kinds, "out") == {
-        "linear": "me/vit-linear-c100", "nonneg": "me/vit-nonneg-c100"}
-    assert feature_layer_repo_ids("me/poly,me/mono", kinds, "out") == {"linear": "me/poly", "nonneg": "me/mono"}
+        "linear": "me/vit-linear-c100",
+        "nonneg": "me/vit-nonneg-c100",
+    }
+    assert feature_layer_repo_ids("me/poly,me/mono", kinds, "out") == {
+        "linear": "me/poly",
+        "nonneg": "me/mono",
+    }
     assert feature_layer_repo_ids("me/exact", ["topk"], "out") == {"topk": "me/exact"}
     with pytest.raises(ValueError, match="3 ids for 2 feature layers"):
         feature_layer_repo_ids("me/a,me/b,me/c", kinds, "out")
@@ -249,16 +353,24 @@ def test_one_repository_per_feature_layer():
 
 
 # --------------------------------------------------------------------------- the noisy-label draw
-SCENARIO = {"dataset": "cifar100", "label_column": "fine_label", "label_noise": 0.4, "kind": "symmetric", "seed": 0,
-            "num_rows": 6, "labels": [3, 1, 4, 1, 5, 9]}
+SCENARIO = {
+    "dataset": "cifar100",
+    "label_column": "fine_label",
+    "label_noise": 0.4,
+    "kind": "symmetric",
+    "seed": 0,
+    "num_rows": 6,
+    "labels": [3, 1, 4, 1, 5, 9],
+}
 
 
 def test_the_noisy_label_draw_is_a_dataset_repository_with_a_card(tmp_path):
     from hf_monosem.hub import push_scenario_to_hub, save_scenario_for_hub
 
     (tmp_path / "scenario.json").write_text(json.dumps(SCENARIO))
-    card = save_scenario_for_hub(tmp_path / "scenario.json", tmp_path / "repo", repo_id="me/cifar100-noise40",
-                                 modality="image")
+    card = save_scenario_for_hub(
+        tmp_path / "scenario.json", tmp_path / "repo", repo_id="me/cifar100-noise40", modality="image"
+    )
     assert sorted(os.listdir(tmp_path / "repo")) == ["README.md", "scenario.json"]
     assert json.loads((tmp_path / "repo" / "scenario.json").read_text()) == SCENARIO
     loaded = DatasetCard.load(tmp_path / "repo" / "README.md")
@@ -268,7 +380,9 @@ def test_the_noisy_label_draw_is_a_dataset_repository_with_a_card(tmp_path):
 
     api = fake_hub()
     with mock.patch("hf_monosem.hub.publishing.HfApi", return_value=api):
-        push_scenario_to_hub(tmp_path / "scenario.json", "me/cifar100-noise40", token="hf_x", modality="image")
+        push_scenario_to_hub(
+            tmp_path / "scenario.json", "me/cifar100-noise40", token="hf_x", modality="image"
+        )
     assert api.create_repo.call_args.kwargs["repo_type"] == "dataset"
     upload = api.uploads[-1]
     assert upload["repo_id"] == "me/cifar100-noise40" and upload["repo_type"] == "dataset"

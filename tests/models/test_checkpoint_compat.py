@@ -22,7 +22,10 @@ def test_text_checkpoint_from_the_flat_layout_gives_identical_logits(kind):
     model = AutoModelForSequenceClassification.from_pretrained(FIXTURE / f"text-{kind}").eval()
     assert model.config.feature_layer == kind
     with torch.no_grad():
-        out = model(input_ids=EXPECTED[f"text-{kind}.input_ids"], attention_mask=EXPECTED[f"text-{kind}.attention_mask"])
+        out = model(
+            input_ids=EXPECTED[f"text-{kind}.input_ids"],
+            attention_mask=EXPECTED[f"text-{kind}.attention_mask"],
+        )
     torch.testing.assert_close(out.logits, EXPECTED[f"text-{kind}.logits"], rtol=0, atol=1e-6)
     torch.testing.assert_close(out.features, EXPECTED[f"text-{kind}.features"], rtol=0, atol=1e-6)
 

@@ -16,12 +16,18 @@ def test_defaults_follow_backbone_family():
     assert MonoSemanticConfig(backbone_config=tiny_bert_config()).feature_dim == 4 * 32
     assert MonoSemanticConfig(backbone_config=tiny_resnet_config()).feature_dim == 4 * 16
     # topk defaults to the paper's 1/8 of the width
-    assert MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=64).topk == 8
+    assert (
+        MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=64).topk == 8
+    )
 
 
 def test_roundtrip_through_json(tmp_path):
     cfg = MonoSemanticConfig(
-        backbone_config=tiny_vit_config(), feature_layer="sae", feature_dim=48, sparsity_weight=0.01, num_labels=5,
+        backbone_config=tiny_vit_config(),
+        feature_layer="sae",
+        feature_dim=48,
+        sparsity_weight=0.01,
+        num_labels=5,
         id2label={i: f"c{i}" for i in range(5)},
     )
     cfg.save_pretrained(tmp_path)
@@ -91,5 +97,7 @@ def test_feature_layer_defaults_have_one_source():
 def test_the_config_fills_topk_from_the_settings_rule():
     cfg = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=40)
     assert cfg.topk == FeatureLayerSettings.default_topk(40) == 5
-    assert MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=4).topk == 1
+    assert (
+        MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=4).topk == 1
+    )
     assert MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="sae").topk is None

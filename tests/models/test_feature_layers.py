@@ -23,8 +23,12 @@ def _layer(kind, **kwargs):
 def test_shapes_and_aux_terms(kind):
     feats, aux = _layer(kind)(torch.randn(5, 32))
     assert feats.shape == (5, 64)
-    expected = {"linear": set(), "nonneg": set(), "sae": {"reconstruction_loss", "sparsity_loss"},
-                "topk": {"reconstruction_loss"}}[kind]
+    expected = {
+        "linear": set(),
+        "nonneg": set(),
+        "sae": {"reconstruction_loss", "sparsity_loss"},
+        "topk": {"reconstruction_loss"},
+    }[kind]
     assert set(aux) == expected
     assert all(torch.isfinite(v) and v.dim() == 0 for v in aux.values())
 
@@ -79,7 +83,10 @@ def test_zero_and_huge_inputs_stay_finite():
         layer = _layer(kind)
         for x in (torch.zeros(3, 32), torch.full((3, 32), 1e30)):
             feats, aux = layer(x)
-            assert torch.isfinite(feats).all() or kind in ("linear", "nonneg")  # a linear map of 1e30 overflows
+            assert torch.isfinite(feats).all() or kind in (
+                "linear",
+                "nonneg",
+            )  # a linear map of 1e30 overflows
             assert all(torch.isfinite(v) for v in aux.values())
 
 
@@ -96,7 +103,9 @@ def test_a_fifth_kind_is_one_class_and_one_line():
             return torch.nn.functional.gelu(self.project(x)), {}
 
     try:
-        cfg = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="gelu_test", feature_dim=16)
+        cfg = MonoSemanticConfig(
+            backbone_config=tiny_bert_config(), feature_layer="gelu_test", feature_dim=16
+        )
         assert build_feature_layer(cfg, 32)(torch.randn(2, 32))[0].shape == (2, 16)
         with pytest.raises(ValueError, match="already registered"):
             register_feature_layer("gelu_test")(GeluFeatures)
@@ -157,8 +166,13 @@ def test_settings_are_validated_naming_the_bad_value(kwargs, fragment):
 
 
 def test_settings_from_a_config_or_directly_build_the_same_layer():
-    cfg = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="sae", feature_dim=64,
-                             sparsity_weight=0.25, sae_normalize_input=False)
+    cfg = MonoSemanticConfig(
+        backbone_config=tiny_bert_config(),
+        feature_layer="sae",
+        feature_dim=64,
+        sparsity_weight=0.25,
+        sae_normalize_input=False,
+    )
     settings = FeatureLayerSettings.from_config(cfg)
     assert settings == FeatureLayerSettings(feature_dim=64, sparsity_weight=0.25, sae_normalize_input=False)
     assert FeatureLayerSettings.from_config(settings) is settings
@@ -196,7 +210,12 @@ def test_a_kind_may_extend_the_settings_with_its_own_fields():
     try:
         layer = build_feature_layer(FeatureLayerSettings(feature_dim=8), 4, kind="scaled_test")
         assert layer.settings == ScaledSettings(feature_dim=8, scale=2.0)
-        assert build_feature_layer(ScaledSettings(feature_dim=8, scale=3.0), 4, kind="scaled_test").settings.scale == 3.0
+        assert (
+            build_feature_layer(
+                ScaledSettings(feature_dim=8, scale=3.0), 4, kind="scaled_test"
+            ).settings.scale
+            == 3.0
+        )
     finally:
         del FEATURE_LAYERS["scaled_test"]
 

@@ -20,8 +20,14 @@ KINDS = ["linear", "nonneg", "topk"]
 def build(kind: str, **kwargs) -> MonoSemanticForSequenceClassification:
     # linear / nonneg as the paper's SimCLR / NCL projector: a two-layer MLP (with its ReLU) before the head
     extra = {"projector_hidden_dim": 48} if kind in ("linear", "nonneg") else {}
-    config = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer=kind, feature_dim=64, num_labels=3,
-                                **extra, **kwargs)
+    config = MonoSemanticConfig(
+        backbone_config=tiny_bert_config(),
+        feature_layer=kind,
+        feature_dim=64,
+        num_labels=3,
+        **extra,
+        **kwargs,
+    )
     torch.manual_seed(0)
     return MonoSemanticForSequenceClassification(config)
 
@@ -36,10 +42,20 @@ def changed(before: dict[str, torch.Tensor], module: nn.Module) -> set[str]:
 
 def one_trainer_step(model, tmp_path) -> MonoSemanticTrainer:
     g = torch.Generator().manual_seed(0)
-    train = Dataset.from_dict({"input_ids": torch.randint(1, 100, (8, 7), generator=g).tolist(), "label": [0, 1, 2, 0] * 2})
-    args = TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=8, learning_rate=1e-3,
-                             report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
-                             disable_tqdm=True)
+    train = Dataset.from_dict(
+        {"input_ids": torch.randint(1, 100, (8, 7), generator=g).tolist(), "label": [0, 1, 2, 0] * 2}
+    )
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = MonoSemanticTrainer(model=model, args=args, train_dataset=train)
     trainer.train()
     return trainer
@@ -49,7 +65,11 @@ def one_trainer_step(model, tmp_path) -> MonoSemanticTrainer:
 def test_one_trainer_step_keeps_the_feature_layer_and_trains_backbone_and_head(kind, tmp_path):
     model = build(kind, freeze_feature_layer=True)
     assert not model.config.freeze_backbone
-    layer, backbone, head = snapshot(model.feature_layer), snapshot(model.backbone), snapshot(model.classifier)
+    layer, backbone, head = (
+        snapshot(model.feature_layer),
+        snapshot(model.backbone),
+        snapshot(model.classifier),
+    )
     trainer = one_trainer_step(model, tmp_path)
     # the Trainer's optimizer holds no feature-layer parameter, and the layer's weights are bit-identical
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -58,7 +78,10 @@ def test_one_trainer_step_keeps_the_feature_layer_and_trains_backbone_and_head(k
     # ... while the backbone (trained through the frozen layer) and the classifier moved
     assert changed(head, model.classifier) == {"weight", "bias"}
     moved = changed(backbone, model.backbone)
-    assert "encoder.layer.0.attention.self.query.weight" in moved and "embeddings.word_embeddings.weight" in moved
+    assert (
+        "encoder.layer.0.attention.self.query.weight" in moved
+        and "embeddings.word_embeddings.weight" in moved
+    )
     assert len(moved) > len(backbone) // 2
 
 
@@ -83,7 +106,9 @@ def test_gradients_reach_the_backbone_through_the_frozen_layer(kind):
     assert model.classifier.weight.grad.abs().sum() > 0
     query = model.backbone.encoder.layer[0].attention.self.query.weight
     assert query.grad is not None and query.grad.abs().sum() > 0
-    assert sum(int(p.grad is not None and bool(p.grad.abs().sum() > 0)) for p in model.backbone.parameters()) > 5
+    assert (
+        sum(int(p.grad is not None and bool(p.grad.abs().sum() > 0)) for p in model.backbone.parameters()) > 5
+    )
 
 
 def test_feature_layers_have_nothing_that_needs_eval_mode():
@@ -91,7 +116,9 @@ def test_feature_layers_have_nothing_that_needs_eval_mode():
     for kind in ("linear", "nonneg", "sae", "topk"):
         model = build(kind, freeze_feature_layer=True)
         kinds = {type(m) for m in model.feature_layer.modules()}
-        assert not any(issubclass(k, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)) for k in kinds)
+        assert not any(
+            issubclass(k, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)) for k in kinds
+        )
         pooled = torch.randn(4, 32)
         train_out = model.feature_layer.train()(pooled)[0]
         torch.testing.assert_close(model.feature_layer.eval()(pooled)[0], train_out, rtol=0, atol=0)
@@ -135,7 +162,11 @@ def test_the_default_is_off_and_old_configs_load_with_it_off(tmp_path):
 
 def test_with_freeze_backbone_too_only_the_head_trains(tmp_path):
     model = build("nonneg", freeze_feature_layer=True, freeze_backbone=True)
-    layer, backbone, head = snapshot(model.feature_layer), snapshot(model.backbone), snapshot(model.classifier)
+    layer, backbone, head = (
+        snapshot(model.feature_layer),
+        snapshot(model.backbone),
+        snapshot(model.classifier),
+    )
     one_trainer_step(model, tmp_path)
     assert changed(layer, model.feature_layer) == set() and changed(backbone, model.backbone) == set()
     assert changed(head, model.classifier) == {"weight", "bias"}
@@ -145,12 +176,15 @@ def test_from_backbone_passes_the_flag_on():
     from transformers import BertModel
 
     model = MonoSemanticForSequenceClassification.from_backbone(
-        BertModel(tiny_bert_config()), feature_dim=64, num_labels=2, freeze_feature_layer=True)
+        BertModel(tiny_bert_config()), feature_dim=64, num_labels=2, freeze_feature_layer=True
+    )
     assert not any(p.requires_grad for p in model.feature_layer.parameters())
     assert all(p.requires_grad for p in model.backbone.parameters())
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_a_non_bool_flag_is_refused_naming_the_value(value):
-    with pytest.raises(ValueError, match=rf"freeze_feature_layer={value!r} is not valid; allowed: True or False"):
+    with pytest.raises(
+        ValueError, match=rf"freeze_feature_layer={value!r} is not valid; allowed: True or False"
+    ):
         MonoSemanticConfig(backbone_config=tiny_bert_config(), freeze_feature_layer=value)

@@ -37,13 +37,18 @@ def embeddings(model):
 
 
 def hub_weights(cache, revision):
-    return AutoModel.from_pretrained(REPO, cache_dir=cache, revision=revision).get_input_embeddings().weight.float()
+    return (
+        AutoModel.from_pretrained(REPO, cache_dir=cache, revision=revision)
+        .get_input_embeddings()
+        .weight.float()
+    )
 
 
 def classifier(**config_kwargs):
     torch.manual_seed(0)
     return MonoSemanticForSequenceClassification(
-        MonoSemanticConfig(feature_layer="nonneg", feature_dim=64, num_labels=2, **config_kwargs))
+        MonoSemanticConfig(feature_layer="nonneg", feature_dim=64, num_labels=2, **config_kwargs)
+    )
 
 
 def test_from_pretrained_attn_implementation_reaches_the_backbone(tmp_path):
@@ -68,8 +73,15 @@ def test_from_pretrained_dtype_reaches_the_nested_backbone(tmp_path):
 
 def test_hub_id_backbone_gets_revision_cache_dir_attn_and_dtype(hub_backbone):
     cache, old, main = hub_backbone
-    model = classifier(backbone=REPO, backbone_loading_kwargs={
-        "revision": old, "cache_dir": cache, "attn_implementation": "eager", "dtype": "bfloat16"})
+    model = classifier(
+        backbone=REPO,
+        backbone_loading_kwargs={
+            "revision": old,
+            "cache_dir": cache,
+            "attn_implementation": "eager",
+            "dtype": "bfloat16",
+        },
+    )
     torch.testing.assert_close(embeddings(model), hub_weights(cache, old).bfloat16().float())
     assert not torch.equal(embeddings(model), hub_weights(cache, main).bfloat16().float())
     assert model.backbone.config._attn_implementation == "eager" and model.backbone.dtype == torch.bfloat16
@@ -83,8 +95,10 @@ def test_hub_id_backbone_gets_revision_cache_dir_attn_and_dtype(hub_backbone):
 def test_token_and_trust_remote_code_reach_the_hub_calls_and_are_never_saved(tmp_path, hub_backbone):
     cache, old, _ = hub_backbone
     options = {"cache_dir": cache, "revision": old, "token": "hf_not_a_real_token", "trust_remote_code": True}
-    with mock.patch.object(AutoConfig, "from_pretrained", wraps=AutoConfig.from_pretrained) as read_config, \
-            mock.patch.object(AutoModel, "from_pretrained", wraps=AutoModel.from_pretrained) as read_model:
+    with (
+        mock.patch.object(AutoConfig, "from_pretrained", wraps=AutoConfig.from_pretrained) as read_config,
+        mock.patch.object(AutoModel, "from_pretrained", wraps=AutoModel.from_pretrained) as read_model,
+    ):
         model = classifier(backbone=REPO, backbone_loading_kwargs=options)
     for call in (read_config.call_args, read_model.call_args):
         assert call.args[0] == REPO and {k: call.kwargs.get(k) for k in options} == options
@@ -98,8 +112,15 @@ def test_token_and_trust_remote_code_reach_the_hub_calls_and_are_never_saved(tmp
 def test_from_backbone_with_a_hub_id_takes_the_loading_options(hub_backbone):
     cache, old, _ = hub_backbone
     model = MonoSemanticForSequenceClassification.from_backbone(
-        REPO, revision=old, cache_dir=cache, attn_implementation="eager", dtype=torch.bfloat16,
-        feature_layer="linear", feature_dim=64, num_labels=2)
+        REPO,
+        revision=old,
+        cache_dir=cache,
+        attn_implementation="eager",
+        dtype=torch.bfloat16,
+        feature_layer="linear",
+        feature_dim=64,
+        num_labels=2,
+    )
     torch.testing.assert_close(embeddings(model), hub_weights(cache, old).bfloat16().float())
     assert model.backbone.config._attn_implementation == "eager"
     assert model.backbone.dtype == model.feature_layer.project.weight.dtype == torch.bfloat16

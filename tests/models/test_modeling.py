@@ -26,11 +26,17 @@ KINDS = ["linear", "nonneg", "sae", "topk"]
 
 def build(family, kind="nonneg", head=True, **kwargs):
     make_config, input_kind = BACKBONES[family]
-    cfg = MonoSemanticConfig(backbone_config=make_config(), feature_layer=kind, feature_dim=64, num_labels=3, **kwargs)
+    cfg = MonoSemanticConfig(
+        backbone_config=make_config(), feature_layer=kind, feature_dim=64, num_labels=3, **kwargs
+    )
     torch.manual_seed(0)
     cls = MonoSemanticModel
     if head:
-        cls = MonoSemanticForSequenceClassification if input_kind == "text" else MonoSemanticForImageClassification
+        cls = (
+            MonoSemanticForSequenceClassification
+            if input_kind == "text"
+            else MonoSemanticForImageClassification
+        )
     return cls(cfg), make_inputs(input_kind)
 
 
@@ -90,13 +96,16 @@ def test_last_token_pooling_handles_left_and_right_padding():
     assert model.config.pooling == "last"
     # one batch: row 0 padded on the right, row 1 on the left (as decoder tokenizers pad); RoPE positions
     # are relative and the pads are masked, so both rows' last real token is the unpadded one
-    both = model(input_ids=torch.cat([torch.cat([ids, pad], 1), torch.cat([pad, ids], 1)]),
-                 attention_mask=torch.tensor([[1] * 5 + [0] * 2, [0] * 2 + [1] * 5]))
+    both = model(
+        input_ids=torch.cat([torch.cat([ids, pad], 1), torch.cat([pad, ids], 1)]),
+        attention_mask=torch.tensor([[1] * 5 + [0] * 2, [0] * 2 + [1] * 5]),
+    )
     torch.testing.assert_close(both.pooled[0], plain.pooled[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(both.pooled[1], plain.pooled[0], rtol=1e-4, atol=1e-5)
     # the pooled vector of the left-padded row is the hidden state at the sequence's end, not at index 4
-    hidden = model.backbone(input_ids=torch.cat([pad, ids], 1),
-                            attention_mask=torch.tensor([[0] * 2 + [1] * 5])).last_hidden_state
+    hidden = model.backbone(
+        input_ids=torch.cat([pad, ids], 1), attention_mask=torch.tensor([[0] * 2 + [1] * 5])
+    ).last_hidden_state
     torch.testing.assert_close(both.pooled[1], hidden[0, -1], rtol=1e-4, atol=1e-5)
 
 
@@ -104,15 +113,19 @@ def test_mean_pooling_ignores_padding():
     model, _ = build("bert", "linear", head=False, pooling="mean")
     model.eval()
     ids = torch.randint(1, 100, (1, 5))
-    padded = model(input_ids=torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1),
-                   attention_mask=torch.tensor([[1] * 5 + [0] * 3]))
+    padded = model(
+        input_ids=torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1),
+        attention_mask=torch.tensor([[1] * 5 + [0] * 3]),
+    )
     hidden = model.backbone(input_ids=ids).last_hidden_state
     # BERT attends only to the unmasked tokens, so the masked mean equals the unpadded mean
     assert torch.allclose(padded.pooled, hidden.mean(1), atol=1e-5)
 
 
-@pytest.mark.parametrize("family,auto_cls", [("bert", AutoModelForSequenceClassification),
-                                             ("resnet", AutoModelForImageClassification)])
+@pytest.mark.parametrize(
+    "family,auto_cls",
+    [("bert", AutoModelForSequenceClassification), ("resnet", AutoModelForImageClassification)],
+)
 def test_save_and_auto_load_give_the_same_logits(tmp_path, family, auto_cls):
     model, inputs = build(family, "topk")
     model.eval()
@@ -142,7 +155,8 @@ def test_backbone_weights_are_loaded_from_a_folder_and_from_an_instance(tmp_path
     bert.save_pretrained(tmp_path)
     ref = bert.embeddings.word_embeddings.weight
     from_folder = MonoSemanticForSequenceClassification(
-        MonoSemanticConfig(backbone=str(tmp_path), feature_dim=32, num_labels=2))
+        MonoSemanticConfig(backbone=str(tmp_path), feature_dim=32, num_labels=2)
+    )
     assert torch.equal(from_folder.backbone.embeddings.word_embeddings.weight, ref)
     from_instance = MonoSemanticForSequenceClassification.from_backbone(bert, feature_dim=32, num_labels=2)
     assert torch.equal(from_instance.backbone.embeddings.word_embeddings.weight, ref)
@@ -188,6 +202,7 @@ def test_hub_id_loads_offline_from_the_real_cache_layout(tmp_path):
     snapshot = repo / "snapshots" / revision
     snapshot.mkdir(parents=True)
     import hashlib
+
     for name in ("config.json", "model.safetensors"):
         data = (src / name).read_bytes()
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
@@ -198,14 +213,16 @@ def test_hub_id_loads_offline_from_the_real_cache_layout(tmp_path):
     script = textwrap.dedent(f"""
         import torch, hf_monosem
         from transformers import AutoModelForImageClassification
-        io = torch.load({str(tmp_path / 'io.pt')!r})
+        io = torch.load({str(tmp_path / "io.pt")!r})
         m = AutoModelForImageClassification.from_pretrained("hf-monosem/tiny-resnet-nonneg").eval()
         assert type(m).__name__ == "MonoSemanticForImageClassification", type(m)
         torch.testing.assert_close(m(pixel_values=io["x"]).logits, io["logits"])
         print("OK")
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 

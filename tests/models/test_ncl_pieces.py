@@ -91,8 +91,13 @@ def test_nonneg_layer_adds_the_weighted_term_only_when_asked():
 
 
 def test_config_carries_the_anti_collapse_settings_through_a_checkpoint(tmp_path):
-    cfg = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="nonneg", feature_dim=16,
-                             nonneg_activation="rep_relu", activation_loss_weight=10.0)
+    cfg = MonoSemanticConfig(
+        backbone_config=tiny_bert_config(),
+        feature_layer="nonneg",
+        feature_dim=16,
+        nonneg_activation="rep_relu",
+        activation_loss_weight=10.0,
+    )
     model = MonoSemanticModel(cfg)
     out = model(input_ids=torch.randint(1, 100, (3, 5)))
     assert float(out.loss) == pytest.approx(10.0 * float(out.aux_losses["activation_loss"]))
@@ -106,18 +111,35 @@ def test_config_carries_the_anti_collapse_settings_through_a_checkpoint(tmp_path
 
 def test_contrastive_trainer_adds_and_logs_the_activation_term(tmp_path):
     torch.manual_seed(0)
-    model = MonoSemanticModel(MonoSemanticConfig(backbone_config=tiny_resnet_config(), feature_layer="nonneg",
-                                                 feature_dim=16, activation_loss_weight=10.0))
+    model = MonoSemanticModel(
+        MonoSemanticConfig(
+            backbone_config=tiny_resnet_config(),
+            feature_layer="nonneg",
+            feature_dim=16,
+            activation_loss_weight=10.0,
+        )
+    )
     images = Dataset.from_dict({"pixel_values": torch.rand(8, 1, 12, 12).tolist()}).with_format("torch")
-    args = TrainingArguments(str(tmp_path), max_steps=1, logging_steps=1, per_device_train_batch_size=8,
-                             report_to=[], use_cpu=True, save_strategy="no")
-    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=images, image_views=ImageViews(size=(12, 12)))
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=1,
+        logging_steps=1,
+        per_device_train_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    trainer = ContrastiveTrainer(
+        model=model, args=args, train_dataset=images, image_views=ImageViews(size=(12, 12))
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.train()
     log = trainer.state.log_history[0]
     assert log["activation_loss"] < 0
     # total = InfoNCE + 10 * activation term (both logged as window means of the same single step)
-    assert log["loss"] == pytest.approx(log["contrastive_loss"] + 10.0 * log["activation_loss"], rel=1e-3, abs=1e-3)
+    assert log["loss"] == pytest.approx(
+        log["contrastive_loss"] + 10.0 * log["activation_loss"], rel=1e-3, abs=1e-3
+    )
 
 
 def test_projector_fitting_uses_the_activation_term():

@@ -15,7 +15,9 @@ from hf_monosem.models.feature_layers import build_feature_layer
 def layer_for(kind, input_dim, feature_dim, topk=None):
     cfg = MonoSemanticConfig(
         backbone_config=tiny_bert_config(hidden_size=input_dim if input_dim % 2 == 0 else input_dim + 1),
-        feature_layer=kind, feature_dim=feature_dim, topk=topk,
+        feature_layer=kind,
+        feature_dim=feature_dim,
+        topk=topk,
     )
     torch.manual_seed(0)
     return build_feature_layer(cfg, input_dim)
@@ -59,7 +61,9 @@ def test_sae_layers_are_stable_under_bf16_autocast(kind):
         feats, aux = layer(x.bfloat16())
     # the SAE arithmetic runs in fp32 even under autocast, so only the bf16 input rounding differs
     assert feats.dtype == torch.float32 and aux["reconstruction_loss"].dtype == torch.float32
-    torch.testing.assert_close(aux["reconstruction_loss"], ref_aux["reconstruction_loss"], rtol=0.05, atol=1e-3)
+    torch.testing.assert_close(
+        aux["reconstruction_loss"], ref_aux["reconstruction_loss"], rtol=0.05, atol=1e-3
+    )
     both = (feats != 0) & (ref_feats != 0)
     torch.testing.assert_close(feats[both], ref_feats[both], rtol=0.05, atol=0.02)
     # bf16 rounding of the input may swap which code wins a near-tie at the TopK boundary; rarely
@@ -87,7 +91,9 @@ def test_losses_compute_in_float32_under_bf16_autocast():
     torch.testing.assert_close(bf16_inputs, reference, rtol=1e-2, atol=1e-2)
     for name, value in robust.items():
         assert value.dtype == torch.float32 and torch.isfinite(value), name
-        torch.testing.assert_close(value, robust_classification_loss(name, logits, labels), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(
+            value, robust_classification_loss(name, logits, labels), rtol=2e-2, atol=2e-2
+        )
 
 
 @pytest.mark.parametrize("kind", sorted(FEATURE_LAYERS))
@@ -119,7 +125,9 @@ def test_classifier_loss_is_float32_and_finite_under_bf16_autocast(kind):
     zero_rows=st.integers(0, 2),
     temperature=st.sampled_from([0.05, 0.2, 1.0]),
 )
-def test_info_nce_is_finite_with_finite_gradients_at_any_scale(batch, dim, log_scale, nonneg, zero_rows, temperature):
+def test_info_nce_is_finite_with_finite_gradients_at_any_scale(
+    batch, dim, log_scale, nonneg, zero_rows, temperature
+):
     from hf_monosem.training.losses import info_nce_loss
 
     g = torch.Generator().manual_seed(batch * 100 + dim)
@@ -143,7 +151,9 @@ def test_info_nce_is_finite_with_finite_gradients_at_any_scale(batch, dim, log_s
     log_scale=st.floats(-6, 4),
     ignored=st.integers(0, 3),
 )
-def test_robust_losses_are_finite_with_finite_gradients_for_extreme_logits(loss_type, batch, classes, log_scale, ignored):
+def test_robust_losses_are_finite_with_finite_gradients_for_extreme_logits(
+    loss_type, batch, classes, log_scale, ignored
+):
     from hf_monosem.training.losses import robust_classification_loss
 
     g = torch.Generator().manual_seed(batch * 13 + classes)

@@ -25,7 +25,9 @@ ATOL = 1e-5
 
 def _layer(kind="topk", normalize_input=True, seed=0):
     torch.manual_seed(seed)
-    settings = FeatureLayerSettings(feature_dim=WIDTH, topk=K, sae_normalize_input=normalize_input, sparsity_weight=0.01)
+    settings = FeatureLayerSettings(
+        feature_dim=WIDTH, topk=K, sae_normalize_input=normalize_input, sparsity_weight=0.01
+    )
     layer = (TopKSparseAutoencoderFeatures if kind == "topk" else SparseAutoencoderFeatures)(DIM, settings)
     with torch.no_grad():  # a fitted-looking layer: biases set, decoder columns not all unit norm
         layer.pre_bias.normal_(0, 0.05)
@@ -50,7 +52,9 @@ def test_saelens_reads_our_sae_with_the_same_codes(tmp_path, kind, normalize_inp
     config = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert config["architecture"] == {"topk": "topk", "sae": "standard"}[kind]
     assert config["normalize_activations"] == ("constant_norm_rescale" if normalize_input else "none")
-    assert config["metadata"]["model_name"] == "org/encoder" and config["metadata"]["hook_name"] == "pooled.mean"
+    assert (
+        config["metadata"]["model_name"] == "org/encoder" and config["metadata"]["hook_name"] == "pooled.mean"
+    )
 
     theirs = sae_lens.SAE.load_from_disk(folder)
     assert type(theirs).__name__ == {"topk": "TopKSAE", "sae": "StandardSAE"}[kind]
@@ -82,7 +86,10 @@ def test_sparsify_reads_our_topk_sae_with_the_same_codes(tmp_path, normalize_inp
         encoded = coder.encode(fed)
         torch.testing.assert_close(_dense(encoded.top_acts, encoded.top_indices), ours, atol=ATOL, rtol=1e-5)
         torch.testing.assert_close(coder(fed).sae_out, layer.decode(ours), atol=1e-4, rtol=1e-4)
-    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["hf_monosem"]["normalize_input"] is normalize_input
+    assert (
+        json.loads((tmp_path / "sae" / "cfg.json").read_text())["hf_monosem"]["normalize_input"]
+        is normalize_input
+    )
 
 
 def test_relu_sae_has_no_sparsify_format(tmp_path):
@@ -122,10 +129,14 @@ def test_a_sparsify_coder_becomes_a_feature_layer_with_the_same_codes(tmp_path):
     ids = torch.randint(5, 100, (4, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         encoded = coder.encode(x)
-        torch.testing.assert_close(layer(x)[0], _dense(encoded.top_acts, encoded.top_indices), atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(
+            layer(x)[0], _dense(encoded.top_acts, encoded.top_indices), atol=ATOL, rtol=1e-5
+        )
         out = model(input_ids=ids)  # end to end: backbone -> pooled vector -> the coder's codes
         encoded = coder.encode(out.pooled)
-        torch.testing.assert_close(out.features, _dense(encoded.top_acts, encoded.top_indices), atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(
+            out.features, _dense(encoded.top_acts, encoded.top_indices), atol=ATOL, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("normalization", ["none", "constant_norm_rescale"])
@@ -133,7 +144,11 @@ def test_a_saelens_topk_sae_becomes_a_feature_layer_with_the_same_codes(tmp_path
     """SAELens' own files, with the options the mapping folds into the weights."""
     torch.manual_seed(0)
     cfg = sae_lens.TopKSAEConfig(
-        d_in=DIM, d_sae=WIDTH, k=K, normalize_activations=normalization, apply_b_dec_to_input=False,
+        d_in=DIM,
+        d_sae=WIDTH,
+        k=K,
+        normalize_activations=normalization,
+        apply_b_dec_to_input=False,
         rescale_acts_by_decoder_norm=True,
     )
     theirs = sae_lens.TopKSAE(cfg)
@@ -143,7 +158,11 @@ def test_a_saelens_topk_sae_becomes_a_feature_layer_with_the_same_codes(tmp_path
         theirs.W_dec.mul_(torch.rand(WIDTH, 1) + 0.5)
     theirs.save_model(tmp_path / "theirs")
     layer, info = load_sae(tmp_path / "theirs")
-    assert info["format"] == "saelens" and layer.kind == "topk" and layer.normalize_input is (normalization != "none")
+    assert (
+        info["format"] == "saelens"
+        and layer.kind == "topk"
+        and layer.normalize_input is (normalization != "none")
+    )
     x = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(layer(x)[0], theirs.encode(x), atol=ATOL, rtol=1e-5)
@@ -169,7 +188,12 @@ def test_a_saelens_standard_sae_becomes_an_sae_layer(tmp_path):
 def test_export_then_import_is_the_identity(tmp_path, format, normalize_input):
     bert = BertModel(tiny_bert_config(hidden_size=DIM))
     fitted = MonoSemanticModel.from_backbone(
-        bert, feature_layer="topk", feature_dim=WIDTH, topk=K, sae_normalize_input=normalize_input, pooling="cls"
+        bert,
+        feature_layer="topk",
+        feature_dim=WIDTH,
+        topk=K,
+        sae_normalize_input=normalize_input,
+        pooling="cls",
     )
     with torch.no_grad():
         fitted.feature_layer.load_state_dict(_layer("topk", normalize_input).state_dict())
@@ -178,7 +202,9 @@ def test_export_then_import_is_the_identity(tmp_path, format, normalize_input):
     assert model.config.pooling == "cls" and model.config.topk == K
     assert model.config.sae_normalize_input is normalize_input
     for name, tensor in fitted.feature_layer.state_dict().items():
-        torch.testing.assert_close(model.feature_layer.state_dict()[name], tensor, atol=1e-6, rtol=1e-6, msg=name)
+        torch.testing.assert_close(
+            model.feature_layer.state_dict()[name], tensor, atol=1e-6, rtol=1e-6, msg=name
+        )
 
 
 def test_relu_export_then_import_keeps_the_loss_weights(tmp_path):
@@ -206,7 +232,9 @@ def test_from_sae_reads_a_hub_repository_offline(tmp_path, monkeypatch):
     x = _inputs()
     with torch.no_grad():
         encoded = coder.encode(F.normalize(x, dim=-1))
-        torch.testing.assert_close(model.feature_layer(x)[0], _dense(encoded.top_acts, encoded.top_indices), atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(
+            model.feature_layer(x)[0], _dense(encoded.top_acts, encoded.top_indices), atol=ATOL, rtol=1e-5
+        )
     with pytest.raises(FileNotFoundError, match="pass subfolder="):
         MonoSemanticModel.from_sae(bert, "someone/minilm-saes", cache_dir=tmp_path / "cache")
 

@@ -115,7 +115,10 @@ def test_relu_sae_forward_gives_the_autograd_loss_and_gradients(weights):
     reconstruction_weight, sparsity_weight = weights
     torch.manual_seed(0)
     layer = SparseAutoencoderFeatures(
-        24, FeatureLayerSettings(feature_dim=96, sparsity_weight=sparsity_weight, reconstruction_weight=reconstruction_weight)
+        24,
+        FeatureLayerSettings(
+            feature_dim=96, sparsity_weight=sparsity_weight, reconstruction_weight=reconstruction_weight
+        ),
     )
     with torch.no_grad():
         layer.pre_bias.normal_(0, 0.1)

@@ -42,7 +42,9 @@ def test_symmetric_noise_moves_exactly_floor_n_rate_labels(n, rate, num_classes)
         assert moved.sum() == expected, (n, rate, seed)
 
 
-@pytest.mark.parametrize("n, rate, expected", [(100, 0.29, 29), (100, 0.57, 57), (1000, 0.58, 580), (3, 1 / 3, 1)])
+@pytest.mark.parametrize(
+    "n, rate, expected", [(100, 0.29, 29), (100, 0.57, 57), (1000, 0.58, 580), (3, 1 / 3, 1)]
+)
 def test_the_floor_forgives_floating_point_error(n, rate, expected):
     """0.29 * 100 is 28.999999999999996 in floats: the count is still 29 (floor of the real product)."""
     assert _moved(add_label_noise(_table(n, 10), rate, seed=0)).sum() == expected
@@ -67,7 +69,9 @@ def test_asymmetric_noise_counts_with_the_floor_too_and_keeps_every_rate():
     ds = Dataset.from_dict({"label": list(range(7))}, features=Features({"label": ClassLabel(num_classes=7)}))
     assert _moved(add_label_noise(ds, 0.5, kind="asymmetric", seed=0)).sum() == 3  # 3.5 -> 3
     # custom transition: 5 eligible rows (classes 2 and 3), 0.5 of them -> 2
-    five = Dataset.from_dict({"label": [2, 3, 2, 3, 2, 0, 1]}, features=Features({"label": ClassLabel(num_classes=4)}))
+    five = Dataset.from_dict(
+        {"label": [2, 3, 2, 3, 2, 0, 1]}, features=Features({"label": ClassLabel(num_classes=4)})
+    )
     assert _moved(add_label_noise(five, 0.5, kind="asymmetric", transition={2: 3, 3: 2}, seed=0)).sum() == 2
     # pair flips are not refused at high rates (their semantics are unchanged): every label flips at rate 1
     noisy = add_label_noise(ds, 1.0, kind="asymmetric", seed=0)
@@ -94,10 +98,13 @@ def test_rates_at_and_above_c_minus_1_over_c_are_refused_naming_value_and_range(
 
 
 def test_the_example_message():
-    with pytest.raises(ValueError, match=re.escape(
-        "label noise rate=0.7 with 3 classes is not valid: at rate >= (C-1)/C = 0.667 the noisy labels carry no "
-        "signal about the true class"
-    )) as err:
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "label noise rate=0.7 with 3 classes is not valid: at rate >= (C-1)/C = 0.667 the noisy labels carry no "
+            "signal about the true class"
+        ),
+    ) as err:
         add_label_noise(_table(30, 3), 0.7)
     assert str(err.value).endswith("allowed: 0 <= rate < 0.667")
 
@@ -134,6 +141,7 @@ def test_one_class_refuses_any_positive_rate_and_accepts_zero():
 
 def test_the_refusal_comes_before_any_work(monkeypatch):
     """With one good and one bad split nothing is computed: no column written, no random number drawn."""
+
     def no_work(*args, **kwargs):
         raise AssertionError("add_label_noise did work before refusing the rate")
 

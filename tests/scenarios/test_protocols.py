@@ -40,7 +40,9 @@ def test_controlled_chooses_the_lr_on_held_out_noisy_training_rows_never_the_tes
     assert chosen["poly"]["lr"] == 0.05  # 6 epochs at 1e-5 leave a probe near its initialisation
     garbled = _track()
     g = torch.Generator().manual_seed(1)
-    garbled.features = {n: {**f, grid.TEST: torch.randn(f[grid.TEST].shape, generator=g)} for n, f in garbled.features.items()}
+    garbled.features = {
+        n: {**f, grid.TEST: torch.randn(f[grid.TEST].shape, generator=g)} for n, f in garbled.features.items()
+    }
     grid.probe_records(garbled, [0.0], [], [0, 1], protocol=protocol)
     assert garbled.probe_selection["controlled"] == chosen
 
@@ -53,16 +55,21 @@ def test_the_paper_protocol_trains_on_the_tracks_augmented_views():
     paper = PAPER_PROBE.with_budget(**QUICK)
     with_views = grid.probe_records(track, [0.0], [], [0], protocol=paper)
     without = grid.probe_records(_track(), [0.0], [], [0], protocol=paper)
-    trained_on_views = [r["accuracy"] for r in with_views if r["method"] == "poly" and not r["scenario"].startswith("domain")]
+    trained_on_views = [
+        r["accuracy"] for r in with_views if r["method"] == "poly" and not r["scenario"].startswith("domain")
+    ]
     assert max(trained_on_views) < 0.5 < min(_accuracies(without, "poly"))  # domain probes: plain rows, 1.0
     assert _accuracies(with_views, "mono") == _accuracies(without, "mono")  # no views for it: plain rows
     controlled = CONTROLLED_PROBE.with_budget(lr_grid=(), **QUICK)  # augmented_views=False: ignored
     assert _accuracies(grid.probe_records(track, [0.0], [], [0], protocol=controlled), "poly") == _accuracies(
-        grid.probe_records(_track(), [0.0], [], [0], protocol=controlled), "poly")
+        grid.probe_records(_track(), [0.0], [], [0], protocol=controlled), "poly"
+    )
 
 
 def test_bad_protocols_are_refused_with_the_allowed_values():
-    with pytest.raises(ValueError, match="probe protocol 'adam' is not valid; allowed: 'paper', 'controlled'"):
+    with pytest.raises(
+        ValueError, match="probe protocol 'adam' is not valid; allowed: 'paper', 'controlled'"
+    ):
         probe_protocol("adam")
     with pytest.raises(ValueError, match="schedule='cosine' is not valid"):
         ProbeProtocol("x", schedule="cosine")

@@ -34,18 +34,31 @@ def _separable(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, tor
 def _track(**extra) -> grid.Track:
     features, labels = {"poly": {}, "mono": {}}, {}
     for i, key in enumerate(KEYS):
-        x, y = _separable(60 if key == grid.TRAIN else 30, seed=i, shift=1.0 if key == grid.DOMAIN_SHIFTED else 0.0)
+        x, y = _separable(
+            60 if key == grid.TRAIN else 30, seed=i, shift=1.0 if key == grid.DOMAIN_SHIFTED else 0.0
+        )
         features["poly"][key], features["mono"][key] = x, x.relu() * 2
         labels[key] = y
-    return grid.Track(name="toy", description="toy", num_labels=3, label_feature=LABELS, pairs=[("poly", "mono")],
-                      features=features, labels=labels, noise_cells=[("gaussian_noise", 0.5, "gaussian0.5")], **extra)
+    return grid.Track(
+        name="toy",
+        description="toy",
+        num_labels=3,
+        label_feature=LABELS,
+        pairs=[("poly", "mono")],
+        features=features,
+        labels=labels,
+        noise_cells=[("gaussian_noise", 0.5, "gaussian0.5")],
+        **extra,
+    )
 
 
 def test_probe_records_cover_every_cell_once_and_learn_separable_data():
     rates, shots, seeds = [0.0, 0.4], [1, 5], [0, 1, 2]
     records = grid.probe_records(_track(), rates, shots, seeds, epochs=30, lr=0.05)
     cells = {(r["method"], r["scenario"], r["level"], r["seed"]) for r in records}
-    per_method = len(rates) + 1 + len(shots) + 2  # label noise, the input-noise cell, k-shot, domain in/shifted
+    per_method = (
+        len(rates) + 1 + len(shots) + 2
+    )  # label noise, the input-noise cell, k-shot, domain in/shifted
     assert len(records) == len(cells) == 2 * per_method * len(seeds)
     assert {r["mode"] for r in records} == {"probe"} and {r["track"] for r in records} == {"toy"}
     clean = [r["accuracy"] for r in records if r["scenario"] == "label_noise" and r["level"] == 0.0]
@@ -59,16 +72,22 @@ def test_label_noise_probe_grid_is_the_inline_grid_it_replaced():
     x_train, x_test = track.features["poly"][grid.TRAIN], track.features["poly"][grid.TEST]
     y_train, y_test = track.labels[grid.TRAIN], track.labels[grid.TEST]
     rates, seeds = [0.0, 0.4], [0, 1, 2]
-    probes = grid.label_noise_probe_grid(x_train, x_test, y_train, y_test, LABELS, rates, seeds, epochs=5, lr=0.05,
-                                         batch_size=16)
+    probes = grid.label_noise_probe_grid(
+        x_train, x_test, y_train, y_test, LABELS, rates, seeds, epochs=5, lr=0.05, batch_size=16
+    )
     table = Dataset.from_dict({"label": y_train.tolist()}, features=Features({"label": LABELS}))
-    labels = torch.stack([torch.tensor(add_label_noise(table, r, seed=s)["label"]) for r in rates for s in seeds])
-    by_hand = train_probe_grid(x_train, labels, 3, seeds=[s for _ in rates for s in seeds], epochs=5, lr=0.05,
-                               batch_size=16)
+    labels = torch.stack(
+        [torch.tensor(add_label_noise(table, r, seed=s)["label"]) for r in rates for s in seeds]
+    )
+    by_hand = train_probe_grid(
+        x_train, labels, 3, seeds=[s for _ in rates for s in seeds], epochs=5, lr=0.05, batch_size=16
+    )
     assert torch.equal(probes.labels, labels) and torch.equal(probes.grid.weight, by_hand.weight)
     assert torch.equal(probes.test_accuracy, by_hand.accuracy(x_test, y_test).view(2, 3))
     assert torch.equal(probes.train_fit, by_hand.accuracy(x_train, labels).view(2, 3))
-    assert torch.equal(probes.at(0.0).weight, by_hand.weight[:3]) and torch.equal(probes.at(0.4).bias, by_hand.bias[3:])
+    assert torch.equal(probes.at(0.0).weight, by_hand.weight[:3]) and torch.equal(
+        probes.at(0.4).bias, by_hand.bias[3:]
+    )
     summary = probes.summary(["clean", "noisy"])
     assert summary["noisy"]["per_seed"] == probes.test_accuracy[1].tolist()
     assert summary["clean"]["test_accuracy"] == pytest.approx(float(probes.test_accuracy[0].mean()))
@@ -81,7 +100,9 @@ def test_probe_input_scalings():
     assert torch.allclose(unit_rms(x).pow(2).mean(-1), torch.tensor([1.0, 0.0]))  # zero rows stay zero
     train, test = standardize(x, x[:1])
     mean, std = feature_stats(x)
-    assert torch.allclose(train.mean(0), torch.zeros(3), atol=1e-6) and torch.equal(test, (x[:1] - mean) / std)
+    assert torch.allclose(train.mean(0), torch.zeros(3), atol=1e-6) and torch.equal(
+        test, (x[:1] - mean) / std
+    )
 
 
 def test_equalize_scales_gives_every_representation_the_reference_norm():
@@ -100,30 +121,46 @@ def test_bad_rates_and_budgets_are_refused_by_the_helpers():
 
 def _image_track(calls: list[str]) -> grid.Track:
     torch.manual_seed(0)
-    backbone = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-    source = MonoSemanticForImageClassification(MonoSemanticConfig(
-        backbone_config=backbone, feature_layer="nonneg", feature_dim=16, num_labels=3)).monosemantic
+    backbone = ResNetConfig(
+        num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"
+    )
+    source = MonoSemanticForImageClassification(
+        MonoSemanticConfig(backbone_config=backbone, feature_layer="nonneg", feature_dim=16, num_labels=3)
+    ).monosemantic
 
     def factory(kind):
         def make():
             calls.append(kind)
-            model = MonoSemanticForImageClassification(MonoSemanticConfig(
-                backbone_config=backbone, feature_layer=kind, feature_dim=16, num_labels=3))
+            model = MonoSemanticForImageClassification(
+                MonoSemanticConfig(backbone_config=backbone, feature_layer=kind, feature_dim=16, num_labels=3)
+            )
             model.monosemantic.load_state_dict(source.state_dict(), strict=False)  # same pretrained start
             return model
+
         return make
 
     datasets, labels = {}, {}
     for i, key in enumerate(KEYS):
         g = torch.Generator().manual_seed(i)
         y = torch.arange(24) % 3
-        datasets[key] = grid.TensorRows(pixel_values=torch.randn(24, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1),
-                                        label=y)
+        datasets[key] = grid.TensorRows(
+            pixel_values=torch.randn(24, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1), label=y
+        )
         labels[key] = y
-    return grid.Track(name="images", description="images", num_labels=3, label_feature=LABELS, pairs=[],
-                      features={}, labels=labels, noise_cells=[("gaussian_noise", 0.5, "gaussian0.5")],
-                      finetune_models={"poly": factory("linear"), "mono": factory("nonneg")},
-                      finetune_pairs=[("poly", "mono")], datasets=datasets, collator=default_data_collator)
+    return grid.Track(
+        name="images",
+        description="images",
+        num_labels=3,
+        label_feature=LABELS,
+        pairs=[],
+        features={},
+        labels=labels,
+        noise_cells=[("gaussian_noise", 0.5, "gaussian0.5")],
+        finetune_models={"poly": factory("linear"), "mono": factory("nonneg")},
+        finetune_pairs=[("poly", "mono")],
+        datasets=datasets,
+        collator=default_data_collator,
+    )
 
 
 def test_finetune_records_train_every_cell_and_resume_from_the_state_file(tmp_path):
@@ -178,6 +215,11 @@ def test_tensor_rows_select_and_relabel_keep_other_columns():
     picked = rows.select([2, 0])
     assert len(picked) == 2 and picked[0]["label"] == 2 and picked[1]["pixel_values"].sum() == 3.0
     relabelled = finetune._with_labels(rows, torch.tensor([1, 1, 1, 1]), LABELS)
-    assert relabelled.columns["label"].tolist() == [1, 1, 1, 1] and rows.columns["label"].tolist() == [0, 1, 2, 0]
+    assert relabelled.columns["label"].tolist() == [1, 1, 1, 1] and rows.columns["label"].tolist() == [
+        0,
+        1,
+        2,
+        0,
+    ]
     batch = default_data_collator(relabelled.__getitems__([0, 3]))
     assert batch["pixel_values"].shape == (2, 1, 1, 3) and batch["labels"].tolist() == [1, 1]

@@ -82,8 +82,18 @@ def test_symmetric_noise_corrupts_exactly_rate_and_never_keeps_clean_label(label
     "num_classes, n, rate, moved",
     # floor(n * rate), the authors' count: 2.1 -> 2, 1.3 -> 1, 2.9 -> 2, 4.9 -> 4 (not round, not half up),
     # and 0.29 * 100 (28.999999999999996 in floats) -> 29
-    [(2, 7, 0.3, 2), (2, 13, 0.1, 1), (2, 10, 0.29, 2), (2, 10, 0.49, 4), (2, 100, 0.29, 29),
-     (5, 7, 0.3, 2), (5, 7, 0.5, 3), (5, 5, 0.5, 2), (5, 9, 0.75, 6), (5, 100, 0.29, 29)],
+    [
+        (2, 7, 0.3, 2),
+        (2, 13, 0.1, 1),
+        (2, 10, 0.29, 2),
+        (2, 10, 0.49, 4),
+        (2, 100, 0.29, 29),
+        (5, 7, 0.3, 2),
+        (5, 7, 0.5, 3),
+        (5, 5, 0.5, 2),
+        (5, 9, 0.75, 6),
+        (5, 100, 0.29, 29),
+    ],
 )
 def test_symmetric_noise_moves_floor_n_rate_labels_each_to_another_class(n, rate, moved, num_classes):
     features = Features({"label": ClassLabel(num_classes=num_classes)})

@@ -33,13 +33,26 @@ class CountingTrainer(ContrastiveTrainer):
 
 def _trainer(output_dir: str) -> CountingTrainer:
     torch.manual_seed(0)
-    model = MonoSemanticModel(MonoSemanticConfig(backbone_config=tiny_resnet_config(), feature_layer="nonneg",
-                                                 feature_dim=16))
-    images = Dataset.from_dict({"pixel_values": torch.rand(16, 1, 12, 12, generator=torch.Generator().manual_seed(1))
-                                .tolist()}).with_format("torch")
-    args = TrainingArguments(output_dir, max_steps=STEPS, save_steps=SAVE_EVERY, per_device_train_batch_size=4,
-                             logging_steps=1, learning_rate=1e-2, report_to=[], use_cpu=True, seed=3)
-    return CountingTrainer(model=model, args=args, train_dataset=images, image_views=ImageViews(size=(12, 12)))
+    model = MonoSemanticModel(
+        MonoSemanticConfig(backbone_config=tiny_resnet_config(), feature_layer="nonneg", feature_dim=16)
+    )
+    images = Dataset.from_dict(
+        {"pixel_values": torch.rand(16, 1, 12, 12, generator=torch.Generator().manual_seed(1)).tolist()}
+    ).with_format("torch")
+    args = TrainingArguments(
+        output_dir,
+        max_steps=STEPS,
+        save_steps=SAVE_EVERY,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        seed=3,
+    )
+    return CountingTrainer(
+        model=model, args=args, train_dataset=images, image_views=ImageViews(size=(12, 12))
+    )
 
 
 def _train(trainer: CountingTrainer, resume: str | None = None) -> dict[str, torch.Tensor]:
@@ -57,13 +70,18 @@ def uninterrupted(tmp_path_factory):
 
 def test_checkpoint_holds_the_view_generator_state(uninterrupted):
     folder, _, _ = uninterrupted
-    assert os.path.isfile(os.path.join(folder, f"checkpoint-{SAVE_EVERY}", VIEW_GENERATOR_FILE.format(process=0)))
+    assert os.path.isfile(
+        os.path.join(folder, f"checkpoint-{SAVE_EVERY}", VIEW_GENERATOR_FILE.format(process=0))
+    )
 
 
 def test_resumed_pretraining_equals_uninterrupted_and_skips_the_done_steps(uninterrupted, tmp_path):
     folder, weights, history = uninterrupted
     resumed_dir = str(tmp_path / "resumed")
-    shutil.copytree(os.path.join(folder, f"checkpoint-{SAVE_EVERY}"), os.path.join(resumed_dir, f"checkpoint-{SAVE_EVERY}"))
+    shutil.copytree(
+        os.path.join(folder, f"checkpoint-{SAVE_EVERY}"),
+        os.path.join(resumed_dir, f"checkpoint-{SAVE_EVERY}"),
+    )
     trainer = _trainer(resumed_dir)
     resumed = _train(trainer, resume=True)
     # the resumed process computed only the steps after the checkpoint (a restart would compute all 8)

@@ -186,8 +186,12 @@ def test_trainer_under_two_processes_reduces_statistics_and_saves_once(tmp_path)
         assert w0["reduced"]["dead_fraction"] == pytest.approx(1 - sum(fired) / len(fired))
     assert differed, "the processes saw the same batches: the reduction was not exercised"
     # so both processes log and report the same numbers
-    strip = [{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in runs[0]["logs"]]
-    assert strip == [{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in runs[1]["logs"]]
+    strip = [
+        {k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in runs[0]["logs"]
+    ]
+    assert strip == [
+        {k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in runs[1]["logs"]
+    ]
     assert runs[0]["metrics"]["eval_active_fraction"] == runs[1]["metrics"]["eval_active_fraction"]
 
     # 48 rows / (8 x 2 processes) = 3 steps an epoch, 6 in all: checkpoints at steps 2, 4, 6
@@ -275,7 +279,9 @@ def test_fsdp_config_wraps_each_transformer_block(family):
     )  # fmt: skip
     make_config, kind = BACKBONES[family]
     cls = MonoSemanticForSequenceClassification if kind == "text" else MonoSemanticForImageClassification
-    model = cls(MonoSemanticConfig(backbone_config=make_config(), feature_layer="sae", feature_dim=32, num_labels=2))
+    model = cls(
+        MonoSemanticConfig(backbone_config=make_config(), feature_layer="sae", feature_dim=32, num_labels=2)
+    )
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     wrapped = {type(m).__name__ for m in model.modules() if policy(m)}
     blocks = {"bert": "BertLayer", "vit": "ViTLayer", "llama": "LlamaDecoderLayer"}[family]
@@ -291,7 +297,10 @@ def test_shipped_accelerate_configs_parse():
     assert {"cpu_2proc.yaml", "ddp_gpu.yaml", "fsdp.yaml"} <= configs.keys()
     assert configs["fsdp.yaml"]["distributed_type"] == "FSDP"
     fsdp = configs["fsdp.yaml"]["fsdp_config"]
-    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP" and configs["fsdp.yaml"]["mixed_precision"] == "bf16"
+    assert (
+        fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        and configs["fsdp.yaml"]["mixed_precision"] == "bf16"
+    )
     assert configs["cpu_2proc.yaml"]["num_processes"] == 2 and configs["cpu_2proc.yaml"]["use_cpu"] is True
 
 
@@ -301,8 +310,10 @@ def test_shipped_accelerate_configs_parse():
 def test_a_launch_whose_port_was_taken_is_started_again_and_other_failures_are_not(monkeypatch, tmp_path):
     import subprocess
 
-    taken = ("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
-             "address. port: 41234, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
+    taken = (
+        "torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+        "address. port: 41234, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use"
+    )
     outcomes = [(1, taken), (0, "")]
     calls = []
 

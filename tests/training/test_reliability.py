@@ -55,9 +55,15 @@ def relabel(dataset, labels):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: relabel(toy_images(n=12), [0, 1, 2] * 3 + [0, 1, 7]), "train labels must be class ids in [0, 2]"),
+        (
+            lambda: relabel(toy_images(n=12), [0, 1, 2] * 3 + [0, 1, 7]),
+            "train labels must be class ids in [0, 2]",
+        ),
         (lambda: relabel(toy_images(n=12), [0.5] * 12), "must be integer class ids"),
-        (lambda: toy_images(n=12).rename_column("label", "target"), "label column 'label' not in the train dataset"),
+        (
+            lambda: toy_images(n=12).rename_column("label", "target"),
+            "label column 'label' not in the train dataset",
+        ),
         (lambda: toy_images(n=12, channels=3), "3 channel(s)"),
         (lambda: toy_images(n=12).select([]), "empty"),
     ],
@@ -104,7 +110,9 @@ def random_flip_transform(batch):
 
 def lazy_images(n=24, labels=None):
     data = toy_images(n=n).with_format("numpy")[:]
-    ds = Dataset.from_dict({"image": data["pixel_values"], "label": labels if labels is not None else data["label"]})
+    ds = Dataset.from_dict(
+        {"image": data["pixel_values"], "label": labels if labels is not None else data["label"]}
+    )
     ds.set_transform(random_flip_transform)
     return ds
 
@@ -142,8 +150,12 @@ def test_contrastive_and_feature_models_skip_the_label_checks(tmp_path):
     from training_toys import toy_smooth_images
 
     torch.manual_seed(0)
-    model = MonoSemanticModel(MonoSemanticConfig(backbone_config=tiny_resnet_config(num_channels=3), feature_dim=16))
-    trainer = ContrastiveTrainer(model=model, args=training_args(tmp_path, max_steps=1), train_dataset=toy_smooth_images(8))
+    model = MonoSemanticModel(
+        MonoSemanticConfig(backbone_config=tiny_resnet_config(num_channels=3), feature_dim=16)
+    )
+    trainer = ContrastiveTrainer(
+        model=model, args=training_args(tmp_path, max_steps=1), train_dataset=toy_smooth_images(8)
+    )
     assert trainer.validate_datasets is False
     trainer.train()
 
@@ -179,7 +191,9 @@ def test_contrastive_training_stops_at_a_nan_loss_too(tmp_path):
     from training_toys import mild_views, toy_smooth_images
 
     torch.manual_seed(0)
-    model = MonoSemanticModel(MonoSemanticConfig(backbone_config=tiny_resnet_config(num_channels=3), feature_dim=16))
+    model = MonoSemanticModel(
+        MonoSemanticConfig(backbone_config=tiny_resnet_config(num_channels=3), feature_dim=16)
+    )
     trainer = ContrastiveTrainer(
         model=model, args=training_args(tmp_path, max_steps=3), train_dataset=toy_smooth_images(16),
         image_views=mild_views(),
@@ -193,7 +207,9 @@ def test_nan_inputs_are_named_when_the_checks_are_off(tmp_path):
     data = toy_images(n=16).with_format("numpy")[:]
     data["pixel_values"][9] = np.inf
     trainer = trainer_for(tmp_path, Dataset.from_dict(data), validate_datasets=False, args={"max_steps": 2})
-    with pytest.raises(FloatingPointError, match=r"global step [12] .*task_loss=(nan|inf).*\['pixel_values'\] hold NaN/inf"):
+    with pytest.raises(
+        FloatingPointError, match=r"global step [12] .*task_loss=(nan|inf).*\['pixel_values'\] hold NaN/inf"
+    ):
         trainer.train()
 
 
@@ -201,7 +217,11 @@ def test_nan_check_can_be_turned_off(tmp_path):
     data = toy_images(n=8).with_format("numpy")[:]
     data["pixel_values"][0] = np.nan
     trainer = trainer_for(
-        tmp_path, Dataset.from_dict(data), validate_datasets=False, stop_on_nonfinite_loss=False, args={"max_steps": 1}
+        tmp_path,
+        Dataset.from_dict(data),
+        validate_datasets=False,
+        stop_on_nonfinite_loss=False,
+        args={"max_steps": 1},
     )
     trainer.train()  # no FloatingPointError: the step is taken
     # the transformers behaviour (docs/RELIABILITY.md): the NaN step is hidden from the logs only, the
@@ -221,9 +241,15 @@ def test_the_gradient_norm_is_clipped_unless_turned_off(tmp_path, max_grad_norm)
     if max_grad_norm == 0.0:
         kwargs["max_grad_norm"] = 0.0
     torch.manual_seed(0)
-    model = MonoSemanticForImageClassification(MonoSemanticConfig(  # a large auxiliary term: gradient norm >> 1
-        backbone_config=tiny_resnet_config(), feature_layer="sae", feature_dim=32, num_labels=3,
-        reconstruction_weight=50.0))
+    model = MonoSemanticForImageClassification(
+        MonoSemanticConfig(  # a large auxiliary term: gradient norm >> 1
+            backbone_config=tiny_resnet_config(),
+            feature_layer="sae",
+            feature_dim=32,
+            num_labels=3,
+            reconstruction_weight=50.0,
+        )
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = trainer_for(tmp_path, toy_images(n=8), model=model, args=kwargs)
     trainer.train()
@@ -313,4 +339,3 @@ def test_example_refuses_a_stored_scenario_from_another_run(finetune_noisy, tmp_
     scenario_args.label_noise = 0.6
     with pytest.raises(ValueError, match="scenario.json was written for .*'label_noise': 0.4"):
         finetune_noisy.noisy_train_split(train, scenario_args, train_args, data_args, 3)
-

@@ -60,7 +60,10 @@ def finetune_noisy(output_dir: Path, *extra: str) -> subprocess.Popen:
 
 def wait(process: subprocess.Popen, output_dir: Path, timeout: float = 240) -> None:
     process.wait(timeout=timeout)
-    tail = output_dir.with_suffix(".log").read_text()[-1500:] + output_dir.with_suffix(".err").read_text()[-3000:]
+    tail = (
+        output_dir.with_suffix(".log").read_text()[-1500:]
+        + output_dir.with_suffix(".err").read_text()[-3000:]
+    )
     assert process.returncode == 0, tail
 
 
@@ -126,7 +129,9 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
             assert a["nonneg"][key] == value, key
     # the resumed run started from the checkpoint, not from scratch: its history holds the first epochs
     state = json.loads((Path(last_complete_checkpoint(killed / "nonneg")) / "trainer_state.json").read_text())
-    assert state["global_step"] == STEPS and any(e.get("epoch") == 1.0 and "eval_loss" in e for e in state["log_history"])
+    assert state["global_step"] == STEPS and any(
+        e.get("epoch") == 1.0 and "eval_loss" in e for e in state["log_history"]
+    )
     final_a = load_file(killed / "nonneg" / "model.safetensors")
     final_b = load_file(straight / "nonneg" / "model.safetensors")
     assert final_a.keys() == final_b.keys()
@@ -158,10 +163,20 @@ def counting_trainer(output_dir) -> CountingTrainer:
     from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification
 
     torch.manual_seed(0)
-    model = MonoSemanticForImageClassification(MonoSemanticConfig(
-        backbone_config=tiny_resnet_config(), feature_layer="sae", feature_dim=16, num_labels=3))
-    args = training_args(output_dir, max_steps=IN_PROCESS_STEPS, save_strategy="steps", save_steps=SAVE_EVERY,
-                         per_device_train_batch_size=4, logging_steps=1, seed=3)
+    model = MonoSemanticForImageClassification(
+        MonoSemanticConfig(
+            backbone_config=tiny_resnet_config(), feature_layer="sae", feature_dim=16, num_labels=3
+        )
+    )
+    args = training_args(
+        output_dir,
+        max_steps=IN_PROCESS_STEPS,
+        save_strategy="steps",
+        save_steps=SAVE_EVERY,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        seed=3,
+    )
     return CountingTrainer(model=model, args=args, train_dataset=toy_images(n=32))
 
 
@@ -228,7 +243,9 @@ def test_wants_resume_reads_the_command_line_value(value, expected):
 
 def test_resume_checkpoint_per_run_folder(tmp_path):
     run = tmp_path / "k5" / "linear"
-    assert resume_checkpoint(run, None) is None and resume_checkpoint(run, "True") is None  # nothing saved: afresh
+    assert (
+        resume_checkpoint(run, None) is None and resume_checkpoint(run, "True") is None
+    )  # nothing saved: afresh
     fake_checkpoint(run, 3)
     good = fake_checkpoint(run, 12)
     fake_checkpoint(run, 20, complete=False)  # cut off while saving
@@ -251,7 +268,9 @@ def test_write_json_is_atomic_and_writes_arrays_and_dataclasses(tmp_path, monkey
         rate: float = 0.4
 
     path = tmp_path / "new" / "run" / "result.json"  # the folder is created
-    write_json(path, {"labels": np.arange(3), "accuracy": np.float32(0.5), "spec": Spec(), "loss": torch.tensor(1.5)})
+    write_json(
+        path, {"labels": np.arange(3), "accuracy": np.float32(0.5), "spec": Spec(), "loss": torch.tensor(1.5)}
+    )
     assert read_json(path) == {"labels": [0, 1, 2], "accuracy": 0.5, "spec": {"rate": 0.4}, "loss": 1.5}
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]  # no temporary file left
 

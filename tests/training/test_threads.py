@@ -24,9 +24,27 @@ def _launch(tmp_path, *launch_args: str, omp: str | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS" and not k.startswith("ACCELERATE_")}
     if omp is not None:
         env["OMP_NUM_THREADS"] = omp
-    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          *launch_args, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *launch_args,
+            str(script),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(line for line in out.stdout.splitlines() if line.startswith("THREADS"))
     reported, actual = map(int, line.split()[1:])
@@ -46,4 +64,6 @@ def test_a_users_thread_choice_is_kept(tmp_path):
 
 def test_outside_accelerate_nothing_changes():
     assert not accelerate_defaulted_to_one_thread({"OMP_NUM_THREADS": "1"}, [], ["python", "x.py"])
-    assert not accelerate_defaulted_to_one_thread({"OMP_NUM_THREADS": "4", "ACCELERATE_X": "1"}, [], ["accelerate"])
+    assert not accelerate_defaulted_to_one_thread(
+        {"OMP_NUM_THREADS": "4", "ACCELERATE_X": "1"}, [], ["accelerate"]
+    )

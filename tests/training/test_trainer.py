@@ -107,16 +107,32 @@ def test_gradient_accumulation_equals_one_step_on_the_doubled_batch(tmp_path, lo
 
     def model():
         torch.manual_seed(0)
-        backbone = BertConfig(**{**tiny_bert_config().to_dict(), "hidden_dropout_prob": 0.0,
-                                 "attention_probs_dropout_prob": 0.0})  # no dropout: both runs see one function
-        return MonoSemanticForSequenceClassification(MonoSemanticConfig(
-            backbone_config=backbone, feature_layer="sae", feature_dim=32, num_labels=2))
+        backbone = BertConfig(
+            **{
+                **tiny_bert_config().to_dict(),
+                "hidden_dropout_prob": 0.0,
+                "attention_probs_dropout_prob": 0.0,
+            }
+        )  # no dropout: both runs see one function
+        return MonoSemanticForSequenceClassification(
+            MonoSemanticConfig(backbone_config=backbone, feature_layer="sae", feature_dim=32, num_labels=2)
+        )
 
     def one_step(folder, batch, accumulation):
-        args = training_args(folder, max_steps=1, per_device_train_batch_size=batch, logging_steps=1,
-                             gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=0.5,
-                             max_grad_norm=0.0, lr_scheduler_type="constant")
-        trainer = MonoSemanticTrainer(model=model(), args=args, train_dataset=toy_text(n=8), loss_type=loss_type)
+        args = training_args(
+            folder,
+            max_steps=1,
+            per_device_train_batch_size=batch,
+            logging_steps=1,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=0.5,
+            max_grad_norm=0.0,
+            lr_scheduler_type="constant",
+        )
+        trainer = MonoSemanticTrainer(
+            model=model(), args=args, train_dataset=toy_text(n=8), loss_type=loss_type
+        )
         trainer.train()
         return trainer
 
@@ -198,21 +214,35 @@ def contrastive_run(tmp_path, kind, seed=0, epochs=5, evaluate_first=False, **tr
 def test_ncl_training_makes_features_sparser_and_simclr_stays_dense(tmp_path):
     """NCL's sparsity is what training adds: a ReLU output is already about half zeros at initialisation,
     so the trained NCL features are compared with the same model before training, on the same views."""
-    runs = {kind: contrastive_run(tmp_path / kind, kind, evaluate_first=True) for kind in ("linear", "nonneg")}
+    runs = {
+        kind: contrastive_run(tmp_path / kind, kind, evaluate_first=True) for kind in ("linear", "nonneg")
+    }
     after = {}
     for kind, trainer in runs.items():
         for entry in train_logs(trainer):
-            for key in ("loss", "contrastive_loss", "contrastive_accuracy", "active_fraction", "dead_fraction"):
+            for key in (
+                "loss",
+                "contrastive_loss",
+                "contrastive_accuracy",
+                "active_fraction",
+                "dead_fraction",
+            ):
                 assert math.isfinite(entry[key]), (kind, key, entry)
         after[kind] = trainer.evaluate()
         # learned: the untrained model scores the held-out views at about log(2N - 1) = log(31) = 3.43
         # (all embeddings alike); a model that learned to match views scores clearly lower (2.7-2.9 here)
-        assert after[kind]["eval_contrastive_loss"] < trainer.metrics_before["eval_contrastive_loss"] - 0.3, kind
+        assert after[kind]["eval_contrastive_loss"] < trainer.metrics_before["eval_contrastive_loss"] - 0.3, (
+            kind
+        )
     before_ncl = runs["nonneg"].metrics_before["eval_active_fraction"]
     assert 0.3 < before_ncl < 0.8  # a ReLU at initialisation: about half active
     # trained NCL features: clearly fewer active than at initialisation (0.58 -> 0.26 here)
     assert after["nonneg"]["eval_active_fraction"] < 0.75 * before_ncl
-    assert runs["linear"].metrics_before["eval_active_fraction"] == after["linear"]["eval_active_fraction"] == 1.0
+    assert (
+        runs["linear"].metrics_before["eval_active_fraction"]
+        == after["linear"]["eval_active_fraction"]
+        == 1.0
+    )
     pixels = toy_smooth_images(n=16, seed=3).with_format("torch")[:]["pixel_values"]
     with torch.no_grad():
         simclr = runs["linear"].model.eval()(pixel_values=pixels).features
@@ -231,13 +261,18 @@ class RecordingContrastiveTrainer(ContrastiveTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-@pytest.mark.parametrize("temperature", [0.1, 0.5])  # neither is the config's 0.2: the trainer's value is used
-def test_contrastive_logged_loss_is_info_nce_at_the_temperature_plus_the_weighted_aux_term(tmp_path, temperature):
+@pytest.mark.parametrize(
+    "temperature", [0.1, 0.5]
+)  # neither is the config's 0.2: the trainer's value is used
+def test_contrastive_logged_loss_is_info_nce_at_the_temperature_plus_the_weighted_aux_term(
+    tmp_path, temperature
+):
     from hf_monosem.training.losses import info_nce_loss
 
     torch.manual_seed(0)
-    cfg = MonoSemanticConfig(backbone_config=tiny_vit_config(), feature_layer="nonneg", feature_dim=32,
-                             activation_loss_weight=0.5)
+    cfg = MonoSemanticConfig(
+        backbone_config=tiny_vit_config(), feature_layer="nonneg", feature_dim=32, activation_loss_weight=0.5
+    )
     trainer = RecordingContrastiveTrainer(
         model=MonoSemanticModel(cfg), args=training_args(tmp_path, max_steps=3, logging_steps=1),
         train_dataset=toy_smooth_images(n=16), image_views=mild_views(), temperature=temperature,
@@ -373,7 +408,9 @@ def test_contrastive_trainer_under_accelerate_launch_gathers_negatives(tmp_path)
     for run in runs:
         assert run["world"] == 2
         # per-device batch 8 -> 16 local embeddings; the gather hands every process all 32
-        assert run["gathered"] and all(local == [16, 32] and full == [32, 32] for local, full in run["gathered"])
+        assert run["gathered"] and all(
+            local == [16, 32] and full == [32, 32] for local, full in run["gathered"]
+        )
         assert all(math.isfinite(e["contrastive_loss"]) for e in train_logs_of(run["logs"]))
     # logged terms are reduced over the processes: both report the same numbers
     assert train_logs_of(runs[0]["logs"]) == train_logs_of(runs[1]["logs"])
