@@ -12,7 +12,7 @@ from transformers import (
 )
 
 from .adapters.lora import MonoLoraConfig, adapter_sparsity, add_lora, load_lora
-from .cached.extraction import extract_pooled_features
+from .cached.feature_cache import extract_pooled_features
 from .cached.probing import CachedFeatureDataset, FeatureProbe, probe_on_features
 from .cached.sae_fitting import fit_sae
 from .hub import enable_remote_code, make_model_card, push_to_hub_with_card, save_for_hub

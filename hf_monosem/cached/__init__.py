@@ -2,8 +2,20 @@
 contrastive projectors and linear probes (single or batched grids) fitted on those features.
 """
 
-from . import extraction, minibatch, probe_grid, probing, projector_fitting, sae_fitting, scaling
+from . import (
+    augmented_views,
+    extraction,
+    feature_cache,
+    minibatch,
+    probe_grid,
+    probing,
+    projector_fitting,
+    sae_fitting,
+    scaling,
+)
+from .augmented_views import *  # noqa: F403
 from .extraction import *  # noqa: F403
+from .feature_cache import *  # noqa: F403
 from .minibatch import *  # noqa: F403
 from .probe_grid import *  # noqa: F403
 from .probing import *  # noqa: F403
@@ -13,6 +25,8 @@ from .scaling import *  # noqa: F403
 
 __all__ = [
     *extraction.__all__,
+    *feature_cache.__all__,
+    *augmented_views.__all__,
     *probing.__all__,
     *probe_grid.__all__,
     *sae_fitting.__all__,

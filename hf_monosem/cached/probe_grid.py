@@ -13,7 +13,7 @@ Two optimisation recipes share the loop: AdamW at a constant rate (the default, 
 protocol) and the authors' linear-probe recipe (solo-learn's ``LARS`` on the classifier with a
 per-step linear-warmup-cosine rate, ``optimizer="lars", schedule="warmup_cosine"``; or plain SGD
 with momentum). Training features may also be ``[K, N, F]``: K augmented views of every training
-row, extracted once (:func:`~hf_monosem.cached.extraction.augmented_view_features`); each epoch
+row, extracted once (:func:`~hf_monosem.cached.augmented_views.augmented_view_features`); each epoch
 every probe draws one view per row from its own generator, which is what augmenting on the fly
 with K fixed augmentations per image would give, at the cost of K extractions instead of one per
 epoch.

@@ -9,7 +9,7 @@ Both routes use :class:`~hf_monosem.MonoSemanticTrainer`: the same seeded sample
 order, the same trainable parameters get the same AdamW / schedule / clipping, and the loss is the
 same (cross-entropy + the feature layer's weighted auxiliary terms), so the classifier weights agree
 to float tolerance while the cached route skips every backbone forward pass. A sweep over label-noise
-rates extracts features once (:func:`~hf_monosem.cached.extraction.extract_pooled_features`) and calls
+rates extracts features once (:func:`~hf_monosem.cached.feature_cache.extract_pooled_features`) and calls
 :func:`probe_on_features` per rate.
 
 Two ways to probe:

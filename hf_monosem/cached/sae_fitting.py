@@ -29,7 +29,8 @@ from transformers import PreTrainedModel
 from ..models.feature_layers import FeatureLayer, feature_layer_class, feature_layer_kinds
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from ..models.sae import ENCODER_INIT_NORM, SparseAutoencoder
-from .extraction import extract_pooled_features, resolve_base_model
+from .extraction import resolve_base_model
+from .feature_cache import extract_pooled_features
 from .minibatch import MiniBatches
 
 __all__ = ["explained_variance", "fit_sae", "resample_dead_latents", "train_sae_layer"]

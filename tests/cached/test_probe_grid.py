@@ -203,7 +203,7 @@ def test_sgd_and_lars_with_warmup_cosine_equal_the_plain_recipe(optimizer):
 def test_k_view_cache_gives_the_probe_of_augmenting_on_the_fly():
     """The cached route (K augmented views extracted once, one drawn per image and epoch) trains the
     same probe as augmenting every epoch's batch again through the encoder with the same generators."""
-    from hf_monosem.cached.extraction import augmented_view_features, view_generator
+    from hf_monosem.cached.augmented_views import augmented_view_features, view_generator
     from hf_monosem.training import ImageViews
 
     torch.manual_seed(0)

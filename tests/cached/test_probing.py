@@ -6,7 +6,7 @@ from tiny_models import tiny_bert_config, tiny_resnet_config
 from training_toys import toy_images, toy_text, training_args
 from transformers import BertModel
 
-import hf_monosem.cached.extraction as feature_cache
+import hf_monosem.cached.feature_cache as feature_cache
 from hf_monosem import (
     CachedFeatureDataset,
     FeatureProbe,
