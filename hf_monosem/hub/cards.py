@@ -4,8 +4,7 @@
 YAML metadata (``library_name: hf_monosem``, tags, base model, datasets, licence and a
 ``model-index`` with this model's numbers), a usage snippet, the training recipe and a
 poly-vs-mono table (:func:`results_table`). The Jinja template is :data:`MODEL_CARD_TEMPLATE`
-(shipped inside this module so an installed package needs no data files;
-``model_cards/TEMPLATE.md`` is a verbatim copy).
+(package data, ``hub/templates/model_card.md``; ``model_cards/TEMPLATE.md`` is generated from it).
 
 Results follow the package's one schema (:mod:`hf_monosem.evaluation.results`): result records
 (mean ± std over seeds) or run records (one per seed, summarised the same way as the robustness
@@ -21,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,67 +70,12 @@ _CITATION = """@inproceedings{zhang2025beyond,
   url       = {https://arxiv.org/abs/2410.21331}
 }"""
 
-#: The Jinja template of every card (``model_cards/TEMPLATE.md`` is a verbatim copy). Variables are
-#: filled by :func:`make_model_card`; ``card_data`` is the YAML metadata.
-MODEL_CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-{{ summary }}
-{% if status %}
-> [!WARNING]
-{% for line in status.splitlines() %}> {{ line }}
-{% endfor %}{% endif %}
-## Model
-
-| | |
-|---|---|
-{% for key, value in architecture %}| {{ key }} | {{ value }} |
-{% endfor %}
-Poly vs mono differ in `feature_layer` only: the polysemantic twin of this model (`feature_layer="linear"`)
-has the same backbone, width and linear classifier.
-
-## Usage
-
-```python
-{{ usage_code }}
-```
-{% if remote_code_snippet %}
-Without hf_monosem installed (the repository carries its modeling code; read it before trusting it):
-
-```python
-{{ remote_code_snippet }}
-```
-{% endif %}
-## Training recipe
-
-{{ recipe }}
-
-## Results
-
-{{ results_text }}
-
-## Limitations
-
-- Monosemantic features are meant to make the classifier more robust to label noise, input noise, few
-  shots and domain shift at about the same clean accuracy; whether they do depends on the recipe (truly
-  sparse, non-negative codes, enough pretraining, the same probe budget for both sides). Results on this
-  card are reported for every scenario measured, including those where the monosemantic layer does not help.
-- Numbers are means over the seeds listed, with their standard deviation; they hold for the datasets
-  and scenarios named, not beyond them.
-
-## Citation
-
-The method follows:
-
-```bibtex
-{{ citation }}
-```
-
-Built with hf_monosem (`library_name: hf_monosem`).
-"""
+#: The Jinja template of every card, shipped as package data (``hub/templates/model_card.md``;
+#: ``model_cards/generate_cards.py`` writes ``model_cards/TEMPLATE.md`` from it). Variables are filled by
+#: :func:`make_model_card`; ``card_data`` is the YAML metadata.
+MODEL_CARD_TEMPLATE = (resources.files(__package__) / "templates" / "model_card.md").read_text(
+    encoding="utf-8"
+)
 
 
 # ------------------------------------------------------------------------------------------ results
