@@ -28,100 +28,28 @@ live in their own modules and reuse this trainer's logging.
 from __future__ import annotations
 
 import os
-import random
-import sys
 import warnings
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
-import datasets
-import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainerState
+from transformers import Trainer
 
-from ..data.validation import LABEL_KEYS, validate_classification_batch, validate_classification_dataset
-from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint
+from .checkpoints import last_complete_checkpoint
 from .losses import LOSS_TYPES, robust_classification_loss
+from .model_card import TrainerHubMixin
+from .nan_guard import NonFiniteLossGuardMixin
+from .running_terms import RunningTerms
+from .trainer_checks import TrainerChecksMixin
 
-__all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]
-
-#: rows collated to check a dataset whose columns only exist after a transform.
-_FIRST_BATCH_ROWS = 8
+__all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]  # the last two: their old home
 
 
 #: model output keys that are not predictions: never gathered during evaluation.
 NON_PREDICTION_KEYS = ("features", "pooled", "aux_losses", "hidden_states")
 
 
-class RunningTerms:
-    """Sums of scalar terms and feature activity over a logging window, kept on the device.
-
-    Nothing here synchronises with the device until :meth:`summarize` (one ``.tolist()`` per log),
-    so collecting the terms every step costs no host round trip.
-    """
-
-    def __init__(self, activation_threshold: float = 0.0):
-        self.activation_threshold = float(activation_threshold)
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.ever_active: torch.Tensor | None = None
-
-    def add(self, name: str, value: torch.Tensor | float) -> None:
-        value = (
-            value.detach().float().reshape(())
-            if isinstance(value, torch.Tensor)
-            else torch.tensor(float(value))
-        )
-        self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.counts[name] = self.counts.get(name, 0) + 1
-
-    def add_features(self, features: torch.Tensor) -> None:
-        """Record ``active_fraction`` of this batch and which features fired at least once."""
-        features = features.detach()
-        active = features.abs() > self.activation_threshold
-        self.add("active_fraction", active.float().mean())
-        fired = active.reshape(-1, active.shape[-1]).any(dim=0)
-        if self.ever_active is None or self.ever_active.shape != fired.shape:
-            self.ever_active = fired
-        else:
-            self.ever_active = self.ever_active | fired
-
-    def summarize(self, accelerator: Any = None) -> dict[str, float]:
-        """Window means (summed over processes first when distributed), then reset.
-
-        Must be called on every process when distributed (it is a collective).
-        """
-        names = sorted(self.sums)
-        if not names and self.ever_active is None:
-            return {}
-        values = [self.sums[n] for n in names]
-        device = values[0].device if values else self.ever_active.device
-        packed = None
-        if names:
-            counts = [torch.tensor(float(self.counts[n]), device=device) for n in names]
-            packed = torch.stack([v.to(device) for v in values] + counts)
-        ever_active = self.ever_active
-        if accelerator is not None and getattr(accelerator, "num_processes", 1) > 1:
-            if packed is not None:
-                packed = accelerator.reduce(packed, reduction="sum")
-            if ever_active is not None:
-                ever_active = accelerator.reduce(ever_active.float(), reduction="sum") > 0
-        out: dict[str, float] = {}
-        if packed is not None:
-            flat = packed.tolist()
-            for i, name in enumerate(names):
-                out[name] = flat[i] / max(flat[len(names) + i], 1.0)
-        if ever_active is not None:
-            out["dead_fraction"] = 1.0 - float(ever_active.float().mean())
-        self.reset()
-        return out
-
-
-class MonoSemanticTrainer(Trainer):
+class MonoSemanticTrainer(TrainerChecksMixin, NonFiniteLossGuardMixin, TrainerHubMixin, Trainer):
     """``transformers.Trainer`` for models with a feature layer, logging every loss term separately.
 
     Args:
@@ -162,10 +90,6 @@ class MonoSemanticTrainer(Trainer):
 
     #: keys of the model output kept out of evaluation predictions (only logits are gathered).
     prediction_ignore_keys: tuple[str, ...] = NON_PREDICTION_KEYS
-    #: what :meth:`create_model_card` builds the card with: ``hf_monosem.hub.make_model_card``, set by
-    #: ``hf_monosem/__init__.py`` (training/ sits below hub/ in the package's data flow). ``None``:
-    #: transformers' own card.
-    model_card_builder: ClassVar[Callable[..., Any] | None] = None
 
     def __init__(
         self,
@@ -210,106 +134,6 @@ class MonoSemanticTrainer(Trainer):
                 "only on GPU process groups, so on CPU every process holds the whole model (plain DDP)",
                 stacklevel=2,
             )
-
-    # ---- checks before training -----------------------------------------------------------------
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """``Trainer.train`` after the checks of :meth:`check_before_training`.
-
-        ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint in ``output_dir``
-        (:func:`last_complete_checkpoint`), skipping one cut off while being saved.
-        """
-        resume_from_checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
-        self.check_before_training()
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
-
-    def _resolve_checkpoint(self, resume: str | bool | None) -> str | None:
-        if resume is None or resume is False:
-            return None
-        if resume is True:
-            found = last_complete_checkpoint(self.args.output_dir)
-            if found is None:
-                raise ValueError(
-                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint-* folder "
-                    f"(one with {TRAINER_STATE_FILE}); start without resume_from_checkpoint"
-                )
-            return found
-        resume = os.fspath(resume)
-        if not os.path.isdir(resume):
-            raise FileNotFoundError(f"resume_from_checkpoint={resume!r} is not a folder")
-        if not os.path.isfile(os.path.join(resume, TRAINER_STATE_FILE)):
-            raise ValueError(
-                f"{resume} has no {TRAINER_STATE_FILE}: the checkpoint is incomplete (cut off while saving?) "
-                "or not a Trainer checkpoint; resume from an earlier checkpoint-* folder"
-            )
-        return resume
-
-    @staticmethod
-    def last_checkpoint(folder: str | os.PathLike) -> str | None:
-        """:func:`last_complete_checkpoint` (for scripts that import only the public classes)."""
-        return last_complete_checkpoint(folder)
-
-    def _classifier_config(self) -> Any:
-        """The model's ``MonoSemanticConfig`` when it is a classifier (possibly peft-wrapped), else ``None``."""
-        from ..models.configuration import MonoSemanticConfig
-
-        model = self.accelerator.unwrap_model(self.model)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        config = getattr(base, "config", None)
-        if not isinstance(config, MonoSemanticConfig) or not hasattr(base, "classifier"):
-            return None
-        return config
-
-    def check_before_training(self) -> None:
-        """Validate the train and eval datasets of a classifier before any step is taken.
-
-        A ``datasets.Dataset`` with its label and input columns is checked whole
-        (:func:`~hf_monosem.data.validation.validate_classification_dataset`: labels, image shape, NaN/inf,
-        token ids). A dataset whose columns appear only later (``set_transform``, a tokenising
-        collator) or any other map-style dataset is checked on its first collated rows
-        (:func:`~hf_monosem.data.validation.validate_classification_batch`), with the random state restored
-        so that random transforms do not shift the run. Skipped when ``validate_datasets=False``.
-        """
-        config = self._classifier_config() if self.validate_datasets else None
-        if config is None:
-            return
-        if self.train_dataset is not None:
-            self._validate(self.train_dataset, config, "train")
-        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
-        for name, dataset in evals.items():
-            if dataset is not None:
-                self._validate(dataset, config, name if name == "eval" else f"eval {name!r}")
-
-    def _validate(self, dataset: Any, config: Any, split_name: str) -> None:
-        if isinstance(dataset, datasets.Dataset):
-            columns = dataset.column_names
-            lazy = (dataset.format.get("type") == "custom") or not any(
-                c in columns for c in ("pixel_values", "input_ids")
-            )
-            if not lazy:
-                label = next((c for c in LABEL_KEYS if c in columns), "label")
-                validate_classification_dataset(dataset, config, label_column=label, split_name=split_name)
-                return
-        elif isinstance(dataset, torch.utils.data.IterableDataset) or not (
-            hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
-        ):
-            return  # a stream: reading ahead would consume it
-        if len(dataset) == 0:
-            raise ValueError(f"the {split_name} dataset is empty (0 rows); nothing to train or evaluate on")
-        collator = self.data_collator
-        description = "training" if split_name == "train" else "evaluation"
-        if isinstance(dataset, datasets.Dataset):  # as the Trainer's dataloaders do
-            dataset = self._remove_unused_columns(dataset, description=description)
-        else:
-            collator = self._get_collator_with_removed_columns(collator, description=description)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            try:
-                batch = collator([dataset[i] for i in range(min(_FIRST_BATCH_ROWS, len(dataset)))])
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
-        if isinstance(batch, dict) or hasattr(batch, "keys"):
-            validate_classification_batch(dict(batch), config, split_name=split_name)
 
     # ---- loss ---------------------------------------------------------------------------------
     def feature_layer_of(self, model: nn.Module) -> nn.Module | None:
@@ -387,48 +211,6 @@ class MonoSemanticTrainer(Trainer):
         with torch.no_grad():
             return base.task_loss(logits.detach(), labels)
 
-    def check_finite_loss(
-        self, model: nn.Module, loss: torch.Tensor, terms: dict[str, Any], inputs: dict[str, Any]
-    ) -> None:
-        """Raise ``FloatingPointError`` when a training loss is NaN/inf, naming the step and the culprit.
-
-        One ``isfinite`` on the total per training step (the Trainer already syncs on the loss every
-        step for its own NaN filter); only a non-finite total looks at the terms, inputs and weights.
-        """
-        if not self.stop_on_nonfinite_loss or not model.training or bool(torch.isfinite(loss.detach()).all()):
-            return
-        bad_terms = [
-            f"{name}={float(value.detach()):g}"
-            for name, value in terms.items()
-            if isinstance(value, torch.Tensor) and value.numel() == 1 and not torch.isfinite(value).all()
-        ]
-        causes = []
-        bad_inputs = [
-            name
-            for name, value in inputs.items()
-            if isinstance(value, torch.Tensor)
-            and value.is_floating_point()
-            and not torch.isfinite(value).all()
-        ]
-        if bad_inputs:
-            causes.append(f"the batch's {bad_inputs} hold NaN/inf")
-        bad_weights = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()][:3]
-        if bad_weights:
-            causes.append(
-                f"the weights already hold NaN/inf (e.g. {bad_weights}): training diverged; lower the learning "
-                "rate or keep max_grad_norm (gradient clipping) on"
-            )
-        if not causes:
-            causes.append(
-                "the inputs and weights are finite: the loss overflowed (lower the learning rate, use bf16 "
-                "not fp16, or check the loss weights)"
-            )
-        raise FloatingPointError(
-            f"non-finite loss {float(loss.detach()):g} at global step {self.state.global_step + 1} "
-            f"(epoch {self.state.epoch or 0:.2f}); offending term(s): {', '.join(bad_terms) or 'the total only'}; "
-            + "; ".join(causes)
-        )
-
     def record_terms(
         self,
         model: nn.Module,
@@ -445,133 +227,6 @@ class MonoSemanticTrainer(Trainer):
                 window.add(name, value)
         if isinstance(features, torch.Tensor) and features.dim() >= 2:
             window.add_features(features)
-
-    # ---- the Hub: model card, tracker runs ---------------------------------------------------------
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-        *,
-        results: Any = None,
-        **card_kwargs: Any,
-    ) -> None:
-        """Write ``README.md`` in ``output_dir``: this package's model card, which ``push_to_hub`` uploads.
-
-        The arguments are ``Trainer.create_model_card``'s (``finetuned_from``: the backbone's Hub id,
-        the card's ``base_model``; ``dataset_tags``: the training datasets' Hub ids), plus ``results``:
-        records of :mod:`hf_monosem.evaluation.results` for the card's ``model-index`` and results table
-        (e.g. ``trainer.push_to_hub(results=records)``), and any other
-        :func:`~hf_monosem.hub.make_model_card` argument. The recipe defaults to the training arguments.
-        A model that is not an hf_monosem model (or a peft model) gets transformers' card.
-        """
-        if not self.is_world_process_zero():
-            return
-        model = self.accelerator.unwrap_model(self.model)
-        builder = type(self).model_card_builder
-        from ..models.configuration import MonoSemanticConfig
-
-        if (
-            builder is None
-            or hasattr(model, "peft_config")
-            or not isinstance(getattr(model, "config", None), MonoSemanticConfig)
-        ):
-            return super().create_model_card(
-                language=language,
-                license=license,
-                tags=tags,
-                model_name=model_name,
-                finetuned_from=finetuned_from,
-                tasks=tasks,
-                dataset_tags=dataset_tags,
-                dataset=dataset,
-                dataset_args=dataset_args,
-            )
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
-        repo_id = self.hub_model_id or self.args.hub_model_id
-        repo_id = repo_id if isinstance(repo_id, str) else None
-        if model_name is None:  # as Trainer.push_to_hub names it
-            model_name = (
-                repo_id.split("/")[-1] if repo_id else os.path.basename(os.path.abspath(self.args.output_dir))
-            )
-        options = {
-            "language": language,
-            "license": license,
-            "base_model": finetuned_from,
-            "datasets": dataset_tags,
-            "model_name": model_name,
-        }
-        options = {key: value for key, value in options.items() if value is not None}
-        options.setdefault("recipe", self.training_recipe())
-        card = builder(
-            model,
-            results,
-            repo_id=repo_id,
-            tags=[t for t in tags if t],
-            has_preprocessor=self.processing_class is not None,
-            **{**options, **card_kwargs},
-        )
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        card.save(os.path.join(self.args.output_dir, "README.md"))
-
-    def training_recipe(self) -> dict[str, Any]:
-        """How this trainer trains, for the model card: loss, optimiser, schedule, budget, precision, seed."""
-        args = self.args
-        loss = {
-            "ce": "cross-entropy",
-            "gce": f"generalized cross-entropy (q = {self.gce_q})",
-            "sce": f"symmetric cross-entropy (alpha = {self.sce_alpha}, beta = {self.sce_beta})",
-        }[self.loss_type]
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-        precision = "bf16 mixed precision" if args.bf16 else "fp16 mixed precision" if args.fp16 else "fp32"
-        state = self.state
-        saved = os.path.join(args.output_dir, TRAINER_STATE_FILE)
-        if not state.global_step and os.path.isfile(saved):  # a trainer made to publish a finished run
-            state = TrainerState.load_from_json(saved)
-        steps = state.global_step or args.max_steps
-        epochs = state.epoch if state.global_step else args.num_train_epochs
-        return {
-            "trainer": "hf_monosem `MonoSemanticTrainer` (a transformers `Trainer`)",
-            "task loss": f"{loss}, plus the feature layer's weighted auxiliary terms",
-            "optimizer": f"{_plain(args.optim)}, learning rate {args.learning_rate:g}, weight decay "
-            f"{args.weight_decay:g}, {_plain(args.lr_scheduler_type)} schedule"
-            + (f", warmup {args.warmup_steps:g}" if args.warmup_steps else ""),
-            "budget": f"{epochs:g} epoch{'s' if epochs != 1 else ''}"
-            + (f", {steps} steps" if steps and steps > 0 else "")
-            + f", batch size {batch}",
-            "precision": precision,
-            "seed": args.seed,
-        }
-
-    def end_tracker_runs(self) -> None:
-        """End the experiment-tracker runs this trainer logged to (call it when done with the trainer).
-
-        Weights & Biases keeps its run open after ``train()`` so that a later ``evaluate()`` logs to it,
-        and the next trainer of the process then logs into that same run; a script that trains one model
-        per feature layer calls this after each. TensorBoard writers are closed too (they reopen in the
-        same run folder if the trainer logs again).
-        """
-        from transformers.integrations import TensorBoardCallback, WandbCallback
-
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, WandbCallback) and getattr(callback, "_initialized", False):
-                wandb = getattr(callback, "_wandb", None) or sys.modules.get("wandb")
-                if (
-                    wandb is not None
-                    and getattr(wandb, "run", None) is not None
-                    and self.is_world_process_zero()
-                ):
-                    wandb.finish()
-                callback._initialized = False
-            elif isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-                callback.tb_writer.close()
-                callback.tb_writer = None
 
     # ---- logging ------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -608,11 +263,6 @@ class MonoSemanticTrainer(Trainer):
                 self.prediction_ignore_keys
             )
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-
-
-def _plain(value: Any) -> Any:
-    """An enum's value (``OptimizerNames.ADAMW_TORCH`` -> ``adamw_torch``), anything else as it is."""
-    return getattr(value, "value", value)
 
 
 def _get(outputs: Any, key: str) -> Any:
