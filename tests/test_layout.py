@@ -91,3 +91,85 @@ def test_examples_use_only_public_names(script):
         if alias.name.startswith("_") or any(part.startswith("_") for part in node.module.split("."))
     ]
     assert not private, f"{script} imports private names {private}"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_level_imports(path: Path, name: str) -> set[str]:
+    """Package modules ``name`` imports while it is being imported (module level, not inside functions)."""
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    targets = set()
+    body = list(ast.parse(path.read_text()).body)
+    while body:  # module level includes the branches of if / try at module level
+        node = body.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            body.extend([*node.body, *node.orelse, *getattr(node, "finalbody", [])])
+            body.extend(stmt for handler in getattr(node, "handlers", []) for stmt in handler.body)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            for alias in node.names:  # `from . import sae` imports the submodule sae
+                sub = f"{module}.{alias.name}"
+                targets.add(sub if (ROOT / Path(*sub.split("."))).with_suffix(".py").exists() else module)
+        elif isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+    # a module's own ancestors (its parent packages) are imported before it: not an edge
+    return {t for t in targets if t.startswith("hf_monosem") and not name.startswith(t + ".") and t != name}
+
+
+def test_no_import_circle_anywhere():
+    graph = {_module_name(p): _module_level_imports(p, _module_name(p)) for p in PACKAGE.rglob("*.py")}
+    circles, done = [], set()
+
+    def visit(module: str, stack: list[str]) -> None:
+        if module in stack:
+            circles.append(" -> ".join([*stack[stack.index(module) :], module]))
+            return
+        if module in done or module not in graph:
+            return
+        for target in sorted(graph[module]):
+            visit(target, [*stack, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not circles, "import circles:\n" + "\n".join(sorted(set(circles)))
+
+
+def test_a_bare_copy_of_models_imports_in_any_order(tmp_path):
+    # the remote-code layout: models/*.py next to the weights, no hf_monosem installed; transformers may
+    # import any of the files first (the config before the modeling code). One copy per first file, all
+    # checked in one interpreter (torch and transformers load once).
+    import shutil
+    import subprocess
+    import sys
+
+    firsts = ("sae", "configuration", "feature_layers", "modeling")
+    for first in firsts:
+        copy = tmp_path / f"copy_{first}"
+        copy.mkdir()
+        (copy / "__init__.py").write_text("")
+        for path in (PACKAGE / "models").glob("*.py"):
+            if path.name != "__init__.py":
+                shutil.copy(path, copy / path.name)
+    check = (
+        "import importlib, sys\n"
+        "sys.modules['hf_monosem'] = None  # a user without the package\n"
+        "from transformers import BertConfig\n"
+        "for first in sys.argv[1:]:\n"
+        "    importlib.import_module(f'copy_{first}.{first}')\n"
+        "    config = importlib.import_module(f'copy_{first}.configuration')\n"
+        "    config.MonoSemanticConfig(backbone_config=BertConfig(), feature_layer='topk')\n"
+        "    kinds = importlib.import_module(f'copy_{first}.feature_layers').FEATURE_LAYERS\n"
+        "    print(first, sorted(kinds))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", check, *firsts], cwd=tmp_path, capture_output=True, text=True, timeout=170
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines() == [f"{first} ['linear', 'nonneg', 'sae', 'topk']" for first in firsts]

@@ -11,7 +11,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from .feature_layers import FeatureLayerSettings, _bad, feature_layer_class
+from . import sae  # noqa: F401  (defines and registers the "sae" and "topk" kinds the config validates)
+from .feature_layers import FeatureLayerSettings, feature_layer_class, invalid_value
 
 try:
     from transformers.configuration_utils import SubConfigSpec
@@ -238,15 +239,15 @@ class MonoSemanticConfig(PreTrainedConfig):
         if self.topk is None and self.feature_layer == "topk":
             self.topk = settings.resolved_topk
         if not isinstance(self.freeze_feature_layer, bool):
-            raise _bad("freeze_feature_layer", self.freeze_feature_layer, "True or False")
+            raise invalid_value("freeze_feature_layer", self.freeze_feature_layer, "True or False")
         if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
-            raise _bad("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
+            raise invalid_value("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise _bad("temperature", self.temperature, "a number > 0")
+            raise invalid_value("temperature", self.temperature, "a number > 0")
         if self.pooling is None:
             self.pooling = default_pooling(self.backbone_config)
         if self.pooling not in POOLING_CHOICES:
-            raise _bad("pooling", self.pooling, ", ".join(repr(k) for k in POOLING_CHOICES))
+            raise invalid_value("pooling", self.pooling, ", ".join(repr(k) for k in POOLING_CHOICES))
         if (
             self.pooling == "cls"
             and getattr(self.backbone_config, "hidden_sizes", None)
@@ -257,7 +258,7 @@ class MonoSemanticConfig(PreTrainedConfig):
                 "feature maps; use 'mean' or 'pooler'"
             )
         if self.num_labels is None or self.num_labels < 1:
-            raise _bad("num_labels", self.num_labels, "a positive integer")
+            raise invalid_value("num_labels", self.num_labels, "a positive integer")
 
     @property
     def backbone_hidden_size(self) -> int:

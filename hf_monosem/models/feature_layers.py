@@ -18,9 +18,11 @@ Adding a fifth kind takes one class and one registry line::
         def forward(self, x):
             return torch.nn.functional.gelu(self.project(x)), {}
 
-This module imports nothing else from the package (only :mod:`.sae` from its own folder, which
-registers the SAE kinds): the config validates ``feature_layer`` against :data:`FEATURE_LAYERS`, and
-the models build layers through :func:`build_feature_layer`.
+This module imports nothing else from the package, not even :mod:`.sae`: every kind registers itself
+one way, with :func:`register_feature_layer` where its class is defined, and the modules that read the
+registry (:mod:`.configuration`, :mod:`.modeling`) import :mod:`.sae` so that ``"sae"`` and ``"topk"``
+are there. The config validates ``feature_layer`` against :data:`FEATURE_LAYERS`, and the models build
+layers through :func:`build_feature_layer`.
 """
 
 from __future__ import annotations
@@ -94,10 +96,11 @@ NONNEG_ACTIVATIONS: dict[str, Any] = {
 }
 
 # Denominators below this are treated as zero (all-zero inputs must not produce NaN).
-_EPS = 1e-8
+EPS = 1e-8
 
 
-def _bad(name: str, value: Any, allowed: str) -> ValueError:
+def invalid_value(name: str, value: Any, allowed: str) -> ValueError:
+    """The one wording of a bad setting: its name, the value given and what is allowed."""
     return ValueError(f"{name}={value!r} is not valid; allowed: {allowed}")
 
 
@@ -152,21 +155,25 @@ class FeatureLayerSettings:
 
     def __post_init__(self) -> None:
         if not _is_int(self.feature_dim) or self.feature_dim <= 0:
-            raise _bad("feature_dim", self.feature_dim, "a positive integer")
+            raise invalid_value("feature_dim", self.feature_dim, "a positive integer")
         if self.projector_hidden_dim is not None and (
             not _is_int(self.projector_hidden_dim) or self.projector_hidden_dim <= 0
         ):
-            raise _bad("projector_hidden_dim", self.projector_hidden_dim, "None or a positive integer")
+            raise invalid_value(
+                "projector_hidden_dim", self.projector_hidden_dim, "None or a positive integer"
+            )
         if not isinstance(self.nonneg_activation, str) or self.nonneg_activation not in NONNEG_ACTIVATIONS:
-            raise _bad("nonneg_activation", self.nonneg_activation, ", ".join(map(repr, NONNEG_ACTIVATIONS)))
+            raise invalid_value(
+                "nonneg_activation", self.nonneg_activation, ", ".join(map(repr, NONNEG_ACTIVATIONS))
+            )
         if self.topk is not None and (not _is_int(self.topk) or not 1 <= self.topk <= self.feature_dim):
-            raise _bad("topk", self.topk, f"an integer in [1, feature_dim={self.feature_dim}]")
+            raise invalid_value("topk", self.topk, f"an integer in [1, feature_dim={self.feature_dim}]")
         for name in ("sparsity_weight", "reconstruction_weight", "activation_loss_weight"):
             value = getattr(self, name)
             if not _is_number(value) or not value >= 0:
-                raise _bad(name, value, "a number >= 0")
+                raise invalid_value(name, value, "a number >= 0")
         if not isinstance(self.sae_normalize_input, bool):
-            raise _bad("sae_normalize_input", self.sae_normalize_input, "True or False")
+            raise invalid_value("sae_normalize_input", self.sae_normalize_input, "True or False")
 
     @classmethod
     def from_config(cls, config: Any) -> FeatureLayerSettings:
@@ -246,7 +253,7 @@ def feature_layer_class(kind: str, **attributes: bool) -> type[FeatureLayer]:
     allowed = feature_layer_kinds(**attributes)
     if not isinstance(kind, str) or kind not in allowed:
         which = ", ".join(f"{name}={value}" for name, value in attributes.items())
-        raise _bad(
+        raise invalid_value(
             "feature_layer",
             kind,
             ", ".join(map(repr, allowed)) + (f" (the kinds with {which})" if which else ""),
@@ -389,13 +396,3 @@ def activation_loss(features: torch.Tensor) -> torch.Tensor:
     """
     z = features if features.dtype == torch.float64 else features.float()
     return -F.normalize(z, dim=-1).abs().mean()
-
-
-# The sparse autoencoders live in their own module (which imports this one); importing it here
-# registers "sae" and "topk" whenever the registry is imported, and keeps their old import path.
-from .sae import (  # noqa: E402,F401
-    SparseAutoencoder,
-    SparseAutoencoderFeatures,
-    TopKSparseAutoencoderFeatures,
-    _SparseAutoencoderBase,
-)

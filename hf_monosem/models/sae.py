@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as hf_init
 
-from .feature_layers import _EPS, FeatureLayer, FeatureLayerSettings, register_feature_layer
+from .feature_layers import EPS, FeatureLayer, FeatureLayerSettings, register_feature_layer
 
 __all__ = ["FitForward", "SparseAutoencoder", "SparseAutoencoderFeatures", "TopKSparseAutoencoderFeatures"]
 
@@ -256,7 +256,7 @@ class SparseAutoencoder(FeatureLayer):
         # draw here, so seeded code that builds a layer draws what it drew before.
         with torch.no_grad():
             self.encoder.bias.zero_()
-            self.decoder.weight.copy_(F.normalize(self.encoder.weight, dim=1, eps=_EPS).t())
+            self.decoder.weight.copy_(F.normalize(self.encoder.weight, dim=1, eps=EPS).t())
 
     @torch.no_grad()
     def reset_parameters_like_sae(self) -> None:
@@ -266,7 +266,7 @@ class SparseAutoencoder(FeatureLayer):
         left alone when ``from_pretrained`` initialises missing keys.
         """
         decoder = torch.randn_like(self.decoder.weight, device="cpu" if self.decoder.weight.is_meta else None)
-        decoder = decoder / decoder.norm(dim=0, keepdim=True).clamp_min(_EPS)
+        decoder = decoder / decoder.norm(dim=0, keepdim=True).clamp_min(EPS)
         hf_init.copy_(self.decoder.weight, decoder)
         hf_init.copy_(self.encoder.weight, decoder.t().contiguous())
         hf_init.zeros_(self.encoder.bias)
@@ -276,7 +276,7 @@ class SparseAutoencoder(FeatureLayer):
         # SAE arithmetic in fp32: reconstruction errors are small differences of large numbers.
         x = x.float()
         if self.normalize_input:
-            x = F.normalize(x, dim=-1, eps=_EPS)
+            x = F.normalize(x, dim=-1, eps=EPS)
         return x
 
     def encode_preactivations(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,7 +289,7 @@ class SparseAutoencoder(FeatureLayer):
     def normalized_mse(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """Per-example squared error divided by the example's squared norm, averaged."""
         err = (reconstruction - x).pow(2).sum(-1)
-        return (err / x.pow(2).sum(-1).clamp_min(_EPS)).mean()
+        return (err / x.pow(2).sum(-1).clamp_min(EPS)).mean()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses
         raise NotImplementedError
@@ -362,7 +362,7 @@ class SparseAutoencoder(FeatureLayer):
         """
         weight = self.decoder.weight
         # a column-wise dot product: ~4x faster than weight.norm(dim=0), a strided reduction, on CPU
-        weight.div_(torch.linalg.vecdot(weight, weight, dim=0).sqrt_().clamp_min_(_EPS))
+        weight.div_(torch.linalg.vecdot(weight, weight, dim=0).sqrt_().clamp_min_(EPS))
 
     @torch.no_grad()
     def resample_dead_(
@@ -400,7 +400,7 @@ class SparseAutoencoder(FeatureLayer):
             weights, idx.numel(), replacement=idx.numel() > weights.numel(), generator=generator
         )
         directions = x[picks.to(x.device)] - self.pre_bias
-        directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(EPS)
 
         alive = ~dead
         enc_norm = self.encoder.weight[alive].norm(dim=-1).mean() if alive.any() else torch.tensor(1.0)
@@ -452,10 +452,6 @@ class SparseAutoencoder(FeatureLayer):
             "l0": float(active / n),
             "dead_fraction": float(1.0 - fired.float().mean()),
         }
-
-
-#: the name this base had before it became public (kept for old imports)
-_SparseAutoencoderBase = SparseAutoencoder
 
 
 @register_feature_layer("sae")
@@ -538,7 +534,7 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
     def _fit_forward_prepared(self, x: torch.Tensor, dead: torch.Tensor | None) -> FitForward:
         values, indices, pre = self.sparse_encode(x)
         reconstruction = self.sparse_decode(values, indices)
-        norms = x.pow(2).sum(-1).clamp_min(_EPS)
+        norms = x.pow(2).sum(-1).clamp_min(EPS)
         squared = (reconstruction - x).pow(2).sum(-1)
         aux = {"reconstruction_loss": (squared / norms).mean()}
         if dead is not None and bool(dead.any()):

@@ -131,18 +131,13 @@ def test_kinds_are_described_by_class_attributes():
         feature_layer_kinds(is_sparse=True)
 
 
-def test_old_import_paths_of_the_sae_classes_still_work():
+def test_the_sae_kinds_register_from_their_own_module():
     from hf_monosem.models import SparseAutoencoderFeatures as from_package
-    from hf_monosem.models.feature_layers import (
-        SparseAutoencoderFeatures,
-        TopKSparseAutoencoderFeatures,
-        _SparseAutoencoderBase,
-    )
-    from hf_monosem.models.sae import SparseAutoencoderFeatures as from_sae
+    from hf_monosem.models.sae import SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
 
-    assert SparseAutoencoderFeatures is from_sae is from_package is FEATURE_LAYERS["sae"]
+    assert SparseAutoencoderFeatures is from_package is FEATURE_LAYERS["sae"]
     assert TopKSparseAutoencoderFeatures is FEATURE_LAYERS["topk"]
-    assert _SparseAutoencoderBase is SparseAutoencoder
+    assert issubclass(TopKSparseAutoencoderFeatures, SparseAutoencoder)
 
 
 @pytest.mark.parametrize(
