@@ -86,7 +86,7 @@ from hf_monosem.data import (
     load_dataset_by_name,
     preprocess,
 )
-from hf_monosem.evaluation.metrics import extract_features, make_compute_metrics, monosemanticity_report
+from hf_monosem.evaluation import extract_features, make_compute_metrics, monosemanticity_report
 from hf_monosem.hub import feature_layer_repo_ids, push_scenario_to_hub
 from hf_monosem.scenarios import add_image_noise, add_label_noise, add_text_noise
 from hf_monosem.training import use_available_cores

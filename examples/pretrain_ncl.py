@@ -126,7 +126,7 @@ from hf_monosem.data import (
     load_dataset_by_name,
     preprocess,
 )
-from hf_monosem.evaluation.metrics import monosemanticity_report
+from hf_monosem.evaluation import monosemanticity_report
 from hf_monosem.models import NONNEG_ACTIVATIONS
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.scenarios.protocols import PROBE_PROTOCOLS, ProbeProtocol

@@ -75,7 +75,7 @@ from hf_monosem.data import (
     preprocess,
     small_resnet_config,
 )
-from hf_monosem.evaluation.metrics import monosemanticity_report
+from hf_monosem.evaluation import monosemanticity_report
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.training import use_available_cores
 from hf_monosem.training.checkpoints import read_json, wants_resume, write_json

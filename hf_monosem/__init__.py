@@ -4,6 +4,8 @@ Importing the package registers :class:`MonoSemanticConfig` and the models with 
 Auto classes, so saved checkpoints load with ``AutoModel*.from_pretrained``.
 """
 
+import importlib.metadata
+
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -30,7 +32,10 @@ from .models.sae_formats import load_sae, save_sae
 from .training.contrastive import ContrastiveTrainer, ImageViews, TextViews, UnlabeledDataCollator
 from .training.trainer import MonoSemanticTrainer
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml; the installed metadata carries it
+    __version__ = importlib.metadata.version("hf_monosem")
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 AutoConfig.register(MonoSemanticConfig.model_type, MonoSemanticConfig, exist_ok=True)
 AutoModel.register(MonoSemanticConfig, MonoSemanticModel, exist_ok=True)

@@ -1,4 +1,10 @@
-"""Old flat-layout import paths kept as aliases for one release (0.2), each with a DeprecationWarning."""
+"""The package's one deprecation mechanism: old import paths kept as module aliases for one release.
+
+Every alias is a module whose ``__getattr__`` / ``__dir__`` / ``__all__`` come from :func:`alias_module`;
+importing it warns once with :class:`HfMonosemDeprecationWarning` (a ``DeprecationWarning``), which the
+test suite turns into an error (``pyproject.toml``), so neither the package, its examples nor its tests
+can lean on an alias by accident. The aliases came with the layout change of 0.2.0 and go in 0.3.0.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,15 @@ import warnings
 from collections.abc import Callable
 from importlib import import_module
 from typing import Any
+
+__all__ = ["REMOVED_IN", "HfMonosemDeprecationWarning", "alias_module"]
+
+#: the release in which every alias below goes
+REMOVED_IN = "0.3.0"
+
+
+class HfMonosemDeprecationWarning(DeprecationWarning):
+    """An old hf_monosem import path was used (our own warnings, told apart from other libraries')."""
 
 
 def alias_module(
@@ -17,13 +32,18 @@ def alias_module(
     that reached into the old module keeps working until the alias goes.
 
     Example:
-        >>> getattr_, _, names = alias_module("hf_monosem.old_name", "hf_monosem.cached")
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     getattr_, _, names = alias_module("hf_monosem.old_name", "hf_monosem.cached")
         >>> getattr_("train_probe_grid").__module__, "fit_sae" in names
         ('hf_monosem.cached.probe_grid', True)
+        >>> caught[0].category.__name__, str(caught[0].message)
+        ('HfMonosemDeprecationWarning', 'hf_monosem.old_name moved to hf_monosem.cached in 0.2.0; the old path goes in 0.3.0')
     """
     warnings.warn(
-        f"{old} moved to {new}; the old path is an alias kept for one release",
-        DeprecationWarning,
+        f"{old} moved to {new} in 0.2.0; the old path goes in {REMOVED_IN}",
+        HfMonosemDeprecationWarning,
         stacklevel=3,
     )
     modules = [import_module(name) for name in (new, *also)]

@@ -1,7 +1,11 @@
-"""Deprecated import path: use :mod:`hf_monosem.evaluation` (moved in 0.2; this alias goes in 0.3)."""
+"""Deprecated import path: use :mod:`hf_monosem.evaluation` (moved in 0.2.0; this alias goes in 0.3.0)."""
 
 from ._deprecation import alias_module
 
 __getattr__, __dir__, __all__ = alias_module(
-    __name__, "hf_monosem.evaluation", "hf_monosem.evaluation.metrics"
+    __name__,
+    "hf_monosem.evaluation",
+    "hf_monosem.evaluation.features",
+    "hf_monosem.evaluation.classification",
+    "hf_monosem.cached.extraction",
 )

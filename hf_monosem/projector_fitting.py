@@ -1,4 +1,4 @@
-"""Deprecated import path: use :mod:`hf_monosem.cached` (moved in 0.2; this alias goes in 0.3)."""
+"""Deprecated import path: use :mod:`hf_monosem.cached` (moved in 0.2.0; this alias goes in 0.3.0)."""
 
 from ._deprecation import alias_module
 

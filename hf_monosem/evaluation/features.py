@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ __all__ = [
     "monosemanticity_report",
 ]
 
-ArrayLike = torch.Tensor | np.ndarray | Sequence
+ArrayLike: TypeAlias = torch.Tensor | np.ndarray | Sequence
 
 # Work on at most this many matrix entries at once in the per-feature binning, to bound memory
 # (a [N, F] long index tensor is 8 bytes per entry).

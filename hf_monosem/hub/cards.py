@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import re
-from importlib import resources
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from transformers import TrainerState
 
@@ -18,8 +18,14 @@ from .checkpoints import TRAINER_STATE_FILE
 
 __all__ = ["TrainerHubMixin"]
 
+# the type checker sees the Trainer this mixin is mixed into; at run time it adds no base of its own
+if TYPE_CHECKING:
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object
 
-class TrainerHubMixin:
+
+class TrainerHubMixin(_TrainerBase):
     """``create_model_card`` (which ``push_to_hub`` calls), ``training_recipe`` and ``end_tracker_runs``."""
 
     #: what :meth:`create_model_card` builds the card with: ``hf_monosem.hub.make_model_card``, set by

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 __all__ = ["NonFiniteLossGuardMixin"]
 
+# the type checker sees the Trainer this mixin is mixed into; at run time it adds no base of its own
+if TYPE_CHECKING:
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object
 
-class NonFiniteLossGuardMixin:
+
+class NonFiniteLossGuardMixin(_TrainerBase):
     """``check_finite_loss``, shared by MonoSemanticTrainer and ContrastiveTrainer."""
 
     stop_on_nonfinite_loss: bool

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -19,11 +19,17 @@ from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint
 
 __all__ = ["TrainerChecksMixin"]
 
+# the type checker sees the Trainer this mixin is mixed into; at run time it adds no base of its own
+if TYPE_CHECKING:
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object
+
 #: rows collated to check a dataset whose columns only exist after a transform.
 _FIRST_BATCH_ROWS = 8
 
 
-class TrainerChecksMixin:
+class TrainerChecksMixin(_TrainerBase):
     """``train()`` resolves the resume checkpoint and validates the datasets of a classifier first."""
 
     validate_datasets: bool

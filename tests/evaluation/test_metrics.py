@@ -1,4 +1,4 @@
-"""Tests for hf_monosem.evaluation.metrics (feature metrics, evaluate scripts, Trainer glue) and reporting."""
+"""Tests for hf_monosem.evaluation (feature metrics, evaluate scripts, Trainer glue) and reporting."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from datasets import Dataset
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import EvalPrediction
 
-from hf_monosem.evaluation.metrics import (
+from hf_monosem.evaluation import (
     METRIC_SCRIPTS_DIR,
     activation_sparsity,
     class_consistency,
@@ -348,19 +348,3 @@ BAD_CALLS = [
 def test_bad_arguments_raise_value_error_naming_value(expected, call):
     with pytest.raises(ValueError, match=re.escape(expected)):
         call()
-
-
-def test_old_import_paths_keep_every_name():
-    import warnings
-
-    import hf_monosem.evaluation.metrics as old
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import hf_monosem.metrics as deprecated
-    for name in old.__all__:
-        assert getattr(deprecated, name) is getattr(old, name)
-    assert old.METRIC_SCRIPTS_DIR.is_dir() and {"accuracy.py", "f1.py"} <= {
-        p.name for p in old.METRIC_SCRIPTS_DIR.iterdir()
-    }
-    assert callable(old._features) and callable(deprecated._labels)  # private helpers of the old module

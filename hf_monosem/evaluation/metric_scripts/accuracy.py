@@ -3,10 +3,10 @@
 ``evaluate.load("accuracy")`` needs the Hub; this script ships inside ``hf_monosem`` so
 ``evaluate.load(<path to this file>)`` works offline. Computed with scikit-learn.
 
-Example (``hf_monosem.evaluation.metrics.load_metric_script("accuracy")`` does the same, cached)::
+Example (``hf_monosem.evaluation.load_metric_script("accuracy")`` does the same, cached)::
 
     import evaluate
-    from hf_monosem.evaluation.metrics import METRIC_SCRIPTS_DIR
+    from hf_monosem.evaluation import METRIC_SCRIPTS_DIR
     acc = evaluate.load(str(METRIC_SCRIPTS_DIR / "accuracy.py"), keep_in_memory=True)
     acc.compute(predictions=[0, 1, 1], references=[0, 1, 0])  # {'accuracy': 0.666...}
 """

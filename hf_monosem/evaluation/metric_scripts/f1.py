@@ -3,10 +3,10 @@
 Defaults to macro averaging, which is what robustness tables report (every class counts equally,
 so a model that collapses onto the majority class under label noise is not flattered).
 
-Example (``hf_monosem.evaluation.metrics.load_metric_script("f1")`` does the same, cached)::
+Example (``hf_monosem.evaluation.load_metric_script("f1")`` does the same, cached)::
 
     import evaluate
-    from hf_monosem.evaluation.metrics import METRIC_SCRIPTS_DIR
+    from hf_monosem.evaluation import METRIC_SCRIPTS_DIR
     f1 = evaluate.load(str(METRIC_SCRIPTS_DIR / "f1.py"), keep_in_memory=True)
     f1.compute(predictions=[0, 1, 1], references=[0, 1, 0])  # {'f1': 0.666...}
 """
