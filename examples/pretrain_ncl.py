@@ -129,7 +129,7 @@ from hf_monosem.data import (
 from hf_monosem.evaluation.metrics import monosemanticity_report
 from hf_monosem.models import NONNEG_ACTIVATIONS
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
-from hf_monosem.scenarios.protocols import PROBE_PROTOCOLS, ProbeProtocol
+from hf_monosem.scenarios.protocols import ProbeProtocol, probe_protocol, probe_protocol_names
 from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews, use_available_cores
 from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
 
@@ -203,8 +203,9 @@ class PretrainArguments:
 
 
 #: the probe protocols --probe_protocols takes: "fixed" (the offline default: unit-RMS inputs, Adam at
-#: --probe_lr) and the presets of hf_monosem.scenarios.protocols (paper, controlled)
-PROTOCOL_NAMES = ("fixed", *PROBE_PROTOCOLS)
+#: --probe_lr) and the presets of hf_monosem.scenarios.protocols (paper_cifar, paper_in100, controlled;
+#: paper: P2's name of paper_cifar)
+PROTOCOL_NAMES = ("fixed", *probe_protocol_names())
 #: the authors' linear-probe augmentation of the training images (solo-learn: random resized crop
 #: 0.08-1 and a horizontal flip, no colour jitter), for the protocols with augmented views
 PROBE_VIEW_CROP, PROBE_VIEW_HFLIP = (0.08, 1.0), 0.5
@@ -229,8 +230,10 @@ class ProbeArguments(LinearProbeArguments):
         default="fixed",
         metadata={
             "help": "Comma-separated probe protocols, each probing every method: fixed (unit-RMS inputs if "
-            "--probe_normalize, Adam at --probe_lr), paper (the authors' linear probe: natural scale, LARS lr "
-            "0.4 warmup-cosine, --probe_views augmented views of each training image), controlled (every "
+            "--probe_normalize, Adam at --probe_lr), paper_cifar (the authors' CIFAR linear probe: natural "
+            "scale, LARS lr 0.4 warmup-cosine, --probe_views augmented views of each training image; 'paper' is "
+            "its P2 name), paper_in100 (their ImageNet-100 probe: plain SGD lr 1.5, no momentum, no weight "
+            "decay, constant rate, augmented views), controlled (every "
             "method at SimCLR's mean feature norm, Adam with the lr chosen per method on held-out training "
             "rows with noisy labels). --probe_epochs and --probe_batch_size apply to all."
         },
@@ -391,7 +394,7 @@ def protocol_for(name: str, probe_args) -> ProbeProtocol:
     budget = {"epochs": probe_args.probe_epochs, "batch_size": probe_args.probe_batch_size}
     if name == "fixed":
         return ProbeProtocol("fixed", lr=probe_args.probe_lr, **budget)
-    return PROBE_PROTOCOLS[name].with_budget(**budget)
+    return probe_protocol(name).with_budget(**budget)
 
 
 def cell_name(rate: float) -> str:

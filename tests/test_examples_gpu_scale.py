@@ -136,8 +136,14 @@ def hf_home(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------ fast
 BAD_ARGUMENTS = [
-    (["--probe_protocols", "paper,lbfgs"], ["'lbfgs'", "allowed ['fixed', 'paper', 'controlled']"]),
-    (["--probe_protocols", "paper,paper"], ["'paper,paper'", "allowed ['fixed', 'paper', 'controlled']"]),
+    (
+        ["--probe_protocols", "paper,lbfgs"],
+        ["'lbfgs'", "allowed ['fixed', 'paper_cifar', 'paper_in100', 'controlled', 'paper']"],
+    ),
+    (
+        ["--probe_protocols", "paper,paper"],
+        ["'paper,paper'", "allowed ['fixed', 'paper_cifar', 'paper_in100', 'controlled', 'paper']"],
+    ),
     (["--probe_protocols", ","], ["--probe_protocols ','", "allowed"]),
     (["--probe_views", "0"], ["--probe_views 0", "allowed: a positive integer"]),
     (["--probe_views", "-3"], ["--probe_views -3", "allowed: a positive integer"]),
