@@ -21,14 +21,20 @@ probes train (:mod:`hf_monosem.scenarios.protocols`), each protocol probing both
 
 * ``fixed`` (the offline default, the probes P1 was decided with): unit-RMS feature vectors
   (``--probe_normalize``), Adam at ``--probe_lr``;
-* ``paper`` (the authors' linear probe): features at their natural scale, LARS lr 0.4 with a
-  warmup-cosine schedule, and for images ``--probe_views`` K augmented views of every training image
+* ``paper_cifar`` (the authors' CIFAR linear probe; ``paper`` is its P2 name) and ``paper_in100``
+  (their ImageNet-100 probe: plain SGD lr 1.5, constant): features at their natural scale, LARS lr 0.4
+  with a warmup-cosine schedule (CIFAR), and for images ``--probe_views`` K augmented views of every training image
   (random resized crop 0.08-1 + flip, no colour jitter), extracted once
   (:func:`hf_monosem.cached.augmented_view_features`), one drawn per image and epoch;
 * ``controlled``: both methods rescaled to SimCLR's mean L2 norm
   (:func:`hf_monosem.cached.equalize_scales`), Adam at a rate chosen per method
   (:meth:`~hf_monosem.scenarios.protocols.ProbeProtocol.select_lr`) on 20% of the training rows held
   out with 30%-noisy labels -- never the test split.
+
+``--online_label_loss`` (off by default) is the authors' label leak as a named variant: both methods
+pretrain with a non-detached online classifier whose label cross-entropy is added to the contrastive
+loss (``ContrastiveTrainer(online_label_loss=True)``), as in their solo-learn base; its results are
+never mixed with the label-free runs'.
 
 A gain under one protocol and not the other is optimisation, not monosemanticity. ``--probe_epochs``
 and ``--probe_batch_size`` set every protocol's budget (the paper's warmup scales along). Sparsity and
@@ -191,6 +197,15 @@ class PretrainArguments:
             "help": "NCL only: weight of the activation term -mean_j mean_batch |z_j| on the unit-norm "
             "projector output, against dead units (the Beyond-Interpretability authors' NCL adds it with "
             "weight 1; 10 was chosen on held-out rows by protocol P1, docs/results/p1_ncl_selection.md; 0: off)."
+        },
+    )
+    online_label_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "The label leak, a named variant (off by default): add the cross-entropy of an online linear "
+            "classifier on the backbone's pooled vector, NOT detached, to the contrastive loss of both methods, "
+            "as the Beyond-Interpretability authors' solo-learn base does (labels then reach the backbone during "
+            "pretraining). Use its own --output_dir."
         },
     )
     validation_rows: int = field(
@@ -594,10 +609,12 @@ def main(argv=None) -> dict:
             processing_class=processor,
             image_views=views,
             mask_rate=pre_args.text_mask_rate if text else 0.0,
+            online_label_loss=pre_args.online_label_loss,
+            num_labels=len(names) if pre_args.online_label_loss else None,
         )
         trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint))
         trainer.save_model()
-        summary = pretraining_summary(trainer)
+        summary = {**pretraining_summary(trainer), "online_label_loss": pre_args.online_label_loss}
         if main_process:
             write_json(done, summary)
         pretrained[method] = (trainer.accelerator.unwrap_model(trainer.model), summary)
