@@ -304,7 +304,7 @@ def test_each_protocol_probes_as_documented(pretrain_ncl):
     assert controlled["simclr"]["input_scale"] == 1.0 and controlled["ncl"]["input_scale"] == pytest.approx(
         10, rel=1e-3
     )
-    grid = pretrain_ncl.PROBE_PROTOCOLS["controlled"].lr_grid
+    grid = pretrain_ncl.probe_protocol("controlled").lr_grid
     for r in controlled.values():
         assert r["probe_lr"] in grid and len(r["lr_selection"]) == len(grid)
     assert all(r["probe_lr"] == probe_args.probe_lr and r["lr_selection"] == {} for r in fixed.values())
