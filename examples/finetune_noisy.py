@@ -24,7 +24,10 @@ symmetric label noise, linear vs nonneg, on a sample of 1,000 training posts cut
 dataset you name keeps every row; ``--max_train_samples 0`` takes all 11,293). Many classes and a high
 rate are where the paper's question is asked (its gains appear at 30-90% noise with many classes); with 20
 classes the true class keeps 40% of a class's labels and each wrong one about 3%, so the noisy labels stay
-informative (up to a rate of 0.95). The sizes fit in 5 minutes on 2 CPU cores (3:38 measured). The main process
+informative (up to a rate of 0.95). The sizes fit in 5 minutes on 2 CPU cores: 3:38 measured for the head
+route's two fine-tunes (2026-12-01, 2 idle cores); the paper route adds the projector stage (one feature
+extraction, two projector fits), about 40 s on idle cores by an estimate from a run on a loaded machine
+(2026-12-05), not yet measured idle. The main process
 ends with one line saying what the run shows (clean test accuracy of each layer, its gap, and how many of
 the flipped training labels each one fit)::
 
@@ -121,8 +124,9 @@ DEFAULT_RUN = (
     "Default run (no arguments): 20 Newsgroups (20 classes), 60% symmetric label noise, linear vs nonneg; "
     "1,000 training and 500 test posts (the built-in datasets' sample sizes: --max_train_samples / "
     "--max_eval_samples, 0 for all), --max_length 64 tokens, 2 epochs: sized to finish within 5 minutes on 2 "
-    "CPU cores (about 3.5 measured on 2 idle cores; two MiniLM fine-tunes, whose time grows with rows x tokens x "
-    "epochs). A dataset you name keeps every row."
+    "CPU cores (about 3.5 measured on 2 idle cores for the two MiniLM fine-tunes, whose time grows with rows x "
+    "tokens x epochs; route paper adds the label-free projector stage, estimated at about 40 s). A dataset you "
+    "name keeps every row."
 )
 #: the training rows without augmentation (memorisation is measured on the images as they are)
 PLAIN_TRAIN_SPLIT = "__train_without_augmentation__"
