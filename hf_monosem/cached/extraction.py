@@ -349,6 +349,25 @@ def _row_names(dataset: Any) -> list[str] | None:
 
 
 @torch.no_grad()
+def _default_collate(rows: list[Any]) -> Any:
+    """``default_data_collator``, after a check that names unpadded text instead of torch's bare
+    ``expected sequence of length 5 at dim 1 (got 4)``."""
+    if rows and isinstance(rows[0], Mapping):
+        for key, first in rows[0].items():
+            if not isinstance(first, (list, tuple, torch.Tensor)):
+                continue
+            lengths = sorted(
+                {len(row[key]) for row in rows if isinstance(row.get(key), (list, tuple, torch.Tensor))}
+            )
+            if len(lengths) > 1:
+                raise ValueError(
+                    f"rows of {key!r} have different lengths ({', '.join(map(str, lengths[:5]))}): the text is not "
+                    "padded; pass collate_fn=DataCollatorWithPadding(tokenizer), or tokenise with "
+                    "padding='max_length' (and truncation=True, max_length=...)"
+                )
+    return default_data_collator(rows)
+
+
 def collect_outputs(
     model: nn.Module,
     dataset: Any,
@@ -411,7 +430,7 @@ def collect_outputs(
     elif names is not None:
         inputs = input_columns(model, names)
     accepted = set(inputs) if inputs is not None else _accepted_inputs(model)
-    base_collate = collate_fn or default_data_collator
+    base_collate = collate_fn or _default_collate
     if names is not None:  # only the model inputs and the label reach the collator
         wanted = [c for c in names if c in accepted or c in LABEL_KEYS]
         if hasattr(dataset, "select_columns"):
