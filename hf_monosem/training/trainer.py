@@ -357,6 +357,9 @@ class MonoSemanticTrainer(Trainer):
         replace = labels is not None and self._replaces_task_loss()
         if replace:
             inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            if isinstance(getattr(self.accelerator.unwrap_model(model), "config", None), MonoSemanticConfig):
+                # without labels our models return the feature layer's terms only when asked (or training)
+                inputs["output_aux_losses"] = True
         outputs = model(**inputs)
         aux_losses = _get(outputs, "aux_losses") or {}
         weighted_aux = self.weighted_aux_loss(model, aux_losses)
