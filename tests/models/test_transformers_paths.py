@@ -274,3 +274,52 @@ def test_a_plain_hub_checkpoint_gets_the_from_backbone_advice(tmp_path, family):
         f"org/tiny-{family}", cache_dir=str(cache), feature_dim=64, num_labels=2
     )
     assert model.config.backbone == f"org/tiny-{family}"
+
+
+# ------------------------------------- what already worked, kept proven (the README's Compatibility table)
+def _bert_classifier(**backbone_overrides):
+    torch.manual_seed(0)
+    config = MonoSemanticConfig(
+        backbone_config=tiny_bert_config(**backbone_overrides),
+        feature_layer="sae",
+        feature_dim=64,
+        num_labels=2,
+    )
+    return MonoSemanticForSequenceClassification(config)
+
+
+def test_device_map_and_sharded_checkpoints_load_like_transformers(tmp_path):
+    model = _bert_classifier().eval()
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and len(
+        list(tmp_path.glob("*.safetensors"))
+    ) > 1
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, device_map="cpu")
+    ids = torch.randint(5, 100, (2, 6))
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert {p.device.type for p in reloaded.parameters()} == {"cpu"}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    inputs = {"input_ids": torch.randint(5, 100, (4, 6)), "labels": torch.tensor([0, 1, 1, 0])}
+    grads = []
+    for checkpointing in (False, True):
+        model = _bert_classifier(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.backbone.is_gradient_checkpointing
+        model(**inputs).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_torch_compile_and_export_give_the_eager_logits():
+    model = _bert_classifier().eval()
+    ids = torch.randint(5, 100, (2, 6))
+    eager = model(input_ids=ids).logits
+    compiled = torch.compile(model, backend="aot_eager")
+    torch.testing.assert_close(compiled(input_ids=ids).logits, eager)
+    exported = torch.export.export(model, args=(), kwargs={"input_ids": ids})
+    torch.testing.assert_close(exported.module()(input_ids=ids).logits, eager)
