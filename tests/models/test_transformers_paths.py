@@ -47,44 +47,31 @@ def _tokenizer(folder):
     return BertTokenizerFast(vocab_file=str(vocab))
 
 
-def _saved_text_classifier(tmp_path, feature_layer="sae"):
-    """A tiny BERT classifier and its tokenizer saved in one folder, as a user's fine-tuned checkpoint is."""
-    folder = tmp_path / "text"
-    folder.mkdir()
-    tokenizer = _tokenizer(tmp_path)
+def _saved_classifier(tmp_path, modality, feature_layer="sae"):
+    """A tiny BERT (text) or ViT (image) classifier saved with its tokenizer / image processor in one folder,
+    as a user's fine-tuned checkpoint is."""
+    folder = tmp_path / modality
+    text = modality == "text"
     config = MonoSemanticConfig(
-        backbone_config=tiny_bert_config(),
-        feature_layer=feature_layer,
-        feature_dim=64,
-        num_labels=2,
-        id2label=LABELS,
-        label2id={v: k for k, v in LABELS.items()},
-    )
-    torch.manual_seed(0)
-    MonoSemanticForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _saved_image_classifier(tmp_path, feature_layer="sae"):
-    folder = tmp_path / "image"
-    config = MonoSemanticConfig(
-        backbone_config=tiny_vit_config(),
+        backbone_config=tiny_bert_config() if text else tiny_vit_config(),
         feature_layer=feature_layer,
         feature_dim=64,
         num_labels=2,
         id2label=LABELS,
     )
     torch.manual_seed(0)
-    MonoSemanticForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    (MonoSemanticForSequenceClassification if text else MonoSemanticForImageClassification)(
+        config
+    ).save_pretrained(folder)
+    processor = _tokenizer(tmp_path) if text else ViTImageProcessor(size={"height": 16, "width": 16})
+    processor.save_pretrained(folder)
     return folder
 
 
 # ------------------------------------------------------------------------------- 1. batched pipelines
 @pytest.mark.parametrize("feature_layer", ["sae", "topk", "nonneg"])
 def test_text_classification_pipeline_batches_like_one_by_one(tmp_path, feature_layer):
-    folder = _saved_text_classifier(tmp_path, feature_layer)
+    folder = _saved_classifier(tmp_path, "text", feature_layer)
     classify = pipeline("text-classification", model=str(folder), device="cpu")
     texts = ["a b c", "d e f g", "good", "bad bad a"]
     one_by_one = [classify(text)[0] for text in texts]
@@ -97,7 +84,7 @@ def test_text_classification_pipeline_batches_like_one_by_one(tmp_path, feature_
 def test_image_classification_pipeline_batches(tmp_path):
     from PIL import Image
 
-    folder = _saved_image_classifier(tmp_path)
+    folder = _saved_classifier(tmp_path, "image")
     classify = pipeline("image-classification", model=str(folder), device="cpu")
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(3)]
@@ -247,10 +234,10 @@ def test_config_builds_with_no_arguments_and_the_model_says_what_is_missing():
 
 # ----------------------------------------------------------------------- 9. modality checks
 def test_a_text_checkpoint_is_refused_by_the_image_auto_class_and_back(tmp_path):
-    text = _saved_text_classifier(tmp_path, "linear")
+    text = _saved_classifier(tmp_path, "text", "linear")
     with pytest.raises(ValueError, match="text.*AutoModelForSequenceClassification"):
         AutoModelForImageClassification.from_pretrained(text)
-    image = _saved_image_classifier(tmp_path, "linear")
+    image = _saved_classifier(tmp_path, "image", "linear")
     with pytest.raises(ValueError, match="image.*AutoModelForImageClassification"):
         AutoModelForSequenceClassification.from_pretrained(image)
     # the right classes and the modality-free base model still load both
