@@ -353,12 +353,8 @@ def _default_collate(rows: list[Any]) -> Any:
     """``default_data_collator``, after a check that names unpadded text instead of torch's bare
     ``expected sequence of length 5 at dim 1 (got 4)``."""
     if rows and isinstance(rows[0], Mapping):
-        for key, first in rows[0].items():
-            if not isinstance(first, (list, tuple, torch.Tensor)):
-                continue
-            lengths = sorted(
-                {len(row[key]) for row in rows if isinstance(row.get(key), (list, tuple, torch.Tensor))}
-            )
+        for key in rows[0]:
+            lengths = sorted({n for n in (_sequence_length(row.get(key)) for row in rows) if n is not None})
             if len(lengths) > 1:
                 raise ValueError(
                     f"rows of {key!r} have different lengths ({', '.join(map(str, lengths[:5]))}): the text is not "
@@ -366,6 +362,15 @@ def _default_collate(rows: list[Any]) -> Any:
                     "padding='max_length' (and truncation=True, max_length=...)"
                 )
     return default_data_collator(rows)
+
+
+def _sequence_length(value: Any) -> int | None:
+    """The length of a row's list / tuple / tensor value (``None`` for scalars, 0-d tensors included)."""
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.shape[0]
+    return None
 
 
 def collect_outputs(
