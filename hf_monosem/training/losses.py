@@ -56,7 +56,9 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed import _functional_collectives as collectives
 
     # torch 2.13 renamed all_gather_tensor_autograd (now deprecated) to all_gather_single_autograd
-    gather = getattr(collectives, "all_gather_single_autograd", None) or collectives.all_gather_tensor_autograd
+    gather = (
+        getattr(collectives, "all_gather_single_autograd", None) or collectives.all_gather_tensor_autograd
+    )
     return gather(tensor.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD)
 
 
