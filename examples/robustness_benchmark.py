@@ -1,24 +1,33 @@
 """The paper's poly-vs-mono comparison as one command, on real data, with seeds and spread.
 
-Two tracks, two probe protocols and a fine-tune mode, the same scenarios everywhere (protocol:
-``docs/PROTOCOL.md``, P2):
+Two tracks, three probe protocols and a fine-tune mode, the same scenarios everywhere (protocol:
+``docs/PROTOCOL.md``, P3):
 
 * **text** -- a frozen pretrained encoder (default MiniLM-L6) on 20 Newsgroups (20 classes); the
   domain shift on the tweets (3 classes: airline -> other topics). Representations: ``simclr`` ->
   ``ncl`` (an MLP projector trained with InfoNCE, temperature 0.2, on feature-space views of the
   cached encoder outputs; NCL adds the ReLU and the authors' activation term) and ``raw`` ->
   ``sae_k*`` (the standardised encoder output vs post-hoc TopK SAEs at width = input width for every
-  ``--sae_topk``, plus one over-complete).
+  ``--sae_topk``, plus one over-complete), and ``simclr`` -> ``simclr_sae_k*`` (TopK SAEs on the SimCLR
+  projector output: SAE vs CL on the same vector, as the authors compare them).
 * **vision** -- the paper's intrinsic path end to end at small scale: a small ResNet pretrained from
   scratch on Fashion-MNIST (10 classes) with SimCLR vs NCL (``ContrastiveTrainer``, same views,
   budget and seed; NCL with P1's recipe); ``simclr`` -> ``ncl`` on their projector outputs and
-  ``simclr`` -> ``sae_k*`` (TopK SAEs on the frozen SimCLR outputs, the paper's post-hoc recipe).
+  ``simclr`` -> ``sae_k*`` (TopK SAEs on the frozen SimCLR outputs, the paper's post-hoc recipe); and,
+  as a named variant reported beside them and never mixed into their verdicts, ``simclr_leak`` ->
+  ``ncl_leak``: the same pretraining with the authors' non-detached online classifier, whose label
+  cross-entropy reaches the backbone (``--online_label_loss``, on by default here).
+
+Every post-hoc SAE is fitted on L2-normalised inputs and encodes the *un-normalised* vector at probe
+time (``sae_normalize_input="fit"``), as the authors' probe does.
 
 Probe protocols (:mod:`hf_monosem.scenarios.protocols`; features extracted once, every probe of a
-scenario in one batched grid): ``paper`` (natural scale, LARS lr 0.4 with warmup-cosine, 50 epochs,
-the last epoch reported, training images augmented through K cached views) and ``controlled``
-(one feature scale, Adam with the learning rate chosen per representation on held-out training rows
-with noisy labels). A gain under one and not the other is optimisation, not monosemanticity.
+scenario in one batched grid): ``paper_cifar`` (natural scale, LARS lr 0.4 with warmup-cosine, 50
+epochs, the last epoch reported, training images augmented through K cached views; P2's ``paper``),
+``paper_in100`` (the authors' ImageNet-100 probe: plain SGD lr 1.5, constant, 50 epochs, augmented
+views) and ``controlled`` (one feature scale, Adam with the learning rate chosen per representation on
+held-out training rows with noisy labels, the grid extended downward while a representation picks its
+lowest rate). A gain under one and not the other is optimisation, not monosemanticity.
 Fine-tune mode: every backbone weight trained through the frozen pretrained projector with
 ``MonoSemanticTrainer`` (one run per cell, the same AdamW budget): CE (``simclr``), the paper's NCE
 (the SimCLR projector + ReLU, ``nce``) and NCE from the NCL model (``ncl``).
@@ -30,10 +39,10 @@ uniform noise on the standardised encoder output; vision: Gaussian ``x + s N(0,1
 -> other topics; vision: UCI digits -> real MNIST digits). Monosemanticity (sparsity, class
 consistency) is measured next to accuracy.
 
-Offline default: both tracks, both probe protocols, fine-tune mode on vision (MiniLM fine-tunes take
+Offline default: both tracks, the three probe protocols, fine-tune mode on vision (MiniLM fine-tunes take
 minutes each on a CPU: add ``--finetune_tracks text,vision`` on a GPU), 3 seeds::
 
-    python examples/robustness_benchmark.py            # 21.0 min on 2 idle CPU cores (docs/results/benchmark_p2)
+    python examples/robustness_benchmark.py            # P2's defaults: 21.0 min on 2 idle CPU cores (docs/results/benchmark_p2)
     python examples/robustness_benchmark.py --quick    # smaller data and budgets: a smoke test, not a result
 
 Writes ``results.json`` (every record, monosemanticity, protocols, chosen probe rates, timings),
@@ -119,7 +128,7 @@ from hf_monosem.scenarios.grid import (
     mean_by,
     probe_records,
 )
-from hf_monosem.scenarios.protocols import PROBE_PROTOCOLS
+from hf_monosem.scenarios.protocols import probe_protocol, probe_protocol_names
 from hf_monosem.training import (
     CONTRASTIVE_METHODS,  # simclr -> linear, ncl -> nonneg
     IntensityJitterViews,
@@ -163,11 +172,13 @@ class BenchmarkArguments:
         default="1,5,10,20", metadata={"help": "k for k-shot training (k examples per class)."}
     )
     probe_protocols: str = field(
-        default="paper,controlled",
+        default="paper_cifar,paper_in100,controlled",
         metadata={
-            "help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper (natural scale, LARS "
-            "warmup-cosine, augmented views) and/or controlled (equal scale, Adam, lr chosen per "
-            "representation on held-out noisy training rows)."
+            "help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper_cifar (the authors' CIFAR "
+            "probe: natural scale, LARS warmup-cosine, augmented views; 'paper' is its P2 name), paper_in100 "
+            "(their ImageNet-100 probe: plain SGD lr 1.5, constant, augmented views) and/or controlled (equal "
+            "scale, Adam, lr chosen per representation on held-out noisy training rows, the grid extended "
+            "downward while a representation picks its lowest rate)."
         },
     )
     probe_epochs: int = field(
@@ -185,6 +196,14 @@ class BenchmarkArguments:
     sae_overcomplete: int = field(
         default=4,
         metadata={"help": "Plus one over-complete SAE: this many times the input width, k = 32 (0: none)."},
+    )
+    online_label_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Vision: also pretrain the label-leak variant, simclr_leak -> ncl_leak (the authors' "
+            "non-detached online classifier: its label cross-entropy is added to the contrastive loss), "
+            "reported beside the clean pair and never mixed into its verdicts."
+        },
     )
     ncl_activation_loss_weight: float = field(
         default=10.0,
@@ -278,10 +297,10 @@ def parse(argv=None) -> BenchmarkArguments:
     if not names(args.tracks):
         raise SystemExit(f"--tracks {args.tracks!r} names no track; allowed {list(TRACKS)}")
     args.finetune_label_noise = args.finetune_label_noise or args.label_noise
-    unknown = [p for p in names(args.probe_protocols) if p not in PROBE_PROTOCOLS]
+    unknown = [p for p in names(args.probe_protocols) if p not in probe_protocol_names()]
     if unknown or not names(args.probe_protocols):
         raise SystemExit(
-            f"--probe_protocols {args.probe_protocols!r}: unknown {unknown}; allowed {list(PROBE_PROTOCOLS)}"
+            f"--probe_protocols {args.probe_protocols!r}: unknown {unknown}; allowed {probe_protocol_names()}"
         )
     for name in (
         "label_noise",
@@ -355,7 +374,9 @@ def sae_sweep(args, input_dim: int) -> list[tuple[str, int, int]]:
 
 
 def fit_saes(train: torch.Tensor, sweep, epochs: int) -> dict[str, tuple[torch.nn.Module, dict]]:
-    """The paper's post-hoc SAE: TopK on the L2-normalised input, normalised MSE, no L1 (one per sweep entry)."""
+    """The paper's post-hoc SAE: TopK fitted on the L2-normalised input, normalised MSE, no L1 (one per sweep
+    entry); its codes encode the *un-normalised* vector (``sae_normalize_input="fit"``), as the authors'
+    probe does, so they live on the scale of the vector they encode."""
     fitted = {}
     for name, width, k in sweep:
         set_seed(0)
@@ -365,7 +386,7 @@ def fit_saes(train: torch.Tensor, sweep, epochs: int) -> dict[str, tuple[torch.n
                 feature_layer="topk",
                 feature_dim=width,
                 topk=k,
-                sae_normalize_input=True,
+                sae_normalize_input="fit",
             ),
             input_dim=train.shape[1],
         )
@@ -442,6 +463,9 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     # label-free representations, fitted on the training features only (cached: they depend on nothing else)
     width, input_dim = args.feature_dim, pooled[TRAIN].shape[1]
     sweep = sae_sweep(args, input_dim)
+    # SAE vs CL on the same vector (the authors' comparison): TopK SAEs on the SimCLR projector output, every
+    # k at width = projector width (no over-complete one: a 4x wider representation is 4x the probe cost)
+    simclr_sweep = [(f"simclr_{name}", w, k) for name, w, k in sae_sweep(args, width) if w == width]
     fitted_path = os.path.join(
         cache_dir,
         "representations-"
@@ -453,6 +477,8 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             args.representation_epochs,
             sweep,
             args.ncl_activation_loss_weight,
+            "sae_normalize_input=fit",
+            simclr_sweep,
         )
         + ".pt",
     )
@@ -480,13 +506,17 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                         "positive_accuracy": report["positive_accuracy"],
                     },
                 )
+            with torch.no_grad():
+                simclr_train = fitted["simclr"][0].eval()(pooled[TRAIN])[0]
+            fitted.update(fit_saes(simclr_train, simclr_sweep, args.representation_epochs))
             os.makedirs(cache_dir, exist_ok=True)
             torch.save(fitted, fitted_path)
     features = {"raw": {key: (x - mean) / std for key, x in pooled.items()}}
-    with torch.no_grad():
-        for name, (layer, _) in fitted.items():
+    with torch.no_grad():  # the encoder's representations first, then the SAEs on the SimCLR output
+        for name, (layer, _) in sorted(fitted.items(), key=lambda item: item[0].startswith("simclr_")):
             layer.eval()
-            features[name] = {key: layer(x)[0] for key, x in pooled.items()}
+            source = features["simclr"] if name.startswith("simclr_") else pooled
+            features[name] = {key: layer(x)[0] for key, x in source.items()}
     track = Track(
         name="text",
         description=f"{backbone_name}, 20 Newsgroups {len(train)} train / {len(test)} test "
@@ -494,7 +524,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         f"{args.representation_epochs} representation epochs",
         num_labels=len(label_feature.names),
         label_feature=label_feature,
-        pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep)],
+        pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep), *sae_pairs("simclr", simclr_sweep)],
         features=features,
         labels=labels,
         noise_cells=noise_cells,
@@ -535,8 +565,11 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
 
 
 # ------------------------------------------------------------------------------------------- vision
-def _pretrain(method: str, train: TensorRows, args, run_dir: str) -> MonoSemanticModel:
-    """SimCLR / NCL pretraining of the small ResNet (resumes from its last epoch checkpoint)."""
+def _pretrain(
+    method: str, train: TensorRows, args, run_dir: str, online_label_loss: bool = False, num_labels: int = 0
+) -> MonoSemanticModel:
+    """SimCLR / NCL pretraining of the small ResNet (resumes from its last epoch checkpoint); with
+    ``online_label_loss`` the authors' label leak (a non-detached online classifier, ``num_labels`` classes)."""
     final = os.path.join(run_dir, "model")
     if os.path.isfile(os.path.join(final, "config.json")):
         return MonoSemanticModel.from_pretrained(final)
@@ -577,6 +610,8 @@ def _pretrain(method: str, train: TensorRows, args, run_dir: str) -> MonoSemanti
         train_dataset=train,
         data_collator=UnlabeledDataCollator(default_data_collator),
         image_views=views,
+        online_label_loss=online_label_loss,
+        num_labels=num_labels if online_label_loss else None,
     )
     trainer.train(resume_from_checkpoint=MonoSemanticTrainer.last_checkpoint(run_dir))
     trainer.save_model(final)
@@ -618,9 +653,20 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         ),
     )
     pretrained = {}
+    # (name, method, label leak): the clean pair, and the authors' label-leak variant as its own named pair
+    runs = [(method, method, False) for method in CONTRASTIVE_METHODS]
+    if args.online_label_loss:
+        runs += [(f"{method}_leak", method, True) for method in CONTRASTIVE_METHODS]
     with timer("vision: contrastive pretraining"):
-        for method in CONTRASTIVE_METHODS:
-            pretrained[method] = _pretrain(method, datasets[TRAIN], args, os.path.join(pretrain_dir, method))
+        for name, method, leak in runs:
+            pretrained[name] = _pretrain(
+                method,
+                datasets[TRAIN],
+                args,
+                os.path.join(pretrain_dir, name),
+                leak,
+                len(label_feature.names),
+            )
     features, train_views, fit_reports = {}, {}, {}
     # the authors' probe augmentation (random resized crop 0.08-1 + flip), K views per image, extracted once
     probe_views = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5)
@@ -636,7 +682,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                     key: torch.cat([encode(chunk) for chunk in images.split(512)])
                     for key, images in x.items()
                 }
-            if "paper" in names(args.probe_protocols):
+            if any(probe_protocol(p).augmented_views for p in names(args.probe_protocols)):
                 train_views[method] = augmented_view_features(
                     encode, x[TRAIN], probe_views, args.probe_views, seed=0, progress=True
                 )
@@ -658,7 +704,11 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         f"train / {args.vision_test_size} test (10 classes), projector width {width}",
         num_labels=len(label_feature.names),
         label_feature=label_feature,
-        pairs=[("simclr", "ncl"), *sae_pairs("simclr", sweep)],
+        pairs=[
+            ("simclr", "ncl"),
+            *sae_pairs("simclr", sweep),
+            *([("simclr_leak", "ncl_leak")] if args.online_label_loss else []),
+        ],
         features=features,
         labels=labels,
         noise_cells=noise_cells,
@@ -754,9 +804,7 @@ def main(argv=None) -> dict:
         lr=args.finetune_lr,
         train_size=args.finetune_train_size,
     )
-    protocols = [
-        PROBE_PROTOCOLS[p].with_budget(epochs=args.probe_epochs) for p in names(args.probe_protocols)
-    ]
+    protocols = [probe_protocol(p).with_budget(epochs=args.probe_epochs) for p in names(args.probe_protocols)]
     records, tracks = [], {}
     for name in names(args.tracks):
         build = text_track if name == "text" else vision_track

@@ -85,7 +85,7 @@ def fit_sae(
     batch_size: int = 256,
     seed: int = 0,
     sparsity_weight: float | None = None,
-    sae_normalize_input: bool = True,
+    sae_normalize_input: bool | str = True,
     dead_latents: str | None = None,
     auxk_weight: float = _AUXK_WEIGHT,
     dead_after_steps: int | None = None,
@@ -113,7 +113,9 @@ def fit_sae(
         epochs, lr, batch_size, seed: Adam on shuffled mini-batches of the cached matrix. Adam's steps
             have a fixed size, so features that barely vary around their mean (a randomly initialised
             backbone, say) need a smaller ``lr``; watch ``explained_variance`` in the report.
-        sae_normalize_input: L2-normalise the SAE input (the paper's recipe).
+        sae_normalize_input: when the SAE L2-normalises its input: True / "always" (fitting and codes, the
+            default), "fit" (fitting only: the codes encode the raw vector, as the authors' probe does) or
+            False / "never" (see :class:`~hf_monosem.models.FeatureLayerSettings`).
         dead_latents: what to do with latents that stopped firing: ``"auxk"`` (OpenAI's AuxK loss,
             Gao et al. 2024: the dead latents' largest pre-activations learn to reconstruct the
             residual, weighted ``auxk_weight``; ``topk`` only), ``"resample"`` (Anthropic 2023,

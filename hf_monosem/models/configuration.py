@@ -154,7 +154,7 @@ class MonoSemanticConfig(PreTrainedConfig):
     topk: int | None = FeatureLayerSettings.topk
     sparsity_weight: float = FeatureLayerSettings.sparsity_weight
     reconstruction_weight: float = FeatureLayerSettings.reconstruction_weight
-    sae_normalize_input: bool = FeatureLayerSettings.sae_normalize_input
+    sae_normalize_input: bool | str = FeatureLayerSettings.sae_normalize_input
     activation_loss_weight: float = FeatureLayerSettings.activation_loss_weight
     pooling: str | None = None
     freeze_backbone: bool = False

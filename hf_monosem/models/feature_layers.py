@@ -35,6 +35,7 @@ from torch import nn
 __all__ = [
     "FEATURE_LAYERS",
     "NONNEG_ACTIVATIONS",
+    "SAE_INPUT_NORMALIZATIONS",
     "FeatureLayer",
     "FeatureLayerSettings",
     "LinearFeatures",
@@ -93,6 +94,9 @@ NONNEG_ACTIVATIONS: dict[str, Any] = {
     "abs": torch.abs,
 }
 
+#: when an SAE L2-normalises its input: while fitting and encoding, only while fitting, or never
+SAE_INPUT_NORMALIZATIONS = ("always", "fit", "never")
+
 # Denominators below this are treated as zero (all-zero inputs must not produce NaN).
 _EPS = 1e-8
 
@@ -125,7 +129,14 @@ class FeatureLayerSettings:
         topk: active latents per input of ``topk`` (``None``: :meth:`default_topk`).
         sparsity_weight: weight of the L1 term of ``sae``.
         reconstruction_weight: weight of the reconstruction term of ``sae``/``topk``.
-        sae_normalize_input: L2-normalise the SAE input (the paper's post-hoc recipe).
+        sae_normalize_input: when ``sae``/``topk`` L2-normalise their input, one of
+            :data:`SAE_INPUT_NORMALIZATIONS`: ``"always"`` (fitting and encoding; ``True`` means this,
+            the default, so older checkpoints load unchanged), ``"fit"`` (only while fitting: the
+            reconstruction loss, the fitting kernel, dead-latent resampling and explained variance
+            read the normalised vector, but the codes a head reads encode the *raw* vector, so they
+            scale with its norm -- the Beyond-Interpretability authors' probe, which trains the SAE on
+            ``F.normalize(z)`` and encodes the un-normalised projector output) or ``"never"``
+            (``False`` means this).
         activation_loss_weight: weight of ``nonneg``'s ``activation_loss`` term,
             ``-mean_j mean_batch |z_j|`` on the L2-normalised output: a reward for active units against
             NCL's collapse onto a few of them (the Beyond-Interpretability authors' NCL adds it with
@@ -147,7 +158,7 @@ class FeatureLayerSettings:
     topk: int | None = None
     sparsity_weight: float = 1e-3
     reconstruction_weight: float = 1.0
-    sae_normalize_input: bool = True
+    sae_normalize_input: bool | str = True
     activation_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -165,8 +176,14 @@ class FeatureLayerSettings:
             value = getattr(self, name)
             if not _is_number(value) or not value >= 0:
                 raise _bad(name, value, "a number >= 0")
-        if not isinstance(self.sae_normalize_input, bool):
-            raise _bad("sae_normalize_input", self.sae_normalize_input, "True or False")
+        if not isinstance(self.sae_normalize_input, bool) and self.sae_normalize_input not in (
+            SAE_INPUT_NORMALIZATIONS
+        ):
+            raise _bad(
+                "sae_normalize_input",
+                self.sae_normalize_input,
+                f"True, False, {', '.join(map(repr, SAE_INPUT_NORMALIZATIONS))}",
+            )
 
     @classmethod
     def from_config(cls, config: Any) -> FeatureLayerSettings:
@@ -185,6 +202,22 @@ class FeatureLayerSettings:
         if isinstance(config, cls):
             return config
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
+
+    @property
+    def sae_input_normalization(self) -> str:
+        """``sae_normalize_input`` as one of :data:`SAE_INPUT_NORMALIZATIONS` (``True`` -> ``"always"``,
+        ``False`` -> ``"never"``).
+
+        Example:
+            >>> FeatureLayerSettings(feature_dim=8).sae_input_normalization
+            'always'
+            >>> FeatureLayerSettings(feature_dim=8, sae_normalize_input="fit").sae_input_normalization
+            'fit'
+        """
+        value = self.sae_normalize_input
+        if isinstance(value, bool):
+            return "always" if value else "never"
+        return value
 
     @staticmethod
     def default_topk(feature_dim: int) -> int:

@@ -239,14 +239,21 @@ class SparseAutoencoder(FeatureLayer):
     """Shared parts of the ReLU and TopK SAEs: pre-bias, encoder, unit-norm decoder, reconstruction.
 
     Inputs are optionally L2-normalised first (the paper's post-hoc SAE reads the normalised
-    projector output), which also makes the losses scale-free. Subclasses implement :meth:`encode`.
+    projector output), which also makes the losses scale-free; with ``sae_normalize_input="fit"``
+    only the fitting objective reads the normalised vector and the codes encode the raw one
+    (:attr:`input_normalization`). Subclasses implement :meth:`encode`.
     """
 
     is_sparse_autoencoder = True
 
     def __init__(self, input_dim: int, settings: FeatureLayerSettings):
         super().__init__(input_dim, settings)
-        self.normalize_input = self.settings.sae_normalize_input
+        #: ``"always"``, ``"fit"`` or ``"never"`` (see ``FeatureLayerSettings.sae_normalize_input``)
+        self.input_normalization = self.settings.sae_input_normalization
+        #: the codes encode the L2-normalised input (``"always"``)
+        self.normalize_input = self.input_normalization == "always"
+        #: the fitting objective reads the L2-normalised input (``"always"`` or ``"fit"``)
+        self.normalize_fit_input = self.input_normalization != "never"
         self.pre_bias = nn.Parameter(torch.zeros(input_dim))
         self.encoder = nn.Linear(input_dim, self.feature_dim)
         self.decoder = nn.Linear(self.feature_dim, input_dim, bias=False)
@@ -273,7 +280,25 @@ class SparseAutoencoder(FeatureLayer):
         hf_init.zeros_(self.pre_bias)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        # SAE arithmetic in fp32: reconstruction errors are small differences of large numbers.
+        """The vector the fitting objective reads: fp32, L2-normalised unless ``"never"``.
+
+        SAE arithmetic runs in fp32: reconstruction errors are small differences of large numbers.
+        """
+        x = x.float()
+        if self.normalize_fit_input:
+            x = F.normalize(x, dim=-1, eps=_EPS)
+        return x
+
+    def prepare_code_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The vector the codes (the features a head reads) encode: fp32, L2-normalised only if ``"always"``.
+
+        Example:
+            >>> fit = TopKSparseAutoencoderFeatures(
+            ...     4, FeatureLayerSettings(feature_dim=8, topk=2, sae_normalize_input="fit"))
+            >>> x = torch.tensor([[3.0, 4.0, 0.0, 0.0]])
+            >>> fit.prepare_code_input(x).norm().item(), fit.prepare_input(x).norm().item()
+            (5.0, 1.0)
+        """
         x = x.float()
         if self.normalize_input:
             x = F.normalize(x, dim=-1, eps=_EPS)
@@ -297,10 +322,16 @@ class SparseAutoencoder(FeatureLayer):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Autocast would run the encoder/decoder matmuls in bf16/fp16; keep the SAE in fp32.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = self.prepare_input(x)
-            codes = self.encode(x)
-            reconstruction, aux = self.decode_with_losses(codes)
-            aux = {"reconstruction_loss": self.normalized_mse(x, reconstruction), **aux}
+            fit_input = self.prepare_input(x)
+            fit_codes = self.encode(fit_input)
+            reconstruction, aux = self.decode_with_losses(fit_codes)
+            aux = {"reconstruction_loss": self.normalized_mse(fit_input, reconstruction), **aux}
+            # "fit": the loss terms are those of the normalised vector, the codes encode the raw one
+            codes = (
+                fit_codes
+                if self.normalize_input == self.normalize_fit_input
+                else self.encode(self.prepare_code_input(x))
+            )
         return codes, aux
 
     def decode_with_losses(self, codes: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
