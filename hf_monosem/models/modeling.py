@@ -95,7 +95,8 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         finally:
             _LOADING_CHECKPOINT.reset(token)
-        model._apply_backbone_freezing()
+        # output_loading_info=True returns (model, info)
+        (model[0] if isinstance(model, tuple) else model)._apply_backbone_freezing()
         return model
 
     @classmethod

@@ -41,7 +41,7 @@ from torch import nn
 from transformers import Trainer, TrainerState
 
 from ..data.validation import LABEL_KEYS, validate_classification_batch, validate_classification_dataset
-from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint
+from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint, load_checkpoint_weights
 from .losses import LOSS_TYPES, robust_classification_loss
 
 __all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]
@@ -242,6 +242,34 @@ class MonoSemanticTrainer(Trainer):
                 "or not a Trainer checkpoint; resume from an earlier checkpoint-* folder"
             )
         return resume
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # The Trainer's own reload skips from_pretrained's key conversion (a renamed backbone resumed with
+        # random-then-trained weights and a logged warning); load through it whenever the folder holds
+        # plain PreTrainedModel weights. FSDP / DeepSpeed / SageMaker / PEFT checkpoints keep the
+        # Trainer's path (their own formats).
+        model = self.model if model is None else model
+        if self._plain_weights(resume_from_checkpoint, model):
+            load_checkpoint_weights(model, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if best is not None and self._plain_weights(best, self.model):
+            load_checkpoint_weights(self.model, best)
+            return
+        super()._load_best_model()
+
+    def _plain_weights(self, folder: str, model: nn.Module) -> bool:
+        from transformers import PreTrainedModel
+
+        special = self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(model, "peft_config")
+        saved = any(
+            os.path.isfile(os.path.join(folder, name))
+            for name in ("model.safetensors", "model.safetensors.index.json")
+        )
+        return isinstance(model, PreTrainedModel) and saved and not special
 
     @staticmethod
     def last_checkpoint(folder: str | os.PathLike) -> str | None:
