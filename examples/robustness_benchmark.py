@@ -85,6 +85,9 @@ from hf_monosem.cached import (
     augmented_view_features,
     feature_stats,
     fit_contrastive_projector,
+    load_feature_layers,
+    save_feature_layers,
+    tensors_sha256,
     train_sae_layer,
 )
 from hf_monosem.data import (
@@ -442,24 +445,21 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     # label-free representations, fitted on the training features only (cached: they depend on nothing else)
     width, input_dim = args.feature_dim, pooled[TRAIN].shape[1]
     sweep = sae_sweep(args, input_dim)
-    fitted_path = os.path.join(
-        cache_dir,
-        "representations-"
-        + _key(
-            backbone,
-            f"{float(pooled[TRAIN].sum()):.6f}",
-            len(train),
-            width,
-            args.representation_epochs,
-            sweep,
-            args.ncl_activation_loss_weight,
-        )
-        + ".pt",
+    # safetensors (state dicts + JSON settings), keyed by a hash of the training features themselves;
+    # a damaged or stale file is named in a warning and refitted (load_feature_layers)
+    fingerprint = _key(
+        backbone,
+        tensors_sha256({"train": pooled[TRAIN]}),
+        len(train),
+        width,
+        args.representation_epochs,
+        sweep,
+        args.ncl_activation_loss_weight,
     )
+    fitted_path = os.path.join(cache_dir, f"representations-{fingerprint}.safetensors")
     with timer("text: fit representations"):
-        if os.path.isfile(fitted_path):
-            fitted = torch.load(fitted_path, weights_only=False)
-        else:
+        fitted = load_feature_layers(fitted_path, fingerprint)
+        if fitted is None:
             fitted = fit_saes(pooled[TRAIN], sweep, args.representation_epochs)
             for name, kind in CONTRASTIVE_METHODS.items():
                 weight = args.ncl_activation_loss_weight if kind == "nonneg" else 0.0
@@ -480,8 +480,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                         "positive_accuracy": report["positive_accuracy"],
                     },
                 )
-            os.makedirs(cache_dir, exist_ok=True)
-            torch.save(fitted, fitted_path)
+            save_feature_layers(fitted_path, fitted, fingerprint)  # atomic
     features = {"raw": {key: (x - mean) / std for key, x in pooled.items()}}
     with torch.no_grad():
         for name, (layer, _) in fitted.items():
