@@ -19,7 +19,12 @@ Example:
     >>> save_tensors(path, {"x": torch.arange(6.0).reshape(2, 3)}, {"key": "abc"})
     >>> load_tensors(path, {"key": "abc"})["x"].shape
     torch.Size([2, 3])
-    >>> load_tensors(path, {"key": "other"}) is None  # written for other inputs: warned, rebuilt by the caller
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     load_tensors(path, {"key": "other"}) is None  # written for other inputs: the caller rebuilds it
+    True
+    >>> "written for key='abc', not 'other'" in str(caught[0].message)
     True
 """
 

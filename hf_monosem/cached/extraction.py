@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, default_data_collator
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from ..training.views import LABEL_KEYS
 from .cache_files import load_tensors, save_tensors
+from .checks import check_features
 
 __all__ = [
     "augmented_view_features",
@@ -292,6 +293,8 @@ def extract_pooled_features(
                 return cached["features"]
 
     features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress)
+    # a NaN/inf input row (or a diverged backbone) is named here, by dataset row, not as NaN weights later
+    check_features(features, f"{output} features of the dataset")
 
     if path is not None:
         save_tensors(path, {"features": features}, {"output": output, "key": key})  # atomic
