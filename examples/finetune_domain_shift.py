@@ -88,7 +88,13 @@ from hf_monosem.evaluation import KEEP_FEATURES, make_compute_metrics
 from hf_monosem.hub import feature_layer_repo_ids
 from hf_monosem.scenarios import split_by_domain
 from hf_monosem.training import use_available_cores
-from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
+from hf_monosem.training.checkpoints import (
+    read_json,
+    recorded_command,
+    resume_checkpoint,
+    wants_resume,
+    write_json,
+)
 
 logger = transformers.utils.logging.get_logger(__name__)
 
@@ -444,7 +450,9 @@ def main(argv=None) -> dict:
                 "target": _values(shift_args.target_domains) or "every other domain",
             }
         payload = {
-            "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+            "command": recorded_command(
+                __file__, sys.argv[1:] if argv is None else argv
+            ),  # no token, no local paths
             "dataset": data_args.dataset_name,
             "modality": modality,
             "backbone": model_args.model_name_or_path

@@ -90,7 +90,7 @@ from hf_monosem.evaluation.metrics import extract_features, make_compute_metrics
 from hf_monosem.hub import feature_layer_repo_ids, push_scenario_to_hub
 from hf_monosem.scenarios import add_image_noise, add_label_noise, add_text_noise
 from hf_monosem.training import use_available_cores
-from hf_monosem.training.checkpoints import read_json, resume_checkpoint, write_json
+from hf_monosem.training.checkpoints import read_json, recorded_command, resume_checkpoint, write_json
 
 logger = transformers.utils.logging.get_logger(__name__)
 
@@ -559,7 +559,9 @@ def main(argv=None) -> dict:
 
     if main_process:
         payload = {
-            "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+            "command": recorded_command(
+                __file__, sys.argv[1:] if argv is None else argv
+            ),  # no token, no local paths
             "dataset": data_args.dataset_name,
             "modality": modality,
             "backbone": model_args.model_name_or_path

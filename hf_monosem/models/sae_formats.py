@@ -59,6 +59,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .configuration import _scrub_local_paths, public_name
 from .feature_layers import FeatureLayerSettings
 from .sae import SparseAutoencoder, SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
 
@@ -99,7 +100,8 @@ def save_sae(
     if format not in SAE_FORMATS:
         raise ValueError(f"format={format!r} is not valid; allowed: {', '.join(map(repr, SAE_FORMATS))}")
     layer, found_backbone, found_pooling = _sae_of(model_or_layer)
-    backbone = backbone if backbone is not None else found_backbone
+    # a local folder is named by its last component: cfg.json must not carry the saver's machine paths
+    backbone = public_name(backbone if backbone is not None else found_backbone)
     pooling = pooling if pooling is not None else found_pooling
     ours = {
         "kind": layer.kind,
@@ -124,7 +126,7 @@ def save_sae(
         os.path.join(folder, _WEIGHTS[format]),
     )
     with open(os.path.join(folder, _CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
+        json.dump(_scrub_local_paths(config), f, indent=2)
     return os.fspath(folder)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "last_complete_checkpoint",
     "load_checkpoint_weights",
     "read_json",
+    "recorded_command",
     "resume_checkpoint",
     "wants_resume",
     "write_json",
@@ -191,6 +192,38 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+#: options whose value is a secret: never written into a run record
+_SECRET_OPTION = re.compile(r"^--?[\w-]*(token|password|secret|api[_-]?key)[\w-]*$", re.IGNORECASE)
+
+
+def recorded_command(script: str, argv: list[str]) -> str:
+    """The command line as a run record (``results.json``'s ``"command"``) keeps it: the value of any
+    ``--*token*`` / ``--*password*`` / ``--*secret*`` / ``--*api_key*`` option replaced by ``***``, and
+    every local path by its last component (:func:`~hf_monosem.models.configuration.public_name`).
+
+    Example:
+        >>> recorded_command("train_sae.py", ["--token", "hf_abc", "--hub_token=hf_x", "--output_dir", "/tmp/run/out"])
+        'train_sae.py --token *** --hub_token=*** --output_dir out'
+    """
+    from ..models.configuration import public_name
+
+    words, secret_next = [os.path.basename(script)], False
+    for word in argv:
+        if secret_next:
+            words.append("***")
+            secret_next = False
+            continue
+        option, equals, value = word.partition("=")
+        if _SECRET_OPTION.match(option):
+            words.append(f"{option}=***" if equals else option)
+            secret_next = not equals
+        elif equals and option.startswith("-"):
+            words.append(f"{option}={public_name(value)}")
+        else:
+            words.append(public_name(word) if not word.startswith("-") else word)
+    return " ".join(words)
 
 
 def read_json(path: str | os.PathLike) -> Any:
