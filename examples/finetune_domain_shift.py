@@ -89,6 +89,7 @@ from hf_monosem.hub import feature_layer_repo_ids
 from hf_monosem.scenarios import split_by_domain
 from hf_monosem.training import use_available_cores
 from hf_monosem.training.checkpoints import (
+    public_record,
     read_json,
     recorded_command,
     resume_checkpoint,
@@ -430,7 +431,7 @@ def main(argv=None) -> dict:
                 },
                 "checkpoint": run_dir,
             }
-            write_json(done, result)
+            write_json(done, public_record(result, training_args.output_dir))
             results[kind] = result
         del trainer, model
 
@@ -477,7 +478,10 @@ def main(argv=None) -> dict:
                 for name in TEST_SETS
             ],
         }
-        write_json(os.path.join(training_args.output_dir, "results.json"), payload)
+        write_json(
+            os.path.join(training_args.output_dir, "results.json"),
+            public_record(payload, training_args.output_dir),
+        )
         plot(
             results,
             os.path.join(training_args.output_dir, "results.png"),

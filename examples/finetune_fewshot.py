@@ -79,6 +79,7 @@ from hf_monosem.hub import feature_layer_repo_ids
 from hf_monosem.scenarios import few_shot
 from hf_monosem.training import use_available_cores
 from hf_monosem.training.checkpoints import (
+    public_record,
     read_json,
     recorded_command,
     resume_checkpoint,
@@ -345,7 +346,7 @@ def main(argv=None) -> dict:
                     },
                     "checkpoint": run_dir,
                 }
-                write_json(done, result)
+                write_json(done, public_record(result, training_args.output_dir))
                 results[kind][str(k)] = result
             del trainer, model
 
@@ -379,7 +380,10 @@ def main(argv=None) -> dict:
                 for k, r in by_k.items()
             ],
         }
-        write_json(os.path.join(training_args.output_dir, "results.json"), payload)
+        write_json(
+            os.path.join(training_args.output_dir, "results.json"),
+            public_record(payload, training_args.output_dir),
+        )
         plot(results, os.path.join(training_args.output_dir, "results.png"), data_args.dataset_name)
         print(f"\n{'feature_layer':>13} | {'k':>4} | clean test acc | macro-F1 |   L0 | class consistency")
         for kind, by_k in results.items():

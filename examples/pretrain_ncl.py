@@ -132,6 +132,7 @@ from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.scenarios.protocols import PROBE_PROTOCOLS, ProbeProtocol
 from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews, use_available_cores
 from hf_monosem.training.checkpoints import (
+    public_record,
     read_json,
     recorded_command,
     resume_checkpoint,
@@ -602,7 +603,7 @@ def main(argv=None) -> dict:
         trainer.save_model()
         summary = pretraining_summary(trainer)
         if main_process:
-            write_json(done, summary)
+            write_json(done, public_record(summary, training_args.output_dir))
         pretrained[method] = (trainer.accelerator.unwrap_model(trainer.model), summary)
         del trainer
 
@@ -712,7 +713,10 @@ def main(argv=None) -> dict:
             for rate in probe_args.rates
         ],
     }
-    write_json(os.path.join(training_args.output_dir, "results.json"), payload)
+    write_json(
+        os.path.join(training_args.output_dir, "results.json"),
+        public_record(payload, training_args.output_dir),
+    )
     plot(results, os.path.join(training_args.output_dir, "results.png"), probe_args.protocols)
     cells = [cell_name(r) for r in probe_args.rates]
     for name, settings in protocol_settings.items():

@@ -78,7 +78,13 @@ from hf_monosem.data import (
 from hf_monosem.evaluation.metrics import monosemanticity_report
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.training import use_available_cores
-from hf_monosem.training.checkpoints import read_json, recorded_command, wants_resume, write_json
+from hf_monosem.training.checkpoints import (
+    public_record,
+    read_json,
+    recorded_command,
+    wants_resume,
+    write_json,
+)
 
 SAE_KINDS = ("topk", "sae")
 PROBE_INPUTS = ("standardize", "unit_rms", "none")
@@ -303,7 +309,10 @@ def main(argv=None) -> dict:
         if processor is not None:
             processor.save_pretrained(model_dir)
         write_json(
-            report_path, {"sae": dataclasses.asdict(sae_args), "train_rows": len(train), "fit": report}
+            report_path,
+            public_record(
+                {"sae": dataclasses.asdict(sae_args), "train_rows": len(train), "fit": report}, out_dir
+            ),
         )
     plot_report(
         report,
@@ -362,7 +371,7 @@ def main(argv=None) -> dict:
             for cell, level in (("clean", 0.0), (noise_cell, probe_args.label_noise))
         ],
     }
-    write_json(os.path.join(out_dir, "results.json"), payload)
+    write_json(os.path.join(out_dir, "results.json"), public_record(payload, out_dir))
     fit = payload["sae_fit"]
     print(
         f"\nSAE: explained variance {fit['final_explained_variance']:.3f}, L0 {fit['final_l0']:.1f}, "

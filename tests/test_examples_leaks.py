@@ -71,7 +71,7 @@ RUNS = {
     "finetune_noisy": ["--feature_layers", "linear", "--token", TOKEN, "--dataset_name", "tweets", *SMALL_TEXT],
     "train_sae": ["--max_train_samples", "32", "--max_eval_samples", "16", "--feature_dim", "32", "--topk", "4",
                   "--sae_epochs", "1", "--probe_epochs", "1", "--probe_seeds", "1", "--disable_tqdm", "true"],
-    "pretrain_ncl": ["--max_train_samples", "32", "--max_eval_samples", "16", "--num_train_epochs", "1",
+    "pretrain_ncl": ["--dataset_name", "digits", "--max_train_samples", "32", "--max_eval_samples", "16", "--num_train_epochs", "1",
                      "--per_device_train_batch_size", "16", "--probe_epochs", "1", "--probe_seeds", "1",
                      "--feature_dim", "16", "--projector_hidden_dim", "16", "--disable_tqdm", "true"],
 }  # fmt: skip

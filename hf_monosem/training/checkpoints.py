@@ -36,6 +36,7 @@ __all__ = [
     "last_complete_checkpoint",
     "load_checkpoint_weights",
     "read_json",
+    "public_record",
     "recorded_command",
     "resume_checkpoint",
     "wants_resume",
@@ -224,6 +225,27 @@ def recorded_command(script: str, argv: list[str]) -> str:
         else:
             words.append(public_name(word) if not word.startswith("-") else word)
     return " ".join(words)
+
+
+def public_record(payload: Any, root: str | os.PathLike | None = None) -> Any:
+    """``payload`` (a results record) with every absolute local path replaced: a path inside ``root`` (the
+    run's output folder) by its path relative to it, any other by its last component. Results files are
+    shared and published; they must not carry the machine's folders.
+
+    Example:
+        >>> public_record({"checkpoint": "/tmp/run/k2/linear", "backbone": "/home/me/bert", "lr": 0.1}, "/tmp/run")
+        {'checkpoint': 'k2/linear', 'backbone': 'bert', 'lr': 0.1}
+    """
+    from ..models.configuration import public_name
+
+    if isinstance(payload, dict):
+        return {key: public_record(value, root) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [public_record(value, root) for value in payload]
+    if isinstance(payload, str) and os.path.isabs(payload):
+        inside = root is not None and os.path.abspath(payload).startswith(os.path.abspath(root) + os.sep)
+        return os.path.relpath(payload, root) if inside else public_name(payload)
+    return payload
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -271,6 +271,16 @@ class MonoSemanticTrainer(Trainer):
         )
         return isinstance(model, PreTrainedModel) and saved and not special
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # transformers pickles the whole TrainingArguments next to the weights, hub_token and local
+        # folders included; write them without secrets and with local folders by their last component
+        if self.args.should_save:
+            torch.save(
+                _public_arguments(self.args),
+                os.path.join(output_dir or self.args.output_dir, "training_args.bin"),
+            )
+
     @staticmethod
     def last_checkpoint(folder: str | os.PathLike) -> str | None:
         """:func:`last_complete_checkpoint` (for scripts that import only the public classes)."""
@@ -636,6 +646,23 @@ class MonoSemanticTrainer(Trainer):
                 self.prediction_ignore_keys
             )
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+def _public_arguments(args: Any) -> Any:
+    """A copy of ``TrainingArguments`` without secrets (``*token*`` fields) or local folder paths."""
+    import copy
+    import dataclasses
+
+    from ..models.configuration import public_name
+
+    public = copy.copy(args)
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name, None)
+        if "token" in field.name and isinstance(value, str) and value:
+            object.__setattr__(public, field.name, None)
+        elif isinstance(value, str) and os.path.isabs(value):
+            object.__setattr__(public, field.name, public_name(value))
+    return public
 
 
 def _plain(value: Any) -> Any:
