@@ -656,7 +656,9 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     track = Track(
         name="vision",
         description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
-        f"train / {args.vision_test_size} test (10 classes), projector width {width}",
+        f"train / {args.vision_test_size} test (10 classes), projector width {width}, "
+        # the fine-tune cells' resume key: the NCL weight changes the pretrained NCL backbone they start from
+        f"NCL activation weight {args.ncl_activation_loss_weight:g}",
         num_labels=len(label_feature.names),
         label_feature=label_feature,
         pairs=[("simclr", "ncl"), *sae_pairs("simclr", sweep)],
