@@ -27,6 +27,7 @@ def _run(out, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # four runs of the example
 def test_train_sae_is_seeded_and_resumes_only_a_matching_sae(tmp_path):
     _, first, results = _run(tmp_path / "a", "--feature_dim", "32")
     _, second, _ = _run(tmp_path / "b", "--feature_dim", "32")  # same seed, fresh folder: the same run
