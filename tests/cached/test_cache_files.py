@@ -31,16 +31,17 @@ def bert():
     return BertModel(tiny_bert_config()).eval()
 
 
-def _only_cache_file(folder):
+def _cached(bert, folder):
+    """A 12-row dataset, its features (extracted and cached in ``folder``) and the one cache file."""
+    ds = toy_text(n=12)
+    first = extract_pooled_features(bert, ds, cache_dir=folder)
     files = list(folder.glob("*.safetensors"))
     assert len(files) == 1
-    return files[0]
+    return ds, first, files[0]
 
 
 def test_a_truncated_feature_cache_is_rebuilt_with_a_warning_naming_it(bert, tmp_path):
-    ds = toy_text(n=12)
-    first = extract_pooled_features(bert, ds, cache_dir=tmp_path)
-    path = _only_cache_file(tmp_path)
+    ds, first, path = _cached(bert, tmp_path)
     path.write_bytes(path.read_bytes()[:100])  # a kill during a (non-atomic) write
     with pytest.warns(UserWarning, match=f"cache file {path}.*cannot be read"):
         again = extract_pooled_features(bert, ds, cache_dir=tmp_path)
@@ -52,9 +53,7 @@ def test_a_truncated_feature_cache_is_rebuilt_with_a_warning_naming_it(bert, tmp
 
 
 def test_flipped_bytes_in_a_feature_cache_are_caught_by_the_content_hash(bert, tmp_path):
-    ds = toy_text(n=12)
-    first = extract_pooled_features(bert, ds, cache_dir=tmp_path)
-    path = _only_cache_file(tmp_path)
+    ds, first, path = _cached(bert, tmp_path)
     data = bytearray(path.read_bytes())
     for offset in range(len(data) - 400, len(data) - 300, 7):  # inside the float data at the end
         data[offset] ^= 0x55
@@ -64,9 +63,7 @@ def test_flipped_bytes_in_a_feature_cache_are_caught_by_the_content_hash(bert, t
 
 
 def test_a_valid_cache_file_with_too_few_rows_is_not_returned(bert, tmp_path):
-    ds = toy_text(n=12)
-    first = extract_pooled_features(bert, ds, cache_dir=tmp_path)
-    path = _only_cache_file(tmp_path)
+    ds, first, path = _cached(bert, tmp_path)
     meta_key = path.name  # keep the file's own key: only the row count is wrong
     from safetensors import safe_open
 
