@@ -107,7 +107,13 @@ from hf_monosem.evaluation.metrics import extract_features, make_compute_metrics
 from hf_monosem.hub import feature_layer_repo_ids, push_scenario_to_hub
 from hf_monosem.scenarios import add_image_noise, add_label_noise, add_text_noise
 from hf_monosem.training import use_available_cores
-from hf_monosem.training.checkpoints import read_json, resume_checkpoint, write_json
+from hf_monosem.training.checkpoints import (
+    public_record,
+    read_json,
+    recorded_command,
+    resume_checkpoint,
+    write_json,
+)
 
 logger = transformers.utils.logging.get_logger(__name__)
 
@@ -699,7 +705,9 @@ def main(argv=None) -> dict:
 
     if main_process:
         payload = {
-            "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+            "command": recorded_command(
+                __file__, sys.argv[1:] if argv is None else argv
+            ),  # no token, no local paths
             "dataset": data_args.dataset_name,
             "modality": modality,
             "backbone": model_args.model_name_or_path
@@ -711,7 +719,10 @@ def main(argv=None) -> dict:
             "results": results,
             "records": records,
         }
-        write_json(os.path.join(training_args.output_dir, "results.json"), payload)
+        write_json(
+            os.path.join(training_args.output_dir, "results.json"),
+            public_record(payload, training_args.output_dir),
+        )
         plot(results, os.path.join(training_args.output_dir, "results.png"), scenario_args.label_noise)
         print(
             f"\n{'feature_layer':>13} | clean test acc | macro-F1 | noisy labels fitted | L0 | class consistency"

@@ -137,7 +137,14 @@ from hf_monosem.models import NONNEG_ACTIVATIONS
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.scenarios.protocols import ProbeProtocol, probe_protocol, probe_protocol_names
 from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews, use_available_cores
-from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
+from hf_monosem.training.checkpoints import (
+    public_record,
+    read_json,
+    recorded_command,
+    resume_checkpoint,
+    wants_resume,
+    write_json,
+)
 
 
 @dataclass
@@ -616,7 +623,7 @@ def main(argv=None) -> dict:
         trainer.save_model()
         summary = {**pretraining_summary(trainer), "online_label_loss": pre_args.online_label_loss}
         if main_process:
-            write_json(done, summary)
+            write_json(done, public_record(summary, training_args.output_dir))
         pretrained[method] = (trainer.accelerator.unwrap_model(trainer.model), summary)
         del trainer
 
@@ -688,7 +695,9 @@ def main(argv=None) -> dict:
 
     seeds = list(range(probe_args.probe_seeds))
     payload = {
-        "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        "command": recorded_command(
+            __file__, sys.argv[1:] if argv is None else argv
+        ),  # no token, no local paths
         "dataset": data_args.dataset_name,
         "modality": modality,
         "backbone": pre_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
@@ -724,7 +733,10 @@ def main(argv=None) -> dict:
             for rate in probe_args.rates
         ],
     }
-    write_json(os.path.join(training_args.output_dir, "results.json"), payload)
+    write_json(
+        os.path.join(training_args.output_dir, "results.json"),
+        public_record(payload, training_args.output_dir),
+    )
     plot(results, os.path.join(training_args.output_dir, "results.png"), probe_args.protocols)
     cells = [cell_name(r) for r in probe_args.rates]
     for name, settings in protocol_settings.items():

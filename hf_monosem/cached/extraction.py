@@ -25,7 +25,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ from transformers import PreTrainedModel, default_data_collator
 
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from ..training.views import LABEL_KEYS
+from .cache_files import load_tensors, save_tensors
+from .checks import check_features
 
 __all__ = [
     "augmented_view_features",
@@ -167,10 +168,18 @@ def model_fingerprint(module: nn.Module) -> str:
 
 
 def _cache_key(
-    base: MonoSemanticModel, dataset: Any, output: str, input_columns: list[str], cache_key: str | None
+    base: MonoSemanticModel,
+    dataset: Any,
+    output: str,
+    input_columns: list[str],
+    cache_key: str | None,
+    collate_fn: Callable | None = None,
 ) -> str | None:
     dataset_fingerprint = cache_key or getattr(dataset, "_fingerprint", None)
     if dataset_fingerprint is None:
+        return None
+    collate = _collate_fingerprint(collate_fn)
+    if collate is None:
         return None
     what = base if output == "features" else base.backbone
     config = base.config.to_dict() if output == "features" else base.backbone.config.to_dict()
@@ -183,9 +192,25 @@ def _cache_key(
         "output": output,
         "dataset": dataset_fingerprint,
         "columns": input_columns,
-        "version": 1,
+        "collate_fn": collate,
+        "rows": len(dataset),
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _collate_fingerprint(collate_fn: Callable | None) -> str | None:
+    """What the collate function is, as a hash (code, closure and state: the ``datasets`` hasher ``map``
+    caches by), since another collate function (e.g. one that truncates) gives other features.
+    ``None`` when it cannot be hashed (then nothing is cached)."""
+    if collate_fn is None:
+        return "default_data_collator"
+    from datasets.fingerprint import Hasher
+
+    try:
+        return Hasher.hash(collate_fn)
+    except Exception:  # unpicklable state: no safe key
+        return None
 
 
 def _input_columns(base: MonoSemanticModel, dataset: Any) -> list[str]:
@@ -252,31 +277,27 @@ def extract_pooled_features(
 
     path = None
     if cache_dir is not None:
-        key = _cache_key(base, dataset, output, columns, cache_key)
+        key = _cache_key(base, dataset, output, columns, cache_key, collate_fn)
         if key is None:
-            logger.warning("dataset has no _fingerprint and no cache_key was given: features are not cached")
+            logger.warning(
+                "dataset has no _fingerprint and no cache_key was given, or collate_fn cannot be hashed: "
+                "features are not cached"
+            )
         else:
             path = Path(cache_dir) / f"{output}-{key[:32]}.safetensors"
-            if path.exists():
-                from safetensors.torch import load_file
-
+            # checked: content hash, the full key it was written for, one row per example; a file that
+            # fails is named in a warning and rebuilt below
+            cached = load_tensors(path, {"key": key}, {"features": (len(dataset), None)})
+            if cached is not None:
                 logger.info("loading cached features from %s", path)
-                return load_file(str(path))["features"]
+                return cached["features"]
 
     features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress)
+    # a NaN/inf input row (or a diverged backbone) is named here, by dataset row, not as NaN weights later
+    check_features(features, f"{output} features of the dataset")
 
     if path is not None:
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": features}, tmp, metadata={"output": output, "key": key})
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_tensors(path, {"features": features}, {"output": output, "key": key})  # atomic
     return features
 
 

@@ -25,11 +25,13 @@ from torch import nn
 
 from ..models.feature_layers import FeatureLayerSettings, LinearFeatures, feature_layer_class
 from ..training.losses import info_nce_loss
+from .checks import autocast_off, check_features
 from .minibatch import MiniBatches
 
 __all__ = ["fit_contrastive_projector"]
 
 
+@autocast_off  # a caller's autocast must not reach the fit (see .checks)
 def fit_contrastive_projector(
     features: torch.Tensor,
     *,
@@ -80,6 +82,9 @@ def fit_contrastive_projector(
         raise ValueError(f"features must be [N >= 2, hidden], got shape {tuple(features.shape)}")
     if not 0 <= view_dropout < 1 or view_noise < 0:
         raise ValueError(f"view_dropout={view_dropout} must be in [0, 1) and view_noise={view_noise} >= 0")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} is not valid; allowed: a number > 0")
+    check_features(features)
     settings = FeatureLayerSettings(
         feature_dim=feature_dim,
         projector_hidden_dim=projector_hidden_dim,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -24,6 +26,7 @@ __all__ = [
     "MonoSemanticConfig",
     "backbone_hidden_size",
     "default_pooling",
+    "public_name",
 ]
 
 #: how the backbone's output becomes one vector per input.
@@ -73,6 +76,35 @@ def default_pooling(config: PreTrainedConfig) -> str:
     if _is_decoder_lm(getattr(config, "model_type", "")):
         return "last"
     return "cls"
+
+
+def public_name(name_or_path: Any) -> Any:
+    """A Hub id unchanged; a local folder or file (absolute, ``./``/``../``/``~`` relative, or existing)
+    by its last component, so that saved files never hold a machine path.
+
+    Example:
+        >>> public_name("sentence-transformers/all-MiniLM-L6-v2"), public_name("/home/me/models/minilm/")
+        ('sentence-transformers/all-MiniLM-L6-v2', 'minilm')
+    """
+    if not isinstance(name_or_path, str) or not name_or_path:
+        return name_or_path
+    text = os.path.expanduser(name_or_path)
+    if os.path.isabs(text) or name_or_path.startswith((".", "~")) or os.path.exists(text):
+        return os.path.basename(os.path.normpath(text))
+    return name_or_path
+
+
+def _scrub_local_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: public_name(item)
+            if key in ("backbone", "_name_or_path", "name_or_path")
+            else _scrub_local_paths(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub_local_paths(item) for item in value]
+    return value
 
 
 class MonoSemanticConfig(PreTrainedConfig):
@@ -228,6 +260,17 @@ class MonoSemanticConfig(PreTrainedConfig):
         output = super().to_dict()
         output.pop("_backbone_loading_kwargs", None)  # may hold a token: not part of the checkpoint
         return output
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The JSON ``save_pretrained`` writes, with local folders named by their last component
+        (``backbone`` and every ``_name_or_path``): a checkpoint must not carry the saver's machine
+        paths. The weights are in the checkpoint, so loading it never reads ``backbone``."""
+        return (
+            json.dumps(
+                _scrub_local_paths(json.loads(super().to_json_string(use_diff))), indent=2, sort_keys=True
+            )
+            + "\n"
+        )
 
     def _resolve_backbone_config(self) -> PreTrainedConfig:
         config = self.backbone_config

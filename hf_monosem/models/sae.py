@@ -20,6 +20,7 @@ Same-folder imports only (remote-code export copies this folder next to the weig
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple
 
@@ -132,6 +133,20 @@ def _topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     return candidates.gather(1, chosen)
 
 
+def _autocast_off_backward(backward):
+    """Run a custom Function's backward with autocast off: ``loss.backward()`` called inside a caller's
+    ``torch.autocast`` block runs CPU backwards under it, and the sparse products here have no bf16
+    kernels (``NotImplementedError: addmm_out_sparse_csr``) and must stay fp32 anyway."""
+
+    @functools.wraps(backward)
+    def wrapped(ctx, *grads):
+        device_type = next((g.device.type for g in grads if isinstance(g, torch.Tensor)), "cpu")
+        with torch.autocast(device_type=device_type, enabled=False), torch.autocast("cpu", enabled=False):
+            return backward(ctx, *grads)
+
+    return wrapped
+
+
 class _GatheredPreactivations(torch.autograd.Function):
     """``pre.gather(1, indices)`` where ``pre = (x - pre_bias) @ weight.T + bias`` was computed without a graph.
 
@@ -146,6 +161,7 @@ class _GatheredPreactivations(torch.autograd.Function):
         return pre.gather(1, indices)
 
     @staticmethod
+    @_autocast_off_backward
     def backward(ctx, grad):
         x, pre_bias, weight, indices = ctx.saved_tensors
         grad_x = grad_pre_bias = grad_weight = grad_bias = None
@@ -175,6 +191,7 @@ class _SparseDecode(torch.autograd.Function):
         return F.embedding_bag(indices, decoder_t, per_sample_weights=values.to(decoder_t.dtype), mode="sum")
 
     @staticmethod
+    @_autocast_off_backward
     def backward(ctx, grad):
         values, indices, decoder_t = ctx.saved_tensors
         grad_values = grad_decoder = None
@@ -204,6 +221,7 @@ class _DecodeWithDecoderNormL1(torch.autograd.Function):
         return F.linear(codes, weight), codes.mean(0) @ norms
 
     @staticmethod
+    @_autocast_off_backward
     def backward(ctx, grad_decoded, grad_l1):
         codes, weight, norms, unclamped = ctx.saved_tensors
         grad_codes = grad_weight = None
@@ -471,6 +489,7 @@ class SparseAutoencoder(FeatureLayer):
         fired = torch.zeros(self.feature_dim, dtype=torch.bool, device=device)
         prepared = torch.cat([self.prepare_input(chunk) for chunk in features.split(batch_size)])
         mean = prepared.mean(0, keepdim=True)
+        energy = prepared.double().pow(2).sum()
         for x in prepared.split(batch_size):
             step = self._fit_forward_prepared(x, None)
             err += step.squared_error.double()
@@ -478,8 +497,17 @@ class SparseAutoencoder(FeatureLayer):
             active += step.active.double()
             fired |= step.fired
         n = features.shape[0]
+        # one row, or every row equal after the input preparation (their mean differs by an ulp): 0/0, not 1.0
+        undefined = not float(total) > 1e-10 * float(energy)
+        if undefined:
+            warnings.warn(
+                f"explained variance is undefined for these {n} input row(s): they have no variance "
+                "(one row, all-zero or identical rows); reported as NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return {
-            "explained_variance": float(1.0 - err / total.clamp_min(1e-12)),
+            "explained_variance": float("nan") if undefined else float(1.0 - err / total),
             "l0": float(active / n),
             "dead_fraction": float(1.0 - fired.float().mean()),
         }

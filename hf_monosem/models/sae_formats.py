@@ -65,6 +65,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .configuration import _scrub_local_paths, public_name
 from .feature_layers import FeatureLayerSettings
 from .sae import SparseAutoencoder, SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
 
@@ -107,7 +108,8 @@ def save_sae(
     if format not in SAE_FORMATS:
         raise ValueError(f"format={format!r} is not valid; allowed: {', '.join(map(repr, SAE_FORMATS))}")
     layer, found_backbone, found_pooling = _sae_of(model_or_layer)
-    backbone = backbone if backbone is not None else found_backbone
+    # a local folder is named by its last component: cfg.json must not carry the saver's machine paths
+    backbone = public_name(backbone if backbone is not None else found_backbone)
     pooling = pooling if pooling is not None else found_pooling
     ours = {
         "kind": layer.kind,
@@ -133,7 +135,7 @@ def save_sae(
         os.path.join(folder, _WEIGHTS[format]),
     )
     with open(os.path.join(folder, _CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
+        json.dump(_scrub_local_paths(config), f, indent=2)
     return os.fspath(folder)
 
 
@@ -277,11 +279,31 @@ def load_sae(
         raise ValueError(
             f"format={format!r} is not valid; allowed: None, {', '.join(map(repr, SAE_FORMATS))}"
         )
-    with open(os.path.join(folder, _CONFIG)) as f:
-        config = json.load(f)
-    tensors = {name: t.float() for name, t in load_file(os.path.join(folder, _WEIGHTS[format])).items()}
+    config_path, weights_path = os.path.join(folder, _CONFIG), os.path.join(folder, _WEIGHTS[format])
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except ValueError as error:
+        raise ValueError(
+            f"{config_path} is not valid JSON ({error}); the SAE checkpoint is damaged"
+        ) from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} holds a {type(config).__name__}, not a JSON object of SAE settings")
+    try:
+        tensors = {name: t.float() for name, t in load_file(weights_path).items()}
+    except Exception as error:  # safetensors' own error types for truncated / garbled files
+        raise ValueError(f"{weights_path} cannot be read ({error}); the SAE checkpoint is damaged") from error
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{weights_path} holds NaN/inf in {name!r}; the SAE checkpoint is damaged")
     reader = _from_saelens if format == "saelens" else _from_sparsify
-    kind, dim, width, k, normalized, tensors, info = reader(config, tensors)
+    try:
+        kind, dim, width, k, normalized, tensors, info = reader(config, tensors)
+    except KeyError as error:
+        raise ValueError(
+            f"{config_path} / {os.path.basename(weights_path)} lack {error.args[0]!r}, which a {format} SAE "
+            "checkpoint holds"
+        ) from error
     ours = info.pop("ours")
     if normalize_input is not None:
         normalized = normalize_input
@@ -295,7 +317,12 @@ def load_sae(
     )
     cls = TopKSparseAutoencoderFeatures if kind == "topk" else SparseAutoencoderFeatures
     layer = cls(dim, settings)
-    layer.load_state_dict(tensors)
+    try:
+        layer.load_state_dict(tensors)
+    except RuntimeError as error:  # sizes that disagree with cfg.json
+        raise ValueError(
+            f"the weights in {weights_path} do not fit the sizes in {config_path}: {error}"
+        ) from error
     layer.eval()
     info.update(format=format, folder=folder, normalize_input=normalized)
     info.setdefault("pooling", ours.get("pooling"))
