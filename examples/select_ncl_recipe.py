@@ -28,6 +28,7 @@ The vision track of stage A (Fashion-MNIST, a small ResNet per candidate) is not
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -124,10 +125,20 @@ def encoded_rows(
         batched=True,
         remove_columns=[c for c in rows.column_names if c != "label"],
     )
+    # the cache is keyed by the texts themselves (an in-memory dataset's fingerprint changes per process)
+    key = hashlib.sha256(json.dumps([list(rows["text"]), args.max_length]).encode()).hexdigest()
     common = {"collate_fn": DataCollatorWithPadding(tokenizer), "cache_dir": args.cache_dir, "progress": True}
-    pooled = extract_pooled_features(encoder, tokenized, batch_size=64, **common)
-    picked = tokenized if view_rows is None else tokenized.select(view_rows(labels).tolist())
-    views = text_view_features(encoder, picked, args.num_views, kind="dropout", seed=0, **common)
+    pooled = extract_pooled_features(encoder, tokenized, batch_size=64, cache_key=key, **common)
+    picked, picked_key = tokenized, key
+    if view_rows is not None:
+        indices = view_rows(labels).tolist()
+        picked, picked_key = (
+            tokenized.select(indices),
+            f"{key}-rows-{hashlib.sha256(str(indices).encode()).hexdigest()}",
+        )
+    views = text_view_features(
+        encoder, picked, args.num_views, kind="dropout", seed=0, cache_key=picked_key, **common
+    )
     return pooled, views, labels
 
 
