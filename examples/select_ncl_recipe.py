@@ -39,9 +39,11 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticModel, extract_pooled_features
 from hf_monosem.cached import (
+    NCL_RECIPES,
     equalize_scales,
     feature_stats,
     fit_contrastive_projector,
+    ncl_recipe,
     text_view_features,
 )
 from hf_monosem.data import load_20newsgroups, load_reuters_r52, minilm_path
@@ -56,24 +58,6 @@ CONTROLLED = ProbeProtocol(
     "controlled_p3", optimizer="adam", lr=1e-3, epochs=50, batch_size=256, equalize_scale=True,
     lr_grid=P3_LR_GRID,
 )  # fmt: skip
-#: P3's text candidates: views, positives, NCL order and activation weight
-CANDIDATES = {
-    "p2": {"views": "feature", "positives": "self", "nonneg_order": "plain", "activation_loss_weight": 10.0},
-    "authors": {
-        "views": "dropout",
-        "positives": "self",
-        "nonneg_order": "authors",
-        "activation_loss_weight": 1.0,
-        "nonneg_activation": "rep_relu",
-    },
-    "authors-nn": {
-        "views": "dropout",
-        "positives": "nn",
-        "nonneg_order": "authors",
-        "activation_loss_weight": 1.0,
-        "nonneg_activation": "rep_relu",
-    },
-}
 RATES = (0.0, 0.3, 0.6)
 PROBE_SEEDS = (0, 1, 2)
 
@@ -82,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="runs/p3_selection")
     parser.add_argument("--cache_dir", default="runs/cache")
-    parser.add_argument("--candidates", default=",".join(CANDIDATES), help=f"of {', '.join(CANDIDATES)}")
+    parser.add_argument("--candidates", default=",".join(NCL_RECIPES), help=f"of {', '.join(NCL_RECIPES)}")
     parser.add_argument("--pretrain_seeds", default="0,1")
     parser.add_argument("--rows", type=int, default=4000, help="training rows drawn (seed 0)")
     parser.add_argument("--validation_rows", type=int, default=1000)
@@ -94,11 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check_r52", action="store_true", help="then fit the chosen recipe on R52 train")
     parser.add_argument("--r52_rows", type=int, default=2000, help="R52 training rows of the check")
     parser.add_argument("--extract_only", action="store_true", help="only fill the feature/view cache")
+    parser.add_argument(
+        "--merge",
+        default="",
+        help="comma-separated output dirs of runs over parts of the candidates: decide over all their records",
+    )
     args = parser.parse_args(argv)
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
-    unknown = [c for c in args.candidates if c not in CANDIDATES]
+    unknown = [c for c in args.candidates if c not in NCL_RECIPES]
     if unknown:
-        parser.error(f"--candidates {unknown} not valid; allowed: {', '.join(CANDIDATES)}")
+        parser.error(f"--candidates {unknown} not valid; allowed: {', '.join(NCL_RECIPES)}")
     args.pretrain_seeds = [int(s) for s in args.pretrain_seeds.split(",")]
     if not 0 < args.validation_rows < args.rows:
         parser.error(f"--validation_rows {args.validation_rows} must be in (0, --rows={args.rows})")
@@ -152,10 +141,9 @@ def split_rows(labels: torch.Tensor, validation_rows: int) -> tuple[torch.Tensor
 
 def fit_pair(candidate: str, seed: int, pooled, views, args) -> dict[str, tuple]:
     """The NCL candidate and its SimCLR twin (same views, positives, budget and seed) on the fit rows."""
-    recipe = dict(CANDIDATES[candidate])
-    view_kind, positives = recipe.pop("views"), recipe.pop("positives")
     out = {}
     for method, kind in (("simclr", "linear"), ("ncl", "nonneg")):
+        view_kind, recipe = ncl_recipe(candidate, kind)
         start = time.time()
         layer, report = fit_contrastive_projector(
             pooled,
@@ -165,9 +153,8 @@ def fit_pair(candidate: str, seed: int, pooled, views, args) -> dict[str, tuple]
             epochs=args.epochs,
             seed=seed,
             views=views if view_kind != "feature" else None,
-            positives=positives,
             progress=False,
-            **(recipe if kind == "nonneg" else {}),
+            **recipe,
         )
         out[method] = (layer, {"final_loss": report["loss"][-1], "fit_seconds": time.time() - start})
     return out
@@ -323,6 +310,17 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     use_available_cores()
     start = time.time()
+    if args.merge:
+        parts = []
+        for folder in args.merge.split(","):
+            with open(os.path.join(folder, "p3_ncl_selection.json")) as f:
+                parts.append(json.load(f))
+        records = [r for part in parts for r in part["records"]]
+        args.wall_seconds = max(part["wall_seconds"] for part in parts)
+        args.argv = [f"--candidates {','.join(dict.fromkeys(r['candidate'] for r in part['records']))}"
+                     for part in parts]  # fmt: skip
+        write_results(args, records, parts[0]["raw"], None)
+        return
     if args.extract_only and args.check_r52:
         encoded_rows(load_reuters_r52()["train"], args, rows=args.r52_rows)
         return
@@ -367,8 +365,8 @@ def main(argv: list[str] | None = None) -> None:
                     json.dumps({k: v for k, v in records[-1].items() if k != "lr_held_out_accuracy"}),
                     flush=True,
                 )
-    chosen, rows = decide(records, args.width)
-    r52 = None
+            write_results(args, records, raw_probe, None, start)  # partial results survive an interruption
+    chosen = write_results(args, records, raw_probe, None, start)
     if args.check_r52 and chosen is not None:
         r52_pooled, r52_views, r52_labels = encoded_rows(
             load_reuters_r52()["train"], args, rows=args.r52_rows
@@ -377,7 +375,14 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             r52 = {m: unit_report(layer(r52_pooled)[0], r52_labels) for m, (layer, _) in pair.items()}
         r52.update(rows=len(r52_labels), candidate=chosen)
-    args.wall_seconds = time.time() - start
+        write_results(args, records, raw_probe, r52, start)
+
+
+def write_results(args, records: list[dict], raw_probe: dict, r52: dict | None, start: float | None = None):
+    """Decide over ``records`` and write the JSON and the results page to ``args.output_dir``; the choice."""
+    if start is not None:
+        args.wall_seconds = time.time() - start
+    chosen, rows = decide(records, args.width)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "p3_ncl_selection.json"), "w") as f:
         json.dump({"records": records, "raw": raw_probe, "decision": rows, "chosen": chosen, "r52": r52,
@@ -386,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(os.path.join(args.output_dir, "p3_ncl_selection.md"), "w") as f:
         f.write(markdown(records, rows, chosen, raw_probe, r52, args))
     print(f"chosen: {chosen}; wrote {args.output_dir} in {args.wall_seconds / 60:.1f} min", flush=True)
+    return chosen
 
 
 if __name__ == "__main__":

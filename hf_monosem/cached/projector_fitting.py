@@ -27,10 +27,48 @@ from ..models.feature_layers import FeatureLayerSettings, LinearFeatures, featur
 from ..training.losses import info_nce_loss
 from .minibatch import MiniBatches
 
-__all__ = ["CONTRASTIVE_POSITIVES", "fit_contrastive_projector", "nearest_neighbors"]
+__all__ = [
+    "CONTRASTIVE_POSITIVES",
+    "NCL_RECIPES",
+    "fit_contrastive_projector",
+    "nearest_neighbors",
+    "ncl_recipe",
+]
 
 #: what a row's positive is: another view of itself, or a view of one of its nearest neighbours
 CONTRASTIVE_POSITIVES = ("self", "nn")
+
+
+#: P3's named NCL recipes (docs/PROTOCOL.md, stage A): ``views`` (``"feature"``: dropout + noise on the
+#: cached vector; ``"dropout"``: cached encoder-level views, :func:`~hf_monosem.cached.text_view_features`),
+#: ``positives`` and the NCL layer's settings; the SimCLR twin shares the views and positives.
+NCL_RECIPES: dict[str, dict[str, Any]] = {
+    "p2": {"views": "feature", "positives": "self", "nonneg_order": "plain", "nonneg_activation": "relu",
+           "activation_loss_weight": 10.0},
+    "authors": {"views": "dropout", "positives": "self", "nonneg_order": "authors",
+                "nonneg_activation": "rep_relu", "activation_loss_weight": 1.0},
+    "authors-nn": {"views": "dropout", "positives": "nn", "nonneg_order": "authors",
+                   "nonneg_activation": "rep_relu", "activation_loss_weight": 1.0},
+}  # fmt: skip
+
+
+def ncl_recipe(name: str, kind: str) -> tuple[str, dict[str, Any]]:
+    """``(views, fit_contrastive_projector keyword arguments)`` of recipe ``name`` for a ``kind`` layer
+    (``"linear"``: the SimCLR twin, same positives; ``"nonneg"``: NCL).
+
+    Example:
+        >>> ncl_recipe("authors-nn", "linear")
+        ('dropout', {'positives': 'nn'})
+        >>> ncl_recipe("p3", "nonneg")
+        Traceback (most recent call last):
+        ...
+        ValueError: recipe='p3' is not valid; allowed: 'p2', 'authors', 'authors-nn'
+    """
+    if name not in NCL_RECIPES:
+        raise ValueError(f"recipe={name!r} is not valid; allowed: {', '.join(map(repr, NCL_RECIPES))}")
+    recipe = dict(NCL_RECIPES[name])
+    views = recipe.pop("views")
+    return views, recipe if kind == "nonneg" else {"positives": recipe["positives"]}
 
 
 @torch.no_grad()
