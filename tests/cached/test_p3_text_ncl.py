@@ -207,3 +207,38 @@ def test_authors_order_with_nn_positives_does_not_collapse_where_p2_does():
     assert before["dead_fraction"] >= 0.3
     assert after["dead_fraction"] <= 0.10
     assert after["l0"] > 2 * before["l0"]
+
+
+# ----------------------------------------------------------------------- stage A's decision rule
+def _selection_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "select_ncl_recipe.py"
+    spec = importlib.util.spec_from_file_location("select_ncl_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage_a_decision_rule_applies_every_gate_and_then_the_accuracy():
+    decide = _selection_script().decide
+
+    def rec(candidate, method, dead, l0, consistency, acc):
+        return [{"candidate": candidate, "method": method, "seed": s, "dead_fraction": dead, "l0": l0,
+                 "class_consistency": consistency, "mean_val_accuracy": acc} for s in (0, 1)]  # fmt: skip
+
+    width = 1000  # L0 gate: [10, 250]
+    records = [
+        *rec("p2", "ncl", 0.70, 5, 0.60, 0.90), *rec("p2", "simclr", 0.0, 1000, 0.30, 0.70),  # dead, L0 fail
+        *rec("authors", "ncl", 0.05, 50, 0.40, 0.80), *rec("authors", "simclr", 0.0, 1000, 0.30, 0.81),
+        *rec("authors-nn", "ncl", 0.00, 100, 0.42, 0.75), *rec("authors-nn", "simclr", 0.0, 1000, 0.36, 0.78),
+    ]  # fmt: skip
+    chosen, rows = decide(records, width)
+    assert [r["qualifies"] for r in rows] == [False, True, True]
+    assert chosen == "authors"  # both qualify; the higher NCL mean accuracy wins
+    records = [r if r["candidate"] != "authors" or r["method"] != "simclr" else {**r, "class_consistency": 0.36}
+               for r in records]  # fmt: skip  # consistency 0.40 < 0.36 + 0.05: authors fails that gate
+    chosen, rows = decide(records, width)
+    assert chosen == "authors-nn" and not rows[1]["gates"]["consistency >= SimCLR + 0.05"]
+    assert decide(rec("p2", "ncl", 0.5, 5, 0.6, 0.9) + rec("p2", "simclr", 0, 9, 0.1, 0.9), width)[0] is None
