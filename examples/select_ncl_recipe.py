@@ -79,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--r52_rows", type=int, default=2000, help="R52 training rows of the check")
     parser.add_argument("--extract_only", action="store_true", help="only fill the feature/view cache")
     parser.add_argument(
+        "--r52_recipe",
+        default="",
+        help="only run the R52 check of this recipe (writes p3_r52_check.json; --merge picks it up)",
+    )
+    parser.add_argument(
         "--merge",
         default="",
         help="comma-separated output dirs of runs over parts of the candidates: decide over all their records",
@@ -319,7 +324,19 @@ def main(argv: list[str] | None = None) -> None:
         args.wall_seconds = max(part["wall_seconds"] for part in parts)
         args.argv = [f"--candidates {','.join(dict.fromkeys(r['candidate'] for r in part['records']))}"
                      for part in parts]  # fmt: skip
-        write_results(args, records, parts[0]["raw"], None)
+        r52 = None
+        for folder in args.merge.split(","):
+            path = os.path.join(folder, "p3_r52_check.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    r52 = json.load(f)
+        write_results(args, records, parts[0]["raw"], r52)
+        return
+    if args.r52_recipe:
+        r52 = r52_check(args.r52_recipe, args)
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "p3_r52_check.json"), "w") as f:
+            json.dump({**r52, "wall_seconds": time.time() - start}, f, indent=1)
         return
     if args.extract_only and args.check_r52:
         encoded_rows(load_reuters_r52()["train"], args, rows=args.r52_rows)
@@ -368,14 +385,19 @@ def main(argv: list[str] | None = None) -> None:
             write_results(args, records, raw_probe, None, start)  # partial results survive an interruption
     chosen = write_results(args, records, raw_probe, None, start)
     if args.check_r52 and chosen is not None:
-        r52_pooled, r52_views, r52_labels = encoded_rows(
-            load_reuters_r52()["train"], args, rows=args.r52_rows
-        )
-        pair = fit_pair(chosen, 0, r52_pooled, r52_views, args)
-        with torch.no_grad():
-            r52 = {m: unit_report(layer(r52_pooled)[0], r52_labels) for m, (layer, _) in pair.items()}
-        r52.update(rows=len(r52_labels), candidate=chosen)
-        write_results(args, records, raw_probe, r52, start)
+        write_results(args, records, raw_probe, r52_check(chosen, args), start)
+
+
+def r52_check(recipe: str, args) -> dict:
+    """Dead fraction, L0 and consistency of ``recipe``'s NCL and SimCLR on ``args.r52_rows`` Reuters R52
+    training posts (seed 0 draw, pretraining seed 0), measured on the posts they were fitted on."""
+    if recipe not in NCL_RECIPES:
+        raise ValueError(f"recipe={recipe!r} is not valid; allowed: {', '.join(NCL_RECIPES)}")
+    pooled, views, labels = encoded_rows(load_reuters_r52()["train"], args, rows=args.r52_rows)
+    pair = fit_pair(recipe, 0, pooled, views, args)
+    with torch.no_grad():
+        result = {m: unit_report(layer(pooled)[0], labels) for m, (layer, _) in pair.items()}
+    return {**result, "rows": len(labels), "candidate": recipe}
 
 
 def write_results(args, records: list[dict], raw_probe: dict, r52: dict | None, start: float | None = None):
