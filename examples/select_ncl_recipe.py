@@ -301,7 +301,7 @@ def markdown(
         "## Command",
         "",
         "```bash",
-        " ".join(["python examples/select_ncl_recipe.py", *args.argv]),
+        *getattr(args, "commands", [" ".join(["python examples/select_ncl_recipe.py", *args.argv])]),
         "```",
     ]
     lines.append(f"\nWall time: {args.wall_seconds / 60:.1f} min on 2 shared CPU cores.")
@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                 parts.append(json.load(f))
         records = [r for part in parts for r in part["records"]]
         args.wall_seconds = max(part["wall_seconds"] for part in parts)
-        args.argv = [f"--candidates {','.join(dict.fromkeys(r['candidate'] for r in part['records']))}"
-                     for part in parts]  # fmt: skip
+        args.commands = [" ".join(part["command"]) for part in parts]
+        args.commands.append(" ".join(["python examples/select_ncl_recipe.py", *args.argv]))
         r52 = None
         for folder in args.merge.split(","):
             path = os.path.join(folder, "p3_r52_check.json")
@@ -408,7 +408,7 @@ def write_results(args, records: list[dict], raw_probe: dict, r52: dict | None, 
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "p3_ncl_selection.json"), "w") as f:
         json.dump({"records": records, "raw": raw_probe, "decision": rows, "chosen": chosen, "r52": r52,
-                   "command": ["python examples/select_ncl_recipe.py", *args.argv],
+                   "command": getattr(args, "commands", None) or ["python examples/select_ncl_recipe.py", *args.argv],
                    "wall_seconds": args.wall_seconds}, f, indent=1)  # fmt: skip
     with open(os.path.join(args.output_dir, "p3_ncl_selection.md"), "w") as f:
         f.write(markdown(records, rows, chosen, raw_probe, r52, args))
