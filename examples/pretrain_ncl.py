@@ -133,7 +133,7 @@ from hf_monosem.data import (
     preprocess,
 )
 from hf_monosem.evaluation.metrics import monosemanticity_report
-from hf_monosem.models import NONNEG_ACTIVATIONS
+from hf_monosem.models import NONNEG_ACTIVATIONS, NONNEG_ORDERS
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.scenarios.protocols import ProbeProtocol, probe_protocol, probe_protocol_names
 from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews, use_available_cores
@@ -196,6 +196,14 @@ class PretrainArguments:
         metadata={
             "help": "NCL's non-negativity: relu, or rep_relu (ReLU forward, GELU's gradient backward: the NCL "
             "authors' CIFAR default, against dead units)."
+        },
+    )
+    nonneg_order: str = field(
+        default="plain",
+        metadata={
+            "help": "NCL's order: plain (the non-negativity on the projector output) or authors (normalise -> "
+            "non-negativity -> normalise, as PKU-ML/Beyond_Interpretability's NCL; protocol P3's text recipe "
+            "with --nonneg_activation rep_relu --activation_loss_weight 1). Saved in the model's config."
         },
     )
     activation_loss_weight: float = field(
@@ -363,6 +371,8 @@ def parse_args(argv=None):
         parser.error(
             f"--nonneg_activation {pre_args.nonneg_activation!r} is not one of {', '.join(NONNEG_ACTIVATIONS)}"
         )
+    if pre_args.nonneg_order not in NONNEG_ORDERS:
+        parser.error(f"--nonneg_order {pre_args.nonneg_order!r} is not one of {', '.join(NONNEG_ORDERS)}")
     if not pre_args.activation_loss_weight >= 0:
         parser.error(f"--activation_loss_weight {pre_args.activation_loss_weight} must be >= 0")
     if pre_args.validation_rows < 0:
@@ -384,6 +394,7 @@ def build_model(kind: str, pre_args: PretrainArguments, source: dict) -> MonoSem
         source["use_pretrained_backbone"] = pre_args.use_pretrained_backbone
     ncl = {
         "nonneg_activation": pre_args.nonneg_activation,
+        "nonneg_order": pre_args.nonneg_order,
         "activation_loss_weight": pre_args.activation_loss_weight,
     }
     config = MonoSemanticConfig(

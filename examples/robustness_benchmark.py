@@ -95,8 +95,10 @@ from hf_monosem.cached import (
     feature_stats,
     fit_contrastive_projector,
     load_feature_layers,
+    ncl_recipe,
     save_feature_layers,
     tensors_sha256,
+    text_view_features,
     train_sae_layer,
 )
 from hf_monosem.data import (
@@ -211,7 +213,20 @@ class BenchmarkArguments:
     )
     ncl_activation_loss_weight: float = field(
         default=10.0,
-        metadata={"help": "NCL's activation term (P1's choice in docs/results/p1_ncl_selection.md)."},
+        metadata={
+            "help": "Vision: NCL's activation term (P1's choice in docs/results/p1_ncl_selection.md); the "
+            "text track takes its weight from --text_ncl_recipe."
+        },
+    )
+    text_ncl_recipe: str = field(
+        default="p2",
+        metadata={
+            "help": "Text: SimCLR/NCL recipe, a name of hf_monosem.cached.NCL_RECIPES (p2, authors, authors-nn; "
+            "P3 stage A's choice in docs/results/p3_ncl_selection.md). SimCLR shares its views and positives."
+        },
+    )
+    text_views: int = field(
+        default=2, metadata={"help": "Text: encoder-level (SimCSE dropout) views per training post, K."}
     )
     # text track
     model_name_or_path: str | None = field(
@@ -322,6 +337,9 @@ def parse(argv=None) -> BenchmarkArguments:
     for name in ("shots", "sae_topk"):
         if any(k < 1 or k != int(k) for k in floats(getattr(args, name))):
             raise SystemExit(f"--{name} {getattr(args, name)!r}: every k must be a positive integer")
+    ncl_recipe(args.text_ncl_recipe, "nonneg")  # a clear error before any work
+    if args.text_views < 2:
+        raise ValueError(f"--text_views {args.text_views} is not valid; allowed: an integer >= 2")
     if args.sae_overcomplete < 0 or args.ncl_activation_loss_weight < 0:
         raise SystemExit(
             f"--sae_overcomplete {args.sae_overcomplete} and --ncl_activation_loss_weight "
@@ -456,6 +474,17 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             )
             for key, ds in tokenized.items()
         }
+        train_views = None
+        if ncl_recipe(args.text_ncl_recipe, "nonneg")[0] == "dropout":  # K encoder views of every post
+            train_views = text_view_features(
+                encoder,
+                tokenized[TRAIN],
+                args.text_views,
+                seed=0,
+                collate_fn=DataCollatorWithPadding(tokenizer),
+                cache_dir=cache_dir,
+                progress=True,
+            )
     labels = {key: torch.tensor(ds["label"]) for key, ds in texts.items()}
     mean, std = feature_stats(pooled[TRAIN])
     generator = torch.Generator().manual_seed(1234)
@@ -483,22 +512,25 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         args.ncl_activation_loss_weight,
         "sae_normalize_input=fit",
         simclr_sweep,
+        args.text_ncl_recipe,
+        args.text_views if train_views is not None else 0,
     )
     fitted_path = os.path.join(cache_dir, f"representations-{fingerprint}.safetensors")
     with timer("text: fit representations"):
         fitted = load_feature_layers(fitted_path, fingerprint)
         if fitted is None:
             fitted = fit_saes(pooled[TRAIN], sweep, args.representation_epochs)
-            for name, kind in CONTRASTIVE_METHODS.items():
-                weight = args.ncl_activation_loss_weight if kind == "nonneg" else 0.0
+            for name, kind in CONTRASTIVE_METHODS.items():  # SimCLR and NCL on the recipe's views
+                view_kind, recipe = ncl_recipe(args.text_ncl_recipe, kind)
                 layer, report = fit_contrastive_projector(
                     pooled[TRAIN],
                     feature_layer=kind,
                     feature_dim=width,
                     projector_hidden_dim=width,
-                    activation_loss_weight=weight,
                     epochs=args.representation_epochs,
                     seed=0,
+                    views=train_views if view_kind == "dropout" else None,
+                    **recipe,
                 )
                 fitted[name] = (
                     layer,

@@ -46,6 +46,8 @@ __all__ = [
     "input_columns",
     "model_fingerprint",
     "resolve_base_model",
+    "text_view_features",
+    "TEXT_VIEW_KINDS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,111 @@ def augmented_view_features(
                 bar.update(1)
             out.append(torch.cat(view))
     return torch.stack(out)
+
+
+#: kinds of encoder-level text views: SimCSE dropout, or token masking (dropout off)
+TEXT_VIEW_KINDS = ("dropout", "mask")
+
+
+def text_view_features(
+    model_or_backbone: nn.Module,
+    dataset: Any,
+    num_views: int,
+    *,
+    kind: str = "dropout",
+    mask_rate: float = 0.15,
+    mask_token_id: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    pooling: str | None = None,
+    collate_fn: Callable | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_key: str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``[num_views, N, hidden]``: pooled encoder vectors of ``num_views`` views of every text, the text
+    twin of :func:`augmented_view_features` (the projector fitting draws two of them per row and step).
+
+    ``kind="dropout"`` runs the encoder with dropout on (SimCSE: two passes of one post differ only
+    in their dropout masks); ``kind="mask"`` runs it in eval mode on inputs whose tokens are replaced by
+    ``mask_token_id`` with probability ``mask_rate`` (never the first and last attended token, CLS/SEP).
+    View ``k`` draws from a generator seeded with ``(seed, k)``, so the result is fixed by ``seed``. Both
+    go through :func:`collect_outputs`, the one inference loop. With ``cache_dir`` the tensor is cached
+    like :func:`extract_pooled_features`, keyed by the model, the dataset and these settings.
+
+    Example:
+        >>> import datasets
+        >>> from transformers import BertConfig, BertModel
+        >>> bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+        ...                             num_attention_heads=2, intermediate_size=20))
+        >>> ds = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 3})
+        >>> views = text_view_features(bert, ds, 2, seed=0)
+        >>> views.shape, bool((views[0] != views[1]).any())
+        (torch.Size([2, 3, 16]), True)
+    """
+    if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
+        raise ValueError(f"num_views={num_views!r} is not valid; allowed: a positive integer")
+    if kind not in TEXT_VIEW_KINDS:
+        raise ValueError(f"kind={kind!r} is not valid; allowed: {', '.join(map(repr, TEXT_VIEW_KINDS))}")
+    if kind == "mask" and (mask_token_id is None or not 0 < mask_rate < 1):
+        raise ValueError(
+            f"kind='mask' needs mask_token_id (got {mask_token_id!r}) and mask_rate in (0, 1) (got {mask_rate!r})"
+        )
+    base = resolve_base_model(model_or_backbone, pooling)
+    columns = _input_columns(base, dataset)
+    path = None
+    if cache_dir is not None:
+        key = _cache_key(base, dataset, "pooled", columns, cache_key)
+        if key is None:
+            logger.warning("dataset has no _fingerprint and no cache_key was given: views are not cached")
+        else:
+            settings = (
+                f"{key}|{kind}|{num_views}|{seed}|{mask_rate if kind == 'mask' else ''}|{mask_token_id}"
+            )
+            path = Path(cache_dir) / f"views-{hashlib.sha256(settings.encode()).hexdigest()[:32]}.safetensors"
+            # checked like the pooled cache: content hash, the settings it was written for, its shape
+            cached = load_tensors(path, {"key": settings}, {"features": (num_views, len(dataset), None)})
+            if cached is not None:
+                return cached["features"]
+    base_collate = collate_fn or default_data_collator
+    views = []
+    for k in range(num_views):
+        generator = view_generator(seed, k, 0)
+        collate = base_collate
+        if kind == "mask":
+
+            def collate(rows: list[Any], generator: torch.Generator = generator) -> Any:
+                return _mask_tokens(base_collate(rows), mask_rate, int(mask_token_id), generator)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            out = collect_outputs(
+                base,
+                dataset,
+                batch_size,
+                outputs=("pooled",),
+                inputs=columns or None,
+                collate_fn=collate,
+                progress=progress,
+                desc=f"text view {k + 1}/{num_views}",
+                dropout=kind == "dropout",
+            )
+        views.append(out["pooled"])
+    result = torch.stack(views)
+    if path is not None:
+        save_tensors(path, {"features": result}, {"output": "views", "key": settings})  # atomic
+    return result
+
+
+def _mask_tokens(batch: Any, rate: float, mask_token_id: int, generator: torch.Generator) -> Any:
+    """``batch`` with attended tokens (not the first or last of a row) replaced by ``mask_token_id``."""
+    ids = batch["input_ids"]
+    attended = batch.get("attention_mask", torch.ones_like(ids)).bool()
+    position = torch.arange(ids.shape[1]).expand_as(ids)
+    inner = attended & (position > 0) & (position < attended.sum(1, keepdim=True) - 1)
+    hit = inner & (torch.rand(ids.shape, generator=generator) < rate)
+    batch["input_ids"] = ids.masked_fill(hit, mask_token_id)
+    return batch
 
 
 def model_fingerprint(module: nn.Module) -> str:
@@ -407,6 +514,7 @@ def collect_outputs(
     progress: bool = False,
     num_workers: int = 0,
     desc: str = "extracting features",
+    dropout: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Run ``model`` over ``dataset`` once, in dataset order, and gather output fields on the CPU.
 
@@ -424,6 +532,8 @@ def collect_outputs(
         collate_fn: batches rows (default ``transformers.default_data_collator``).
         device: where to run; default the model's device (the model is moved back afterwards).
         progress, desc: a progress bar and its text. num_workers: DataLoader workers.
+        dropout: run with dropout on (every module in train mode except batch-norm layers, which
+            keep their running statistics): SimCSE's views, drawn from torch's global generator.
 
     The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
     module's train/eval mode is restored exactly afterwards.
@@ -474,6 +584,10 @@ def collect_outputs(
     if moved:
         model.to(device)
     model.eval()
+    if dropout:
+        for module in model.modules():
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
     )

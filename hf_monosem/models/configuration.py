@@ -125,7 +125,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         feature_layer: one of ``"linear"`` (polysemantic baseline), ``"nonneg"`` (NCL-style
             non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
-        projector_hidden_dim, nonneg_activation, topk, sparsity_weight, reconstruction_weight,
+        projector_hidden_dim, nonneg_activation, nonneg_order, topk, sparsity_weight, reconstruction_weight,
             sae_normalize_input, activation_loss_weight: the feature layer's settings; meaning, defaults and validation are
             those of :class:`~.feature_layers.FeatureLayerSettings` (``topk`` of a ``topk`` layer is
             filled in here: ``feature_dim // 8``, the paper's ratio).
@@ -183,6 +183,7 @@ class MonoSemanticConfig(PreTrainedConfig):
     # the feature layer's settings: defaults from FeatureLayerSettings, their one source
     projector_hidden_dim: int | None = FeatureLayerSettings.projector_hidden_dim
     nonneg_activation: str = FeatureLayerSettings.nonneg_activation
+    nonneg_order: str = FeatureLayerSettings.nonneg_order
     topk: int | None = FeatureLayerSettings.topk
     sparsity_weight: float = FeatureLayerSettings.sparsity_weight
     reconstruction_weight: float = FeatureLayerSettings.reconstruction_weight

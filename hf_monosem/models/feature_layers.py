@@ -38,6 +38,7 @@ __all__ = [
     "SAE_INPUT_NORMALIZATIONS",
     "FeatureLayer",
     "FeatureLayerSettings",
+    "NONNEG_ORDERS",
     "LinearFeatures",
     "NonNegativeFeatures",
     "activation_loss",
@@ -97,6 +98,12 @@ NONNEG_ACTIVATIONS: dict[str, Any] = {
 #: when an SAE L2-normalises its input: while fitting and encoding, only while fitting, or never
 SAE_INPUT_NORMALIZATIONS = ("always", "fit", "never")
 
+#: where ``nonneg``'s non-negativity sits: ``"plain"`` on the projector output (P2's order);
+#: ``"authors"`` between two L2 normalisations, normalise -> activation -> normalise (the order of
+#: PKU-ML/Beyond_Interpretability's NCL: with ``rep_relu`` each coordinate sits near ``1/sqrt(F)``,
+#: where GELU's slope is ~0.5, so units whose pre-activation turned negative still learn)
+NONNEG_ORDERS = ("plain", "authors")
+
 # Denominators below this are treated as zero (all-zero inputs must not produce NaN).
 _EPS = 1e-8
 
@@ -126,6 +133,8 @@ class FeatureLayerSettings:
         projector_hidden_dim: if set, ``linear``/``nonneg`` use a two-layer MLP projector
             ``input -> projector_hidden_dim -> feature_dim`` (SimCLR/NCL).
         nonneg_activation: the non-negativity of ``nonneg``, a key of :data:`NONNEG_ACTIVATIONS`.
+        nonneg_order: where ``nonneg`` applies it, one of :data:`NONNEG_ORDERS` (``"authors"``:
+            ``normalize(activation(normalize(projector(x))))``, unit-norm outputs).
         topk: active latents per input of ``topk`` (``None``: :meth:`default_topk`).
         sparsity_weight: weight of the L1 term of ``sae``.
         reconstruction_weight: weight of the reconstruction term of ``sae``/``topk``.
@@ -155,6 +164,7 @@ class FeatureLayerSettings:
     feature_dim: int
     projector_hidden_dim: int | None = None
     nonneg_activation: str = "relu"
+    nonneg_order: str = "plain"
     topk: int | None = None
     sparsity_weight: float = 1e-3
     reconstruction_weight: float = 1.0
@@ -170,6 +180,8 @@ class FeatureLayerSettings:
             raise _bad("projector_hidden_dim", self.projector_hidden_dim, "None or a positive integer")
         if not isinstance(self.nonneg_activation, str) or self.nonneg_activation not in NONNEG_ACTIVATIONS:
             raise _bad("nonneg_activation", self.nonneg_activation, ", ".join(map(repr, NONNEG_ACTIVATIONS)))
+        if not isinstance(self.nonneg_order, str) or self.nonneg_order not in NONNEG_ORDERS:
+            raise _bad("nonneg_order", self.nonneg_order, ", ".join(map(repr, NONNEG_ORDERS)))
         if self.topk is not None and (not _is_int(self.topk) or not 1 <= self.topk <= self.feature_dim):
             raise _bad("topk", self.topk, f"an integer in [1, feature_dim={self.feature_dim}]")
         for name in ("sparsity_weight", "reconstruction_weight", "activation_loss_weight"):
@@ -403,7 +415,10 @@ class NonNegativeFeatures(LinearFeatures):
             self.loss_weights["activation_loss"] = float(self.settings.activation_loss_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features = self.activation(self.project(x))
+        if self.settings.nonneg_order == "authors":
+            features = F.normalize(self.activation(F.normalize(self.project(x), dim=-1)), dim=-1)
+        else:
+            features = self.activation(self.project(x))
         if not self.settings.activation_loss_weight:
             return features, {}
         return features, {"activation_loss": activation_loss(features)}
