@@ -4,6 +4,8 @@ contrastive projectors and linear probes (single or batched grids) fitted on tho
 
 from . import (
     augmented_views,
+    cache_files,
+    checks,
     extraction,
     feature_cache,
     minibatch,
@@ -14,6 +16,8 @@ from . import (
     scaling,
 )
 from .augmented_views import *  # noqa: F403
+from .cache_files import *  # noqa: F403
+from .checks import *  # noqa: F403
 from .extraction import *  # noqa: F403
 from .feature_cache import *  # noqa: F403
 from .minibatch import *  # noqa: F403
@@ -24,6 +28,8 @@ from .sae_fitting import *  # noqa: F403
 from .scaling import *  # noqa: F403
 
 __all__ = [
+    *cache_files.__all__,
+    *checks.__all__,
     *extraction.__all__,
     *feature_cache.__all__,
     *augmented_views.__all__,

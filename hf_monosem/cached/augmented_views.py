@@ -20,7 +20,6 @@ def view_generator(seed: int, view: int, chunk: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(view)) * 1_000_003 + int(chunk))
 
 
-@torch.no_grad()
 def augmented_view_features(
     encode: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,

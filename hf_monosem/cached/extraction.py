@@ -103,7 +103,30 @@ def _row_names(dataset: Any) -> list[str] | None:
     return list(names) if names is not None else None
 
 
-@torch.no_grad()
+def _default_collate(rows: list[Any]) -> Any:
+    """``default_data_collator``, after a check that names unpadded text instead of torch's bare
+    ``expected sequence of length 5 at dim 1 (got 4)``."""
+    if rows and isinstance(rows[0], Mapping):
+        for key in rows[0]:
+            lengths = sorted({n for n in (_sequence_length(row.get(key)) for row in rows) if n is not None})
+            if len(lengths) > 1:
+                raise ValueError(
+                    f"rows of {key!r} have different lengths ({', '.join(map(str, lengths[:5]))}): the text is not "
+                    "padded; pass collate_fn=DataCollatorWithPadding(tokenizer), or tokenise with "
+                    "padding='max_length' (and truncation=True, max_length=...)"
+                )
+    return default_data_collator(rows)
+
+
+def _sequence_length(value: Any) -> int | None:
+    """The length of a row's list / tuple / tensor value (``None`` for scalars, 0-d tensors included)."""
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.shape[0]
+    return None
+
+
 def collect_outputs(
     model: nn.Module,
     dataset: Any,
@@ -117,6 +140,7 @@ def collect_outputs(
     progress: bool = False,
     num_workers: int = 0,
     desc: str = "extracting features",
+    dropout: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Run ``model`` over ``dataset`` once, in dataset order, and gather output fields on the CPU.
 
@@ -134,6 +158,8 @@ def collect_outputs(
         collate_fn: batches rows (default ``transformers.default_data_collator``).
         device: where to run; default the model's device (the model is moved back afterwards).
         progress, desc: a progress bar and its text. num_workers: DataLoader workers.
+        dropout: run with dropout on (every module in train mode except batch-norm layers, which
+            keep their running statistics): SimCSE's views, drawn from torch's global generator.
 
     The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
     module's train/eval mode is restored exactly afterwards.
@@ -166,7 +192,7 @@ def collect_outputs(
     elif names is not None:
         inputs = input_columns(model, names)
     accepted = set(inputs) if inputs is not None else _accepted_inputs(model)
-    base_collate = collate_fn or default_data_collator
+    base_collate = collate_fn or _default_collate
     if names is not None:  # only the model inputs and the label reach the collator
         wanted = [c for c in names if c in accepted or c in LABEL_KEYS]
         if hasattr(dataset, "select_columns"):
@@ -184,6 +210,10 @@ def collect_outputs(
     if moved:
         model.to(device)
     model.eval()
+    if dropout:
+        for module in model.modules():
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
     )

@@ -6,6 +6,9 @@ changes, so :func:`extract_pooled_features` computes it once (through the one in
 every seed. The matrix is written as safetensors under ``cache_dir``, keyed by a hash of the model
 (config + :func:`model_fingerprint` of its weights), the dataset (``datasets.Dataset._fingerprint``)
 and what is extracted; the second call loads it.
+
+:func:`text_view_features` is the text twin of :func:`~.augmented_views.augmented_view_features`: K
+views of every post (SimCSE dropout or token masking) through the same loop, cached the same way.
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import default_data_collator
 
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
+from .augmented_views import view_generator
+from .cache_files import load_tensors, save_tensors
+from .checks import check_features
 from .extraction import collect_outputs, input_columns, resolve_base_model
 
-__all__ = ["extract_pooled_features", "model_fingerprint"]
+__all__ = ["TEXT_VIEW_KINDS", "extract_pooled_features", "model_fingerprint", "text_view_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +74,18 @@ def model_fingerprint(module: nn.Module) -> str:
 
 
 def _cache_key(
-    base: MonoSemanticModel, dataset: Any, output: str, input_columns: list[str], cache_key: str | None
+    base: MonoSemanticModel,
+    dataset: Any,
+    output: str,
+    input_columns: list[str],
+    cache_key: str | None,
+    collate_fn: Callable | None = None,
 ) -> str | None:
     dataset_fingerprint = cache_key or getattr(dataset, "_fingerprint", None)
     if dataset_fingerprint is None:
+        return None
+    collate = _collate_fingerprint(collate_fn)
+    if collate is None:
         return None
     what = base if output == "features" else base.backbone
     config = base.config.to_dict() if output == "features" else base.backbone.config.to_dict()
@@ -84,9 +98,25 @@ def _cache_key(
         "output": output,
         "dataset": dataset_fingerprint,
         "columns": input_columns,
-        "version": 1,
+        "collate_fn": collate,
+        "rows": len(dataset),
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _collate_fingerprint(collate_fn: Callable | None) -> str | None:
+    """What the collate function is, as a hash (code, closure and state: the ``datasets`` hasher ``map``
+    caches by), since another collate function (e.g. one that truncates) gives other features.
+    ``None`` when it cannot be hashed (then nothing is cached)."""
+    if collate_fn is None:
+        return "default_data_collator"
+    from datasets.fingerprint import Hasher
+
+    try:
+        return Hasher.hash(collate_fn)
+    except Exception:  # unpicklable state: no safe key
+        return None
 
 
 def _input_columns(base: MonoSemanticModel, dataset: Any) -> list[str]:
@@ -153,31 +183,27 @@ def extract_pooled_features(
 
     path = None
     if cache_dir is not None:
-        key = _cache_key(base, dataset, output, columns, cache_key)
+        key = _cache_key(base, dataset, output, columns, cache_key, collate_fn)
         if key is None:
-            logger.warning("dataset has no _fingerprint and no cache_key was given: features are not cached")
+            logger.warning(
+                "dataset has no _fingerprint and no cache_key was given, or collate_fn cannot be hashed: "
+                "features are not cached"
+            )
         else:
             path = Path(cache_dir) / f"{output}-{key[:32]}.safetensors"
-            if path.exists():
-                from safetensors.torch import load_file
-
+            # checked: content hash, the full key it was written for, one row per example; a file that
+            # fails is named in a warning and rebuilt below
+            cached = load_tensors(path, {"key": key}, {"features": (len(dataset), None)})
+            if cached is not None:
                 logger.info("loading cached features from %s", path)
-                return load_file(str(path))["features"]
+                return cached["features"]
 
     features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress)
+    # a NaN/inf input row (or a diverged backbone) is named here, by dataset row, not as NaN weights later
+    check_features(features, f"{output} features of the dataset")
 
     if path is not None:
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": features}, tmp, metadata={"output": output, "key": key})
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_tensors(path, {"features": features}, {"output": output, "key": str(key)})  # atomic
     return features
 
 
@@ -202,3 +228,108 @@ def _run(
         progress=progress,
     )
     return outputs[output]
+
+
+#: kinds of encoder-level text views: SimCSE dropout, or token masking (dropout off)
+TEXT_VIEW_KINDS = ("dropout", "mask")
+
+
+def text_view_features(
+    model_or_backbone: nn.Module,
+    dataset: Any,
+    num_views: int,
+    *,
+    kind: str = "dropout",
+    mask_rate: float = 0.15,
+    mask_token_id: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    pooling: str | None = None,
+    collate_fn: Callable | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_key: str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``[num_views, N, hidden]``: pooled encoder vectors of ``num_views`` views of every text, the text
+    twin of :func:`augmented_view_features` (the projector fitting draws two of them per row and step).
+
+    ``kind="dropout"`` runs the encoder with dropout on (SimCSE: two passes of one post differ only
+    in their dropout masks); ``kind="mask"`` runs it in eval mode on inputs whose tokens are replaced by
+    ``mask_token_id`` with probability ``mask_rate`` (never the first and last attended token, CLS/SEP).
+    View ``k`` draws from a generator seeded with ``(seed, k)``, so the result is fixed by ``seed``. Both
+    go through :func:`collect_outputs`, the one inference loop. With ``cache_dir`` the tensor is cached
+    like :func:`extract_pooled_features`, keyed by the model, the dataset and these settings.
+
+    Example:
+        >>> import datasets
+        >>> from transformers import BertConfig, BertModel
+        >>> bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+        ...                             num_attention_heads=2, intermediate_size=20))
+        >>> ds = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 3})
+        >>> views = text_view_features(bert, ds, 2, seed=0)
+        >>> views.shape, bool((views[0] != views[1]).any())
+        (torch.Size([2, 3, 16]), True)
+    """
+    if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
+        raise ValueError(f"num_views={num_views!r} is not valid; allowed: a positive integer")
+    if kind not in TEXT_VIEW_KINDS:
+        raise ValueError(f"kind={kind!r} is not valid; allowed: {', '.join(map(repr, TEXT_VIEW_KINDS))}")
+    if kind == "mask" and (mask_token_id is None or not 0 < mask_rate < 1):
+        raise ValueError(
+            f"kind='mask' needs mask_token_id (got {mask_token_id!r}) and mask_rate in (0, 1) (got {mask_rate!r})"
+        )
+    base = resolve_base_model(model_or_backbone, pooling)
+    columns = _input_columns(base, dataset)
+    path = None
+    if cache_dir is not None:
+        key = _cache_key(base, dataset, "pooled", columns, cache_key)
+        if key is None:
+            logger.warning("dataset has no _fingerprint and no cache_key was given: views are not cached")
+        else:
+            settings = (
+                f"{key}|{kind}|{num_views}|{seed}|{mask_rate if kind == 'mask' else ''}|{mask_token_id}"
+            )
+            path = Path(cache_dir) / f"views-{hashlib.sha256(settings.encode()).hexdigest()[:32]}.safetensors"
+            # checked like the pooled cache: content hash, the settings it was written for, its shape
+            cached = load_tensors(path, {"key": settings}, {"features": (num_views, len(dataset), None)})
+            if cached is not None:
+                return cached["features"]
+    base_collate = collate_fn or default_data_collator
+    views = []
+    for k in range(num_views):
+        generator = view_generator(seed, k, 0)
+        collate = base_collate
+        if kind == "mask":
+
+            def collate(rows: list[Any], generator: torch.Generator = generator) -> Any:
+                return _mask_tokens(base_collate(rows), mask_rate, int(mask_token_id), generator)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            out = collect_outputs(
+                base,
+                dataset,
+                batch_size,
+                outputs=("pooled",),
+                inputs=columns or None,
+                collate_fn=collate,
+                progress=progress,
+                desc=f"text view {k + 1}/{num_views}",
+                dropout=kind == "dropout",
+            )
+        views.append(out["pooled"])
+    result = torch.stack(views)
+    if path is not None:
+        save_tensors(path, {"features": result}, {"output": "views", "key": settings})  # atomic
+    return result
+
+
+def _mask_tokens(batch: Any, rate: float, mask_token_id: int, generator: torch.Generator) -> Any:
+    """``batch`` with attended tokens (not the first or last of a row) replaced by ``mask_token_id``."""
+    ids = batch["input_ids"]
+    attended = batch.get("attention_mask", torch.ones_like(ids)).bool()
+    position = torch.arange(ids.shape[1]).expand_as(ids)
+    inner = attended & (position > 0) & (position < attended.sum(1, keepdim=True) - 1)
+    hit = inner & (torch.rand(ids.shape, generator=generator) < rate)
+    batch["input_ids"] = ids.masked_fill(hit, mask_token_id)
+    return batch

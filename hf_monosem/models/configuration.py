@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -25,6 +27,7 @@ __all__ = [
     "MonoSemanticConfig",
     "backbone_hidden_size",
     "default_pooling",
+    "public_name",
 ]
 
 #: how the backbone's output becomes one vector per input.
@@ -76,6 +79,35 @@ def default_pooling(config: PreTrainedConfig) -> str:
     return "cls"
 
 
+def public_name(name_or_path: Any) -> Any:
+    """A Hub id unchanged; a local folder or file (absolute, ``./``/``../``/``~`` relative, or existing)
+    by its last component, so that saved files never hold a machine path.
+
+    Example:
+        >>> public_name("sentence-transformers/all-MiniLM-L6-v2"), public_name("/home/me/models/minilm/")
+        ('sentence-transformers/all-MiniLM-L6-v2', 'minilm')
+    """
+    if not isinstance(name_or_path, str) or not name_or_path:
+        return name_or_path
+    text = os.path.expanduser(name_or_path)
+    if os.path.isabs(text) or name_or_path.startswith((".", "~")) or os.path.exists(text):
+        return os.path.basename(os.path.normpath(text))
+    return name_or_path
+
+
+def _scrub_local_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: public_name(item)
+            if key in ("backbone", "_name_or_path", "name_or_path")
+            else _scrub_local_paths(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub_local_paths(item) for item in value]
+    return value
+
+
 class MonoSemanticConfig(PreTrainedConfig):
     r"""Configuration of a backbone with a (mono- or polysemantic) feature layer and a linear head.
 
@@ -94,7 +126,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         feature_layer: one of ``"linear"`` (polysemantic baseline), ``"nonneg"`` (NCL-style
             non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
-        projector_hidden_dim, nonneg_activation, topk, sparsity_weight, reconstruction_weight,
+        projector_hidden_dim, nonneg_activation, nonneg_order, topk, sparsity_weight, reconstruction_weight,
             sae_normalize_input, activation_loss_weight: the feature layer's settings; meaning, defaults and validation are
             those of :class:`~.feature_layers.FeatureLayerSettings` (``topk`` of a ``topk`` layer is
             filled in here: ``feature_dim // 8``, the paper's ratio).
@@ -132,6 +164,10 @@ class MonoSemanticConfig(PreTrainedConfig):
     """
 
     model_type = "monosemantic"
+    # outputs that are not predictions: a plain ``Trainer`` leaves them out of what it gathers at evaluation,
+    # so ``eval_pred`` holds the logits alone (the tutorials' ``logits, labels = eval_pred``) and the
+    # feature vectors of a whole evaluation set are never kept in memory
+    keys_to_ignore_at_inference = ["features", "pooled", "aux_losses", "hidden_states", "attentions"]
     # a sub-config: transformers hands attn_implementation / dtype of the whole model down to it
     if SubConfigSpec is not None:
         sub_configs_defaults = {
@@ -148,10 +184,11 @@ class MonoSemanticConfig(PreTrainedConfig):
     # the feature layer's settings: defaults from FeatureLayerSettings, their one source
     projector_hidden_dim: int | None = FeatureLayerSettings.projector_hidden_dim
     nonneg_activation: str = FeatureLayerSettings.nonneg_activation
+    nonneg_order: str = FeatureLayerSettings.nonneg_order
     topk: int | None = FeatureLayerSettings.topk
     sparsity_weight: float = FeatureLayerSettings.sparsity_weight
     reconstruction_weight: float = FeatureLayerSettings.reconstruction_weight
-    sae_normalize_input: bool = FeatureLayerSettings.sae_normalize_input
+    sae_normalize_input: bool | str = FeatureLayerSettings.sae_normalize_input
     activation_loss_weight: float = FeatureLayerSettings.activation_loss_weight
     pooling: str | None = None
     freeze_backbone: bool = False
@@ -163,7 +200,9 @@ class MonoSemanticConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         loading = kwargs.pop("backbone_loading_kwargs", None)
         self._backbone_loading_kwargs = self._checked_loading_kwargs(loading)
-        backbone_config = self._resolve_backbone_config()
+        # transformers' convention: every config builds with no arguments (``AutoConfig.for_model``); what
+        # needs a backbone is filled in and checked when a model is built (:meth:`validate_for_model`)
+        backbone_config = None if self._has_no_backbone() else self._resolve_backbone_config()
         attn_implementation = kwargs.get("attn_implementation")
         # PreTrainedConfig.__post_init__ sets attn_implementation (None unless given) on every sub-config:
         # keep the backbone's own (it may be shared with a live backbone model) unless one is asked for
@@ -172,7 +211,34 @@ class MonoSemanticConfig(PreTrainedConfig):
         self.backbone_config = backbone_config
         if attn_implementation is not None:
             self._attn_implementation = attn_implementation
+        if backbone_config is None:
+            self._validate_backbone_free_fields()
+        else:
+            self._validate_and_fill_defaults()
+
+    def _has_no_backbone(self) -> bool:
+        return self.backbone_config is None and not self.backbone
+
+    def validate_for_model(self) -> None:
+        """Check that a model can be built from this config and fill in its backbone-dependent defaults.
+
+        Models call it first: a config made with no arguments is valid, a model from it is not.
+
+        Example:
+            >>> MonoSemanticConfig().validate_for_model()
+            Traceback (most recent call last):
+            ...
+            ValueError: give either backbone (a Hub id or folder) or backbone_config (a transformers config)
+        """
+        self.backbone_config = self._resolve_backbone_config()  # a config object passes through
         self._validate_and_fill_defaults()
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
+        """The backbone's text config: what ``resize_token_embeddings`` updates (``vocab_size``) must land in
+        ``backbone_config``, which builds the backbone when the checkpoint is reloaded."""
+        if not isinstance(self.backbone_config, PreTrainedConfig):
+            return self
+        return self.backbone_config.get_text_config(decoder=decoder, encoder=encoder)
 
     @staticmethod
     def _checked_loading_kwargs(loading: Any) -> dict[str, Any]:
@@ -196,6 +262,17 @@ class MonoSemanticConfig(PreTrainedConfig):
         output = super().to_dict()
         output.pop("_backbone_loading_kwargs", None)  # may hold a token: not part of the checkpoint
         return output
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The JSON ``save_pretrained`` writes, with local folders named by their last component
+        (``backbone`` and every ``_name_or_path``): a checkpoint must not carry the saver's machine
+        paths. The weights are in the checkpoint, so loading it never reads ``backbone``."""
+        return (
+            json.dumps(
+                _scrub_local_paths(json.loads(super().to_json_string(use_diff))), indent=2, sort_keys=True
+            )
+            + "\n"
+        )
 
     def _resolve_backbone_config(self) -> PreTrainedConfig:
         config = self.backbone_config
@@ -229,6 +306,22 @@ class MonoSemanticConfig(PreTrainedConfig):
             config._attn_implementation = loading["attn_implementation"]
         return config
 
+    def _validate_backbone_free_fields(self) -> None:
+        feature_layer_class(self.feature_layer)  # the name is checked even without a backbone
+        self._validate_head_fields()
+        if self.pooling is not None and self.pooling not in POOLING_CHOICES:
+            raise invalid_value("pooling", self.pooling, ", ".join(repr(k) for k in POOLING_CHOICES))
+
+    def _validate_head_fields(self) -> None:
+        if not isinstance(self.freeze_feature_layer, bool):
+            raise invalid_value("freeze_feature_layer", self.freeze_feature_layer, "True or False")
+        if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
+            raise invalid_value("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise invalid_value("temperature", self.temperature, "a number > 0")
+        if self.num_labels is None or self.num_labels < 1:
+            raise invalid_value("num_labels", self.num_labels, "a positive integer")
+
     def _validate_and_fill_defaults(self) -> None:
         if self.backbone_config.model_type == self.model_type:
             raise ValueError("backbone_config is itself a MonoSemanticConfig; nest a plain backbone config")
@@ -238,12 +331,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         settings = layer_class.settings_class.from_config(self)  # validates the feature layer's fields
         if self.topk is None and self.feature_layer == "topk":
             self.topk = settings.resolved_topk
-        if not isinstance(self.freeze_feature_layer, bool):
-            raise invalid_value("freeze_feature_layer", self.freeze_feature_layer, "True or False")
-        if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
-            raise invalid_value("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise invalid_value("temperature", self.temperature, "a number > 0")
+        self._validate_head_fields()
         if self.pooling is None:
             self.pooling = default_pooling(self.backbone_config)
         if self.pooling not in POOLING_CHOICES:
@@ -257,8 +345,6 @@ class MonoSemanticConfig(PreTrainedConfig):
                 f"pooling='cls' needs a token sequence, but {self.backbone_config.model_type!r} outputs "
                 "feature maps; use 'mean' or 'pooler'"
             )
-        if self.num_labels is None or self.num_labels < 1:
-            raise invalid_value("num_labels", self.num_labels, "a positive integer")
 
     @property
     def backbone_hidden_size(self) -> int:

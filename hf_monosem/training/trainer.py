@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from .checkpoints import last_complete_checkpoint
+from ..models.configuration import MonoSemanticConfig
+from .checkpoints import last_complete_checkpoint, load_checkpoint_weights
 from .losses import LOSS_TYPES, robust_classification_loss
 from .model_card import TrainerHubMixin
 from .nan_guard import NonFiniteLossGuardMixin
@@ -45,8 +46,9 @@ from .trainer_checks import TrainerChecksMixin
 __all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]  # the last two: their old home
 
 
-#: model output keys that are not predictions: never gathered during evaluation.
-NON_PREDICTION_KEYS = ("features", "pooled", "aux_losses", "hidden_states")
+#: model output keys that are not predictions: never gathered during evaluation (the config's
+#: ``keys_to_ignore_at_inference``, which a plain ``Trainer`` reads too).
+NON_PREDICTION_KEYS = tuple(MonoSemanticConfig.keys_to_ignore_at_inference)
 
 
 class MonoSemanticTrainer(TrainerChecksMixin, NonFiniteLossGuardMixin, TrainerHubMixin, Trainer):
@@ -135,6 +137,44 @@ class MonoSemanticTrainer(TrainerChecksMixin, NonFiniteLossGuardMixin, TrainerHu
                 stacklevel=2,
             )
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # The Trainer's own reload skips from_pretrained's key conversion (a renamed backbone resumed with
+        # random-then-trained weights and a logged warning); load through it whenever the folder holds
+        # plain PreTrainedModel weights. FSDP / DeepSpeed / SageMaker / PEFT checkpoints keep the
+        # Trainer's path (their own formats).
+        model = self.model if model is None else model
+        if self._plain_weights(resume_from_checkpoint, model):
+            load_checkpoint_weights(model, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if best is not None and self._plain_weights(best, self.model):
+            load_checkpoint_weights(self.model, best)
+            return
+        super()._load_best_model()
+
+    def _plain_weights(self, folder: str, model: nn.Module) -> bool:
+        from transformers import PreTrainedModel
+
+        special = self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(model, "peft_config")
+        saved = any(
+            os.path.isfile(os.path.join(folder, name))
+            for name in ("model.safetensors", "model.safetensors.index.json")
+        )
+        return isinstance(model, PreTrainedModel) and saved and not special
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # transformers pickles the whole TrainingArguments next to the weights, hub_token and local
+        # folders included; write them without secrets and with local folders by their last component
+        if self.args.should_save:
+            torch.save(
+                _public_arguments(self.args),
+                os.path.join(output_dir or self.args.output_dir, "training_args.bin"),
+            )
+
     # ---- loss ---------------------------------------------------------------------------------
     def feature_layer_of(self, model: nn.Module) -> nn.Module | None:
         """The feature layer of a (possibly DDP / peft wrapped) model, or ``None``."""
@@ -179,6 +219,9 @@ class MonoSemanticTrainer(TrainerChecksMixin, NonFiniteLossGuardMixin, TrainerHu
         replace = labels is not None and self._replaces_task_loss()
         if replace:
             inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            if isinstance(getattr(self.accelerator.unwrap_model(model), "config", None), MonoSemanticConfig):
+                # without labels our models return the feature layer's terms only when asked (or training)
+                inputs["output_aux_losses"] = True
         outputs = model(**inputs)
         aux_losses = _get(outputs, "aux_losses") or {}
         weighted_aux = self.weighted_aux_loss(model, aux_losses)
@@ -263,6 +306,23 @@ class MonoSemanticTrainer(TrainerChecksMixin, NonFiniteLossGuardMixin, TrainerHu
                 self.prediction_ignore_keys
             )
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+def _public_arguments(args: Any) -> Any:
+    """A copy of ``TrainingArguments`` without secrets (``*token*`` fields) or local folder paths."""
+    import copy
+    import dataclasses
+
+    from ..models.configuration import public_name
+
+    public = copy.copy(args)
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name, None)
+        if "token" in field.name and isinstance(value, str) and value:
+            object.__setattr__(public, field.name, None)
+        elif isinstance(value, str) and os.path.isabs(value):
+            object.__setattr__(public, field.name, public_name(value))
+    return public
 
 
 def _get(outputs: Any, key: str) -> Any:

