@@ -5,7 +5,8 @@ One step = forward + backward + AdamW step on one batch. For each backbone famil
 (width 4x the backbone width) share the backbone config; the models are timed round-robin (one step
 of each in turn) so that load changes on the machine hit all of them alike, and the median over the
 timed steps is compared. A second plain model ("plain (control)") is timed too: its ratio to the
-first is the noise floor of the measurement. Goal: at most +5% over plain for linear / nonneg / sae, +10% for topk.
+first is the noise floor of the measurement. Goal: at most +5% over plain for linear / nonneg / sae, +10% for
+topk.
 
 The optimiser is torch's AdamW with its defaults (``--optimizer fused`` times the fused one that
 ``transformers.Trainer`` uses by default, ``optim="adamw_torch_fused"``: every step is ~40% faster
@@ -20,9 +21,10 @@ reading or writing a 4 MB matrix (0.2-0.7 ms each, ~2.8 ms in all), plus the Ada
 2.1M parameters (~1-2 ms): 4-5 ms, 6-8% of the step, before anything else, so a dense ReLU SAE of
 this width cannot reach +5% on this backbone (the ``linear`` row, one such matrix, is 1.03-1.04x for
 the same reason at half the size; on 224 x 224 inputs the backbone does ~50x the work per image,
-so the same few ms would be a fraction of a percent: not measured here). What was above that floor is gone: the decoder-norm-weighted L1 term and the decoding are now
-one autograd node, with one pass over the decoder for both of its gradients instead of four (three
-products and a sum); the layer's forward + backward went from 7.7 to 4.4 ms.
+so the same few ms would be a fraction of a percent: not measured here). What was above that floor is gone:
+the decoder-norm-weighted L1 term and the decoding are now one autograd node, with one pass over the decoder
+for both of its gradients instead of four (three products and a sum); the layer's forward + backward went from
+7.7 to 4.4 ms.
 
 Usage::
 

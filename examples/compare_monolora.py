@@ -243,7 +243,8 @@ def main(argv=None) -> list[dict]:
         }
         news = other_text(args.held_out)
         if news:
-            # no labels needed (sparsity and drift only); a constant column keeps the collator's batches uniform
+            # no labels needed (sparsity and drift only); a constant column keeps the collator's batches
+            # uniform
             splits["held_out_20newsgroups"] = Dataset.from_dict(
                 {args.text_column: news, LABEL_COLUMN: [0] * len(news)}
             )
@@ -258,7 +259,8 @@ def main(argv=None) -> list[dict]:
     if "held_out_20newsgroups" in data:
         held_out["20newsgroups"] = data["held_out_20newsgroups"]
     logger.info(
-        f"backbone {source.get('backbone')}; train {len(data[args.train_split])}, test {len(data[args.eval_split])}, "
+        f"backbone {source.get('backbone')}; train {len(data[args.train_split])}, test "
+        f"{len(data[args.eval_split])}, "
         + "held-out "
         + ", ".join(f"{k} {len(v)}" for k, v in held_out.items())
     )

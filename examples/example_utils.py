@@ -6,9 +6,10 @@ of work the scripts do is public ``hf_monosem`` API (datasets by name:
 :func:`hf_monosem.data.backbone_source` / :func:`~hf_monosem.data.build_classifier`; resuming and
 result files: :mod:`hf_monosem.training.checkpoints`), so the scripts double as usage documentation.
 The defaults (no ``--dataset_name`` / ``--model_name_or_path``) run offline: tweets (20 Newsgroups in
-``finetune_noisy.py``) with the MiniLM-L6 sentence encoder for text; Fashion-MNIST or digits with a small ResNet trained from scratch for images.
-The options follow transformers' ``run_*.py``: ``--max_train_samples`` / ``--max_eval_samples`` keep every
-row of a dataset you name (the built-in offline ones default to a small sample, see
+``finetune_noisy.py``) with the MiniLM-L6 sentence encoder for text; Fashion-MNIST or digits with a small
+ResNet trained from scratch for images. The options follow transformers' ``run_*.py``: ``--max_train_samples``
+/ ``--max_eval_samples`` keep every row of a dataset you name (the built-in offline ones default to a small
+sample, see
 :func:`parse_sample_limits`), and the backbone takes ``--model_revision``, ``--token``,
 ``--trust_remote_code``, ``--cache_dir``, ``--attn_implementation`` and ``--dtype``.
 """
@@ -192,7 +193,8 @@ class FeatureLayerArguments:
 
     @property
     def classifier_options(self) -> dict:
-        """These options as ``MonoSemanticConfig`` keyword arguments of ``hf_monosem.data.build_classifier``."""
+        """These options as ``MonoSemanticConfig`` keyword arguments of
+        ``hf_monosem.data.build_classifier``."""
         return {
             "pooling": self.pooling,
             "feature_dim": self.feature_dim,
@@ -241,7 +243,8 @@ def parse_sample_limits(
 ) -> None:
     """Sample sizes as transformers' ``run_*.py`` have them: a dataset you name keeps every row unless
     ``--max_train_samples`` / ``--max_eval_samples`` say otherwise; a built-in offline dataset, when they
-    are not given, takes the script's small defaults (``max_train_samples``, ``max_eval_samples``). In place."""
+    are not given, takes the script's small defaults (``max_train_samples``, ``max_eval_samples``). In
+    place."""
     if data_args.dataset_name not in BUILTIN_DATASETS:
         return
     if data_args.max_train_samples is None:

@@ -488,7 +488,8 @@ def main(argv=None) -> dict:
             f"{data_args.dataset_name}: {mode} shift",
         )
         print(
-            f"\n{'feature_layer':>13} | in-domain acc | shifted acc |  drop | L0 (shifted) | class consistency (in/shifted)"
+            f"\n{'feature_layer':>13} | in-domain acc | shifted acc |  drop | L0 (shifted) | class "
+            f"consistency (in/shifted)"
         )
         for kind, r in results.items():
             fi, fs = r["features_in_domain"], r["features_shifted"]

@@ -157,7 +157,8 @@ def run_names(kinds, shots) -> list[str]:
 def draw_subsets(train, shots, shot_args, training_args, data_args) -> dict[int, list[int]]:
     """Row indices of every k-shot set, drawn once and stored so that a resumed run reuses them.
 
-    ``train``'s class ids are in ``LABEL_COLUMN``; the stored spec names the ``--label_column`` they came from."""
+    ``train``'s class ids are in ``LABEL_COLUMN``; the stored spec names the ``--label_column`` they came
+    from."""
     path = os.path.join(training_args.output_dir, SUBSETS_FILE)
     spec = {
         "dataset": data_args.dataset_name,

@@ -122,17 +122,18 @@ SCENARIO_FILE = "scenario.json"
 #: the dataset of a run without --dataset_name: many classes, where label noise is the paper's question
 DEFAULT_DATASET = "20newsgroups"
 #: sample sizes of the built-in offline datasets when --max_train_samples / --max_eval_samples are not given:
-#: with --max_length 64 and 2 epochs, what lets the default run (two MiniLM fine-tunes) finish within 5 minutes
-#: on 2 CPU cores: 3:38 measured on 2 otherwise idle cores; 1,200 / 600 took 4:33, too close to the limit for
-#: the +-15% that repeated runs vary by (a virtual machine whose host steals a third of its CPU time takes ~7 min)
+#: with --max_length 64 and 2 epochs, what lets the default run (two MiniLM fine-tunes) finish within 5
+#: minutes on 2 CPU cores: 3:38 measured on 2 otherwise idle cores; 1,200 / 600 took 4:33, too close to the
+#: limit for the +-15% that repeated runs vary by (a virtual machine whose host steals a third of its CPU time
+#: takes ~7 min)
 BUILTIN_SAMPLES = {"max_train_samples": 1000, "max_eval_samples": 500}
 DEFAULT_RUN = (
     "Default run (no arguments): 20 Newsgroups (20 classes), 60% symmetric label noise, linear vs nonneg; "
     "1,000 training and 500 test posts (the built-in datasets' sample sizes: --max_train_samples / "
     "--max_eval_samples, 0 for all), --max_length 64 tokens, 2 epochs: sized to finish within 5 minutes on 2 "
-    "CPU cores (about 3.5 measured on 2 idle cores for the two MiniLM fine-tunes, whose time grows with rows x "
-    "tokens x epochs; route paper adds the label-free projector stage, estimated at about 40 s). A dataset you "
-    "name keeps every row."
+    "CPU cores (about 3.5 measured on 2 idle cores for the two MiniLM fine-tunes, whose time grows with rows "
+    "x tokens x epochs; route paper adds the label-free projector stage, estimated at about 40 s). A dataset "
+    "you name keeps every row."
 )
 #: the training rows without augmentation (memorisation is measured on the images as they are)
 PLAIN_TRAIN_SPLIT = "__train_without_augmentation__"
@@ -161,12 +162,12 @@ class ModelArguments(FeatureLayerArguments):
     route: str = field(
         default="paper",
         metadata={
-            "help": "paper (default): the paper's NCE fine-tuning -- a projector is first pretrained label-free "
-            "on the training inputs' frozen backbone vectors (SimCLR for linear, NCL for nonneg: the same "
-            "views, budget and seed; hf_monosem.cached.fit_contrastive_projector), then the backbone and head "
-            "are fine-tuned with cross-entropy through it, frozen (linear = SimCLR projector + CE, nonneg = NCL "
-            "projector with its ReLU + CE, i.e. NCE). head: the earlier route, a randomly initialised feature "
-            "layer trained with the backbone (any --feature_layers)."
+            "help": "paper (default): the paper's NCE fine-tuning -- a projector is first pretrained "
+            "label-free on the training inputs' frozen backbone vectors (SimCLR for linear, NCL for nonneg: "
+            "the same views, budget and seed; hf_monosem.cached.fit_contrastive_projector), then the "
+            "backbone and head are fine-tuned with cross-entropy through it, frozen (linear = SimCLR "
+            "projector + CE, nonneg = NCL projector with its ReLU + CE, i.e. NCE). head: the earlier route, "
+            "a randomly initialised feature layer trained with the backbone (any --feature_layers)."
         },
     )
     projector_epochs: int = field(
@@ -175,8 +176,8 @@ class ModelArguments(FeatureLayerArguments):
     projector_activation_loss_weight: float = field(
         default=10.0,
         metadata={
-            "help": "Route paper: the NCL projector's activation term during its pretraining (P1/P2's weight 10; "
-            "0: off). Fine-tuning is cross-entropy only."
+            "help": "Route paper: the NCL projector's activation term during its pretraining (P1/P2's weight "
+            "10; 0: off). Fine-tuning is cross-entropy only."
         },
     )
 
@@ -188,18 +189,18 @@ class ScenarioArguments:
     label_noise: float = field(
         default=0.6,
         metadata={
-            "help": "Fraction of training labels corrupted, in [0, 1]. The default 0.6 lies where the paper reports "
-            "its gains (30-90%% noise, many classes): on the default 20 Newsgroups, symmetric noise leaves 40%% "
-            "of a class's labels on the true class and about 3%% on each other one, so they stay informative "
-            "(below 0.95 with 20 classes; with 3 classes, only below 0.67)."
+            "help": "Fraction of training labels corrupted, in [0, 1]. The default 0.6 lies where the paper "
+            "reports its gains (30-90%% noise, many classes): on the default 20 Newsgroups, symmetric noise "
+            "leaves 40%% of a class's labels on the true class and about 3%% on each other one, so they stay "
+            "informative (below 0.95 with 20 classes; with 3 classes, only below 0.67)."
         },
     )
     label_noise_kind: str = field(default="symmetric", metadata={"help": "symmetric or asymmetric."})
     eval_input_noise: str = field(
         default="",
         metadata={
-            "help": "Comma-separated test-time input noise strengths: Gaussian std on normalised pixels for images, "
-            "typo rate for text (e.g. '0.1,0.3'). Empty: none."
+            "help": "Comma-separated test-time input noise strengths: Gaussian std on normalised pixels for "
+            "images, typo rate for text (e.g. '0.1,0.3'). Empty: none."
         },
     )
     scenario_hub_id: str | None = field(
@@ -246,13 +247,14 @@ def parse_args(argv=None):
     if model_args.route == "paper" and any(kind not in PAPER_ROUTE_LAYERS for kind in kinds):
         parser.error(
             f"--route paper fine-tunes through contrastively pretrained projectors: --feature_layers "
-            f"{model_args.feature_layers!r} must name only {', '.join(PAPER_ROUTE_LAYERS)}; use --route head for "
+            f"{model_args.feature_layers!r} must name only {', '.join(PAPER_ROUTE_LAYERS)}; use --route head "
+            f"for "
             "sae / topk"
         )
     if model_args.projector_epochs < 1 or not model_args.projector_activation_loss_weight >= 0:
         parser.error(
-            f"--projector_epochs {model_args.projector_epochs} must be >= 1 and --projector_activation_loss_weight "
-            f"{model_args.projector_activation_loss_weight} >= 0"
+            f"--projector_epochs {model_args.projector_epochs} must be >= 1 and "
+            f"--projector_activation_loss_weight {model_args.projector_activation_loss_weight} >= 0"
         )
     parse_rate(parser, scenario_args.label_noise, "--label_noise")
     if scenario_args.label_noise_kind not in ("symmetric", "asymmetric"):
@@ -320,7 +322,8 @@ def check_stored_scenario(path: str, stored: dict, spec: dict) -> None:
     ]
     if different:
         raise ValueError(
-            f"{path} was written for {found}, not {expected} ({'; '.join(different)}): the resumed run must use "
+            f"{path} was written for {found}, not {expected} ({'; '.join(different)}): the resumed run must "
+            f"use "
             "the same data and scenario; use another --output_dir or delete the old run"
         )
 
@@ -410,8 +413,9 @@ def pretrain_projectors(kinds, model_args, names, modality, source, train, colla
     ``--projector_hidden_dim`` (default: the width, the paper's MLP projector)."""
     if not source.get("backbone"):
         logger.warning(
-            "route paper on a randomly initialised backbone: the projectors are pretrained on random features "
-            "(the paper pretrains the backbone with them); --route head is the fairer comparison here"
+            "route paper on a randomly initialised backbone: the projectors are pretrained on random "
+            "features (the paper pretrains the backbone with them); --route head is the fairer comparison "
+            "here"
         )
     set_seed(training_args.seed)
     model = build_classifier("linear", names, modality, source, **model_args.classifier_options)
@@ -464,8 +468,8 @@ def what_the_run_shows(
     accuracy (nonneg - linear +0.025); fit to flipped labels 0.08 vs 0.06``."""
     kinds = list(results)
     line = (
-        f"{dataset_title(dataset_name)}, {scenario_args.label_noise:.0%} {scenario_args.label_noise_kind} label "
-        f"noise, {num_classes} classes: "
+        f"{dataset_title(dataset_name)}, {scenario_args.label_noise:.0%} {scenario_args.label_noise_kind} "
+        f"label noise, {num_classes} classes: "
         + " vs ".join(f"{kind} {results[kind]['test_accuracy']:.3f}" for kind in kinds)
         + " clean test accuracy"
     )
@@ -725,12 +729,14 @@ def main(argv=None) -> dict:
         )
         plot(results, os.path.join(training_args.output_dir, "results.png"), scenario_args.label_noise)
         print(
-            f"\n{'feature_layer':>13} | clean test acc | macro-F1 | noisy labels fitted | L0 | class consistency"
+            f"\n{'feature_layer':>13} | clean test acc | macro-F1 | noisy labels fitted | L0 | class "
+            f"consistency"
         )
         for kind, r in results.items():
             print(
-                f"{kind:>13} | {r['test_accuracy']:14.3f} | {r['test_macro_f1']:8.3f} | {r['memorised_noise']:19.3f} | "
-                f"{r['features_l0']:4.0f} | {r['features_class_consistency']:.3f}"
+                f"{kind:>13} | {r['test_accuracy']:14.3f} | {r['test_macro_f1']:8.3f} | "
+                f"{r['memorised_noise']:19.3f} | {r['features_l0']:4.0f} | "
+                f"{r['features_class_consistency']:.3f}"
             )
         print(f"results: {os.path.join(training_args.output_dir, 'results.json')}")
         print(

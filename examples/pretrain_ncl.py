@@ -23,8 +23,8 @@ probes train (:mod:`hf_monosem.scenarios.protocols`), each protocol probing both
   (``--probe_normalize``), Adam at ``--probe_lr``;
 * ``paper_cifar`` (the authors' CIFAR linear probe; ``paper`` is its P2 name) and ``paper_in100``
   (their ImageNet-100 probe: plain SGD lr 1.5, constant): features at their natural scale, LARS lr 0.4
-  with a warmup-cosine schedule (CIFAR), and for images ``--probe_views`` K augmented views of every training image
-  (random resized crop 0.08-1 + flip, no colour jitter), extracted once
+  with a warmup-cosine schedule (CIFAR), and for images ``--probe_views`` K augmented views of every training
+  image (random resized crop 0.08-1 + flip, no colour jitter), extracted once
   (:func:`hf_monosem.cached.augmented_view_features`), one drawn per image and epoch;
 * ``controlled``: both methods rescaled to SimCLR's mean L2 norm
   (:func:`hf_monosem.cached.equalize_scales`), Adam at a rate chosen per method
@@ -55,8 +55,8 @@ Plain NCL (``--activation_loss_weight 0``) collapses here: 63% of the units neve
 training rows by protocol P1 (docs/PROTOCOL.md; docs/results/p1_ncl_selection.md): 3.6% dead, L0
 73, class consistency 0.62 vs SimCLR's 0.56, and held-out probe accuracy (clean / 40%-noisy labels,
 2 pretraining seeds x 3 probe seeds) 0.755 / 0.731 vs SimCLR's 0.764 / 0.740 -- more
-monosemantic and alive, no robustness gain at this scale. Several CPU processes: ``accelerate launch --multi_gpu
---num_processes 2 examples/pretrain_ncl.py --use_cpu``::
+monosemantic and alive, no robustness gain at this scale. Several CPU processes: ``accelerate launch
+--multi_gpu --num_processes 2 examples/pretrain_ncl.py --use_cpu``::
 
     accelerate launch examples/pretrain_ncl.py
     accelerate launch examples/pretrain_ncl.py --probe_protocols paper,controlled --label_noise 0,0.4,0.8
@@ -93,7 +93,8 @@ Writes to ``--output_dir`` (default ``runs/pretrain_ncl``): one folder per metho
 (per method ``probe[protocol][cell]``: mean / std / per-seed clean-test accuracy, cells ``clean`` and
 ``label_noise_<rate>``, and ``probe_lr[protocol]``; ``probe_protocols[protocol]``: its settings,
 inputs, augmented views, the learning rate and held-out scores per method; one record per method,
-protocol and rate, metric ``linear_probe_accuracy_<protocol>``) and ``results.png`` (contrastive loss per epoch, probe accuracy per protocol).
+protocol and rate, metric ``linear_probe_accuracy_<protocol>``) and ``results.png`` (contrastive loss per
+epoch, probe accuracy per protocol).
 ``--resume_from_checkpoint True`` resumes unfinished pretraining runs and reuses finished ones.
 """
 
@@ -184,8 +185,9 @@ class PretrainArguments:
     intensity_jitter: float = field(
         default=0.4,
         metadata={
-            "help": "1-channel images: contrast factor in [1-s, 1+s] and brightness shift in [-s, s] (units of "
-            "the data std), applied to 80%% of the views; 0 turns it off. RGB inputs use colour jitter instead."
+            "help": "1-channel images: contrast factor in [1-s, 1+s] and brightness shift in [-s, s] (units "
+            "of the data std), applied to 80%% of the views; 0 turns it off. RGB inputs use colour jitter "
+            "instead."
         },
     )
     text_mask_rate: float = field(
@@ -194,16 +196,17 @@ class PretrainArguments:
     nonneg_activation: str = field(
         default="relu",
         metadata={
-            "help": "NCL's non-negativity: relu, or rep_relu (ReLU forward, GELU's gradient backward: the NCL "
-            "authors' CIFAR default, against dead units)."
+            "help": "NCL's non-negativity: relu, or rep_relu (ReLU forward, GELU's gradient backward: the "
+            "NCL authors' CIFAR default, against dead units)."
         },
     )
     nonneg_order: str = field(
         default="plain",
         metadata={
-            "help": "NCL's order: plain (the non-negativity on the projector output) or authors (normalise -> "
-            "non-negativity -> normalise, as PKU-ML/Beyond_Interpretability's NCL; protocol P3's text recipe "
-            "with --nonneg_activation rep_relu --activation_loss_weight 1). Saved in the model's config."
+            "help": "NCL's order: plain (the non-negativity on the projector output) or authors (normalise "
+            "-> non-negativity -> normalise, as PKU-ML/Beyond_Interpretability's NCL; protocol P3's text "
+            "recipe with --nonneg_activation rep_relu --activation_loss_weight 1). Saved in the model's "
+            "config."
         },
     )
     activation_loss_weight: float = field(
@@ -211,23 +214,24 @@ class PretrainArguments:
         metadata={
             "help": "NCL only: weight of the activation term -mean_j mean_batch |z_j| on the unit-norm "
             "projector output, against dead units (the Beyond-Interpretability authors' NCL adds it with "
-            "weight 1; 10 was chosen on held-out rows by protocol P1, docs/results/p1_ncl_selection.md; 0: off)."
+            "weight 1; 10 was chosen on held-out rows by protocol P1, docs/results/p1_ncl_selection.md; 0: "
+            "off)."
         },
     )
     online_label_loss: bool = field(
         default=False,
         metadata={
-            "help": "The label leak, a named variant (off by default): add the cross-entropy of an online linear "
-            "classifier on the backbone's pooled vector, NOT detached, to the contrastive loss of both methods, "
-            "as the Beyond-Interpretability authors' solo-learn base does (labels then reach the backbone during "
-            "pretraining). Use its own --output_dir."
+            "help": "The label leak, a named variant (off by default): add the cross-entropy of an online "
+            "linear classifier on the backbone's pooled vector, NOT detached, to the contrastive loss of "
+            "both methods, as the Beyond-Interpretability authors' solo-learn base does (labels then reach "
+            "the backbone during pretraining). Use its own --output_dir."
         },
     )
     validation_rows: int = field(
         default=0,
         metadata={
-            "help": "Hold out this many stratified training rows and evaluate (pretraining views and probes) on "
-            "them instead of --eval_split: for choosing settings without reading the test set (0: off)."
+            "help": "Hold out this many stratified training rows and evaluate (pretraining views and probes) "
+            "on them instead of --eval_split: for choosing settings without reading the test set (0: off)."
         },
     )
 
@@ -248,8 +252,9 @@ class ProbeArguments(LinearProbeArguments):
     label_noise: str = field(
         default="0.4",
         metadata={
-            "help": "Comma-separated symmetric label-noise rates of the noisy probes (e.g. 0,0.1,0.3,0.6,0.9), "
-            "each in [0, 1) and below (C-1)/C for the dataset's C classes; clean-label probes always run."
+            "help": "Comma-separated symmetric label-noise rates of the noisy probes (e.g. "
+            "0,0.1,0.3,0.6,0.9), each in [0, 1) and below (C-1)/C for the dataset's C classes; clean-label "
+            "probes always run."
         },
     )
     probe_lr: float = field(
@@ -261,9 +266,9 @@ class ProbeArguments(LinearProbeArguments):
         metadata={
             "help": "Comma-separated probe protocols, each probing every method: fixed (unit-RMS inputs if "
             "--probe_normalize, Adam at --probe_lr), paper_cifar (the authors' CIFAR linear probe: natural "
-            "scale, LARS lr 0.4 warmup-cosine, --probe_views augmented views of each training image; 'paper' is "
-            "its P2 name), paper_in100 (their ImageNet-100 probe: plain SGD lr 1.5, no momentum, no weight "
-            "decay, constant rate, augmented views), controlled (every "
+            "scale, LARS lr 0.4 warmup-cosine, --probe_views augmented views of each training image; 'paper' "
+            "is its P2 name), paper_in100 (their ImageNet-100 probe: plain SGD lr 1.5, no momentum, no "
+            "weight decay, constant rate, augmented views), controlled (every "
             "method at SimCLR's mean feature norm, Adam with the lr chosen per method on held-out training "
             "rows with noisy labels). --probe_epochs and --probe_batch_size apply to all."
         },
@@ -285,7 +290,8 @@ class ProbeArguments(LinearProbeArguments):
 
     @property
     def rates(self) -> list[float]:
-        """0 (the clean-label probes) then every other ``--label_noise`` rate, once each, in the given order."""
+        """0 (the clean-label probes) then every other ``--label_noise`` rate, once each, in the given
+        order."""
         rates = [0.0]
         for rate in (float(r) for r in self.label_noise.split(",") if r.strip()):
             if rate not in rates:
@@ -322,7 +328,8 @@ def parse_args(argv=None):
         seed=0,
     )
     pre_args, probe_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    # a dataset you name is used whole, the built-in offline ones default to small samples (--max_*_samples 0: all)
+    # a dataset you name is used whole, the built-in offline ones default to small samples (--max_*_samples 0:
+    # all)
     parse_sample_limits(data_args, 5000, 2000)
     methods = [m.strip() for m in pre_args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in CONTRASTIVE_METHODS]
@@ -369,7 +376,8 @@ def parse_args(argv=None):
         parser.error(f"--temperature {pre_args.temperature} must be > 0")
     if pre_args.nonneg_activation not in NONNEG_ACTIVATIONS:
         parser.error(
-            f"--nonneg_activation {pre_args.nonneg_activation!r} is not one of {', '.join(NONNEG_ACTIVATIONS)}"
+            f"--nonneg_activation {pre_args.nonneg_activation!r} is not one of "
+            f"{', '.join(NONNEG_ACTIVATIONS)}"
         )
     if pre_args.nonneg_order not in NONNEG_ORDERS:
         parser.error(f"--nonneg_order {pre_args.nonneg_order!r} is not one of {', '.join(NONNEG_ORDERS)}")
@@ -725,7 +733,8 @@ def main(argv=None) -> dict:
         "probe_protocols": protocol_settings,
         "scale_note": "far below the paper (ResNet-18, 200 epochs, ImageNet-100 / CIFAR-100)",
         "results": results,
-        # result records (hf_monosem.evaluation.results), the protocol in the metric's name so that each is unique
+        # result records (hf_monosem.evaluation.results), the protocol in the metric's name so that each is
+        # unique
         "records": [
             {
                 "dataset": data_args.dataset_name,
@@ -757,8 +766,9 @@ def main(argv=None) -> dict:
             else ""
         )
         print(
-            f"\nprobe protocol {name}: {settings['optimizer']} ({settings['schedule']}), {settings['epochs']} epochs, "
-            f"{settings['inputs']}{augmented}; clean test accuracy, mean ± std over {len(seeds)} probe seeds"
+            f"\nprobe protocol {name}: {settings['optimizer']} ({settings['schedule']}), "
+            f"{settings['epochs']} epochs, {settings['inputs']}{augmented}; clean test accuracy, mean ± std "
+            f"over {len(seeds)} probe seeds"
         )
         widths = [max(13, len(c)) for c in cells]
         print(f"{'method':>7} | probe lr | " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)))

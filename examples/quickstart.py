@@ -71,7 +71,8 @@ def main() -> None:
         with torch.no_grad():
             same = torch.allclose(reloaded(**batch).logits, model(**batch).logits)
         print(
-            f"saved to {sorted(os.listdir(folder))}, reloaded as {type(reloaded).__name__}, same logits: {same}"
+            f"saved to {sorted(os.listdir(folder))}, reloaded as {type(reloaded).__name__}, same logits: "
+            f"{same}"
         )
 
 

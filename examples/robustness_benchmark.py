@@ -180,11 +180,11 @@ class BenchmarkArguments:
     probe_protocols: str = field(
         default="paper_cifar,paper_in100,controlled",
         metadata={
-            "help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper_cifar (the authors' CIFAR "
-            "probe: natural scale, LARS warmup-cosine, augmented views; 'paper' is its P2 name), paper_in100 "
-            "(their ImageNet-100 probe: plain SGD lr 1.5, constant, augmented views) and/or controlled (equal "
-            "scale, Adam, lr chosen per representation on held-out noisy training rows, the grid extended "
-            "downward while a representation picks its lowest rate)."
+            "help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper_cifar (the authors' "
+            "CIFAR probe: natural scale, LARS warmup-cosine, augmented views; 'paper' is its P2 name), "
+            "paper_in100 (their ImageNet-100 probe: plain SGD lr 1.5, constant, augmented views) and/or "
+            "controlled (equal scale, Adam, lr chosen per representation on held-out noisy training rows, "
+            "the grid extended downward while a representation picks its lowest rate)."
         },
     )
     probe_epochs: int = field(
@@ -221,8 +221,9 @@ class BenchmarkArguments:
     text_ncl_recipe: str = field(
         default="p2",
         metadata={
-            "help": "Text: SimCLR/NCL recipe, a name of hf_monosem.cached.NCL_RECIPES (p2, authors, authors-nn; "
-            "P3 stage A's choice in docs/results/p3_ncl_selection.md). SimCLR shares its views and positives."
+            "help": "Text: SimCLR/NCL recipe, a name of hf_monosem.cached.NCL_RECIPES (p2, authors, "
+            "authors-nn; P3 stage A's choice in docs/results/p3_ncl_selection.md). SimCLR shares its views "
+            "and positives."
         },
     )
     text_views: int = field(
@@ -602,7 +603,8 @@ def _pretrain(
     method: str, train: TensorRows, args, run_dir: str, online_label_loss: bool = False, num_labels: int = 0
 ) -> MonoSemanticModel:
     """SimCLR / NCL pretraining of the small ResNet (resumes from its last epoch checkpoint); with
-    ``online_label_loss`` the authors' label leak (a non-detached online classifier, ``num_labels`` classes)."""
+    ``online_label_loss`` the authors' label leak (a non-detached online classifier, ``num_labels``
+    classes)."""
     final = os.path.join(run_dir, "model")
     if os.path.isfile(os.path.join(final, "config.json")):
         return MonoSemanticModel.from_pretrained(final)
@@ -733,8 +735,9 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                     train_views[name] = torch.stack([sae(v)[0] for v in train_views["simclr"]])
     track = Track(
         name="vision",
-        description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
-        f"train / {args.vision_test_size} test (10 classes), projector width {width}, "
+        description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST "
+        f"{args.vision_train_size} train / {args.vision_test_size} test (10 classes), projector width "
+        f"{width}, "
         # the fine-tune cells' resume key: the NCL weight changes the pretrained NCL backbone they start from
         f"NCL activation weight {args.ncl_activation_loss_weight:g}",
         num_labels=len(label_feature.names),

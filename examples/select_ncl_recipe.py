@@ -269,8 +269,8 @@ def markdown(
         n, s = row["ncl"], row["simclr"]
         failed = ", ".join(g for g, ok in row["gates"].items() if not ok) or "none"
         lines.append(
-            f"| {row['candidate']} | {n['dead_fraction']:.3f} | {n['l0']:.1f} | {n['class_consistency']:.3f} | "
-            f"{s['class_consistency']:.3f} | {n['mean_val_accuracy']:.3f} | {s['mean_val_accuracy']:.3f} | "
+            f"| {row['candidate']} | {n['dead_fraction']:.3f} | {n['l0']:.1f} | {n['class_consistency']:.3f} "
+            f"| {s['class_consistency']:.3f} | {n['mean_val_accuracy']:.3f} | {s['mean_val_accuracy']:.3f} | "
             f"{failed} | {'yes' if row['qualifies'] else 'no'} |"
         )
     lines += ["", "## Decision", ""]
@@ -278,7 +278,8 @@ def markdown(
         lines.append("No candidate qualifies: the text track keeps `p2` (P3's rule).")
     else:
         lines.append(
-            f"Text track: **`{chosen}`** (the qualifying candidate with the highest mean validation accuracy); "
+            f"Text track: **`{chosen}`** (the qualifying candidate with the highest mean validation "
+            f"accuracy); "
             "its views become the views of both SimCLR and NCL in stage B."
         )
     if r52 is not None:
@@ -286,13 +287,15 @@ def markdown(
             "",
             "## Check on Reuters R52 (training split only; a check, not a choice)",
             "",
-            f"{r52['rows']} R52 training posts (seed 0), the chosen recipe `{r52['candidate']}` fitted on all "
+            f"{r52['rows']} R52 training posts (seed 0), the chosen recipe `{r52['candidate']}` fitted on "
+            f"all "
             "of them (pretraining seed 0), measured on the same posts.",
             "",
             "| method | dead | L0 | consistency |",
             "|---|---|---|---|",
             *(
-                f"| {m} | {r52[m]['dead_fraction']:.3f} | {r52[m]['l0']:.1f} | {r52[m]['class_consistency']:.3f} |"
+                f"| {m} | {r52[m]['dead_fraction']:.3f} | {r52[m]['l0']:.1f} | "
+                f"{r52[m]['class_consistency']:.3f} |"
                 for m in ("ncl", "simclr")
             ),
         ]
@@ -347,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
         news, args, view_rows=lambda y: split_rows(y, args.validation_rows)[0]
     )
     print(
-        f"encoded {len(labels)} posts, {args.num_views} views each of the fit rows in {time.time() - start:.0f}s"
+        f"encoded {len(labels)} posts, {args.num_views} views each of the fit rows in "
+        f"{time.time() - start:.0f}s"
     )
     if args.extract_only:
         return

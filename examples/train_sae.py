@@ -98,8 +98,8 @@ class SAEArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Frozen backbone (Hub id or folder, also a MonoSemantic checkpoint); default MiniLM-L6 for "
-            "text, a randomly initialised small ResNet for images (only useful as a smoke test)."
+            "help": "Frozen backbone (Hub id or folder, also a MonoSemantic checkpoint); default MiniLM-L6 "
+            "for text, a randomly initialised small ResNet for images (only useful as a smoke test)."
         },
     )
     pooling: str | None = field(
@@ -128,9 +128,9 @@ class ProbeArguments(LinearProbeArguments):
         default="unit_rms",
         metadata={
             "help": "How both representations are scaled before probing: unit_rms (each vector to unit "
-            "root-mean-square: the same input scale for both, zeros kept), standardize (per-feature z-score with "
-            "training statistics) or none (as they are: the SAE codes are ~6x smaller than MiniLM's pooled "
-            "vectors, which acts as a smaller learning rate)."
+            "root-mean-square: the same input scale for both, zeros kept), standardize (per-feature z-score "
+            "with training statistics) or none (as they are: the SAE codes are ~6x smaller than MiniLM's "
+            "pooled vectors, which acts as a smaller learning rate)."
         },
     )
 

@@ -224,8 +224,8 @@ def test_defaults_parse_to_the_documented_offline_setup(ex):
 
 def test_examples_are_standalone(ex):
     """No example imports another example: they share only the command-line plumbing of example_utils (the
-    argument dataclasses, their checks, the logging set-up), and example_utils itself does no work (the work is
-    public hf_monosem API)."""
+    argument dataclasses, their checks, the logging set-up), and example_utils itself does no work (the work
+    is public hf_monosem API)."""
     import ast
 
     scripts = {path.stem for path in EXAMPLES.glob("*.py")}
@@ -388,7 +388,8 @@ def test_finetune_noisy_end_to_end_digits(tmp_path):
         f"UCI digits 8x8, 40% symmetric label noise, 10 classes: linear {res['linear']['test_accuracy']:.3f} "
         f"vs nonneg {res['nonneg']['test_accuracy']:.3f} clean test accuracy (nonneg - linear "
         f"{res['nonneg']['test_accuracy'] - res['linear']['test_accuracy']:+.3f}); fit to flipped labels "
-        f"{res['linear']['memorised_noise']:.2f} vs {res['nonneg']['memorised_noise']:.2f} [route head: feature "
+        f"{res['linear']['memorised_noise']:.2f} vs {res['nonneg']['memorised_noise']:.2f} [route head: "
+        f"feature "
         "layers randomly initialised and trained with the backbone]"
     )
     assert payload["route"] == "head" and "projector" not in res["nonneg"]
@@ -421,8 +422,8 @@ def test_finetune_noisy_paper_route_fine_tunes_through_the_frozen_label_free_pro
         stdout.strip()
         .splitlines()[-1]
         .endswith(
-            "[route paper: linear = SimCLR projector + CE, nonneg = NCL projector + CE (NCE); projectors pretrained "
-            "label-free on the training inputs, frozen while the backbone fine-tunes]"
+            "[route paper: linear = SimCLR projector + CE, nonneg = NCL projector + CE (NCE); projectors "
+            "pretrained label-free on the training inputs, frozen while the backbone fine-tunes]"
         )
     )
     models = {
@@ -778,7 +779,8 @@ def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_t
 @pytest.fixture(scope="module")
 def image_folder_and_backbone(tmp_path_factory):
     """A DatasetDict of PIL images saved with ``save_to_disk`` (label column ``fine_label``, image column
-    ``img``, as on the Hub) and a tiny ViT folder with its image processor: any dataset folder + any backbone."""
+    ``img``, as on the Hub) and a tiny ViT folder with its image processor: any dataset folder + any
+    backbone."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
     from PIL import Image as PILImage
     from transformers import ViTConfig, ViTImageProcessor, ViTModel

@@ -64,7 +64,8 @@ def gpu_scale_command() -> list[str]:
 
 
 def with_values(argv: list[str], **values: str) -> list[str]:
-    """``argv`` with ``--name value`` set for every keyword: replaced in place where the flag is there, else added."""
+    """``argv`` with ``--name value`` set for every keyword: replaced in place where the flag is there, else
+    added."""
     argv = list(argv)
     for name, value in values.items():
         flag = f"--{name}"
@@ -115,7 +116,8 @@ def hf_home(tmp_path_factory):
         Dataset.from_dict(
             {"img": images, "fine_label": labels, "coarse_label": labels // 5}, features=features
         ).to_parquet(str(repo / "cifar100" / f"{split}-00000-of-00001.parquet"))
-    # what load_dataset("uoft-cs/cifar100") leaves in the datasets cache: <namespace>___<name>/<config>/<version>/<hash>
+    # what load_dataset("uoft-cs/cifar100") leaves in the datasets cache:
+    # <namespace>___<name>/<config>/<version>/<hash>
     files = DataFilesDict.from_patterns(
         {"train": ["cifar100/train-*"], "test": ["cifar100/test-*"]}, base_path=str(repo)
     )
@@ -290,7 +292,8 @@ def test_each_protocol_probes_as_documented(pretrain_ncl):
                 0 <= c["test_accuracy"] <= 1 and len(c["per_seed"]) == 2 for c in result["cells"].values()
             )
     paper, controlled, fixed = runs["paper"], runs["controlled"], runs["fixed"]
-    # paper: LARS 0.4, natural scale, trained on the K views (noise here: near chance on the clean test labels)
+    # paper: LARS 0.4, natural scale, trained on the K views (noise here: near chance on the clean test
+    # labels)
     assert all(
         r["probe_lr"] == 0.4 and r["input_scale"] == 1.0 and r["augmented_views"] == 3 for r in paper.values()
     )
@@ -300,7 +303,8 @@ def test_each_protocol_probes_as_documented(pretrain_ncl):
         r["augmented_views"] == 0 and r["cells"]["clean"]["test_accuracy"] > 0.9
         for r in (*controlled.values(), *fixed.values())
     ), (controlled, fixed)
-    # controlled: NCL rescaled to SimCLR's mean norm, the rate chosen per method from the grid on held-out rows
+    # controlled: NCL rescaled to SimCLR's mean norm, the rate chosen per method from the grid on held-out
+    # rows
     assert controlled["simclr"]["input_scale"] == 1.0 and controlled["ncl"]["input_scale"] == pytest.approx(
         10, rel=1e-3
     )

@@ -60,13 +60,14 @@ WORDS = [
 LLAMA_REPO = "tiny-org/tiny-llama-no-pad"
 
 CIFAR100_NAMES = (
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle "
-    "caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant "
-    "flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree "
-    "motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate "
-    "poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider "
-    "squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle "
-    "wardrobe whale willow_tree wolf woman worm"
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel "
+    "can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur "
+    "dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion "
+    "lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree "
+    "pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea "
+    "seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table "
+    "tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman "
+    "worm"
 ).split()
 
 
@@ -352,7 +353,8 @@ def test_only_the_final_summary_is_printed_on_the_main_process(script):
                 assert node.name == "main", f"{script}: print in {node.name}()"
                 break
         assert "main_process" in guards, f"{script}: print at line {call.lineno} outside `if main_process:`"
-    # logging: the script's own transformers logger, set up by the shared helper (tested below) before any work
+    # logging: the script's own transformers logger, set up by the shared helper (tested below) before any
+    # work
     assert "transformers.utils.logging.get_logger(__name__)" in ast.unparse(tree)
     shared = {
         alias.name
@@ -386,8 +388,8 @@ def restored_library_logging():
 def test_setup_logging_gives_replicas_log_level_replica(
     ex, caplog, monkeypatch, restored_library_logging, main_process
 ):
-    """The helper every fine-tune script calls first: ``--log_level`` on the main process, ``--log_level_replica``
-    on the others, for the script's logger, transformers and datasets alike."""
+    """The helper every fine-tune script calls first: ``--log_level`` on the main process,
+    ``--log_level_replica`` on the others, for the script's logger, transformers and datasets alike."""
     import logging
 
     import datasets
@@ -478,8 +480,8 @@ def _event_file_data(run_dir: Path) -> tuple[set[str], str]:
 def test_decoder_lm_without_pad_token_on_a_sentence_dataset_with_tensorboard(
     tmp_path, llama_without_pad, sentence_folder
 ):
-    """A Llama-3-style backbone (no pad token) fine-tuned on a text folder whose column is ``sentence``, logged
-    to TensorBoard: each feature layer writes its own run with its own training and evaluation logs."""
+    """A Llama-3-style backbone (no pad token) fine-tuned on a text folder whose column is ``sentence``,
+    logged to TensorBoard: each feature layer writes its own run with its own training and evaluation logs."""
     out = tmp_path / "run"
     done = run_script(
         "finetune_noisy",

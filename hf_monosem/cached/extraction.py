@@ -54,7 +54,8 @@ def resolve_base_model(model_or_backbone: nn.Module, pooling: str | None = None)
             model_or_backbone, feature_layer="linear", feature_dim=1, **kwargs
         )
     raise ValueError(
-        f"expected a MonoSemantic model or a transformers backbone (PreTrainedModel), got {type(model_or_backbone).__name__}"
+        f"expected a MonoSemantic model or a transformers backbone (PreTrainedModel), got "
+        f"{type(model_or_backbone).__name__}"
     )
 
 
@@ -111,7 +112,8 @@ def _default_collate(rows: list[Any]) -> Any:
             lengths = sorted({n for n in (_sequence_length(row.get(key)) for row in rows) if n is not None})
             if len(lengths) > 1:
                 raise ValueError(
-                    f"rows of {key!r} have different lengths ({', '.join(map(str, lengths[:5]))}): the text is not "
+                    f"rows of {key!r} have different lengths ({', '.join(map(str, lengths[:5]))}): the text "
+                    f"is not "
                     "padded; pass collate_fn=DataCollatorWithPadding(tokenizer), or tokenise with "
                     "padding='max_length' (and truncation=True, max_length=...)"
                 )

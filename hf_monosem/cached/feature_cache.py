@@ -276,7 +276,8 @@ def text_view_features(
         raise ValueError(f"kind={kind!r} is not valid; allowed: {', '.join(map(repr, TEXT_VIEW_KINDS))}")
     if kind == "mask" and (mask_token_id is None or not 0 < mask_rate < 1):
         raise ValueError(
-            f"kind='mask' needs mask_token_id (got {mask_token_id!r}) and mask_rate in (0, 1) (got {mask_rate!r})"
+            f"kind='mask' needs mask_token_id (got {mask_token_id!r}) and mask_rate in (0, 1) (got "
+            f"{mask_rate!r})"
         )
     base = resolve_base_model(model_or_backbone, pooling)
     columns = _input_columns(base, dataset)

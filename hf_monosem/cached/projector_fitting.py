@@ -167,7 +167,8 @@ def fit_contrastive_projector(
         )
     if views is not None and (views.dim() != 3 or views.shape[0] < 2 or views.shape[1:] != features.shape):
         raise ValueError(
-            f"views must be [K >= 2, N, hidden] with [N, hidden] = {tuple(features.shape)}, got {tuple(views.shape)}"
+            f"views must be [K >= 2, N, hidden] with [N, hidden] = {tuple(features.shape)}, got "
+            f"{tuple(views.shape)}"
         )
     if views is not None:
         check_features(views, "views")

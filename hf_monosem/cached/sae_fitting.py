@@ -48,8 +48,9 @@ _AUXK_WEIGHT = 1 / 32
 def explained_variance(
     layer: SparseAutoencoder, features: torch.Tensor, batch_size: int = 4096
 ) -> dict[str, float]:
-    """:meth:`SparseAutoencoder.explained_variance <hf_monosem.models.sae.SparseAutoencoder.explained_variance>`
-    of ``layer`` on ``features``: ``explained_variance``, ``l0`` and ``dead_fraction``."""
+    """:meth:`SparseAutoencoder.explained_variance
+    <hf_monosem.models.sae.SparseAutoencoder.explained_variance>` of ``layer`` on ``features``:
+    ``explained_variance``, ``l0`` and ``dead_fraction``."""
     return _check_sae(layer).explained_variance(features, batch_size=batch_size)
 
 
@@ -157,7 +158,8 @@ def fit_sae(
     backbone = source.backbone if source is not None else backbone_or_model
     if not isinstance(backbone, PreTrainedModel):
         raise ValueError(
-            f"expected a transformers backbone or a MonoSemantic model, got {type(backbone_or_model).__name__}"
+            f"expected a transformers backbone or a MonoSemantic model, got "
+            f"{type(backbone_or_model).__name__}"
         )
     pooling = pooling or (source.config.pooling if source is not None else None)
 
@@ -263,7 +265,8 @@ def train_sae_layer(
     strategy = dead_latents if dead_latents is not None else _DEFAULT_DEAD_LATENTS.get(layer.kind, "resample")
     if strategy not in DEAD_LATENT_STRATEGIES:
         raise ValueError(
-            f"dead_latents={dead_latents!r} is not valid; allowed: None, {', '.join(map(repr, DEAD_LATENT_STRATEGIES))}"
+            f"dead_latents={dead_latents!r} is not valid; allowed: None, "
+            f"{', '.join(map(repr, DEAD_LATENT_STRATEGIES))}"
         )
     if strategy == "auxk" and layer.kind != "topk":
         raise ValueError(

@@ -53,9 +53,10 @@ def backbone_source(
 
     ``model_name_or_path`` given: ``{"backbone": model_name_or_path}``, after checking that transformers
     can read its config (an unknown id fails here, with transformers' message). ``loading_kwargs`` are
-    ``from_pretrained`` options of the backbone (:data:`~hf_monosem.models.configuration.BACKBONE_LOADING_OPTIONS`:
-    ``revision``, ``token``, ``trust_remote_code``, ``cache_dir``, ``attn_implementation``, ``dtype``; ``None``
-    values are dropped); they are returned as ``backbone_loading_kwargs``, which the config keeps for
+    ``from_pretrained`` options of the backbone
+    (:data:`~hf_monosem.models.configuration.BACKBONE_LOADING_OPTIONS`:
+    ``revision``, ``token``, ``trust_remote_code``, ``cache_dir``, ``attn_implementation``, ``dtype``;
+    ``None`` values are dropped); they are returned as ``backbone_loading_kwargs``, which the config keeps for
     building the model and never saves. Otherwise the offline default for ``modality``: MiniLM-L6 with
     mean pooling for ``"text"``, a randomly initialised :func:`small_resnet_config` with
     ``num_channels`` input channels for ``"image"`` (loading options do not apply to them).
@@ -97,7 +98,8 @@ def backbone_source(
 def build_classifier(
     feature_layer: str, labels: Sequence[str], modality: str, source: dict[str, Any], **config_kwargs: Any
 ):
-    """A fresh ``MonoSemanticFor{Sequence,Image}Classification`` with ``feature_layer`` on ``source``'s backbone.
+    """A fresh ``MonoSemanticFor{Sequence,Image}Classification`` with ``feature_layer`` on ``source``'s
+    backbone.
 
     ``labels``: the class names (``num_labels``, ``id2label`` and ``label2id`` follow from them);
     ``modality``: ``"text"`` (sequence classification) or ``"image"``; ``source``: the backbone, as

@@ -1,4 +1,5 @@
-"""Datasets by name (the built-in offline ones, a ``save_to_disk`` folder or a Hub id), ready for a classifier.
+"""Datasets by name (the built-in offline ones, a ``save_to_disk`` folder or a Hub id), ready for a
+classifier.
 
 :func:`load_dataset_by_name` is what a training script calls with its ``--dataset_name``: a name of
 :data:`BUILTIN_DATASETS` (offline, from installed packages, see :mod:`hf_monosem.data.assets`), a
@@ -152,7 +153,8 @@ def load_dataset_by_name(
 
 
 def _modality_of(split: Dataset, name: str, text_column: str, image_column: str) -> str:
-    """``"text"`` or ``"image"`` from the columns of a dataset that is not a built-in (``ValueError`` if neither)."""
+    """``"text"`` or ``"image"`` from the columns of a dataset that is not a built-in (``ValueError`` if
+    neither)."""
     features = split.features
     if text_column in features:
         return "text"
@@ -164,8 +166,9 @@ def _modality_of(split: Dataset, name: str, text_column: str, image_column: str)
     ]
     if strings:
         raise ValueError(
-            f"dataset {name!r} has no text column {text_column!r} (text_column=, --text_column in the examples): "
-            f"its string columns are {strings}; pass the one that holds the text, e.g. --text_column {strings[0]}"
+            f"dataset {name!r} has no text column {text_column!r} (text_column=, --text_column in the "
+            f"examples): its string columns are {strings}; pass the one that holds the text, e.g. "
+            f"--text_column {strings[0]}"
         )
     raise ValueError(
         f"dataset {name!r} has neither a text column {text_column!r} (--text_column) nor an image column "
@@ -328,7 +331,8 @@ def ensure_padding_token(tokenizer: Any) -> Any:
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     if eos is None:
         raise ValueError(
-            f"the tokenizer of {name!r} has neither a padding token nor an end-of-sequence token to pad with; "
+            f"the tokenizer of {name!r} has neither a padding token nor an end-of-sequence token to pad "
+            f"with; "
             "set tokenizer.pad_token (or add one with tokenizer.add_special_tokens) before padding batches"
         )
     warnings.warn(

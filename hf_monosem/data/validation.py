@@ -120,7 +120,8 @@ def validate_classification_batch(batch: Any, config: Any, *, split_name: str = 
             _check_length(ids.shape[1], config, split_name)
     if pixels is None and ids is None and batch.get("inputs_embeds") is None:
         raise ValueError(
-            f"the first {split_name} batch has no model input: expected 'pixel_values' or 'input_ids', got {keys}"
+            f"the first {split_name} batch has no model input: expected 'pixel_values' or 'input_ids', got "
+            f"{keys}"
         )
 
 
@@ -134,7 +135,8 @@ def _numpy(value: Any) -> np.ndarray:
 
 
 def _problem_type(config: Any) -> str:
-    """transformers' rule: regression for one output, else single- (or explicitly multi-) label classification."""
+    """transformers' rule: regression for one output, else single- (or explicitly multi-) label
+    classification."""
     problem_type = getattr(config, "problem_type", None)
     if problem_type:
         return problem_type
@@ -153,7 +155,8 @@ def _check_class_ids(labels: np.ndarray, config: Any, split_name: str, where: st
         else:
             raise ValueError(
                 f"{split_name} labels {where}must be integer class ids, got dtype {labels.dtype} "
-                f"(e.g. {labels.ravel()[:3].tolist()}); map label names to ids first (datasets' class_encode_column)"
+                f"(e.g. {labels.ravel()[:3].tolist()}); map label names to ids first (datasets' "
+                f"class_encode_column)"
             )
     num_labels = int(config.num_labels)
     bad = labels[((labels < 0) & (labels != _IGNORE_INDEX)) | (labels >= num_labels)]
@@ -202,8 +205,8 @@ def _check_length(length: int, config: Any, split_name: str) -> None:
     limit = table - (offset * ((getattr(backbone, "pad_token_id", None) or 0) + 1))
     if length > limit:
         raise ValueError(
-            f"{split_name} input_ids hold sequences of {length} tokens but the {backbone.model_type} backbone "
-            f"has positions for {limit} (max_position_embeddings={table}); truncate when tokenising "
+            f"{split_name} input_ids hold sequences of {length} tokens but the {backbone.model_type} "
+            f"backbone has positions for {limit} (max_position_embeddings={table}); truncate when tokenising "
             f"(tokenizer(..., truncation=True, max_length={limit}))"
         )
 
@@ -263,17 +266,18 @@ def _check_image_array(images: np.ndarray, config: Any, split_name: str) -> None
     backbone = config.backbone_config
     if images.ndim != 4:
         raise ValueError(
-            f"{split_name} pixel_values must be [channels, height, width] per example; got shape {images.shape[1:]}"
+            f"{split_name} pixel_values must be [channels, height, width] per example; got shape "
+            f"{images.shape[1:]}"
         )
     channels = getattr(backbone, "num_channels", None)
     if channels is not None and images.shape[1] != channels:
         raise ValueError(
-            f"{split_name} images have {images.shape[1]} channel(s) but the {backbone.model_type} backbone expects "
-            f"num_channels={channels}; convert the images or set num_channels in the backbone config"
+            f"{split_name} images have {images.shape[1]} channel(s) but the {backbone.model_type} backbone "
+            f"expects num_channels={channels}; convert the images or set num_channels in the backbone config"
         )
     image_size = getattr(backbone, "image_size", None)
     if isinstance(image_size, int) and tuple(images.shape[2:]) != (image_size, image_size):
         raise ValueError(
-            f"{split_name} images are {images.shape[2]}x{images.shape[3]} but the {backbone.model_type} backbone "
-            f"expects image_size={image_size}; resize them or set image_size in the backbone config"
+            f"{split_name} images are {images.shape[2]}x{images.shape[3]} but the {backbone.model_type} "
+            f"backbone expects image_size={image_size}; resize them or set image_size in the backbone config"
         )

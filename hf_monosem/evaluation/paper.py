@@ -106,7 +106,8 @@ def paper_comparison_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
         | vision | probe (paper) | simclr -> ncl | label_noise | 0.8 (paper 0.9*) | +5.0 ± 1.0 | win | CIFAR-100 +9.6, ImageNet-100 +13.6 |
     """
     lines = [
-        "| track | mode (protocol) | ours: poly -> mono | scenario | level | our Δ (points) | verdict | paper Δ |",
+        "| track | mode (protocol) | ours: poly -> mono | scenario | level | our Δ (points) | verdict | "
+        "paper Δ |",
         "|---|---|---|---|---|---:|---|---|",
     ]
     for r in rows:

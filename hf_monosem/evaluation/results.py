@@ -79,7 +79,8 @@ POLY_METHODS = ("linear", "poly", "polysemantic")
 
 # ------------------------------------------------------------------------------------------ reading
 def read_records(source: Any) -> list[dict]:
-    """The records of ``source``: a JSON file path, a list of dicts or a dict with the list under ``"results"``.
+    """The records of ``source``: a JSON file path, a list of dicts or a dict with the list under
+    ``"results"``.
 
     Example:
         >>> read_records({"results": [{"method": "linear", "accuracy": 0.9}]})
@@ -132,7 +133,8 @@ def _run_frame(records: Any) -> pd.DataFrame:
     missing = [c for c in ("method", "scenario") if c not in frame.columns]
     if missing:
         raise ValueError(
-            f"records lack keys {missing}; allowed: records with 'method', 'scenario', 'level', 'seed', metrics"
+            f"records lack keys {missing}; allowed: records with 'method', 'scenario', 'level', 'seed', "
+            f"metrics"
         )
     for key in ("method", "scenario"):
         unnamed = frame.index[frame[key].isna()]
@@ -190,7 +192,8 @@ def summarize_robustness(records: Any) -> pd.DataFrame:
                 float(level)
             except (ValueError, TypeError):
                 raise ValueError(
-                    f"results[{i}] has level={level!r}; allowed: a number (noise rate, scale, shots) or None for 0"
+                    f"results[{i}] has level={level!r}; allowed: a number (noise rate, scale, shots) or None "
+                    f"for 0"
                 ) from None
         raise
     summary = _summary(frame, ["scenario", "level", "method"])
@@ -293,8 +296,9 @@ def _merge_per_seed_results(checked: list[dict], raw: list[Mapping]) -> list[dic
         seeds = [raw[i].get("seed") for i in rows]
         if any(_is_missing(seed) for seed in seeds) or len(set(map(repr, seeds))) != len(seeds):
             raise ValueError(
-                f"results{rows} repeat {first['metric']!r} of method {first['method']!r} on {first['dataset']!r} "
-                f"({scenario_label(first['scenario'], first['level'])}) without one distinct 'seed' each; "
+                f"results{rows} repeat {first['metric']!r} of method {first['method']!r} on "
+                f"{first['dataset']!r} ({scenario_label(first['scenario'], first['level'])}) without one "
+                f"distinct 'seed' each; "
                 "allowed: one record per seed (they are averaged) or one record with 'value', 'std', 'seeds'"
             )
         values = pd.Series([checked[i]["value"] for i in rows], dtype=float)

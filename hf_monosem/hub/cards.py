@@ -33,10 +33,14 @@ from ..models.configuration import MonoSemanticConfig
 __all__ = ["MODEL_CARD_TEMPLATE", "make_model_card", "results_table"]
 
 _FEATURE_LAYER_TEXT = {
-    "linear": "`linear`: a plain linear projection, the polysemantic baseline (same width and head as the monosemantic kinds)",
-    "nonneg": "`nonneg`: a projection followed by a non-negativity, as in non-negative contrastive learning (NCL); sparse, close to one class per dimension",
-    "sae": "`sae`: a ReLU sparse autoencoder (L1 + reconstruction loss) whose non-negative codes are the features",
-    "topk": "`topk`: a TopK sparse autoencoder (at most `topk` active codes per input: the top k pre-activations, then ReLU) whose codes are the features",
+    "linear": "`linear`: a plain linear projection, the polysemantic baseline (same width and head as the "
+    "monosemantic kinds)",
+    "nonneg": "`nonneg`: a projection followed by a non-negativity, as in non-negative contrastive learning "
+    "(NCL); sparse, close to one class per dimension",
+    "sae": "`sae`: a ReLU sparse autoencoder (L1 + reconstruction loss) whose non-negative codes are the "
+    "features",
+    "topk": "`topk`: a TopK sparse autoencoder (at most `topk` active codes per input: the top k "
+    "pre-activations, then ReLU) whose codes are the features",
 }
 
 
@@ -270,7 +274,8 @@ def _usage_code(
             head.append(f"from transformers import {auto_cls}")
             channels = getattr(bc, "num_channels", 3)
             body.append(
-                f'inputs = {{"pixel_values": torch.randn(1, {channels}, {size}, {size})}}  # your normalised images'
+                f'inputs = {{"pixel_values": torch.randn(1, {channels}, {size}, {size})}}  # your normalised '
+                f"images"
             )
     body += ["with torch.no_grad():", "    out = model(**inputs)"]
     if auto_cls != "AutoModel":
@@ -430,16 +435,17 @@ def make_model_card(
         architecture.append(("labels", label_text or str(config.num_labels)))
     if summary is None:
         summary = (
-            f"A `{config.backbone_config.model_type}` backbone with a{'' if kind == 'linear' else ' monosemantic'} "
-            f"`{kind}` feature layer ({config.feature_dim} features) and a linear classifier, built with hf_monosem "
+            f"A `{config.backbone_config.model_type}` backbone with "
+            f"a{'' if kind == 'linear' else ' monosemantic'} `{kind}` feature layer ({config.feature_dim} "
+            f"features) and a linear classifier, built with hf_monosem "
             "after *Beyond Interpretability: The Gains of Feature Monosemanticity on Model Robustness* "
             "(Zhang et al., ICLR 2025)."
         )
     status = ""
     if planned_command:
         status = (
-            "**Not trained, not published yet.** This card describes a planned checkpoint: no weights exist and "
-            "no number on this card has been measured. Its numbers will be produced by:\n\n"
+            "**Not trained, not published yet.** This card describes a planned checkpoint: no weights exist "
+            "and no number on this card has been measured. Its numbers will be produced by:\n\n"
             + "\n".join(f"    {line}" for line in planned_command.strip().splitlines())
         )
     if records:

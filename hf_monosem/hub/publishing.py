@@ -197,12 +197,15 @@ def feature_layer_repo_ids(
             ids = [f"{given[0]}-{kind}" for kind in kinds]
         else:
             raise ValueError(
-                f"hub_model_id={hub_model_id!r} names {len(given)} ids for {len(kinds)} feature layers {kinds}: give "
-                "one id per feature layer, one id to suffix with -<feature layer>, or one with {feature_layer} in it"
+                f"hub_model_id={hub_model_id!r} names {len(given)} ids for {len(kinds)} feature layers "
+                f"{kinds}: give "
+                "one id per feature layer, one id to suffix with -<feature layer>, or one with "
+                "{feature_layer} in it"
             )
     if len(set(ids)) != len(ids):
         raise ValueError(
-            f"hub_model_id={hub_model_id!r} names a repository twice ({ids}); every feature layer needs its own"
+            f"hub_model_id={hub_model_id!r} names a repository twice ({ids}); every feature layer needs its "
+            f"own"
         )
     return dict(zip(kinds, ids))
 
@@ -318,7 +321,8 @@ def push_scenario_to_hub(
     token: str | None = None,
     commit_message: str | None = None,
 ):
-    """Upload a noisy-label draw as a dataset repository (:func:`save_scenario_for_hub`'s folder), in one commit.
+    """Upload a noisy-label draw as a dataset repository (:func:`save_scenario_for_hub`'s folder), in one
+    commit.
 
     Example (with ``HfApi`` replaced by a mock, so nothing is uploaded):
         >>> from unittest import mock

@@ -127,9 +127,9 @@ class MonoSemanticConfig(PreTrainedConfig):
             non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
         projector_hidden_dim, nonneg_activation, nonneg_order, topk, sparsity_weight, reconstruction_weight,
-            sae_normalize_input, activation_loss_weight: the feature layer's settings; meaning, defaults and validation are
-            those of :class:`~.feature_layers.FeatureLayerSettings` (``topk`` of a ``topk`` layer is
-            filled in here: ``feature_dim // 8``, the paper's ratio).
+            sae_normalize_input, activation_loss_weight: the feature layer's settings; meaning, defaults and
+            validation are those of :class:`~.feature_layers.FeatureLayerSettings` (``topk`` of a ``topk``
+            layer is filled in here: ``feature_dim // 8``, the paper's ratio).
         pooling: ``"cls"``, ``"mean"``, ``"last"`` or ``"pooler"``; default chosen per backbone family.
         freeze_backbone: train only the feature layer and head (linear probing).
         freeze_feature_layer: keep the feature layer's weights fixed (``requires_grad=False``, so the
@@ -255,7 +255,8 @@ class MonoSemanticConfig(PreTrainedConfig):
 
     @property
     def backbone_loading_kwargs(self) -> dict[str, Any]:
-        """How ``backbone`` is fetched and built (``AutoModel.from_pretrained`` keyword arguments); never saved."""
+        """How ``backbone`` is fetched and built (``AutoModel.from_pretrained`` keyword arguments); never
+        saved."""
         return dict(self.__dict__.get("_backbone_loading_kwargs") or {})
 
     def to_dict(self) -> dict[str, Any]:

@@ -327,7 +327,8 @@ def build_feature_layer(config: Any, input_dim: int, kind: str | None = None) ->
     kind = kind if kind is not None else getattr(config, "feature_layer", None)
     if kind is None:
         raise ValueError(
-            f"{type(config).__name__} names no feature layer: pass kind=, one of {', '.join(map(repr, FEATURE_LAYERS))}"
+            f"{type(config).__name__} names no feature layer: pass kind=, one of "
+            f"{', '.join(map(repr, FEATURE_LAYERS))}"
         )
     cls = feature_layer_class(kind)
     return cls(input_dim, cls.settings_class.from_config(config))

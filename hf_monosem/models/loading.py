@@ -63,8 +63,8 @@ def _check_model_type(model_type: str | None, where: str, expected_model_type: s
 
 
 def check_hub_checkpoint(repo_id: str, expected_model_type: str = "monosemantic", **hub_kwargs) -> None:
-    """:func:`check_checkpoint_folder`'s model-type check for a Hub id: a plain backbone's repository (a BERT, a
-    Llama) is refused with the advice to wrap it, before its config is read as ours.
+    """:func:`check_checkpoint_folder`'s model-type check for a Hub id: a plain backbone's repository (a BERT,
+    a Llama) is refused with the advice to wrap it, before its config is read as ours.
 
     ``hub_kwargs`` are ``from_pretrained``'s (``cache_dir``, ``revision``, ``token``, ``subfolder``,
     ``local_files_only``, ...). When ``config.json`` cannot be fetched this says nothing: ``from_pretrained``

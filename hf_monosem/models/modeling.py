@@ -118,8 +118,9 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
         if missing:
             raise ValueError(
                 f"{pretrained_model_name_or_path} holds no weights for the feature layer ({missing[:5]}"
-                f"{' ...' if len(missing) > 5 else ''}): it would be randomly initialised. The checkpoint was "
-                f"saved with another feature layer (this config has feature_layer={model.config.feature_layer!r})"
+                f"{' ...' if len(missing) > 5 else ''}): it would be randomly initialised. The checkpoint "
+                f"was saved with another feature layer (this config has "
+                f"feature_layer={model.config.feature_layer!r})"
                 " or is damaged"
             )
         model._apply_backbone_freezing()
@@ -131,8 +132,9 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
 
         A Hub id or folder is loaded with ``AutoModel.from_pretrained``; the keyword arguments named in
         :data:`~.configuration.BACKBONE_LOADING_OPTIONS` (``revision``, ``token``, ``trust_remote_code``,
-        ``cache_dir``, ``attn_implementation``, ``dtype``) go to it, the others to :class:`MonoSemanticConfig`.
-        The feature layer and head take the backbone's dtype (SAE layers stay fp32).
+        ``cache_dir``, ``attn_implementation``, ``dtype``) go to it, the others to
+        :class:`MonoSemanticConfig`. The feature layer and head take the backbone's dtype (SAE layers stay
+        fp32).
 
         Example:
             >>> from transformers import BertConfig, BertModel
@@ -150,13 +152,15 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
             name = backbone.config.name_or_path
         elif loading:
             raise ValueError(
-                f"{sorted(loading)} say how a backbone is loaded, but this {type(backbone).__name__} is loaded already"
+                f"{sorted(loading)} say how a backbone is loaded, but this {type(backbone).__name__} is "
+                f"loaded already"
             )
         elif isinstance(backbone, PreTrainedModel):
             name = backbone.config.name_or_path or None
         else:
             raise ValueError(
-                f"backbone must be a Hub id, a folder or a transformers PreTrainedModel, got {type(backbone).__name__}"
+                f"backbone must be a Hub id, a folder or a transformers PreTrainedModel, got "
+                f"{type(backbone).__name__}"
             )
         config_kwargs.setdefault("backbone", name or None)
         config = MonoSemanticConfig(
@@ -168,7 +172,8 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
     def from_sae(
         cls, backbone: str | PreTrainedModel, sae: str | os.PathLike, **kwargs
     ) -> MonoSemanticPreTrainedModel:
-        """:meth:`from_backbone` with a SAELens or sparsify checkpoint as the feature layer (``topk`` or ``sae``).
+        """:meth:`from_backbone` with a SAELens or sparsify checkpoint as the feature layer (``topk`` or
+        ``sae``).
 
         ``sae`` is a folder or a Hub id (downloaded with ``huggingface_hub``, the cache used offline);
         ``subfolder=``, ``sae_revision=``, ``local_files_only=`` and ``normalize_input=`` (override the
@@ -344,7 +349,8 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         **kwargs,
     ) -> MonoSemanticModelOutput | tuple:
         r"""Features of a batch; ``output_aux_losses`` (default: in training mode) returns the feature layer's
-        auxiliary terms and their weighted sum as ``loss``; ``return_dict`` defaults to ``config.return_dict``."""
+        auxiliary terms and their weighted sum as ``loss``; ``return_dict`` defaults to
+        ``config.return_dict``."""
         given = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -433,8 +439,8 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
         right = "Image" if is_image else "Sequence"
         raise ValueError(
             f"{cls.__name__} needs a{'n image' if cls.modality == 'image' else ' text'} backbone, but "
-            f"{model_type!r} is a{'n image' if is_image else ' text'} model (main input {main_input!r}); load "
-            f"it with AutoModelFor{right}Classification (MonoSemanticFor{right}Classification)"
+            f"{model_type!r} is a{'n image' if is_image else ' text'} model (main input {main_input!r}); "
+            f"load it with AutoModelFor{right}Classification (MonoSemanticFor{right}Classification)"
         )
 
     @property

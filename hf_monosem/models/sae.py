@@ -148,7 +148,8 @@ def _autocast_off_backward(backward):
 
 
 class _GatheredPreactivations(torch.autograd.Function):
-    """``pre.gather(1, indices)`` where ``pre = (x - pre_bias) @ weight.T + bias`` was computed without a graph.
+    """``pre.gather(1, indices)`` where ``pre = (x - pre_bias) @ weight.T + bias`` was computed without a
+    graph.
 
     The backward reaches only the gathered latents: ``weight``'s rows and ``bias``'s entries at
     ``indices``, and ``pre_bias`` (``x`` too if it needs a gradient) through them; the gradients equal
@@ -586,7 +587,8 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         return values, indices, pre
 
     def sparse_decode(self, values: torch.Tensor, indices: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """:meth:`decode` of the codes ``zeros.scatter(-1, indices, values)``, by a gather of ``k`` columns."""
+        """:meth:`decode` of the codes ``zeros.scatter(-1, indices, values)``, by a gather of ``k``
+        columns."""
         out = _SparseDecode.apply(values, indices, self.decoder.weight.float().t())
         return out + self.pre_bias if bias else out
 

@@ -92,7 +92,8 @@ def save_sae(
     pooling: str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> str:
-    """Write the SAE of ``model_or_layer`` to ``folder`` as a SAELens or sparsify checkpoint; return ``folder``.
+    """Write the SAE of ``model_or_layer`` to ``folder`` as a SAELens or sparsify checkpoint; return
+    ``folder``.
 
     Args:
         model_or_layer: an ``sae``/``topk`` feature layer, or a MonoSemantic model (base or classifier)
@@ -218,7 +219,8 @@ def resolve_sae_folder(
 ) -> str:
     """The local folder of an SAE checkpoint: ``folder_or_hub_id`` (+ ``subfolder``) if it is a folder,
     else a Hub repository downloaded with ``huggingface_hub.snapshot_download`` (only ``subfolder``'s
-    files when given). Offline (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``) the cached snapshot is used.
+    files when given). Offline (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``) the cached snapshot is
+    used.
     """
     if os.path.isdir(folder_or_hub_id):
         folder = os.path.join(folder_or_hub_id, subfolder) if subfolder else os.fspath(folder_or_hub_id)
@@ -237,8 +239,9 @@ def resolve_sae_folder(
     if not os.path.isfile(os.path.join(folder, _CONFIG)):
         present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
         raise FileNotFoundError(
-            f"no {_CONFIG} in {folder} (it holds {present}); an SAE checkpoint is a folder with {_CONFIG} and "
-            f"{' or '.join(_WEIGHTS.values())}; pass subfolder= if the SAE sits in a folder of the repository"
+            f"no {_CONFIG} in {folder} (it holds {present}); an SAE checkpoint is a folder with {_CONFIG} "
+            f"and {' or '.join(_WEIGHTS.values())}; pass subfolder= if the SAE sits in a folder of the "
+            f"repository"
         )
     return folder
 
@@ -259,7 +262,8 @@ def load_sae(
 
     ``format`` is detected from the weights file when ``None``. ``normalize_input`` (a value of
     ``FeatureLayerSettings.sae_normalize_input``) overrides what the checkpoint says about L2-normalising
-    the input (sparsify checkpoints not written here say nothing: no normalisation). ``info`` holds ``format``, ``architecture``, ``model_name``, ``hook_name``,
+    the input (sparsify checkpoints not written here say nothing: no normalisation). ``info`` holds
+    ``format``, ``architecture``, ``model_name``, ``hook_name``,
     ``pooling`` and ``folder``. The layer is in eval mode, in fp32.
     """
     folder = resolve_sae_folder(
@@ -452,8 +456,8 @@ def model_from_sae(
     )
     if model.feature_layer.input_dim != layer.input_dim:
         raise ValueError(
-            f"the SAE in {info['folder']} reads {layer.input_dim}-d vectors, but this backbone's pooled vector "
-            f"is {model.feature_layer.input_dim}-d"
+            f"the SAE in {info['folder']} reads {layer.input_dim}-d vectors, but this backbone's pooled "
+            f"vector is {model.feature_layer.input_dim}-d"
         )
     model.feature_layer.load_state_dict(layer.state_dict())
     model.eval()

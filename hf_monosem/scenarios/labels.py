@@ -51,14 +51,16 @@ def _check_symmetric_rate(rate: float, num_classes: int, num_rows: int) -> None:
     if num_classes < 2:
         if num_rows:
             raise ValueError(
-                f"num_classes={num_classes} is not allowed for symmetric noise at rate={rate!r}: there is no other "
+                f"num_classes={num_classes} is not allowed for symmetric noise at rate={rate!r}: there is no "
+                f"other "
                 "class to move a label to; allowed: at least 2 classes, or rate=0"
             )
         return
     if rate >= (num_classes - 1) / num_classes:
         limit = _max_symmetric_rate_text(num_classes)
         raise ValueError(
-            f"label noise rate={rate!r} with {num_classes} classes is not valid: at rate >= (C-1)/C = {limit} the "
+            f"label noise rate={rate!r} with {num_classes} classes is not valid: at rate >= (C-1)/C = "
+            f"{limit} the "
             "noisy labels carry no signal about the true class (a wrong class is at least as likely as the "
             f"true one); allowed: 0 <= rate < {limit}"
         )
@@ -150,7 +152,8 @@ def add_label_noise(
                         or not 0 <= value < n_cls
                     ):
                         raise ValueError(
-                            f"transition entry {src!r}: {dst!r} is not allowed; allowed: class ids in [0, {n_cls})"
+                            f"transition entry {src!r}: {dst!r} is not allowed; allowed: class ids in [0, "
+                            f"{n_cls})"
                         )
                 mapping[int(src)] = int(dst)
         return labels, n_cls, mapping

@@ -91,7 +91,8 @@ class ProbeProtocol:
     def __post_init__(self):
         if self.optimizer not in PROBE_OPTIMIZERS:
             raise ValueError(
-                f"optimizer={self.optimizer!r} is not valid; allowed: {', '.join(map(repr, PROBE_OPTIMIZERS))}"
+                f"optimizer={self.optimizer!r} is not valid; allowed: "
+                f"{', '.join(map(repr, PROBE_OPTIMIZERS))}"
             )
         if self.schedule not in PROBE_SCHEDULES:
             raise ValueError(
@@ -109,7 +110,8 @@ class ProbeProtocol:
             )
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(
-                f"warmup_epochs={self.warmup_epochs!r} is not valid; allowed: 0 <= warmup_epochs < epochs={self.epochs}"
+                f"warmup_epochs={self.warmup_epochs!r} is not valid; allowed: 0 <= warmup_epochs < "
+                f"epochs={self.epochs}"
             )
         object.__setattr__(self, "lr_grid", tuple(float(lr) for lr in self.lr_grid))
 
@@ -139,7 +141,8 @@ class ProbeProtocol:
         return replace(self, lr_grid=tuple(sorted({*self.lr_grid, *added})))
 
     def training_kwargs(self, lr: float | None = None) -> dict[str, Any]:
-        """Keyword arguments of :func:`~hf_monosem.cached.train_probe_grid` (at ``lr``, default ``self.lr``)."""
+        """Keyword arguments of :func:`~hf_monosem.cached.train_probe_grid` (at ``lr``, default
+        ``self.lr``)."""
         return {
             "epochs": self.epochs,
             "lr": self.lr if lr is None else lr,

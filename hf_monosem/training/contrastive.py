@@ -123,7 +123,8 @@ class ContrastiveTrainer(MonoSemanticTrainer):
             not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2
         ):
             raise ValueError(
-                f"num_labels={num_labels!r} is not valid with online_label_loss=True; allowed: an integer >= 2 "
+                f"num_labels={num_labels!r} is not valid with online_label_loss=True; allowed: an integer >= "
+                f"2 "
                 "(the classes of the online classifier)"
             )
         if kwargs.get("loss_type", "ce") != "ce":
@@ -214,7 +215,8 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         labels = next((inputs[k] for k in LABEL_KEYS if inputs.get(k) is not None), None)
         inputs = {k: v for k, v in inputs.items() if k not in LABEL_KEYS}
         generator = self._view_generator if model.training else self._eval_view_generator
-        # the feature layer's terms belong to the loss at evaluation too (models return them only when training)
+        # the feature layer's terms belong to the loss at evaluation too (models return them only when
+        # training)
         outputs = model(**self.make_views(inputs, generator), output_aux_losses=True)
         features = outputs["features"] if isinstance(outputs, dict) else outputs.features
         z1, z2 = features.chunk(2, dim=0)
@@ -262,7 +264,8 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         path = self._view_state_file(checkpoint)
         if not os.path.isfile(path):
             warnings.warn(
-                f"{checkpoint} has no {os.path.basename(path)} (saved before hf_monosem kept the view generator): "
+                f"{checkpoint} has no {os.path.basename(path)} (saved before hf_monosem kept the view "
+                f"generator): "
                 "the resumed run draws its views from the start of the sequence, so it will not match an "
                 "uninterrupted run",
                 stacklevel=2,

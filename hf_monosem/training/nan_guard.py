@@ -49,7 +49,8 @@ class NonFiniteLossGuardMixin(_TrainerBase):
         bad_weights = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()][:3]
         if bad_weights:
             causes.append(
-                f"the weights already hold NaN/inf (e.g. {bad_weights}): training diverged; lower the learning "
+                f"the weights already hold NaN/inf (e.g. {bad_weights}): training diverged; lower the "
+                f"learning "
                 "rate or keep max_grad_norm (gradient clipping) on"
             )
         if not causes:
@@ -59,6 +60,6 @@ class NonFiniteLossGuardMixin(_TrainerBase):
             )
         raise FloatingPointError(
             f"non-finite loss {float(loss.detach()):g} at global step {self.state.global_step + 1} "
-            f"(epoch {self.state.epoch or 0:.2f}); offending term(s): {', '.join(bad_terms) or 'the total only'}; "
-            + "; ".join(causes)
+            f"(epoch {self.state.epoch or 0:.2f}); offending term(s): "
+            f"{', '.join(bad_terms) or 'the total only'}; " + "; ".join(causes)
         )

@@ -21,8 +21,8 @@ What it adds to the plain Trainer:
   of one training, so a script that trains several models logs each to its own run.
 
 Contrastive pretraining (:class:`~hf_monosem.training.contrastive.ContrastiveTrainer`), post-hoc SAE fitting
-(:mod:`hf_monosem.cached.sae_fitting`) and linear probing on cached features (:mod:`hf_monosem.cached.probing`)
-live in their own modules and reuse this trainer's logging.
+(:mod:`hf_monosem.cached.sae_fitting`) and linear probing on cached features
+(:mod:`hf_monosem.cached.probing`) live in their own modules and reuse this trainer's logging.
 """
 
 from __future__ import annotations
@@ -124,15 +124,16 @@ class MonoSemanticTrainer(TrainerChecksMixin, NonFiniteLossGuardMixin, TrainerHu
         if launched > 1 and "LOCAL_RANK" in os.environ and self.args.world_size == 1:
             raise RuntimeError(
                 f"this process was launched as one of WORLD_SIZE={launched} but the Trainer runs on a single "
-                "process, so every process would train alone and overwrite the same output_dir. Without GPUs, "
-                "pass --use_cpu (TrainingArguments(use_cpu=True)) or set ACCELERATE_USE_CPU=1 so that the "
-                "processes join one gloo process group"
+                "process, so every process would train alone and overwrite the same output_dir. Without "
+                "GPUs, pass --use_cpu (TrainingArguments(use_cpu=True)) or set ACCELERATE_USE_CPU=1 so that "
+                "the processes join one gloo process group"
             )
         if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not getattr(
             self, "is_fsdp_enabled", True
         ):
             warnings.warn(
-                "FSDP was asked for (accelerate launch with an FSDP config) but is off: accelerate enables FSDP "
+                "FSDP was asked for (accelerate launch with an FSDP config) but is off: accelerate enables "
+                "FSDP "
                 "only on GPU process groups, so on CPU every process holds the whole model (plain DDP)",
                 stacklevel=2,
             )

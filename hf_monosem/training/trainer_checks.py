@@ -52,8 +52,8 @@ class TrainerChecksMixin(_TrainerBase):
             found = last_complete_checkpoint(self.args.output_dir)
             if found is None:
                 raise ValueError(
-                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint-* folder "
-                    f"(one with {TRAINER_STATE_FILE}); start without resume_from_checkpoint"
+                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint-* "
+                    f"folder (one with {TRAINER_STATE_FILE}); start without resume_from_checkpoint"
                 )
             return found
         resume = os.fspath(resume)
@@ -72,7 +72,8 @@ class TrainerChecksMixin(_TrainerBase):
         return last_complete_checkpoint(folder)
 
     def _classifier_config(self) -> Any:
-        """The model's ``MonoSemanticConfig`` when it is a classifier (possibly peft-wrapped), else ``None``."""
+        """The model's ``MonoSemanticConfig`` when it is a classifier (possibly peft-wrapped), else
+        ``None``."""
         from ..models.configuration import MonoSemanticConfig
 
         model = self.accelerator.unwrap_model(self.model)

@@ -126,7 +126,8 @@ class ImageViews:
             self._range_checked = True
             if bool((x.min() < -1e-3) | (x.max() > 1 + 1e-3)):
                 warnings.warn(
-                    "ImageViews got pixel values outside [0, 1] and no mean/std: colour jitter clamps to [0, 1]. "
+                    "ImageViews got pixel values outside [0, 1] and no mean/std: colour jitter clamps to [0, "
+                    "1]. "
                     "Pass the image processor's image_mean/image_std.",
                     stacklevel=2,
                 )

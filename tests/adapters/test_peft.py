@@ -1,4 +1,5 @@
-"""LoRA / MonoLoRA on the backbone under a monosemantic head: training, save/load, merge semantics, sparsity."""
+"""LoRA / MonoLoRA on the backbone under a monosemantic head: training, save/load, merge semantics,
+sparsity."""
 
 import json
 import os

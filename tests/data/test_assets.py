@@ -1,5 +1,6 @@
 """Offline assets: real datasets from installed packages (skipped only where a package is absent); datasets by
-name (the registry the example scripts' ``--dataset_name`` goes through) and the backbone / classifier helpers."""
+name (the registry the example scripts' ``--dataset_name`` goes through) and the backbone / classifier
+helpers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Model cards, the publish folder, remote-code loading and the planned cards in model_cards/ (all offline)."""
+"""Model cards, the publish folder, remote-code loading and the planned cards in model_cards/ (all
+offline)."""
 
 import importlib.util
 import json
@@ -112,8 +113,8 @@ def test_card_metadata_round_trips_and_holds_the_numbers():
     assert name == "tiny-nonneg"
     # body: poly-vs-mono table, usage snippet, recipe
     assert (
-        "| tweets (test) | label_noise=0.4 | accuracy | 0.700 ± 0.020 (3 seeds) | 0.750 ± 0.020 (3 seeds) | +0.050 |"
-        in card.text
+        "| tweets (test) | label_noise=0.4 | accuracy | 0.700 ± 0.020 (3 seeds) | 0.750 ± 0.020 (3 seeds) | "
+        "+0.050 |" in card.text
     )
     assert 'AutoModelForSequenceClassification.from_pretrained("me/tiny-nonneg")' in card.text
     assert "import hf_monosem" in card.text and "- **epochs**: 3" in card.text

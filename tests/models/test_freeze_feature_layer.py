@@ -87,7 +87,8 @@ def test_one_trainer_step_keeps_the_feature_layer_and_trains_backbone_and_head(k
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_without_the_flag_the_same_step_moves_the_feature_layer(kind, tmp_path):
-    """The control: the step above would have changed the layer (so its being unchanged is the flag's doing)."""
+    """The control: the step above would have changed the layer (so its being unchanged is the flag's
+    doing)."""
     model = build(kind)
     assert all(p.requires_grad for p in model.feature_layer.parameters())
     layer = snapshot(model.feature_layer)
@@ -112,7 +113,8 @@ def test_gradients_reach_the_backbone_through_the_frozen_layer(kind):
 
 
 def test_feature_layers_have_nothing_that_needs_eval_mode():
-    """No dropout, no BatchNorm in any feature layer: a frozen layer computes the same in train and eval mode."""
+    """No dropout, no BatchNorm in any feature layer: a frozen layer computes the same in train and eval
+    mode."""
     for kind in ("linear", "nonneg", "sae", "topk"):
         model = build(kind, freeze_feature_layer=True)
         kinds = {type(m) for m in model.feature_layer.modules()}

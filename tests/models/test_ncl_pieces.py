@@ -60,7 +60,8 @@ def test_activation_loss_value_and_gradient_on_a_hand_made_batch():
     value = activation_loss(z)
     assert float(value.detach()) == pytest.approx(-0.4, abs=1e-12)
     (grad,) = torch.autograd.grad(value, z)
-    # d/dz_i of -(1/(B F)) sum_j z_j / ||z|| (positive entries) = -(1/(B F)) (1/||z|| - z_i sum_j z_j / ||z||^3)
+    # d/dz_i of -(1/(B F)) sum_j z_j / ||z|| (positive entries) = -(1/(B F)) (1/||z|| - z_i sum_j z_j /
+    # ||z||^3)
     expected = torch.zeros_like(z)
     for row, norm, total in ((0, 5.0, 7.0), (1, 2.0, 2.0)):
         for i in range(3):

@@ -101,8 +101,8 @@ def test_the_example_message():
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "label noise rate=0.7 with 3 classes is not valid: at rate >= (C-1)/C = 0.667 the noisy labels carry no "
-            "signal about the true class"
+            "label noise rate=0.7 with 3 classes is not valid: at rate >= (C-1)/C = 0.667 the noisy labels "
+            "carry no signal about the true class"
         ),
     ) as err:
         add_label_noise(_table(30, 3), 0.7)
@@ -120,7 +120,8 @@ def test_rates_just_below_c_minus_1_over_c_and_zero_are_accepted(num_classes):
 
 @pytest.mark.parametrize("how", ["class_label", "num_classes", "max_label_plus_one"])
 def test_the_number_of_classes_comes_from_wherever_add_label_noise_reads_it(how):
-    """C from the ClassLabel, from num_classes=, or from max(label) + 1 on plain ints: all refuse at (C-1)/C."""
+    """C from the ClassLabel, from num_classes=, or from max(label) + 1 on plain ints: all refuse at
+    (C-1)/C."""
     if how == "class_label":
         ds, kwargs = _table(30, 3), {}
     elif how == "num_classes":
@@ -153,7 +154,8 @@ def test_the_refusal_comes_before_any_work(monkeypatch):
 
 
 def test_the_grid_passes_the_refusal_on():
-    """noisy_label_draws (the probe and fine-tune grids) draws through add_label_noise: 0.8 on 3 classes fails."""
+    """noisy_label_draws (the probe and fine-tune grids) draws through add_label_noise: 0.8 on 3 classes
+    fails."""
     labels = torch.tensor([0, 1, 2] * 4)
     with pytest.raises(ValueError, match=r"rate=0\.8 with 3 classes"):
         grid.noisy_label_draws(labels, ClassLabel(num_classes=3), [0.0, 0.4, 0.8], [0])

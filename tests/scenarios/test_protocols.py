@@ -86,7 +86,8 @@ def test_the_paper_protocol_trains_on_the_tracks_augmented_views():
 def test_bad_protocols_are_refused_with_the_allowed_values():
     with pytest.raises(
         ValueError,
-        match="probe protocol 'adam' is not valid; allowed: 'paper_cifar', 'paper_in100', 'controlled', 'paper'",
+        match="probe protocol 'adam' is not valid; allowed: 'paper_cifar', 'paper_in100', 'controlled', "
+        "'paper'",
     ):
         probe_protocol("adam")
     with pytest.raises(ValueError, match="schedule='cosine' is not valid"):
@@ -98,7 +99,8 @@ def test_bad_protocols_are_refused_with_the_allowed_values():
 
 
 def test_paper_in100_is_plain_sgd_a_hand_written_loop_gives_the_same_weights():
-    """lr 1.5, no momentum, no weight decay, constant rate: the grid's probes equal plain SGD, step by step."""
+    """lr 1.5, no momentum, no weight decay, constant rate: the grid's probes equal plain SGD, step by
+    step."""
     assert PAPER_IN100_PROBE.augmented_views and not PAPER_IN100_PROBE.equalize_scale
     protocol = PAPER_IN100_PROBE.with_budget(epochs=3, batch_size=16)
     g = torch.Generator().manual_seed(0)

@@ -133,8 +133,8 @@ torch.save(out, f"{sys.argv[1]}/rank{rank}.pt")
 
 @pytest.mark.distributed
 def test_gather_with_grad_compiles_with_no_deprecated_collective(tmp_path):
-    """``gather_with_grad`` under ``torch.compile(fullgraph=True)`` on two processes, FutureWarnings as errors:
-    the gathered rows keep their gradients (each process gets the sum over processes of its own rows'
+    """``gather_with_grad`` under ``torch.compile(fullgraph=True)`` on two processes, FutureWarnings as
+    errors: the gathered rows keep their gradients (each process gets the sum over processes of its own rows'
     gradient), and a compiled InfoNCE over the gathered negatives equals one process's loss on the whole
     batch's negatives."""
     g = torch.Generator().manual_seed(0)
@@ -303,16 +303,18 @@ with open(f"{sys.argv[1]}/rank{trainer.args.process_index}.json", "w") as f:
 
 
 FSDP_ON_CPU = (
-    "accelerate 1.15 enables FSDP only on GPU-type process groups: AcceleratorState turns ACCELERATE_USE_FSDP into "
-    "DistributedType.FSDP only when the state is MULTI_GPU/NPU/XPU/..., so with ACCELERATE_USE_CPU=1 (MULTI_CPU, "
-    "gloo) the FSDP config is ignored and the Trainer wraps the model in DDP; without it each process runs alone"
+    "accelerate 1.15 enables FSDP only on GPU-type process groups: AcceleratorState turns "
+    "ACCELERATE_USE_FSDP into DistributedType.FSDP only when the state is MULTI_GPU/NPU/XPU/..., so with "
+    "ACCELERATE_USE_CPU=1 (MULTI_CPU, gloo) the FSDP config is ignored and the Trainer wraps the model in "
+    "DDP; without it each process runs alone"
 )
 
 
 @pytest.mark.distributed
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=FSDP_ON_CPU)
 def test_fsdp_config_trains_on_gpus(tmp_path):
-    """The shipped FSDP config as is (FSDP2, transformer-block wrap, full shard, bf16), one process per GPU."""
+    """The shipped FSDP config as is (FSDP2, transformer-block wrap, full shard, bf16), one process per
+    GPU."""
     import yaml
 
     config = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())

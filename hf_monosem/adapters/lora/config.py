@@ -37,7 +37,8 @@ class MonoLoraConfig(LoraConfig):
     monolora: str | None = field(
         default=None,
         metadata={
-            "help": "MonoLoRA ReLU placement: 'output' = relu(B A x), 'hidden' = B relu(A x); None = plain LoRA.",
+            "help": "MonoLoRA ReLU placement: 'output' = relu(B A x), 'hidden' = B relu(A x); None = plain "
+            "LoRA.",
             "is_lora_variant": True,
         },
     )

@@ -52,9 +52,11 @@ class MonoLoraVariant(LoraVariant):
         placement = module.lora_variant[active_adapter].placement
         update = "relu(B A x)" if placement == "output" else "B relu(A x)"
         raise MonoLoraMergeError(
-            f"cannot merge MonoLoRA adapter {active_adapter!r} ({update}) into the base weights: the update is "
-            "not a linear function of x, so no weight matrix reproduces it. Keep the adapter unmerged (run the "
-            "PeftModel), or call unload() to drop the adapters and keep the trained feature layer and classifier."
+            f"cannot merge MonoLoRA adapter {active_adapter!r} ({update}) into the base weights: the update "
+            f"is "
+            "not a linear function of x, so no weight matrix reproduces it. Keep the adapter unmerged (run "
+            "the PeftModel), or call unload() to drop the adapters and keep the trained feature layer and "
+            "classifier."
         )
 
     merge_safe = _refuse

