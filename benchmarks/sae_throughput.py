@@ -27,7 +27,8 @@ Needs the benchmark extra: ``pip install -e ".[interop]"`` (eai-sparsify).
 
 Usage::
 
-    python benchmarks/sae_throughput.py                      # 20k x 384, width 1536, k 32, 3 epochs, 2 threads
+    # 20k x 384, width 1536, k 32, 3 epochs, 2 threads
+    python benchmarks/sae_throughput.py
     python benchmarks/sae_throughput.py --repeats 7 --data minilm
 """
 

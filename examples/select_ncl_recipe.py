@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--merge",
         default="",
-        help="comma-separated output dirs of runs over parts of the candidates: decide over all their records",
+        help="comma-separated output dirs of runs over parts of the candidates: decide over all their "
+        "records",
     )
     args = parser.parse_args(argv)
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
@@ -380,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
                 accs = [sum(v) / len(v) for v in p["val_accuracy"].values()]
                 records.append(
                     {"candidate": candidate, "method": method, "seed": seed, **info,
-                     **unit_report(feats[method]["val"], y_val), **p, "mean_val_accuracy": sum(accs) / len(accs)}
+                     **unit_report(feats[method]["val"], y_val), **p,
+                     "mean_val_accuracy": sum(accs) / len(accs)}
                 )  # fmt: skip
                 print(
                     json.dumps({k: v for k, v in records[-1].items() if k != "lr_held_out_accuracy"}),
@@ -412,7 +414,8 @@ def write_results(args, records: list[dict], raw_probe: dict, r52: dict | None, 
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "p3_ncl_selection.json"), "w") as f:
         json.dump({"records": records, "raw": raw_probe, "decision": rows, "chosen": chosen, "r52": r52,
-                   "command": getattr(args, "commands", None) or ["python examples/select_ncl_recipe.py", *args.argv],
+                   "command": getattr(args, "commands", None)
+                   or ["python examples/select_ncl_recipe.py", *args.argv],
                    "wall_seconds": args.wall_seconds}, f, indent=1)  # fmt: skip
     with open(os.path.join(args.output_dir, "p3_ncl_selection.md"), "w") as f:
         f.write(markdown(records, rows, chosen, raw_probe, r52, args))

@@ -40,7 +40,7 @@ def alias_module(
         ('hf_monosem.cached.probe_grid', True)
         >>> caught[0].category.__name__, str(caught[0].message)
         ('HfMonosemDeprecationWarning', 'hf_monosem.old_name moved to hf_monosem.cached in 0.2.0; the old path goes in 0.3.0')
-    """
+    """  # noqa: E501
     warnings.warn(
         f"{old} moved to {new} in 0.2.0; the old path goes in {REMOVED_IN}",
         HfMonosemDeprecationWarning,

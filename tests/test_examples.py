@@ -38,8 +38,8 @@ SCRIPTS = (
     "compare_monolora",
 )
 # accelerate 1.15: one local CPU process, no config file needed
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--cpu",
-          "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+          "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +378,8 @@ def test_finetune_noisy_end_to_end_digits(tmp_path):
         "finetune_noisy",
         [*DIGITS_LEARN, "--label_noise", "0.4", "--route", "head", "--output_dir", str(out)],
         tmp_path,
-    )  # a randomly initialised ResNet: the head route (the paper route pretrains projectors on random features)
+    )  # a randomly initialised ResNet: the head route (the paper route pretrains projectors on random
+    # features)
     payload = _results(out)
     assert set(payload["results"]) == {"linear", "nonneg"} and (out / "results.png").is_file()
     assert (out / "scenario.json").is_file()
@@ -656,10 +657,10 @@ def test_compare_monolora_end_to_end_and_resume(tmp_path, tiny_text_backbone):
     MonoLoRA's adapter outputs hold exact zeros, LoRA's none, and a rerun with --resume_from_checkpoint
     reuses the finished methods' results instead of training again."""
     out = tmp_path / "run"
-    argv = ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "48", "--max_eval_samples", "24",
-            "--held_out", "16", "--feature_dim", "64", "--methods", "lora,monolora-output",
-            "--per_device_train_batch_size", "16", "--num_train_epochs", "1", "--output_dir", str(out),
-            "--disable_tqdm", "true"]  # fmt: skip
+    argv = ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "48",
+            "--max_eval_samples", "24", "--held_out", "16", "--feature_dim", "64",
+            "--methods", "lora,monolora-output", "--per_device_train_batch_size", "16",
+            "--num_train_epochs", "1", "--output_dir", str(out), "--disable_tqdm", "true"]  # fmt: skip
     launch("compare_monolora", argv, tmp_path)
     payload = json.loads((out / "monolora_results.json").read_text())
     results = {r["method"]: r for r in payload["results"]}

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SCRIPT = EXAMPLES / "pretrain_ncl.py"
 # accelerate 1.15: one local CPU process, no config file needed (mixed precision comes from --bf16)
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--cpu",
-          "--dynamo_backend", "no"]  # fmt: skip
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+          "--cpu", "--dynamo_backend", "no"]  # fmt: skip
 CIFAR_CLASSES = 100
 
 
@@ -324,9 +324,9 @@ def test_the_gpu_scale_command_on_cpu_with_tiny_sizes_probes_under_both_protocol
     command = gpu_scale_command()
     out = tmp_path / "run"
     argv = with_values(command, num_train_epochs="1", per_device_train_batch_size="16",
-                       per_device_eval_batch_size="64", projector_hidden_dim="32", feature_dim="16", probe_epochs="3",
-                       probe_seeds="2", dataloader_num_workers="0", output_dir=str(out), use_cpu="true",
-                       disable_tqdm="true", logging_steps="4")  # fmt: skip
+                       per_device_eval_batch_size="64", projector_hidden_dim="32", feature_dim="16",
+                       probe_epochs="3", probe_seeds="2", dataloader_num_workers="0", output_dir=str(out),
+                       use_cpu="true", disable_tqdm="true", logging_steps="4")  # fmt: skip
     env = {
         key: value
         for key, value in os.environ.items()

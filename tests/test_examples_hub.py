@@ -593,7 +593,8 @@ PUSH_DRIVER = textwrap.dedent("""
         root = Path(folder_path)
         kept = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
                       and not any(fnmatch.fnmatch(str(p.relative_to(root)), pat)
-                                  or fnmatch.fnmatch(p.relative_to(root).parts[0], pat) for pat in ignore_patterns or ()))
+                                  or fnmatch.fnmatch(p.relative_to(root).parts[0], pat)
+                                  for pat in ignore_patterns or ()))
         copy = record.parent / "uploads" / str(len(uploads))
         for name in kept:
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
@@ -612,8 +613,8 @@ PUSH_DRIVER = textwrap.dedent("""
                 mock.patch("hf_monosem.hub.publishing.HfApi", return_value=api):
             runpy.run_path(script, run_name="__main__")
     finally:
-        record.write_text(json.dumps({"uploads": uploads,
-                                      "create_repo": [[c.args, c.kwargs] for c in api.create_repo.call_args_list]}))
+        repos = [[c.args, c.kwargs] for c in api.create_repo.call_args_list]
+        record.write_text(json.dumps({"uploads": uploads, "create_repo": repos}))
 """)
 
 

@@ -34,7 +34,8 @@ def _leaks(folder: Path, *secrets: str) -> list[str]:
 
 def test_recorded_command_hides_tokens_and_local_paths(tmp_path):
     argv = ["--token", TOKEN, f"--hub_token={TOKEN}", "--model_name_or_path", str(tmp_path / "bert"),
-            f"--output_dir={tmp_path}/out", "--feature_layers", "linear,nonneg", "--model_name_or_path", "org/model"]  # fmt: skip
+            f"--output_dir={tmp_path}/out", "--feature_layers", "linear,nonneg",
+            "--model_name_or_path", "org/model"]  # fmt: skip
     command = recorded_command("/somewhere/examples/finetune_noisy.py", argv)
     assert TOKEN not in command and str(tmp_path) not in command
     assert command == (
@@ -68,12 +69,15 @@ SMALL_TEXT = ["--max_train_samples", "32", "--max_eval_samples", "16", *TRAIN_FA
 RUNS = {
     "finetune_fewshot": ["--shots", "2", "--token", TOKEN, *SMALL_TEXT],
     "finetune_domain_shift": ["--feature_layers", "linear", "--token", TOKEN, *SMALL_TEXT],
-    "finetune_noisy": ["--feature_layers", "linear", "--token", TOKEN, "--dataset_name", "tweets", *SMALL_TEXT],
-    "train_sae": ["--max_train_samples", "32", "--max_eval_samples", "16", "--feature_dim", "32", "--topk", "4",
-                  "--sae_epochs", "1", "--probe_epochs", "1", "--probe_seeds", "1", "--disable_tqdm", "true"],
-    "pretrain_ncl": ["--dataset_name", "digits", "--max_train_samples", "32", "--max_eval_samples", "16", "--num_train_epochs", "1",
-                     "--per_device_train_batch_size", "16", "--probe_epochs", "1", "--probe_seeds", "1",
-                     "--feature_dim", "16", "--projector_hidden_dim", "16", "--disable_tqdm", "true"],
+    "finetune_noisy": ["--feature_layers", "linear", "--token", TOKEN, "--dataset_name", "tweets",
+                       *SMALL_TEXT],
+    "train_sae": ["--max_train_samples", "32", "--max_eval_samples", "16", "--feature_dim", "32",
+                  "--topk", "4", "--sae_epochs", "1", "--probe_epochs", "1", "--probe_seeds", "1",
+                  "--disable_tqdm", "true"],
+    "pretrain_ncl": ["--dataset_name", "digits", "--max_train_samples", "32", "--max_eval_samples", "16",
+                     "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--probe_epochs", "1",
+                     "--probe_seeds", "1", "--feature_dim", "16", "--projector_hidden_dim", "16",
+                     "--disable_tqdm", "true"],
 }  # fmt: skip
 
 

@@ -39,7 +39,8 @@ y = torch.arange(256) % 2
 ids = 10 + 40 * y[:, None] + torch.randint(0, 40, (256, 24), generator=g)
 data = Dataset.from_dict({"input_ids": ids.numpy(), "label": y.numpy()})
 cache = os.path.join(out, "cache")
-print("phase: extract" + (" (cache present)" if os.path.isdir(cache) and os.listdir(cache) else ""), flush=True)
+present = os.path.isdir(cache) and os.listdir(cache)
+print("phase: extract" + (" (cache present)" if present else ""), flush=True)
 x = extract_pooled_features(bert, data, batch_size=16, cache_dir=cache)
 path = os.path.join(out, "representations.safetensors")
 fingerprint = tensors_sha256({"x": x})
@@ -47,9 +48,12 @@ layers = load_feature_layers(path, fingerprint)
 if layers is None:
     print("phase: fit", flush=True)
     torch.manual_seed(0)
-    sae = build_feature_layer(FeatureLayerSettings(feature_dim=64, topk=8, sae_normalize_input=True), 32, kind="topk")
+    settings = FeatureLayerSettings(feature_dim=64, topk=8, sae_normalize_input=True)
+    sae = build_feature_layer(settings, 32, kind="topk")
     report = train_sae_layer(sae, x, epochs=40, batch_size=32, progress=False)
-    projector, _ = fit_contrastive_projector(x, feature_dim=32, projector_hidden_dim=32, epochs=40, progress=False)
+    projector, _ = fit_contrastive_projector(
+        x, feature_dim=32, projector_hidden_dim=32, epochs=40, progress=False
+    )
     save_feature_layers(path, {"sae": (sae.eval(), {"ev": report["final_explained_variance"]}),
                                "ncl": (projector, {})}, fingerprint)
     layers = load_feature_layers(path, fingerprint)

@@ -14,7 +14,8 @@ import pytest
 from test_examples import launch
 
 DIGITS = ["--dataset_name", "digits", "--max_train_samples", "64", "--max_eval_samples", "32", "--topk", "4",
-          "--sae_epochs", "2", "--probe_epochs", "1", "--probe_seeds", "1", "--disable_tqdm", "true"]  # fmt: skip
+          "--sae_epochs", "2", "--probe_epochs", "1", "--probe_seeds", "1",
+          "--disable_tqdm", "true"]  # fmt: skip
 
 
 def _run(out, *extra):

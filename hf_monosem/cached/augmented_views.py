@@ -39,7 +39,8 @@ def augmented_view_features(
 
     Example:
         >>> flip = lambda x, g: x.flip(-1) if torch.rand((), generator=g) < 0.5 else x
-        >>> cache = augmented_view_features(lambda x: x.flatten(1), torch.arange(8.0).view(2, 1, 1, 4), flip, 3)
+        >>> cache = augmented_view_features(
+        ...     lambda x: x.flatten(1), torch.arange(8.0).view(2, 1, 1, 4), flip, 3)
         >>> cache.shape
         torch.Size([3, 2, 4])
     """

@@ -16,7 +16,7 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: features hold nan at row 1, column 0 (the first non-finite value); clean or drop those rows first
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 

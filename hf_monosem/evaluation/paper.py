@@ -104,7 +104,7 @@ def paper_comparison_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
         ...            scenario="label_noise", level=0.8, gap=0.05, pooled_std=0.01, verdict="win")
         >>> print(paper_comparison_markdown(paper_comparison_rows([row])).splitlines()[2])
         | vision | probe (paper) | simclr -> ncl | label_noise | 0.8 (paper 0.9*) | +5.0 ± 1.0 | win | CIFAR-100 +9.6, ImageNet-100 +13.6 |
-    """
+    """  # noqa: E501
     lines = [
         "| track | mode (protocol) | ours: poly -> mono | scenario | level | our Δ (points) | verdict | "
         "paper Δ |",

@@ -51,7 +51,8 @@ def mono_poly_gaps(
     ``"n/a"`` with fewer than 2 seeds).
 
     Example:
-        >>> recs = [{"method": m, "scenario": "label_noise", "level": 0.4, "seed": s, "accuracy": a + s / 1000}
+        >>> recs = [{"method": m, "scenario": "label_noise", "level": 0.4, "seed": s,
+        ...          "accuracy": a + s / 1000}
         ...         for m, a in [("linear", 0.70), ("nonneg", 0.80)] for s in range(3)]
         >>> [(g["level"], round(g["gap"], 3), g["verdict"]) for g in mono_poly_gaps(recs, "linear", "nonneg")]
         [(0.4, 0.1, 'win')]
@@ -99,7 +100,8 @@ def robustness_markdown_table(
     ``—``; with a single seed only the mean is shown and no gap is marked. A caption line follows.
 
     Example:
-        >>> recs = [{"method": m, "scenario": "label_noise", "level": 0.4, "seed": s, "accuracy": a + s / 1000}
+        >>> recs = [{"method": m, "scenario": "label_noise", "level": 0.4, "seed": s,
+        ...          "accuracy": a + s / 1000}
         ...         for m, a in [("linear", 0.70), ("nonneg", 0.80)] for s in range(3)]
         >>> print(robustness_markdown_table(recs, mono="nonneg").splitlines()[2])
         | label_noise | 0.4 | 0.701 ± 0.001 | 0.801 ± 0.001 | **+0.100** |
@@ -233,7 +235,8 @@ def plot_robustness_panel(
     Example:
         >>> import tempfile, os
         >>> recs = [{"method": m, "scenario": s, "level": l, "seed": 0, "accuracy": 0.9 - l}
-        ...         for m in ("linear", "nonneg") for s, l in [("gaussian", 0.0), ("gaussian", 0.3), ("shift", 0)]]
+        ...         for m in ("linear", "nonneg")
+        ...         for s, l in [("gaussian", 0.0), ("gaussian", 0.3), ("shift", 0)]]
         >>> plot_robustness_panel(recs, os.path.join(tempfile.mkdtemp(), "panel.png")).name
         'panel.png'
     """

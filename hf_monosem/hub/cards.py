@@ -72,7 +72,7 @@ _CITATION = """@inproceedings{zhang2025beyond,
   booktitle = {International Conference on Learning Representations (ICLR)},
   year      = {2025},
   url       = {https://arxiv.org/abs/2410.21331}
-}"""
+}"""  # noqa: E501
 
 #: The Jinja template of every card, shipped as package data (``hub/templates/model_card.md``;
 #: ``model_cards/generate_cards.py`` writes ``model_cards/TEMPLATE.md`` from it). Variables are filled by
@@ -106,7 +106,7 @@ def results_table(records: Sequence[Mapping], method: str | None = None) -> str:
         ...            for m, v in (("linear", 0.70), ("nonneg", 0.75))]
         >>> print(results_table(records, method="nonneg").splitlines()[2])
         | tweets (test) | label_noise=0.4 | accuracy | 0.700 ± 0.010 (3 seeds) | 0.750 ± 0.010 (3 seeds) | +0.050 |
-    """
+    """  # noqa: E501
     records = load_results(list(records))
     if not records:
         return "No results."
@@ -362,7 +362,8 @@ def make_model_card(
 
     Example (``model.config`` gives the same card, for a checkpoint not trained yet):
         >>> from hf_monosem.data import backbone_source, build_classifier
-        >>> model = build_classifier("nonneg", ["cat", "dog"], "image", backbone_source(None, "image"), feature_dim=32)
+        >>> model = build_classifier("nonneg", ["cat", "dog"], "image", backbone_source(None, "image"),
+        ...                          feature_dim=32)
         >>> card = make_model_card(model, [{"dataset": "digits", "scenario": "clean", "method": "nonneg",
         ...                                 "metric": "accuracy", "value": 0.82}], repo_id="me/tiny-nonneg")
         >>> card.data.library_name, card.data.model_name, [e.metric_value for e in card.data.eval_results]

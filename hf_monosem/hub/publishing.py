@@ -78,8 +78,10 @@ def save_for_hub(
     Example:
         >>> import os, tempfile
         >>> from hf_monosem.data import backbone_source, build_classifier
-        >>> model = build_classifier("nonneg", ["cat", "dog"], "image", backbone_source(None, "image"), feature_dim=32)
-        >>> results = [{"dataset": "digits", "scenario": "clean", "method": "nonneg", "metric": "accuracy", "value": 0.9}]
+        >>> model = build_classifier("nonneg", ["cat", "dog"], "image", backbone_source(None, "image"),
+        ...                          feature_dim=32)
+        >>> results = [{"dataset": "digits", "scenario": "clean", "method": "nonneg", "metric": "accuracy",
+        ...             "value": 0.9}]
         >>> folder = tempfile.mkdtemp()
         >>> card = save_for_hub(model, folder, results, repo_id="me/tiny")
         >>> sorted(os.listdir(folder))
@@ -139,10 +141,12 @@ def push_to_hub_with_card(
     Example (with ``HfApi`` replaced by a mock, so nothing is uploaded):
         >>> from unittest import mock
         >>> from hf_monosem.data import backbone_source, build_classifier
-        >>> model = build_classifier("nonneg", ["cat", "dog"], "image", backbone_source(None, "image"), feature_dim=32)
+        >>> model = build_classifier("nonneg", ["cat", "dog"], "image", backbone_source(None, "image"),
+        ...                          feature_dim=32)
         >>> with mock.patch("hf_monosem.hub.publishing.HfApi") as api:
         ...     _ = push_to_hub_with_card(model, "me/tiny", token="hf_x")
-        >>> api.return_value.create_repo.call_args.args, api.return_value.upload_folder.call_args.kwargs["repo_id"]
+        >>> (api.return_value.create_repo.call_args.args,
+        ...  api.return_value.upload_folder.call_args.kwargs["repo_id"])
         (('me/tiny',), 'me/tiny')
     """
     api = HfApi(token=token)

@@ -67,7 +67,8 @@ def enable_remote_code(model: PreTrainedModel) -> PreTrainedModel:
     Example:
         >>> import os, tempfile
         >>> from hf_monosem.data import backbone_source, build_classifier
-        >>> model = build_classifier("nonneg", ["cat", "dog"], "image", backbone_source(None, "image"), feature_dim=32)
+        >>> model = build_classifier("nonneg", ["cat", "dog"], "image", backbone_source(None, "image"),
+        ...                          feature_dim=32)
         >>> model = enable_remote_code(model)
         >>> model.config.auto_map["AutoModelForImageClassification"]
         'modeling.MonoSemanticForImageClassification'

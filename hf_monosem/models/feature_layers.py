@@ -268,7 +268,8 @@ def feature_layer_kinds(**attributes: bool) -> list[str]:
     """The registered kinds whose classes have the given ``is_...`` attributes, in registration order.
 
     Example:
-        >>> feature_layer_kinds(is_sparse_autoencoder=True), feature_layer_kinds(is_contrastive_projector=True)
+        >>> (feature_layer_kinds(is_sparse_autoencoder=True),
+        ...  feature_layer_kinds(is_contrastive_projector=True))
         (['sae', 'topk'], ['linear', 'nonneg'])
     """
     unknown = [name for name in attributes if not name.startswith("is_") or not hasattr(FeatureLayer, name)]
@@ -294,7 +295,7 @@ def feature_layer_class(kind: str, **attributes: bool) -> type[FeatureLayer]:
         Traceback (most recent call last):
         ...
         ValueError: feature_layer='nonneg' is not valid; allowed: 'sae', 'topk' (the kinds with is_sparse_autoencoder=True)
-    """
+    """  # noqa: E501
     allowed = feature_layer_kinds(**attributes)
     if not isinstance(kind, str) or kind not in allowed:
         which = ", ".join(f"{name}={value}" for name, value in attributes.items())

@@ -141,8 +141,10 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
             >>> from hf_monosem import MonoSemanticForSequenceClassification
             >>> bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
             ...                             intermediate_size=37))
-            >>> model = MonoSemanticForSequenceClassification.from_backbone(bert, feature_dim=64, num_labels=2)
-            >>> torch.equal(model.backbone.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+            >>> model = MonoSemanticForSequenceClassification.from_backbone(
+            ...     bert, feature_dim=64, num_labels=2)
+            >>> torch.equal(model.backbone.embeddings.word_embeddings.weight,
+            ...             bert.embeddings.word_embeddings.weight)
             True
         """
         loading = {key: config_kwargs.pop(key) for key in BACKBONE_LOADING_OPTIONS if key in config_kwargs}

@@ -558,7 +558,8 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
     (:mod:`.sae_formats`).
 
     Example:
-        >>> codes, _ = TopKSparseAutoencoderFeatures(16, FeatureLayerSettings(feature_dim=64, topk=8))(torch.randn(2, 16))
+        >>> sae = TopKSparseAutoencoderFeatures(16, FeatureLayerSettings(feature_dim=64, topk=8))
+        >>> codes, _ = sae(torch.randn(2, 16))
         >>> bool(((codes != 0).sum(-1) <= 8).all())
         True
     """

@@ -163,7 +163,8 @@ def noisy_label_draws(
 
     Example:
         >>> from datasets import ClassLabel
-        >>> draws = noisy_label_draws(torch.tensor([0, 1, 2, 0]), ClassLabel(num_classes=3), [0.0, 0.5], [0, 1])
+        >>> draws = noisy_label_draws(
+        ...     torch.tensor([0, 1, 2, 0]), ClassLabel(num_classes=3), [0.0, 0.5], [0, 1])
         >>> draws.shape, (draws != torch.tensor([0, 1, 2, 0])).sum(1).tolist()
         (torch.Size([4, 4]), [0, 0, 2, 2])
     """
@@ -417,8 +418,8 @@ def probe_records(
             for scenario, level, key in track.noise_cells:
                 add(scenario, level, clean.accuracy(f[key], track.labels[key]))
         for k, rows in shot_rows.items():
-            grid = train_probe_grid(train, y_train.expand(len(seeds), -1), track.num_labels, rows=rows, seeds=seeds,
-                                    **budget)  # fmt: skip
+            grid = train_probe_grid(train, y_train.expand(len(seeds), -1), track.num_labels, rows=rows,
+                                    seeds=seeds, **budget)  # fmt: skip
             add("few_shot", k, grid.accuracy(f[TEST], y_test))
         y_domain = track.labels[DOMAIN_TRAIN]
         domain_labels = track.domain_num_labels or track.num_labels

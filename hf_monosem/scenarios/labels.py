@@ -110,7 +110,7 @@ def add_label_noise(
         Traceback (most recent call last):
         ...
         ValueError: label noise rate=0.7 with 3 classes is not valid: at rate >= (C-1)/C = 0.667 ...; allowed: 0 <= rate < 0.667
-    """
+    """  # noqa: E501
     rate = _check_fraction("rate", rate)
     _check_choice("kind", kind, LABEL_NOISE_KINDS)
     seed = _check_seed(seed)

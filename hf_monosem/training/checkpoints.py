@@ -205,7 +205,8 @@ def recorded_command(script: str, argv: list[str]) -> str:
     every local path by its last component (:func:`~hf_monosem.models.configuration.public_name`).
 
     Example:
-        >>> recorded_command("train_sae.py", ["--token", "hf_abc", "--hub_token=hf_x", "--output_dir", "/tmp/run/out"])
+        >>> recorded_command(
+        ...     "train_sae.py", ["--token", "hf_abc", "--hub_token=hf_x", "--output_dir", "/tmp/run/out"])
         'train_sae.py --token *** --hub_token=*** --output_dir out'
     """
     from ..models.configuration import public_name
@@ -233,7 +234,8 @@ def public_record(payload: Any, root: str | os.PathLike | None = None) -> Any:
     shared and published; they must not carry the machine's folders.
 
     Example:
-        >>> public_record({"checkpoint": "/tmp/run/k2/linear", "backbone": "/home/me/bert", "lr": 0.1}, "/tmp/run")
+        >>> public_record(
+        ...     {"checkpoint": "/tmp/run/k2/linear", "backbone": "/home/me/bert", "lr": 0.1}, "/tmp/run")
         {'checkpoint': 'k2/linear', 'backbone': 'bert', 'lr': 0.1}
     """
     from ..models.configuration import public_name

@@ -95,10 +95,13 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         >>> from transformers import ResNetConfig, TrainingArguments
         >>> from hf_monosem import MonoSemanticConfig, MonoSemanticModel
         >>> model = MonoSemanticModel(MonoSemanticConfig(backbone_config=ResNetConfig(num_channels=1,
-        ...     embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]), feature_layer="nonneg", feature_dim=32))
-        >>> images = Dataset.from_dict({"pixel_values": torch.rand(8, 1, 16, 16).tolist()}).with_format("torch")
-        >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, logging_steps=1, per_device_train_batch_size=4,
-        ...                          report_to=[], use_cpu=True, save_strategy="no")
+        ...     embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]), feature_layer="nonneg",
+        ...     feature_dim=32))
+        >>> images = Dataset.from_dict(
+        ...     {"pixel_values": torch.rand(8, 1, 16, 16).tolist()}).with_format("torch")
+        >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, logging_steps=1,
+        ...                          per_device_train_batch_size=4, report_to=[], use_cpu=True,
+        ...                          save_strategy="no")
         >>> trainer = ContrastiveTrainer(model=model, args=args, train_dataset=images,
         ...                              image_views=ImageViews(size=(16, 16)))
         >>> with contextlib.redirect_stdout(io.StringIO()):

@@ -171,7 +171,8 @@ def symmetric_cross_entropy(
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 4.0]])
-        >>> bool(symmetric_cross_entropy(logits, torch.tensor([0, 1])) < symmetric_cross_entropy(logits, torch.tensor([1, 0])))
+        >>> bool(symmetric_cross_entropy(logits, torch.tensor([0, 1]))
+        ...      < symmetric_cross_entropy(logits, torch.tensor([1, 0])))
         True
     """
     logits, labels = _valid_rows(logits, labels)

@@ -43,8 +43,9 @@ def accelerate_defaulted_to_one_thread(
     explicitly, they make the decision testable).
 
     Example:
-        >>> accelerate_defaulted_to_one_thread({"OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no"},
-        ...                                    ["PATH=/usr/bin"], ["python", "-m", "accelerate.commands.launch", "x.py"])
+        >>> accelerate_defaulted_to_one_thread(
+        ...     {"OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no"},
+        ...     ["PATH=/usr/bin"], ["python", "-m", "accelerate.commands.launch", "x.py"])
         True
         >>> accelerate_defaulted_to_one_thread({"OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no"},
         ...                                    ["OMP_NUM_THREADS=1"], ["accelerate", "launch", "x.py"])

@@ -80,9 +80,11 @@ class MonoSemanticTrainer(TrainerChecksMixin, NonFiniteLossGuardMixin, TrainerHu
         ...     backbone_config=BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
         ...                                num_attention_heads=2, intermediate_size=20),
         ...     feature_layer="topk", feature_dim=32, topk=4, num_labels=2))
-        >>> train = Dataset.from_dict({"input_ids": torch.randint(1, 50, (8, 6)).tolist(), "label": [0, 1] * 4})
-        >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, logging_steps=1, per_device_train_batch_size=4,
-        ...                          report_to=[], use_cpu=True, save_strategy="no")
+        >>> train = Dataset.from_dict(
+        ...     {"input_ids": torch.randint(1, 50, (8, 6)).tolist(), "label": [0, 1] * 4})
+        >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, logging_steps=1,
+        ...                          per_device_train_batch_size=4, report_to=[], use_cpu=True,
+        ...                          save_strategy="no")
         >>> trainer = MonoSemanticTrainer(model=model, args=args, train_dataset=train, loss_type="gce")
         >>> with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints each log line
         ...     _ = trainer.train()

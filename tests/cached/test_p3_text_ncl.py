@@ -237,8 +237,9 @@ def test_stage_a_decision_rule_applies_every_gate_and_then_the_accuracy():
     chosen, rows = decide(records, width)
     assert [r["qualifies"] for r in rows] == [False, True, True]
     assert chosen == "authors"  # both qualify; the higher NCL mean accuracy wins
-    records = [r if r["candidate"] != "authors" or r["method"] != "simclr" else {**r, "class_consistency": 0.36}
-               for r in records]  # fmt: skip  # consistency 0.40 < 0.36 + 0.05: authors fails that gate
+    # consistency 0.40 < 0.36 + 0.05: authors fails that gate
+    records = [r if r["candidate"] != "authors" or r["method"] != "simclr"
+               else {**r, "class_consistency": 0.36} for r in records]  # fmt: skip
     chosen, rows = decide(records, width)
     assert chosen == "authors-nn" and not rows[1]["gates"]["consistency >= SimCLR + 0.05"]
     assert decide(rec("p2", "ncl", 0.5, 5, 0.6, 0.9) + rec("p2", "simclr", 0, 9, 0.1, 0.9), width)[0] is None

@@ -64,7 +64,9 @@ features = model(pixel_values=torch.cat([views[0][mine], views[1][mine]])).featu
 z1, z2 = features.chunk(2)
 loss = info_nce_loss(z1, z2, 0.2)  # 2 * 64 - 2 negatives per anchor: gathered from both processes
 accelerator.backward(loss)
-grads = {n: p.grad.clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.grad is not None}
+grads = {
+    n: p.grad.clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.grad is not None
+}
 torch.save({"world": world, "loss": loss.detach(), "grads": grads}, f"{sys.argv[1]}/rank{rank}.pt")
 """
 
@@ -120,7 +122,8 @@ def weighted(x):  # one number from the gathered matrix: its gradient says where
 
 
 out = {"world": world}
-for name, fn in {"eager": weighted, "compiled": torch.compile(weighted, fullgraph=True, backend="aot_eager")}.items():
+compiled = torch.compile(weighted, fullgraph=True, backend="aot_eager")
+for name, fn in {"eager": weighted, "compiled": compiled}.items():
     x = data["x"][mine].clone().requires_grad_(True)
     fn(x).backward()
     out[name + "_grad"] = x.grad
@@ -218,7 +221,9 @@ def recording(self, accelerator=None):
 trainer_module.RunningTerms.summarize = recording
 
 torch.manual_seed(0)
-cfg = MonoSemanticConfig(backbone_config=tiny_resnet_config(), feature_layer="sae", feature_dim=32, num_labels=3)
+cfg = MonoSemanticConfig(
+    backbone_config=tiny_resnet_config(), feature_layer="sae", feature_dim=32, num_labels=3
+)
 args = training_args(f"{out}/run", num_train_epochs=2, logging_steps=1, save_strategy="steps", save_steps=2,
                      dataloader_drop_last=True, eval_strategy="epoch")
 trainer = MonoSemanticTrainer(model=MonoSemanticForImageClassification(cfg), args=args,
@@ -348,7 +353,8 @@ def test_fsdp_config_wraps_each_transformer_block(family):
     fsdp = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())["fsdp_config"]
     plugin = FullyShardedDataParallelPlugin(
         fsdp_version=fsdp["fsdp_version"], auto_wrap_policy=fsdp["fsdp_auto_wrap_policy"].lower(),
-        reshard_after_forward=fsdp["fsdp_reshard_after_forward"], state_dict_type=fsdp["fsdp_state_dict_type"],
+        reshard_after_forward=fsdp["fsdp_reshard_after_forward"],
+        state_dict_type=fsdp["fsdp_state_dict_type"],
         cpu_ram_efficient_loading=fsdp["fsdp_cpu_ram_efficient_loading"], mixed_precision_policy="bf16",
     )  # fmt: skip
     make_config, kind = BACKBONES[family]

@@ -40,8 +40,8 @@ def classifier(kind="sae", num_labels=3):
 def trainer_for(tmp_path, train, eval_dataset=None, **kwargs):
     args = training_args(tmp_path, num_train_epochs=1, **kwargs.pop("args", {}))
     return MonoSemanticTrainer(
-        model=kwargs.pop("model", None) or classifier(), args=args, train_dataset=train, eval_dataset=eval_dataset,
-        **kwargs,
+        model=kwargs.pop("model", None) or classifier(), args=args, train_dataset=train,
+        eval_dataset=eval_dataset, **kwargs,
     )  # fmt: skip
 
 

@@ -51,7 +51,8 @@ def finetune_noisy(output_dir: Path, *extra: str) -> subprocess.Popen:
     log = open(output_dir.with_suffix(".log"), "w")  # noqa: SIM115 (closed with the process)
     err = open(output_dir.with_suffix(".err"), "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "finetune_noisy.py"), *TINY_RUN, "--output_dir", str(output_dir), *extra],
+        [sys.executable, str(EXAMPLES / "finetune_noisy.py"), *TINY_RUN, "--output_dir", str(output_dir),
+         *extra],
         env=env, stdout=log, stderr=err, cwd=str(EXAMPLES),
     )  # fmt: skip
     log.close(), err.close()  # the child holds its own copies

@@ -199,7 +199,8 @@ def add_lora(
         >>> from transformers import BertConfig
         >>> from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification, add_lora
         >>> cfg = MonoSemanticConfig(backbone_config=BertConfig(vocab_size=100, hidden_size=32,
-        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37), feature_dim=64, num_labels=2)
+        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
+        ...     feature_dim=64, num_labels=2)
         >>> peft_model = add_lora(MonoSemanticForSequenceClassification(cfg), r=4, monolora="hidden")
         >>> from hf_monosem.adapters.lora import MonoLoraLinear
         >>> sorted({n.split(".")[-1] for n, m in peft_model.named_modules() if isinstance(m, MonoLoraLinear)})

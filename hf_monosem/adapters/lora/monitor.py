@@ -24,7 +24,8 @@ class AdapterActivationMonitor:
         >>> from transformers import BertConfig
         >>> from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification, add_lora
         >>> cfg = MonoSemanticConfig(backbone_config=BertConfig(vocab_size=100, hidden_size=32,
-        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37), feature_dim=64, num_labels=2)
+        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
+        ...     feature_dim=64, num_labels=2)
         >>> peft_model = add_lora(MonoSemanticForSequenceClassification(cfg), r=4, monolora="output")
         >>> with AdapterActivationMonitor(peft_model) as monitor:
         ...     _ = peft_model(input_ids=torch.randint(0, 100, (2, 7)))
@@ -94,7 +95,8 @@ def adapter_sparsity(
         >>> from transformers import BertConfig
         >>> from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification, add_lora
         >>> cfg = MonoSemanticConfig(backbone_config=BertConfig(vocab_size=100, hidden_size=32,
-        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37), feature_dim=64, num_labels=2)
+        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
+        ...     feature_dim=64, num_labels=2)
         >>> batch = {"input_ids": torch.randint(0, 100, (2, 7))}
         >>> lora = add_lora(MonoSemanticForSequenceClassification(cfg), r=4)
         >>> adapter_sparsity(lora, batch)  # plain LoRA: B A x has no exact zeros (B starts at 0: all zero)

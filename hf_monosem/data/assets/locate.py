@@ -87,7 +87,10 @@ def fashion_mnist_dir() -> str:
 @lru_cache(maxsize=1)
 def _dpkg_fashion_mnist_dir() -> str:
     """Ask dpkg once where ``dataset-fashion-mnist`` installed its training images."""
-    hint = f"apt-get install {_FASHION_MNIST_PACKAGE}, or set {FASHION_MNIST_DIR_ENV} to the folder of the IDX files"
+    hint = (
+        f"apt-get install {_FASHION_MNIST_PACKAGE}, or set {FASHION_MNIST_DIR_ENV} to the folder of the IDX "
+        "files"
+    )
     if shutil.which("dpkg") is None:
         raise FileNotFoundError(f"Fashion-MNIST not found (no dpkg to ask): {hint}")
     listing = subprocess.run(
