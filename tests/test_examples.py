@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ SCRIPTS = (
     "pretrain_ncl",
     "train_sae",
     "robustness_benchmark",
+    "compare_monolora",
 )
 # accelerate 1.15: one local CPU process, no config file needed
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--cpu",
@@ -161,6 +163,23 @@ def test_help_documents_every_option(ex, capsys, script):
         for f in dataclasses.fields(cls):
             assert f"--{f.name}" in text, f"{script}: --{f.name} missing from --help"
             assert f.metadata.get("help", "").strip(), f"{script}: --{f.name} has no help text"
+
+
+def test_every_script_takes_the_options_the_readme_says():
+    """README: every script takes --help and --model_name_or_path; the training scripts also --dataset_name
+    and --resume_from_checkpoint (TrainingArguments)."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    training = ("finetune_noisy", "finetune_fewshot", "finetune_domain_shift", "pretrain_ncl", "train_sae",
+                "compare_monolora")  # fmt: skip
+    for script in sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "example_utils"):
+        done = subprocess.run([sys.executable, str(EXAMPLES / f"{script}.py"), "--help"], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        options = set(re.findall(r"--\w+", done.stdout))
+        assert "--model_name_or_path" in options, script
+        if script in training:
+            assert {"--dataset_name", "--resume_from_checkpoint"} <= options, script
+            assert f"`{script}.py`" in readme or script.startswith("finetune_"), script
 
 
 def test_defaults_parse_to_the_documented_offline_setup(ex):
@@ -574,6 +593,29 @@ def test_train_sae_end_to_end(tmp_path, tiny_text_backbone):
         and model.config.topk == 8
         and model.config.freeze_backbone
     )
+
+
+@pytest.mark.slow
+def test_compare_monolora_end_to_end_and_resume(tmp_path, tiny_text_backbone):
+    """compare_monolora on MonoSemanticTrainer: every method trains (LoRA weights move, the head trains),
+    MonoLoRA's adapter outputs hold exact zeros, LoRA's none, and a rerun with --resume_from_checkpoint
+    reuses the finished methods' results instead of training again."""
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "48", "--max_eval_samples", "24",
+            "--held_out", "16", "--feature_dim", "64", "--methods", "lora,monolora-output",
+            "--per_device_train_batch_size", "16", "--num_train_epochs", "1", "--output_dir", str(out),
+            "--disable_tqdm", "true"]  # fmt: skip
+    launch("compare_monolora", argv, tmp_path)
+    payload = json.loads((out / "monolora_results.json").read_text())
+    results = {r["method"]: r for r in payload["results"]}
+    assert set(results) == {"lora", "monolora-output"}
+    assert all(_accuracy(r["accuracy"]) for r in results.values())
+    assert results["lora"]["adapter_sparsity"] == 0.0 < results["monolora-output"]["adapter_sparsity"]
+    assert all(r["drift_tweets"] > 0 for r in results.values())  # the adapters trained
+    assert (out / "lora" / "trainer_state.json").is_file() or any((out / "lora").glob("checkpoint-*"))
+    stdout, _ = launch("compare_monolora", [*argv, "--resume_from_checkpoint", "True"], tmp_path)
+    again = json.loads((out / "monolora_results.json").read_text())["results"]
+    assert again == payload["results"]  # read back, not retrained
 
 
 @pytest.mark.slow

@@ -349,6 +349,30 @@ def _row_names(dataset: Any) -> list[str] | None:
 
 
 @torch.no_grad()
+def _default_collate(rows: list[Any]) -> Any:
+    """``default_data_collator``, after a check that names unpadded text instead of torch's bare
+    ``expected sequence of length 5 at dim 1 (got 4)``."""
+    if rows and isinstance(rows[0], Mapping):
+        for key in rows[0]:
+            lengths = sorted({n for n in (_sequence_length(row.get(key)) for row in rows) if n is not None})
+            if len(lengths) > 1:
+                raise ValueError(
+                    f"rows of {key!r} have different lengths ({', '.join(map(str, lengths[:5]))}): the text is not "
+                    "padded; pass collate_fn=DataCollatorWithPadding(tokenizer), or tokenise with "
+                    "padding='max_length' (and truncation=True, max_length=...)"
+                )
+    return default_data_collator(rows)
+
+
+def _sequence_length(value: Any) -> int | None:
+    """The length of a row's list / tuple / tensor value (``None`` for scalars, 0-d tensors included)."""
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.shape[0]
+    return None
+
+
 def collect_outputs(
     model: nn.Module,
     dataset: Any,
@@ -411,7 +435,7 @@ def collect_outputs(
     elif names is not None:
         inputs = input_columns(model, names)
     accepted = set(inputs) if inputs is not None else _accepted_inputs(model)
-    base_collate = collate_fn or default_data_collator
+    base_collate = collate_fn or _default_collate
     if names is not None:  # only the model inputs and the label reach the collator
         wanted = [c for c in names if c in accepted or c in LABEL_KEYS]
         if hasattr(dataset, "select_columns"):

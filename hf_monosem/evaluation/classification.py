@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -105,8 +106,9 @@ def classification_metrics(
 ) -> dict[str, float]:
     """Accuracy and macro-F1 from class ids ``[N]`` or logits ``[N, C]`` (argmax taken).
 
-    Uses the package's ``evaluate`` metric scripts (offline); if they cannot be loaded, or with
-    ``use_evaluate=False``, scikit-learn directly (same numbers).
+    Uses the package's ``evaluate`` metric scripts (offline); when ``evaluate`` is not installed, or with
+    ``use_evaluate=False``, scikit-learn directly (same numbers). A metric script that fails raises: a
+    silent switch would hide a broken install or bad input behind numbers from another code path.
 
     Example:
         >>> classification_metrics([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], [1, 0, 0], use_evaluate=False)
@@ -115,15 +117,15 @@ def classification_metrics(
     global _warned_fallback
     preds = _to_predictions(predictions_or_logits)
     refs = _labels(labels, preds.shape[0]).numpy()
-    if use_evaluate:
-        try:
-            accuracy = load_metric_script("accuracy").compute(predictions=preds, references=refs)["accuracy"]
-            f1 = load_metric_script("f1").compute(predictions=preds, references=refs, average="macro")["f1"]
-            return {"accuracy": float(accuracy), "macro_f1": float(f1)}
-        except Exception as error:  # noqa: BLE001 - any evaluate failure falls back to the same maths
-            if not _warned_fallback:
-                logger.warning("evaluate metric scripts unavailable (%s); using scikit-learn", error)
-                _warned_fallback = True
+    if use_evaluate and importlib.util.find_spec("evaluate") is not None:
+        accuracy = load_metric_script("accuracy").compute(predictions=preds, references=refs)["accuracy"]
+        f1 = load_metric_script("f1").compute(predictions=preds, references=refs, average="macro")["f1"]
+        return {"accuracy": float(accuracy), "macro_f1": float(f1)}
+    if use_evaluate and not _warned_fallback:  # evaluate is an optional dependency: same maths without it
+        logger.warning(
+            "the evaluate package is not installed; computing accuracy and macro-F1 with scikit-learn"
+        )
+        _warned_fallback = True
     from sklearn.metrics import accuracy_score, f1_score
 
     return {

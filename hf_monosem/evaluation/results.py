@@ -269,7 +269,39 @@ def load_results(results: Any) -> list[dict]:
     records = read_records(results)
     if records and not any("metric" in r or "value" in r for r in records):
         records = _results_of_runs(records)
-    return [_result_record(record, f"results[{i}]") for i, record in enumerate(records)]
+    checked = [_result_record(record, f"results[{i}]") for i, record in enumerate(records)]
+    return _merge_per_seed_results(checked, records)
+
+
+_RESULT_KEY = ("task", "dataset", "split", "scenario", "level", "method", "metric")
+
+
+def _merge_per_seed_results(checked: list[dict], raw: list[Mapping]) -> list[dict]:
+    """Result records of one (dataset, split, scenario, level, method, metric), one per ``seed``, become one
+    record: their mean, sample std and count, as :func:`summarize_robustness` gives for run records (a card
+    would otherwise list the same result once per seed, with no mean). Repeats without a ``seed`` each are
+    refused: nothing says which of them to report."""
+    groups: dict[tuple, list[int]] = {}
+    for i, record in enumerate(checked):
+        groups.setdefault(tuple(repr(record[k]) for k in _RESULT_KEY), []).append(i)
+    merged = []
+    for rows in groups.values():
+        if len(rows) == 1:
+            merged.append(checked[rows[0]])
+            continue
+        first = checked[rows[0]]
+        seeds = [raw[i].get("seed") for i in rows]
+        if any(_is_missing(seed) for seed in seeds) or len(set(map(repr, seeds))) != len(seeds):
+            raise ValueError(
+                f"results{rows} repeat {first['metric']!r} of method {first['method']!r} on {first['dataset']!r} "
+                f"({scenario_label(first['scenario'], first['level'])}) without one distinct 'seed' each; "
+                "allowed: one record per seed (they are averaged) or one record with 'value', 'std', 'seeds'"
+            )
+        values = pd.Series([checked[i]["value"] for i in rows], dtype=float)
+        merged.append(
+            {**first, "value": float(values.mean()), "std": float(values.std()), "seeds": len(rows)}
+        )
+    return merged
 
 
 def scenario_label(scenario: str, level: Any) -> str:

@@ -131,6 +131,10 @@ class MonoSemanticConfig(PreTrainedConfig):
     """
 
     model_type = "monosemantic"
+    # outputs that are not predictions: a plain ``Trainer`` leaves them out of what it gathers at evaluation,
+    # so ``eval_pred`` holds the logits alone (the tutorials' ``logits, labels = eval_pred``) and the
+    # feature vectors of a whole evaluation set are never kept in memory
+    keys_to_ignore_at_inference = ["features", "pooled", "aux_losses", "hidden_states", "attentions"]
     # a sub-config: transformers hands attn_implementation / dtype of the whole model down to it
     if SubConfigSpec is not None:
         sub_configs_defaults = {
@@ -162,7 +166,9 @@ class MonoSemanticConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         loading = kwargs.pop("backbone_loading_kwargs", None)
         self._backbone_loading_kwargs = self._checked_loading_kwargs(loading)
-        backbone_config = self._resolve_backbone_config()
+        # transformers' convention: every config builds with no arguments (``AutoConfig.for_model``); what
+        # needs a backbone is filled in and checked when a model is built (:meth:`validate_for_model`)
+        backbone_config = None if self._has_no_backbone() else self._resolve_backbone_config()
         attn_implementation = kwargs.get("attn_implementation")
         # PreTrainedConfig.__post_init__ sets attn_implementation (None unless given) on every sub-config:
         # keep the backbone's own (it may be shared with a live backbone model) unless one is asked for
@@ -171,7 +177,34 @@ class MonoSemanticConfig(PreTrainedConfig):
         self.backbone_config = backbone_config
         if attn_implementation is not None:
             self._attn_implementation = attn_implementation
+        if backbone_config is None:
+            self._validate_backbone_free_fields()
+        else:
+            self._validate_and_fill_defaults()
+
+    def _has_no_backbone(self) -> bool:
+        return self.backbone_config is None and not self.backbone
+
+    def validate_for_model(self) -> None:
+        """Check that a model can be built from this config and fill in its backbone-dependent defaults.
+
+        Models call it first: a config made with no arguments is valid, a model from it is not.
+
+        Example:
+            >>> MonoSemanticConfig().validate_for_model()
+            Traceback (most recent call last):
+            ...
+            ValueError: give either backbone (a Hub id or folder) or backbone_config (a transformers config)
+        """
+        self.backbone_config = self._resolve_backbone_config()  # a config object passes through
         self._validate_and_fill_defaults()
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
+        """The backbone's text config: what ``resize_token_embeddings`` updates (``vocab_size``) must land in
+        ``backbone_config``, which builds the backbone when the checkpoint is reloaded."""
+        if not isinstance(self.backbone_config, PreTrainedConfig):
+            return self
+        return self.backbone_config.get_text_config(decoder=decoder, encoder=encoder)
 
     @staticmethod
     def _checked_loading_kwargs(loading: Any) -> dict[str, Any]:
@@ -228,6 +261,22 @@ class MonoSemanticConfig(PreTrainedConfig):
             config._attn_implementation = loading["attn_implementation"]
         return config
 
+    def _validate_backbone_free_fields(self) -> None:
+        feature_layer_class(self.feature_layer)  # the name is checked even without a backbone
+        self._validate_head_fields()
+        if self.pooling is not None and self.pooling not in POOLING_CHOICES:
+            raise _bad("pooling", self.pooling, ", ".join(repr(k) for k in POOLING_CHOICES))
+
+    def _validate_head_fields(self) -> None:
+        if not isinstance(self.freeze_feature_layer, bool):
+            raise _bad("freeze_feature_layer", self.freeze_feature_layer, "True or False")
+        if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
+            raise _bad("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise _bad("temperature", self.temperature, "a number > 0")
+        if self.num_labels is None or self.num_labels < 1:
+            raise _bad("num_labels", self.num_labels, "a positive integer")
+
     def _validate_and_fill_defaults(self) -> None:
         if self.backbone_config.model_type == self.model_type:
             raise ValueError("backbone_config is itself a MonoSemanticConfig; nest a plain backbone config")
@@ -237,12 +286,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         settings = layer_class.settings_class.from_config(self)  # validates the feature layer's fields
         if self.topk is None and self.feature_layer == "topk":
             self.topk = settings.resolved_topk
-        if not isinstance(self.freeze_feature_layer, bool):
-            raise _bad("freeze_feature_layer", self.freeze_feature_layer, "True or False")
-        if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
-            raise _bad("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise _bad("temperature", self.temperature, "a number > 0")
+        self._validate_head_fields()
         if self.pooling is None:
             self.pooling = default_pooling(self.backbone_config)
         if self.pooling not in POOLING_CHOICES:
@@ -256,8 +300,6 @@ class MonoSemanticConfig(PreTrainedConfig):
                 f"pooling='cls' needs a token sequence, but {self.backbone_config.model_type!r} outputs "
                 "feature maps; use 'mean' or 'pooler'"
             )
-        if self.num_labels is None or self.num_labels < 1:
-            raise _bad("num_labels", self.num_labels, "a positive integer")
 
     @property
     def backbone_hidden_size(self) -> int:

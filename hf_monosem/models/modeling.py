@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import BACKBONE_LOADING_OPTIONS, MonoSemanticConfig
 from .feature_layers import FeatureLayer, build_feature_layer
-from .loading import check_checkpoint_folder
+from .loading import check_checkpoint_folder, check_hub_checkpoint
 from .sae import SparseAutoencoder
 
 __all__ = [
@@ -31,6 +31,9 @@ __all__ = [
     "MonoSemanticModelOutput",
     "MonoSemanticPreTrainedModel",
 ]
+
+#: the transformers output flags a backbone takes through ``**kwargs`` when its signature does not name them.
+_OUTPUT_FLAGS = ("output_hidden_states", "output_attentions")
 
 # Set while ``from_pretrained`` builds a model: the checkpoint holds the backbone's weights, so the
 # model must not also download/load them from ``config.backbone``.
@@ -49,9 +52,12 @@ class MonoSemanticModelOutput(ModelOutput):
     Attributes:
         features: feature-layer output ``[batch, feature_dim]``.
         pooled: pooled backbone vector fed to the feature layer ``[batch, hidden]``.
-        loss: weighted sum of the feature layer's auxiliary terms (``None`` if it has none).
-        aux_losses: the feature layer's unweighted auxiliary terms by name.
-        hidden_states: the backbone's hidden states when requested.
+        loss: weighted sum of the feature layer's auxiliary terms (``None`` if it has none, or at inference).
+        aux_losses: the feature layer's unweighted auxiliary terms by name: in training mode or when asked
+            with ``output_aux_losses=True`` (``None`` at inference, which a batching pipeline needs: it
+            splits every output per example).
+        hidden_states: the backbone's hidden states when requested (``output_hidden_states=True``).
+        attentions: the backbone's attention weights when requested (``output_attentions=True``).
     """
 
     features: torch.FloatTensor | None = None
@@ -59,11 +65,16 @@ class MonoSemanticModelOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     aux_losses: dict[str, torch.Tensor] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class MonoSemanticClassifierOutput(ModelOutput):
-    """Output of the classification models: ``loss`` = task loss + weighted auxiliary terms."""
+    """Output of the classification models: ``loss`` = task loss + weighted auxiliary terms.
+
+    ``aux_losses`` comes with ``labels``, in training mode or with ``output_aux_losses=True``; the other
+    fields are those of :class:`MonoSemanticModelOutput`.
+    """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -71,6 +82,7 @@ class MonoSemanticClassifierOutput(ModelOutput):
     pooled: torch.FloatTensor | None = None
     aux_losses: dict[str, torch.Tensor] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class MonoSemanticPreTrainedModel(PreTrainedModel):
@@ -90,6 +102,8 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
         ):
             subfolder = kwargs.get("subfolder") or ""
             check_checkpoint_folder(os.path.join(pretrained_model_name_or_path, subfolder))
+        elif isinstance(pretrained_model_name_or_path, str) and kwargs.get("config") is None:
+            check_hub_checkpoint(pretrained_model_name_or_path, **kwargs)
         token = _LOADING_CHECKPOINT.set(True)
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -195,6 +209,10 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
             base.backbone.eval()
         return self
 
+    def _wants_dict(self, return_dict: bool | None) -> bool:
+        # as in transformers: the argument, else the config's ``return_dict`` (a tuple when False)
+        return return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+
     def get_input_embeddings(self):
         return getattr(self, self.base_model_prefix, self).backbone.get_input_embeddings()
 
@@ -220,6 +238,8 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
     base_model_prefix = "monosemantic"
 
     def __init__(self, config: MonoSemanticConfig, backbone: PreTrainedModel | None = None):
+        if backbone is None:
+            config.validate_for_model()  # a config made with no arguments has no backbone yet
         super().__init__(config)
         load_pretrained = backbone is None and self._should_load_pretrained_backbone(config)
         # Build from config first; pretrained weights are swapped in after post_init so that weight
@@ -230,7 +250,11 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         if self.feature_layer.is_sparse_autoencoder:  # SAE numerics stay fp32 whatever the checkpoint's dtype
             self._keep_in_fp32_modules_strict = ["feature_layer"]
         self._follow_backbone_dtype()
-        self._backbone_arguments = set(inspect.signature(self.backbone.forward).parameters)
+        parameters = inspect.signature(self.backbone.forward).parameters
+        self._backbone_arguments = set(parameters)
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            # transformers 5 backbones (BERT, ViT, Llama, ...) take the output flags through **kwargs
+            self._backbone_arguments |= set(_OUTPUT_FLAGS)
         self._check_pooling_is_possible()
         self.post_init()
         if load_pretrained:
@@ -301,9 +325,13 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_aux_losses: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MonoSemanticModelOutput | tuple:
+        r"""Features of a batch; ``output_aux_losses`` (default: in training mode) returns the feature layer's
+        auxiliary terms and their weighted sum as ``loss``; ``return_dict`` defaults to ``config.return_dict``."""
         given = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -312,6 +340,7 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
             "pixel_values": pixel_values,
             "inputs_embeds": inputs_embeds,
             "output_hidden_states": output_hidden_states,
+            "output_attentions": output_attentions,
             **kwargs,
         }
         backbone_inputs = {k: v for k, v in given.items() if v is not None and k in self._backbone_arguments}
@@ -344,20 +373,32 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         features, aux_losses = self.feature_layer(
             pooled if pooled.dtype == layer_dtype else pooled.to(layer_dtype)
         )
+        if output_aux_losses is None:
+            output_aux_losses = self.training
         output = MonoSemanticModelOutput(
             features=features,
             pooled=pooled,
-            loss=self.feature_layer.weighted_aux_loss(aux_losses),
-            aux_losses=aux_losses,
+            loss=self.feature_layer.weighted_aux_loss(aux_losses) if output_aux_losses else None,
+            aux_losses=aux_losses if output_aux_losses else None,
             hidden_states=getattr(backbone_output, "hidden_states", None),
+            attentions=getattr(backbone_output, "attentions", None),
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if self._wants_dict(return_dict) else output.to_tuple()
 
 
 class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
     """MonoSemanticModel + dropout + a linear classifier on the features."""
 
+    #: the modality of the class ("image" or "text"), checked against the backbone's main input.
+    modality: str | None = None
+
     def __init__(self, config: MonoSemanticConfig, backbone: PreTrainedModel | None = None):
+        if backbone is None:
+            config.validate_for_model()
+        self._check_modality(
+            backbone.main_input_name if backbone is not None else _main_input_name(config.backbone_config),
+            (backbone.config if backbone is not None else config.backbone_config).model_type,
+        )
         super().__init__(config)
         self.num_labels = config.num_labels
         self.monosemantic = MonoSemanticModel(config, backbone=backbone)
@@ -367,6 +408,21 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
             self.monosemantic.backbone_dtype
         )
         self.post_init()
+
+    @classmethod
+    def _check_modality(cls, main_input: str | None, model_type: str) -> None:
+        # as transformers' Auto classes do: a text checkpoint never loads as an image classifier, or back
+        if cls.modality is None or main_input is None:
+            return
+        is_image = main_input == "pixel_values"
+        if is_image == (cls.modality == "image"):
+            return
+        right = "Image" if is_image else "Sequence"
+        raise ValueError(
+            f"{cls.__name__} needs a{'n image' if cls.modality == 'image' else ' text'} backbone, but "
+            f"{model_type!r} is a{'n image' if is_image else ' text'} model (main input {main_input!r}); load "
+            f"it with AutoModelFor{right}Classification (MonoSemanticFor{right}Classification)"
+        )
 
     @property
     def backbone(self) -> PreTrainedModel:
@@ -408,9 +464,13 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_aux_losses: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MonoSemanticClassifierOutput | tuple:
+        r"""Logits of a batch, and ``loss`` when ``labels`` are given; ``output_aux_losses`` defaults to
+        ``labels is not None or self.training``; ``return_dict`` to ``config.return_dict``."""
         base = self.monosemantic(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -419,9 +479,13 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
             pixel_values=pixel_values,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            output_aux_losses=True,  # the loss needs them; dropped below when not asked for
             return_dict=True,
             **kwargs,
         )
+        if output_aux_losses is None:
+            output_aux_losses = labels is not None or self.training
         logits = self.classifier(self.dropout(base.features).to(self.classifier.weight.dtype))
         loss = None
         if labels is not None:
@@ -433,10 +497,11 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
             logits=logits,
             features=base.features,
             pooled=base.pooled,
-            aux_losses=base.aux_losses,
+            aux_losses=base.aux_losses if output_aux_losses else None,
             hidden_states=base.hidden_states,
+            attentions=base.attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if self._wants_dict(return_dict) else output.to_tuple()
 
 
 class MonoSemanticForImageClassification(_MonoSemanticClassifier):
@@ -455,6 +520,7 @@ class MonoSemanticForImageClassification(_MonoSemanticClassifier):
     """
 
     main_input_name = "pixel_values"
+    modality = "image"
 
 
 class MonoSemanticForSequenceClassification(_MonoSemanticClassifier):
@@ -472,3 +538,15 @@ class MonoSemanticForSequenceClassification(_MonoSemanticClassifier):
         >>> out.logits.shape, int((out.features != 0).sum(-1).max()) <= 8
         (torch.Size([2, 3]), True)
     """
+
+    modality = "text"
+
+
+def _main_input_name(backbone_config) -> str | None:
+    """The main input of the transformers model class a backbone config builds (``None`` if unknown)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return getattr(MODEL_MAPPING[type(backbone_config)], "main_input_name", None)
+    except (KeyError, ValueError):  # a remote-code backbone: not in transformers' mapping
+        return None

@@ -164,7 +164,8 @@ class ContrastiveTrainer(MonoSemanticTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {k: v for k, v in inputs.items() if k not in LABEL_KEYS}
         generator = self._view_generator if model.training else self._eval_view_generator
-        outputs = model(**self.make_views(inputs, generator))
+        # the feature layer's terms belong to the loss at evaluation too (models return them only when training)
+        outputs = model(**self.make_views(inputs, generator), output_aux_losses=True)
         features = outputs["features"] if isinstance(outputs, dict) else outputs.features
         z1, z2 = features.chunk(2, dim=0)
         contrastive, accuracy = info_nce_loss(z1, z2, self.temperature, return_accuracy=True)

@@ -11,8 +11,6 @@ Pure functions of tensors; nothing here knows about models or trainers.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 
@@ -43,23 +41,25 @@ def _distributed_world() -> tuple[int, int]:
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from every process along dim 0, keeping the autograd graph.
 
-    Uses ``torch.distributed.nn.functional.all_gather``, whose backward sums the gradients every
-    process computed for each shard and hands each process the gradient of its own shard. With DDP's
-    gradient averaging this gives exactly the gradient of the mean loss over all processes (the plain
-    ``torch.distributed.all_gather`` would cut the graph: negatives from other processes would get no
-    gradient). Every process must pass the same shape (use ``dataloader_drop_last=True``).
-    Without an initialised process group this returns ``tensor`` unchanged.
+    Uses torch's functional collectives with autograd (``all_gather_single_autograd``), whose backward
+    reduce-scatters the gradients: every process gets the sum, over processes, of the gradient computed for
+    its own shard. With DDP's gradient averaging this gives exactly the gradient of the mean loss over all
+    processes (the plain ``torch.distributed.all_gather`` would cut the graph: negatives from other
+    processes would get no gradient). The functional form also traces under ``torch.compile`` (the
+    deprecated ``torch.distributed.nn.functional.all_gather`` did not). Every process must pass the same
+    shape (use ``dataloader_drop_last=True``). Without an initialised process group this returns ``tensor``
+    unchanged.
     """
     world, _ = _distributed_world()
     if world == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed import _functional_collectives as collectives
 
-    with warnings.catch_warnings():
-        # deprecated in favour of the private torch.distributed._functional_collectives; still correct
-        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
-        gathered = all_gather(tensor.contiguous())
-    return torch.cat(gathered, dim=0)
+    # torch 2.13 renamed all_gather_tensor_autograd (now deprecated) to all_gather_single_autograd
+    gather = (
+        getattr(collectives, "all_gather_single_autograd", None) or collectives.all_gather_tensor_autograd
+    )
+    return gather(tensor.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD)
 
 
 def info_nce_loss(

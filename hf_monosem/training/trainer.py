@@ -41,6 +41,7 @@ from torch import nn
 from transformers import Trainer, TrainerState
 
 from ..data.validation import LABEL_KEYS, validate_classification_batch, validate_classification_dataset
+from ..models.configuration import MonoSemanticConfig
 from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint
 from .losses import LOSS_TYPES, robust_classification_loss
 
@@ -50,8 +51,9 @@ __all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]
 _FIRST_BATCH_ROWS = 8
 
 
-#: model output keys that are not predictions: never gathered during evaluation.
-NON_PREDICTION_KEYS = ("features", "pooled", "aux_losses", "hidden_states")
+#: model output keys that are not predictions: never gathered during evaluation (the config's
+#: ``keys_to_ignore_at_inference``, which a plain ``Trainer`` reads too).
+NON_PREDICTION_KEYS = tuple(MonoSemanticConfig.keys_to_ignore_at_inference)
 
 
 class RunningTerms:
@@ -355,6 +357,9 @@ class MonoSemanticTrainer(Trainer):
         replace = labels is not None and self._replaces_task_loss()
         if replace:
             inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            if isinstance(getattr(self.accelerator.unwrap_model(model), "config", None), MonoSemanticConfig):
+                # without labels our models return the feature layer's terms only when asked (or training)
+                inputs["output_aux_losses"] = True
         outputs = model(**inputs)
         aux_losses = _get(outputs, "aux_losses") or {}
         weighted_aux = self.weighted_aux_loss(model, aux_losses)

@@ -218,3 +218,27 @@ def test_explained_variance_matches_its_definition():
     assert stats["explained_variance"] == pytest.approx(float(expected), abs=1e-5)
     assert stats["l0"] == pytest.approx(8.0)
     assert stats["dead_fraction"] == pytest.approx(1 - float((codes != 0).any(0).float().mean()))
+
+
+def test_unpadded_tokenised_text_is_named_with_the_fix(tmp_path):
+    """A dataset tokenised without padding (the usual ``ds.map(tokenizer)``) fails with a message that says
+    what to do, and the advice (a padding collator) then works for both extraction and fitting."""
+    import datasets
+    from transformers import BertTokenizerFast, DataCollatorWithPadding
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e"]))
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    texts = ["a b c", "a b", "c d e a", "e"] * 2
+    ds = datasets.Dataset.from_dict({"text": texts}).map(lambda b: tokenizer(b["text"]), batched=True)
+    bert = BertModel(tiny_bert_config()).eval()
+    with pytest.raises(ValueError, match=r"'input_ids' have different lengths.*DataCollatorWithPadding"):
+        extract_pooled_features(bert, ds, batch_size=4)
+    with pytest.raises(ValueError, match="DataCollatorWithPadding"):
+        fit_sae(bert, ds, feature_dim=64, topk=4, epochs=1, progress=False)
+    collate = DataCollatorWithPadding(tokenizer)
+    pooled = extract_pooled_features(bert, ds, batch_size=4, collate_fn=collate)
+    one_by_one = torch.cat([extract_pooled_features(bert, ds.select([i]), batch_size=1) for i in range(4)])
+    torch.testing.assert_close(pooled[:4], one_by_one, atol=1e-5, rtol=1e-4)  # padding does not change [CLS]
+    fitted, _ = fit_sae(bert, ds, feature_dim=64, topk=4, epochs=1, collate_fn=collate, progress=False)
+    assert fitted.config.feature_layer == "topk"

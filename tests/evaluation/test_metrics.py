@@ -166,6 +166,33 @@ def test_classification_metrics_match_sklearn():
     assert load_metric_script("accuracy") is load_metric_script("accuracy")  # cached
 
 
+def test_a_failing_metric_script_raises_instead_of_falling_back(tmp_path, monkeypatch):
+    """A broken metric script (here one whose compute raises) must surface: the old code logged a warning and
+    returned scikit-learn's numbers, hiding the failure."""
+    from hf_monosem.evaluation import classification
+
+    broken = (METRIC_SCRIPTS_DIR / "accuracy.py").read_text()
+    broken = re.sub(
+        r"def _compute\(self[^)]*\):",
+        "def _compute(self, predictions, references, **kwargs):\n"
+        "        raise RuntimeError('broken accuracy script')",
+        broken,
+        count=1,
+    )
+    assert "broken accuracy script" in broken
+    (tmp_path / "accuracy.py").write_text(broken)
+    (tmp_path / "f1.py").write_text((METRIC_SCRIPTS_DIR / "f1.py").read_text())
+    monkeypatch.setattr(classification, "METRIC_SCRIPTS_DIR", tmp_path)
+    classification.load_metric_script.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="broken accuracy script"):
+            classification_metrics([[0.1, 0.9], [0.8, 0.2]], [1, 0])
+        # scikit-learn only when asked (or when evaluate is not installed)
+        assert classification_metrics([[0.1, 0.9], [0.8, 0.2]], [1, 0], use_evaluate=False)["accuracy"] == 1.0
+    finally:
+        classification.load_metric_script.cache_clear()
+
+
 def test_compute_metrics_handles_tuple_logits_and_dict():
     feats, labels = _one_hot_code(n_per_class=10, num_classes=3)
     logits = feats.numpy() * 2

@@ -356,3 +356,31 @@ def test_planned_cards_say_they_are_planned_and_are_up_to_date():
         assert card.data.eval_results is None  # no invented numbers
         assert "Not trained, not published yet" in card.text
         assert "examples/finetune_noisy.py" in card.text or "examples/pretrain_ncl.py" in card.text
+
+
+def test_per_seed_result_records_give_one_model_index_entry_with_the_mean():
+    per_seed = [
+        {
+            "dataset": "tweets",
+            "scenario": "clean",
+            "method": "nonneg",
+            "metric": "accuracy",
+            "value": v,
+            "seed": s,
+        }
+        for s, v in enumerate((0.80, 0.82, 0.84))
+    ]
+    card = make_model_card(text_model(), per_seed)
+    (entry,) = card.data.eval_results
+    assert entry.metric_value == pytest.approx(0.82)
+    assert entry.metric_args["std"] == pytest.approx(0.02) and entry.metric_args["seeds"] == 3
+    assert "3 seeds" in entry.metric_name
+    # the same as the summary of the run records holding these numbers
+    runs = [
+        {"dataset": "tweets", "scenario": "clean", "method": "nonneg", "seed": s, "accuracy": v}
+        for s, v in enumerate((0.80, 0.82, 0.84))
+    ]
+    (merged,), (summarised,) = load_results(per_seed), load_results(runs)
+    assert merged == {**summarised, "std": pytest.approx(summarised["std"])}
+    with pytest.raises(ValueError, match=r"repeat 'accuracy'.*distinct 'seed'"):
+        load_results([{k: v for k, v in r.items() if k != "seed"} for r in per_seed])

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 from tiny_models import tiny_bert_config, tiny_llama_config, tiny_resnet_config, tiny_vit_config
 
-from hf_monosem import MonoSemanticConfig
+from hf_monosem import MonoSemanticConfig, MonoSemanticModel
 from hf_monosem.models.feature_layers import FeatureLayerSettings
 
 
@@ -75,8 +75,9 @@ def test_bad_values_name_the_value_and_the_choices(kwargs, fragment):
 
 
 def test_missing_backbone_and_incompatible_pooling():
-    with pytest.raises(ValueError, match="backbone"):
-        MonoSemanticConfig()
+    # a config builds with no arguments (transformers' convention); the model built from it is refused
+    with pytest.raises(ValueError, match="give either backbone"):
+        MonoSemanticModel(MonoSemanticConfig())
     with pytest.raises(ValueError, match="pooling='cls'"):
         MonoSemanticConfig(backbone_config=tiny_resnet_config(), pooling="cls")
     with pytest.raises(ValueError, match="model_type='not-a-model'"):

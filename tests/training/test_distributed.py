@@ -100,6 +100,78 @@ def test_gathered_info_nce_on_two_processes_equals_one_process_with_the_whole_ba
     assert abs(float(alone.detach()) - float(ranks[0]["loss"])) > 1e-3
 
 
+COMPILED_GATHER_SCRIPT = """
+import sys
+import warnings
+import torch
+warnings.simplefilter("error", FutureWarning)  # a deprecated collective fails here instead of warning
+from accelerate import Accelerator
+from hf_monosem.training.losses import gather_with_grad, info_nce_loss
+
+torch.set_num_threads(1)
+accelerator = Accelerator(cpu=True)
+rank, world = accelerator.process_index, accelerator.num_processes
+data = torch.load(f"{sys.argv[1]}/data.pt")
+mine = slice(rank * 4, (rank + 1) * 4)
+
+
+def weighted(x):  # one number from the gathered matrix: its gradient says where every row's gradient went
+    return (gather_with_grad(x) * data["weights"]).sum()
+
+
+out = {"world": world}
+for name, fn in {"eager": weighted, "compiled": torch.compile(weighted, fullgraph=True, backend="aot_eager")}.items():
+    x = data["x"][mine].clone().requires_grad_(True)
+    fn(x).backward()
+    out[name + "_grad"] = x.grad
+loss = torch.compile(info_nce_loss, fullgraph=True, backend="aot_eager")
+a, b = data["a"][mine].clone().requires_grad_(True), data["b"][mine]
+out["info_nce"] = loss(a, b, 0.2).detach()
+torch.save(out, f"{sys.argv[1]}/rank{rank}.pt")
+"""
+
+
+@pytest.mark.distributed
+def test_gather_with_grad_compiles_with_no_deprecated_collective(tmp_path):
+    """``gather_with_grad`` under ``torch.compile(fullgraph=True)`` on two processes, FutureWarnings as errors:
+    the gathered rows keep their gradients (each process gets the sum over processes of its own rows'
+    gradient), and a compiled InfoNCE over the gathered negatives equals one process's loss on the whole
+    batch's negatives."""
+    g = torch.Generator().manual_seed(0)
+    data = {k: torch.randn(8, 5, generator=g) for k in ("x", "weights", "a", "b")}
+    torch.save(data, tmp_path / "data.pt")
+    script = tmp_path / "compiled_gather.py"
+    script.write_text(COMPILED_GATHER_SCRIPT)
+    result = accelerate_launch(script, tmp_path, SEARCH_PATH)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in range(WORLD):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        assert out["world"] == WORLD
+        expected = (
+            WORLD * data["weights"][rank * 4 : (rank + 1) * 4]
+        )  # every process's loss reaches these rows
+        torch.testing.assert_close(out["eager_grad"], expected)
+        torch.testing.assert_close(out["compiled_grad"], expected)
+        # rank r's anchors against all 16 embeddings, as in one process (the others' rows are its negatives)
+        z = torch.nn.functional.normalize(
+            torch.cat([data["a"][rank * 4 : (rank + 1) * 4], data["b"][rank * 4 : (rank + 1) * 4]]), dim=-1
+        )
+        everyone = torch.nn.functional.normalize(
+            torch.cat(
+                [
+                    torch.cat([data["a"][r * 4 : (r + 1) * 4], data["b"][r * 4 : (r + 1) * 4]])
+                    for r in range(WORLD)
+                ]
+            ),
+            dim=-1,
+        )
+        logits = z @ everyone.t() / 0.2
+        rows = torch.arange(8)
+        logits[rows, rows + rank * 8] = float("-inf")
+        positives = rank * 8 + (rows + 4) % 8
+        torch.testing.assert_close(out["info_nce"], torch.nn.functional.cross_entropy(logits, positives))
+
+
 TRAINER_SCRIPT = """
 import json, os, sys
 import torch
