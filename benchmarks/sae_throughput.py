@@ -144,7 +144,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.features:
-        x = torch.load(args.features)[: args.rows].float()
+        x = torch.load(args.features, weights_only=True)[: args.rows].float()  # tensors only: runs no code
     elif args.data == "minilm":
         x = minilm_features(args.rows, args.cache_dir)
     else:

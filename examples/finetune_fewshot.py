@@ -78,7 +78,14 @@ from hf_monosem.evaluation import KEEP_FEATURES, make_compute_metrics
 from hf_monosem.hub import feature_layer_repo_ids
 from hf_monosem.scenarios import few_shot
 from hf_monosem.training import use_available_cores
-from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
+from hf_monosem.training.checkpoints import (
+    public_record,
+    read_json,
+    recorded_command,
+    resume_checkpoint,
+    wants_resume,
+    write_json,
+)
 
 logger = transformers.utils.logging.get_logger(__name__)
 
@@ -339,13 +346,15 @@ def main(argv=None) -> dict:
                     },
                     "checkpoint": run_dir,
                 }
-                write_json(done, result)
+                write_json(done, public_record(result, training_args.output_dir))
                 results[kind][str(k)] = result
             del trainer, model
 
     if main_process:
         payload = {
-            "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+            "command": recorded_command(
+                __file__, sys.argv[1:] if argv is None else argv
+            ),  # no token, no local paths
             "dataset": data_args.dataset_name,
             "modality": modality,
             "backbone": model_args.model_name_or_path
@@ -371,7 +380,10 @@ def main(argv=None) -> dict:
                 for k, r in by_k.items()
             ],
         }
-        write_json(os.path.join(training_args.output_dir, "results.json"), payload)
+        write_json(
+            os.path.join(training_args.output_dir, "results.json"),
+            public_record(payload, training_args.output_dir),
+        )
         plot(results, os.path.join(training_args.output_dir, "results.png"), data_args.dataset_name)
         print(f"\n{'feature_layer':>13} | {'k':>4} | clean test acc | macro-F1 |   L0 | class consistency")
         for kind, by_k in results.items():

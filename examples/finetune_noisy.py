@@ -1,11 +1,22 @@
 """Fine-tune poly vs mono feature layers on noisy labels and compare them on clean test data.
 
 The paper's first question in one command: the same backbone, the same head, the same training
-budget; only ``feature_layer`` differs (``linear`` = polysemantic baseline, ``nonneg`` = NCL-style
-non-negative features, ``sae`` / ``topk`` = sparse autoencoder codes). A fraction of the training
-labels is corrupted (symmetric: moved uniformly to one of the other classes); evaluation uses the
-clean test labels, and reports how much of the noise each model memorised and how monosemantic
-its features are.
+budget; only ``feature_layer`` differs. A fraction of the training labels is corrupted (symmetric:
+moved uniformly to one of the other classes); evaluation uses the clean test labels, and reports how
+much of the noise each model memorised and how monosemantic its features are.
+
+Two routes (``--route``), and the last line names the one that ran:
+
+* ``paper`` (the default; the paper's fine-tuning, "NCE"): a projector is first pretrained
+  label-free on the training inputs (their frozen backbone vectors, extracted once; SimCLR for
+  ``linear``, NCL for ``nonneg``, the same feature-space views, budget and seed:
+  :func:`hf_monosem.cached.fit_contrastive_projector`), then the whole backbone and the head are
+  fine-tuned with cross-entropy *through the frozen projector* (``freeze_feature_layer=True``): poly =
+  SimCLR projector + CE, mono = NCL projector (its ReLU output) + CE. Like is compared with like: both
+  sides have a pretrained projector, and differ in its non-negativity only.
+* ``head`` (the earlier route): a randomly initialised feature layer trained with the backbone
+  (``linear`` = polysemantic baseline, ``nonneg`` = a ReLU layer trained by cross-entropy, ``sae`` /
+  ``topk`` = sparse autoencoder codes).
 
 Offline default (no arguments): MiniLM-L6 fully fine-tuned on 20 Newsgroups (20 classes) with 60%
 symmetric label noise, linear vs nonneg, on a sample of 1,000 training posts cut to their first 64 tokens,
@@ -13,7 +24,10 @@ symmetric label noise, linear vs nonneg, on a sample of 1,000 training posts cut
 dataset you name keeps every row; ``--max_train_samples 0`` takes all 11,293). Many classes and a high
 rate are where the paper's question is asked (its gains appear at 30-90% noise with many classes); with 20
 classes the true class keeps 40% of a class's labels and each wrong one about 3%, so the noisy labels stay
-informative (up to a rate of 0.95). The sizes fit in 5 minutes on 2 CPU cores (3:38 measured). The main process
+informative (up to a rate of 0.95). The sizes fit in 5 minutes on 2 CPU cores: 3:38 measured for the head
+route's two fine-tunes (2026-12-01, 2 idle cores); the paper route adds the projector stage (one feature
+extraction, two projector fits), about 40 s on idle cores by an estimate from a run on a loaded machine
+(2026-12-05), not yet measured idle. The main process
 ends with one line saying what the run shows (clean test accuracy of each layer, its gap, and how many of
 the flipped training labels each one fit)::
 
@@ -35,7 +49,8 @@ final model (loadable with ``AutoModelFor*Classification.from_pretrained`` after
 its model card (``README.md``: results of every feature layer, this one's in the ``model-index``), its
 ``train_results.json`` / ``eval_results.json`` and Trainer checkpoints; ``scenario.json`` (the exact noisy
 labels, reused on resume; a resumed run on another dataset, label column or scenario is refused),
-``results.json`` and ``results.png``.
+``results.json`` and ``results.png``; route paper: ``projectors/{linear,nonneg}.safetensors``, the
+label-free projectors the fine-tunes started from (and kept, frozen).
 
 Hub and trackers, as with transformers' ``run_*.py``: ``--push_to_hub`` pushes each feature layer to its
 own repository (``--hub_model_id ID`` gives ``ID-linear``, ``ID-nonneg``, ...; an id holding
@@ -65,6 +80,7 @@ from example_utils import (
     parse_sample_limits,
     setup_logging,
 )
+from safetensors.torch import save_file
 from transformers import (
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
@@ -75,7 +91,8 @@ from transformers import (
     set_seed,
 )
 
-from hf_monosem import MonoSemanticTrainer
+from hf_monosem import MonoSemanticTrainer, extract_pooled_features
+from hf_monosem.cached import fit_contrastive_projector
 from hf_monosem.data import (
     BUILTIN_DATASETS,
     LABEL_COLUMN,
@@ -90,7 +107,13 @@ from hf_monosem.evaluation.metrics import extract_features, make_compute_metrics
 from hf_monosem.hub import feature_layer_repo_ids, push_scenario_to_hub
 from hf_monosem.scenarios import add_image_noise, add_label_noise, add_text_noise
 from hf_monosem.training import use_available_cores
-from hf_monosem.training.checkpoints import read_json, resume_checkpoint, write_json
+from hf_monosem.training.checkpoints import (
+    public_record,
+    read_json,
+    recorded_command,
+    resume_checkpoint,
+    write_json,
+)
 
 logger = transformers.utils.logging.get_logger(__name__)
 
@@ -107,8 +130,9 @@ DEFAULT_RUN = (
     "Default run (no arguments): 20 Newsgroups (20 classes), 60% symmetric label noise, linear vs nonneg; "
     "1,000 training and 500 test posts (the built-in datasets' sample sizes: --max_train_samples / "
     "--max_eval_samples, 0 for all), --max_length 64 tokens, 2 epochs: sized to finish within 5 minutes on 2 "
-    "CPU cores (about 3.5 measured on 2 idle cores; two MiniLM fine-tunes, whose time grows with rows x tokens x "
-    "epochs). A dataset you name keeps every row."
+    "CPU cores (about 3.5 measured on 2 idle cores for the two MiniLM fine-tunes, whose time grows with rows x "
+    "tokens x epochs; route paper adds the label-free projector stage, estimated at about 40 s). A dataset you "
+    "name keeps every row."
 )
 #: the training rows without augmentation (memorisation is measured on the images as they are)
 PLAIN_TRAIN_SPLIT = "__train_without_augmentation__"
@@ -123,11 +147,38 @@ SCENARIO_OPTIONS = {
 }
 
 
+#: how the feature layers are made: the paper's (contrastively pretrained projectors, frozen) or a fresh head
+ROUTES = ("paper", "head")
+#: the feature layers of each side in the paper route: SimCLR projector (poly) and NCL projector (mono)
+PAPER_ROUTE_LAYERS = {"linear": "SimCLR", "nonneg": "NCL"}
+
+
 @dataclass
 class ModelArguments(FeatureLayerArguments):
-    """The backbone and the feature layers to compare (the shared options), and the task loss."""
+    """The backbone and the feature layers to compare (the shared options), the route and the task loss."""
 
     loss_type: str = field(default="ce", metadata={"help": "Task loss: ce, gce or sce (robust losses)."})
+    route: str = field(
+        default="paper",
+        metadata={
+            "help": "paper (default): the paper's NCE fine-tuning -- a projector is first pretrained label-free "
+            "on the training inputs' frozen backbone vectors (SimCLR for linear, NCL for nonneg: the same "
+            "views, budget and seed; hf_monosem.cached.fit_contrastive_projector), then the backbone and head "
+            "are fine-tuned with cross-entropy through it, frozen (linear = SimCLR projector + CE, nonneg = NCL "
+            "projector with its ReLU + CE, i.e. NCE). head: the earlier route, a randomly initialised feature "
+            "layer trained with the backbone (any --feature_layers)."
+        },
+    )
+    projector_epochs: int = field(
+        default=20, metadata={"help": "Route paper: epochs of contrastive projector pretraining."}
+    )
+    projector_activation_loss_weight: float = field(
+        default=10.0,
+        metadata={
+            "help": "Route paper: the NCL projector's activation term during its pretraining (P1/P2's weight 10; "
+            "0: off). Fine-tuning is cross-entropy only."
+        },
+    )
 
 
 @dataclass
@@ -190,6 +241,19 @@ def parse_args(argv=None):
         parser.error(f"--hub_model_id: {error}")
     if model_args.loss_type not in LOSS_TYPES:
         parser.error(f"--loss_type {model_args.loss_type!r} is not one of {LOSS_TYPES}")
+    if model_args.route not in ROUTES:
+        parser.error(f"--route {model_args.route!r} is not valid; allowed: {', '.join(ROUTES)}")
+    if model_args.route == "paper" and any(kind not in PAPER_ROUTE_LAYERS for kind in kinds):
+        parser.error(
+            f"--route paper fine-tunes through contrastively pretrained projectors: --feature_layers "
+            f"{model_args.feature_layers!r} must name only {', '.join(PAPER_ROUTE_LAYERS)}; use --route head for "
+            "sae / topk"
+        )
+    if model_args.projector_epochs < 1 or not model_args.projector_activation_loss_weight >= 0:
+        parser.error(
+            f"--projector_epochs {model_args.projector_epochs} must be >= 1 and --projector_activation_loss_weight "
+            f"{model_args.projector_activation_loss_weight} >= 0"
+        )
     parse_rate(parser, scenario_args.label_noise, "--label_noise")
     if scenario_args.label_noise_kind not in ("symmetric", "asymmetric"):
         parser.error(f"--label_noise_kind {scenario_args.label_noise_kind!r}: allowed symmetric, asymmetric")
@@ -338,7 +402,62 @@ def dataset_title(dataset_name: str) -> str:
     return os.path.basename(os.path.normpath(dataset_name)) if os.path.isdir(dataset_name) else dataset_name
 
 
-def what_the_run_shows(results: dict, dataset_name: str, scenario_args, num_classes: int) -> str:
+def pretrain_projectors(kinds, model_args, names, modality, source, train, collator, training_args) -> dict:
+    """The paper route's first stage: ``{kind: (projector, report)}``, a SimCLR (``linear``) and an NCL
+    (``nonneg``) projector pretrained label-free on the frozen backbone's pooled vectors of the training
+    inputs (the same feature-space views, budget and seed for both; only the non-negativity and NCL's
+    activation term differ). Its width is ``--feature_dim`` (default 4x the backbone's), its hidden width
+    ``--projector_hidden_dim`` (default: the width, the paper's MLP projector)."""
+    if not source.get("backbone"):
+        logger.warning(
+            "route paper on a randomly initialised backbone: the projectors are pretrained on random features "
+            "(the paper pretrains the backbone with them); --route head is the fairer comparison here"
+        )
+    set_seed(training_args.seed)
+    model = build_classifier("linear", names, modality, source, **model_args.classifier_options)
+    feature_dim = model.config.feature_dim
+    hidden = model_args.projector_hidden_dim or feature_dim
+    pooled = extract_pooled_features(
+        model, train, batch_size=training_args.per_device_eval_batch_size, collate_fn=collator
+    )  # labels are never read
+    del model
+    projectors = {}
+    for kind in kinds:
+        layer, report = fit_contrastive_projector(
+            pooled,
+            feature_layer=kind,
+            feature_dim=feature_dim,
+            projector_hidden_dim=hidden,
+            activation_loss_weight=model_args.projector_activation_loss_weight if kind == "nonneg" else 0.0,
+            epochs=model_args.projector_epochs,
+            seed=training_args.seed,
+            progress=not training_args.disable_tqdm,
+        )
+        projectors[kind] = (layer, report)
+        if training_args.process_index == 0:  # what the fine-tune starts from (and keeps: it is frozen)
+            folder = os.path.join(training_args.output_dir, "projectors")
+            os.makedirs(folder, exist_ok=True)
+            save_file(layer.state_dict(), os.path.join(folder, f"{kind}.safetensors"))
+        logger.info(
+            f"{kind}: {PAPER_ROUTE_LAYERS[kind]} projector pretrained ({len(pooled)} rows, "
+            f"{model_args.projector_epochs} epochs): zero fraction {report['zero_fraction']:.3f}"
+        )
+    return projectors
+
+
+def route_description(route: str) -> str:
+    """What ``--route`` ran, for the last line of the run."""
+    if route == "paper":
+        return (
+            "route paper: linear = SimCLR projector + CE, nonneg = NCL projector + CE (NCE); projectors "
+            "pretrained label-free on the training inputs, frozen while the backbone fine-tunes"
+        )
+    return "route head: feature layers randomly initialised and trained with the backbone"
+
+
+def what_the_run_shows(
+    results: dict, dataset_name: str, scenario_args, num_classes: int, route: str | None = None
+) -> str:
     """One line from the measured metrics: each feature layer's clean test accuracy, the gap of each to the
     first (the baseline, ``linear`` by default), and the share of flipped training labels each one fit, e.g.
     ``20 Newsgroups bydate, 60% symmetric label noise, 20 classes: linear 0.412 vs nonneg 0.437 clean test
@@ -365,6 +484,8 @@ def what_the_run_shows(results: dict, dataset_name: str, scenario_args, num_clas
         )
     else:
         line += "; no training label was flipped"
+    if route is not None:
+        line += f" [{route_description(route)}]"
     return line
 
 
@@ -437,6 +558,11 @@ def main(argv=None) -> dict:
     repo_ids = feature_layer_repo_ids(training_args.hub_model_id, kinds, training_args.output_dir)
     run_name = training_args.run_name or os.path.basename(os.path.abspath(training_args.output_dir))
 
+    projectors = {}
+    if model_args.route == "paper":
+        projectors = pretrain_projectors(
+            kinds, model_args, names, modality, source, plain_train, collator, training_args
+        )
     results, run_args = {}, {}
     for kind in kinds:
         # one folder, one Hub repository and one tracker run per feature layer
@@ -448,7 +574,18 @@ def main(argv=None) -> dict:
         )
         run_args[kind] = args
         set_seed(args.seed)  # the same initial weights for every run (and every layer) of this seed
-        model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
+        if kind in projectors:  # the paper's route: the pretrained projector, frozen; backbone and head train
+            projector = projectors[kind][0]
+            options = {
+                **model_args.classifier_options,
+                "feature_dim": projector.feature_dim,
+                "projector_hidden_dim": projector.settings.projector_hidden_dim,
+                "freeze_feature_layer": True,
+            }
+            model = build_classifier(kind, names, modality, source, **options)
+            model.feature_layer.load_state_dict(projector.state_dict())
+        else:
+            model = build_classifier(kind, names, modality, source, **model_args.classifier_options)
         trainer = MonoSemanticTrainer(
             model=model,
             args=args,
@@ -508,7 +645,16 @@ def main(argv=None) -> dict:
             ],
             **{f"features_{k}": v for k, v in mono.items()},
             "checkpoint": args.output_dir,
+            "route": model_args.route,
         }
+        if kind in projectors:
+            report = projectors[kind][1]
+            results[kind]["projector"] = {
+                "method": PAPER_ROUTE_LAYERS[kind],
+                "final_loss": report["loss"][-1],
+                "zero_fraction": report["zero_fraction"],
+                "positive_accuracy": report["positive_accuracy"],
+            }
         trainer.end_tracker_runs()  # the next feature layer logs to a run of its own
         del trainer, model
 
@@ -559,18 +705,24 @@ def main(argv=None) -> dict:
 
     if main_process:
         payload = {
-            "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+            "command": recorded_command(
+                __file__, sys.argv[1:] if argv is None else argv
+            ),  # no token, no local paths
             "dataset": data_args.dataset_name,
             "modality": modality,
             "backbone": model_args.model_name_or_path
             or source.get("backbone")
             or "small-resnet (random init)",
             "scenario": dataclasses.asdict(scenario_args),
+            "route": model_args.route,
             "seed": training_args.seed,
             "results": results,
             "records": records,
         }
-        write_json(os.path.join(training_args.output_dir, "results.json"), payload)
+        write_json(
+            os.path.join(training_args.output_dir, "results.json"),
+            public_record(payload, training_args.output_dir),
+        )
         plot(results, os.path.join(training_args.output_dir, "results.png"), scenario_args.label_noise)
         print(
             f"\n{'feature_layer':>13} | clean test acc | macro-F1 | noisy labels fitted | L0 | class consistency"
@@ -581,7 +733,9 @@ def main(argv=None) -> dict:
                 f"{r['features_l0']:4.0f} | {r['features_class_consistency']:.3f}"
             )
         print(f"results: {os.path.join(training_args.output_dir, 'results.json')}")
-        print(what_the_run_shows(results, data_args.dataset_name, scenario_args, len(names)))
+        print(
+            what_the_run_shows(results, data_args.dataset_name, scenario_args, len(names), model_args.route)
+        )
     return results
 
 

@@ -108,7 +108,7 @@ class ToyArguments:
         metadata={"help": "Comma-separated distinct integer seeds >= 0, at least 2 (spread is reported)."},
     )
     probe_protocols: str = field(
-        default="paper,controlled",
+        default="paper_cifar,controlled",
         metadata={"help": "Probe presets of hf_monosem.scenarios.protocols: " + ", ".join(PROBE_PROTOCOLS)},
     )
 

@@ -21,14 +21,20 @@ probes train (:mod:`hf_monosem.scenarios.protocols`), each protocol probing both
 
 * ``fixed`` (the offline default, the probes P1 was decided with): unit-RMS feature vectors
   (``--probe_normalize``), Adam at ``--probe_lr``;
-* ``paper`` (the authors' linear probe): features at their natural scale, LARS lr 0.4 with a
-  warmup-cosine schedule, and for images ``--probe_views`` K augmented views of every training image
+* ``paper_cifar`` (the authors' CIFAR linear probe; ``paper`` is its P2 name) and ``paper_in100``
+  (their ImageNet-100 probe: plain SGD lr 1.5, constant): features at their natural scale, LARS lr 0.4
+  with a warmup-cosine schedule (CIFAR), and for images ``--probe_views`` K augmented views of every training image
   (random resized crop 0.08-1 + flip, no colour jitter), extracted once
   (:func:`hf_monosem.cached.augmented_view_features`), one drawn per image and epoch;
 * ``controlled``: both methods rescaled to SimCLR's mean L2 norm
   (:func:`hf_monosem.cached.equalize_scales`), Adam at a rate chosen per method
   (:meth:`~hf_monosem.scenarios.protocols.ProbeProtocol.select_lr`) on 20% of the training rows held
   out with 30%-noisy labels -- never the test split.
+
+``--online_label_loss`` (off by default) is the authors' label leak as a named variant: both methods
+pretrain with a non-detached online classifier whose label cross-entropy is added to the contrastive
+loss (``ContrastiveTrainer(online_label_loss=True)``), as in their solo-learn base; its results are
+never mixed with the label-free runs'.
 
 A gain under one protocol and not the other is optimisation, not monosemanticity. ``--probe_epochs``
 and ``--probe_batch_size`` set every protocol's budget (the paper's warmup scales along). Sparsity and
@@ -127,11 +133,18 @@ from hf_monosem.data import (
     preprocess,
 )
 from hf_monosem.evaluation.metrics import monosemanticity_report
-from hf_monosem.models import NONNEG_ACTIVATIONS
+from hf_monosem.models import NONNEG_ACTIVATIONS, NONNEG_ORDERS
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
-from hf_monosem.scenarios.protocols import PROBE_PROTOCOLS, ProbeProtocol
+from hf_monosem.scenarios.protocols import ProbeProtocol, probe_protocol, probe_protocol_names
 from hf_monosem.training import CONTRASTIVE_METHODS, IntensityJitterViews, use_available_cores
-from hf_monosem.training.checkpoints import read_json, resume_checkpoint, wants_resume, write_json
+from hf_monosem.training.checkpoints import (
+    public_record,
+    read_json,
+    recorded_command,
+    resume_checkpoint,
+    wants_resume,
+    write_json,
+)
 
 
 @dataclass
@@ -185,12 +198,29 @@ class PretrainArguments:
             "authors' CIFAR default, against dead units)."
         },
     )
+    nonneg_order: str = field(
+        default="plain",
+        metadata={
+            "help": "NCL's order: plain (the non-negativity on the projector output) or authors (normalise -> "
+            "non-negativity -> normalise, as PKU-ML/Beyond_Interpretability's NCL; protocol P3's text recipe "
+            "with --nonneg_activation rep_relu --activation_loss_weight 1). Saved in the model's config."
+        },
+    )
     activation_loss_weight: float = field(
         default=10.0,
         metadata={
             "help": "NCL only: weight of the activation term -mean_j mean_batch |z_j| on the unit-norm "
             "projector output, against dead units (the Beyond-Interpretability authors' NCL adds it with "
             "weight 1; 10 was chosen on held-out rows by protocol P1, docs/results/p1_ncl_selection.md; 0: off)."
+        },
+    )
+    online_label_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "The label leak, a named variant (off by default): add the cross-entropy of an online linear "
+            "classifier on the backbone's pooled vector, NOT detached, to the contrastive loss of both methods, "
+            "as the Beyond-Interpretability authors' solo-learn base does (labels then reach the backbone during "
+            "pretraining). Use its own --output_dir."
         },
     )
     validation_rows: int = field(
@@ -203,8 +233,9 @@ class PretrainArguments:
 
 
 #: the probe protocols --probe_protocols takes: "fixed" (the offline default: unit-RMS inputs, Adam at
-#: --probe_lr) and the presets of hf_monosem.scenarios.protocols (paper, controlled)
-PROTOCOL_NAMES = ("fixed", *PROBE_PROTOCOLS)
+#: --probe_lr) and the presets of hf_monosem.scenarios.protocols (paper_cifar, paper_in100, controlled;
+#: paper: P2's name of paper_cifar)
+PROTOCOL_NAMES = ("fixed", *probe_protocol_names())
 #: the authors' linear-probe augmentation of the training images (solo-learn: random resized crop
 #: 0.08-1 and a horizontal flip, no colour jitter), for the protocols with augmented views
 PROBE_VIEW_CROP, PROBE_VIEW_HFLIP = (0.08, 1.0), 0.5
@@ -229,8 +260,10 @@ class ProbeArguments(LinearProbeArguments):
         default="fixed",
         metadata={
             "help": "Comma-separated probe protocols, each probing every method: fixed (unit-RMS inputs if "
-            "--probe_normalize, Adam at --probe_lr), paper (the authors' linear probe: natural scale, LARS lr "
-            "0.4 warmup-cosine, --probe_views augmented views of each training image), controlled (every "
+            "--probe_normalize, Adam at --probe_lr), paper_cifar (the authors' CIFAR linear probe: natural "
+            "scale, LARS lr 0.4 warmup-cosine, --probe_views augmented views of each training image; 'paper' is "
+            "its P2 name), paper_in100 (their ImageNet-100 probe: plain SGD lr 1.5, no momentum, no weight "
+            "decay, constant rate, augmented views), controlled (every "
             "method at SimCLR's mean feature norm, Adam with the lr chosen per method on held-out training "
             "rows with noisy labels). --probe_epochs and --probe_batch_size apply to all."
         },
@@ -338,6 +371,8 @@ def parse_args(argv=None):
         parser.error(
             f"--nonneg_activation {pre_args.nonneg_activation!r} is not one of {', '.join(NONNEG_ACTIVATIONS)}"
         )
+    if pre_args.nonneg_order not in NONNEG_ORDERS:
+        parser.error(f"--nonneg_order {pre_args.nonneg_order!r} is not one of {', '.join(NONNEG_ORDERS)}")
     if not pre_args.activation_loss_weight >= 0:
         parser.error(f"--activation_loss_weight {pre_args.activation_loss_weight} must be >= 0")
     if pre_args.validation_rows < 0:
@@ -359,6 +394,7 @@ def build_model(kind: str, pre_args: PretrainArguments, source: dict) -> MonoSem
         source["use_pretrained_backbone"] = pre_args.use_pretrained_backbone
     ncl = {
         "nonneg_activation": pre_args.nonneg_activation,
+        "nonneg_order": pre_args.nonneg_order,
         "activation_loss_weight": pre_args.activation_loss_weight,
     }
     config = MonoSemanticConfig(
@@ -391,7 +427,7 @@ def protocol_for(name: str, probe_args) -> ProbeProtocol:
     budget = {"epochs": probe_args.probe_epochs, "batch_size": probe_args.probe_batch_size}
     if name == "fixed":
         return ProbeProtocol("fixed", lr=probe_args.probe_lr, **budget)
-    return PROBE_PROTOCOLS[name].with_budget(**budget)
+    return probe_protocol(name).with_budget(**budget)
 
 
 def cell_name(rate: float) -> str:
@@ -591,12 +627,14 @@ def main(argv=None) -> dict:
             processing_class=processor,
             image_views=views,
             mask_rate=pre_args.text_mask_rate if text else 0.0,
+            online_label_loss=pre_args.online_label_loss,
+            num_labels=len(names) if pre_args.online_label_loss else None,
         )
         trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, training_args.resume_from_checkpoint))
         trainer.save_model()
-        summary = pretraining_summary(trainer)
+        summary = {**pretraining_summary(trainer), "online_label_loss": pre_args.online_label_loss}
         if main_process:
-            write_json(done, summary)
+            write_json(done, public_record(summary, training_args.output_dir))
         pretrained[method] = (trainer.accelerator.unwrap_model(trainer.model), summary)
         del trainer
 
@@ -668,7 +706,9 @@ def main(argv=None) -> dict:
 
     seeds = list(range(probe_args.probe_seeds))
     payload = {
-        "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        "command": recorded_command(
+            __file__, sys.argv[1:] if argv is None else argv
+        ),  # no token, no local paths
         "dataset": data_args.dataset_name,
         "modality": modality,
         "backbone": pre_args.model_name_or_path or source.get("backbone") or "small-resnet (random init)",
@@ -704,7 +744,10 @@ def main(argv=None) -> dict:
             for rate in probe_args.rates
         ],
     }
-    write_json(os.path.join(training_args.output_dir, "results.json"), payload)
+    write_json(
+        os.path.join(training_args.output_dir, "results.json"),
+        public_record(payload, training_args.output_dir),
+    )
     plot(results, os.path.join(training_args.output_dir, "results.png"), probe_args.protocols)
     cells = [cell_name(r) for r in probe_args.rates]
     for name, settings in protocol_settings.items():

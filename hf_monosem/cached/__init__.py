@@ -2,7 +2,19 @@
 contrastive projectors and linear probes (single or batched grids) fitted on those features.
 """
 
-from . import extraction, minibatch, probe_grid, probing, projector_fitting, sae_fitting, scaling
+from . import (
+    cache_files,
+    checks,
+    extraction,
+    minibatch,
+    probe_grid,
+    probing,
+    projector_fitting,
+    sae_fitting,
+    scaling,
+)
+from .cache_files import *  # noqa: F403
+from .checks import *  # noqa: F403
 from .extraction import *  # noqa: F403
 from .minibatch import *  # noqa: F403
 from .probe_grid import *  # noqa: F403
@@ -12,6 +24,8 @@ from .sae_fitting import *  # noqa: F403
 from .scaling import *  # noqa: F403
 
 __all__ = [
+    *cache_files.__all__,
+    *checks.__all__,
     *extraction.__all__,
     *probing.__all__,
     *probe_grid.__all__,

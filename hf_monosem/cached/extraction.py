@@ -25,7 +25,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ from transformers import PreTrainedModel, default_data_collator
 
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from ..training.views import LABEL_KEYS
+from .cache_files import load_tensors, save_tensors
+from .checks import check_features
 
 __all__ = [
     "augmented_view_features",
@@ -45,6 +46,8 @@ __all__ = [
     "input_columns",
     "model_fingerprint",
     "resolve_base_model",
+    "text_view_features",
+    "TEXT_VIEW_KINDS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,6 +136,111 @@ def augmented_view_features(
     return torch.stack(out)
 
 
+#: kinds of encoder-level text views: SimCSE dropout, or token masking (dropout off)
+TEXT_VIEW_KINDS = ("dropout", "mask")
+
+
+def text_view_features(
+    model_or_backbone: nn.Module,
+    dataset: Any,
+    num_views: int,
+    *,
+    kind: str = "dropout",
+    mask_rate: float = 0.15,
+    mask_token_id: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    pooling: str | None = None,
+    collate_fn: Callable | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_key: str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``[num_views, N, hidden]``: pooled encoder vectors of ``num_views`` views of every text, the text
+    twin of :func:`augmented_view_features` (the projector fitting draws two of them per row and step).
+
+    ``kind="dropout"`` runs the encoder with dropout on (SimCSE: two passes of one post differ only
+    in their dropout masks); ``kind="mask"`` runs it in eval mode on inputs whose tokens are replaced by
+    ``mask_token_id`` with probability ``mask_rate`` (never the first and last attended token, CLS/SEP).
+    View ``k`` draws from a generator seeded with ``(seed, k)``, so the result is fixed by ``seed``. Both
+    go through :func:`collect_outputs`, the one inference loop. With ``cache_dir`` the tensor is cached
+    like :func:`extract_pooled_features`, keyed by the model, the dataset and these settings.
+
+    Example:
+        >>> import datasets
+        >>> from transformers import BertConfig, BertModel
+        >>> bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+        ...                             num_attention_heads=2, intermediate_size=20))
+        >>> ds = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 3})
+        >>> views = text_view_features(bert, ds, 2, seed=0)
+        >>> views.shape, bool((views[0] != views[1]).any())
+        (torch.Size([2, 3, 16]), True)
+    """
+    if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
+        raise ValueError(f"num_views={num_views!r} is not valid; allowed: a positive integer")
+    if kind not in TEXT_VIEW_KINDS:
+        raise ValueError(f"kind={kind!r} is not valid; allowed: {', '.join(map(repr, TEXT_VIEW_KINDS))}")
+    if kind == "mask" and (mask_token_id is None or not 0 < mask_rate < 1):
+        raise ValueError(
+            f"kind='mask' needs mask_token_id (got {mask_token_id!r}) and mask_rate in (0, 1) (got {mask_rate!r})"
+        )
+    base = resolve_base_model(model_or_backbone, pooling)
+    columns = _input_columns(base, dataset)
+    path = None
+    if cache_dir is not None:
+        key = _cache_key(base, dataset, "pooled", columns, cache_key)
+        if key is None:
+            logger.warning("dataset has no _fingerprint and no cache_key was given: views are not cached")
+        else:
+            settings = (
+                f"{key}|{kind}|{num_views}|{seed}|{mask_rate if kind == 'mask' else ''}|{mask_token_id}"
+            )
+            path = Path(cache_dir) / f"views-{hashlib.sha256(settings.encode()).hexdigest()[:32]}.safetensors"
+            # checked like the pooled cache: content hash, the settings it was written for, its shape
+            cached = load_tensors(path, {"key": settings}, {"features": (num_views, len(dataset), None)})
+            if cached is not None:
+                return cached["features"]
+    base_collate = collate_fn or default_data_collator
+    views = []
+    for k in range(num_views):
+        generator = view_generator(seed, k, 0)
+        collate = base_collate
+        if kind == "mask":
+
+            def collate(rows: list[Any], generator: torch.Generator = generator) -> Any:
+                return _mask_tokens(base_collate(rows), mask_rate, int(mask_token_id), generator)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            out = collect_outputs(
+                base,
+                dataset,
+                batch_size,
+                outputs=("pooled",),
+                inputs=columns or None,
+                collate_fn=collate,
+                progress=progress,
+                desc=f"text view {k + 1}/{num_views}",
+                dropout=kind == "dropout",
+            )
+        views.append(out["pooled"])
+    result = torch.stack(views)
+    if path is not None:
+        save_tensors(path, {"features": result}, {"output": "views", "key": settings})  # atomic
+    return result
+
+
+def _mask_tokens(batch: Any, rate: float, mask_token_id: int, generator: torch.Generator) -> Any:
+    """``batch`` with attended tokens (not the first or last of a row) replaced by ``mask_token_id``."""
+    ids = batch["input_ids"]
+    attended = batch.get("attention_mask", torch.ones_like(ids)).bool()
+    position = torch.arange(ids.shape[1]).expand_as(ids)
+    inner = attended & (position > 0) & (position < attended.sum(1, keepdim=True) - 1)
+    hit = inner & (torch.rand(ids.shape, generator=generator) < rate)
+    batch["input_ids"] = ids.masked_fill(hit, mask_token_id)
+    return batch
+
+
 def model_fingerprint(module: nn.Module) -> str:
     """A hash of every parameter/buffer: name, shape, dtype, exact sum and a strided sample of values.
 
@@ -167,10 +275,18 @@ def model_fingerprint(module: nn.Module) -> str:
 
 
 def _cache_key(
-    base: MonoSemanticModel, dataset: Any, output: str, input_columns: list[str], cache_key: str | None
+    base: MonoSemanticModel,
+    dataset: Any,
+    output: str,
+    input_columns: list[str],
+    cache_key: str | None,
+    collate_fn: Callable | None = None,
 ) -> str | None:
     dataset_fingerprint = cache_key or getattr(dataset, "_fingerprint", None)
     if dataset_fingerprint is None:
+        return None
+    collate = _collate_fingerprint(collate_fn)
+    if collate is None:
         return None
     what = base if output == "features" else base.backbone
     config = base.config.to_dict() if output == "features" else base.backbone.config.to_dict()
@@ -183,9 +299,25 @@ def _cache_key(
         "output": output,
         "dataset": dataset_fingerprint,
         "columns": input_columns,
-        "version": 1,
+        "collate_fn": collate,
+        "rows": len(dataset),
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _collate_fingerprint(collate_fn: Callable | None) -> str | None:
+    """What the collate function is, as a hash (code, closure and state: the ``datasets`` hasher ``map``
+    caches by), since another collate function (e.g. one that truncates) gives other features.
+    ``None`` when it cannot be hashed (then nothing is cached)."""
+    if collate_fn is None:
+        return "default_data_collator"
+    from datasets.fingerprint import Hasher
+
+    try:
+        return Hasher.hash(collate_fn)
+    except Exception:  # unpicklable state: no safe key
+        return None
 
 
 def _input_columns(base: MonoSemanticModel, dataset: Any) -> list[str]:
@@ -252,31 +384,27 @@ def extract_pooled_features(
 
     path = None
     if cache_dir is not None:
-        key = _cache_key(base, dataset, output, columns, cache_key)
+        key = _cache_key(base, dataset, output, columns, cache_key, collate_fn)
         if key is None:
-            logger.warning("dataset has no _fingerprint and no cache_key was given: features are not cached")
+            logger.warning(
+                "dataset has no _fingerprint and no cache_key was given, or collate_fn cannot be hashed: "
+                "features are not cached"
+            )
         else:
             path = Path(cache_dir) / f"{output}-{key[:32]}.safetensors"
-            if path.exists():
-                from safetensors.torch import load_file
-
+            # checked: content hash, the full key it was written for, one row per example; a file that
+            # fails is named in a warning and rebuilt below
+            cached = load_tensors(path, {"key": key}, {"features": (len(dataset), None)})
+            if cached is not None:
                 logger.info("loading cached features from %s", path)
-                return load_file(str(path))["features"]
+                return cached["features"]
 
     features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress)
+    # a NaN/inf input row (or a diverged backbone) is named here, by dataset row, not as NaN weights later
+    check_features(features, f"{output} features of the dataset")
 
     if path is not None:
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": features}, tmp, metadata={"output": output, "key": key})
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_tensors(path, {"features": features}, {"output": output, "key": key})  # atomic
     return features
 
 
@@ -386,6 +514,7 @@ def collect_outputs(
     progress: bool = False,
     num_workers: int = 0,
     desc: str = "extracting features",
+    dropout: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Run ``model`` over ``dataset`` once, in dataset order, and gather output fields on the CPU.
 
@@ -403,6 +532,8 @@ def collect_outputs(
         collate_fn: batches rows (default ``transformers.default_data_collator``).
         device: where to run; default the model's device (the model is moved back afterwards).
         progress, desc: a progress bar and its text. num_workers: DataLoader workers.
+        dropout: run with dropout on (every module in train mode except batch-norm layers, which
+            keep their running statistics): SimCSE's views, drawn from torch's global generator.
 
     The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
     module's train/eval mode is restored exactly afterwards.
@@ -453,6 +584,10 @@ def collect_outputs(
     if moved:
         model.to(device)
     model.eval()
+    if dropout:
+        for module in model.modules():
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
     )

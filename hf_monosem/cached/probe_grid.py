@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .checks import autocast_off, check_features
 from .minibatch import MiniBatches
 
 __all__ = ["PROBE_OPTIMIZERS", "PROBE_SCHEDULES", "ProbeGrid", "train_probe_grid", "warmup_cosine_lr"]
@@ -85,6 +86,7 @@ class ProbeGrid:
         return (predictions == labels).float().mean(-1)
 
 
+@autocast_off  # a caller's autocast must not reach the fit (see .checks)
 def train_probe_grid(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -149,6 +151,8 @@ def train_probe_grid(
         raise ValueError(
             f"warmup_epochs={warmup_epochs!r} is not valid; allowed: 0 <= warmup_epochs < epochs={epochs}"
         )
+    check_features(features)
+    _check_class_ids(labels, num_labels)
     num_probes = labels.shape[0]
     if rows is None:
         rows = torch.arange(num_rows).expand(num_probes, -1)
@@ -202,6 +206,20 @@ def train_probe_grid(
             step_fn(rate)
             step += 1
     return ProbeGrid(weight.detach(), bias.detach())
+
+
+def _check_class_ids(labels: torch.Tensor, num_labels: int) -> None:
+    """Labels must be integer class ids in ``[0, num_labels)``: float 0/1 labels or an id out of range
+    would train (or crash in cross-entropy) far from where the mistake is."""
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    bad = (labels < 0) | (labels >= num_labels)
+    if bool(bad.any()):
+        probe, row = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"labels must be class ids in [0, {num_labels - 1}] for num_labels={num_labels}; found "
+            f"{int(labels[probe, row])} (probe {probe}, row {row})"
+        )
 
 
 def _adamw(weight: torch.Tensor, bias: torch.Tensor, lr: float, weight_decay: float):

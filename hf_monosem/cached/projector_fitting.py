@@ -25,11 +25,76 @@ from torch import nn
 
 from ..models.feature_layers import FeatureLayerSettings, LinearFeatures, feature_layer_class
 from ..training.losses import info_nce_loss
+from .checks import autocast_off, check_features
 from .minibatch import MiniBatches
 
-__all__ = ["fit_contrastive_projector"]
+__all__ = [
+    "CONTRASTIVE_POSITIVES",
+    "NCL_RECIPES",
+    "fit_contrastive_projector",
+    "nearest_neighbors",
+    "ncl_recipe",
+]
+
+#: what a row's positive is: another view of itself, or a view of one of its nearest neighbours
+CONTRASTIVE_POSITIVES = ("self", "nn")
 
 
+#: P3's named NCL recipes (docs/PROTOCOL.md, stage A): ``views`` (``"feature"``: dropout + noise on the
+#: cached vector; ``"dropout"``: cached encoder-level views, :func:`~hf_monosem.cached.text_view_features`),
+#: ``positives`` and the NCL layer's settings; the SimCLR twin shares the views and positives.
+NCL_RECIPES: dict[str, dict[str, Any]] = {
+    "p2": {"views": "feature", "positives": "self", "nonneg_order": "plain", "nonneg_activation": "relu",
+           "activation_loss_weight": 10.0},
+    "authors": {"views": "dropout", "positives": "self", "nonneg_order": "authors",
+                "nonneg_activation": "rep_relu", "activation_loss_weight": 1.0},
+    "authors-nn": {"views": "dropout", "positives": "nn", "nonneg_order": "authors",
+                   "nonneg_activation": "rep_relu", "activation_loss_weight": 1.0},
+}  # fmt: skip
+
+
+def ncl_recipe(name: str, kind: str) -> tuple[str, dict[str, Any]]:
+    """``(views, fit_contrastive_projector keyword arguments)`` of recipe ``name`` for a ``kind`` layer
+    (``"linear"``: the SimCLR twin, same positives; ``"nonneg"``: NCL).
+
+    Example:
+        >>> ncl_recipe("authors-nn", "linear")
+        ('dropout', {'positives': 'nn'})
+        >>> ncl_recipe("p3", "nonneg")
+        Traceback (most recent call last):
+        ...
+        ValueError: recipe='p3' is not valid; allowed: 'p2', 'authors', 'authors-nn'
+    """
+    if name not in NCL_RECIPES:
+        raise ValueError(f"recipe={name!r} is not valid; allowed: {', '.join(map(repr, NCL_RECIPES))}")
+    recipe = dict(NCL_RECIPES[name])
+    views = recipe.pop("views")
+    return views, recipe if kind == "nonneg" else {"positives": recipe["positives"]}
+
+
+@torch.no_grad()
+def nearest_neighbors(features: torch.Tensor, k: int = 10, chunk: int = 2048) -> torch.Tensor:
+    """``[N, k]``: the indices of each row's ``k`` nearest rows by cosine similarity, never the row itself.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> nearest_neighbors(x, k=1).flatten().tolist()
+        [1, 0, 3, 2]
+    """
+    n = features.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
+        raise ValueError(f"k={k!r} is not valid; allowed: an integer in [1, {n - 1}] (rows - 1)")
+    unit = F.normalize(features.float(), dim=-1)
+    out = []
+    for start in range(0, n, chunk):
+        sim = unit[start : start + chunk] @ unit.T
+        rows = torch.arange(sim.shape[0], device=sim.device)
+        sim[rows, rows + start] = -float("inf")  # never the row itself
+        out.append(sim.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
+@autocast_off  # a caller's autocast must not reach the fit (see .checks)
 def fit_contrastive_projector(
     features: torch.Tensor,
     *,
@@ -37,6 +102,7 @@ def fit_contrastive_projector(
     feature_dim: int = 1536,
     projector_hidden_dim: int | None = 1536,
     nonneg_activation: str = "relu",
+    nonneg_order: str = "plain",
     activation_loss_weight: float = 0.0,
     temperature: float = 0.2,
     epochs: int = 20,
@@ -46,6 +112,9 @@ def fit_contrastive_projector(
     view_noise: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    views: torch.Tensor | None = None,
+    positives: str = "self",
+    num_neighbors: int = 10,
 ) -> tuple[LinearFeatures, dict[str, Any]]:
     """Train a SimCLR (``"linear"``) or NCL (``"nonneg"``) projector on cached pooled features.
 
@@ -61,7 +130,16 @@ def fit_contrastive_projector(
         epochs, lr, batch_size, seed: Adam on shuffled mini-batches
             (:class:`~hf_monosem.cached.minibatch.MiniBatches`; ``torch.manual_seed(seed)`` first, for
             the initialisation and the views).
-        view_dropout, view_noise: the feature-space augmentation making the two views.
+        view_dropout, view_noise: the feature-space augmentation making the two views (when ``views``
+            is not given).
+        nonneg_order: where NCL's non-negativity sits (``"authors"``: normalise -> activation ->
+            normalise; see :data:`~hf_monosem.models.feature_layers.NONNEG_ORDERS`).
+        views: ``[K >= 2, N, hidden]`` cached encoder-level views of the same rows (e.g.
+            :func:`~hf_monosem.cached.text_view_features`, SimCSE dropout): each step a row's two views
+            are two different ones of its ``K``, drawn at random; standardised like ``features``.
+        positives: ``"self"`` (the other view is of the same row) or ``"nn"`` (a view of one of the
+            row's ``num_neighbors`` nearest neighbours in the frozen, standardised ``features``, drawn
+            per epoch: a label-free prior that two close posts share meaning).
 
     Returns:
         ``(layer, report)``: the trained feature layer (input: raw pooled vectors) and a report with
@@ -80,13 +158,28 @@ def fit_contrastive_projector(
         raise ValueError(f"features must be [N >= 2, hidden], got shape {tuple(features.shape)}")
     if not 0 <= view_dropout < 1 or view_noise < 0:
         raise ValueError(f"view_dropout={view_dropout} must be in [0, 1) and view_noise={view_noise} >= 0")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} is not valid; allowed: a number > 0")
+    check_features(features)
+    if positives not in CONTRASTIVE_POSITIVES:
+        raise ValueError(
+            f"positives={positives!r} is not valid; allowed: {', '.join(map(repr, CONTRASTIVE_POSITIVES))}"
+        )
+    if views is not None and (views.dim() != 3 or views.shape[0] < 2 or views.shape[1:] != features.shape):
+        raise ValueError(
+            f"views must be [K >= 2, N, hidden] with [N, hidden] = {tuple(features.shape)}, got {tuple(views.shape)}"
+        )
+    if views is not None:
+        check_features(views, "views")
     settings = FeatureLayerSettings(
         feature_dim=feature_dim,
         projector_hidden_dim=projector_hidden_dim,
         nonneg_activation=nonneg_activation,
+        nonneg_order=nonneg_order,
         activation_loss_weight=activation_loss_weight,
     )
     n = features.shape[0]
+    neighbors = nearest_neighbors(_standardize(features)[0], num_neighbors) if positives == "nn" else None
     # a batch of one row has no negatives: skipped
     batches = MiniBatches(
         n,
@@ -101,22 +194,35 @@ def fit_contrastive_projector(
 
     torch.manual_seed(seed)
     features = features.float()
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-    standardized = (features - mean) / std
+    standardized, mean, std = _standardize(features)
+    if views is not None:
+        views = (views.to(features.device).float() - mean) / std
     layer = layer_class(features.shape[1], settings).to(features.device)
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
     history: list[float] = []
 
-    def view(x: torch.Tensor) -> torch.Tensor:
+    def view(rows: torch.Tensor) -> torch.Tensor:
+        x = standardized[rows]
         return F.dropout(x + view_noise * torch.randn_like(x), view_dropout, training=True)
 
     layer.train()
     with batches:
         for epoch in batches:
             total, steps = 0.0, 0
+            partner = torch.arange(n, device=features.device)
+            if neighbors is not None:  # one of the row's nearest neighbours, drawn per epoch
+                pick = torch.randint(num_neighbors, (n, 1), device=features.device)
+                partner = neighbors.gather(1, pick).squeeze(1)
             for rows in epoch:
-                x = standardized[rows]
-                (z_a, aux_a), (z_b, aux_b) = layer(view(x)), layer(view(x))
+                if views is None:
+                    x_a, x_b = view(rows), view(partner[rows])
+                else:  # two different cached views: the second shifted by 1 .. K-1 from the first
+                    k_a = torch.randint(views.shape[0], rows.shape, device=rows.device)
+                    k_b = (k_a + 1 + torch.randint(views.shape[0] - 1, rows.shape, device=rows.device)) % len(
+                        views
+                    )
+                    x_a, x_b = views[k_a, rows], views[k_b, partner[rows]]
+                (z_a, aux_a), (z_b, aux_b) = layer(x_a), layer(x_b)
                 loss = info_nce_loss(z_a, z_b, temperature, gather=False)
                 aux = layer.weighted_aux_loss(aux_a)
                 if aux is not None:  # the mean over both views' rows, as on the concatenated batch
@@ -136,6 +242,13 @@ def fit_contrastive_projector(
         _, accuracy = info_nce_loss(out_a[:512], out_b[:512], temperature, gather=False, return_accuracy=True)
         zero_fraction = float((out_a == 0).float().mean())
     return layer, {"loss": history, "zero_fraction": zero_fraction, "positive_accuracy": float(accuracy)}
+
+
+def _standardize(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(standardised features, mean, std)``, the std floored at 1e-6."""
+    features = features.float()
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    return (features - mean) / std, mean, std
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from ..models.feature_layers import FeatureLayer, feature_layer_class, feature_layer_kinds
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from ..models.sae import ENCODER_INIT_NORM, SparseAutoencoder
+from .checks import autocast_off, check_features
 from .extraction import extract_pooled_features, resolve_base_model
 from .minibatch import MiniBatches
 
@@ -85,7 +86,7 @@ def fit_sae(
     batch_size: int = 256,
     seed: int = 0,
     sparsity_weight: float | None = None,
-    sae_normalize_input: bool = True,
+    sae_normalize_input: bool | str = True,
     dead_latents: str | None = None,
     auxk_weight: float = _AUXK_WEIGHT,
     dead_after_steps: int | None = None,
@@ -113,7 +114,9 @@ def fit_sae(
         epochs, lr, batch_size, seed: Adam on shuffled mini-batches of the cached matrix. Adam's steps
             have a fixed size, so features that barely vary around their mean (a randomly initialised
             backbone, say) need a smaller ``lr``; watch ``explained_variance`` in the report.
-        sae_normalize_input: L2-normalise the SAE input (the paper's recipe).
+        sae_normalize_input: when the SAE L2-normalises its input: True / "always" (fitting and codes, the
+            default), "fit" (fitting only: the codes encode the raw vector, as the authors' probe does) or
+            False / "never" (see :class:`~hf_monosem.models.FeatureLayerSettings`).
         dead_latents: what to do with latents that stopped firing: ``"auxk"`` (OpenAI's AuxK loss,
             Gao et al. 2024: the dead latents' largest pre-activations learn to reconstruct the
             residual, weighted ``auxk_weight``; ``topk`` only), ``"resample"`` (Anthropic 2023,
@@ -213,6 +216,7 @@ def fit_sae(
     return model, report
 
 
+@autocast_off  # a caller's autocast must not reach the fit (see .checks)
 def train_sae_layer(
     layer: SparseAutoencoder,
     features: torch.Tensor,
@@ -266,6 +270,7 @@ def train_sae_layer(
         )
     if not (isinstance(auxk_weight, (int, float)) and auxk_weight >= 0):
         raise ValueError(f"auxk_weight={auxk_weight!r} is not valid; allowed: a number >= 0")
+    check_features(features)
     device = features.device
     layer.to(device).train()
     n = features.shape[0]
@@ -283,7 +288,16 @@ def train_sae_layer(
         mean = prepared.mean(0)
         # each row's squared distance to the mean: the denominators of the explained variance
         spread = (prepared - mean).pow(2).sum(-1)
+        energy = prepared.double().pow(2).sum()
         del prepared
+        # variance at rounding level of the rows' energy: identical rows (their mean differs by an ulp)
+        if not float(spread.double().sum()) > 1e-10 * float(
+            energy
+        ):  # explained variance would be 0/0 (reported as 1.0 before)
+            raise ValueError(
+                f"features have no variance ({n} row(s), all equal after the SAE's input preparation, "
+                "e.g. one row or all-zero rows): there is nothing to explain; give at least two distinct rows"
+            )
         if init_pre_bias:  # the data mean: a cheap stand-in for the geometric median
             layer.pre_bias.copy_(mean)
     optimizer = _adam(layer.parameters(), lr)
@@ -354,7 +368,7 @@ def train_sae_layer(
 
 def _append_stats(report: dict[str, Any], totals: torch.Tensor, fired: torch.Tensor, rows: int) -> None:
     _, error, spread, active = totals.tolist()
-    report["explained_variance"].append(1.0 - error / max(spread, 1e-12))
+    report["explained_variance"].append(1.0 - error / spread if spread > 0 else float("nan"))
     report["l0"].append(active / rows)
     report["dead_fraction"].append(1.0 - float(fired.float().mean()))
 

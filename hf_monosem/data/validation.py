@@ -64,6 +64,14 @@ def validate_classification_dataset(
         raise ValueError(
             f"label column {label_column!r} not in the {split_name} dataset; its columns are {columns}"
         )
+    feature = getattr(dataset, "features", {}).get(label_column) if hasattr(dataset, "features") else None
+    names = getattr(feature, "names", None)
+    if names is not None and len(names) < 2:
+        # num_labels=1 would make it a regression with loss 0: nothing is learned, silently
+        raise ValueError(
+            f"the {split_name} label column {label_column!r} is a ClassLabel with {len(names)} class(es) "
+            f"{names}; classification needs at least 2 classes"
+        )
     if _problem_type(config) == "single_label_classification":
         # the column as one array (``dataset[column]`` iterates row by row in datasets >= 4)
         labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[:][label_column])
@@ -104,7 +112,12 @@ def validate_classification_batch(batch: Any, config: Any, *, split_name: str = 
             )
     ids = batch.get("input_ids")
     if ids is not None:
-        _check_max_token_id(int(_numpy(ids).max(initial=0)), config, split_name)
+        ids = _numpy(ids)
+        _check_max_token_id(int(ids.max(initial=0)), config, split_name)
+        if ids.size and int(ids.min()) < 0:
+            _check_min_token_id(int(ids.min()), split_name)
+        if ids.ndim == 2:
+            _check_length(ids.shape[1], config, split_name)
     if pixels is None and ids is None and batch.get("inputs_embeds") is None:
         raise ValueError(
             f"the first {split_name} batch has no model input: expected 'pixel_values' or 'input_ids', got {keys}"
@@ -131,7 +144,12 @@ def _problem_type(config: Any) -> str:
 def _check_class_ids(labels: np.ndarray, config: Any, split_name: str, where: str) -> None:
     if labels.dtype.kind not in "iu":
         if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
-            labels = labels.astype(np.int64)
+            # transformers picks the loss from the label dtype: float labels train as multi-label (BCE)
+            raise ValueError(
+                f"{split_name} labels {where}must be integer class ids, got dtype {labels.dtype} "
+                f"(e.g. {labels.ravel()[:3].tolist()}): float labels train as multi-label classification; "
+                "cast the column to int64 (or a ClassLabel) for single-label classification"
+            )
         else:
             raise ValueError(
                 f"{split_name} labels {where}must be integer class ids, got dtype {labels.dtype} "
@@ -155,9 +173,39 @@ def _check_token_ids(dataset: Any, config: Any, split_name: str) -> None:
         column = arrow[start : start + _CHUNK]["input_ids"]
         while hasattr(column.type, "value_type"):  # list<...> -> its values
             column = pc.list_flatten(column)
-        top = pc.max(column).as_py()
+        top, bottom = pc.max(column).as_py(), pc.min(column).as_py()
         largest = max(largest, top if top is not None else 0)
+        if bottom is not None and bottom < 0:
+            _check_min_token_id(bottom, split_name)
+        longest = arrow[start : start + _CHUNK]["input_ids"]
+        if hasattr(longest.type, "value_type"):
+            _check_length(pc.max(pc.list_value_length(longest)).as_py() or 0, config, split_name)
     _check_max_token_id(largest, config, split_name)
+
+
+#: families with a learned absolute position table: sequence length limit = max_position_embeddings
+#: (RoBERTa-like ones start positions after the padding index)
+_ABSOLUTE_POSITIONS = {"bert": 0, "distilbert": 0, "electra": 0, "albert": 0, "roberta": 1, "xlm-roberta": 1,
+                       "camembert": 1, "mpnet": 1}  # fmt: skip
+
+
+def _check_min_token_id(smallest: int, split_name: str) -> None:
+    raise ValueError(f"{split_name} input_ids hold token id {smallest}; token ids must be >= 0")
+
+
+def _check_length(length: int, config: Any, split_name: str) -> None:
+    backbone = config.backbone_config
+    offset = _ABSOLUTE_POSITIONS.get(getattr(backbone, "model_type", None))
+    table = getattr(backbone, "max_position_embeddings", None)
+    if offset is None or not isinstance(table, int):
+        return
+    limit = table - (offset * ((getattr(backbone, "pad_token_id", None) or 0) + 1))
+    if length > limit:
+        raise ValueError(
+            f"{split_name} input_ids hold sequences of {length} tokens but the {backbone.model_type} backbone "
+            f"has positions for {limit} (max_position_embeddings={table}); truncate when tokenising "
+            f"(tokenizer(..., truncation=True, max_length={limit}))"
+        )
 
 
 def _check_max_token_id(largest: int, config: Any, split_name: str) -> None:

@@ -44,9 +44,13 @@ def paper_family(mode: str, mono: str) -> str | None:
     Example:
         >>> paper_family("probe", "sae_k64"), paper_family("finetune", "nce"), paper_family("finetune", "ncl")
         ('sae', 'nce', None)
+        >>> paper_family("probe", "simclr_sae_k16"), paper_family("probe", "ncl_leak")
+        ('sae', None)
     """
     if mode == "probe":
-        return "sae" if mono.startswith("sae") else ("ncl" if mono == "ncl" else None)
+        # the paper's post-hoc SAE reads the projector output: ours on raw features or on the SimCLR output
+        # (simclr_sae_k*); the label-leak variant (ncl_leak) is never set beside the paper's gaps
+        return "sae" if mono.startswith(("sae", "simclr_sae")) else ("ncl" if mono == "ncl" else None)
     return "nce" if mono == "nce" else None  # NCE from the NCL model has no counterpart in the paper
 
 

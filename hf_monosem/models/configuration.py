@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -24,6 +26,7 @@ __all__ = [
     "MonoSemanticConfig",
     "backbone_hidden_size",
     "default_pooling",
+    "public_name",
 ]
 
 #: how the backbone's output becomes one vector per input.
@@ -75,6 +78,35 @@ def default_pooling(config: PreTrainedConfig) -> str:
     return "cls"
 
 
+def public_name(name_or_path: Any) -> Any:
+    """A Hub id unchanged; a local folder or file (absolute, ``./``/``../``/``~`` relative, or existing)
+    by its last component, so that saved files never hold a machine path.
+
+    Example:
+        >>> public_name("sentence-transformers/all-MiniLM-L6-v2"), public_name("/home/me/models/minilm/")
+        ('sentence-transformers/all-MiniLM-L6-v2', 'minilm')
+    """
+    if not isinstance(name_or_path, str) or not name_or_path:
+        return name_or_path
+    text = os.path.expanduser(name_or_path)
+    if os.path.isabs(text) or name_or_path.startswith((".", "~")) or os.path.exists(text):
+        return os.path.basename(os.path.normpath(text))
+    return name_or_path
+
+
+def _scrub_local_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: public_name(item)
+            if key in ("backbone", "_name_or_path", "name_or_path")
+            else _scrub_local_paths(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub_local_paths(item) for item in value]
+    return value
+
+
 class MonoSemanticConfig(PreTrainedConfig):
     r"""Configuration of a backbone with a (mono- or polysemantic) feature layer and a linear head.
 
@@ -93,7 +125,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         feature_layer: one of ``"linear"`` (polysemantic baseline), ``"nonneg"`` (NCL-style
             non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
-        projector_hidden_dim, nonneg_activation, topk, sparsity_weight, reconstruction_weight,
+        projector_hidden_dim, nonneg_activation, nonneg_order, topk, sparsity_weight, reconstruction_weight,
             sae_normalize_input, activation_loss_weight: the feature layer's settings; meaning, defaults and validation are
             those of :class:`~.feature_layers.FeatureLayerSettings` (``topk`` of a ``topk`` layer is
             filled in here: ``feature_dim // 8``, the paper's ratio).
@@ -151,10 +183,11 @@ class MonoSemanticConfig(PreTrainedConfig):
     # the feature layer's settings: defaults from FeatureLayerSettings, their one source
     projector_hidden_dim: int | None = FeatureLayerSettings.projector_hidden_dim
     nonneg_activation: str = FeatureLayerSettings.nonneg_activation
+    nonneg_order: str = FeatureLayerSettings.nonneg_order
     topk: int | None = FeatureLayerSettings.topk
     sparsity_weight: float = FeatureLayerSettings.sparsity_weight
     reconstruction_weight: float = FeatureLayerSettings.reconstruction_weight
-    sae_normalize_input: bool = FeatureLayerSettings.sae_normalize_input
+    sae_normalize_input: bool | str = FeatureLayerSettings.sae_normalize_input
     activation_loss_weight: float = FeatureLayerSettings.activation_loss_weight
     pooling: str | None = None
     freeze_backbone: bool = False
@@ -228,6 +261,17 @@ class MonoSemanticConfig(PreTrainedConfig):
         output = super().to_dict()
         output.pop("_backbone_loading_kwargs", None)  # may hold a token: not part of the checkpoint
         return output
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The JSON ``save_pretrained`` writes, with local folders named by their last component
+        (``backbone`` and every ``_name_or_path``): a checkpoint must not carry the saver's machine
+        paths. The weights are in the checkpoint, so loading it never reads ``backbone``."""
+        return (
+            json.dumps(
+                _scrub_local_paths(json.loads(super().to_json_string(use_diff))), indent=2, sort_keys=True
+            )
+            + "\n"
+        )
 
     def _resolve_backbone_config(self) -> PreTrainedConfig:
         config = self.backbone_config

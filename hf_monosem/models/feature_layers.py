@@ -35,8 +35,10 @@ from torch import nn
 __all__ = [
     "FEATURE_LAYERS",
     "NONNEG_ACTIVATIONS",
+    "SAE_INPUT_NORMALIZATIONS",
     "FeatureLayer",
     "FeatureLayerSettings",
+    "NONNEG_ORDERS",
     "LinearFeatures",
     "NonNegativeFeatures",
     "activation_loss",
@@ -93,6 +95,15 @@ NONNEG_ACTIVATIONS: dict[str, Any] = {
     "abs": torch.abs,
 }
 
+#: when an SAE L2-normalises its input: while fitting and encoding, only while fitting, or never
+SAE_INPUT_NORMALIZATIONS = ("always", "fit", "never")
+
+#: where ``nonneg``'s non-negativity sits: ``"plain"`` on the projector output (P2's order);
+#: ``"authors"`` between two L2 normalisations, normalise -> activation -> normalise (the order of
+#: PKU-ML/Beyond_Interpretability's NCL: with ``rep_relu`` each coordinate sits near ``1/sqrt(F)``,
+#: where GELU's slope is ~0.5, so units whose pre-activation turned negative still learn)
+NONNEG_ORDERS = ("plain", "authors")
+
 # Denominators below this are treated as zero (all-zero inputs must not produce NaN).
 _EPS = 1e-8
 
@@ -122,10 +133,19 @@ class FeatureLayerSettings:
         projector_hidden_dim: if set, ``linear``/``nonneg`` use a two-layer MLP projector
             ``input -> projector_hidden_dim -> feature_dim`` (SimCLR/NCL).
         nonneg_activation: the non-negativity of ``nonneg``, a key of :data:`NONNEG_ACTIVATIONS`.
+        nonneg_order: where ``nonneg`` applies it, one of :data:`NONNEG_ORDERS` (``"authors"``:
+            ``normalize(activation(normalize(projector(x))))``, unit-norm outputs).
         topk: active latents per input of ``topk`` (``None``: :meth:`default_topk`).
         sparsity_weight: weight of the L1 term of ``sae``.
         reconstruction_weight: weight of the reconstruction term of ``sae``/``topk``.
-        sae_normalize_input: L2-normalise the SAE input (the paper's post-hoc recipe).
+        sae_normalize_input: when ``sae``/``topk`` L2-normalise their input, one of
+            :data:`SAE_INPUT_NORMALIZATIONS`: ``"always"`` (fitting and encoding; ``True`` means this,
+            the default, so older checkpoints load unchanged), ``"fit"`` (only while fitting: the
+            reconstruction loss, the fitting kernel, dead-latent resampling and explained variance
+            read the normalised vector, but the codes a head reads encode the *raw* vector, so they
+            scale with its norm -- the Beyond-Interpretability authors' probe, which trains the SAE on
+            ``F.normalize(z)`` and encodes the un-normalised projector output) or ``"never"``
+            (``False`` means this).
         activation_loss_weight: weight of ``nonneg``'s ``activation_loss`` term,
             ``-mean_j mean_batch |z_j|`` on the L2-normalised output: a reward for active units against
             NCL's collapse onto a few of them (the Beyond-Interpretability authors' NCL adds it with
@@ -144,10 +164,11 @@ class FeatureLayerSettings:
     feature_dim: int
     projector_hidden_dim: int | None = None
     nonneg_activation: str = "relu"
+    nonneg_order: str = "plain"
     topk: int | None = None
     sparsity_weight: float = 1e-3
     reconstruction_weight: float = 1.0
-    sae_normalize_input: bool = True
+    sae_normalize_input: bool | str = True
     activation_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -159,14 +180,22 @@ class FeatureLayerSettings:
             raise _bad("projector_hidden_dim", self.projector_hidden_dim, "None or a positive integer")
         if not isinstance(self.nonneg_activation, str) or self.nonneg_activation not in NONNEG_ACTIVATIONS:
             raise _bad("nonneg_activation", self.nonneg_activation, ", ".join(map(repr, NONNEG_ACTIVATIONS)))
+        if not isinstance(self.nonneg_order, str) or self.nonneg_order not in NONNEG_ORDERS:
+            raise _bad("nonneg_order", self.nonneg_order, ", ".join(map(repr, NONNEG_ORDERS)))
         if self.topk is not None and (not _is_int(self.topk) or not 1 <= self.topk <= self.feature_dim):
             raise _bad("topk", self.topk, f"an integer in [1, feature_dim={self.feature_dim}]")
         for name in ("sparsity_weight", "reconstruction_weight", "activation_loss_weight"):
             value = getattr(self, name)
             if not _is_number(value) or not value >= 0:
                 raise _bad(name, value, "a number >= 0")
-        if not isinstance(self.sae_normalize_input, bool):
-            raise _bad("sae_normalize_input", self.sae_normalize_input, "True or False")
+        if not isinstance(self.sae_normalize_input, bool) and self.sae_normalize_input not in (
+            SAE_INPUT_NORMALIZATIONS
+        ):
+            raise _bad(
+                "sae_normalize_input",
+                self.sae_normalize_input,
+                f"True, False, {', '.join(map(repr, SAE_INPUT_NORMALIZATIONS))}",
+            )
 
     @classmethod
     def from_config(cls, config: Any) -> FeatureLayerSettings:
@@ -185,6 +214,22 @@ class FeatureLayerSettings:
         if isinstance(config, cls):
             return config
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
+
+    @property
+    def sae_input_normalization(self) -> str:
+        """``sae_normalize_input`` as one of :data:`SAE_INPUT_NORMALIZATIONS` (``True`` -> ``"always"``,
+        ``False`` -> ``"never"``).
+
+        Example:
+            >>> FeatureLayerSettings(feature_dim=8).sae_input_normalization
+            'always'
+            >>> FeatureLayerSettings(feature_dim=8, sae_normalize_input="fit").sae_input_normalization
+            'fit'
+        """
+        value = self.sae_normalize_input
+        if isinstance(value, bool):
+            return "always" if value else "never"
+        return value
 
     @staticmethod
     def default_topk(feature_dim: int) -> int:
@@ -370,7 +415,10 @@ class NonNegativeFeatures(LinearFeatures):
             self.loss_weights["activation_loss"] = float(self.settings.activation_loss_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features = self.activation(self.project(x))
+        if self.settings.nonneg_order == "authors":
+            features = F.normalize(self.activation(F.normalize(self.project(x), dim=-1)), dim=-1)
+        else:
+            features = self.activation(self.project(x))
         if not self.settings.activation_loss_weight:
             return features, {}
         return features, {"activation_loss": activation_loss(features)}

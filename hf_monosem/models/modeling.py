@@ -104,13 +104,26 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
             check_checkpoint_folder(os.path.join(pretrained_model_name_or_path, subfolder))
         elif isinstance(pretrained_model_name_or_path, str) and kwargs.get("config") is None:
             check_hub_checkpoint(pretrained_model_name_or_path, **kwargs)
+        wants_info = bool(kwargs.pop("output_loading_info", False))
         token = _LOADING_CHECKPOINT.set(True)
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         finally:
             _LOADING_CHECKPOINT.reset(token)
+        # transformers only logs missing weights; a feature layer left at its random initialisation
+        # would silently change every result (a head may be missing: loading a base model into a classifier)
+        missing = sorted(k for k in info.get("missing_keys", ()) if "feature_layer." in k)
+        if missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds no weights for the feature layer ({missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}): it would be randomly initialised. The checkpoint was "
+                f"saved with another feature layer (this config has feature_layer={model.config.feature_layer!r})"
+                " or is damaged"
+            )
         model._apply_backbone_freezing()
-        return model
+        return (model, info) if wants_info else model
 
     @classmethod
     def from_backbone(cls, backbone: str | PreTrainedModel, **config_kwargs) -> MonoSemanticPreTrainedModel:

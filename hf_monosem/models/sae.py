@@ -20,6 +20,7 @@ Same-folder imports only (remote-code export copies this folder next to the weig
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple
 
@@ -132,6 +133,20 @@ def _topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     return candidates.gather(1, chosen)
 
 
+def _autocast_off_backward(backward):
+    """Run a custom Function's backward with autocast off: ``loss.backward()`` called inside a caller's
+    ``torch.autocast`` block runs CPU backwards under it, and the sparse products here have no bf16
+    kernels (``NotImplementedError: addmm_out_sparse_csr``) and must stay fp32 anyway."""
+
+    @functools.wraps(backward)
+    def wrapped(ctx, *grads):
+        device_type = next((g.device.type for g in grads if isinstance(g, torch.Tensor)), "cpu")
+        with torch.autocast(device_type=device_type, enabled=False), torch.autocast("cpu", enabled=False):
+            return backward(ctx, *grads)
+
+    return wrapped
+
+
 class _GatheredPreactivations(torch.autograd.Function):
     """``pre.gather(1, indices)`` where ``pre = (x - pre_bias) @ weight.T + bias`` was computed without a graph.
 
@@ -146,6 +161,7 @@ class _GatheredPreactivations(torch.autograd.Function):
         return pre.gather(1, indices)
 
     @staticmethod
+    @_autocast_off_backward
     def backward(ctx, grad):
         x, pre_bias, weight, indices = ctx.saved_tensors
         grad_x = grad_pre_bias = grad_weight = grad_bias = None
@@ -175,6 +191,7 @@ class _SparseDecode(torch.autograd.Function):
         return F.embedding_bag(indices, decoder_t, per_sample_weights=values.to(decoder_t.dtype), mode="sum")
 
     @staticmethod
+    @_autocast_off_backward
     def backward(ctx, grad):
         values, indices, decoder_t = ctx.saved_tensors
         grad_values = grad_decoder = None
@@ -204,6 +221,7 @@ class _DecodeWithDecoderNormL1(torch.autograd.Function):
         return F.linear(codes, weight), codes.mean(0) @ norms
 
     @staticmethod
+    @_autocast_off_backward
     def backward(ctx, grad_decoded, grad_l1):
         codes, weight, norms, unclamped = ctx.saved_tensors
         grad_codes = grad_weight = None
@@ -239,14 +257,21 @@ class SparseAutoencoder(FeatureLayer):
     """Shared parts of the ReLU and TopK SAEs: pre-bias, encoder, unit-norm decoder, reconstruction.
 
     Inputs are optionally L2-normalised first (the paper's post-hoc SAE reads the normalised
-    projector output), which also makes the losses scale-free. Subclasses implement :meth:`encode`.
+    projector output), which also makes the losses scale-free; with ``sae_normalize_input="fit"``
+    only the fitting objective reads the normalised vector and the codes encode the raw one
+    (:attr:`input_normalization`). Subclasses implement :meth:`encode`.
     """
 
     is_sparse_autoencoder = True
 
     def __init__(self, input_dim: int, settings: FeatureLayerSettings):
         super().__init__(input_dim, settings)
-        self.normalize_input = self.settings.sae_normalize_input
+        #: ``"always"``, ``"fit"`` or ``"never"`` (see ``FeatureLayerSettings.sae_normalize_input``)
+        self.input_normalization = self.settings.sae_input_normalization
+        #: the codes encode the L2-normalised input (``"always"``)
+        self.normalize_input = self.input_normalization == "always"
+        #: the fitting objective reads the L2-normalised input (``"always"`` or ``"fit"``)
+        self.normalize_fit_input = self.input_normalization != "never"
         self.pre_bias = nn.Parameter(torch.zeros(input_dim))
         self.encoder = nn.Linear(input_dim, self.feature_dim)
         self.decoder = nn.Linear(self.feature_dim, input_dim, bias=False)
@@ -273,7 +298,25 @@ class SparseAutoencoder(FeatureLayer):
         hf_init.zeros_(self.pre_bias)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        # SAE arithmetic in fp32: reconstruction errors are small differences of large numbers.
+        """The vector the fitting objective reads: fp32, L2-normalised unless ``"never"``.
+
+        SAE arithmetic runs in fp32: reconstruction errors are small differences of large numbers.
+        """
+        x = x.float()
+        if self.normalize_fit_input:
+            x = F.normalize(x, dim=-1, eps=_EPS)
+        return x
+
+    def prepare_code_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The vector the codes (the features a head reads) encode: fp32, L2-normalised only if ``"always"``.
+
+        Example:
+            >>> fit = TopKSparseAutoencoderFeatures(
+            ...     4, FeatureLayerSettings(feature_dim=8, topk=2, sae_normalize_input="fit"))
+            >>> x = torch.tensor([[3.0, 4.0, 0.0, 0.0]])
+            >>> fit.prepare_code_input(x).norm().item(), fit.prepare_input(x).norm().item()
+            (5.0, 1.0)
+        """
         x = x.float()
         if self.normalize_input:
             x = F.normalize(x, dim=-1, eps=_EPS)
@@ -297,10 +340,16 @@ class SparseAutoencoder(FeatureLayer):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Autocast would run the encoder/decoder matmuls in bf16/fp16; keep the SAE in fp32.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = self.prepare_input(x)
-            codes = self.encode(x)
-            reconstruction, aux = self.decode_with_losses(codes)
-            aux = {"reconstruction_loss": self.normalized_mse(x, reconstruction), **aux}
+            fit_input = self.prepare_input(x)
+            fit_codes = self.encode(fit_input)
+            reconstruction, aux = self.decode_with_losses(fit_codes)
+            aux = {"reconstruction_loss": self.normalized_mse(fit_input, reconstruction), **aux}
+            # "fit": the loss terms are those of the normalised vector, the codes encode the raw one
+            codes = (
+                fit_codes
+                if self.normalize_input == self.normalize_fit_input
+                else self.encode(self.prepare_code_input(x))
+            )
         return codes, aux
 
     def decode_with_losses(self, codes: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -440,6 +489,7 @@ class SparseAutoencoder(FeatureLayer):
         fired = torch.zeros(self.feature_dim, dtype=torch.bool, device=device)
         prepared = torch.cat([self.prepare_input(chunk) for chunk in features.split(batch_size)])
         mean = prepared.mean(0, keepdim=True)
+        energy = prepared.double().pow(2).sum()
         for x in prepared.split(batch_size):
             step = self._fit_forward_prepared(x, None)
             err += step.squared_error.double()
@@ -447,8 +497,17 @@ class SparseAutoencoder(FeatureLayer):
             active += step.active.double()
             fired |= step.fired
         n = features.shape[0]
+        # one row, or every row equal after the input preparation (their mean differs by an ulp): 0/0, not 1.0
+        undefined = not float(total) > 1e-10 * float(energy)
+        if undefined:
+            warnings.warn(
+                f"explained variance is undefined for these {n} input row(s): they have no variance "
+                "(one row, all-zero or identical rows); reported as NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return {
-            "explained_variance": float(1.0 - err / total.clamp_min(1e-12)),
+            "explained_variance": float("nan") if undefined else float(1.0 - err / total),
             "l0": float(active / n),
             "dead_fraction": float(1.0 - fired.float().mean()),
         }

@@ -19,14 +19,20 @@ The mapping, ``W`` our encoder weight ``[M, D]``, ``b`` its bias, ``V`` our deco
   equal and SAELens' reconstruction is ours times the input's norm (in the input's scale). SAELens'
   other normalisations have no counterpart (``layer_norm`` centres the input, ``expected_average_only_in``
   is a dataset constant applied outside the SAE): a layer without normalisation is written with
-  ``"none"``. Read back: ``constant_norm_rescale`` -> normalised input, ``none`` and
-  ``expected_average_only_in`` (which SAELens' inference also leaves to the caller) -> not;
+  ``"none"``. A layer normalised only while fitting (``sae_normalize_input="fit"``: its codes encode the
+  raw vector) is written with ``"none"`` and unscaled weights, so SAELens' codes are its inference codes;
+  SAELens has no per-example normalisation of training inputs alone (its ``expected_average_only_in``
+  is one dataset-wide constant, folded into the weights when a pretrained SAE is loaded), so the
+  ``hf_monosem`` block keeps ``"normalize_input": "fit"`` for the way back. Read back:
+  ``constant_norm_rescale`` -> normalised input, ``none`` and ``expected_average_only_in`` (which
+  SAELens' inference also leaves to the caller) -> not, unless the ``hf_monosem`` block says ``"fit"``;
   ``apply_b_dec_to_input=False`` and ``rescale_acts_by_decoder_norm=True`` are folded into the weights.
 * sparsify ``SparseCoder`` (``topk`` only: its codes are ReLU then top-k, the same nonzero codes):
   ``encoder.weight = W``, ``encoder.bias = b``, ``W_dec = V.T``, ``b_dec = p``. sparsify has no input
   normalisation: a layer that normalises its input is written as is, and ``cfg.json`` records
   ``"hf_monosem": {"normalize_input": true}`` (sparsify ignores unknown keys): feed it the
-  L2-normalised vector.
+  L2-normalised vector. ``"normalize_input": "fit"`` (normalised while fitting only): feed it the raw
+  vector, as our layer's codes do.
 
 The metadata names where the SAE reads: SAELens' ``metadata.model_name`` is the backbone's Hub id or
 folder and ``metadata.hook_name`` the pooled vector (``"pooled.<pooling>"``, e.g. ``"pooled.mean"``);
@@ -59,6 +65,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .configuration import _scrub_local_paths, public_name
 from .feature_layers import FeatureLayerSettings
 from .sae import SparseAutoencoder, SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
 
@@ -72,6 +79,8 @@ _WEIGHTS = {"saelens": "sae_weights.safetensors", "sparsify": "sae.safetensors"}
 # the current format)
 _SAELENS_VERSION = "6.54.12"
 _SAELENS_ARCHITECTURES = {"topk": "topk", "sae": "standard"}
+# the hf_monosem block's "normalize_input" per input normalisation (FeatureLayerSettings.sae_normalize_input)
+_NORMALIZE_INPUT_VALUES = {"always": True, "fit": "fit", "never": False}
 
 
 def save_sae(
@@ -99,11 +108,13 @@ def save_sae(
     if format not in SAE_FORMATS:
         raise ValueError(f"format={format!r} is not valid; allowed: {', '.join(map(repr, SAE_FORMATS))}")
     layer, found_backbone, found_pooling = _sae_of(model_or_layer)
-    backbone = backbone if backbone is not None else found_backbone
+    # a local folder is named by its last component: cfg.json must not carry the saver's machine paths
+    backbone = public_name(backbone if backbone is not None else found_backbone)
     pooling = pooling if pooling is not None else found_pooling
     ours = {
         "kind": layer.kind,
-        "normalize_input": bool(layer.normalize_input),
+        # True ("always"), False ("never") or "fit": older readers of True / False keep working
+        "normalize_input": _NORMALIZE_INPUT_VALUES[layer.input_normalization],
         "pooling": pooling,
         "backbone": backbone,
         "sparsity_weight": float(layer.settings.sparsity_weight),
@@ -124,7 +135,7 @@ def save_sae(
         os.path.join(folder, _WEIGHTS[format]),
     )
     with open(os.path.join(folder, _CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
+        json.dump(_scrub_local_paths(config), f, indent=2)
     return os.fspath(folder)
 
 
@@ -237,7 +248,7 @@ def load_sae(
     subfolder: str | None = None,
     *,
     format: str | None = None,
-    normalize_input: bool | None = None,
+    normalize_input: bool | str | None = None,
     revision: str | None = None,
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -246,9 +257,9 @@ def load_sae(
     """Read a SAELens or sparsify checkpoint (a folder or a Hub id, see :func:`resolve_sae_folder`) into
     an ``sae``/``topk`` feature layer; return ``(layer, info)``.
 
-    ``format`` is detected from the weights file when ``None``. ``normalize_input`` overrides what the
-    checkpoint says about L2-normalising the input (sparsify checkpoints not written here say nothing:
-    no normalisation). ``info`` holds ``format``, ``architecture``, ``model_name``, ``hook_name``,
+    ``format`` is detected from the weights file when ``None``. ``normalize_input`` (a value of
+    ``FeatureLayerSettings.sae_normalize_input``) overrides what the checkpoint says about L2-normalising
+    the input (sparsify checkpoints not written here say nothing: no normalisation). ``info`` holds ``format``, ``architecture``, ``model_name``, ``hook_name``,
     ``pooling`` and ``folder``. The layer is in eval mode, in fp32.
     """
     folder = resolve_sae_folder(
@@ -268,14 +279,34 @@ def load_sae(
         raise ValueError(
             f"format={format!r} is not valid; allowed: None, {', '.join(map(repr, SAE_FORMATS))}"
         )
-    with open(os.path.join(folder, _CONFIG)) as f:
-        config = json.load(f)
-    tensors = {name: t.float() for name, t in load_file(os.path.join(folder, _WEIGHTS[format])).items()}
+    config_path, weights_path = os.path.join(folder, _CONFIG), os.path.join(folder, _WEIGHTS[format])
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except ValueError as error:
+        raise ValueError(
+            f"{config_path} is not valid JSON ({error}); the SAE checkpoint is damaged"
+        ) from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} holds a {type(config).__name__}, not a JSON object of SAE settings")
+    try:
+        tensors = {name: t.float() for name, t in load_file(weights_path).items()}
+    except Exception as error:  # safetensors' own error types for truncated / garbled files
+        raise ValueError(f"{weights_path} cannot be read ({error}); the SAE checkpoint is damaged") from error
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{weights_path} holds NaN/inf in {name!r}; the SAE checkpoint is damaged")
     reader = _from_saelens if format == "saelens" else _from_sparsify
-    kind, dim, width, k, normalized, tensors, info = reader(config, tensors)
+    try:
+        kind, dim, width, k, normalized, tensors, info = reader(config, tensors)
+    except KeyError as error:
+        raise ValueError(
+            f"{config_path} / {os.path.basename(weights_path)} lack {error.args[0]!r}, which a {format} SAE "
+            "checkpoint holds"
+        ) from error
     ours = info.pop("ours")
     if normalize_input is not None:
-        normalized = bool(normalize_input)
+        normalized = normalize_input
     settings_kwargs = {
         name: ours[name]
         for name in ("sparsity_weight", "reconstruction_weight")
@@ -286,7 +317,12 @@ def load_sae(
     )
     cls = TopKSparseAutoencoderFeatures if kind == "topk" else SparseAutoencoderFeatures
     layer = cls(dim, settings)
-    layer.load_state_dict(tensors)
+    try:
+        layer.load_state_dict(tensors)
+    except RuntimeError as error:  # sizes that disagree with cfg.json
+        raise ValueError(
+            f"the weights in {weights_path} do not fit the sizes in {config_path}: {error}"
+        ) from error
     layer.eval()
     info.update(format=format, folder=folder, normalize_input=normalized)
     info.setdefault("pooling", ours.get("pooling"))
@@ -323,6 +359,9 @@ def _from_saelens(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
         b_enc = b_enc + b_dec @ w_enc
     normalized = normalization == "constant_norm_rescale"
     scale = math.sqrt(dim) if normalized else 1.0
+    ours = metadata.get("hf_monosem") or {}
+    if not normalized and ours.get("normalize_input") == "fit":  # normalised while fitting only
+        normalized = "fit"
     state = {
         "pre_bias": b_dec / scale,
         "encoder.weight": (w_enc * scale).t().contiguous(),
@@ -335,7 +374,7 @@ def _from_saelens(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
         "architecture": architecture,
         "model_name": metadata.get("model_name", config.get("model_name")),
         "hook_name": metadata.get("hook_name", config.get("hook_name")),
-        "ours": metadata.get("hf_monosem") or {},
+        "ours": ours,
     }
     return kind, dim, width, k, normalized, state, info
 
@@ -358,7 +397,9 @@ def _from_sparsify(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
         "decoder.weight": tensors["W_dec"].t().contiguous(),
     }
     info = {"architecture": "topk", "model_name": ours.get("backbone"), "hook_name": None, "ours": ours}
-    return "topk", dim, width, int(config["k"]), bool(ours.get("normalize_input", False)), state, info
+    normalized = ours.get("normalize_input", False)
+    normalized = normalized if normalized == "fit" else bool(normalized)
+    return "topk", dim, width, int(config["k"]), normalized, state, info
 
 
 def model_from_sae(
@@ -369,7 +410,7 @@ def model_from_sae(
     subfolder: str | None = None,
     sae_revision: str | None = None,
     local_files_only: bool = False,
-    normalize_input: bool | None = None,
+    normalize_input: bool | str | None = None,
     **config_kwargs: Any,
 ):
     """``model_class.from_backbone(backbone, ...)`` with the SAE checkpoint ``sae`` as its feature layer.
@@ -403,7 +444,7 @@ def model_from_sae(
         backbone,
         feature_layer=layer.kind,
         feature_dim=layer.feature_dim,
-        sae_normalize_input=layer.normalize_input,
+        sae_normalize_input=layer.settings.sae_normalize_input,
         sparsity_weight=settings.sparsity_weight,
         reconstruction_weight=settings.reconstruction_weight,
         **({"topk": layer.k} if layer.kind == "topk" else {}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,10 @@ def _load_state(state_file: str) -> dict[str, list[dict[str, Any]]]:
     """The finished cells of a state file: cell key -> its records (empty when there is no file).
 
     A last line without its newline was cut off by a kill while being appended: it is dropped from
-    the file (that cell runs again), so the next cell's line starts on a line of its own.
+    the file (that cell runs again), so the next cell's line starts on a line of its own. Every line
+    carries a SHA-256 of its cell and records: a line that is not JSON, lacks a field, holds no records
+    or fails its hash (edited by hand, damaged, or written before the hash existed) is named in a
+    warning and its cell runs again, instead of stopping the run or being trusted.
     """
     done: dict[str, list[dict[str, Any]]] = {}
     if os.path.isfile(state_file):
@@ -107,16 +111,41 @@ def _load_state(state_file: str) -> dict[str, list[dict[str, Any]]]:
         if complete < len(data):
             with open(state_file, "r+b") as f:
                 f.truncate(complete)
-        for line in data[:complete].decode("utf-8").splitlines():
-            if line.strip():
+        for number, line in enumerate(data[:complete].decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            why = None
+            try:
                 entry = json.loads(line)
-                done[entry["cell"]] = entry["records"]
+            except ValueError as error:
+                why = f"not JSON ({error})"
+            else:
+                if not isinstance(entry, dict) or not {"cell", "records", "sha256"} <= set(entry):
+                    why = "it lacks the fields cell / records / sha256"
+                elif not isinstance(entry["records"], list) or not entry["records"]:
+                    why = "it holds no records"
+                elif entry["sha256"] != _state_hash(entry["cell"], entry["records"]):
+                    why = "its content does not match its hash (edited or damaged)"
+            if why is not None:
+                warnings.warn(
+                    f"{state_file} line {number} is not used: {why}; that cell runs again", stacklevel=3
+                )
+                continue
+            done[entry["cell"]] = entry["records"]
     return done
 
 
+def _state_hash(cell: str, records: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps([cell, records], sort_keys=True).encode()).hexdigest()
+
+
 def _append_state(state_file: str, cell: str, records: list[dict[str, Any]]) -> None:
+    line = json.dumps({"cell": cell, "records": records, "sha256": _state_hash(cell, records)})
+    # records round-trip through JSON (floats exactly): the hash a reader recomputes is this one
     with open(state_file, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"cell": cell, "records": records}) + "\n")
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def finetune_records(
@@ -146,6 +175,9 @@ def finetune_records(
     noisy = noisy_label_draws(y_pool, track.label_feature, rates, seeds)
     shot_rows = {k: few_shot_rows(y_pool, track.label_feature, k, seeds) for k in shots}
     budget_key = json.dumps({**budget.__dict__, "rates": rates, "shots": shots}, sort_keys=True)
+    # a clean-label cell is also evaluated on every input-noise cell: those are part of its key, so an
+    # added noise cell reruns it (before, it was reused without the new records)
+    noise_cells_key = json.dumps([list(c) for c in track.noise_cells])
 
     cells = []
     for method in track.finetune_models:
@@ -167,6 +199,8 @@ def finetune_records(
     bar = tqdm(cells, desc=f"fine-tune grid ({track.name})", disable=not progress)
     for method, scenario, level, seed, extra in bar:
         key = f"{track.description}|{budget_key}|{method}|{scenario}|{level}|{seed}"
+        if scenario == "label_noise" and level == 0.0 and track.noise_cells:
+            key += f"|{noise_cells_key}"
         cell = hashlib.sha256(key.encode()).hexdigest()
         if cell in done:
             records.extend(done[cell])

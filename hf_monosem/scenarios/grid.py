@@ -336,6 +336,43 @@ def _selection_labels(track: Track, protocol: ProbeProtocol) -> tuple[torch.Tens
     return selection_labels(track.labels[TRAIN], track.label_feature, protocol)
 
 
+#: how many decades :func:`probe_records` extends an ``lr_grid`` downward at most (a rate 1e4 x below
+#: the grid's lowest leaves a probe at its initialisation; the cap only guarantees the loop ends)
+MAX_LR_GRID_EXTENSIONS = 4
+
+
+def _select_rates(
+    track: Track, protocol: ProbeProtocol, features: dict, views: dict, seeds: list[int]
+) -> tuple[dict[str, tuple[float, dict[float, float]]], int]:
+    """``({representation: (lr, held-out scores)}, extensions)`` for a protocol with an ``lr_grid``
+    (``({}, 0)`` without one).
+
+    Every representation picks its rate on the held-out noisy training rows; while any picks the grid's
+    lowest rate, the grid (of every representation) is extended downward by a decade
+    (:meth:`ProbeProtocol.extended_downward`) and the choice made again, reusing the scores already
+    measured: the P3 protocol's rule. ``extensions`` counts the decades added (at most
+    :data:`MAX_LR_GRID_EXTENSIONS`).
+    """
+    if not protocol.lr_grid:
+        return {}, 0
+    noisy, rows = _selection_labels(track, protocol)
+    grid_protocol, picks, extensions = protocol, {}, 0
+    while True:
+        for name, f in features.items():
+            train = views.get(name, f[TRAIN])
+            known = picks.get(name, (None, None))[1]
+            picks[name] = grid_protocol.select_lr(train, noisy, track.num_labels, seeds, rows, scores=known)
+        lowest = min(grid_protocol.lr_grid)
+        at_edge = sorted(name for name, (lr, _) in picks.items() if lr == lowest)
+        if not at_edge or extensions == MAX_LR_GRID_EXTENSIONS:
+            return picks, extensions
+        logger.info(
+            "%s: %s picked the lowest rate %g of the lr grid; extending it a decade downward",
+            protocol.name, ", ".join(at_edge), lowest,
+        )  # fmt: skip
+        grid_protocol, extensions = grid_protocol.extended_downward(), extensions + 1
+
+
 def probe_records(
     track: Track,
     rates: list[float],
@@ -354,7 +391,10 @@ def probe_records(
     ``0.0`` in ``rates``), ``few_shot`` at each k, ``domain_shift_in_domain`` and ``domain_shift_shifted``.
     ``protocol`` (:mod:`hf_monosem.scenarios.protocols`) says how probes train; without one, AdamW at
     ``lr`` for ``epochs`` on the features as given (protocol name ``"fixed"``). Each record names its
-    protocol and probe learning rate; the chosen rates are kept in ``track.probe_selection``.
+    protocol and probe learning rate; the chosen rates are kept in ``track.probe_selection``. A protocol
+    with an ``lr_grid`` extends it downward while any representation picks its lowest rate
+    (:func:`_select_rates`); its records and ``track.probe_selection`` say how many decades were added
+    (``lr_grid_extensions``).
     """
     if protocol is None:
         protocol = ProbeProtocol("fixed", lr=lr, epochs=epochs, batch_size=batch_size)
@@ -363,15 +403,17 @@ def probe_records(
     y_train, y_test = track.labels[TRAIN], track.labels[TEST]
     draws = noisy_label_draws(y_train, track.label_feature, rates, seeds)
     shot_rows = {k: few_shot_rows(y_train, track.label_feature, k, seeds) for k in shots}
-    selection = _selection_labels(track, protocol) if protocol.lr_grid else None
     chosen = track.probe_selection.setdefault(protocol.name, {})
+    picks, extensions = _select_rates(track, protocol, features, views, seeds)
     for name, f in features.items():
         train = views.get(name, f[TRAIN])  # [K, N, F] augmented views where the protocol uses them
-        lr_used, scores = (protocol.select_lr(train, selection[0], track.num_labels, seeds, selection[1])
-                           if selection is not None else (protocol.lr, {}))  # fmt: skip
+        lr_used, scores = picks.get(name, (protocol.lr, {}))
         chosen[name] = {"lr": lr_used, "held_out_accuracy": scores}
         budget = protocol.training_kwargs(lr_used)
         tags = {"protocol": protocol.name, "probe_lr": lr_used}
+        if protocol.lr_grid:
+            chosen[name]["lr_grid_extensions"] = extensions
+            tags["lr_grid_extensions"] = extensions
 
         def add(scenario, level, accs, name=name, tags=tags):
             records.extend(

@@ -99,7 +99,14 @@ def perturb_images(
     device = generator.device if generator is not None else x.device
     draw = torch.randn if kind == "gaussian" else torch.rand
     noise = draw(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-    return x + strength * noise
+    noisy = x + strength * noise
+    if x.is_floating_point() and not bool(torch.isfinite(noisy).all()) and bool(torch.isfinite(x).all()):
+        # a finite Python float can still overflow the pixels' dtype (1e39 in float32): inf pixels
+        raise ValueError(
+            f"strength={strength!r} overflows {x.dtype} pixels to inf; allowed: a strength whose noise "
+            f"stays below {torch.finfo(x.dtype).max:.3g} (the dtype's largest value)"
+        )
+    return noisy
 
 
 def _as_image_batch(images: Any) -> torch.Tensor | list[torch.Tensor]:

@@ -32,8 +32,12 @@ from typing import Any
 
 __all__ = [
     "TRAINER_STATE_FILE",
+    "CheckpointLoadError",
     "last_complete_checkpoint",
+    "load_checkpoint_weights",
     "read_json",
+    "public_record",
+    "recorded_command",
     "resume_checkpoint",
     "wants_resume",
     "write_json",
@@ -63,9 +67,69 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
     for name in os.listdir(folder):
         match = _CHECKPOINT_RE.match(name)
         path = os.path.join(folder, name)
-        if match and os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
+        if match and _readable_state(os.path.join(path, TRAINER_STATE_FILE)):
             steps.append((int(match.group(1)), path))
     return max(steps)[1] if steps else None
+
+
+def _readable_state(path: str) -> bool:
+    """Whether ``path`` is a trainer state the Trainer can resume from: a JSON object (a file cut off
+    while written, or emptied, is not; the Trainer would crash on it after the model was loaded)."""
+    try:
+        return isinstance(read_json(path), dict)
+    except (OSError, ValueError):
+        return False
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint's weights do not fit the model being resumed (missing, unexpected or resized keys)."""
+
+
+def load_checkpoint_weights(model: Any, checkpoint: str | os.PathLike) -> None:
+    """Load the weights saved in Trainer checkpoint ``checkpoint`` into ``model``, exactly, or raise.
+
+    ``transformers.Trainer`` reloads a checkpoint with ``model.load_state_dict(file, strict=False)``,
+    which skips the key conversion ``from_pretrained`` applies. Since transformers 5.25 ViT's modules
+    are named ``layers.N.attention.q_proj`` while ``save_pretrained`` writes the legacy
+    ``encoder.layer.N.attention.attention.query``, so a resumed ViT run silently kept its backbone's
+    current weights (only a logged "missing keys" warning). Here the checkpoint is read the way
+    ``from_pretrained`` reads it (``type(model).from_pretrained(checkpoint)`` with the model's own
+    config, so every renaming a release adds is applied), then copied into ``model`` with
+    ``strict=True``. Costs one more copy of the weights in CPU memory while loading.
+
+    Raises:
+        CheckpointLoadError: when the checkpoint lacks weights of the model, holds weights the model has
+            not, or holds them in another shape; each list is named (at most 5 keys of each).
+    """
+    import copy
+
+    checkpoint = os.fspath(checkpoint)
+    # each tensor comes back in its saved dtype (transformers 5 loads dtype="auto"); load_state_dict
+    # then copies it into the model's own parameters, whatever their dtype
+    loaded, info = type(model).from_pretrained(
+        checkpoint, config=copy.deepcopy(model.config), output_loading_info=True, ignore_mismatched_sizes=True
+    )  # mismatched sizes are reported in ``info`` and refused below, with the keys named
+    # tied weights are reported neither missing nor unexpected; buffers the model does not persist are
+    # not in the file: what matters is the model's own persistent state
+    problems = {
+        "missing": sorted(info.get("missing_keys", ())),
+        "unexpected": sorted(info.get("unexpected_keys", ())),
+        "mismatched": sorted(
+            str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ())
+        ),
+    }
+    if any(problems.values()):
+        named = "; ".join(
+            f"{what}: {keys[:5]}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+            for what, keys in problems.items()
+            if keys
+        )
+        raise CheckpointLoadError(
+            f"the weights in {checkpoint} do not fit the model being resumed ({named}); resuming would "
+            "continue from partly random weights. Resume with the model (backbone, feature layer, sizes) the "
+            "checkpoint was saved from"
+        )
+    model.load_state_dict(loaded.state_dict(), strict=True)
 
 
 def wants_resume(resume: str | bool | None) -> bool:
@@ -123,10 +187,65 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2, default=_jsonable)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+#: options whose value is a secret: never written into a run record
+_SECRET_OPTION = re.compile(r"^--?[\w-]*(token|password|secret|api[_-]?key)[\w-]*$", re.IGNORECASE)
+
+
+def recorded_command(script: str, argv: list[str]) -> str:
+    """The command line as a run record (``results.json``'s ``"command"``) keeps it: the value of any
+    ``--*token*`` / ``--*password*`` / ``--*secret*`` / ``--*api_key*`` option replaced by ``***``, and
+    every local path by its last component (:func:`~hf_monosem.models.configuration.public_name`).
+
+    Example:
+        >>> recorded_command("train_sae.py", ["--token", "hf_abc", "--hub_token=hf_x", "--output_dir", "/tmp/run/out"])
+        'train_sae.py --token *** --hub_token=*** --output_dir out'
+    """
+    from ..models.configuration import public_name
+
+    words, secret_next = [os.path.basename(script)], False
+    for word in argv:
+        if secret_next:
+            words.append("***")
+            secret_next = False
+            continue
+        option, equals, value = word.partition("=")
+        if _SECRET_OPTION.match(option):
+            words.append(f"{option}=***" if equals else option)
+            secret_next = not equals
+        elif equals and option.startswith("-"):
+            words.append(f"{option}={public_name(value)}")
+        else:
+            words.append(public_name(word) if not word.startswith("-") else word)
+    return " ".join(words)
+
+
+def public_record(payload: Any, root: str | os.PathLike | None = None) -> Any:
+    """``payload`` (a results record) with every absolute local path replaced: a path inside ``root`` (the
+    run's output folder) by its path relative to it, any other by its last component. Results files are
+    shared and published; they must not carry the machine's folders.
+
+    Example:
+        >>> public_record({"checkpoint": "/tmp/run/k2/linear", "backbone": "/home/me/bert", "lr": 0.1}, "/tmp/run")
+        {'checkpoint': 'k2/linear', 'backbone': 'bert', 'lr': 0.1}
+    """
+    from ..models.configuration import public_name
+
+    if isinstance(payload, dict):
+        return {key: public_record(value, root) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [public_record(value, root) for value in payload]
+    if isinstance(payload, str) and os.path.isabs(payload):
+        inside = root is not None and os.path.abspath(payload).startswith(os.path.abspath(root) + os.sep)
+        return os.path.relpath(payload, root) if inside else public_name(payload)
+    return payload
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .losses import info_nce_loss
 from .trainer import MonoSemanticTrainer
@@ -43,6 +45,8 @@ __all__ = [
 
 #: per-process file in a checkpoint folder holding the training view generator's state.
 VIEW_GENERATOR_FILE = "view_generator_state_{process}.pt"
+#: file in a checkpoint folder holding the online classifier of ``online_label_loss`` (not part of the model)
+ONLINE_CLASSIFIER_FILE = "online_classifier.pt"
 
 #: pretraining method -> the feature layer that makes it (the projector): SimCLR vs NCL differ in one value.
 CONTRASTIVE_METHODS = {"simclr": "linear", "ncl": "nonneg"}
@@ -63,12 +67,26 @@ class ContrastiveTrainer(MonoSemanticTrainer):
     (text, PIL images) the model cannot take. Under several processes set ``dataloader_drop_last=True``
     so every process gathers equally many negatives.
 
+    **The label leak, as a named variant** (``online_label_loss=True``, off by default): the
+    Beyond-Interpretability authors' solo-learn base trains an online linear classifier on the backbone's
+    pooled vector during pretraining *without detaching it*, and adds its cross-entropy (averaged over
+    the views) to the contrastive loss (``solo/methods/base.py`` training step, ``simclr.py``:
+    ``nce_loss + class_loss``), so labels reach the backbone during "self-supervised" pretraining (the
+    NCL paper's own ``PKU-ML/non_neg`` detaches it). With the flag this trainer does the same: a
+    ``Linear(hidden, num_labels)`` on ``outputs.pooled`` of both views, trained by the same optimiser
+    (its own parameter group, no weight decay, as solo-learn's classifier group), its loss added with
+    weight 1 and logged as ``online_class_loss`` / ``online_class_accuracy``. Batches must then carry
+    labels (an :class:`UnlabeledDataCollator` is unwrapped for that); the classifier is saved with each
+    checkpoint (``online_classifier.pt``) and is not part of the saved model.
+
     Args:
         temperature: InfoNCE temperature; default ``model.config.temperature`` (0.2).
         image_views: an :class:`ImageViews`; by default built from ``processing_class``'s
             ``image_mean``/``image_std`` when it is an image processor.
         mask_rate, mask_token_id, special_token_ids: token masking for text views; the token ids
             default to ``processing_class``'s when it is a tokenizer.
+        online_label_loss: add the authors' non-detached online classifier's cross-entropy (see above).
+        num_labels: classes of that classifier (required with ``online_label_loss``).
         **kwargs: everything :class:`MonoSemanticTrainer` / ``transformers.Trainer`` takes.
 
     Example (NCL on a tiny ResNet; ``feature_layer="linear"`` would be SimCLR):
@@ -97,8 +115,17 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         mask_rate: float = 0.0,
         mask_token_id: int | None = None,
         special_token_ids: Iterable[int] | None = None,
+        online_label_loss: bool = False,
+        num_labels: int | None = None,
         **kwargs,
     ):
+        if online_label_loss and (
+            not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2
+        ):
+            raise ValueError(
+                f"num_labels={num_labels!r} is not valid with online_label_loss=True; allowed: an integer >= 2 "
+                "(the classes of the online classifier)"
+            )
         if kwargs.get("loss_type", "ce") != "ce":
             raise ValueError(
                 "ContrastiveTrainer trains with InfoNCE; loss_type applies to MonoSemanticTrainer only"
@@ -107,7 +134,18 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         kwargs.setdefault("validate_datasets", False)  # label-free: no class ids to check
         super().__init__(*args, **kwargs)
         self.label_names = []  # label-free: evaluation must not look for labels
-        if user_collator is None:
+        self.online_classifier: nn.Linear | None = None
+        if online_label_loss:  # the label leak: batches keep their labels
+            if isinstance(self.data_collator, UnlabeledDataCollator):
+                self.data_collator = self.data_collator.collator
+            layer = getattr(self.accelerator.unwrap_model(self.model), "feature_layer", None)
+            hidden = getattr(layer, "input_dim", None)
+            if hidden is None:
+                raise ValueError(
+                    "online_label_loss=True needs a MonoSemanticModel (its pooled vector's width)"
+                )
+            self.online_classifier = nn.Linear(hidden, num_labels).to(self.args.device)
+        elif user_collator is None:
             self.data_collator = UnlabeledDataCollator(self.data_collator)
 
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
@@ -161,7 +199,19 @@ class ContrastiveTrainer(MonoSemanticTrainer):
             f"ContrastiveTrainer needs pixel_values or input_ids in the batch, got {sorted(inputs)}"
         )
 
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.online_classifier is not None and not any(
+            p is q for group in optimizer.param_groups for p in group["params"]
+            for q in self.online_classifier.parameters()
+        ):  # fmt: skip
+            optimizer.add_param_group(
+                {"params": list(self.online_classifier.parameters()), "weight_decay": 0.0}
+            )
+        return optimizer
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = next((inputs[k] for k in LABEL_KEYS if inputs.get(k) is not None), None)
         inputs = {k: v for k, v in inputs.items() if k not in LABEL_KEYS}
         generator = self._view_generator if model.training else self._eval_view_generator
         # the feature layer's terms belong to the loss at evaluation too (models return them only when training)
@@ -172,12 +222,22 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         aux_losses = outputs.get("aux_losses") or {}
         weighted_aux = self.weighted_aux_loss(model, aux_losses)
         loss = contrastive if weighted_aux is None else contrastive + weighted_aux
-        self.check_finite_loss(model, loss, {"contrastive_loss": contrastive, **aux_losses}, inputs)
-        self.record_terms(
-            model,
-            {"contrastive_loss": contrastive, "contrastive_accuracy": accuracy, **aux_losses},
-            features=features,
-        )
+        terms = {"contrastive_loss": contrastive, "contrastive_accuracy": accuracy, **aux_losses}
+        if self.online_classifier is not None:
+            if labels is None:
+                raise ValueError(
+                    "online_label_loss=True needs labels in every batch (a 'label' or 'labels' column); "
+                    f"this batch has {sorted(inputs)}"
+                )
+            # not detached: the labels' gradient reaches the backbone (the authors' leak)
+            logits = self.online_classifier(outputs["pooled"].float())
+            targets = labels.to(logits.device).repeat(2)  # both views, averaged as solo-learn's crops
+            class_loss = F.cross_entropy(logits, targets)
+            loss = loss + class_loss
+            terms["online_class_loss"] = class_loss
+            terms["online_class_accuracy"] = (logits.argmax(-1) == targets).float().mean()
+        self.check_finite_loss(model, loss, terms, inputs)
+        self.record_terms(model, terms, features=features)
         return (loss, outputs) if return_outputs else loss
 
     # ---- resume: the view generator is part of the run's random state ---------------------------
@@ -189,11 +249,16 @@ class ContrastiveTrainer(MonoSemanticTrainer):
         # so without this a resumed run would redraw the views of the first steps again.
         super()._save_rng_state(output_dir)
         torch.save(self._view_generator.get_state(), self._view_state_file(output_dir))
+        if self.online_classifier is not None and self.args.should_save:
+            torch.save(self.online_classifier.state_dict(), os.path.join(output_dir, ONLINE_CLASSIFIER_FILE))
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         super()._load_rng_state(checkpoint)
         if checkpoint is None:
             return
+        classifier = os.path.join(checkpoint, ONLINE_CLASSIFIER_FILE)
+        if self.online_classifier is not None and os.path.isfile(classifier):
+            self.online_classifier.load_state_dict(torch.load(classifier, weights_only=True))
         path = self._view_state_file(checkpoint)
         if not os.path.isfile(path):
             warnings.warn(

@@ -42,7 +42,7 @@ from transformers import Trainer, TrainerState
 
 from ..data.validation import LABEL_KEYS, validate_classification_batch, validate_classification_dataset
 from ..models.configuration import MonoSemanticConfig
-from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint
+from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint, load_checkpoint_weights
 from .losses import LOSS_TYPES, robust_classification_loss
 
 __all__ = ["MonoSemanticTrainer", "RunningTerms", "last_complete_checkpoint"]
@@ -244,6 +244,44 @@ class MonoSemanticTrainer(Trainer):
                 "or not a Trainer checkpoint; resume from an earlier checkpoint-* folder"
             )
         return resume
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # The Trainer's own reload skips from_pretrained's key conversion (a renamed backbone resumed with
+        # random-then-trained weights and a logged warning); load through it whenever the folder holds
+        # plain PreTrainedModel weights. FSDP / DeepSpeed / SageMaker / PEFT checkpoints keep the
+        # Trainer's path (their own formats).
+        model = self.model if model is None else model
+        if self._plain_weights(resume_from_checkpoint, model):
+            load_checkpoint_weights(model, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if best is not None and self._plain_weights(best, self.model):
+            load_checkpoint_weights(self.model, best)
+            return
+        super()._load_best_model()
+
+    def _plain_weights(self, folder: str, model: nn.Module) -> bool:
+        from transformers import PreTrainedModel
+
+        special = self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(model, "peft_config")
+        saved = any(
+            os.path.isfile(os.path.join(folder, name))
+            for name in ("model.safetensors", "model.safetensors.index.json")
+        )
+        return isinstance(model, PreTrainedModel) and saved and not special
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # transformers pickles the whole TrainingArguments next to the weights, hub_token and local
+        # folders included; write them without secrets and with local folders by their last component
+        if self.args.should_save:
+            torch.save(
+                _public_arguments(self.args),
+                os.path.join(output_dir or self.args.output_dir, "training_args.bin"),
+            )
 
     @staticmethod
     def last_checkpoint(folder: str | os.PathLike) -> str | None:
@@ -613,6 +651,23 @@ class MonoSemanticTrainer(Trainer):
                 self.prediction_ignore_keys
             )
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+def _public_arguments(args: Any) -> Any:
+    """A copy of ``TrainingArguments`` without secrets (``*token*`` fields) or local folder paths."""
+    import copy
+    import dataclasses
+
+    from ..models.configuration import public_name
+
+    public = copy.copy(args)
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name, None)
+        if "token" in field.name and isinstance(value, str) and value:
+            object.__setattr__(public, field.name, None)
+        elif isinstance(value, str) and os.path.isabs(value):
+            object.__setattr__(public, field.name, public_name(value))
+    return public
 
 
 def _plain(value: Any) -> Any:

@@ -220,6 +220,51 @@ def test_explained_variance_matches_its_definition():
     assert stats["dead_fraction"] == pytest.approx(1 - float((codes != 0).any(0).float().mean()))
 
 
+def test_fit_normalisation_fits_like_always_but_codes_scale_with_the_input_norm(tmp_path):
+    """sae_normalize_input="fit" (the authors' probe): the SAE is fitted on L2-normalised inputs exactly as
+    with "always", but its codes encode the raw vector, so they grow with the input's norm; "always" codes
+    do not change when the input is rescaled."""
+    features = sparse_mixtures(n=256) * 20.0  # far from unit norm, like a projector output
+    fits = {
+        mode: fit_sae(
+            BertModel(tiny_bert_config()),
+            features=features,
+            feature_layer="topk",
+            feature_dim=64,
+            topk=8,
+            epochs=3,
+            lr=3e-3,
+            batch_size=32,
+            seed=0,
+            sae_normalize_input=mode,
+            progress=False,
+        )
+        for mode in ("always", "fit")
+    }
+    (always, always_report), (fit, fit_report) = fits["always"], fits["fit"]
+    assert always_report == fit_report  # the same fitting objective on the same normalised inputs
+    for name, tensor in always.feature_layer.state_dict().items():
+        assert torch.equal(fit.feature_layer.state_dict()[name], tensor), name
+    x = features[:64]
+    unit = torch.nn.functional.normalize(x, dim=-1)
+    with torch.no_grad():
+        codes = {mode: {c: m.feature_layer(c * x)[0] for c in (1.0, 10.0)} for mode, (m, _) in fits.items()}
+        # "always" reads x / ||x||: rescaling the input changes nothing
+        torch.testing.assert_close(codes["always"][10.0], codes["always"][1.0])
+        # "fit" reads x itself: on a unit-norm input it gives the "always" codes, on x it does not
+        torch.testing.assert_close(fit.feature_layer(unit)[0], codes["always"][1.0])
+        norms = {c: codes["fit"][c].norm(dim=-1).mean() for c in (1.0, 10.0)}
+        assert norms[1.0] > 5 * codes["always"][1.0].norm(dim=-1).mean()  # inputs of norm ~20, not 1
+        assert norms[10.0] > 5 * norms[1.0]  # codes grow with the input norm
+        # the reconstruction loss still reads the normalised vector: equal for both modes
+        torch.testing.assert_close(fit.feature_layer(x)[1], always.feature_layer(x)[1])
+    fit.save_pretrained(tmp_path / "fit")
+    loaded = MonoSemanticModel.from_pretrained(tmp_path / "fit")
+    assert loaded.config.sae_normalize_input == "fit" and loaded.feature_layer.input_normalization == "fit"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.feature_layer(x)[0], codes["fit"][1.0])
+
+
 def test_unpadded_tokenised_text_is_named_with_the_fix(tmp_path):
     """A dataset tokenised without padding (the usual ``ds.map(tokenizer)``) fails with a message that says
     what to do, and the advice (a padding collator) then works for both extraction and fitting."""

@@ -45,13 +45,15 @@ def _dense(values, indices):
 
 
 @pytest.mark.parametrize("kind", ["topk", "sae"])
-@pytest.mark.parametrize("normalize_input", [True, False])
+@pytest.mark.parametrize("normalize_input", [True, False, "fit"])
 def test_saelens_reads_our_sae_with_the_same_codes(tmp_path, kind, normalize_input):
     layer = _layer(kind, normalize_input)
     folder = save_sae(layer, tmp_path / "sae", format="saelens", backbone="org/encoder", pooling="mean")
     config = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert config["architecture"] == {"topk": "topk", "sae": "standard"}[kind]
-    assert config["normalize_activations"] == ("constant_norm_rescale" if normalize_input else "none")
+    # "fit" (normalised while fitting only) encodes the raw vector: SAELens' "none"
+    assert config["normalize_activations"] == ("constant_norm_rescale" if normalize_input is True else "none")
+    assert config["metadata"]["hf_monosem"]["normalize_input"] == normalize_input
     assert (
         config["metadata"]["model_name"] == "org/encoder" and config["metadata"]["hook_name"] == "pooled.mean"
     )
@@ -66,13 +68,13 @@ def test_saelens_reads_our_sae_with_the_same_codes(tmp_path, kind, normalize_inp
         torch.testing.assert_close(codes, ours, atol=ATOL, rtol=1e-5)
         # their reconstruction is ours, in the input's scale (ours lives in the normalised space)
         reconstruction = layer.decode(ours)
-        scale = x.norm(dim=-1, keepdim=True) if normalize_input else 1.0
+        scale = x.norm(dim=-1, keepdim=True) if normalize_input is True else 1.0
         torch.testing.assert_close(theirs(x), reconstruction * scale, atol=1e-4, rtol=1e-4)
     if kind == "topk":
         assert ((codes != 0).sum(-1) <= K).all()
 
 
-@pytest.mark.parametrize("normalize_input", [True, False])
+@pytest.mark.parametrize("normalize_input", [True, False, "fit"])
 def test_sparsify_reads_our_topk_sae_with_the_same_codes(tmp_path, normalize_input):
     layer = _layer("topk", normalize_input)
     folder = save_sae(layer, tmp_path / "sae", format="sparsify")
@@ -82,13 +84,13 @@ def test_sparsify_reads_our_topk_sae_with_the_same_codes(tmp_path, normalize_inp
     with torch.no_grad():
         ours, _ = layer(x)
         # sparsify has no input normalisation: it reads the normalised vector (cfg.json says so)
-        fed = F.normalize(x, dim=-1) if normalize_input else x
+        fed = F.normalize(x, dim=-1) if normalize_input is True else x
         encoded = coder.encode(fed)
         torch.testing.assert_close(_dense(encoded.top_acts, encoded.top_indices), ours, atol=ATOL, rtol=1e-5)
         torch.testing.assert_close(coder(fed).sae_out, layer.decode(ours), atol=1e-4, rtol=1e-4)
     assert (
         json.loads((tmp_path / "sae" / "cfg.json").read_text())["hf_monosem"]["normalize_input"]
-        is normalize_input
+        == normalize_input
     )
 
 
@@ -184,7 +186,7 @@ def test_a_saelens_standard_sae_becomes_an_sae_layer(tmp_path):
 
 
 @pytest.mark.parametrize("format", ["saelens", "sparsify"])
-@pytest.mark.parametrize("normalize_input", [True, False])
+@pytest.mark.parametrize("normalize_input", [True, False, "fit"])
 def test_export_then_import_is_the_identity(tmp_path, format, normalize_input):
     bert = BertModel(tiny_bert_config(hidden_size=DIM))
     fitted = MonoSemanticModel.from_backbone(
@@ -200,7 +202,13 @@ def test_export_then_import_is_the_identity(tmp_path, format, normalize_input):
     save_sae(fitted, tmp_path / "sae", format=format)
     model = MonoSemanticModel.from_sae(bert, tmp_path / "sae")
     assert model.config.pooling == "cls" and model.config.topk == K
-    assert model.config.sae_normalize_input is normalize_input
+    assert model.config.sae_normalize_input == normalize_input
+    assert model.feature_layer.input_normalization == fitted.feature_layer.input_normalization
+    x = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.feature_layer(x)[0], fitted.feature_layer(x)[0], atol=1e-5, rtol=1e-5
+        )
     for name, tensor in fitted.feature_layer.state_dict().items():
         torch.testing.assert_close(
             model.feature_layer.state_dict()[name], tensor, atol=1e-6, rtol=1e-6, msg=name
