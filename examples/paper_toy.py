@@ -12,7 +12,7 @@ both, seeded, on a CPU, under the settings and decision rules of ``docs/PROTOCOL
 * **Section 4.2** -- Elhage et al.'s toy model of superposition (40 features, 20 dimensions) over a
   stated sweep of sparsity S and importance decay r; poly = its hidden layer ``h = W x``, mono = the 20
   most important features one per dimension; a 40-class ``argmax`` task probed under the project's two
-  probe protocols (``paper``, ``controlled``); accuracy against label noise and test-time Gaussian input
+  probe protocols (``paper_cifar``, ``controlled``); accuracy against label noise and test-time Gaussian input
   noise, crossovers, and the monosemanticity of both representations.
 
 Run::
