@@ -20,7 +20,8 @@ The scenarios follow the paper this package builds on (Zhang et al., ICLR 2025),
 The scenario *grid* that runs all of them on one data set + backbone (batched linear probes on
 cached features, or one full fine-tune per cell with a resumable state file) is in
 :mod:`hf_monosem.scenarios.grid` and :mod:`hf_monosem.scenarios.finetune`; import those modules
-explicitly (``from hf_monosem.scenarios import grid``).
+explicitly (``from hf_monosem.scenarios import grid``). The paper's own toy analyses (Sections 4.2 and
+4.3: two features under noise, a toy model of superposition) are in :mod:`hf_monosem.scenarios.paper_toy`.
 
 Example:
     >>> from datasets import Dataset

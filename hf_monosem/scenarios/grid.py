@@ -49,6 +49,7 @@ __all__ = [
     "mean_by",
     "noisy_label_draws",
     "probe_records",
+    "selection_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -169,15 +170,17 @@ def noisy_label_draws(
         (torch.Size([4, 4]), [0, 0, 2, 2])
     """
     table = _label_table(labels, label_feature)
+    # [:] reads the whole column at once: datasets 5 returns a lazy Column, and building a tensor from
+    # it directly reads it row by row (16 s instead of 0.05 s for 40,000 labels)
     return torch.stack(
-        [torch.tensor(add_label_noise(table, r, seed=s)["label"]) for r in rates for s in seeds]
+        [torch.tensor(add_label_noise(table, r, seed=s)["label"][:]) for r in rates for s in seeds]
     )
 
 
 def few_shot_rows(labels: torch.Tensor, label_feature, k: int, seeds: Sequence[int]) -> torch.Tensor:
     """``[len(seeds), k * classes]`` row indices of seeded stratified k-shot subsets."""
     table = _label_table(labels, label_feature).add_column("row", list(range(len(labels))))
-    return torch.stack([torch.tensor(few_shot(table, k, seed=s)["row"]) for s in seeds])
+    return torch.stack([torch.tensor(few_shot(table, k, seed=s)["row"][:]) for s in seeds])
 
 
 @dataclass
@@ -310,13 +313,28 @@ def _protocol_inputs(track: Track, protocol: ProbeProtocol) -> tuple[dict, dict]
     return features, views
 
 
+def selection_labels(
+    y_train: torch.Tensor, label_feature, protocol: ProbeProtocol, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy training labels (rate ``protocol.selection_rate``, ``seed``) and the held-out rows (a share
+    ``protocol.selection_fraction``) on which :meth:`ProbeProtocol.select_lr` scores each learning rate.
+
+    Example:
+        >>> from datasets import ClassLabel
+        >>> from hf_monosem.scenarios.protocols import CONTROLLED_PROBE
+        >>> noisy, rows = selection_labels(torch.zeros(10, dtype=torch.long), ClassLabel(num_classes=2), CONTROLLED_PROBE)
+        >>> int((noisy != 0).sum()), len(rows)
+        (3, 2)
+    """
+    noisy = noisy_label_draws(y_train, label_feature, [protocol.selection_rate], [seed])[0]
+    n = len(y_train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return noisy, order[: max(1, int(n * protocol.selection_fraction))]
+
+
 def _selection_labels(track: Track, protocol: ProbeProtocol) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy training labels (rate ``selection_rate``, seed 0) and the held-out rows lr selection scores."""
-    y_train = track.labels[TRAIN]
-    noisy = noisy_label_draws(y_train, track.label_feature, [protocol.selection_rate], [0])[0]
-    n = len(y_train)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    return noisy, order[: max(1, int(n * protocol.selection_fraction))]
+    return selection_labels(track.labels[TRAIN], track.label_feature, protocol)
 
 
 #: how many decades :func:`probe_records` extends an ``lr_grid`` downward at most (a rate 1e4 x below
