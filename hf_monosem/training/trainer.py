@@ -36,7 +36,7 @@ from torch import nn
 from transformers import Trainer
 
 from ..models.configuration import MonoSemanticConfig
-from .checkpoints import last_complete_checkpoint, load_checkpoint_weights
+from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint, load_checkpoint_weights  # noqa: F401 (old path)
 from .losses import LOSS_TYPES, robust_classification_loss
 from .model_card import TrainerHubMixin
 from .nan_guard import NonFiniteLossGuardMixin
