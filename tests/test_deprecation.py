@@ -37,7 +37,13 @@ def test_an_old_path_warns_and_keeps_every_name(old, monkeypatch):
 
 def test_our_warning_is_an_error_in_the_suite():
     # pyproject.toml's filterwarnings: a test or example that still imports an alias fails
-    with pytest.raises(HfMonosemDeprecationWarning):
-        import warnings
+    # (matched by the message alias_module writes, so that pytest need not import hf_monosem to read it)
+    import warnings
 
-        warnings.warn("an alias was used", HfMonosemDeprecationWarning, stacklevel=1)
+    with pytest.raises(HfMonosemDeprecationWarning):
+        warnings.warn(
+            "hf_monosem.metrics moved to hf_monosem.evaluation in 0.2.0; the old path goes in 0.3.0",
+            HfMonosemDeprecationWarning,
+            stacklevel=1,
+        )
+    warnings.warn("another library's deprecation", DeprecationWarning, stacklevel=1)  # not an error
