@@ -14,12 +14,14 @@ import torch
 __all__ = ["augmented_view_features", "view_generator"]
 
 
+@torch.no_grad()
 def view_generator(seed: int, view: int, chunk: int) -> torch.Generator:
     """The generator of augmented view ``view`` of the ``chunk``-th block of images: every block of
     every view has its own, so any one view of any image can be rebuilt without the others."""
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(view)) * 1_000_003 + int(chunk))
 
 
+@torch.no_grad()
 def augmented_view_features(
     encode: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,

@@ -129,6 +129,7 @@ def _sequence_length(value: Any) -> int | None:
     return None
 
 
+@torch.no_grad()
 def collect_outputs(
     model: nn.Module,
     dataset: Any,

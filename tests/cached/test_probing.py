@@ -172,3 +172,24 @@ def test_extract_pooled_features_caches_by_model_and_dataset(tmp_path, monkeypat
         extract_pooled_features(bert, ds, output="features")
     with pytest.raises(ValueError, match="output='logits'"):
         extract_pooled_features(model, ds, output="logits")
+
+
+def test_the_inference_loop_builds_no_autograd_graph():
+    """collect_outputs runs under no_grad (a graph per batch would hold every activation of the backbone
+    in memory for nothing: the outputs are detached anyway); its decorator once slid onto a helper."""
+    from hf_monosem.cached import collect_outputs
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+        def forward(self, pixel_values):
+            seen.append(torch.is_grad_enabled())
+            return {"features": self.linear(pixel_values)}
+
+    rows = [{"pixel_values": torch.ones(2), "label": 0} for _ in range(3)]
+    out = collect_outputs(Probe(), rows, batch_size=2, outputs=("features",))
+    assert out["features"].shape == (3, 2) and seen == [False, False]
