@@ -145,7 +145,8 @@ def _pooled_std(mono: torch.Tensor, poly: torch.Tensor) -> torch.Tensor:
 
 
 def _curve_crossovers(levels: list[float], mono: torch.Tensor, poly: torch.Tensor) -> dict:
-    """P4's crossover of ``[L, seeds]`` accuracy curves: per seed, on the mean, and whether it is established."""
+    """P4's crossover of ``[L, seeds]`` accuracy curves: per seed, on the mean, and whether it is
+    established."""
     diff = mono - poly
     per_seed = [crossover(levels, diff[:, b]) for b in range(diff.shape[1])]
     crossing = [at for kind, at in per_seed if kind == "crosses"]
@@ -211,12 +212,14 @@ def section_43(settings: dict, seeds: list[int], protocols: list) -> dict:
             mc = monte_carlo_moments(noise, level, settings["mc_samples"], seed=seeds[0])
             cf = two_feature_moments(noise, [level])
             for feat in ("mono", "poly"):
-                mc_check.append({"noise": noise, "level": level, "feature": feat, "closed": cf[feat][0].tolist(),
-                                 "monte_carlo": mc[feat].tolist(),
+                mc_check.append({"noise": noise, "level": level, "feature": feat,
+                                 "closed": cf[feat][0].tolist(), "monte_carlo": mc[feat].tolist(),
                                  "max_abs_diff": float((mc[feat] - cf[feat][0]).abs().max())})  # fmt: skip
     # measures from the closed forms
     k_star = {
-        noise: float(k_for_crossing(*(two_feature_moments(noise, [PAPER_CROSSINGS[noise]])[f][0] for f in ("mono", "poly"))))
+        noise: float(k_for_crossing(
+            *(two_feature_moments(noise, [PAPER_CROSSINGS[noise]])[f][0] for f in ("mono", "poly"))
+        ))
         for noise in TOY_NOISES
     }  # fmt: skip
     ks = sorted({*settings["k_family"], *(round(k, 4) for k in k_star.values())})
@@ -274,7 +277,8 @@ def section_43(settings: dict, seeds: list[int], protocols: list) -> dict:
                 (c * noisy_test[feat]).reshape(num_l * len(seeds), rows, 1), y_test.repeat(num_l, 1)
             )
             out[feat] = {"lr": lr, "held_out": scores, "label": label_acc,
-                         "gaussian": clean_acc.view(num_l, -1), "gaussian_noisy_test": noisy_acc.view(num_l, -1)}  # fmt: skip
+                         "gaussian": clean_acc.view(num_l, -1),
+                         "gaussian_noisy_test": noisy_acc.view(num_l, -1)}  # fmt: skip
         probes[protocol.name] = {
             "lr": {f: out[f]["lr"] for f in out},
             "held_out": {f: out[f]["held_out"] for f in out},
@@ -303,8 +307,9 @@ def _budget(protocol, settings):
 # ----------------------------------------------------------------------------------------------
 def section_42(settings: dict, seeds: list[int], protocols: list) -> dict:
     sparsities, decays = settings["sparsities"], settings["decays"]
-    toys = train_superposition_toys(sparsities, decays, seeds, num_features=NUM_FEATURES, hidden_dims=HIDDEN_DIMS,
-                                    steps=settings["toy_steps"], batch_size=settings["toy_batch"], lr=settings["toy_lr"])  # fmt: skip
+    toys = train_superposition_toys(sparsities, decays, seeds, num_features=NUM_FEATURES,
+                                    hidden_dims=HIDDEN_DIMS, steps=settings["toy_steps"],
+                                    batch_size=settings["toy_batch"], lr=settings["toy_lr"])  # fmt: skip
     represented = features_represented(toys.weight)  # [E, S, D]
     rows, rates, sigmas = settings["rows_42"], settings["label_noise_42"], settings["input_noise_42"]
     # data: one task draw per (seed, sparsity), shared by both decays; test noise drawn once per seed
@@ -312,7 +317,8 @@ def section_42(settings: dict, seeds: list[int], protocols: list) -> dict:
     for e, seed in enumerate(seeds):
         g = torch.Generator().manual_seed(seed + 5000)
         for s, sparsity in enumerate(sparsities):
-            data[e, s] = (*argmax_task(rows, NUM_FEATURES, sparsity, g), *argmax_task(rows, NUM_FEATURES, sparsity, g),
+            data[e, s] = (*argmax_task(rows, NUM_FEATURES, sparsity, g),
+                          *argmax_task(rows, NUM_FEATURES, sparsity, g),
                           torch.randn(rows, NUM_FEATURES, generator=g))  # fmt: skip
     configs = []
     for s, sparsity in enumerate(sparsities):
@@ -453,9 +459,11 @@ def write_page(out: Path, r43: dict, r42: dict, command: str, seeds: list[int], 
     if quick:
         lines += ["**`--quick` run: tiny sizes, a smoke test, not a result.**", ""]
     lines += [
-        "Protocol: `docs/PROTOCOL.md`, P4 (committed before this run). Command (seeded, deterministic; this page is",
+        "Protocol: `docs/PROTOCOL.md`, P4 (committed before this run). "
+        "Command (seeded, deterministic; this page is",
         "its output):", "", "```bash", command, "```", "",
-        f"Seeds: {', '.join(map(str, seeds))} (each draws its own data, toy model, noise and probe initialisation); "
+        f"Seeds: {', '.join(map(str, seeds))} (each draws its own data, toy model, "
+        "noise and probe initialisation); "
         "accuracies are mean ± std over seeds.", "",
         "## The paper's statements and ours, side by side", "",
         "| paper (Zhang et al. 2025) | measured here |", "|---|---|",
@@ -479,16 +487,24 @@ def write_page(out: Path, r43: dict, r42: dict, command: str, seeds: list[int], 
         "",
         "## Section 4.3: two features",
         "",
-        "**The paper's separability measure was not found.** Its definition (Appendix B.3, Theorems B.7-B.9) was",
-        "searched for in the stored copies of arXiv 2410.21331 (only the paper's opening is reachable there) and in",
-        "the authors' repository `PKU-ML/Beyond_Interpretability` (no toy code). So this page cannot say which",
-        "quantity the paper's 0.25 / 0.55 refer to. It shows instead (a) the Fisher ratio, which does not depend",
-        "on the features' scale, (b) the family `M_k = |mean_0 - mean_1| - k (sd_0 + sd_1)`, which does (`x1 - x2`",
-        "has twice `x1`'s mean gap but also more spread under noise), and (c) what a classifier does: a trained",
+        "**The paper's separability measure was not found.** "
+        "Its definition (Appendix B.3, Theorems B.7-B.9) was",
+        "searched for in the stored copies of arXiv 2410.21331 "
+        "(only the paper's opening is reachable there) and in",
+        "the authors' repository `PKU-ML/Beyond_Interpretability` (no toy code). "
+        "So this page cannot say which",
+        "quantity the paper's 0.25 / 0.55 refer to. "
+        "It shows instead (a) the Fisher ratio, which does not depend",
+        "on the features' scale, (b) the family `M_k = |mean_0 - mean_1| - k (sd_0 + sd_1)`, "
+        "which does (`x1 - x2`",
+        "has twice `x1`'s mean gap but also more spread under noise), "
+        "and (c) what a classifier does: a trained",
         "1-D linear probe (with bias) scored on clean test data.",
         "",
-        "Closed forms (`S = 0`; `y = 1` iff `x2 > x1`; per *observed* class): without noise both features have",
-        "class-conditional variance 1/18; `x1` has means 2/3 and 1/3, `x1 - x2` has 1/3 and -1/3. Label noise",
+        "Closed forms (`S = 0`; `y = 1` iff `x2 > x1`; per *observed* class): "
+        "without noise both features have",
+        "class-conditional variance 1/18; `x1` has means 2/3 and 1/3, `x1 - x2` has 1/3 and -1/3. "
+        "Label noise",
         "eta: means `(1 - eta) m_c + eta m_other`, variance `1/18 + eta (1 - eta) gap^2`. Gaussian lambda on",
         "both inputs: variance `1/18 + lambda^2` (mono), `1/18 + 2 lambda^2` (poly). Hence Fisher ratios",
         "`(1-2eta)^2 / (1 + 2 eta(1-eta))` (mono) vs `4 (1-2eta)^2 / (1 + 8 eta(1-eta))` (poly), and",
@@ -507,8 +523,11 @@ def write_page(out: Path, r43: dict, r42: dict, command: str, seeds: list[int], 
         lines.append(
             f"| {c['noise']} | {c['level']} | {c['feature']} | {cf} | {mc} | {c['max_abs_diff']:.4f} |"
         )
-    lines += ["", "Crossovers (mono − poly turns positive; P4's rule, linear interpolation between grid levels):", "",
-              "| measure | label noise eta (paper: 0.25) | Gaussian lambda (paper: 0.55) |", "|---|---|---|"]  # fmt: skip
+    lines += ["",
+              "Crossovers (mono − poly turns positive; P4's rule, linear interpolation between grid levels):",
+              "",
+              "| measure | label noise eta (paper: 0.25) | Gaussian lambda (paper: 0.55) |",
+              "|---|---|---|"]  # fmt: skip
     for name in m["label"]:
         lines.append(
             f"| {name} | {_fmt_cross({'mean_curve': m['label'][name]['crossover']})} | "
@@ -516,15 +535,18 @@ def write_page(out: Path, r43: dict, r42: dict, command: str, seeds: list[int], 
         )
     for p, v in r43["probes"].items():
         lines.append(
-            f"| {p} probe, clean test | {_fmt_cross(v['label']['crossover'])} | {_fmt_cross(v['gaussian']['crossover'])} |"
+            f"| {p} probe, clean test | {_fmt_cross(v['label']['crossover'])} | "
+            f"{_fmt_cross(v['gaussian']['crossover'])} |"
         )
         lines.append(
             f"| {p} probe, equally noisy test | – | {_fmt_cross(v['gaussian_noisy_test']['crossover'])} |"
         )
     lines += [
         "",
-        f"The `M_k` family crosses at 0.25 (label noise) for k = {r43['k_star']['label']:.3f} and at 0.55 (lambda) for",
-        f"k = {r43['k_star']['gaussian']:.3f}: one k cannot give both of the paper's numbers in this form, and the",
+        f"The `M_k` family crosses at 0.25 (label noise) for k = {r43['k_star']['label']:.3f} "
+        "and at 0.55 (lambda) for",
+        f"k = {r43['k_star']['gaussian']:.3f}: "
+        "one k cannot give both of the paper's numbers in this form, and the",
         "crossing point moves with k (and with any rescaling of either feature), so it is a property of the",
         "statistic, not of how well a classifier on the feature does.",
         "",
@@ -534,7 +556,8 @@ def write_page(out: Path, r43: dict, r42: dict, command: str, seeds: list[int], 
     for noise, picks in (("label", [0.0, 0.1, 0.25, 0.4, 0.49]), ("gaussian", [0.0, 0.25, 0.55, 1.0, 1.5])):
         levels = r43["levels"][noise]
         picks = [lv for lv in picks if lv in levels]
-        lines += [f"| probe | {'eta' if noise == 'label' else 'lambda'} = " + " | ".join(map(str, picks)) + " |",
+        lines += [f"| probe | {'eta' if noise == 'label' else 'lambda'} = "
+                  + " | ".join(map(str, picks)) + " |",
                   "|---|" + "---|" * len(picks)]  # fmt: skip
         for p, v in r43["probes"].items():
             cells = [
@@ -561,7 +584,8 @@ def _summary_42(r42: dict) -> str:
         for p, v in c["probes"].items():
             clean_gap = torch.as_tensor(v["label"]["mono"])[0] - torch.as_tensor(v["label"]["poly"])[0]
             parts.append(
-                f"S={c['sparsity']:g}, r={c['decay']:g}, {p}: clean mono − poly {float(clean_gap.mean()):+.3f}; "
+                f"S={c['sparsity']:g}, r={c['decay']:g}, {p}: "
+                f"clean mono − poly {float(clean_gap.mean()):+.3f}; "
                 f"label-noise crossover {_fmt_cross(v['label']['crossover'])}; input-noise crossover "
                 f"{_fmt_cross(v['gaussian']['crossover'])}"
             )
@@ -573,42 +597,57 @@ def _page_42(r42: dict, quick: bool) -> list[str]:
     lines = [
         "## Section 4.2: a toy model of superposition",
         "",
-        f"Elhage et al.'s toy: n = {NUM_FEATURES} features, m = {HIDDEN_DIMS} dimensions, `x_i` zero with probability S "
-        "else U[0, 1], importance `r^i`, `h = W x`, `x_hat = ReLU(W^T h + b)`, importance-weighted squared error, "
-        f"Adam lr {s['toy_lr']:g}, batch {s['toy_batch']}, {s['toy_steps']} steps. The paper's own S and importance were "
-        "not reachable, so a sweep. **Poly** = the trained `h` (20 units). **Mono** = `x[:, :20]`, the 20 most "
-        "important features one per unit (same width, exactly one feature per unit: the importance-ordered basis "
-        "this model learns without superposition; it drops the other 20 features). Task: `y = argmax_i x_i` "
-        f"(40 classes; rows with an active feature), {s['rows_42']:,} training / {s['rows_42']:,} test rows per seed; "
-        "label noise on the training labels, Gaussian noise `x + s N(0, I)` on the test inputs (clean-label probes).",
+        f"Elhage et al.'s toy: n = {NUM_FEATURES} features, m = {HIDDEN_DIMS} dimensions, "
+        "`x_i` zero with probability S "
+        "else U[0, 1], importance `r^i`, `h = W x`, `x_hat = ReLU(W^T h + b)`, "
+        "importance-weighted squared error, "
+        f"Adam lr {s['toy_lr']:g}, batch {s['toy_batch']}, {s['toy_steps']} steps. "
+        "The paper's own S and importance were "
+        "not reachable, so a sweep. **Poly** = the trained `h` (20 units). "
+        "**Mono** = `x[:, :20]`, the 20 most "
+        "important features one per unit (same width, exactly one feature per unit: "
+        "the importance-ordered basis "
+        "this model learns without superposition; it drops the other 20 features). "
+        "Task: `y = argmax_i x_i` "
+        "(40 classes; rows with an active feature), "
+        f"{s['rows_42']:,} training / {s['rows_42']:,} test rows per seed; "
+        "label noise on the training labels, Gaussian noise `x + s N(0, I)` on the test inputs "
+        "(clean-label probes).",
         "",
-        "Superposition and monosemanticity (means over seeds; `||W||_F^2` is Elhage et al.'s count of features "
-        f"represented, {HIDDEN_DIMS} = one per dimension; mono's is {r42['mono_features_represented']:g}; class "
+        "Superposition and monosemanticity (means over seeds; "
+        "`||W||_F^2` is Elhage et al.'s count of features "
+        f"represented, {HIDDEN_DIMS} = one per dimension; "
+        f"mono's is {r42['mono_features_represented']:g}; class "
         "consistency, L0 and MI from `hf_monosem.evaluation.monosemanticity_report` on the test rows):",
         "",
-        "| S | r | poly `‖W‖²_F` | poly features with ‖W_i‖ > 0.5 | class consistency poly / mono | L0 poly / mono | MI (bits) poly / mono | toy loss |",
+        "| S | r | poly `‖W‖²_F` | poly features with ‖W_i‖ > 0.5 | class consistency poly / mono | "
+        "L0 poly / mono | MI (bits) poly / mono | toy loss |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for c in r42["configs"]:
         fr = torch.tensor(c["features_represented_poly"])
         mp, mm = c["monosemanticity"]["poly"], c["monosemanticity"]["mono"]
         lines.append(
-            f"| {c['sparsity']:g} | {c['decay']:g} | {float(fr.mean()):.1f} ± {float(fr.std(unbiased=False)):.1f} | "
+            f"| {c['sparsity']:g} | {c['decay']:g} | "
+            f"{float(fr.mean()):.1f} ± {float(fr.std(unbiased=False)):.1f} | "
             f"{sum(c['features_count_poly']) / len(c['features_count_poly']):.1f} | "
-            f"{mp['class_consistency']:.3f} / {mm['class_consistency']:.3f} | {mp['l0']:.1f} / {mm['l0']:.1f} | "
+            f"{mp['class_consistency']:.3f} / {mm['class_consistency']:.3f} | "
+            f"{mp['l0']:.1f} / {mm['l0']:.1f} | "
             f"{mp['mutual_information']:.3f} / {mm['mutual_information']:.3f} | "
             f"{sum(c['toy_loss']) / len(c['toy_loss']):.4f} |"
         )
     lines += ["", "Probe accuracy, mono / poly (mean ± std over seeds), and crossovers:", ""]
     for key, title in (("label", "training label noise"), ("gaussian", "test Gaussian input noise s")):
         levels = r42["levels"][key]
-        lines += [f"| S, r, probe (lr mono, poly) | {title} = " + " | ".join(map(str, levels)) + " | crossover |",
+        lines += [f"| S, r, probe (lr mono, poly) | {title} = "
+                  + " | ".join(map(str, levels)) + " | crossover |",
                   "|---|" + "---|" * (len(levels) + 1)]  # fmt: skip
         for c in r42["configs"]:
             for p, v in c["probes"].items():
                 cells = [f"{_acc(v[key]['mono'], i)} / {_acc(v[key]['poly'], i)}" for i in range(len(levels))]
                 lines.append(
-                    f"| S={c['sparsity']:g}, r={c['decay']:g}, {p} ({v['lr']['mono']:g}, {v['lr']['poly']:g}) | "
+                    f"| S={c['sparsity']:g}, r={c['decay']:g}, {p} "
+                    f"({v['lr']['mono']:g}, {v['lr']['poly']:g}) | "
                     + " | ".join(cells)
                     + f" | {_fmt_cross(v[key]['crossover'])} |"
                 )

@@ -322,7 +322,9 @@ def selection_labels(
     Example:
         >>> from datasets import ClassLabel
         >>> from hf_monosem.scenarios.protocols import CONTROLLED_PROBE
-        >>> noisy, rows = selection_labels(torch.zeros(10, dtype=torch.long), ClassLabel(num_classes=2), CONTROLLED_PROBE)
+        >>> noisy, rows = selection_labels(
+        ...     torch.zeros(10, dtype=torch.long), ClassLabel(num_classes=2), CONTROLLED_PROBE
+        ... )
         >>> int((noisy != 0).sum()), len(rows)
         (3, 2)
     """

@@ -150,7 +150,8 @@ def two_feature_moments(noise: str, levels: torch.Tensor | Sequence[float]) -> d
 
 
 def class_moments(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[..., 4]`` = (mean_0, mean_1, var_0, var_1) of ``features [..., N]`` per class of ``labels [..., N]``.
+    """``[..., 4]`` = (mean_0, mean_1, var_0, var_1) of ``features [..., N]`` per class of
+    ``labels [..., N]``.
 
     Example:
         >>> class_moments(torch.tensor([1.0, 3.0, 10.0]), torch.tensor([0, 0, 1])).tolist()
@@ -261,7 +262,8 @@ def crossover(
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class SuperpositionToys:
-    """Trained toy models: ``weight [seeds, sparsities, decays, m, n]``, ``bias [seeds, sparsities, decays, n]``.
+    """Trained toy models: ``weight [seeds, sparsities, decays, m, n]``,
+    ``bias [seeds, sparsities, decays, n]``.
 
     ``hidden(x, i)`` is ``h = W x`` of the models at seed index ``i`` for inputs ``x [S, D, N, n]``.
     """
@@ -274,7 +276,8 @@ class SuperpositionToys:
     final_loss: torch.Tensor
 
     def hidden(self, x: torch.Tensor, seed_index: int) -> torch.Tensor:
-        """``h = W x`` ``[S, D, N, m]`` of the seed's models on ``x [S, D, N, n]`` (one input set per model)."""
+        """``h = W x`` ``[S, D, N, m]`` of the seed's models on ``x [S, D, N, n]`` (one input set per
+        model)."""
         return torch.einsum("sdbn,sdmn->sdbm", x, self.weight[seed_index])
 
 
@@ -329,8 +332,9 @@ def train_superposition_toys(
 
 
 def features_represented(weight: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
-    """Elhage et al.'s measures on ``weight [..., m, n]``: ``frobenius`` = ``||W||_F^2`` (about the number of
-    features represented; above ``m`` means superposition) and ``count`` = features with ``||W_i|| > threshold``.
+    """Elhage et al.'s measures on ``weight [..., m, n]``: ``frobenius`` = ``||W||_F^2`` (about the
+    number of features represented; above ``m`` means superposition) and ``count`` = features with
+    ``||W_i|| > threshold``.
 
     Example:
         >>> out = features_represented(torch.eye(2, 3))
@@ -344,7 +348,8 @@ def features_represented(weight: torch.Tensor, threshold: float = 0.5) -> dict[s
 def argmax_task(
     num_rows: int, num_features: int, sparsity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x [N, n], y [N])``: :func:`sparse_features` rows with at least one active feature, ``y = argmax_i x_i``.
+    """``(x [N, n], y [N])``: :func:`sparse_features` rows with at least one active feature,
+    ``y = argmax_i x_i``.
 
     Rows with no active feature have no argmax, so they are not drawn (rejection, in whole batches).
 
