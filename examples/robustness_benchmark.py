@@ -689,6 +689,39 @@ def _pretrain(
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
+#: the options the vision track's pretrained backbones depend on: the key of their cache folder, and named by
+#: :func:`vision_description` (the fine-tune cells' resume key), so a change pretrains and fine-tunes again
+VISION_PRETRAIN_OPTIONS = (
+    "vision_train_size",
+    "vision_feature_dim",
+    "pretrain_epochs",
+    "ncl_activation_loss_weight",
+)
+
+
+def _exact(x: float) -> str:
+    """``x`` as ``:g`` writes it where that is exact (the descriptions of earlier runs), else every digit.
+
+    Example:
+        >>> _exact(10.0), _exact(0.1), _exact(0.12345678)
+        ('10', '0.1', '0.12345678')
+    """
+    short = format(x, "g")
+    return short if float(short) == x else repr(float(x))
+
+
+def vision_description(args) -> str:
+    """The vision track's description: what its records were made with. It is also the key of every finished
+    fine-tune cell (:func:`~hf_monosem.scenarios.finetune.finetune_records`), so it names each option that
+    changes the models a cell starts from (:data:`VISION_PRETRAIN_OPTIONS`) and the test data; without the
+    NCL activation weight, a changed weight reused the old cells."""
+    return (
+        f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
+        f"train / {args.vision_test_size} test (10 classes), projector width {args.vision_feature_dim}, "
+        f"NCL activation weight {_exact(args.ncl_activation_loss_weight)}"
+    )
+
+
 def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     fashion = load_fashion_mnist(max_train=args.vision_train_size, max_test=args.vision_test_size)
     digits = load_digits_domain_shift(size=28, seed=0)
@@ -714,14 +747,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     datasets = {key: TensorRows(pixel_values=x[key], label=labels[key]) for key in x}
 
     pretrain_dir = os.path.join(
-        cache_dir,
-        "vision-pretrain-"
-        + _key(
-            args.vision_train_size,
-            args.vision_feature_dim,
-            args.pretrain_epochs,
-            args.ncl_activation_loss_weight,
-        ),
+        cache_dir, "vision-pretrain-" + _key(*(getattr(args, name) for name in VISION_PRETRAIN_OPTIONS))
     )
     pretrained = {}
     # (name, method, label leak): the clean pair, and the authors' label-leak variant as its own named pair
@@ -771,10 +797,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                     train_views[name] = torch.stack([sae(v)[0] for v in train_views["simclr"]])
     track = Track(
         name="vision",
-        description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
-        f"train / {args.vision_test_size} test (10 classes), projector width {width}, "
-        # the fine-tune cells' resume key: the NCL weight changes the pretrained NCL backbone they start from
-        f"NCL activation weight {args.ncl_activation_loss_weight:g}",
+        description=vision_description(args),  # the fine-tune cells' resume key
         num_labels=len(label_feature.names),
         label_feature=label_feature,
         pairs=[

@@ -160,6 +160,30 @@ def test_benchmark_refuses_a_text_size_that_leaves_the_domain_shift_without_airl
     )  # no text track: no tweets needed
 
 
+def test_benchmark_vision_description_names_every_option_its_fine_tune_cells_start_from(ex):
+    """Issue 21: the vision track's description is the key of its finished fine-tune cells; it left out
+    ``--ncl_activation_loss_weight``, so a changed weight pretrained a new NCL backbone (its cache folder's
+    key has the weight) but reused the 18 old fine-tune cells. Every option of that pretraining key (and a
+    weight that differs only in the 7th digit) now changes the description."""
+    bench = ex.robustness_benchmark
+    base = bench.parse(["--tracks", "vision"])  # vision only: no tweets read
+    describe = bench.vision_description
+    assert "ncl_activation_loss_weight" in bench.VISION_PRETRAIN_OPTIONS
+    assert "NCL activation weight 10" in describe(base)  # the default's text, as in earlier runs' cells
+    changes = {
+        "vision_train_size": 4000,
+        "vision_feature_dim": 256,
+        "pretrain_epochs": 3,
+        "ncl_activation_loss_weight": 1.0,
+        "vision_test_size": 1000,  # not in the pretraining, but in the cells' test data
+    }
+    assert set(bench.VISION_PRETRAIN_OPTIONS) <= set(changes)
+    for name, value in changes.items():
+        assert describe(dataclasses.replace(base, **{name: value})) != describe(base), name
+    close = [dataclasses.replace(base, ncl_activation_loss_weight=w) for w in (0.1234567, 0.1234568)]
+    assert describe(close[0]) != describe(close[1])  # ':g' wrote both as 0.123457
+
+
 def _own_dataclasses(ex, script):
     module = getattr(ex, script)
     if script == "finetune_noisy":
