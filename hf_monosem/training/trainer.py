@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerState
 
+from ..cached.checks import no_autocast
 from ..data.validation import LABEL_KEYS, validate_classification_batch, validate_classification_dataset
 from ..models.configuration import MonoSemanticConfig
 from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint, load_checkpoint_weights
@@ -222,7 +223,28 @@ class MonoSemanticTrainer(Trainer):
         """
         resume_from_checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
         self.check_before_training()
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        caller_autocast = [kind for kind in ("cpu", "cuda") if torch.is_autocast_enabled(kind)]
+        if not caller_autocast:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        # A torch.autocast block around train() caches a low-precision copy of each weight for its whole
+        # length: every step would run the forward on the initial weights (the optimiser's updates unseen,
+        # silently). It is turned off here; the Trainer's own mixed precision (bf16=True / fp16=True) still
+        # applies per step, with the cache cleared at each step (training_step).
+        warnings.warn(
+            f"{type(self).__name__}.train() was called inside torch.autocast ({', '.join(caller_autocast)}): "
+            "autocast is turned off for training (it would keep the initial weights in its cache); for mixed "
+            "precision pass bf16=True (or fp16=True) in TrainingArguments",
+            UserWarning,
+            stacklevel=2,
+        )
+        with no_autocast(self.args.device):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def training_step(self, *args, **kwargs):
+        # autocast's weight cache lives until the outermost autocast region ends; inside a caller's region
+        # the Trainer's per-step autocast (bf16=True) would reuse the casts of the weights before the update
+        torch.clear_autocast_cache()
+        return super().training_step(*args, **kwargs)
 
     def _resolve_checkpoint(self, resume: str | bool | None) -> str | None:
         if resume is None or resume is False:
