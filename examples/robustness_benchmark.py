@@ -469,6 +469,18 @@ def domain_shift_tweets(tweets, train_size: int, test_size: int) -> dict:
     return out
 
 
+def text_description(args, backbone_name: str, train_rows: int, test_rows: int) -> str:
+    """The text track's description, also the key of its finished fine-tune cells: it names every option
+    that changes the fitted projector a cell starts from (recipe, views, token limit, width, epochs) besides
+    the backbone and the data sizes."""
+    return (
+        f"{backbone_name}, 20 Newsgroups {train_rows} train / {test_rows} test "
+        f"(20 classes); domain shift on tweets (3 classes), projector width {args.feature_dim}, "
+        f"{args.representation_epochs} representation epochs, NCL recipe {args.text_ncl_recipe} "
+        f"({args.text_views} views), max length {args.max_length}"
+    )
+
+
 def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     """20 Newsgroups (20 classes) for label noise, input noise and k-shot; tweets for the domain shift."""
     news = load_20newsgroups()
@@ -590,9 +602,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             features[name] = {key: layer(x)[0] for key, x in source.items()}
     track = Track(
         name="text",
-        description=f"{backbone_name}, 20 Newsgroups {len(train)} train / {len(test)} test "
-        f"(20 classes); domain shift on tweets (3 classes), projector width {width}, "
-        f"{args.representation_epochs} representation epochs",
+        description=text_description(args, backbone_name, len(train), len(test)),  # the fine-tune cells' key
         num_labels=len(label_feature.names),
         label_feature=label_feature,
         pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep), *sae_pairs("simclr", simclr_sweep)],

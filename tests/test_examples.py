@@ -184,6 +184,27 @@ def test_benchmark_vision_description_names_every_option_its_fine_tune_cells_sta
     assert describe(close[0]) != describe(close[1])  # ':g' wrote both as 0.123457
 
 
+def test_benchmark_text_description_names_every_option_its_fine_tune_cells_start_from(ex):
+    """The text description is the key of the text fine-tune cells (``--finetune_tracks text``): it left out
+    the NCL recipe, the number of views and the token limit, which change the fitted projector they start
+    from, so a changed recipe reused the old cells."""
+    bench = ex.robustness_benchmark
+    base = bench.parse(["--tracks", "vision"])  # the text options are parsed all the same; no tweets read
+    describe = bench.text_description
+    changes = {
+        "text_ncl_recipe": "authors",
+        "text_views": 4,
+        "max_length": 128,
+        "feature_dim": 512,
+        "representation_epochs": 3,
+    }
+    for name, value in changes.items():
+        assert describe(dataclasses.replace(base, **{name: value}), "m", 10, 5) != describe(
+            base, "m", 10, 5
+        ), name
+    assert describe(base, "m", 10, 5) != describe(base, "m", 11, 5) != describe(base, "other", 11, 5)
+
+
 def _own_dataclasses(ex, script):
     module = getattr(ex, script)
     if script == "finetune_noisy":
