@@ -374,6 +374,8 @@ def parse(argv=None) -> BenchmarkArguments:
                 f"--{name} {getattr(args, name)!r}: rates must lie in [0, {limit:.3g}) -- with "
                 f"{classes} classes, symmetric noise at (C-1)/C or more leaves no signal in the labels"
             )
+    if "text" in names(args.tracks):  # every domain-shift split needs rows: checked before any work
+        domain_shift_tweets(load_tweets(seed=0), args.train_size, args.test_size)
     return args
 
 
@@ -424,6 +426,63 @@ def sae_pairs(reference: str, sweep) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------- text
+#: the text track's domain-shift cells: (tweet split, size option, which tweets, kept when)
+DOMAIN_SHIFT_ROWS = {
+    DOMAIN_TRAIN: ("train", "train_size", "airline", lambda d: d == "airline"),
+    DOMAIN_TEST: ("test", "test_size", "airline", lambda d: d == "airline"),
+    DOMAIN_SHIFTED: ("test", "test_size", "non-airline", lambda d: d != "airline"),
+}
+
+
+def domain_shift_tweets(tweets, train_size: int, test_size: int) -> dict:
+    """The text track's domain-shift splits: of the first ``train_size`` training tweets and the first
+    ``test_size`` test tweets (as many tweets as posts; ``load_tweets(seed=0)`` fixes their order), the
+    airline ones train and test in domain, the others are the shifted test.
+
+    A size whose first tweets hold no airline (or no other) tweet would leave a split without rows (which
+    failed deep in the run with "no column ['label']"): refused, naming the smallest value that gives every
+    split a row.
+    """
+    sizes = {"train_size": train_size, "test_size": test_size}
+    domains = {
+        split: tweets[split]["domain"][:] for split in ("train", "test")
+    }  # lists: the lazy column is slow
+    first = {}  # the first row of each split's kind of tweet
+    for key, (split, _, which, keep) in DOMAIN_SHIFT_ROWS.items():
+        first[key] = next((i for i, d in enumerate(domains[split]) if keep(d)), None)
+        if first[key] is None:
+            raise SystemExit(
+                f"the {split} tweets hold no {which} tweet: the text track's domain shift cannot run"
+            )
+    for key, (split, option, which, _) in DOMAIN_SHIFT_ROWS.items():
+        if sizes[option] <= first[key]:
+            smallest = 1 + max(first[k] for k, row in DOMAIN_SHIFT_ROWS.items() if row[1] == option)
+            raise SystemExit(
+                f"--{option} {sizes[option]} is too small for the text track: its domain shift uses the "
+                f"first {sizes[option]} {split} tweets (as many as 20 Newsgroups posts) and they hold no "
+                f"{which} tweet, so its '{key}' split would be empty; the smallest allowed value is {smallest} "
+                f"(or leave the text track out: --tracks vision)"
+            )
+    out = {}
+    for key, (split, option, _, keep) in DOMAIN_SHIFT_ROWS.items():
+        size = min(sizes[option], len(domains[split]))
+        pool = tweets[split].select(range(size))  # selected as before: the same fingerprints, the same caches
+        out[key] = pool.select([i for i, d in enumerate(domains[split][:size]) if keep(d)])
+    return out
+
+
+def text_description(args, backbone_name: str, train_rows: int, test_rows: int) -> str:
+    """The text track's description, also the key of its finished fine-tune cells: it names every option
+    that changes the fitted projector a cell starts from (recipe, views, token limit, width, epochs) besides
+    the backbone and the data sizes."""
+    return (
+        f"{backbone_name}, 20 Newsgroups {train_rows} train / {test_rows} test "
+        f"(20 classes); domain shift on tweets (3 classes), projector width {args.feature_dim}, "
+        f"{args.representation_epochs} representation epochs, NCL recipe {args.text_ncl_recipe} "
+        f"({args.text_views} views), max length {args.max_length}"
+    )
+
+
 def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     """20 Newsgroups (20 classes) for label noise, input noise and k-shot; tweets for the domain shift."""
     news = load_20newsgroups()
@@ -449,16 +508,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
         )
 
     # domain shift: train on the airline tweets, test on airline (in-domain) and the other topics
-    domain_rows = {
-        DOMAIN_TRAIN: ("train", lambda d: d == "airline"),
-        DOMAIN_TEST: ("test", lambda d: d == "airline"),
-        DOMAIN_SHIFTED: ("test", lambda d: d != "airline"),
-    }
-    texts = {TRAIN: train, TEST: test}
-    sizes = {"train": args.train_size, "test": args.test_size}  # as many tweets as posts, as before
-    for key, (split, keep) in domain_rows.items():
-        pool = tweets[split].select(range(min(sizes[split], len(tweets[split]))))
-        texts[key] = pool.select([i for i, d in enumerate(pool["domain"]) if keep(d)])
+    texts = {TRAIN: train, TEST: test, **domain_shift_tweets(tweets, args.train_size, args.test_size)}
     noise_cells = []
     for rate in floats(args.typo_rates):
         texts[f"typo{rate:g}"] = add_text_noise(test, kind="typo", rate=rate, seed=0)
@@ -554,9 +604,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             features[name] = {key: layer(x)[0] for key, x in source.items()}
     track = Track(
         name="text",
-        description=f"{backbone_name}, 20 Newsgroups {len(train)} train / {len(test)} test "
-        f"(20 classes); domain shift on tweets (3 classes), projector width {width}, "
-        f"{args.representation_epochs} representation epochs",
+        description=text_description(args, backbone_name, len(train), len(test)),  # the fine-tune cells' key
         num_labels=len(label_feature.names),
         label_feature=label_feature,
         pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep), *sae_pairs("simclr", simclr_sweep)],
@@ -654,6 +702,39 @@ def _pretrain(
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
+#: the options the vision track's pretrained backbones depend on: the key of their cache folder, and named by
+#: :func:`vision_description` (the fine-tune cells' resume key), so a change pretrains and fine-tunes again
+VISION_PRETRAIN_OPTIONS = (
+    "vision_train_size",
+    "vision_feature_dim",
+    "pretrain_epochs",
+    "ncl_activation_loss_weight",
+)
+
+
+def _exact(x: float) -> str:
+    """``x`` as ``:g`` writes it where that is exact (the descriptions of earlier runs), else every digit.
+
+    Example:
+        >>> _exact(10.0), _exact(0.1), _exact(0.12345678)
+        ('10', '0.1', '0.12345678')
+    """
+    short = format(x, "g")
+    return short if float(short) == x else repr(float(x))
+
+
+def vision_description(args) -> str:
+    """The vision track's description: what its records were made with. It is also the key of every finished
+    fine-tune cell (:func:`~hf_monosem.scenarios.finetune.finetune_records`), so it names each option that
+    changes the models a cell starts from (:data:`VISION_PRETRAIN_OPTIONS`) and the test data; without the
+    NCL activation weight, a changed weight reused the old cells."""
+    return (
+        f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
+        f"train / {args.vision_test_size} test (10 classes), projector width {args.vision_feature_dim}, "
+        f"NCL activation weight {_exact(args.ncl_activation_loss_weight)}"
+    )
+
+
 def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     fashion = load_fashion_mnist(max_train=args.vision_train_size, max_test=args.vision_test_size)
     digits = load_digits_domain_shift(size=28, seed=0)
@@ -679,14 +760,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     datasets = {key: TensorRows(pixel_values=x[key], label=labels[key]) for key in x}
 
     pretrain_dir = os.path.join(
-        cache_dir,
-        "vision-pretrain-"
-        + _key(
-            args.vision_train_size,
-            args.vision_feature_dim,
-            args.pretrain_epochs,
-            args.ncl_activation_loss_weight,
-        ),
+        cache_dir, "vision-pretrain-" + _key(*(getattr(args, name) for name in VISION_PRETRAIN_OPTIONS))
     )
     pretrained = {}
     # (name, method, label leak): the clean pair, and the authors' label-leak variant as its own named pair
@@ -736,11 +810,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                     train_views[name] = torch.stack([sae(v)[0] for v in train_views["simclr"]])
     track = Track(
         name="vision",
-        description=f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST "
-        f"{args.vision_train_size} train / {args.vision_test_size} test (10 classes), projector width "
-        f"{width}, "
-        # the fine-tune cells' resume key: the NCL weight changes the pretrained NCL backbone they start from
-        f"NCL activation weight {args.ncl_activation_loss_weight:g}",
+        description=vision_description(args),  # the fine-tune cells' resume key
         num_labels=len(label_feature.names),
         label_feature=label_feature,
         pairs=[

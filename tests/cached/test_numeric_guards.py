@@ -10,6 +10,9 @@ custom backward crashed (``NotImplementedError ... addmm_out_sparse_csr``).
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_resnet_config
@@ -59,6 +62,30 @@ def test_every_cached_fitter_names_the_first_bad_row(value):
     views = torch.stack([x, bad])  # [K, N, F]: the second view holds it
     with pytest.raises(ValueError, match=r"features .* view 1, row 37, column 3"):
         train_probe_grid(views, y[None], 2, epochs=1)
+
+
+BAD_TEMPERATURES = [0, 0.0, -0.2, -1, float("nan"), float("inf"), "0.2", None, True, [0.2]]
+
+
+@pytest.mark.parametrize("temperature", BAD_TEMPERATURES, ids=repr)
+def test_projector_fitting_refuses_a_temperature_that_is_not_a_positive_number(temperature):
+    """Issue 21: ``temperature <= 0`` was accepted (0 divides the similarities by zero: NaN/inf logits;
+    a negative one rewards pushing the positive pair apart); inf or ``True`` trained silently on constant
+    or unscaled logits. Refused before any work, naming the value and what is allowed."""
+    x = sparse_mixtures(n=32, dim=8)
+    with pytest.raises(ValueError, match=r"temperature=.* is not valid; allowed: a finite number > 0"):
+        fit_contrastive_projector(
+            x, feature_dim=8, projector_hidden_dim=8, epochs=1, progress=False, temperature=temperature
+        )
+
+
+@pytest.mark.parametrize("temperature", [0.2, 1, np.float32(0.5)], ids=repr)
+def test_projector_fitting_takes_any_positive_real_temperature(temperature):
+    x = sparse_mixtures(n=32, dim=8)
+    _, report = fit_contrastive_projector(
+        x, feature_dim=8, projector_hidden_dim=8, epochs=1, progress=False, temperature=temperature
+    )
+    assert all(math.isfinite(loss) for loss in report["loss"])
 
 
 def test_probe_grid_labels_must_be_class_ids():

@@ -52,7 +52,11 @@ def test_grid_with_rows_and_weight_decay_equals_separate_runs():
 
 
 def test_rows_select_per_probe_subsets_and_bad_shapes_raise():
-    x = torch.randn(50, 4)
+    # Its own generator and a margin around the rule's boundary: the data came from the global RNG, so it
+    # depended on the tests run before (issue 21's flaky test: about 8% of RNG states gave a probe
+    # trained on 10 rows 0.58-0.70 accuracy, below the 0.7 asserted; with the margin, 300 seeds: >= 0.80)
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    x[:, 0] += x[:, 0].sign()
     y = (x[:, 0] > 0).long().expand(2, -1).clone()
     rows = torch.stack([torch.arange(10), torch.arange(10, 20)])
     grid = train_probe_grid(x, y, 2, rows=rows, epochs=30, lr=0.05, batch_size=5)
@@ -94,7 +98,9 @@ def test_ncl_projector_training_adds_sparsity_and_learns_the_views():
 
 
 def test_same_seed_same_projector():
-    x = torch.randn(129, 8)  # 129 = 2 x 64 + 1: the one-row tail batch is skipped
+    x = torch.randn(
+        129, 8, generator=torch.Generator().manual_seed(0)
+    )  # 129 = 2 x 64 + 1: the one-row tail batch is skipped
     kwargs = dict(feature_dim=16, projector_hidden_dim=16, epochs=2, batch_size=64, seed=4, progress=False)
     (a, report_a), (b, report_b) = (fit_contrastive_projector(x, **kwargs) for _ in range(2))
     assert report_a == report_b

@@ -78,9 +78,15 @@ def test_argmax_task_has_an_active_feature_in_every_row():
 @pytest.fixture(scope="module")
 def toys():
     # n = 8 features in m = 4 dimensions, dense vs sparse, importance 0.8^i: small enough for a unit test
+    # one thread while it trains, restored after (it set 1 for good: harmless while the root conftest.py runs
+    # the suite on one thread, order-dependent otherwise; tests/conftest.py now checks every test for that)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return train_superposition_toys([0.0, 0.9], [0.8], [0], num_features=8, hidden_dims=4, steps=1500,
-                                    batch_size=128, lr=3e-3)  # fmt: skip
+    try:
+        return train_superposition_toys([0.0, 0.9], [0.8], [0], num_features=8, hidden_dims=4, steps=1500,
+                                        batch_size=128, lr=3e-3)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_dense_features_are_not_superposed_and_the_most_important_ones_are_kept(toys):

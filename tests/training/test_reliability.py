@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,68 @@ def test_example_refuses_a_stored_scenario_from_another_run(finetune_noisy, tmp_
     scenario_args.label_noise = 0.6
     with pytest.raises(ValueError, match="scenario.json was written for .*'label_noise': 0.4"):
         finetune_noisy.noisy_train_split(train, scenario_args, train_args, data_args, 3)
+
+
+# ----------------------------------------------------------------------------- a caller's bf16 autocast
+def _weights_after_training(tmp_path, contrastive, autocast, **args):
+    """4 steps of a tiny model (TopK SAE classifier on a tiny BERT, or NCL pretraining of a tiny ResNet)."""
+    torch.manual_seed(0)
+    if contrastive:
+        from training_toys import mild_views, toy_smooth_images
+
+        config = tiny_resnet_config(num_channels=3)
+        model = MonoSemanticModel(
+            MonoSemanticConfig(backbone_config=config, feature_layer="nonneg", feature_dim=16)
+        )
+        trainer = ContrastiveTrainer(
+            model=model,
+            args=training_args(tmp_path, max_steps=4, **args),
+            train_dataset=toy_smooth_images(16),
+            image_views=mild_views(),
+        )  # fmt: skip
+    else:
+        config = MonoSemanticConfig(
+            backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=32, topk=4, num_labels=2
+        )
+        model = MonoSemanticForSequenceClassification(config)
+        trainer = MonoSemanticTrainer(
+            model=model, args=training_args(tmp_path, max_steps=4, **args), train_dataset=toy_text(32)
+        )
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        torch.autocast("cpu", torch.bfloat16, enabled=autocast),
+    ):
+        warnings.simplefilter("always")
+        trainer.train()
+    final = model.state_dict()
+    assert any(not torch.equal(initial[k], final[k]) for k in final)  # it trained
+    said = [str(w.message) for w in caught if "inside torch.autocast" in str(w.message)]
+    return final, [e["loss"] for e in trainer.state.log_history if "loss" in e], said
+
+
+@pytest.mark.parametrize("contrastive", [False, True], ids=["topk-classifier", "ncl-contrastive"])
+def test_training_inside_a_callers_bf16_autocast_equals_training_without_it(tmp_path, contrastive):
+    """Issue 21: ``trainer.train()`` inside ``torch.autocast("cpu", torch.bfloat16)`` ran every step on
+    autocast's cached bf16 copy of the *initial* weights (the region never ended, so its cache was never
+    cleared): weights 0.04 (classifier) / 0.38 (NCL) from the run without autocast after 4 steps, no
+    error. The trainers now turn the caller's autocast off for training, with a warning pointing to
+    ``bf16=True``; the TopK SAE's custom backward runs too (autocast off inside it)."""
+    plain, plain_losses, said = _weights_after_training(tmp_path / "plain", contrastive, autocast=False)
+    assert said == []
+    under, under_losses, said = _weights_after_training(tmp_path / "under", contrastive, autocast=True)
+    assert under_losses == plain_losses
+    for name, weight in plain.items():
+        assert torch.equal(under[name], weight), name
+    assert len(said) == 1 and "pass bf16=True" in said[0]
+
+
+def test_the_trainers_own_bf16_inside_a_callers_autocast_sees_every_update(tmp_path):
+    """``bf16=True`` nests the Trainer's per-step autocast inside the caller's region, whose weight cache
+    would then live across steps: the cache is cleared at each step, so the run equals ``bf16=True``
+    alone."""
+    alone, alone_losses, _ = _weights_after_training(tmp_path / "alone", False, autocast=False, bf16=True)
+    under, under_losses, _ = _weights_after_training(tmp_path / "under", False, autocast=True, bf16=True)
+    assert under_losses == alone_losses
+    for name, weight in alone.items():
+        assert torch.equal(under[name], weight), name
