@@ -460,8 +460,8 @@ def domain_shift_tweets(tweets, train_size: int, test_size: int) -> dict:
             raise SystemExit(
                 f"--{option} {sizes[option]} is too small for the text track: its domain shift uses the "
                 f"first {sizes[option]} {split} tweets (as many as 20 Newsgroups posts) and they hold no "
-                f"{which} tweet, so its '{key}' split would be empty; the smallest allowed value is {smallest} "
-                f"(or leave the text track out: --tracks vision)"
+                f"{which} tweet, so its '{key}' split would be empty; the smallest allowed value is "
+                f"{smallest} (or leave the text track out: --tracks vision)"
             )
     out = {}
     for key, (split, option, _, keep) in DOMAIN_SHIFT_ROWS.items():
