@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -671,10 +672,12 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("Section 4.3 done in %.1fs", time.time() - started)
     r42 = section_42(settings, seeds, protocols)
     logger.info("Section 4.2 done in %.1fs", time.time() - started)
+    # a folder given as a machine path is written by its last component (no local path in what we write)
+    shown_dir = args.output_dir
+    if os.path.isabs(os.path.expanduser(shown_dir)):
+        shown_dir = os.path.basename(os.path.normpath(os.path.expanduser(shown_dir)))
     command = (
-        "python examples/paper_toy.py"
-        + (" --quick" if args.quick else "")
-        + f" --output_dir {args.output_dir}"
+        "python examples/paper_toy.py" + (" --quick" if args.quick else "") + f" --output_dir {shown_dir}"
     )
     if args.seeds != ToyArguments.seeds:
         command += f" --seeds {args.seeds}"

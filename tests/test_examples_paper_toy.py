@@ -61,3 +61,5 @@ def test_quick_run_writes_the_page_json_and_plots(paper_toy, tmp_path):
     page = (tmp_path / "paper_toy.md").read_text()
     assert "not a result" in page and "separability measure was not found" in page
     assert json.loads((tmp_path / "paper_toy.json").read_text())["seeds"] == results["seeds"] == [0, 1]
+    for name in ("paper_toy.md", "paper_toy.json"):  # the output folder, a machine path, is never written
+        assert str(tmp_path) not in (tmp_path / name).read_text(), name
