@@ -14,6 +14,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from .feature_layers import FeatureLayerSettings, feature_layer_class, invalid_value
+from .gated_sae import GatedSparseAutoencoderFeatures  # noqa: F401  (defines and registers "gated")
+from .jumprelu_sae import JumpReLUSparseAutoencoderFeatures  # noqa: F401  (defines and registers "jumprelu")
 from .sae import SparseAutoencoder  # noqa: F401  (defines and registers the "sae" and "topk" kinds)
 
 try:
@@ -125,7 +127,8 @@ class MonoSemanticConfig(PreTrainedConfig):
             ``token``, ``trust_remote_code``, ``cache_dir`` also fetch its config; ``attn_implementation``
             and ``dtype`` choose how it is built). Kept for building the model, never saved.
         feature_layer: one of ``"linear"`` (polysemantic baseline), ``"nonneg"`` (NCL-style
-            non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
+            non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE), ``"jumprelu"``
+            (JumpReLU SAE, Gemma Scope's), ``"gated"`` (gated SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
         projector_hidden_dim, nonneg_activation, nonneg_order, topk, sparsity_weight, reconstruction_weight,
             sae_normalize_input, activation_loss_weight: the feature layer's settings; meaning, defaults and
@@ -161,7 +164,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         >>> MonoSemanticConfig(backbone_config=cfg.backbone_config, feature_layer="sparse")
         Traceback (most recent call last):
         ...
-        ValueError: feature_layer='sparse' is not valid; allowed: 'linear', 'nonneg', 'sae', 'topk'
+        ValueError: feature_layer='sparse' is not valid; allowed: 'linear', 'nonneg', 'sae', 'topk', ...
 
     The nested ``backbone_config`` is a sub-config in transformers' sense, so what ``from_pretrained``
     sets on a whole model (``attn_implementation``, ``dtype``) reaches the backbone too:

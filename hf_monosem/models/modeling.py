@@ -152,41 +152,51 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
             ...             bert.embeddings.word_embeddings.weight)
             True
         """
-        loading = {key: config_kwargs.pop(key) for key in BACKBONE_LOADING_OPTIONS if key in config_kwargs}
-        if isinstance(backbone, (str, os.PathLike)):
-            options = {key: value for key, value in loading.items() if value is not None}
-            backbone = AutoModel.from_pretrained(os.fspath(backbone), **options)
-            name = backbone.config.name_or_path
-        elif loading:
-            raise ValueError(
-                f"{sorted(loading)} say how a backbone is loaded, but this {type(backbone).__name__} is "
-                f"loaded already"
-            )
-        elif isinstance(backbone, PreTrainedModel):
-            name = backbone.config.name_or_path or None
-        else:
-            raise ValueError(
-                f"backbone must be a Hub id, a folder or a transformers PreTrainedModel, got "
-                f"{type(backbone).__name__}"
-            )
-        config_kwargs.setdefault("backbone", name or None)
+        backbone = cls._backbone_model(backbone, config_kwargs)
+        config_kwargs.setdefault("backbone", backbone.config.name_or_path or None)
         config = MonoSemanticConfig(
             backbone_config=backbone.config, use_pretrained_backbone=False, **config_kwargs
         )
         return cls(config, backbone=backbone)
 
+    @staticmethod
+    def _backbone_model(
+        backbone: str | os.PathLike | PreTrainedModel, config_kwargs: dict
+    ) -> PreTrainedModel:
+        """``backbone`` as a model: a Hub id or folder loaded with ``AutoModel.from_pretrained`` and the
+        loading options popped from ``config_kwargs``; a model passes through (with no loading options)."""
+        loading = {key: config_kwargs.pop(key) for key in BACKBONE_LOADING_OPTIONS if key in config_kwargs}
+        if isinstance(backbone, (str, os.PathLike)):
+            options = {key: value for key, value in loading.items() if value is not None}
+            return AutoModel.from_pretrained(os.fspath(backbone), **options)
+        if loading:
+            raise ValueError(
+                f"{sorted(loading)} say how a backbone is loaded, but this {type(backbone).__name__} is "
+                f"loaded already"
+            )
+        if not isinstance(backbone, PreTrainedModel):
+            raise ValueError(
+                f"backbone must be a Hub id, a folder or a transformers PreTrainedModel, got "
+                f"{type(backbone).__name__}"
+            )
+        return backbone
+
     @classmethod
     def from_sae(
         cls, backbone: str | PreTrainedModel, sae: str | os.PathLike, **kwargs
     ) -> MonoSemanticPreTrainedModel:
-        """:meth:`from_backbone` with a SAELens or sparsify checkpoint as the feature layer (``topk`` or
-        ``sae``).
+        """:meth:`from_backbone` with a SAELens, sparsify or Gemma Scope checkpoint as the feature layer
+        (``topk``, ``sae``, ``jumprelu`` or ``gated``), placed where it was trained.
 
         ``sae`` is a folder or a Hub id (downloaded with ``huggingface_hub``, the cache used offline);
         ``subfolder=``, ``sae_revision=``, ``local_files_only=`` and ``normalize_input=`` (override the
         checkpoint's input normalisation) say how to read it; the other keyword arguments go to
         :meth:`from_backbone` (``freeze_backbone`` defaults to ``True``; ``pooling`` to the one the checkpoint
-        names). See :mod:`hf_monosem.models.sae_formats` for the mapping.
+        names). The layer it reads (``hidden_layer``) comes from the checkpoint's hook: SAELens'
+        ``blocks.N.hook_resid_post``, sparsify's hookpoint folder ``layers.N``, Gemma Scope's ``layer_N``
+        (see :func:`~.hidden_layers.layer_of_hook`); a checkpoint of a pooled vector (``pooled.<pooling>``,
+        or no hook) goes on the pooled output, and ``hidden_layer=`` overrides what the checkpoint says.
+        See :mod:`hf_monosem.models.sae_formats` for the mapping.
 
         Example:
             >>> import tempfile
