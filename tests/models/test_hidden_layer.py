@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from fresh_process import run_without_hf_monosem
 from tiny_models import make_inputs, tiny_bert_config, tiny_llama_config, tiny_resnet_config, tiny_vit_config
 from transformers import AutoModel, AutoModelForSequenceClassification, LlamaModel
 
@@ -166,24 +164,16 @@ def test_a_bf16_backbone_feeds_an_fp32_sae_per_token():
     assert torch.isfinite(out.features).all()
 
 
-_FRESH_LOAD = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-    class BlockHfMonosem(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_monosem":
-                raise ImportError(name)
-    sys.meta_path.insert(0, BlockHfMonosem())
-    import torch
-    from transformers import AutoModel
-    ref = torch.load(sys.argv[1] + "/../ref.pt")
-    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-    with torch.no_grad():
-        features = model(**ref["inputs"]).features
-    print(json.dumps({"diff": float((features - ref["features"]).abs().max()),
-                      "hidden_layer": model.config.hidden_layer}))
-    """
-)
+_FRESH_LOAD = """
+import json, sys, torch
+from transformers import AutoModel
+ref = torch.load(sys.argv[1] + "/../ref.pt")
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+with torch.no_grad():
+    features = model(**ref["inputs"]).features
+diff = float((features - ref["features"]).abs().max())
+print(json.dumps({"diff": diff, "hidden_layer": model.config.hidden_layer}))
+"""
 
 
 def test_remote_code_carries_the_hidden_layer_route(tmp_path):
@@ -193,17 +183,6 @@ def test_remote_code_carries_the_hidden_layer_route(tmp_path):
     assert "hidden_layers.py" in os.listdir(tmp_path / "repo")
     with torch.no_grad():
         torch.save({"inputs": inputs, "features": model(**inputs).features}, tmp_path / "ref.pt")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.run(
-        [sys.executable, "-c", _FRESH_LOAD, str(tmp_path / "repo")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = run_without_hf_monosem(_FRESH_LOAD, str(tmp_path / "repo"), workdir=tmp_path)
     assert report == {"diff": 0.0, "hidden_layer": 1}
     assert type(AutoModel.from_pretrained(tmp_path / "repo")) is MonoSemanticModel
