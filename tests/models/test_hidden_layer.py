@@ -89,6 +89,9 @@ def test_the_backbone_stops_after_the_layer_read(family):
         full = model(**inputs, output_hidden_states=True)  # asked for: the whole backbone runs
     assert calls == [0, 1, 2, 3] and len(full.hidden_states) == LAYERS + 1
     torch.testing.assert_close(full.features, stopped.features)
+    calls.clear()
+    with torch.no_grad():  # the stop lives for one call: the backbone on its own runs whole afterwards
+        assert model.backbone(**inputs).last_hidden_state is not None and calls == [0, 1, 2, 3]
 
 
 def test_the_last_layer_is_read_before_the_final_norm():
