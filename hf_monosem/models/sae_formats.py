@@ -65,7 +65,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .configuration import _scrub_local_paths, public_name
+from .configuration import public_name, scrub_local_paths
 from .feature_layers import FeatureLayerSettings
 from .sae import SparseAutoencoder, SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
 
@@ -136,7 +136,7 @@ def save_sae(
         os.path.join(folder, _WEIGHTS[format]),
     )
     with open(os.path.join(folder, _CONFIG), "w") as f:
-        json.dump(_scrub_local_paths(config), f, indent=2)
+        json.dump(scrub_local_paths(config), f, indent=2)
     return os.fspath(folder)
 
 
