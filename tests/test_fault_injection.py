@@ -127,47 +127,21 @@ def test_killed_cached_route_reruns_to_the_uninterrupted_result_redoing_only_mis
 FINETUNE_SCRIPT = r"""
 import sys
 import torch
-from datasets import ClassLabel
-from transformers import ResNetConfig, default_data_collator
-from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification
-from hf_monosem.scenarios import finetune, grid
+sys.path[:0] = [sys.argv[2], f"{sys.argv[2]}/scenarios"]  # tests/: the grid tests' tiny image track
+from test_scenario_grid import _image_track
+from hf_monosem.scenarios import finetune
 from hf_monosem.training.checkpoints import write_json
+
+
+class PrintedCalls(list):
+    def append(self, kind):  # the track's model factory calls this once per cell it trains
+        print("cell:", kind, flush=True)  # the test counts these lines
+        super().append(kind)
+
 
 out = sys.argv[1]
 torch.set_num_threads(1)
-torch.manual_seed(0)
-backbone = ResNetConfig(
-    num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"
-)
-source = MonoSemanticForImageClassification(
-    MonoSemanticConfig(backbone_config=backbone, feature_layer="nonneg", feature_dim=16, num_labels=3)
-).monosemantic
-
-
-def factory(kind):
-    def make():
-        print("cell:", kind, flush=True)  # one line per cell trained: the test counts them
-        model = MonoSemanticForImageClassification(
-            MonoSemanticConfig(backbone_config=backbone, feature_layer=kind, feature_dim=16, num_labels=3)
-        )
-        model.monosemantic.load_state_dict(source.state_dict(), strict=False)  # the same pretrained start
-        return model
-
-    return make
-
-
-datasets, labels = {}, {}
-keys = (grid.TRAIN, grid.TEST, grid.DOMAIN_TRAIN, grid.DOMAIN_TEST, grid.DOMAIN_SHIFTED, "gaussian0.5")
-for i, key in enumerate(keys):
-    y = torch.arange(24) % 3
-    x = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(i)) + y.view(-1, 1, 1, 1)
-    datasets[key], labels[key] = grid.TensorRows(pixel_values=x, label=y), y
-track = grid.Track(
-    name="images", description="images", num_labels=3, label_feature=ClassLabel(names=["a", "b", "c"]),
-    pairs=[], features={}, labels=labels, noise_cells=[("gaussian_noise", 0.5, "gaussian0.5")],
-    finetune_models={"poly": factory("linear"), "mono": factory("nonneg")}, finetune_pairs=[("poly", "mono")],
-    datasets=datasets, collator=default_data_collator,
-)
+track = _image_track(PrintedCalls())  # seeds torch first: the same pretrained start in every process
 budget = finetune.FinetuneBudget(epochs=2, few_shot_steps=3, batch_size=8, train_size=16)
 records = finetune.finetune_records(
     track, [0.0, 0.5], [1], [0, 1], budget, state_file=f"{out}/cells.jsonl", work_dir=f"{out}/work",
@@ -176,6 +150,7 @@ records = finetune.finetune_records(
 write_json(f"{out}/records.json", records)
 print("phase: done", flush=True)
 """
+TESTS = str(Path(__file__).resolve().parent)
 #: cells of FINETUNE_SCRIPT's grid: 2 methods x (2 label-noise rates x 2 seeds + 1 shot x 2 seeds + 2 domain
 #: seeds), trained in that order
 FINETUNE_CELLS = 2 * (2 * 2 + 2 + 2)
@@ -222,33 +197,33 @@ def test_killed_finetune_grid_reruns_to_the_uninterrupted_records_training_only_
     script = tmp_path / "grid.py"
     script.write_text(FINETUNE_SCRIPT)
     full_log, full_cells, grid_seconds = _run_until(
-        [sys.executable, str(script), str(tmp_path / "full")], "cell:"
+        [sys.executable, str(script), str(tmp_path / "full"), TESTS], "cell:"
     )
     assert "phase: done" in full_log and full_cells == FINETUNE_CELLS, full_log
     expected = json.loads((tmp_path / "full" / "records.json").read_text())
 
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
-    for attempt in range(2):  # two random points per run of the test
-        out = tmp_path / f"killed{attempt}"
-        # never after the last cell started (the run could end first); at most 0.8 of a mean cell after the
-        # k-th started, so the kill lands in cell k or k + 1 (the last two cells are the longest)
-        k, delay = (
-            rng.randint(1, FINETUNE_CELLS - 1),
-            rng.uniform(0.0, 0.8 * grid_seconds / (FINETUNE_CELLS - 1)),
-        )
-        where = f"FAULT_SEED={seed}: SIGKILL {delay:.2f} s after cell {k} of {FINETUNE_CELLS} started"
-        print(where)
-        log, _, _ = _run_until([sys.executable, str(script), str(out)], "cell:", k, delay)
-        finished = _complete_state_lines(out / "cells.jsonl")
-        assert "phase: done" not in log and finished < FINETUNE_CELLS, (where, log)  # killed inside the grid
-        rerun, trained, _ = _run_until([sys.executable, str(script), str(out)], "cell:")
-        assert "phase: done" in rerun, (where, rerun)
-        assert "is not used" not in rerun, (where, rerun)  # a half line is dropped silently, never trusted
-        # only the cells without a whole line in the state file are trained again
-        assert trained == FINETUNE_CELLS - finished, (where, finished, rerun)
-        assert _complete_state_lines(out / "cells.jsonl") == FINETUNE_CELLS, where
-        assert json.loads((out / "records.json").read_text()) == expected, where  # exact: every float
+    # one random point per run of the test: each costs two more runs of the grid
+    out = tmp_path / "killed"
+    # never after the last cell started (the run could end first); at most 0.8 of a mean cell after the
+    # k-th started, so the kill lands in cell k or k + 1 (the last two cells are the longest)
+    k, delay = (
+        rng.randint(1, FINETUNE_CELLS - 1),
+        rng.uniform(0.0, 0.8 * grid_seconds / (FINETUNE_CELLS - 1)),
+    )
+    where = f"FAULT_SEED={seed}: SIGKILL {delay:.2f} s after cell {k} of {FINETUNE_CELLS} started"
+    print(where)
+    log, _, _ = _run_until([sys.executable, str(script), str(out), TESTS], "cell:", k, delay)
+    finished = _complete_state_lines(out / "cells.jsonl")
+    assert "phase: done" not in log and finished < FINETUNE_CELLS, (where, log)  # killed inside the grid
+    rerun, trained, _ = _run_until([sys.executable, str(script), str(out), TESTS], "cell:")
+    assert "phase: done" in rerun, (where, rerun)
+    assert "is not used" not in rerun, (where, rerun)  # a half line is dropped silently, never trusted
+    # only the cells without a whole line in the state file are trained again
+    assert trained == FINETUNE_CELLS - finished, (where, finished, rerun)
+    assert _complete_state_lines(out / "cells.jsonl") == FINETUNE_CELLS, where
+    assert json.loads((out / "records.json").read_text()) == expected, where  # exact: every float
 
 
 ROOT = Path(__file__).resolve().parents[1]
