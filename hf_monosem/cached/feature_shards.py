@@ -145,7 +145,8 @@ class ShardedFeatures:
     """A ``[rows, width]`` float32 matrix kept in shard files, indexed lazily like a tensor.
 
     ``matrix[i]``, ``matrix[a:b]`` (step 1) and ``matrix[index_tensor]`` read only the rows asked for
-    (through a ``numpy.memmap`` of each shard touched, released after the read) and return CPU tensors;
+    and return CPU tensors: a range is read from the files straight into the result, scattered rows
+    through a ``numpy.memmap`` of each shard touched (released after the read);
     :meth:`chunks` walks the matrix block by block; :meth:`to_tensor` loads it all (when it fits).
     """
 
@@ -205,10 +206,12 @@ class ShardedFeatures:
             lo, hi = max(start, self._starts[shard]), min(stop, self._starts[shard + 1])
             if lo >= stop:
                 break
-            if lo < hi:
-                with self._mapped(shard) as mapped:
-                    offset = self._starts[shard]
-                    out[lo - start : hi - start] = torch.from_numpy(np.array(mapped[lo - offset : hi - offset]))
+            if lo < hi:  # read straight into the result: no mapping, no intermediate copy
+                target = out[lo - start : hi - start].numpy()
+                with open(os.path.join(self.folder, self.shards[shard]["file"]), "rb") as f:
+                    f.seek(int(lo - self._starts[shard]) * self.shape[1] * _DTYPE.itemsize)
+                    if f.readinto(memoryview(target).cast("B")) != target.nbytes:
+                        raise OSError(f"shard {self.shards[shard]['file']} in {self.folder} is shorter than its manifest says")
         return out
 
     def _mapped(self, shard: int) -> _Mapped:
