@@ -136,7 +136,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train-size", type=int, default=4000)
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--max-length", type=int, default=128, help="token limit of the posts")
@@ -175,7 +177,9 @@ def main() -> None:
     sides: dict[str, Callable[[], Any]] = {
         "grid": lambda: run_grid(data, draws, lr),
         "grid + lr selection": lambda: run_grid(data, draws, select_lr(data)),
-        f"sklearn LogisticRegression(max_iter={args.max_iter})": lambda: run_sklearn(data, draws, args.max_iter),
+        f"sklearn LogisticRegression(max_iter={args.max_iter})": lambda: run_sklearn(
+            data, draws, args.max_iter
+        ),
     }
     names = list(sides)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -194,7 +198,10 @@ def main() -> None:
     reference = statistics.median(times[sklearn_name])
     for name in names:
         median = statistics.median(times[name])
-        print(f"| {name} | {median:.2f} ({min(times[name]):.2f}-{max(times[name]):.2f}) | {reference / median:.2f}x |")
+        print(
+            f"| {name} | {median:.2f} ({min(times[name]):.2f}-{max(times[name]):.2f}) "
+            f"| {reference / median:.2f}x |"
+        )
     print("\nclean-test accuracy, mean over seeds (min-max):")
     shown = ["grid", sklearn_name]  # "grid + lr selection" trains the same probes as "grid"
     print("| rate | " + " | ".join(shown) + " |")

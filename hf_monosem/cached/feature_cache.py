@@ -302,8 +302,9 @@ def _run_to_shards(
         writer.write(batch)
         written[0] += len(batch)
 
-    collect_outputs(base, dataset, batch_size, outputs=(output,), inputs=columns or None, collate_fn=collate_fn,
-                    device=device, progress=progress, split_processes=split, on_batch=write)  # fmt: skip
+    collect_outputs(base, dataset, batch_size, outputs=(output,), inputs=columns or None,
+                    collate_fn=collate_fn, device=device, progress=progress, split_processes=split,
+                    on_batch=write)  # fmt: skip
     shards = writer.close()
     if split:
         every: list[Any] = [None] * world

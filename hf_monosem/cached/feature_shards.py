@@ -59,13 +59,24 @@ class ShardWriter:
     """
 
     def __init__(
-        self, folder: str | os.PathLike, width: int | None = None, rows_per_shard: int = 65536, prefix: str = "shard-"
+        self,
+        folder: str | os.PathLike,
+        width: int | None = None,
+        rows_per_shard: int = 65536,
+        prefix: str = "shard-",
     ):
         if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
-            raise ValueError(f"width={width!r} is not valid; allowed: an integer >= 1 (None: the first batch's)")
+            raise ValueError(
+                f"width={width!r} is not valid; allowed: an integer >= 1 (None: the first batch's)"
+            )
         if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int) or rows_per_shard < 1:
             raise ValueError(f"rows_per_shard={rows_per_shard!r} is not valid; allowed: an integer >= 1")
-        self.folder, self.width, self.rows_per_shard, self.prefix = os.fspath(folder), width, rows_per_shard, prefix
+        self.folder, self.width, self.rows_per_shard, self.prefix = (
+            os.fspath(folder),
+            width,
+            rows_per_shard,
+            prefix,
+        )
         os.makedirs(self.folder, exist_ok=True)
         self.shards: list[dict[str, Any]] = []
         self._file: Any = None
@@ -211,11 +222,14 @@ class ShardedFeatures:
                 with open(os.path.join(self.folder, self.shards[shard]["file"]), "rb") as f:
                     f.seek(int(lo - self._starts[shard]) * self.shape[1] * _DTYPE.itemsize)
                     if f.readinto(memoryview(target).cast("B")) != target.nbytes:
-                        raise OSError(f"shard {self.shards[shard]['file']} in {self.folder} is shorter than its manifest says")
+                        name = self.shards[shard]["file"]
+                        raise OSError(f"shard {name} in {self.folder} is shorter than its manifest says")
         return out
 
     def _mapped(self, shard: int) -> _Mapped:
-        return _Mapped(os.path.join(self.folder, self.shards[shard]["file"]), self.shards[shard]["rows"], self.shape[1])
+        return _Mapped(
+            os.path.join(self.folder, self.shards[shard]["file"]), self.shards[shard]["rows"], self.shape[1]
+        )
 
 
 class _Mapped:
@@ -234,7 +248,9 @@ class _Mapped:
         del self.map
 
 
-def open_shards(folder: str | os.PathLike, key: str | None = None, verify: bool = True) -> ShardedFeatures | None:
+def open_shards(
+    folder: str | os.PathLike, key: str | None = None, verify: bool = True
+) -> ShardedFeatures | None:
     """The matrix :func:`write_manifest` describes in ``folder``, or ``None``: silently when there is no
     manifest (nothing written, or a run killed before the end), with a warning naming the folder and
     why when the manifest cannot be read, was written for another ``key``, a shard is missing or has
@@ -248,7 +264,10 @@ def open_shards(folder: str | os.PathLike, key: str | None = None, verify: bool 
         with open(path) as f:
             manifest = json.load(f)
         shards, width = manifest["shards"], int(manifest["width"])
-        if manifest.get("format") != "hf_monosem-feature-shards-1" or sum(s["rows"] for s in shards) != manifest["rows"]:
+        if (
+            manifest.get("format") != "hf_monosem-feature-shards-1"
+            or sum(s["rows"] for s in shards) != manifest["rows"]
+        ):
             return _reject(folder, "its manifest is not a feature-shard manifest of this version")
     except (OSError, ValueError, KeyError, TypeError) as error:
         return _reject(folder, f"its manifest cannot be read ({type(error).__name__}: {error})")
@@ -273,6 +292,6 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _reject(folder: str, why: str) -> None:
+def _reject(folder: str, why: str) -> Any:  # always None ("not used"), typed for the caller
     warnings.warn(f"feature shards in {folder} are not used: {why}; extracting again", stacklevel=3)
     return None

@@ -1,4 +1,4 @@
-"""Extraction under ``accelerate launch --num_processes 2`` (CPU, gloo) splits the rows and equals one process.
+"""Extraction under ``accelerate launch --num_processes 2`` (CPU, gloo) splits the rows, equals one process.
 
 Each process runs the one inference loop over its own contiguous block of rows only (counted with a
 forward hook on the real BERT backbone), the blocks are gathered back in dataset order, and every
@@ -63,8 +63,9 @@ alone = extract_pooled_features(bert, rows, batch_size=BATCH, pooling="mean", sp
 again = extract_pooled_features(bert, rows, batch_size=BATCH, cache_dir=f"{out}/cache", pooling="mean")
 sharded = extract_pooled_features(bert, rows, batch_size=BATCH, cache_dir=f"{out}/shards", pooling="mean",
                                   memory_map=True, rows_per_shard=5)
+shards = [s["rows"] for s in sharded.shards]
 torch.save({"world": accelerator.num_processes, "split": split, "alone": alone, "again": again,
-            "rows_run": rows_run, "sharded": sharded.to_tensor(), "shards": [s["rows"] for s in sharded.shards]},
+            "rows_run": rows_run, "sharded": sharded.to_tensor(), "shards": shards},
            f"{out}/rank{accelerator.process_index}.pt")
 """
 
