@@ -112,21 +112,23 @@ def select_lr(data: dict[str, Any]) -> float:
     return lr
 
 
-def run_sklearn(data: dict[str, Any], draws: torch.Tensor, max_iter: int) -> torch.Tensor:
-    """``[rates, seeds]`` clean-test accuracies of ``LogisticRegression`` fitted per cell."""
+def run_sklearn(data: dict[str, Any], draws: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, list[int]]:
+    """``[rates, seeds]`` clean-test accuracies of ``LogisticRegression`` fitted per cell, and the lbfgs
+    iterations each fit took."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     x, x_test, y_test = data["train"].numpy(), data["test"].numpy(), data["y_test"].numpy()
-    accuracies = []
+    accuracies, iterations = [], []
     for labels, seed in zip(draws, [s for _ in RATES for s in SEEDS]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the budget, as in the issue
             model = LogisticRegression(max_iter=max_iter, random_state=seed).fit(x, labels.numpy())
         accuracies.append(float((model.predict(x_test) == y_test).mean()))
-    return torch.tensor(accuracies).view(len(RATES), len(SEEDS))
+        iterations.append(int(model.n_iter_.max()))
+    return torch.tensor(accuracies).view(len(RATES), len(SEEDS)), iterations
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -183,15 +185,17 @@ def main() -> None:
     }
     names = list(sides)
     times: dict[str, list[float]] = {name: [] for name in names}
-    accuracy: dict[str, torch.Tensor] = {}
+    results: dict[str, Any] = {}
     for repeat in range(args.repeats):
         order = names[repeat % len(names) :] + names[: repeat % len(names)]
         for name in order:
-            seconds, accuracy[name] = timed(sides[name])
+            seconds, results[name] = timed(sides[name])
             times[name].append(seconds)
         print(f"repeat {repeat + 1}: " + ", ".join(f"{name} {times[name][-1]:.2f} s" for name in names))
 
     sklearn_name = names[-1]
+    accuracy: dict[str, torch.Tensor] = dict(results)
+    accuracy[sklearn_name], iterations = results[sklearn_name]
     print(f"\ncontrolled protocol's chosen lr: {lr:g} (grid {CONTROLLED_PROBE.lr_grid})")
     print(f"\n| side | wall s, median (min-max) over {args.repeats} | sklearn / side |")
     print("|---|---|---|")
@@ -213,6 +217,19 @@ def main() -> None:
             + " | ".join(f"{float(c.mean()):.3f} ({float(c.min()):.3f}-{float(c.max()):.3f})" for c in cells)
             + " |"
         )
+    # where the time goes: both sides are matmuls of the [N, F] features with [F, C] weights; the grid
+    # does one forward and one weight-gradient matmul per row and epoch, lbfgs about the same per
+    # full-data iteration (plus line-search evaluations, not counted: a lower bound)
+    classes, probes = data["label_feature"].num_classes, len(RATES) * len(SEEDS)
+    grid_flops = 2 * 2 * CONTROLLED_PROBE.epochs * n * width * classes * probes
+    sklearn_flops = 2 * 2 * sum(iterations) * n * width * classes
+    print(
+        f"\nmatmul work: grid {grid_flops / 1e9:.0f} GFLOP ({CONTROLLED_PROBE.epochs} epochs x {probes} "
+        f"probes); "
+        f"sklearn >= {sklearn_flops / 1e9:.0f} GFLOP (lbfgs iterations per fit: median "
+        f"{statistics.median(iterations):g}, {min(iterations)}-{max(iterations)}): sklearn / grid work "
+        f">= {sklearn_flops / grid_flops:.1f}x, the speed ratio at equal matmul throughput"
+    )
     wins = int(np.sum([float(accuracy["grid"][i].mean()) >= float(accuracy[sklearn_name][i].mean())
                        for i in range(len(RATES))]))  # fmt: skip
     print(f"\ngrid accuracy >= sklearn's at {wins} of {len(RATES)} rates")
