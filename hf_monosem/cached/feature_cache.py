@@ -13,6 +13,7 @@ views of every post (SimCSE dropout or token masking) through the same loop, cac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -214,8 +215,10 @@ def extract_pooled_features(
         if sharded is not None:
             logger.info("reading cached feature shards from %s", folder)
             return sharded
-        return _run_to_shards(base, dataset, columns, batch_size, collate_fn, device, output, progress,
-                              split, folder, key, rows_per_shard)  # fmt: skip
+        run = functools.partial(
+            _run, base, dataset, columns, batch_size, collate_fn, device, output, progress
+        )
+        return _run_to_shards(run, output, split, len(dataset), folder, key, rows_per_shard)
 
     path = None
     if cache_dir is not None:
@@ -256,7 +259,8 @@ def _run(
     output: str,
     progress: bool,
     split: bool = False,
-) -> torch.Tensor:
+    on_batch: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> torch.Tensor | None:
     outputs = collect_outputs(
         base,
         dataset,
@@ -267,29 +271,26 @@ def _run(
         device=device,
         progress=progress,
         split_processes=split,
+        on_batch=on_batch,
     )
     return outputs[output]
 
 
 def _run_to_shards(
-    base: MonoSemanticModel,
-    dataset: Any,
-    columns: list[str],
-    batch_size: int,
-    collate_fn: Callable | None,
-    device: str | torch.device | None,
+    run: Callable[..., Any],
     output: str,
-    progress: bool,
     split: bool,
+    num_rows: int,
     folder: Path,
     key: str,
     rows_per_shard: int,
 ) -> ShardedFeatures:
-    """The one inference loop streamed into shard files (this process's block of rows when ``split``); the
-    main process writes the manifest once every process's shards are on disk."""
+    """``run`` (:func:`_run` but for ``split`` and ``on_batch``: the one inference loop) streamed into shard
+    files, this process's block of rows when ``split``; the main process writes the manifest once every
+    process's shards are on disk."""
     world, rank = process_world()
-    split = split and 1 < world <= len(dataset)  # as collect_outputs decides
-    first_row = row_block(len(dataset), rank, world).start if split else 0
+    split = split and 1 < world <= num_rows  # as collect_outputs decides
+    first_row = row_block(num_rows, rank, world).start if split else 0
     writer = ShardWriter(folder, rows_per_shard=rows_per_shard, prefix=f"block{rank if split else 0:05d}-")
     written = [0]
 
@@ -302,9 +303,7 @@ def _run_to_shards(
         writer.write(batch)
         written[0] += len(batch)
 
-    collect_outputs(base, dataset, batch_size, outputs=(output,), inputs=columns or None,
-                    collate_fn=collate_fn, device=device, progress=progress, split_processes=split,
-                    on_batch=write)  # fmt: skip
+    run(split, on_batch=write)
     shards = writer.close()
     if split:
         every: list[Any] = [None] * world
@@ -316,7 +315,7 @@ def _run_to_shards(
     else:
         write_manifest(folder, [shards], int(writer.width or 0), key)
     sharded = open_shards(folder, key, verify=False)  # just written, hashed on the way
-    if sharded is None or len(sharded) != len(dataset):
+    if sharded is None or len(sharded) != num_rows:
         raise RuntimeError(f"feature shards in {folder} were written but cannot be read back")
     return sharded
 
