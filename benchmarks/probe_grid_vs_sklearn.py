@@ -95,7 +95,7 @@ def newsgroups_features(train_size: int, test_size: int, cache_dir: str, max_len
 def saved_features(train_path: str, test_path: str) -> dict[str, Any]:
     from datasets import ClassLabel
 
-    train, test = torch.load(train_path), torch.load(test_path)
+    train, test = torch.load(train_path, weights_only=True), torch.load(test_path, weights_only=True)
     num_labels = int(max(train["y"].max(), test["y"].max())) + 1
     return {
         "label_feature": ClassLabel(num_classes=num_labels),
