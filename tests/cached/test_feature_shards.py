@@ -129,6 +129,7 @@ print(json.dumps({"growth": peak() - before, "bytes": ROWS * WIDTH * 4, "rows": 
 """
 
 
+@pytest.mark.slow  # two child processes writing / holding 164 MB: 10-20 s each idle, ~1 min under load
 @pytest.mark.parametrize("route", ["memory_map", "in_memory"])
 def test_a_matrix_larger_than_the_memory_it_may_use_goes_through_disk(tmp_path, route):
     script = tmp_path / "child.py"
