@@ -29,7 +29,8 @@ Usage::
 Measured (2026-12-06, 2 shared CPU cores at load average 9-19, so ``--threads 1``; MiniLM features of
 4,000 20 Newsgroups training posts, the first 3,000 as training rows and the last 1,000 as test rows,
 ``--features``; 2 repeats): grid 10.35 s (10.00-10.71), grid + lr selection 30.1 s (28.8-31.5),
-sklearn 5.95 s (5.04-6.86): the grid is 0.57x sklearn's speed, not faster. The reason is the work:
+sklearn 5.95 s (5.04-6.86): the grid is 0.57x sklearn's speed, not faster (``--threads 2``, one repeat
+before the time ran out, load ~13: grid 35.8 s, sklearn 31.5 s, 0.88x). The reason is the work:
 lbfgs converges in 36-45 iterations here (not max_iter=200), >= 56 GFLOP of matmuls for the 15 fits,
 while 50 epochs of mini-batch AdamW are 69 GFLOP for the 15 probes; both sides run at 7-9 GFLOP/s, so
 no rewrite of the grid's step can reach 10x under this protocol (a closed-form gradient instead of
