@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from ..training.losses import _distributed_world
-
 __all__ = ["barrier", "gather_blocks", "process_world", "row_block"]
 
 
@@ -25,7 +23,9 @@ def process_world() -> tuple[int, int]:
         >>> process_world()
         (1, 0)
     """
-    return _distributed_world()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
 
 
 def row_block(num_rows: int, rank: int, world: int) -> range:

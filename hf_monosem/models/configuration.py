@@ -98,16 +98,21 @@ def public_name(name_or_path: Any) -> Any:
     return name_or_path
 
 
-def _scrub_local_paths(value: Any) -> Any:
+def scrub_local_paths(value: Any) -> Any:
+    """``value`` (a config as JSON data) with every backbone path and ``_name_or_path`` of a local folder
+    replaced by :func:`public_name` (its last component), recursively; Hub ids are kept.
+
+    Used for every JSON we write next to weights (``config.json`` here, SAE ``cfg.json`` in
+    :mod:`.sae_formats`), so no machine path leaves the machine."""
     if isinstance(value, dict):
         return {
             key: public_name(item)
             if key in ("backbone", "_name_or_path", "name_or_path")
-            else _scrub_local_paths(item)
+            else scrub_local_paths(item)
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [_scrub_local_paths(item) for item in value]
+        return [scrub_local_paths(item) for item in value]
     return value
 
 
@@ -282,7 +287,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         paths. The weights are in the checkpoint, so loading it never reads ``backbone``."""
         return (
             json.dumps(
-                _scrub_local_paths(json.loads(super().to_json_string(use_diff))), indent=2, sort_keys=True
+                scrub_local_paths(json.loads(super().to_json_string(use_diff))), indent=2, sort_keys=True
             )
             + "\n"
         )

@@ -73,7 +73,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .configuration import _scrub_local_paths, public_name
+from .configuration import public_name, scrub_local_paths
 from .feature_layers import FeatureLayerSettings, feature_layer_class
 from .hidden_layers import find_layer_list, layer_of_hook
 from .sae import SparseAutoencoder
@@ -151,7 +151,7 @@ def save_sae(
         os.path.join(folder, _WEIGHTS[format]),
     )
     with open(os.path.join(folder, _CONFIG), "w") as f:
-        json.dump(_scrub_local_paths(config), f, indent=2)
+        json.dump(scrub_local_paths(config), f, indent=2)
     return os.fspath(folder)
 
 
