@@ -139,7 +139,7 @@ def extract_pooled_features(
     device: str | torch.device | None = None,
     cache_key: str | None = None,
     progress: bool = False,
-    split_processes: bool | None = None,
+    split_processes: bool = False,
     memory_map: bool = False,
     rows_per_shard: int = 65536,
 ) -> torch.Tensor | ShardedFeatures:
@@ -163,9 +163,10 @@ def extract_pooled_features(
         split_processes: under ``accelerate launch --num_processes N`` / ``torchrun`` (one machine or
             several), each process extracts its own contiguous block of rows and the blocks are
             gathered, so every process returns the whole matrix in dataset order, as one process
-            would. ``None`` (default): whenever a process group of N > 1 is initialised; then every
-            process must call this (pass ``False`` to extract everything in each process, as before).
-            Only the main process writes the cache file.
+            would; then every process must call this (a process that skips it, e.g. code that runs
+            only on the main process, would leave the others waiting in the gather), which is why it
+            is opt-in: ``False`` (default) extracts everything in each process, as before. Only the
+            main process writes the cache file.
         memory_map: stream the matrix to shard files under ``cache_dir`` (``rows_per_shard`` rows each,
             float32) instead of holding it in memory, and return a :class:`~.feature_shards.ShardedFeatures`
             that reads rows lazily: a matrix larger than RAM (1.3M x 2048 floats is ~10 GB) needs disk,
@@ -202,7 +203,7 @@ def extract_pooled_features(
     base = resolve_base_model(model_or_backbone, pooling)
     columns = _input_columns(base, dataset)
     world = process_world()[0]
-    split = world > 1 if split_processes is None else bool(split_processes)
+    split = world > 1 and bool(split_processes)
     if memory_map:
         key = _cache_key(base, dataset, output, columns, cache_key, collate_fn)
         if key is None:

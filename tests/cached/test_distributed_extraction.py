@@ -56,13 +56,15 @@ bert, rows = bert_and_rows()
 seen = []
 hook = bert.embeddings.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
 out = sys.argv[1]
-split = extract_pooled_features(bert, rows, batch_size=BATCH, cache_dir=f"{out}/cache", pooling="mean")
+split = extract_pooled_features(bert, rows, batch_size=BATCH, cache_dir=f"{out}/cache", pooling="mean",
+                                split_processes=True)
 rows_run = sum(seen)
 hook.remove()
 alone = extract_pooled_features(bert, rows, batch_size=BATCH, pooling="mean", split_processes=False)
-again = extract_pooled_features(bert, rows, batch_size=BATCH, cache_dir=f"{out}/cache", pooling="mean")
+again = extract_pooled_features(bert, rows, batch_size=BATCH, cache_dir=f"{out}/cache", pooling="mean",
+                                split_processes=True)
 sharded = extract_pooled_features(bert, rows, batch_size=BATCH, cache_dir=f"{out}/shards", pooling="mean",
-                                  memory_map=True, rows_per_shard=5)
+                                  memory_map=True, rows_per_shard=5, split_processes=True)
 shards = [s["rows"] for s in sharded.shards]
 torch.save({"world": accelerator.num_processes, "split": split, "alone": alone, "again": again,
             "rows_run": rows_run, "sharded": sharded.to_tensor(), "shards": shards},
