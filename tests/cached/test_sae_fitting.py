@@ -317,23 +317,16 @@ def test_one_config_object_drives_both_fitting_functions_and_keywords_fill_it():
 
 
 def test_default_learning_rate_scales_with_the_width_and_decays_at_the_end(monkeypatch):
-    from hf_monosem.cached import SaeFitConfig, sae_fitting
+    from hf_monosem.cached import SaeFitConfig
 
     lrs = []
-    make_adam = sae_fitting._adam
+    step = torch.optim.Adam.step
 
-    def recording_adam(params, lr):
-        optimizer = make_adam(params, lr)
-        step = optimizer.step
+    def recorded_step(self, *args, **kwargs):  # the learning rate each optimiser step runs at
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
 
-        def recorded_step(*args, **kwargs):
-            lrs.append(optimizer.param_groups[0]["lr"])
-            return step(*args, **kwargs)
-
-        optimizer.step = recorded_step
-        return optimizer
-
-    monkeypatch.setattr(sae_fitting, "_adam", recording_adam)
+    monkeypatch.setattr(torch.optim.Adam, "step", recorded_step)
     x = sparse_mixtures(n=128)
     report = train_sae_layer(
         sae_layer("topk", topk=4, width=64),
