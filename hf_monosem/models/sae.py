@@ -314,7 +314,7 @@ class SparseAutoencoder(FeatureLayer):
         Example:
             >>> sae = TopKSparseAutoencoderFeatures(16, FeatureLayerSettings(feature_dim=32, topk=4))
             >>> sae.init_for_fit_(torch.ones(16), encoder_norm=0.5)
-            >>> round(float(sae.encoder.weight.norm(dim=1).max()), 4), float(sae.pre_bias[0])
+            >>> round(sae.encoder.weight.norm(dim=1).max().item(), 4), sae.pre_bias[0].item()
             (0.5, 1.0)
             >>> torch.allclose(sae.encoder.weight, 0.5 * sae.decoder.weight.t())
             True
