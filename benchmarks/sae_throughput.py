@@ -1,33 +1,41 @@
 """TopK SAE training throughput and quality: ``train_sae_layer`` against EleutherAI's sparsify, side by side.
 
-Both fit a TopK SAE on the same L2-normalised feature matrix with the same settings (width, k, batch,
-epochs, Adam with a constant learning rate, the same thread count), in one process. The repeats
-alternate which trainer runs first, so that load changes on the machine hit both alike; the medians
-over the repeats are compared. For each fit: rows/s (rows x epochs / wall time of the whole fit,
-including whatever the trainer does besides the steps) and the FVU of the final weights on all rows
-(``sum ||x - x_hat||^2 / sum ||x - mean||^2``, measured afterwards, outside the timing). The ratio is
-ours / sparsify (> 1: we are faster).
+Both fit a TopK SAE on the same L2-normalised training rows with the same settings (width, k, batch,
+epochs, Adam with a constant learning rate, the same thread count), in one process. Ours runs at
+``fit_sae``'s defaults (:class:`~hf_monosem.cached.SaeFitConfig`, its layer started by
+``init_for_fit_`` as ``fit_sae`` starts it); sparsify gets the same learning rate (``--lr`` sets both).
+The repeats alternate which trainer runs first, so that load changes on the machine hit both alike;
+the medians over the repeats are compared. For each fit: rows/s (rows x epochs / wall time of the
+whole fit, including whatever the trainer does besides the steps) and the FVU of the final weights
+on held-back rows of the same distribution (``sum ||x - x_hat||^2 / sum ||x - mean||^2``, measured
+afterwards, outside the timing).
+
+The ceiling: a TopK step cannot avoid two dense GEMMs at these shapes (the encoder's forward and a
+weight gradient, ``[B, D] x [D, M]`` and ``[M, B] x [B, D]``); the rows/s of that pair alone is
+timed just before and just after each of our fits (the machine's load changes from minute to
+minute), and our rows/s is printed as a share of it.
 
 The sparsify side is its ``SparseCoder`` (1.3.3, eager path: ``SPARSIFY_DISABLE_TRITON=1``, no
 Triton on CPU anyway) driven by the steps of its ``Trainer`` for ``loss_fn="fvu"``: decoder bias set
 to the data mean, decoder renormalised before each forward, FVU loss, the decoder gradient made
 orthogonal to the decoder rows, Adam step. Its ``Trainer`` itself cannot run here (it trains on a
-language model's hookpoints); its AuxK term is off by default (``auxk_alpha=0``) and its 1000-step
-learning-rate warm-up is left out (a 60-step fit would never leave it). Ours is
-``hf_monosem.cached.train_sae_layer`` with its defaults (AuxK for dead latents, none of which die in
-3 epochs here).
+language model's hookpoints); its AuxK term is off by default (``auxk_alpha=0``) and its learning-rate
+schedule (1000 warm-up steps, then a linear decay) is left out (a 60-step fit would never leave the
+warm-up). Ours has AuxK for dead latents, none of which die in 3 epochs here.
 
-The data: ``--data synthetic`` (default) is a MiniLM-like matrix made here (384-d, a shared offset
-plus sparse positive mixtures of 6144 directions with power-law frequencies, plus noise);
-``--data minilm`` extracts all-MiniLM-L6-v2 mean-pooled embeddings of the offline tweets (the
-``assets`` extra; cached under ``--cache-dir``, slow the first time); ``--features PATH`` reads a
-``[N, D]`` tensor saved with ``torch.save``.
+The data (``--data``, several in one run): ``synthetic`` is a MiniLM-like matrix made here (384-d, a
+shared offset plus sparse positive mixtures of 6144 directions with power-law frequencies, plus
+noise); ``lowrank`` is Gaussian mixtures of 64 directions plus noise; ``minilm`` extracts
+all-MiniLM-L6-v2 mean-pooled embeddings of the offline tweets (the ``assets`` extra; cached under
+``--cache-dir``, slow the first time); a path reads a ``[N, D]`` tensor saved with ``torch.save``.
+The last ``--heldout`` rows are held back.
 
 Needs the benchmark extra: ``pip install -e ".[interop]"`` (eai-sparsify).
 
 Usage::
 
-    # 20k x 384, width 1536, k 32, 3 epochs, 2 threads
+    # synthetic and lowrank: 20k training rows x 384 (+ 4096 held back), width 1536, k 32, 3 epochs,
+    # batch 1024, 2 threads
     python benchmarks/sae_throughput.py
     python benchmarks/sae_throughput.py --repeats 7 --data minilm
 """
@@ -44,8 +52,9 @@ os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # before sparsify is impo
 import torch
 import torch.nn.functional as F
 
-from hf_monosem.cached import train_sae_layer
+from hf_monosem.cached import SaeFitConfig, train_sae_layer
 from hf_monosem.models import FeatureLayerSettings, build_feature_layer
+from hf_monosem.models.sae import ENCODER_INIT_NORM
 
 
 def synthetic_features(rows: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -59,6 +68,19 @@ def synthetic_features(rows: int, dim: int, seed: int = 0) -> torch.Tensor:
     x = torch.zeros(rows, atoms).scatter_(1, chosen, weights) @ dictionary
     offset = 2.0 * F.normalize(torch.randn(dim, generator=g), dim=0)
     return x + offset + 0.1 * torch.randn(rows, dim, generator=g)
+
+
+def lowrank_features(rows: int, dim: int, seed: int = 0, rank: int = 64) -> torch.Tensor:
+    """Low rank plus noise: Gaussian mixtures of ``rank`` orthonormal directions (scales ``i**-0.5``),
+    plus isotropic noise (std 0.05). The directions are fixed (seed 1000), so that ``seed`` draws
+    further rows of one distribution (the held-back rows)."""
+    g = torch.Generator().manual_seed(1000)
+    basis = torch.linalg.qr(torch.randn(dim, rank, generator=g))[0].t()
+    scales = torch.arange(1, rank + 1).float() ** -0.5
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, rank, generator=g) * scales) @ basis + 0.05 * torch.randn(
+        rows, dim, generator=g
+    )
 
 
 def minilm_features(rows: int, cache_dir: str) -> torch.Tensor:
@@ -88,13 +110,33 @@ def fvu(reconstruction: torch.Tensor, x: torch.Tensor) -> float:
     return float((reconstruction - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-def run_sparsify(x: torch.Tensor, args, seed: int) -> tuple[float, float, float]:
+def gemm_ceiling(args, reps: int) -> float:
+    """Rows/s of the two dense GEMMs a TopK step cannot avoid at these shapes (the encoder's forward,
+    ``[B, D] x [D, M]``, and a weight gradient, ``[M, B] x [B, D]``): the median of ``reps`` timings
+    of the pair, on random operands, with the fits' threads."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, args.dim_in, generator=g)
+    weight = torch.randn(args.width, args.dim_in, generator=g)
+    bias = torch.zeros(args.width)
+    grad = torch.randn(args.batch_size, args.width, generator=g)
+    torch.addmm(bias, x, weight.t())  # warm-up (MKL's first call)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.addmm(bias, x, weight.t())
+        torch.mm(grad.t(), x)
+        times.append(time.perf_counter() - start)
+    return args.batch_size / statistics.median(times)
+
+
+def run_sparsify(x: torch.Tensor, held: torch.Tensor, args, seed: int) -> tuple[float, float, float]:
     from sparsify import SparseCoder, SparseCoderConfig
 
-    x = F.normalize(x, dim=-1)  # sparsify has no input normalisation: give it what our layer computes
+    # sparsify has no input normalisation: give it what our layer computes
+    x, held = F.normalize(x, dim=-1), F.normalize(held, dim=-1)
     torch.manual_seed(seed)
     sae = SparseCoder(x.shape[1], SparseCoderConfig(num_latents=args.width, k=args.k))
-    optimizer = torch.optim.Adam(sae.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=args.sparsify_lr)
     generator = torch.Generator().manual_seed(seed)
     wall, cpu = time.perf_counter(), time.process_time()
     sae.b_dec.data = x.mean(0)
@@ -108,77 +150,136 @@ def run_sparsify(x: torch.Tensor, args, seed: int) -> tuple[float, float, float]
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     with torch.no_grad():
         sae.set_decoder_norm_to_unit_norm()
-        quality = fvu(sae(x).sae_out, x)
+        quality = fvu(sae(held).sae_out, held)
     return len(x) * args.epochs / wall, len(x) * args.epochs / cpu, quality
 
 
-def run_ours(x: torch.Tensor, args, seed: int) -> tuple[float, float, float]:
+def run_ours(x: torch.Tensor, held: torch.Tensor, args, seed: int) -> tuple[float, float, float]:
     torch.manual_seed(seed)
     settings = FeatureLayerSettings(feature_dim=args.width, topk=args.k, sae_normalize_input=True)
     layer = build_feature_layer(settings, input_dim=x.shape[1], kind="topk")
+    layer.init_for_fit_(encoder_norm=ENCODER_INIT_NORM)  # what fit_sae does to the layer it builds
+    config = SaeFitConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, progress=False)
     wall, cpu = time.perf_counter(), time.process_time()
-    train_sae_layer(
-        layer, x, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=seed, progress=False
-    )
+    train_sae_layer(layer, x, config=config.with_options(lr=args.lr))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     with torch.no_grad():
-        prepared = layer.prepare_input(x)
+        prepared = layer.prepare_input(held)
         quality = fvu(layer.decode(layer.encode(prepared)), prepared)
     return len(x) * args.epochs / wall, len(x) * args.epochs / cpu, quality
 
 
+def load_data(name: str, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(training rows, held-back rows)`` of one data set."""
+    total = args.rows + args.heldout
+    if name == "synthetic":
+        x = synthetic_features(total, args.dim)
+    elif name == "lowrank":
+        x = lowrank_features(total, args.dim)
+    elif name == "minilm":
+        x = minilm_features(total, args.cache_dir)
+    else:  # a file
+        x = torch.load(name, weights_only=True)[:total].float()  # tensors only: runs no code
+    if len(x) <= args.heldout:
+        raise SystemExit(f"{name}: {len(x)} rows, not more than --heldout {args.heldout}")
+    return x[: len(x) - args.heldout], x[len(x) - args.heldout :]
+
+
+def bench(name: str, args) -> dict[str, float]:
+    x, held = load_data(name, args)
+    args.dim_in = x.shape[1]
+    args.sparsify_lr = SaeFitConfig(lr=args.lr).resolved_lr(args.width)
+    print(
+        f"\ndata={name} rows={x.shape[0]} held-back={held.shape[0]} dim={x.shape[1]} width={args.width} "
+        f"k={args.k} batch={args.batch_size} epochs={args.epochs} threads={torch.get_num_threads()} "
+        f"repeats={args.repeats} (alternating order); ours at fit_sae's defaults"
+        f"{'' if args.lr is None else f' but lr={args.lr}'}, sparsify at lr={args.sparsify_lr:.3g}"
+    )
+    runners = {"sparsify": run_sparsify, "ours": run_ours}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runners}
+    ceilings: list[float] = []  # the GEMM ceiling, measured just before and just after our fit
+    shares: list[float] = []
+    for repeat in range(args.repeats):
+        order = list(runners) if repeat % 2 == 0 else list(runners)[::-1]
+        for trainer in order:
+            before = gemm_ceiling(args, args.ceiling_reps) if trainer == "ours" else None
+            results[trainer].append(runners[trainer](x, held, args, seed=repeat))
+            if before is not None:
+                ceiling = statistics.mean([before, gemm_ceiling(args, args.ceiling_reps)])
+                ceilings.append(ceiling)
+                shares.append(results["ours"][-1][0] / ceiling)
+        line = "  ".join(
+            f"{t}: {results[t][-1][0]:8.0f} rows/s  FVU {results[t][-1][2]:.4f}" for t in runners
+        )
+        print(
+            f"repeat {repeat} (seed {repeat}, {order[0]} first)  {line}  "
+            f"ceiling {ceilings[-1]:8.0f} rows/s (ours {shares[-1]:.0%})",
+            flush=True,
+        )
+
+    medians = {
+        trainer: [statistics.median(r[i] for r in runs) for i in range(3)]
+        for trainer, runs in results.items()
+    }
+    paired = statistics.median(o[0] / s[0] for o, s in zip(results["ours"], results["sparsify"]))
+    fvus = {t: [r[2] for r in runs] for t, runs in results.items()}
+    print(
+        f"\n{'trainer':<10} {'rows/s':>10} {'rows/cpu-s':>11} {'held-back FVU':>14}"
+        f"   (medians of {args.repeats})"
+    )
+    for trainer, (rate, cpu_rate, quality) in medians.items():
+        spread = f"{min(fvus[trainer]):.4f}..{max(fvus[trainer]):.4f}"
+        print(f"{trainer:<10} {rate:>10.0f} {cpu_rate:>11.0f} {quality:>14.4f}   (range {spread})")
+    print(f"{'ceiling':<10} {statistics.median(ceilings):>10.0f}   (two dense GEMMs per step, next to ours)")
+    wins = sum(o <= s for o, s in zip(fvus["ours"], fvus["sparsify"]))
+    print(
+        f"\n{name}: ours/sparsify {medians['ours'][0] / medians['sparsify'][0]:.2f}x rows/s (median of "
+        f"per-repeat ratios {paired:.2f}x); ours at {statistics.median(shares):.0%} of the GEMM ceiling "
+        f"(median of per-repeat shares, range {min(shares):.0%}..{max(shares):.0%}); held-back FVU "
+        f"{medians['ours'][2]:.4f} vs {medians['sparsify'][2]:.4f} (ours <= sparsify in {wins} of "
+        f"{args.repeats} seeds)"
+    )
+    return {
+        "share": statistics.median(shares),
+        "fvu_ours": medians["ours"][2],
+        "fvu_sparsify": medians["sparsify"][2],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", choices=["synthetic", "minilm"], default="synthetic")
-    parser.add_argument("--features", default=None, help="a torch.save'd [N, D] tensor (overrides --data)")
-    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument(
+        "--data", nargs="+", default=["synthetic", "lowrank"], help="synthetic, lowrank, minilm or a file"
+    )
+    parser.add_argument("--rows", type=int, default=20000, help="training rows")
+    parser.add_argument("--heldout", type=int, default=4096, help="held-back rows the FVU is measured on")
     parser.add_argument("--dim", type=int, default=384, help="width of the synthetic features")
     parser.add_argument("--width", type=int, default=1536, help="SAE latents")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate of both (default: fit_sae's, given to sparsify too)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="fits of each trainer, alternating")
+    parser.add_argument(
+        "--ceiling-reps", type=int, default=10, help="GEMM pairs timed before and after each fit"
+    )
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/hf_monosem/benchmarks"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    if args.features:
-        x = torch.load(args.features, weights_only=True)[: args.rows].float()  # tensors only: runs no code
-    elif args.data == "minilm":
-        x = minilm_features(args.rows, args.cache_dir)
-    else:
-        x = synthetic_features(args.rows, args.dim)
-    print(
-        f"data={args.features or args.data} rows={x.shape[0]} dim={x.shape[1]} width={args.width} k={args.k} "
-        f"batch={args.batch_size} epochs={args.epochs} lr={args.lr} threads={torch.get_num_threads()} "
-        f"repeats={args.repeats} (alternating order)"
-    )
-    runners = {"sparsify": run_sparsify, "ours": run_ours}
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runners}
-    for repeat in range(args.repeats):
-        order = list(runners) if repeat % 2 == 0 else list(runners)[::-1]
-        for name in order:
-            results[name].append(runners[name](x, args, seed=repeat))
-        line = "  ".join(
-            f"{name}: {results[name][-1][0]:8.0f} rows/s  FVU {results[name][-1][2]:.4f}" for name in runners
+    summary = {name: bench(name, args) for name in args.data}
+    print("\nsummary (goal: held-back FVU <= sparsify's on every data set, >= 75% of the GEMM ceiling)")
+    for name, numbers in summary.items():
+        print(
+            f"  {name:<10} FVU {numbers['fvu_ours']:.4f} vs {numbers['fvu_sparsify']:.4f} "
+            f"({'met' if numbers['fvu_ours'] <= numbers['fvu_sparsify'] else 'NOT met'}); "
+            f"{numbers['share']:.0%} of the ceiling ({'met' if numbers['share'] >= 0.75 else 'NOT met'})"
         )
-        print(f"repeat {repeat} (seed {repeat}, {order[0]} first)  {line}", flush=True)
-
-    medians = {
-        name: [statistics.median(r[i] for r in runs) for i in range(3)] for name, runs in results.items()
-    }
-    paired = statistics.median(o[0] / s[0] for o, s in zip(results["ours"], results["sparsify"]))
-    print(f"\n{'trainer':<10} {'rows/s':>10} {'rows/cpu-s':>11} {'FVU':>8}   (medians of {args.repeats})")
-    for name, (rate, cpu_rate, quality) in medians.items():
-        print(f"{name:<10} {rate:>10.0f} {cpu_rate:>11.0f} {quality:>8.4f}")
-    ratio = medians["ours"][0] / medians["sparsify"][0]
-    print(
-        f"\nratio ours/sparsify: {ratio:.2f}x rows/s (median of per-repeat ratios {paired:.2f}x, "
-        f"{medians['ours'][1] / medians['sparsify'][1]:.2f}x per CPU-second); "
-        f"FVU {medians['ours'][2]:.4f} vs {medians['sparsify'][2]:.4f}"
-    )
 
 
 if __name__ == "__main__":

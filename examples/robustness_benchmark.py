@@ -436,7 +436,8 @@ def fit_saes(train: torch.Tensor, sweep, epochs: int) -> dict[str, tuple[torch.n
             ),
             input_dim=train.shape[1],
         )
-        report = train_sae_layer(sae, train, epochs=epochs, seed=0, progress=True)
+        # lr pinned at the former default (the default now scales with the width): its records reproduce
+        report = train_sae_layer(sae, train, epochs=epochs, lr=1e-3, seed=0, progress=True)
         fitted[name] = (sae.eval(), {key: v for key, v in report.items() if key.startswith("final_")})
     return fitted
 

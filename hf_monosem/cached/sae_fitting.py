@@ -18,6 +18,8 @@ are gathered from the training batches themselves (no evaluation pass).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +36,7 @@ from .extraction import resolve_base_model
 from .feature_cache import extract_pooled_features
 from .minibatch import MiniBatches
 
-__all__ = ["explained_variance", "fit_sae", "resample_dead_latents", "train_sae_layer"]
+__all__ = ["SaeFitConfig", "explained_variance", "fit_sae", "resample_dead_latents", "train_sae_layer"]
 
 # rows of the cached matrix from which resampling targets are picked; the whole matrix when smaller
 _RESAMPLE_ROWS = 8192
@@ -43,6 +45,110 @@ DEAD_LATENT_STRATEGIES = ("auxk", "resample", "none")
 _DEFAULT_DEAD_LATENTS = {"topk": "auxk", "sae": "resample"}
 # OpenAI's AuxK weight (Gao et al. 2024: alpha = 1/32)
 _AUXK_WEIGHT = 1 / 32
+# the default Adam learning rate at 2**14 latents, scaled by 1 / sqrt(width / 2**14) for other widths
+# (sparsify's width rule). 3x sparsify's 2e-4: a cached-route fit is short (tens to hundreds of steps,
+# sparsify's runs are ~1e5) and gets further at the larger step: held-back FVU 0.301 at width 1536
+# (lr 1.96e-3) vs 0.334 at 1e-3 (the former default) and 0.369 at sparsify's 6.5e-4 (low rank + noise,
+# 20k x 384, k 32, 3 epochs, batch 1024, seed 0; benchmarks/sae_throughput.py)
+_DEFAULT_LR_AT_16K = 6e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class SaeFitConfig:
+    """How an SAE is fitted: the options :func:`fit_sae` and :func:`train_sae_layer` share (as
+    sparsify's ``TrainConfig`` beside its ``SparseCoderConfig``; the layer's own settings, width and
+    ``k``, stay in :class:`~hf_monosem.models.FeatureLayerSettings`).
+
+    Attributes:
+        epochs, batch_size, seed: Adam on shuffled mini-batches of the cached matrix
+            (:class:`~hf_monosem.cached.minibatch.MiniBatches`, seeded with ``seed``).
+        lr: Adam's learning rate; ``None`` scales it with the width as sparsify does, at 3x its
+            constant: ``6e-4 / sqrt(feature_dim / 2**14)`` (:meth:`resolved_lr`). Adam's steps have a
+            fixed size, so features that barely vary around their mean (a randomly initialised backbone,
+            say) need a smaller one; watch ``explained_variance`` in the report.
+        dead_latents: what to do with latents that stopped firing: ``"auxk"`` (OpenAI's AuxK loss,
+            Gao et al. 2024: the dead latents' largest pre-activations learn to reconstruct the
+            residual, weighted ``auxk_weight``; ``topk`` only), ``"resample"`` (Anthropic 2023,
+            :meth:`~hf_monosem.models.sae.SparseAutoencoder.resample_dead_`, every ``resample_every``
+            steps during the first ``resample_until`` of training) or ``"none"``. ``None``: ``"auxk"``
+            for ``topk``, ``"resample"`` for ``sae``. Neither changes the forward pass.
+        auxk_weight: weight of the AuxK term (1/32, as in the paper).
+        dead_after_steps: a latent that fired on no input for this many steps is dead (``None``: one
+            epoch of steps).
+        resample_every: check for dead latents every this many steps (``None``: ``dead_after_steps``),
+            during the first ``resample_until`` fraction of training only, so the SAE settles after
+            the last resampling.
+        lr_decay: the last fraction of the steps over which the learning rate decays linearly to 0
+            (sparsify's Trainer decays over the whole run). Off by default: at the shapes of
+            ``benchmarks/sae_throughput.py`` it bought nothing (held-back FVU 0.3035 with 0.3 vs 0.3013
+            without, low rank + noise, lr 2e-3, seed 0).
+        progress: show a tqdm bar (explained variance, L0 and dead fraction after every epoch).
+
+    Example:
+        >>> config = SaeFitConfig(epochs=3, batch_size=1024)
+        >>> round(config.resolved_lr(16384), 6), round(config.resolved_lr(1536), 6)
+        (0.0006, 0.00196)
+        >>> SaeFitConfig(epochs=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: epochs=0 is not valid; allowed: a positive integer
+    """
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float | None = None
+    seed: int = 0
+    dead_latents: str | None = None
+    auxk_weight: float = _AUXK_WEIGHT
+    dead_after_steps: int | None = None
+    resample_every: int | None = None
+    resample_until: float = 0.8
+    lr_decay: float = 0.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # bad options fail here, before any extraction or step
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} is not valid; allowed: a positive integer")
+        for name in ("dead_after_steps", "resample_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}={value!r} is not valid; allowed: None or a positive integer")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr >= 0):
+            raise ValueError(f"lr={self.lr!r} is not valid; allowed: None (scaled with the width) or >= 0")
+        if self.dead_latents is not None and self.dead_latents not in DEAD_LATENT_STRATEGIES:
+            raise ValueError(
+                f"dead_latents={self.dead_latents!r} is not valid; allowed: None, "
+                f"{', '.join(map(repr, DEAD_LATENT_STRATEGIES))}"
+            )
+        if not (isinstance(self.auxk_weight, (int, float)) and self.auxk_weight >= 0):
+            raise ValueError(f"auxk_weight={self.auxk_weight!r} is not valid; allowed: a number >= 0")
+        if not 0 <= self.lr_decay <= 1:
+            raise ValueError(f"lr_decay={self.lr_decay!r} is not valid; allowed: a number in [0, 1]")
+        if not 0 <= self.resample_until <= 1:
+            raise ValueError(
+                f"resample_until={self.resample_until!r} is not valid; allowed: a number in [0, 1]"
+            )
+
+    def resolved_lr(self, feature_dim: int) -> float:
+        """``lr``, or the width-scaled default ``6e-4 / sqrt(feature_dim / 2**14)`` when ``None``."""
+        return float(self.lr) if self.lr is not None else _DEFAULT_LR_AT_16K / math.sqrt(feature_dim / 2**14)
+
+    def with_options(self, **options: Any) -> SaeFitConfig:
+        """A copy with the options that are not ``None`` replaced (how the keyword arguments of
+        :func:`fit_sae` and :func:`train_sae_layer` fill a config)."""
+        given = {name: value for name, value in options.items() if value is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+
+def _fit_config(config: SaeFitConfig | None, arguments: dict[str, Any]) -> SaeFitConfig:
+    """``config`` (default ``SaeFitConfig()``) with the fields that a function's keyword arguments of
+    the same name give (not ``None``) replaced: how :func:`fit_sae` and :func:`train_sae_layer` keep
+    their keywords."""
+    fields = {field.name for field in dataclasses.fields(SaeFitConfig)}
+    return (config or SaeFitConfig()).with_options(**{k: v for k, v in arguments.items() if k in fields})
 
 
 def explained_variance(
@@ -79,62 +185,56 @@ def fit_sae(
     backbone_or_model: nn.Module,
     dataset: Any = None,
     *,
+    config: SaeFitConfig | None = None,
     features: torch.Tensor | None = None,
     feature_layer: str = "topk",
     feature_dim: int | None = None,
     topk: int | None = None,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    batch_size: int = 256,
-    seed: int = 0,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
     sparsity_weight: float | None = None,
     sae_normalize_input: bool | str = True,
     dead_latents: str | None = None,
-    auxk_weight: float = _AUXK_WEIGHT,
+    auxk_weight: float | None = None,
     dead_after_steps: int | None = None,
     resample_every: int | None = None,
-    resample_until: float = 0.8,
+    resample_until: float | None = None,
     cache_dir: str | os.PathLike | None = None,
     extract_batch_size: int = 64,
     pooling: str | None = None,
     collate_fn: Callable | None = None,
     device: str | torch.device | None = None,
     copy_backbone: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> tuple[MonoSemanticModel, dict[str, Any]]:
     """Fit a post-hoc SAE on a frozen backbone; return ``(model, report)``.
+
+    The model is built once (backbone, pooling, the SAE): the pooled vectors are extracted from it
+    (or given as ``features``), its SAE starts from :meth:`SparseAutoencoder.init_for_fit_
+    <hf_monosem.models.sae.SparseAutoencoder.init_for_fit_>` and is trained in place by
+    :func:`train_sae_layer`.
 
     Args:
         backbone_or_model: a transformers backbone, or a MonoSemantic model whose backbone (and pooling)
             is used. The backbone is deep-copied unless ``copy_backbone=False`` (the returned model
             freezes it, which would otherwise also freeze the caller's).
         dataset: the examples (see :func:`extract_pooled_features`); or give ``features`` instead.
+        config: the fitting options (:class:`SaeFitConfig`: epochs, batch size, learning rate, seed,
+            dead-latent handling, progress bar); default ``SaeFitConfig()``.
         features: a precomputed ``[N, hidden]`` matrix of pooled backbone vectors.
         feature_layer: ``"topk"`` (the paper's post-hoc SAE: TopK, normalised MSE, no L1) or ``"sae"``
             (ReLU + L1 with ``sparsity_weight``).
         feature_dim, topk: SAE width and active latents (defaults as in :class:`MonoSemanticConfig`).
-        epochs, lr, batch_size, seed: Adam on shuffled mini-batches of the cached matrix. Adam's steps
-            have a fixed size, so features that barely vary around their mean (a randomly initialised
-            backbone, say) need a smaller ``lr``; watch ``explained_variance`` in the report.
+        epochs, lr, batch_size, seed, dead_latents, auxk_weight, dead_after_steps, resample_every,
+            resample_until, progress: the fields of :class:`SaeFitConfig` (see there); those given
+            (not ``None``) replace the ``config``'s.
         sae_normalize_input: when the SAE L2-normalises its input: True / "always" (fitting and codes, the
             default), "fit" (fitting only: the codes encode the raw vector, as the authors' probe does) or
             False / "never" (see :class:`~hf_monosem.models.FeatureLayerSettings`).
-        dead_latents: what to do with latents that stopped firing: ``"auxk"`` (OpenAI's AuxK loss,
-            Gao et al. 2024: the dead latents' largest pre-activations learn to reconstruct the
-            residual, weighted ``auxk_weight``; ``topk`` only), ``"resample"`` (Anthropic 2023,
-            :meth:`~hf_monosem.models.sae.SparseAutoencoder.resample_dead_`, every ``resample_every``
-            steps during the first ``resample_until`` of training) or ``"none"``. Default: ``"auxk"``
-            for ``topk``, ``"resample"`` for ``sae``. Neither changes the forward pass: the fitted
-            layer is exactly the feature layer the model runs.
-        auxk_weight: weight of the AuxK term (default 1/32, as in the paper).
-        dead_after_steps: a latent that fired on no input for this many steps is dead (default: one
-            epoch of steps).
-        resample_every: check for dead latents every this many steps (default ``dead_after_steps``),
-            during the first ``resample_until`` fraction of training only, so the SAE settles after
-            the last resampling (``dead_latents="resample"``).
         cache_dir: cache of the extracted features (:func:`extract_pooled_features`).
         device: where to fit (default: the backbone's device).
-        progress: show a tqdm bar (explained variance, L0 and dead fraction after every epoch).
 
     Returns:
         ``(model, report)``: a :class:`MonoSemanticModel` with ``freeze_backbone=True`` whose feature
@@ -142,13 +242,11 @@ def fit_sae(
         a report with per-epoch histories ``explained_variance``, ``l0``, ``dead_fraction``, ``loss``
         and the final values ``final_explained_variance``, ``final_l0``, ``final_dead_fraction`` (see
         :func:`train_sae_layer` for how they are measured), ``resampled`` (latents resampled in
-        total) and ``dead_latents`` (the strategy used).
+        total), ``dead_latents`` (the strategy used) and ``lr`` (the learning rate used).
     """
     feature_layer_class(feature_layer, is_sparse_autoencoder=True)
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs={epochs!r} and batch_size={batch_size!r} must be positive integers")
-    if not 0 <= resample_until <= 1:
-        raise ValueError(f"resample_until={resample_until!r} is not valid; allowed: a number in [0, 1]")
+    # every option is checked here, before the backbone is copied or a row extracted
+    config = _fit_config(config, locals())
 
     source = (
         resolve_base_model(backbone_or_model, pooling)
@@ -162,21 +260,10 @@ def fit_sae(
             f"{type(backbone_or_model).__name__}"
         )
     pooling = pooling or (source.config.pooling if source is not None else None)
+    if features is None and dataset is None:
+        raise ValueError("give dataset (features are extracted and cached) or features")
 
-    if features is None:
-        if dataset is None:
-            raise ValueError("give dataset (features are extracted and cached) or features")
-        features = extract_pooled_features(
-            source if source is not None else backbone,
-            dataset,
-            batch_size=extract_batch_size,
-            cache_dir=cache_dir,
-            pooling=pooling,
-            collate_fn=collate_fn,
-            device=device,
-        )
-
-    torch.manual_seed(seed)  # the SAE's initialisation (the seeding rule of .minibatch)
+    torch.manual_seed(config.seed)  # the SAE's initialisation (the seeding rule of .minibatch)
     config_kwargs: dict[str, Any] = {
         "feature_layer": feature_layer,
         "freeze_backbone": True,
@@ -190,30 +277,27 @@ def fit_sae(
     ):
         if value is not None:
             config_kwargs[name] = value
+    # the one model: the pooled vectors come from it (the cache key reads its backbone and pooling
+    # only), so what the SAE is fitted on is exactly what the returned model feeds it
     model = MonoSemanticModel.from_backbone(
         copy.deepcopy(backbone) if copy_backbone else backbone, **config_kwargs
     )
+    if features is None:
+        features = extract_pooled_features(
+            model,
+            dataset,
+            batch_size=extract_batch_size,
+            cache_dir=cache_dir,
+            collate_fn=collate_fn,
+            device=device,
+        )
     layer: SparseAutoencoder = model.feature_layer
     if features.dim() != 2 or features.shape[1] != layer.input_dim:
         raise ValueError(f"features must be [N, {layer.input_dim}], got {tuple(features.shape)}")
-    with torch.no_grad():  # a fresh fit: encoder rows of sparsify's norm (the model's init has unit rows)
-        layer.encoder.weight.mul_(ENCODER_INIT_NORM)
+    layer.init_for_fit_(encoder_norm=ENCODER_INIT_NORM)  # the pre-bias: by train_sae_layer, from the data
 
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
-    report = train_sae_layer(
-        layer,
-        features.to(device, torch.float32),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        dead_latents=dead_latents,
-        auxk_weight=auxk_weight,
-        dead_after_steps=dead_after_steps,
-        resample_every=resample_every,
-        resample_until=resample_until,
-        progress=progress,
-    )
+    report = train_sae_layer(layer, features.to(device, torch.float32), config=config)
     model.to(device)
     model.eval()
     return model, report
@@ -224,17 +308,18 @@ def train_sae_layer(
     layer: SparseAutoencoder,
     features: torch.Tensor,
     *,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    batch_size: int = 256,
-    seed: int = 0,
+    config: SaeFitConfig | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
     dead_latents: str | None = None,
-    auxk_weight: float = _AUXK_WEIGHT,
+    auxk_weight: float | None = None,
     dead_after_steps: int | None = None,
     resample_every: int | None = None,
-    resample_until: float = 0.8,
+    resample_until: float | None = None,
     init_pre_bias: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train an ``sae``/``topk`` feature layer in place on a feature matrix (on ``features.device``).
 
@@ -262,38 +347,42 @@ def train_sae_layer(
         (3, 4.0, 'auxk')
     """
     _check_sae(layer)
-    strategy = dead_latents if dead_latents is not None else _DEFAULT_DEAD_LATENTS.get(layer.kind, "resample")
-    if strategy not in DEAD_LATENT_STRATEGIES:
-        raise ValueError(
-            f"dead_latents={dead_latents!r} is not valid; allowed: None, "
-            f"{', '.join(map(repr, DEAD_LATENT_STRATEGIES))}"
-        )
+    config = _fit_config(config, locals())
+    strategy = config.dead_latents or _DEFAULT_DEAD_LATENTS.get(layer.kind, "resample")
     if strategy == "auxk" and layer.kind != "topk":
         raise ValueError(
             f"dead_latents='auxk' applies to 'topk' layers only, not {layer.kind!r}; use 'resample'"
         )
-    if not (isinstance(auxk_weight, (int, float)) and auxk_weight >= 0):
-        raise ValueError(f"auxk_weight={auxk_weight!r} is not valid; allowed: a number >= 0")
     check_features(features)
     device = features.device
     layer.to(device).train()
     n = features.shape[0]
     batches = MiniBatches(
-        n, batch_size, seed, epochs=epochs, device=device, progress=progress, desc=f"fit_sae ({layer.kind})"
+        n,
+        config.batch_size,
+        config.seed,
+        epochs=config.epochs,
+        device=device,
+        progress=config.progress,
+        desc=f"fit_sae ({layer.kind})",
     )
     generator = batches.generator
     total_steps = batches.total_steps
-    dead_after_steps = dead_after_steps or batches.steps_per_epoch
-    resample_every = resample_every or dead_after_steps
-    last_resample_step = int(resample_until * total_steps)
+    dead_after_steps = config.dead_after_steps or batches.steps_per_epoch
+    resample_every = config.resample_every or dead_after_steps
+    last_resample_step = int(config.resample_until * total_steps)
+    auxk_weight = config.auxk_weight
+    lr = config.resolved_lr(layer.feature_dim)
+    decay_steps = round(config.lr_decay * total_steps)
 
     with torch.no_grad():
+        # the input of the fitting objective, prepared once (not once per step and epoch); a view of
+        # ``features`` when the SAE does not normalise
         prepared = torch.cat([layer.prepare_input(chunk) for chunk in features.split(4096)])
         mean = prepared.mean(0)
         # each row's squared distance to the mean: the denominators of the explained variance
         spread = (prepared - mean).pow(2).sum(-1)
         energy = prepared.double().pow(2).sum()
-        del prepared
         # variance at rounding level of the rows' energy: identical rows (their mean differs by an ulp)
         if not float(spread.double().sum()) > 1e-10 * float(
             energy
@@ -302,8 +391,8 @@ def train_sae_layer(
                 f"features have no variance ({n} row(s), all equal after the SAE's input preparation, "
                 "e.g. one row or all-zero rows): there is nothing to explain; give at least two distinct rows"
             )
-        if init_pre_bias:  # the data mean: a cheap stand-in for the geometric median
-            layer.pre_bias.copy_(mean)
+    if init_pre_bias:  # the data mean: a cheap stand-in for the geometric median
+        layer.init_for_fit_(mean, encoder_norm=None)
     optimizer = _adam(layer.parameters(), lr)
 
     report: dict[str, Any] = {
@@ -313,6 +402,7 @@ def train_sae_layer(
         "loss": [],
         "resampled": 0,
         "dead_latents": strategy,
+        "lr": lr,
     }
     since_fired = torch.zeros(layer.feature_dim, dtype=torch.long, device=device)
     step = 0
@@ -322,7 +412,7 @@ def train_sae_layer(
             fired_in_epoch = torch.zeros(layer.feature_dim, dtype=torch.bool, device=device)
             for rows in epoch:
                 dead = since_fired >= dead_after_steps if strategy == "auxk" and step > 0 else None
-                out = layer.fit_forward(features[rows], dead=dead)
+                out = layer.fit_forward(prepared[rows], dead=dead, prepared=True)
                 loss = layer.weighted_aux_loss(out.aux_losses)
                 if "auxk_loss" in out.aux_losses and auxk_weight:
                     loss = loss + auxk_weight * out.aux_losses["auxk_loss"]
@@ -331,6 +421,8 @@ def train_sae_layer(
                 layer.project_decoder_grad_()
                 optimizer.step()
                 layer.normalize_decoder_()
+                if decay_steps:  # linear decay to 0 over the last decay_steps steps
+                    optimizer.param_groups[0]["lr"] = lr * min(1.0, (total_steps - step - 1) / decay_steps)
 
                 batch_stats = torch.stack(
                     [
@@ -344,7 +436,7 @@ def train_sae_layer(
                     _append_stats(report, batch_stats, out.fired, rows.numel())
                 totals += batch_stats
                 fired_in_epoch |= out.fired
-                since_fired = torch.where(out.fired, torch.zeros_like(since_fired), since_fired + 1)
+                since_fired.add_(1).masked_fill_(out.fired, 0)  # in place: two kernels, no new tensor
                 step += 1
                 if (
                     strategy == "resample"

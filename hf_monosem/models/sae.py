@@ -148,8 +148,8 @@ def _autocast_off_backward(backward):
 
 
 class _GatheredPreactivations(torch.autograd.Function):
-    """``pre.gather(1, indices)`` where ``pre = (x - pre_bias) @ weight.T + bias`` was computed without a
-    graph.
+    """``pre.gather(1, indices)`` where ``pre = centred @ weight.T + bias``, ``centred = x - pre_bias``,
+    was computed without a graph.
 
     The backward reaches only the gathered latents: ``weight``'s rows and ``bias``'s entries at
     ``indices``, and ``pre_bias`` (``x`` too if it needs a gradient) through them; the gradients equal
@@ -157,14 +157,15 @@ class _GatheredPreactivations(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, pre_bias, weight, bias, pre, indices):
-        ctx.save_for_backward(x, pre_bias, weight, indices)
+    def forward(ctx, x, pre_bias, weight, bias, pre, indices, centred):
+        # centred = x - pre_bias, as the forward computed it: the weight gradient reads it again
+        ctx.save_for_backward(pre_bias, weight, indices, centred)
         return pre.gather(1, indices)
 
     @staticmethod
     @_autocast_off_backward
     def backward(ctx, grad):
-        x, pre_bias, weight, indices = ctx.saved_tensors
+        pre_bias, weight, indices, centred = ctx.saved_tensors
         grad_x = grad_pre_bias = grad_weight = grad_bias = None
         latent_sums = torch.bincount(indices.reshape(-1), weights=grad.reshape(-1), minlength=weight.shape[0])
         latent_sums = latent_sums.to(weight.dtype)
@@ -173,10 +174,10 @@ class _GatheredPreactivations(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # d/d pre_bias of sum_bj g_bj (W (x_b - p))_ij = -(sum_m s_m W_m)
             grad_pre_bias = -(latent_sums @ weight)
         if ctx.needs_input_grad[2]:
-            grad_weight = _latent_major_sum(indices, grad, x - pre_bias, weight.shape[0])
+            grad_weight = _latent_major_sum(indices, grad, centred, weight.shape[0])
         if ctx.needs_input_grad[3]:
             grad_bias = latent_sums
-        return grad_x, grad_pre_bias, grad_weight, grad_bias, None, None
+        return grad_x, grad_pre_bias, grad_weight, grad_bias, None, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -298,6 +299,34 @@ class SparseAutoencoder(FeatureLayer):
         hf_init.zeros_(self.encoder.bias)
         hf_init.zeros_(self.pre_bias)
 
+    @torch.no_grad()
+    def init_for_fit_(
+        self, data_mean: torch.Tensor | None = None, *, encoder_norm: float | None = ENCODER_INIT_NORM
+    ) -> None:
+        """The starting point of a fresh fit, in place (sparsify's initialisation).
+
+        With ``encoder_norm``, each encoder row becomes its decoder column (tied initialisation: every
+        latent starts reading the direction it writes) scaled to that norm, and the encoder bias zero;
+        with ``data_mean`` (in the SAE's input space, :meth:`prepare_input`), the pre-bias becomes it,
+        so the first steps fit the spread of the data and not its offset (the geometric median's cheap
+        stand-in, as sparsify's ``b_dec``). Either can be ``None`` to leave that part alone.
+
+        Example:
+            >>> sae = TopKSparseAutoencoderFeatures(16, FeatureLayerSettings(feature_dim=32, topk=4))
+            >>> sae.init_for_fit_(torch.ones(16), encoder_norm=0.5)
+            >>> round(sae.encoder.weight.norm(dim=1).max().item(), 4), sae.pre_bias[0].item()
+            (0.5, 1.0)
+            >>> torch.allclose(sae.encoder.weight, 0.5 * sae.decoder.weight.t())
+            True
+        """
+        if encoder_norm is not None:
+            decoder = self.decoder.weight
+            unit = decoder / torch.linalg.vecdot(decoder, decoder, dim=0).sqrt().clamp_min(EPS)
+            self.encoder.weight.copy_(unit.t() * encoder_norm)
+            self.encoder.bias.zero_()
+        if data_mean is not None:
+            self.pre_bias.copy_(data_mean)
+
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """The vector the fitting objective reads: fp32, L2-normalised unless ``"never"``.
 
@@ -369,15 +398,18 @@ class SparseAutoencoder(FeatureLayer):
         JumpReLU threshold, a gated SAE's gate path (``jumprelu_sae.py``, ``gated_sae.py``)."""
         return {}
 
-    def fit_forward(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> FitForward:
+    def fit_forward(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, *, prepared: bool = False
+    ) -> FitForward:
         """The forward pass of a fitting loop: :meth:`forward`'s loss terms and a step's statistics.
 
         The terms (and their gradients) are those of :meth:`forward`; ``dead`` (a ``[feature_dim]``
-        bool mask) asks a ``topk`` layer for the AuxK term too. This base version runs the dense
-        forward once and keeps the reconstruction for the statistics.
+        bool mask) asks a ``topk`` layer for the AuxK term too. ``prepared=True`` says ``x`` is
+        already :meth:`prepare_input`'s output (a loop that prepares its matrix once). This base
+        version runs the dense forward once and keeps the reconstruction for the statistics.
         """
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._fit_forward_prepared(self.prepare_input(x), dead)
+            return self._fit_forward_prepared(x if prepared else self.prepare_input(x), dead)
 
     def _fit_forward_prepared(self, x: torch.Tensor, dead: torch.Tensor | None) -> FitForward:
         if dead is not None:
@@ -589,12 +621,20 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         ``zeros.scatter(-1, indices, values)`` is :meth:`encode`'s output and the gradients of
         ``values`` equal those of the dense codes; ``pre`` (``[B, feature_dim]``) carries no graph.
         """
+        values, indices, pre, _ = self._sparse_encode(x)
+        return values, indices, pre
+
+    def _sparse_encode(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sparse_encode` and ``centred = x - pre_bias`` (no graph), which AuxK reads again."""
         weight, bias = self.encoder.weight.float(), self.encoder.bias.float()
         with torch.no_grad():
-            pre = torch.addmm(bias, x - self.pre_bias, weight.t())
+            centred = x - self.pre_bias
+            pre = torch.addmm(bias, centred, weight.t())
             indices = _topk_indices(pre, self.k)
-        values = F.relu(_GatheredPreactivations.apply(x, self.pre_bias, weight, bias, pre, indices))
-        return values, indices, pre
+        values = F.relu(_GatheredPreactivations.apply(x, self.pre_bias, weight, bias, pre, indices, centred))
+        return values, indices, pre, centred
 
     def sparse_decode(self, values: torch.Tensor, indices: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """:meth:`decode` of the codes ``zeros.scatter(-1, indices, values)``, by a gather of ``k``
@@ -603,19 +643,21 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         return out + self.pre_bias if bias else out
 
     def _fit_forward_prepared(self, x: torch.Tensor, dead: torch.Tensor | None) -> FitForward:
-        values, indices, pre = self.sparse_encode(x)
+        values, indices, pre, centred = self._sparse_encode(x)
         reconstruction = self.sparse_decode(values, indices)
         norms = x.pow(2).sum(-1).clamp_min(EPS)
         squared = (reconstruction - x).pow(2).sum(-1)
         aux = {"reconstruction_loss": (squared / norms).mean()}
         if dead is not None and bool(dead.any()):
-            aux["auxk_loss"] = self._auxk_loss(x, reconstruction, pre, dead, norms)
+            aux["auxk_loss"] = self._auxk_loss(x, reconstruction, pre, centred, dead, norms)
         positive = values.detach() > 0
-        fired = torch.zeros(self.feature_dim, dtype=torch.bool, device=x.device)
-        fired[indices[positive]] = True
-        return FitForward(aux, fired, squared.detach().sum(), positive.sum())
+        # latents of positive codes; the others are sent to a spare slot past the end. No boolean
+        # indexing: it needs a nonzero(), a sync and three kernels more per step
+        fired = torch.zeros(self.feature_dim + 1, dtype=torch.bool, device=x.device)
+        fired.index_fill_(0, indices.masked_fill(~positive, self.feature_dim).flatten(), True)
+        return FitForward(aux, fired[: self.feature_dim], squared.detach().sum(), positive.sum())
 
-    def _auxk_loss(self, x, reconstruction, pre, dead, norms) -> torch.Tensor:
+    def _auxk_loss(self, x, reconstruction, pre, centred, dead, norms) -> torch.Tensor:
         """OpenAI's AuxK (Gao et al. 2024, App. B.1, as in sparsify): the ``k_aux = input_dim // 2``
         largest pre-activations among the ``dead`` latents reconstruct the residual ``x - x_hat``
         (no pre-bias); scaled by ``min(n_dead / k_aux, 1)`` and normalised like the reconstruction
@@ -628,7 +670,7 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
             local = pre.index_select(1, dead_ids).topk(k_aux, dim=-1, sorted=False).indices
         indices = dead_ids[local]
         weight, bias = self.encoder.weight.float(), self.encoder.bias.float()
-        values = F.relu(_GatheredPreactivations.apply(x, self.pre_bias, weight, bias, pre, indices))
+        values = F.relu(_GatheredPreactivations.apply(x, self.pre_bias, weight, bias, pre, indices, centred))
         residual = (x - reconstruction).detach()
         error = (self.sparse_decode(values, indices, bias=False) - residual).pow(2).sum(-1)
         return scale * (error / norms).mean()

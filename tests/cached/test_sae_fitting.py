@@ -287,3 +287,87 @@ def test_unpadded_tokenised_text_is_named_with_the_fix(tmp_path):
     torch.testing.assert_close(pooled[:4], one_by_one, atol=1e-5, rtol=1e-4)  # padding does not change [CLS]
     fitted, _ = fit_sae(bert, ds, feature_dim=64, topk=4, epochs=1, collate_fn=collate, progress=False)
     assert fitted.config.feature_layer == "topk"
+
+
+def test_one_config_object_drives_both_fitting_functions_and_keywords_fill_it():
+    """SaeFitConfig is what fit_sae and train_sae_layer share: the same options through the config or
+    through the keywords give the same fit; a keyword given replaces the config's field."""
+    from hf_monosem.cached import SaeFitConfig
+
+    x = sparse_mixtures(n=128)
+    config = SaeFitConfig(epochs=2, batch_size=32, lr=3e-3, seed=3, progress=False)
+    by_config = train_sae_layer(sae_layer("topk", topk=4), x, config=config)
+    by_keywords = train_sae_layer(
+        sae_layer("topk", topk=4), x, epochs=2, batch_size=32, lr=3e-3, seed=3, progress=False
+    )
+    assert by_config == by_keywords and by_config["lr"] == 3e-3
+    overridden = train_sae_layer(sae_layer("topk", topk=4), x, config=config, epochs=1)
+    assert len(overridden["explained_variance"]) == 2  # entry 0 and one epoch
+    model_a, report_a = fit_sae(
+        BertModel(tiny_bert_config()), features=x, feature_dim=64, topk=4, config=config
+    )
+    model_b, report_b = fit_sae(
+        BertModel(tiny_bert_config()), features=x, feature_dim=64, topk=4, epochs=2, batch_size=32, lr=3e-3,
+        seed=3, progress=False,
+    )  # fmt: skip
+    assert report_a == report_b
+    assert torch.equal(model_a.feature_layer.encoder.weight, model_b.feature_layer.encoder.weight)
+    with pytest.raises(ValueError, match=r"lr_decay=2 is not valid; allowed: a number in \[0, 1\]"):
+        SaeFitConfig(lr_decay=2)
+
+
+def test_default_learning_rate_scales_with_the_width_and_decays_at_the_end(monkeypatch):
+    from hf_monosem.cached import SaeFitConfig
+
+    lrs = []
+    step = torch.optim.Adam.step
+
+    def recorded_step(self, *args, **kwargs):  # the learning rate each optimiser step runs at
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recorded_step)
+    x = sparse_mixtures(n=128)
+    report = train_sae_layer(
+        sae_layer("topk", topk=4, width=64),
+        x,
+        config=SaeFitConfig(epochs=2, batch_size=32, lr_decay=0.5, progress=False),
+    )
+    base = SaeFitConfig().resolved_lr(64)
+    assert report["lr"] == pytest.approx(base)
+    # 8 steps, the last 4 decay linearly toward 0
+    assert lrs == pytest.approx([base] * 5 + [base * 3 / 4, base / 2, base / 4])
+
+
+def test_fit_sae_builds_one_model_and_starts_its_sae_tied_at_the_data_mean(monkeypatch):
+    """The pooled vectors come from the model fit_sae returns (no second MonoSemanticModel wrapped around
+    the backbone for the extraction); its SAE starts from init_for_fit_: encoder = decoder transpose at
+    sparsify's row norm, pre-bias at the mean of the (normalised) features."""
+    from hf_monosem.models.sae import ENCODER_INIT_NORM
+
+    built = []
+    original = MonoSemanticModel.from_backbone.__func__
+
+    def counting(cls, *args, **kwargs):
+        built.append(kwargs.get("feature_layer"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(MonoSemanticModel, "from_backbone", classmethod(counting))
+    torch.manual_seed(0)
+    ds = toy_text(n=16)
+    model, _ = fit_sae(
+        BertModel(tiny_bert_config()),
+        ds,
+        feature_dim=64,
+        topk=4,
+        epochs=1,
+        lr=0.0,
+        batch_size=8,
+        progress=False,
+    )
+    assert built == ["topk"]
+    layer = model.feature_layer
+    with torch.no_grad():
+        pooled = extract_pooled_features(model, ds)
+    assert torch.allclose(layer.encoder.weight, ENCODER_INIT_NORM * layer.decoder.weight.t(), atol=1e-6)
+    assert torch.allclose(layer.pre_bias, layer.prepare_input(pooled).mean(0), atol=1e-5)
