@@ -12,7 +12,8 @@ datasets. This module turns a track into result records, one per (method, scenar
   and domain shift (train on one domain, test in-domain and on the shifted domain).
 
 Label draws (:func:`noisy_label_draws`) and k-shot subsets (:func:`few_shot_rows`) come from
-:func:`~hf_monosem.scenarios.add_label_noise` and :func:`~hf_monosem.scenarios.few_shot`, so the
+:func:`~hf_monosem.scenarios.symmetric_label_noise` (the draw of ``add_label_noise``) and
+:func:`~hf_monosem.scenarios.few_shot`, so the
 same seed gives the same draw in both modes and in every script.
 """
 
@@ -30,7 +31,7 @@ from datasets import Dataset, Features
 
 from ..cached.probe_grid import ProbeGrid, train_probe_grid
 from ..cached.scaling import equalize_scales
-from .labels import add_label_noise
+from .labels import symmetric_label_noise
 from .protocols import ProbeProtocol
 from .splits import few_shot
 
@@ -169,11 +170,10 @@ def noisy_label_draws(
         >>> draws.shape, (draws != torch.tensor([0, 1, 2, 0])).sum(1).tolist()
         (torch.Size([4, 4]), [0, 0, 2, 2])
     """
-    table = _label_table(labels, label_feature)
-    # [:] reads the whole column at once: datasets 5 returns a lazy Column, and building a tensor from
-    # it directly reads it row by row (16 s instead of 0.05 s for 40,000 labels)
+    # the array draw itself (the one add_label_noise makes): no table built and read back per draw
+    classes, array = label_feature.num_classes, labels.numpy()
     return torch.stack(
-        [torch.tensor(add_label_noise(table, r, seed=s)["label"][:]) for r in rates for s in seeds]
+        [torch.from_numpy(symmetric_label_noise(array, r, classes, seed=s)) for r in rates for s in seeds]
     )
 
 

@@ -1,0 +1,16 @@
+"""``hf-monosem report``: the paper's question (do monosemantic features buy robustness, and is it the
+features or the optimisation?) on any backbone and any data set, in one command.
+
+:mod:`~hf_monosem.report.tracks` builds a scenario-grid track from a backbone's features (the same
+builder the benchmark's tracks use); :mod:`~hf_monosem.report.inputs` loads and checks the data and
+the backbone before any work; :mod:`~hf_monosem.report.run` runs the grid (resumable);
+:mod:`~hf_monosem.report.writing` writes ``report.md``, ``results.json`` and the plots;
+:mod:`~hf_monosem.report.publish` prepares and pushes the report as a dataset repository.
+"""
+
+from __future__ import annotations
+
+from . import tracks
+from .tracks import *  # noqa: F403
+
+__all__ = [*tracks.__all__]
