@@ -199,6 +199,7 @@ def build_track(
     encoded: dict[str, dict[str, torch.Tensor]] | None = None,
     views: torch.Tensor | None = None,
     probe_views: dict[str, torch.Tensor] | None = None,
+    views_for_probes: bool = False,
     pairs: list[tuple[str, str]] | None = None,
     domain_num_labels: int | None = None,
     fitted: dict[str, tuple[torch.nn.Module, dict]] | None = None,
@@ -213,8 +214,10 @@ def build_track(
     representations the caller computed (the vision track's pretrained projectors), placed first.
     ``views`` are ``[K, N_train, F]`` encoder-level views of the training rows for the projectors;
     ``probe_views[representation]`` ``[K, N_train, F]`` augmented views for the probe protocols that use
-    them (the SAEs fitted on ``source_name`` encode its views too). ``pairs`` default: SimCLR -> NCL,
-    ``source_name`` -> each SAE, SimCLR -> each SAE on its output. ``fitted``: the layers
+    them (the SAEs fitted on ``source_name`` encode its views too); ``views_for_probes``: ``views`` are
+    such views too (augmented images), and every fitted representation gets its ``probe_views`` from
+    them. ``pairs`` default: SimCLR -> NCL, ``source_name`` -> each SAE, SimCLR -> each SAE on its
+    output. ``fitted``: the layers
     :func:`fit_representations` returned for these vectors (fitted here when ``None``).
     """
     if TRAIN not in vectors or TEST not in vectors:
@@ -223,25 +226,32 @@ def build_track(
         )
     if fitted is None:
         fitted = fit_representations(vectors[TRAIN], plan, cache_dir, views=views, progress=progress)
-    source = vectors
-    if standardize:
-        mean, std = feature_stats(vectors[TRAIN])
-        source = {key: (x - mean) / std for key, x in vectors.items()}
+    mean, std = feature_stats(vectors[TRAIN])
+
+    def source_of(x: torch.Tensor) -> torch.Tensor:
+        return (x - mean) / std if standardize else x
+
+    source = {key: source_of(x) for key, x in vectors.items()}
     features = (
         {**(encoded or {}), source_name: source}
         if source_name not in (encoded or {})
         else dict(encoded or {})
     )
     train_views = dict(probe_views or {})
+    if views_for_probes and views is not None:  # the encoder-level views, as every representation sees them
+        train_views[source_name] = torch.stack([source_of(v) for v in views])
     with torch.no_grad():  # the backbone's representations first, then the SAEs on the SimCLR output
         for layer_name, (layer, _) in sorted(fitted.items(), key=lambda item: item[0].startswith("simclr_")):
             layer.eval()
             on = "simclr" if layer_name.startswith("simclr_") else None
             inputs = features[on] if on else vectors
             features[layer_name] = {key: layer(x)[0] for key, x in inputs.items()}
-            view_source = on or source_name
-            if view_source in train_views:
-                train_views[layer_name] = torch.stack([layer(v)[0] for v in train_views[view_source]])
+            if on in train_views:
+                train_views[layer_name] = torch.stack([layer(v)[0] for v in train_views[on]])
+            elif on is None and views_for_probes and views is not None:
+                train_views[layer_name] = torch.stack([layer(v)[0] for v in views])
+            elif on is None and source_name in train_views and not standardize:
+                train_views[layer_name] = torch.stack([layer(v)[0] for v in train_views[source_name]])
     if pairs is None:
         sweep = sae_sweep(plan.sae_topk, plan.sae_overcomplete, vectors[TRAIN].shape[1])
         pairs = [

@@ -391,7 +391,8 @@ def probe_records(
 
     One record per (representation, scenario, level, seed): ``label_noise`` at each rate, every
     input-noise cell of the track (the clean-label probes on the perturbed test features; needs
-    ``0.0`` in ``rates``), ``few_shot`` at each k, ``domain_shift_in_domain`` and ``domain_shift_shifted``.
+    ``0.0`` in ``rates``), ``few_shot`` at each k, ``domain_shift_in_domain`` and
+    ``domain_shift_shifted`` (where the track has ``domain_train`` rows).
     ``protocol`` (:mod:`hf_monosem.scenarios.protocols`) says how probes train; without one, AdamW at
     ``lr`` for ``epochs`` on the features as given (protocol name ``"fixed"``). Each record names its
     protocol and probe learning rate; the chosen rates are kept in ``track.probe_selection``. A protocol
@@ -441,6 +442,8 @@ def probe_records(
             grid = train_probe_grid(train, y_train.expand(len(seeds), -1), track.num_labels, rows=rows,
                                     seeds=seeds, **budget)  # fmt: skip
             add("few_shot", k, grid.accuracy(f[TEST], y_test))
+        if DOMAIN_TRAIN not in track.labels:  # a track without domains has no domain-shift cells
+            continue
         y_domain = track.labels[DOMAIN_TRAIN]
         domain_labels = track.domain_num_labels or track.num_labels
         grid = train_probe_grid(
