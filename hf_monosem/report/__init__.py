@@ -10,7 +10,19 @@ the backbone before any work; :mod:`~hf_monosem.report.run` runs the grid (resum
 
 from __future__ import annotations
 
-from . import tracks
+from . import arguments, inputs, publish, run, tracks, writing
+from .arguments import *  # noqa: F403
+from .inputs import *  # noqa: F403
+from .publish import *  # noqa: F403
+from .run import *  # noqa: F403
 from .tracks import *  # noqa: F403
+from .writing import *  # noqa: F403
 
-__all__ = [*tracks.__all__]
+__all__ = [
+    *tracks.__all__,
+    *arguments.__all__,
+    *inputs.__all__,
+    *run.__all__,
+    *writing.__all__,
+    *publish.__all__,
+]

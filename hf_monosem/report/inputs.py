@@ -64,7 +64,8 @@ def _load(args: ReportArguments) -> DatasetDict:
                 f"--dataset_name {name!r} is a file of an unknown type; allowed endings: {', '.join(FILE_BUILDERS)}"
             )
         elif os.path.isdir(name) and any(
-            os.path.exists(os.path.join(name, f)) for f in ("dataset_dict.json", "dataset_info.json", "state.json")
+            os.path.exists(os.path.join(name, f))
+            for f in ("dataset_dict.json", "dataset_info.json", "state.json")
         ):
             data = load_from_disk(name)
         else:  # a folder of data files or images, or a Hub id (from the local cache when offline)
@@ -131,7 +132,10 @@ def _backbone_config(args: ReportArguments, modality: str) -> tuple[MonoSemantic
             f"is {modality}; allowed: a {modality} backbone, or --text_column / --image_column naming the column "
             "it reads"
         )
-    return config, f"{backbone.model_type} backbone, {config.pooling} pooling of width {config.backbone_hidden_size}"
+    return (
+        config,
+        f"{backbone.model_type} backbone, {config.pooling} pooling of width {config.backbone_hidden_size}",
+    )
 
 
 def _class_labels(data: DatasetDict, column: str) -> tuple[DatasetDict, ClassLabel]:
@@ -160,7 +164,10 @@ def _stratified_split(train: Dataset, share: float) -> tuple[Dataset, Dataset]:
     labels = np.asarray(train["label"][:])
     rng = np.random.default_rng(0)
     held = np.concatenate(
-        [rng.permutation(np.flatnonzero(labels == c))[: int(round(share * (labels == c).sum()))] for c in np.unique(labels)]
+        [
+            rng.permutation(np.flatnonzero(labels == c))[: int(round(share * (labels == c).sum()))]
+            for c in np.unique(labels)
+        ]
     )
     keep = np.setdiff1d(np.arange(len(labels)), held)
     return train.select(keep), train.select(np.sort(held))
@@ -170,22 +177,32 @@ def _domain_splits(args: ReportArguments, train: Dataset, test: Dataset) -> dict
     column = args.domain_column
     assert column is not None
     if column not in train.column_names:
-        raise ValueError(f"--domain_column {column!r} is not a column of the data; allowed: {train.column_names}")
+        raise ValueError(
+            f"--domain_column {column!r} is not a column of the data; allowed: {train.column_names}"
+        )
     domains = sorted({str(d) for split in (train, test) for d in split[column][:]})
     wanted = list_of(args.train_domains) + list_of(args.shifted_domains)
     unknown = [d for d in wanted if d not in domains]
     if unknown:
-        raise ValueError(f"domains {unknown} are not values of --domain_column {column!r}; allowed: {domains}")
+        raise ValueError(
+            f"domains {unknown} are not values of --domain_column {column!r}; allowed: {domains}"
+        )
 
     def rows(split: Dataset, keep: list[str]) -> Dataset:
         values = [str(d) for d in split[column][:]]
         return split.select([i for i, d in enumerate(values) if d in keep])
 
     train_domains, shifted = list_of(args.train_domains), list_of(args.shifted_domains)
-    out = {DOMAIN_TRAIN: rows(train, train_domains), DOMAIN_TEST: rows(test, train_domains), DOMAIN_SHIFTED: rows(test, shifted)}
+    out = {
+        DOMAIN_TRAIN: rows(train, train_domains),
+        DOMAIN_TEST: rows(test, train_domains),
+        DOMAIN_SHIFTED: rows(test, shifted),
+    }
     for key, split in out.items():
         if len(split) == 0:
-            raise ValueError(f"the domain-shift split {key!r} has no rows; allowed: domains with test and training rows")
+            raise ValueError(
+                f"the domain-shift split {key!r} has no rows; allowed: domains with test and training rows"
+            )
     return out
 
 
@@ -206,9 +223,13 @@ def load_report_inputs(args: ReportArguments) -> ReportInputs:
     if args.label_column != "label":
         data = data.rename_column(args.label_column, "label")
     train_split = data[args.split]
-    test_name = args.test_split or next((s for s in ("test", "validation") if s in data and s != args.split), None)
+    test_name = args.test_split or next(
+        (s for s in ("test", "validation") if s in data and s != args.split), None
+    )
     if args.test_split is not None and args.test_split not in data:
-        raise ValueError(f"--test_split {args.test_split!r} is not a split of the data; allowed: {sorted(data)}")
+        raise ValueError(
+            f"--test_split {args.test_split!r} is not a split of the data; allowed: {sorted(data)}"
+        )
     if test_name is None:
         train_split, test_split = _stratified_split(train_split, HELD_OUT_SHARE)
         decisions.append(f"test rows: {HELD_OUT_SHARE:.0%} of {args.split!r} per class, held out (seed 0)")

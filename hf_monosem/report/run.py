@@ -22,11 +22,12 @@ from transformers import AutoImageProcessor, AutoTokenizer, DataCollatorWithPadd
 
 from ..cached import augmented_view_features, load_tensors, save_tensors, tensors_sha256
 from ..cached.feature_cache import extract_pooled_features, model_fingerprint, text_view_features
+from ..models.configuration import public_name
 from ..models.modeling import MonoSemanticModel
 from ..scenarios import add_text_noise, perturb_images
 from ..scenarios.grid import TEST, TRAIN, TensorRows, Timer, Track, probe_records
 from ..scenarios.protocols import ProbeProtocol, probe_protocol
-from ..training.checkpoints import atomic_write_json
+from ..training.checkpoints import read_json, write_json
 from ..training.views import ImageViews
 from .arguments import ReportArguments, list_of, numbers_of
 from .inputs import ReportInputs, load_report_inputs
@@ -45,7 +46,11 @@ def _text_rows(args: ReportArguments, inputs: ReportInputs, model: MonoSemanticM
     """Tokenised rows of every key (typo cells: perturbed copies of the test texts) and the collator."""
     tokenizer = AutoTokenizer.from_pretrained(
         args.model_name_or_path,
-        **{k: v for k, v in args.loading_kwargs().items() if k in ("revision", "token", "trust_remote_code", "cache_dir")},
+        **{
+            k: v
+            for k, v in args.loading_kwargs().items()
+            if k in ("revision", "token", "trust_remote_code", "cache_dir")
+        },
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -53,7 +58,9 @@ def _text_rows(args: ReportArguments, inputs: ReportInputs, model: MonoSemanticM
     cells = []
     for rate in numbers_of("typo_rates", args.typo_rates):
         key = f"typo{rate:g}"
-        texts[key] = add_text_noise(inputs.splits[TEST], kind="typo", rate=rate, seed=0, text_column=inputs.column)
+        texts[key] = add_text_noise(
+            inputs.splits[TEST], kind="typo", rate=rate, seed=0, text_column=inputs.column
+        )
         cells.append(("typo_noise", rate, key))
 
     def tokenize(batch):
@@ -69,7 +76,11 @@ def _pixels(args: ReportArguments, inputs: ReportInputs, split) -> torch.Tensor:
         return torch.as_tensor(split.with_format("torch")["pixel_values"][:]).float()
     processor = AutoImageProcessor.from_pretrained(
         args.model_name_or_path,
-        **{k: v for k, v in args.loading_kwargs().items() if k in ("revision", "token", "trust_remote_code", "cache_dir")},
+        **{
+            k: v
+            for k, v in args.loading_kwargs().items()
+            if k in ("revision", "token", "trust_remote_code", "cache_dir")
+        },
     )
     out = []
     for start in range(0, len(split), 256):
@@ -91,7 +102,9 @@ def _image_rows(args: ReportArguments, inputs: ReportInputs):
     return pixels, cells
 
 
-def _image_views(model: MonoSemanticModel, pixels: torch.Tensor, num_views: int, cache_dir: str) -> torch.Tensor:
+def _image_views(
+    model: MonoSemanticModel, pixels: torch.Tensor, num_views: int, cache_dir: str
+) -> torch.Tensor:
     """``[K, N, F]`` pooled vectors of K augmented copies of every training image (the authors' probe
     augmentation: random resized crop 0.08-1 and flips), cached like the plain vectors."""
     key = _key(model_fingerprint(model.backbone), tensors_sha256({"pixels": pixels}), num_views, "views-v1")
@@ -169,26 +182,32 @@ def _protocol_records(
 ) -> list[dict]:
     """One protocol's probe records: from its file when a run made them for the same inputs, else run and
     saved atomically (the unit a resumed run skips)."""
-    path = os.path.join(cache_dir, f"probes-{protocol.name}-{_key(key, protocol.to_dict(), rates, shots, seeds)}.json")
+    path = os.path.join(
+        cache_dir, f"probes-{protocol.name}-{_key(key, protocol.to_dict(), rates, shots, seeds)}.json"
+    )
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = read_json(path)
         track.probe_selection[protocol.name] = saved["selection"]
         logger.info("probe records of %s loaded from the cache", protocol.name)
         return saved["records"]
     records = probe_records(track, rates, shots, seeds, protocol=protocol)
     selection = json.loads(json.dumps(track.probe_selection.get(protocol.name, {}), default=str))
-    atomic_write_json(path, {"records": records, "selection": selection})
+    write_json(path, {"records": records, "selection": selection})
     return records
 
 
-def run_report(args: ReportArguments, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_report(
+    args: ReportArguments, inputs: ReportInputs | None = None, say: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Check, estimate, extract, fit, probe, write: the whole ``hf-monosem report`` (returns ``results.json``'s
-    content). Every refusal comes before the backbone's weights are read."""
+    content). ``inputs``: :func:`~hf_monosem.report.inputs.load_report_inputs` of ``args`` (loaded here when
+    ``None``); every refusal comes from it, before the backbone's weights are read."""
     from .writing import write_report  # the report's writer is the last stage
 
-    inputs = load_report_inputs(args)
-    protocols = [probe_protocol(p).with_budget(epochs=args.probe_epochs) for p in list_of(args.probe_protocols)]
+    inputs = inputs or load_report_inputs(args)
+    protocols = [
+        probe_protocol(p).with_budget(epochs=args.probe_epochs) for p in list_of(args.probe_protocols)
+    ]
     for line in inputs.decisions:
         say(f"[hf-monosem report] {line}")
     cache_dir = os.path.join(args.output_dir, "cache")
@@ -217,7 +236,12 @@ def run_report(args: ReportArguments, say: Callable[[str], None] = print) -> dic
         model(**batch)
     per_row = (time.perf_counter() - start) / len(next(iter(batch.values())))
     n_rows = sum(len(r) for r in rows.values()) + args.num_views * len(rows[TRAIN])
-    probes = len(protocols) * (2 + 2 * len(plan.sae_topk)) * len(seeds) * (len(inputs.rates) + len(inputs.shots) + 2)
+    probes = (
+        len(protocols)
+        * (2 + 2 * len(plan.sae_topk))
+        * len(seeds)
+        * (len(inputs.rates) + len(inputs.shots) + 2)
+    )
     estimate = estimate_seconds(per_row, n_rows, len(rows[TRAIN]), width, projector_width, plan, args.num_views,
                                 probes, args.probe_epochs, inputs.label_feature.num_classes, _flops_per_second())  # fmt: skip
     say(
@@ -231,12 +255,23 @@ def run_report(args: ReportArguments, say: Callable[[str], None] = print) -> dic
         if inputs.modality == "text":
             vectors = {
                 key: extract_pooled_features(
-                    model, ds, batch_size=args.batch_size, cache_dir=cache_dir, collate_fn=collator, progress=True
+                    model,
+                    ds,
+                    batch_size=args.batch_size,
+                    cache_dir=cache_dir,
+                    collate_fn=collator,
+                    progress=True,
                 )
                 for key, ds in rows.items()
             }
             views = text_view_features(
-                model, rows[TRAIN], args.num_views, seed=0, collate_fn=collator, cache_dir=cache_dir, progress=True
+                model,
+                rows[TRAIN],
+                args.num_views,
+                seed=0,
+                collate_fn=collator,
+                cache_dir=cache_dir,
+                progress=True,
             )
         else:
             vectors = {
@@ -256,7 +291,7 @@ def run_report(args: ReportArguments, say: Callable[[str], None] = print) -> dic
     with timer("fit representations"):
         track = build_track(
             "report",
-            f"{args.model_name_or_path} on {args.dataset_name}",
+            f"{public_name(args.model_name_or_path)} on {public_name(args.dataset_name)}",  # no local path
             vectors,
             labels,
             inputs.label_feature,
