@@ -31,7 +31,7 @@ def _show_library_logs() -> None:
     if not any(getattr(h, "_hf_monosem_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._hf_monosem_cli = True  # type: ignore[attr-defined]
+        handler._hf_monosem_cli = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
@@ -61,7 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_report(args, inputs)
     if args.push_to_hub:
         assert args.hub_model_id is not None  # checked with the arguments
-        print(
-            f"[hf-monosem report] pushed to {push_report_to_hub(args.output_dir, args.hub_model_id, args.token)}"
-        )
+        url = push_report_to_hub(args.output_dir, args.hub_model_id, args.token)
+        print(f"[hf-monosem report] pushed to {url}")
     return 0

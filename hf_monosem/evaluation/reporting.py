@@ -325,7 +325,9 @@ def plot_gap_panel(gaps: Iterable[Mapping[str, Any]], path: str | Path, title: s
     scenarios = list(dict.fromkeys(g["scenario"] for g in rows_of))
     pairs = list(dict.fromkeys(f"{g['poly']} -> {g['mono']}" for g in rows_of))
     colours = {pair: f"C{i % 10}" for i, pair in enumerate(pairs)}
-    fig = Figure(figsize=(3.8 * len(scenarios), 2.9 * len(protocols) + 0.5 + 0.25 * len(pairs)), dpi=110)
+    # at least 7.5 inches wide: the legend (one entry per pair, three a row) must fit under one panel too
+    width = max(7.5, 3.8 * len(scenarios))
+    fig = Figure(figsize=(width, 2.9 * len(protocols) + 0.5 + 0.25 * len(pairs)), dpi=110)
     for r, protocol in enumerate(protocols):
         for c, scenario in enumerate(scenarios):
             ax = fig.add_subplot(len(protocols), len(scenarios), r * len(scenarios) + c + 1)

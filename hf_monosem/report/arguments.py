@@ -26,6 +26,8 @@ __all__ = ["ReportArguments", "list_of", "numbers_of", "parse_report_arguments"]
 
 #: the label-noise rates tried by default (the paper's grid); those at or above (C-1)/C are left out
 DEFAULT_RATES = "0,0.1,0.3,0.6,0.8"
+#: --quick's: three of them (again only those below (C-1)/C)
+QUICK_RATES = "0,0.3,0.6"
 
 
 @dataclass
@@ -149,7 +151,6 @@ def _quick(args: ReportArguments, given: set[str]) -> None:
         "typo_rates": "0.2",
         "pixel_noise": "0.5",
         "probe_protocols": "paper_cifar,controlled",
-        "label_noise": "0,0.3,0.6",
     }
     for name, value in budget.items():
         if name not in given:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset, load_from_disk
@@ -26,7 +25,7 @@ from datasets import Image as ImageFeature
 from ..data.registry import BUILTIN_DATASETS, subsample
 from ..models.configuration import MonoSemanticConfig
 from ..scenarios.grid import DOMAIN_SHIFTED, DOMAIN_TEST, DOMAIN_TRAIN, TEST, TRAIN
-from .arguments import DEFAULT_RATES, ReportArguments, list_of, numbers_of
+from .arguments import DEFAULT_RATES, QUICK_RATES, ReportArguments, list_of, numbers_of
 
 __all__ = ["ReportInputs", "load_report_inputs", "usable_rates"]
 
@@ -61,7 +60,8 @@ def _load(args: ReportArguments) -> DatasetDict:
             data = load_dataset(FILE_BUILDERS[ending], data_files=name, **options)
         elif os.path.isfile(name):
             raise ValueError(
-                f"--dataset_name {name!r} is a file of an unknown type; allowed endings: {', '.join(FILE_BUILDERS)}"
+                f"--dataset_name {name!r} is a file of an unknown type; allowed endings: "
+                f"{', '.join(FILE_BUILDERS)}"
             )
         elif os.path.isdir(name) and any(
             os.path.exists(os.path.join(name, f))
@@ -72,7 +72,8 @@ def _load(args: ReportArguments) -> DatasetDict:
             data = load_dataset(name, args.dataset_config_name)
     except (FileNotFoundError, ConnectionError, OSError) as error:
         raise ValueError(
-            f"--dataset_name {name!r} is not a built-in ({', '.join(BUILTIN_DATASETS)}), a file, a folder or a "
+            f"--dataset_name {name!r} is not a built-in ({', '.join(BUILTIN_DATASETS)}), a file, a folder or "
+            "a "
             f"dataset the Hub (or its local cache) has: {error}"
         ) from error
     return data if isinstance(data, DatasetDict) else DatasetDict({args.split: data})
@@ -128,9 +129,9 @@ def _backbone_config(args: ReportArguments, modality: str) -> tuple[MonoSemantic
     if reads_images != (modality == "image"):
         kind = "images" if reads_images else "tokens"
         raise ValueError(
-            f"--model_name_or_path {args.model_name_or_path!r} ({backbone.model_type}) reads {kind}, but the data "
-            f"is {modality}; allowed: a {modality} backbone, or --text_column / --image_column naming the column "
-            "it reads"
+            f"--model_name_or_path {args.model_name_or_path!r} ({backbone.model_type}) reads {kind}, but the "
+            f"data is {modality}; allowed: a {modality} backbone, or --text_column / --image_column naming "
+            "the column it reads"
         )
     return (
         config,
@@ -213,7 +214,8 @@ def load_report_inputs(args: ReportArguments) -> ReportInputs:
         raise ValueError(f"--split {args.split!r} is not a split of the data; allowed: {sorted(data)}")
     if args.label_column not in data[args.split].column_names:
         raise ValueError(
-            f"--label_column {args.label_column!r} is not a column of the data; allowed: {data[args.split].column_names}"
+            f"--label_column {args.label_column!r} is not a column of the data; allowed: "
+            f"{data[args.split].column_names}"
         )
     decisions = []
     modality, column, why = _data_column(args, data[args.split])
@@ -242,7 +244,8 @@ def load_report_inputs(args: ReportArguments) -> ReportInputs:
     present = int((counts > 0).sum())
     if present < 2:
         raise ValueError(
-            f"--label_column {args.label_column!r} has {present} class in the training rows; allowed: at least 2"
+            f"--label_column {args.label_column!r} has {present} class in the training rows; allowed: at "
+            "least 2"
         )
     shots = [int(k) for k in numbers_of("shots", args.shots)]
     fewest = int(counts[counts > 0].min())
@@ -254,20 +257,23 @@ def load_report_inputs(args: ReportArguments) -> ReportInputs:
     classes = label_feature.num_classes
     limit = (classes - 1) / classes
     if args.label_noise is None:
-        rates = usable_rates(numbers_of("label_noise", DEFAULT_RATES), label_feature)
+        defaults = QUICK_RATES if args.quick else DEFAULT_RATES
+        rates = usable_rates(numbers_of("label_noise", defaults), label_feature)
     else:
         rates = numbers_of("label_noise", args.label_noise)
         too_high = [r for r in rates if r >= limit]
         if too_high:
             raise ValueError(
-                f"--label_noise {args.label_noise!r}: rates {too_high} are at or above (C-1)/C = {limit:.3g} for "
+                f"--label_noise {args.label_noise!r}: rates {too_high} are at or above (C-1)/C = {limit:.3g} "
+                "for "
                 f"{classes} classes, where noisy labels carry no signal; allowed: 0 <= rate < {limit:.3g}"
             )
     splits = {TRAIN: train_split, TEST: test_split}
     if args.domain_column:
         splits.update(_domain_splits(args, train_split, test_split))
         decisions.append(
-            f"domain shift: train on {args.train_domains}, test on {args.shifted_domains} ({args.domain_column!r})"
+            f"domain shift: train on {args.train_domains}, test on {args.shifted_domains} "
+            f"({args.domain_column!r})"
         )
     else:
         decisions.append("domain shift: not run (no --domain_column)")

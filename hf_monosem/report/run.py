@@ -42,17 +42,16 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
-def _text_rows(args: ReportArguments, inputs: ReportInputs, model: MonoSemanticModel):
+def _fetch_options(args: ReportArguments) -> dict[str, Any]:
+    """The loading options a tokenizer / image processor takes (dtype and attention are the model's)."""
+    fetch = ("revision", "token", "trust_remote_code", "cache_dir")
+    return {k: v for k, v in args.loading_kwargs().items() if k in fetch}
+
+
+def _text_rows(args: ReportArguments, inputs: ReportInputs):
     """Tokenised rows of every key (typo cells: perturbed copies of the test texts) and the collator."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        args.model_name_or_path,
-        **{
-            k: v
-            for k, v in args.loading_kwargs().items()
-            if k in ("revision", "token", "trust_remote_code", "cache_dir")
-        },
-    )
-    if tokenizer.pad_token is None:
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **_fetch_options(args))
+    if tokenizer.pad_token is None:  # decoder LMs ship none; the attention mask keeps pads out of the pooling
         tokenizer.pad_token = tokenizer.eos_token
     texts = dict(inputs.splits)
     cells = []
@@ -70,18 +69,11 @@ def _text_rows(args: ReportArguments, inputs: ReportInputs, model: MonoSemanticM
     return rows, DataCollatorWithPadding(tokenizer), cells
 
 
-def _pixels(args: ReportArguments, inputs: ReportInputs, split) -> torch.Tensor:
-    """``[N, C, H, W]`` model-ready pixels of a split (the backbone's image processor; tensors kept as they are)."""
-    if inputs.column == "pixel_values":
+def _pixels(inputs: ReportInputs, processor: Any, split) -> torch.Tensor:
+    """``[N, C, H, W]`` model-ready pixels of a split (resized and normalised by the backbone's image
+    processor; ``pixel_values`` tensors of the built-ins kept as they are)."""
+    if processor is None:
         return torch.as_tensor(split.with_format("torch")["pixel_values"][:]).float()
-    processor = AutoImageProcessor.from_pretrained(
-        args.model_name_or_path,
-        **{
-            k: v
-            for k, v in args.loading_kwargs().items()
-            if k in ("revision", "token", "trust_remote_code", "cache_dir")
-        },
-    )
     out = []
     for start in range(0, len(split), 256):
         images = [image.convert("RGB") for image in split[start : start + 256][inputs.column]]
@@ -90,8 +82,12 @@ def _pixels(args: ReportArguments, inputs: ReportInputs, split) -> torch.Tensor:
 
 
 def _image_rows(args: ReportArguments, inputs: ReportInputs):
-    """Pixels of every key, Gaussian / uniform noise cells on the normalised test pixels (the paper's)."""
-    pixels = {key: _pixels(args, inputs, split) for key, split in inputs.splits.items()}
+    """Pixels of every key, Gaussian / uniform noise cells on the normalised test pixels (the paper's), and
+    the processor (``None`` for ready tensors)."""
+    processor = None
+    if inputs.column != "pixel_values":
+        processor = AutoImageProcessor.from_pretrained(args.model_name_or_path, **_fetch_options(args))
+    pixels = {key: _pixels(inputs, processor, split) for key, split in inputs.splits.items()}
     generator = torch.Generator().manual_seed(1234)
     cells = []
     for s in numbers_of("pixel_noise", args.pixel_noise):
@@ -99,14 +95,14 @@ def _image_rows(args: ReportArguments, inputs: ReportInputs):
             key = f"{kind}{s:g}"
             pixels[key] = perturb_images(pixels[TEST], kind, s, generator=generator)
             cells.append((f"{kind}_noise", s, key))
-    return pixels, cells
+    return pixels, cells, processor
 
 
 def _image_views(
-    model: MonoSemanticModel, pixels: torch.Tensor, num_views: int, cache_dir: str
+    model: MonoSemanticModel, pixels: torch.Tensor, num_views: int, processor: Any, cache_dir: str
 ) -> torch.Tensor:
     """``[K, N, F]`` pooled vectors of K augmented copies of every training image (the authors' probe
-    augmentation: random resized crop 0.08-1 and flips), cached like the plain vectors."""
+    augmentation: random resized crop 0.08-1 and flips, no colour change), cached like the plain vectors."""
     key = _key(model_fingerprint(model.backbone), tensors_sha256({"pixels": pixels}), num_views, "views-v1")
     path = os.path.join(cache_dir, f"image-views-{key}.safetensors")
     cached = load_tensors(path, {"key": key})
@@ -117,10 +113,11 @@ def _image_views(
     def encode(images: torch.Tensor) -> torch.Tensor:
         return model(pixel_values=images).pooled
 
+    # the processor's normalisation undone for the crops (none for ready tensors)
+    scale = {} if processor is None else {"mean": processor.image_mean, "std": processor.image_std}
+    augment = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5, color_jitter_p=0.0, grayscale_p=0.0, **scale)
     with torch.no_grad():
-        views = augmented_view_features(
-            encode, pixels, ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5), num_views, seed=0, progress=True
-        )
+        views = augmented_view_features(encode, pixels, augment, num_views, seed=0, progress=True)
     save_tensors(path, {"views": views}, {"key": key})
     return views
 
@@ -199,9 +196,9 @@ def _protocol_records(
 def run_report(
     args: ReportArguments, inputs: ReportInputs | None = None, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Check, estimate, extract, fit, probe, write: the whole ``hf-monosem report`` (returns ``results.json``'s
-    content). ``inputs``: :func:`~hf_monosem.report.inputs.load_report_inputs` of ``args`` (loaded here when
-    ``None``); every refusal comes from it, before the backbone's weights are read."""
+    """Check, estimate, extract, fit, probe, write: the whole ``hf-monosem report`` (returns the content of
+    ``results.json``). ``inputs``: :func:`~hf_monosem.report.inputs.load_report_inputs` of ``args`` (loaded
+    here when ``None``); every refusal comes from it, before the backbone's weights are read."""
     from .writing import write_report  # the report's writer is the last stage
 
     inputs = inputs or load_report_inputs(args)
@@ -225,11 +222,11 @@ def run_report(
         ncl_recipe=args.ncl_recipe,
     )
     if inputs.modality == "text":
-        rows, collator, cells = _text_rows(args, inputs, model)
+        rows, collator, cells = _text_rows(args, inputs)
         sample = rows[TRAIN].select(range(min(8, len(rows[TRAIN]))))
         batch = collator([{k: r[k] for k in ("input_ids", "attention_mask") if k in r} for r in sample])
     else:
-        rows, cells = _image_rows(args, inputs)
+        rows, cells, processor = _image_rows(args, inputs)
         batch = {"pixel_values": rows[TRAIN][:8]}
     start = time.perf_counter()
     with torch.no_grad():
@@ -242,10 +239,13 @@ def run_report(
         * len(seeds)
         * (len(inputs.rates) + len(inputs.shots) + 2)
     )
-    estimate = estimate_seconds(per_row, n_rows, len(rows[TRAIN]), width, projector_width, plan, args.num_views,
-                                probes, args.probe_epochs, inputs.label_feature.num_classes, _flops_per_second())  # fmt: skip
+    classes = inputs.label_feature.num_classes
+    speed = _flops_per_second()
+    estimate = estimate_seconds(per_row, n_rows, len(rows[TRAIN]), width, projector_width, plan,
+                                args.num_views, probes, args.probe_epochs, classes, speed)  # fmt: skip
     say(
-        "[hf-monosem report] estimated time: about {:.0f} s (extraction {:.0f} s, fitting {:.0f} s, probes {:.0f} s; "
+        "[hf-monosem report] estimated time: about {:.0f} s (extraction {:.0f} s, fitting {:.0f} s, "
+        "probes {:.0f} s; "
         "stages a previous run finished are loaded instead)".format(
             estimate["total"], estimate["extraction"], estimate["fitting"], estimate["probes"]
         )
@@ -285,7 +285,7 @@ def run_report(
                 )
                 for key, x in rows.items()
             }
-            views = _image_views(model, rows[TRAIN], args.num_views, cache_dir)
+            views = _image_views(model, rows[TRAIN], args.num_views, processor, cache_dir)
     for _, _, key in cells:
         labels[key] = labels[TEST]
     with timer("fit representations"):

@@ -179,7 +179,7 @@ def fit_representations(
             fit_saes(simclr_train, _projector_sweep(plan, simclr_train.shape[1]), plan.epochs, progress)
         )
     if path is not None:
-        os.makedirs(cache_dir, exist_ok=True)  # type: ignore[arg-type]
+        os.makedirs(cache_dir, exist_ok=True)
         save_feature_layers(path, fitted, key)  # atomic: a killed run leaves the old file or none
     return fitted
 

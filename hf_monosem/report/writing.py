@@ -56,8 +56,9 @@ def verdict_lines(gaps: Sequence[dict[str, Any]], protocols: Sequence[str]) -> l
     Example:
         >>> gaps = [{"scenario": "label_noise", "poly": "raw", "mono": "sae", "protocol": p, "verdict": v}
         ...         for p, v in [("paper_cifar", "win"), ("controlled", "tie")]]
-        >>> print(verdict_lines(gaps, ["paper_cifar", "controlled"])[0])
-        - **label_noise**, raw -> sae: paper_cifar **win** (1 win); controlled tie (1 tie) -- differs between protocols: the probe's optimisation, not only the features
+        >>> print(verdict_lines(gaps, ["paper_cifar", "controlled"])[0])  # doctest: +NORMALIZE_WHITESPACE
+        - **label_noise**, raw -> sae: paper_cifar **win** (1 win); controlled tie (1 tie) -- differs
+        between protocols: the probe's optimisation, not only the features
     """
     lines = []
     keys = list(dict.fromkeys((g["scenario"], g["poly"], g["mono"]) for g in gaps))
@@ -93,7 +94,8 @@ def _monosemanticity_lines(track: Track) -> list[str]:
     ]
     for name, m in track.monosemanticity.items():
         lines.append(
-            f"| {name} | {m['l0']:.1f} of {width[name]} | {m['dead_fraction']:.3f} | {m['class_consistency']:.3f} |"
+            f"| {name} | {m['l0']:.1f} of {width[name]} | {m['dead_fraction']:.3f} | "
+            f"{m['class_consistency']:.3f} |"
         )
     return lines
 
@@ -108,8 +110,8 @@ def _explain(
     names = inputs.label_feature.names
     test_labels = track.labels[TEST].tolist()
     explained: dict[str, list[dict]] = {}
-    lines = ["## What a few features respond to", "",
-             "The test rows that activate each feature most (the features most active on average)."]  # fmt: skip
+    about = "The test rows that activate each feature most (of the features most active on average)."
+    lines = ["## What a few features respond to", "", about]
     for rep in monos:
         x = track.features[rep][TEST]
         picked = torch.argsort(x.mean(0), descending=True)[: args.explain_features].tolist()

@@ -54,7 +54,9 @@ def make_text_csv(path: Path, rows: int = 90, seed: int = 0) -> str:
             c = i % len(CLASSES)
             words = [f"w{c * 10 + int(rng.integers(0, 10))}" for _ in range(5)]
             words += [f"w{60 + int(rng.integers(0, 30))}" for _ in range(3)]
-            writer.writerow([" ".join(rng.permutation(words)), CLASSES[c], ("shop", "web", "phone")[i % 7 % 3]])
+            writer.writerow(
+                [" ".join(rng.permutation(words)), CLASSES[c], ("shop", "web", "phone")[i % 7 % 3]]
+            )
     return str(path)
 
 
