@@ -63,7 +63,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 import os
 import platform
 import sys
@@ -97,6 +96,7 @@ from hf_monosem.cached import (
     ncl_recipe,
     text_view_features,
 )
+from hf_monosem.cli import show_library_logs
 from hf_monosem.data import (
     load_20newsgroups,
     load_digits_domain_shift,
@@ -114,7 +114,14 @@ from hf_monosem.evaluation import (
     summarize_robustness,
 )
 from hf_monosem.models import public_name
-from hf_monosem.report import RepresentationPlan, build_track, fit_representations, sae_pairs, sae_sweep
+from hf_monosem.report import (
+    RepresentationPlan,
+    build_track,
+    fit_representations,
+    monosemanticity_table,
+    sae_pairs,
+    sae_sweep,
+)
 from hf_monosem.scenarios import add_text_noise, perturb_images
 from hf_monosem.scenarios.finetune import FinetuneBudget, finetune_records
 from hf_monosem.scenarios.grid import (
@@ -761,20 +768,6 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def monosemanticity_table(track) -> list[str]:
-    width = {name: next(iter(f.values())).shape[1] for name, f in track.features.items()}
-    lines = [
-        "| representation | L0 (active of width) | zero fraction | class consistency | dead fraction |",
-        "|---|---|---|---|---|",
-    ]
-    for name, m in track.monosemanticity.items():
-        lines.append(
-            f"| {name} | {m['l0']:.1f} of {width[name]} | {m['zero_fraction']:.3f} | "
-            f"{m['class_consistency']:.3f} | {m['dead_fraction']:.3f} |"
-        )
-    return lines
-
-
 def verdict_table(gaps: list[dict]) -> str:
     """Win / loss / tie counts per track, mode (protocol) and pair over every cell."""
     counts: dict[tuple, dict[str, int]] = {}
@@ -792,20 +785,9 @@ def verdict_table(gaps: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _print_library_logs() -> None:
-    """Show the library's INFO lines (stage timings, feature-cache hits) on stdout, once per process."""
-    logger = logging.getLogger("hf_monosem")
-    if not any(getattr(h, "_robustness_benchmark", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._robustness_benchmark = True
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
 def main(argv=None) -> dict:
     args = parse(argv)
-    _print_library_logs()
+    show_library_logs()  # stage timings and feature-cache hits on stdout
     use_available_cores()  # accelerate launch defaults to one thread on CPU
     os.makedirs(args.output_dir, exist_ok=True)
     cache_dir = args.cache_dir or os.path.join(args.output_dir, "cache")

@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "show_library_logs"]
 
 USAGE = """usage: hf-monosem <command> [options]
 
@@ -25,8 +25,9 @@ commands:
   report    do monosemantic features buy robustness on your model and your data? (hf-monosem report --help)"""
 
 
-def _show_library_logs() -> None:
-    """The package's INFO lines (cache hits, stage times) on stdout, once per process."""
+def show_library_logs() -> None:
+    """The package's INFO lines (cache hits, stage times) on stdout, once per process (the command's and the
+    benchmark's)."""
     logger = logging.getLogger("hf_monosem")
     if not any(getattr(h, "_hf_monosem_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"hf-monosem report: error: {error}", file=sys.stderr)
         return 2
-    _show_library_logs()
+    show_library_logs()
     run_report(args, inputs)
     if args.push_to_hub:
         assert args.hub_model_id is not None  # checked with the arguments

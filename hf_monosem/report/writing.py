@@ -27,7 +27,7 @@ from ..training.checkpoints import public_record, write_json
 from .arguments import ReportArguments
 from .inputs import ReportInputs
 
-__all__ = ["SCENARIO_FAMILIES", "overall", "verdict_lines", "write_report"]
+__all__ = ["SCENARIO_FAMILIES", "monosemanticity_table", "overall", "verdict_lines", "write_report"]
 
 #: one PNG per family: the scenarios drawn in it
 SCENARIO_FAMILIES = {
@@ -86,16 +86,18 @@ def verdict_lines(gaps: Sequence[dict[str, Any]], protocols: Sequence[str]) -> l
     return lines
 
 
-def _monosemanticity_lines(track: Track) -> list[str]:
+def monosemanticity_table(track: Track) -> list[str]:
+    """The Markdown lines of a track's monosemanticity table (test rows), one row per representation (the
+    report's and the benchmark's)."""
     width = {name: next(iter(f.values())).shape[1] for name, f in track.features.items()}
     lines = [
-        "| representation | L0 (active of width) | dead fraction | class consistency |",
-        "|---|---:|---:|---:|",
+        "| representation | L0 (active of width) | zero fraction | class consistency | dead fraction |",
+        "|---|---|---|---|---|",
     ]
     for name, m in track.monosemanticity.items():
         lines.append(
-            f"| {name} | {m['l0']:.1f} of {width[name]} | {m['dead_fraction']:.3f} | "
-            f"{m['class_consistency']:.3f} |"
+            f"| {name} | {m['l0']:.1f} of {width[name]} | {m['zero_fraction']:.3f} | "
+            f"{m['class_consistency']:.3f} | {m['dead_fraction']:.3f} |"
         )
     return lines
 
@@ -197,7 +199,7 @@ def write_report(
         "",
         "## Monosemanticity (test rows)",
         "",
-        *_monosemanticity_lines(track),
+        *monosemanticity_table(track),
         "",
         "## Accuracy tables",
         "",

@@ -199,3 +199,36 @@ def test_console_entry_point_is_the_cli_main(capsys):
     assert entry is main
     assert entry(["--help"]) == 0 and "report" in capsys.readouterr().out
     assert entry(["serve"]) == 2 and "unknown command 'serve'; allowed: report" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_real_minilm_on_a_builtin_dataset(tmp_path):
+    from hf_monosem.data import minilm_path
+
+    argv = ["report", "--model_name_or_path", minilm_path(), "--dataset_name", "tweets", "--quick",
+            "--pooling", "mean", "--output_dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["modality"] == "text" and results["dataset"] == "tweets"
+    assert "bert backbone, mean pooling of width 384" in results["decisions"][0]
+    assert {"label_noise", "typo_noise", "few_shot"} <= {r["scenario"] for r in results["results"]}
+    assert (tmp_path / "report.md").read_text().count("**label_noise**") == len(results["pairs"])
+
+
+def test_readme_command_parses():
+    import re
+    import shlex
+
+    from hf_monosem.report.arguments import parse_report_arguments
+
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "README.md").read_text())
+    commands = [
+        line.split("hf-monosem report", 1)[1]
+        for line in text.splitlines()
+        if line.startswith("hf-monosem report")
+    ]
+    assert commands, "the README shows no hf-monosem report command"
+    for command in commands:
+        args = parse_report_arguments(shlex.split(command))
+        assert args.model_name_or_path and args.dataset_name
