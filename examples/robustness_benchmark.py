@@ -5,14 +5,17 @@ Two tracks, three probe protocols and a fine-tune mode, the same scenarios every
 
 * **text** -- a frozen pretrained encoder (default MiniLM-L6) on 20 Newsgroups (20 classes); the
   domain shift on the tweets (3 classes: airline -> other topics). Representations: ``simclr`` ->
-  ``ncl`` (an MLP projector trained with InfoNCE, temperature 0.2, on feature-space views of the
-  cached encoder outputs; NCL adds the ReLU and the authors' activation term) and ``raw`` ->
+  ``ncl`` (an MLP projector trained with InfoNCE, temperature 0.2; P3 stage A's recipe ``authors-nn``:
+  K = 4 SimCSE dropout views per post extracted once, a row's positive a view of one of its 10 nearest
+  neighbours in the frozen space, NCL with the authors' normalise -> rep_relu -> normalise and
+  activation weight 1; SimCLR on the same views and positives) and ``raw`` ->
   ``sae_k*`` (the standardised encoder output vs post-hoc TopK SAEs at width = input width for every
   ``--sae_topk``, plus one over-complete), and ``simclr`` -> ``simclr_sae_k*`` (TopK SAEs on the SimCLR
   projector output: SAE vs CL on the same vector, as the authors compare them).
 * **vision** -- the paper's intrinsic path end to end at small scale: a small ResNet pretrained from
   scratch on Fashion-MNIST (10 classes) with SimCLR vs NCL (``ContrastiveTrainer``, same views,
-  budget and seed; NCL with P1's recipe); ``simclr`` -> ``ncl`` on their projector outputs and
+  budget and seed; NCL with P1's recipe, which P3 stage A kept: no candidate passed its gates);
+  ``simclr`` -> ``ncl`` on their projector outputs and
   ``simclr`` -> ``sae_k*`` (TopK SAEs on the frozen SimCLR outputs, the paper's post-hoc recipe); and,
   as a named variant reported beside them and never mixed into their verdicts, ``simclr_leak`` ->
   ``ncl_leak``: the same pretraining with the authors' non-detached online classifier, whose label
@@ -214,15 +217,24 @@ class BenchmarkArguments:
             "reported beside the clean pair and never mixed into its verdicts."
         },
     )
-    ncl_activation_loss_weight: float = field(
-        default=10.0,
+    vision_ncl_recipe: str = field(
+        default="p2",
         metadata={
-            "help": "Vision: NCL's activation term (P1's choice in docs/results/p1_ncl_selection.md); the "
-            "text track takes its weight from --text_ncl_recipe."
+            "help": "Vision: NCL's layer settings, a name of hf_monosem.cached.NCL_RECIPES usable on images "
+            "(p2: ReLU on the projector output, activation weight 10, P1's choice; authors: normalise -> "
+            "rep_relu -> normalise, weight 1; P3 stage A's choice in "
+            "docs/results/p3_ncl_selection_vision.md). Both pairs use image crops as views."
+        },
+    )
+    ncl_activation_loss_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Vision: NCL's activation term, overriding --vision_ncl_recipe's weight (default: the "
+            "recipe's); the text track takes its weight from --text_ncl_recipe."
         },
     )
     text_ncl_recipe: str = field(
-        default="p2",
+        default="authors-nn",
         metadata={
             "help": "Text: SimCLR/NCL recipe, a name of hf_monosem.cached.NCL_RECIPES (p2, authors, "
             "authors-nn; P3 stage A's choice in docs/results/p3_ncl_selection.md). SimCLR shares its views "
@@ -230,7 +242,7 @@ class BenchmarkArguments:
         },
     )
     text_views: int = field(
-        default=2, metadata={"help": "Text: encoder-level (SimCSE dropout) views per training post, K."}
+        default=4, metadata={"help": "Text: encoder-level (SimCSE dropout) views per training post, K."}
     )
     # text track
     model_name_or_path: str | None = field(
@@ -344,6 +356,13 @@ def parse(argv=None) -> BenchmarkArguments:
     ncl_recipe(args.text_ncl_recipe, "nonneg")  # a clear error before any work
     if args.text_views < 2:
         raise ValueError(f"--text_views {args.text_views} is not valid; allowed: an integer >= 2")
+    if args.vision_ncl_recipe not in VISION_NCL_RECIPES:
+        raise SystemExit(
+            f"--vision_ncl_recipe {args.vision_ncl_recipe!r} is not valid; allowed: "
+            f"{', '.join(VISION_NCL_RECIPES)} (nearest-neighbour positives are a text prior)"
+        )
+    if args.ncl_activation_loss_weight is None:
+        args.ncl_activation_loss_weight = vision_ncl_settings(args)["activation_loss_weight"]
     if args.sae_overcomplete < 0 or args.ncl_activation_loss_weight < 0:
         raise SystemExit(
             f"--sae_overcomplete {args.sae_overcomplete} and --ncl_activation_loss_weight "
@@ -587,7 +606,7 @@ def _pretrain(
             feature_dim=args.vision_feature_dim,
             projector_hidden_dim=args.vision_feature_dim,
             temperature=0.2,
-            activation_loss_weight=args.ncl_activation_loss_weight if kind == "nonneg" else 0.0,
+            **(vision_ncl_settings(args) if kind == "nonneg" else {"activation_loss_weight": 0.0}),
         )
     )
     training_args = TrainingArguments(
@@ -630,7 +649,26 @@ VISION_PRETRAIN_OPTIONS = (
     "vision_feature_dim",
     "pretrain_epochs",
     "ncl_activation_loss_weight",
+    "vision_ncl_recipe",
 )
+#: the NCL recipes of P3 that apply to images (their views are image crops either way)
+VISION_NCL_RECIPES = ("p2", "authors")
+
+
+def vision_ncl_settings(args) -> dict:
+    """The vision NCL layer's settings: ``--vision_ncl_recipe``'s order, activation and weight, the weight
+    overridden by ``--ncl_activation_loss_weight`` when given.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> vision_ncl_settings(SimpleNamespace(vision_ncl_recipe="authors", ncl_activation_loss_weight=None))
+        {'nonneg_order': 'authors', 'nonneg_activation': 'rep_relu', 'activation_loss_weight': 1.0}
+    """
+    settings = ncl_recipe(args.vision_ncl_recipe, "nonneg")[1]
+    settings.pop("positives")  # image crops are the views: a row's positive is its other crop
+    if args.ncl_activation_loss_weight is not None:
+        settings["activation_loss_weight"] = args.ncl_activation_loss_weight
+    return settings
 
 
 def _exact(x: float) -> str:
@@ -653,6 +691,8 @@ def vision_description(args) -> str:
         f"small ResNet pretrained {args.pretrain_epochs} epochs, Fashion-MNIST {args.vision_train_size} "
         f"train / {args.vision_test_size} test (10 classes), projector width {args.vision_feature_dim}, "
         f"NCL activation weight {_exact(args.ncl_activation_loss_weight)}"
+        # P2's recipe is not named, so the cells of runs made before P3 keep their key
+        + ("" if args.vision_ncl_recipe == "p2" else f", NCL recipe {args.vision_ncl_recipe}")
     )
 
 

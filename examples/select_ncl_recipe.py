@@ -22,7 +22,16 @@ Run (about 25 minutes on 2 CPU cores)::
 
     python examples/select_ncl_recipe.py --output_dir runs/p3_selection
 
-The vision track of stage A (Fashion-MNIST, a small ResNet per candidate) is not run by this script.
+``--track vision`` runs the same stage on Fashion-MNIST (4,000 training images drawn with seed 0,
+stratified 3,000 fit / 1,000 validation): the small ResNet of the benchmark is pretrained end to end on
+the fit images with image crops (SimCLR and NCL on the same crops, the benchmark's pretraining budget),
+once per candidate (``p2`` = P1's recipe: ReLU on the projector output, activation weight 10;
+``authors``: normalise -> ``rep_relu`` -> normalise, weight 1; ``authors-nn`` is text only) and
+pretraining seed; the SimCLR twin does not depend on the NCL layer's settings, so it is trained once per
+seed and compared with every candidate. Probes are scaled to the SimCLR twin's mean norm (the
+benchmark's vision reference). Run (about 10 minutes on 2 idle CPU cores)::
+
+    python examples/select_ncl_recipe.py --track vision --output_dir runs/p3_selection_vision
 """
 
 from __future__ import annotations
@@ -35,9 +44,23 @@ import time
 
 import torch
 from sklearn.model_selection import train_test_split
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import (
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
 
-from hf_monosem import MonoSemanticConfig, MonoSemanticModel, extract_pooled_features
+from hf_monosem import (
+    ContrastiveTrainer,
+    ImageViews,
+    MonoSemanticConfig,
+    MonoSemanticModel,
+    MonoSemanticTrainer,
+    UnlabeledDataCollator,
+    extract_pooled_features,
+)
 from hf_monosem.cached import (
     NCL_RECIPES,
     equalize_scales,
@@ -46,11 +69,17 @@ from hf_monosem.cached import (
     ncl_recipe,
     text_view_features,
 )
-from hf_monosem.data import load_20newsgroups, load_reuters_r52, minilm_path
+from hf_monosem.data import (
+    load_20newsgroups,
+    load_fashion_mnist,
+    load_reuters_r52,
+    minilm_path,
+    small_resnet_config,
+)
 from hf_monosem.evaluation import monosemanticity_report
-from hf_monosem.scenarios.grid import label_noise_probe_grid, noisy_label_draws
+from hf_monosem.scenarios.grid import TensorRows, label_noise_probe_grid, noisy_label_draws
 from hf_monosem.scenarios.protocols import ProbeProtocol
-from hf_monosem.training import use_available_cores
+from hf_monosem.training import IntensityJitterViews, use_available_cores
 
 #: P3's controlled lr grid (the preset may lag behind; the protocol's values are written out here)
 P3_LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -60,19 +89,36 @@ CONTROLLED = ProbeProtocol(
 )  # fmt: skip
 RATES = (0.0, 0.3, 0.6)
 PROBE_SEEDS = (0, 1, 2)
+TRACKS = ("text", "vision")
+#: the candidates a track can run: nearest-neighbour positives are a text prior (P3, stage A)
+TRACK_CANDIDATES = {"text": tuple(NCL_RECIPES), "vision": ("p2", "authors")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--track", default="text", help=f"one of {', '.join(TRACKS)}")
     parser.add_argument("--output_dir", default="runs/p3_selection")
     parser.add_argument("--cache_dir", default="runs/cache")
-    parser.add_argument("--candidates", default=",".join(NCL_RECIPES), help=f"of {', '.join(NCL_RECIPES)}")
+    parser.add_argument(
+        "--candidates",
+        default=None,
+        help="comma-separated; text: "
+        + ", ".join(TRACK_CANDIDATES["text"])
+        + "; vision: "
+        + ", ".join(TRACK_CANDIDATES["vision"])
+        + " (default: all of the track's)",
+    )
     parser.add_argument("--pretrain_seeds", default="0,1")
     parser.add_argument("--rows", type=int, default=4000, help="training rows drawn (seed 0)")
     parser.add_argument("--validation_rows", type=int, default=1000)
     parser.add_argument("--num_views", type=int, default=4, help="K encoder views per fit post")
-    parser.add_argument("--width", type=int, default=1536, help="projector width (and hidden width)")
-    parser.add_argument("--epochs", type=int, default=20, help="projector epochs")
+    parser.add_argument(
+        "--width", type=int, default=None, help="projector width (and hidden width; text 1536, vision 512)"
+    )
+    parser.add_argument("--epochs", type=int, default=20, help="text: projector epochs")
+    parser.add_argument(
+        "--pretrain_epochs", type=int, default=8, help="vision: ResNet pretraining epochs (the benchmark's)"
+    )
     parser.add_argument("--probe_epochs", type=int, default=50)
     parser.add_argument("--max_length", type=int, default=64)
     parser.add_argument(
@@ -95,10 +141,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "records",
     )
     args = parser.parse_args(argv)
-    args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
-    unknown = [c for c in args.candidates if c not in NCL_RECIPES]
-    if unknown:
-        parser.error(f"--candidates {unknown} not valid; allowed: {', '.join(NCL_RECIPES)}")
+    if args.track not in TRACKS:
+        parser.error(f"--track {args.track!r} not valid; allowed: {', '.join(TRACKS)}")
+    allowed = TRACK_CANDIDATES[args.track]
+    args.candidates = [c.strip() for c in (args.candidates or ",".join(allowed)).split(",") if c.strip()]
+    unknown = [c for c in args.candidates if c not in allowed]
+    if unknown or not args.candidates:
+        parser.error(
+            f"--candidates {unknown} not valid for --track {args.track}; allowed: {', '.join(allowed)}"
+        )
+    if args.width is None:
+        args.width = 1536 if args.track == "text" else 512
+    if args.track == "vision" and (args.check_r52 or args.r52_recipe):
+        parser.error("--check_r52 / --r52_recipe are text checks; not valid with --track vision")
     args.pretrain_seeds = [int(s) for s in args.pretrain_seeds.split(",")]
     if not 0 < args.validation_rows < args.rows:
         parser.error(f"--validation_rows {args.validation_rows} must be in (0, --rows={args.rows})")
@@ -172,11 +227,19 @@ def fit_pair(candidate: str, seed: int, pooled, views, args) -> dict[str, tuple]
 
 
 def probe_accuracies(
-    features: dict[str, dict[str, torch.Tensor]], y_fit, y_val, label_feature, num_labels, args
+    features: dict[str, dict[str, torch.Tensor]],
+    y_fit,
+    y_val,
+    label_feature,
+    num_labels,
+    args,
+    reference: str = "raw",
 ) -> dict[str, dict]:
-    """Controlled probes (P3 grid) per representation: chosen lr and validation accuracy per noise rate."""
+    """Controlled probes (P3 grid) per representation: chosen lr and validation accuracy per noise rate.
+    Every representation is scaled to ``reference``'s mean norm on the fit rows (text: the standardised
+    MiniLM vector, probed once on its own; vision: the SimCLR twin, probed with the others)."""
     features = {name: dict(f) for name, f in features.items()}
-    equalize_scales(features, "raw", key="fit")  # one mean norm for all: the standardised MiniLM vector's
+    equalize_scales(features, reference, key="fit")  # one mean norm for all
     protocol = CONTROLLED.with_budget(epochs=args.probe_epochs)
     seeds = list(PROBE_SEEDS)
     selection_labels = noisy_label_draws(y_fit, label_feature, [protocol.selection_rate], [0])[0]
@@ -185,7 +248,7 @@ def probe_accuracies(
     draws = noisy_label_draws(y_fit, label_feature, RATES, seeds)
     results = {}
     for name, f in features.items():
-        if name == "raw" and len(features) > 1:  # the scale reference, probed once on its own
+        if name == "raw" and len(features) > 1:  # the text scale reference, probed once on its own
             continue
         lr, scores = protocol.select_lr(f["fit"], selection_labels, num_labels, seeds, selection_rows)
         probes = label_noise_probe_grid(
@@ -234,7 +297,7 @@ def markdown(
 ) -> str:
     """The results page: every cell, the gates, the decision and the command."""
     rates = [f"{r:g}" for r in RATES]
-    lines = [
+    lines = vision_header(args) if args.track == "vision" else [
         "# P3 stage A: the text NCL recipe, chosen on validation rows",
         "",
         f"Protocol: `docs/PROTOCOL.md`, section P3, stage A. 20 Newsgroups training posts only: {args.rows} "
@@ -246,6 +309,8 @@ def markdown(
         f"{args.probe_epochs} epochs, lr chosen per representation on the fit rows' own held-out 20% at 30% "
         f"noise from the P3 grid {', '.join(f'{x:g}' for x in P3_LR_GRID)}), validation accuracy at label "
         f"noise {' / '.join(rates)}, probe seeds {', '.join(map(str, PROBE_SEEDS))}.",
+    ]  # fmt: skip
+    lines += [
         "",
         "## Every cell (validation rows; accuracy = mean over the 3 probe seeds)",
         "",
@@ -260,10 +325,14 @@ def markdown(
             f"| {r['candidate']} | {r['method']} | {r['seed']} | {r['dead_fraction']:.3f} | {r['l0']:.1f} | "
             f"{r['class_consistency']:.3f} | {r['probe_lr']:g} | {accs} | {r['mean_val_accuracy']:.3f} |"
         )
-    accs = " | ".join(f"{sum(raw['val_accuracy'][x]) / len(raw['val_accuracy'][x]):.3f}" for x in rates)
+    if raw is not None:
+        accs = " | ".join(f"{sum(raw['val_accuracy'][x]) / len(raw['val_accuracy'][x]):.3f}" for x in rates)
+        lines.append(
+            f"| (raw MiniLM, standardised) | - | - | {raw['dead_fraction']:.3f} | {raw['l0']:.1f} | "
+            f"{raw['class_consistency']:.3f} | {raw['probe_lr']:g} | {accs} | "
+            f"{raw['mean_val_accuracy']:.3f} |"
+        )
     lines += [
-        f"| (raw MiniLM, standardised) | - | - | {raw['dead_fraction']:.3f} | {raw['l0']:.1f} | "
-        f"{raw['class_consistency']:.3f} | {raw['probe_lr']:g} | {accs} | {raw['mean_val_accuracy']:.3f} |",
         "",
         "## Decision rule (means over pretraining seeds 0 and 1)",
         "",
@@ -281,11 +350,11 @@ def markdown(
         )
     lines += ["", "## Decision", ""]
     if chosen is None:
-        lines.append("No candidate qualifies: the text track keeps `p2` (P3's rule).")
+        lines.append(f"No candidate qualifies: the {args.track} track keeps `p2` (P3's rule).")
     else:
         lines.append(
-            f"Text track: **`{chosen}`** (the qualifying candidate with the highest mean validation "
-            f"accuracy); "
+            f"{args.track.capitalize()} track: **`{chosen}`** (the qualifying candidate with the highest "
+            "mean validation accuracy); "
             "its views become the views of both SimCLR and NCL in stage B."
         )
     if r52 is not None:
@@ -324,10 +393,13 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     use_available_cores()
     start = time.time()
+    if args.track == "vision" and not args.merge:
+        vision_main(args, start)
+        return
     if args.merge:
         parts = []
         for folder in args.merge.split(","):
-            with open(os.path.join(folder, "p3_ncl_selection.json")) as f:
+            with open(os.path.join(folder, f"{result_name(args)}.json")) as f:
                 parts.append(json.load(f))
         records = [r for part in parts for r in part["records"]]
         args.wall_seconds = max(part["wall_seconds"] for part in parts)
@@ -411,21 +483,145 @@ def r52_check(recipe: str, args) -> dict:
     return {**result, "rows": len(labels), "candidate": recipe}
 
 
+def result_name(args) -> str:
+    """The results files' stem: ``p3_ncl_selection`` (text, as first committed) or ``..._vision``."""
+    return "p3_ncl_selection" + ("_vision" if args.track == "vision" else "")
+
+
 def write_results(args, records: list[dict], raw_probe: dict, r52: dict | None, start: float | None = None):
     """Decide over ``records`` and write the JSON and the results page to ``args.output_dir``; the choice."""
     if start is not None:
         args.wall_seconds = time.time() - start
     chosen, rows = decide(records, args.width)
     os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "p3_ncl_selection.json"), "w") as f:
+    with open(os.path.join(args.output_dir, f"{result_name(args)}.json"), "w") as f:
         json.dump({"records": records, "raw": raw_probe, "decision": rows, "chosen": chosen, "r52": r52,
                    "command": getattr(args, "commands", None)
                    or ["python examples/select_ncl_recipe.py", *args.argv],
                    "wall_seconds": args.wall_seconds}, f, indent=1)  # fmt: skip
-    with open(os.path.join(args.output_dir, "p3_ncl_selection.md"), "w") as f:
+    with open(os.path.join(args.output_dir, f"{result_name(args)}.md"), "w") as f:
         f.write(markdown(records, rows, chosen, raw_probe, r52, args))
     print(f"chosen: {chosen}; wrote {args.output_dir} in {args.wall_seconds / 60:.1f} min", flush=True)
     return chosen
+
+
+# ------------------------------------------------------------------------------------------------ vision
+def vision_rows(args) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """``(images [N, 1, 28, 28], labels [N], label feature)`` of ``args.rows`` Fashion-MNIST training images
+    drawn with seed 0 (no test image is kept: ``max_test=0``)."""
+    train = load_fashion_mnist(max_test=0)["train"]
+    rows = train.shuffle(seed=0).select(range(min(args.rows, len(train))))[:]
+    return rows["pixel_values"], rows["label"], train.features["label"]
+
+
+def pretrain_vision(
+    kind: str, candidate: str | None, seed: int, images: torch.Tensor, args
+) -> MonoSemanticModel:
+    """The benchmark's small ResNet pretrained end to end on ``images`` with image crops: SimCLR
+    (``kind="linear"``, ``candidate=None``: it does not depend on the NCL layer's settings) or NCL with
+    ``candidate``'s layer settings. The benchmark's budget (lr 2e-3 cosine, batch 256, temperature 0.2);
+    cached per run and resumed from its last epoch checkpoint."""
+    settings = ncl_recipe(candidate, "nonneg")[1] if kind == "nonneg" else {}
+    settings.pop("positives", None)  # image crops are the views: every row is its own positive
+    key = hashlib.sha256(
+        json.dumps([kind, settings, seed, args.width, args.pretrain_epochs, args.rows,
+                    args.validation_rows]).encode()
+    ).hexdigest()[:16]  # fmt: skip
+    run_dir = os.path.join(args.cache_dir, f"p3-vision-{kind}-{key}")
+    final = os.path.join(run_dir, "model")
+    if os.path.isfile(os.path.join(final, "config.json")):
+        return MonoSemanticModel.from_pretrained(final)
+    set_seed(seed)  # SimCLR and NCL of one seed start from the same weights and see the same views
+    model = MonoSemanticModel(
+        MonoSemanticConfig(
+            backbone_config=small_resnet_config(),
+            feature_layer=kind,
+            feature_dim=args.width,
+            projector_hidden_dim=args.width,
+            temperature=0.2,
+            **{"activation_loss_weight": 0.0, **settings},
+        )
+    )
+    training_args = TrainingArguments(
+        output_dir=run_dir, num_train_epochs=args.pretrain_epochs, learning_rate=2e-3,
+        lr_scheduler_type="cosine", warmup_steps=20, weight_decay=1e-4, per_device_train_batch_size=256,
+        dataloader_drop_last=True, save_strategy="epoch", save_total_limit=1, logging_steps=10,
+        report_to="none", seed=seed, disable_tqdm=False,
+    )  # fmt: skip
+    trainer = ContrastiveTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=TensorRows(pixel_values=images),
+        data_collator=UnlabeledDataCollator(default_data_collator),
+        image_views=IntensityJitterViews(ImageViews(crop_scale=(0.2, 1.0), hflip_p=0.5), strength=0.4),
+    )
+    trainer.train(resume_from_checkpoint=MonoSemanticTrainer.last_checkpoint(run_dir))
+    trainer.save_model(final)
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+@torch.no_grad()
+def encode_images(model: MonoSemanticModel, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(pixel_values=chunk).features for chunk in images.split(512)])
+
+
+def vision_main(args, start: float) -> None:
+    """Stage A on the vision track: every candidate's NCL beside the (shared) SimCLR twin, per seed."""
+    images, labels, label_feature = vision_rows(args)
+    fit, val = split_rows(labels, args.validation_rows)
+    y_fit, y_val = labels[fit], labels[val]
+    num_labels = len(label_feature.names)
+    twins = {}  # seed -> (features, record fields) of SimCLR, trained and probed once
+    records = []
+    for candidate in args.candidates:
+        for seed in args.pretrain_seeds:
+            models = {}
+            for method, kind in (("simclr", "linear"), ("ncl", "nonneg")):
+                if method == "simclr" and seed in twins:
+                    continue
+                began = time.time()
+                model = pretrain_vision(
+                    kind, candidate if kind == "nonneg" else None, seed, images[fit], args
+                )
+                models[method] = (model, {"pretrain_seconds": time.time() - began})
+            feats = {m: {"fit": encode_images(model, images[fit]), "val": encode_images(model, images[val])}
+                     for m, (model, _) in models.items()}  # fmt: skip
+            if seed not in twins:
+                probes = probe_accuracies(feats, y_fit, y_val, label_feature, num_labels, args, "simclr")
+                twins[seed] = (feats["simclr"], {**models["simclr"][1], **probes["simclr"],
+                                                 **unit_report(feats["simclr"]["val"], y_val)})  # fmt: skip
+            else:
+                feats["simclr"] = twins[seed][0]
+                probes = probe_accuracies(feats, y_fit, y_val, label_feature, num_labels, args, "simclr")
+            ncl = {**models["ncl"][1], **probes["ncl"], **unit_report(feats["ncl"]["val"], y_val)}
+            for method, fields in (("simclr", twins[seed][1]), ("ncl", ncl)):
+                accs = [sum(v) / len(v) for v in fields["val_accuracy"].values()]
+                records.append({"candidate": candidate, "method": method, "seed": seed, **fields,
+                                "mean_val_accuracy": sum(accs) / len(accs)})  # fmt: skip
+                print(json.dumps({k: v for k, v in records[-1].items() if k != "lr_held_out_accuracy"}),
+                      flush=True)  # fmt: skip
+            write_results(args, records, None, None, start)  # partial results survive an interruption
+    write_results(args, records, None, None, start)
+
+
+def vision_header(args) -> list[str]:
+    grid = ", ".join(f"{x:g}" for x in P3_LR_GRID)
+    return [
+        "# P3 stage A: the vision NCL recipe, chosen on validation rows",
+        "",
+        f"Protocol: `docs/PROTOCOL.md`, section P3, stage A. Fashion-MNIST training images only: "
+        f"{args.rows} drawn with seed 0, stratified {args.rows - args.validation_rows} fit / "
+        f"{args.validation_rows} validation; no test image is kept. The benchmark's small ResNet "
+        f"pretrained end to end on the fit images ({args.pretrain_epochs} epochs, AdamW 2e-3 cosine, "
+        f"batch 256, temperature 0.2, projector width {args.width}, hidden {args.width}) with image "
+        "crops (scale 0.2-1, flip, intensity jitter 0.4) as the views of both SimCLR and NCL; SimCLR "
+        "does not depend on the NCL layer's settings, so one SimCLR per seed is every candidate's "
+        "twin. Probes: controlled protocol (every representation scaled to the SimCLR twin's mean "
+        f"norm, Adam, {args.probe_epochs} epochs, lr chosen per representation on the fit rows' own "
+        f"held-out 20% at 30% noise from the P3 grid {grid}), validation accuracy at label noise "
+        f"{' / '.join(f'{r:g}' for r in RATES)}, probe seeds {', '.join(map(str, PROBE_SEEDS))}.",
+    ]
 
 
 if __name__ == "__main__":

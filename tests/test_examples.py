@@ -175,6 +175,7 @@ def test_benchmark_vision_description_names_every_option_its_fine_tune_cells_sta
         "vision_feature_dim": 256,
         "pretrain_epochs": 3,
         "ncl_activation_loss_weight": 1.0,
+        "vision_ncl_recipe": "authors",
         "vision_test_size": 1000,  # not in the pretraining, but in the cells' test data
     }
     assert set(bench.VISION_PRETRAIN_OPTIONS) <= set(changes)
@@ -193,7 +194,7 @@ def test_benchmark_text_description_names_every_option_its_fine_tune_cells_start
     describe = bench.text_description
     changes = {
         "text_ncl_recipe": "authors",
-        "text_views": 4,
+        "text_views": 6,
         "max_length": 128,
         "feature_dim": 512,
         "representation_epochs": 3,

@@ -4,6 +4,8 @@ collapses and the authors' order with neighbour positives does not."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -243,3 +245,44 @@ def test_stage_a_decision_rule_applies_every_gate_and_then_the_accuracy():
     chosen, rows = decide(records, width)
     assert chosen == "authors-nn" and not rows[1]["gates"]["consistency >= SimCLR + 0.05"]
     assert decide(rec("p2", "ncl", 0.5, 5, 0.6, 0.9) + rec("p2", "simclr", 0, 9, 0.1, 0.9), width)[0] is None
+
+
+def test_stage_a_vision_refuses_text_only_choices_before_any_work(capsys):
+    parse = _selection_script().parse_args
+    for argv, named in (
+        (["--track", "audio"], "--track 'audio'"),
+        (["--track", "vision", "--candidates", "authors-nn"], "authors-nn"),  # a text prior
+        (["--track", "vision", "--check_r52"], "--check_r52"),
+    ):
+        with pytest.raises(SystemExit):
+            parse(argv)
+        assert named in capsys.readouterr().err
+    assert parse(["--track", "vision"]).candidates == ["p2", "authors"]
+    assert parse(["--track", "vision"]).width == 512 and parse([]).width == 1536
+
+
+def test_stage_a_vision_trains_one_simclr_twin_per_seed_and_keeps_no_test_image(tmp_path, capsys):
+    """The vision track of stage A: every candidate's NCL beside one SimCLR per seed (it does not depend on
+    the NCL layer's settings), on Fashion-MNIST training rows only; the page and JSON are written."""
+    script = _selection_script()
+    script.main(["--track", "vision", "--rows", "600", "--validation_rows", "200", "--pretrain_epochs", "1",
+                 "--probe_epochs", "2", "--width", "16", "--pretrain_seeds", "0",
+                 "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")])  # fmt: skip
+    result = json.loads((tmp_path / "out" / "p3_ncl_selection_vision.json").read_text())
+    twins = [r for r in result["records"] if r["method"] == "simclr"]
+    assert [r["candidate"] for r in twins] == ["p2", "authors"]
+    assert twins[0]["val_accuracy"] == twins[1]["val_accuracy"]  # the same SimCLR, probed once
+    runs = sorted(p.name.split("-")[2] for p in (tmp_path / "cache").iterdir())
+    assert runs == ["linear", "nonneg", "nonneg"]  # one SimCLR, one NCL per candidate
+    ncl = {r["candidate"]: r for r in result["records"] if r["method"] == "ncl"}
+    assert ncl["p2"]["val_accuracy"] != ncl["authors"]["val_accuracy"]  # the candidates' layers differ
+    page = (tmp_path / "out" / "p3_ncl_selection_vision.md").read_text()
+    assert "no test image is kept" in page and "vision track" in page
+    assert (
+        len(
+            script.vision_rows(
+                script.parse_args(["--track", "vision", "--rows", "50", "--validation_rows", "10"])
+            )[1]
+        )
+        == 50
+    )
