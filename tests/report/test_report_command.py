@@ -101,7 +101,7 @@ def test_image_folder_report(assets, tmp_path):
     assert (tmp_path / grid).stat().st_size > 0 and not os.path.isabs(grid)
 
 
-@pytest.mark.timeout(600)  # two fresh interpreters: about 20 s on idle cores, minutes on loaded ones
+@pytest.mark.timeout(900)  # two fresh interpreters: about 2 min on loaded shared cores, minutes more at worst
 def test_resume_after_sigkill_redoes_only_what_is_missing(assets, tmp_path):
     out = tmp_path / "report"
     command = [sys.executable, "-m", "hf_monosem", *text_argv(assets, out)]
@@ -110,17 +110,17 @@ def test_resume_after_sigkill_redoes_only_what_is_missing(assets, tmp_path):
         command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:  # killed once the first protocol's probes are saved: the second protocol is still running
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 400
         while not list((out / "cache").glob("probes-paper_cifar-*.json")):
             assert first.poll() is None, "the first run ended before it could be killed"
-            assert time.monotonic() < deadline, "no probe records after 240 s"
+            assert time.monotonic() < deadline, "no probe records after 400 s"
             time.sleep(0.1)
         first.send_signal(signal.SIGKILL)
     finally:
         first.wait()
     assert first.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists()
-    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=450)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "loading cached features" in second.stdout
     assert "probe records of paper_cifar loaded from the cache" in second.stdout
