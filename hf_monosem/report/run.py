@@ -48,6 +48,17 @@ def _fetch_options(args: ReportArguments) -> dict[str, Any]:
     return {k: v for k, v in args.loading_kwargs().items() if k in fetch}
 
 
+def _rows_key(rows: Any) -> str:
+    """A key of tokenised rows from their token ids: the same in every process (a ``datasets.map``
+    fingerprint is not: it hashes the tokenizer object, which can differ between interpreters, and a
+    resumed run would extract everything again)."""
+    digest = hashlib.sha256()
+    for column in ("input_ids", "attention_mask", "token_type_ids"):
+        if column in rows.column_names:
+            digest.update(json.dumps(rows[column][:]).encode())
+    return digest.hexdigest()
+
+
 def _text_rows(args: ReportArguments, inputs: ReportInputs):
     """Tokenised rows of every key (typo cells: perturbed copies of the test texts) and the collator."""
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **_fetch_options(args))
@@ -260,6 +271,7 @@ def run_report(
                     batch_size=args.batch_size,
                     cache_dir=cache_dir,
                     collate_fn=collator,
+                    cache_key=_rows_key(ds),
                     progress=True,
                 )
                 for key, ds in rows.items()
@@ -271,6 +283,7 @@ def run_report(
                 seed=0,
                 collate_fn=collator,
                 cache_dir=cache_dir,
+                cache_key=_rows_key(rows[TRAIN]),
                 progress=True,
             )
         else:
