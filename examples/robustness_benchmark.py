@@ -45,7 +45,8 @@ consistency) is measured next to accuracy.
 Offline default: both tracks, the three probe protocols, fine-tune mode on vision (MiniLM fine-tunes take
 minutes each on a CPU: add ``--finetune_tracks text,vision`` on a GPU), 3 seeds::
 
-    # P2's defaults: 21.0 min on 2 idle CPU cores (docs/results/benchmark_p2)
+    # P3's defaults: 47.7 min on 2 CPU cores shared with lower-priority jobs (docs/results/benchmark_p3);
+    # P2's defaults took 21.0 min on the idle cores
     python examples/robustness_benchmark.py
     python examples/robustness_benchmark.py --quick    # smaller data and budgets: a smoke test, not a result
 

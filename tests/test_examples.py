@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -862,6 +863,17 @@ def test_robustness_benchmark_end_to_end_both_tracks_and_resume(tmp_path, tiny_t
     again = _results(out)
     assert [r for r in again["records"] if r["mode"] == "finetune"] == finetune
     assert again["timings_s"]["vision: fine-tune grid"] < payload["timings_s"]["vision: fine-tune grid"] / 3
+    # benchmarks/representation_norms.py reads the run's own caches (the norms docs/results cites)
+    spec = importlib.util.spec_from_file_location(
+        "representation_norms", EXAMPLES.parent / "benchmarks" / "representation_norms.py"
+    )
+    norms_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(norms_script)
+    norms = norms_script.main(["--cache_dir", str(out / "cache"), "--vision_train_size", "300"])
+    assert {"raw (standardised)", "simclr", "ncl", "sae_k8", "simclr_sae_k8"} <= set(norms["text"])
+    assert norms["text"]["ncl"] == pytest.approx(1.0, abs=1e-3)  # the authors' order ends normalised
+    assert set(norms["vision"]) == {"simclr", "ncl", "simclr_leak", "ncl_leak"}
+    assert all(v > 0 for track in ("text", "vision") for v in norms[track].values())
 
 
 @pytest.fixture(scope="module")

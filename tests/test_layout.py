@@ -144,6 +144,84 @@ def test_no_import_circle_anywhere():
     assert not circles, "import circles:\n" + "\n".join(sorted(set(circles)))
 
 
+def _is_private(name: str) -> bool:
+    """``_name`` is private; dunder names (``__version__``, ``__all__``) are not."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _is_package_module(dotted: str) -> bool:
+    """Whether ``dotted`` names a module (file or folder) of hf_monosem."""
+    where = ROOT / Path(*dotted.split("."))
+    return dotted.split(".")[0] == "hf_monosem" and (where.with_suffix(".py").is_file() or where.is_dir())
+
+
+def _private_reaches(path: Path) -> list[str]:
+    """Every place where ``path`` uses a private name of *another* module of hf_monosem.
+
+    Caught: ``from X import _name``, ``from X._private_module import name`` (except the LEAVES, which any
+    folder may import), and ``X._name`` where ``X`` is bound to a package module (``import hf_monosem.x as
+    X``, ``from hf_monosem import x``, ``hf_monosem.x._name``). A module's own privates are fine, as are
+    privates of other libraries (torch's, transformers') and attributes of objects (only modules are
+    followed: ``model._keep_in_fp32_modules`` is transformers' protocol, not a reach into our code).
+    """
+    own = _module_name(path) if path.is_relative_to(PACKAGE) else None
+    package = (own if path.name == "__init__.py" else own.rpartition(".")[0]) if own else ""
+    tree = ast.parse(path.read_text())
+    bound: dict[str, str] = {}  # local name -> the dotted package name it is bound to
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            if module.split(".")[0] != "hf_monosem" or module == own:
+                continue
+            hidden = [part for part in module.split(".")[1:] if _is_private(part) and part not in LEAVES]
+            if hidden:
+                found.append(f"line {node.lineno}: from {module} import ... (private module {hidden[0]})")
+            for alias in node.names:
+                if _is_private(alias.name) and not (module == "hf_monosem" and alias.name in LEAVES):
+                    found.append(f"line {node.lineno}: from {module} import {alias.name}")
+                bound[alias.asname or alias.name] = f"{module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "hf_monosem":
+                    bound[alias.asname or "hf_monosem"] = alias.name if alias.asname else "hf_monosem"
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and _is_private(node.attr)):
+            continue
+        chain, value = [], node.value
+        while isinstance(value, ast.Attribute):
+            chain.append(value.attr)
+            value = value.value
+        if isinstance(value, ast.Name) and value.id in bound:
+            module = ".".join([bound[value.id], *reversed(chain)])
+            if module != own and _is_package_module(module):
+                found.append(f"line {node.lineno}: {module}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    # a helper another module needs is public API of its module (named without underscore, documented;
+    # in __all__ only if it is meant for users) or it moves to where it belongs
+    bad = [
+        f"{path.relative_to(ROOT)} {reach}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for reach in _private_reaches(path)
+    ]
+    assert not bad, "private names used across modules of hf_monosem:\n" + "\n".join(bad)
+
+
+def test_examples_benchmarks_and_tests_use_no_private_names_of_the_package():
+    # they use the package as its users do; a test of a helper tests the (public) helper
+    files = [
+        path
+        for folder in ("examples", "benchmarks", "tests")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+    ]
+    bad = [f"{path.relative_to(ROOT)} {reach}" for path in files for reach in _private_reaches(path)]
+    assert not bad, "private names of hf_monosem used:\n" + "\n".join(bad)
+
+
 def test_a_bare_copy_of_models_imports_in_any_order(tmp_path):
     # the remote-code layout: models/*.py next to the weights, no hf_monosem installed; transformers may
     # import any of the files first (the config before the modeling code). One copy per first file, all
@@ -175,4 +253,5 @@ def test_a_bare_copy_of_models_imports_in_any_order(tmp_path):
         [sys.executable, "-c", check, *firsts], cwd=tmp_path, capture_output=True, text=True, timeout=170
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.splitlines() == [f"{first} ['linear', 'nonneg', 'sae', 'topk']" for first in firsts]
+    kinds = ["gated", "jumprelu", "linear", "nonneg", "sae", "topk"]
+    assert run.stdout.splitlines() == [f"{first} {kinds}" for first in firsts]

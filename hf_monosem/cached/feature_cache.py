@@ -303,7 +303,7 @@ def text_view_features(
         if kind == "mask":
 
             def collate(rows: list[Any], generator: torch.Generator = generator) -> Any:
-                return _mask_tokens(base_collate(rows), mask_rate, int(mask_token_id), generator)
+                return mask_tokens(base_collate(rows), mask_rate, int(mask_token_id), generator)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
@@ -325,7 +325,7 @@ def text_view_features(
     return result
 
 
-def _mask_tokens(batch: Any, rate: float, mask_token_id: int, generator: torch.Generator) -> Any:
+def mask_tokens(batch: Any, rate: float, mask_token_id: int, generator: torch.Generator) -> Any:
     """``batch`` with attended tokens (not the first or last of a row) replaced by ``mask_token_id``."""
     ids = batch["input_ids"]
     attended = batch.get("attention_mask", torch.ones_like(ids)).bool()

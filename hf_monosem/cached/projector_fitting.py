@@ -29,6 +29,7 @@ from ..models.feature_layers import FeatureLayerSettings, LinearFeatures, featur
 from ..training.losses import info_nce_loss
 from .checks import autocast_off, check_features
 from .minibatch import MiniBatches
+from .scaling import feature_stats, standardize
 
 __all__ = [
     "CONTRASTIVE_POSITIVES",
@@ -185,7 +186,9 @@ def fit_contrastive_projector(
         activation_loss_weight=activation_loss_weight,
     )
     n = features.shape[0]
-    neighbors = nearest_neighbors(_standardize(features)[0], num_neighbors) if positives == "nn" else None
+    neighbors = (
+        nearest_neighbors(standardize(features.float())[0], num_neighbors) if positives == "nn" else None
+    )
     # a batch of one row has no negatives: skipped
     batches = MiniBatches(
         n,
@@ -200,7 +203,8 @@ def fit_contrastive_projector(
 
     torch.manual_seed(seed)
     features = features.float()
-    standardized, mean, std = _standardize(features)
+    mean, std = feature_stats(features)  # the std floored at 1e-6, as standardize does
+    standardized = (features - mean) / std
     if views is not None:
         views = (views.to(features.device).float() - mean) / std
     layer = layer_class(features.shape[1], settings).to(features.device)
@@ -248,13 +252,6 @@ def fit_contrastive_projector(
         _, accuracy = info_nce_loss(out_a[:512], out_b[:512], temperature, gather=False, return_accuracy=True)
         zero_fraction = float((out_a == 0).float().mean())
     return layer, {"loss": history, "zero_fraction": zero_fraction, "positive_accuracy": float(accuracy)}
-
-
-def _standardize(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(standardised features, mean, std)``, the std floored at 1e-6."""
-    features = features.float()
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-    return (features - mean) / std, mean, std
 
 
 @torch.no_grad()

@@ -32,9 +32,9 @@ import torch
 from ..training.trainer import NON_PREDICTION_KEYS
 from .features import (
     ArrayLike,
-    _check_threshold,
-    _labels,
     activation_sparsity,
+    as_class_labels,
+    check_threshold,
     class_consistency,
     dead_features,
     monosemanticity_report,
@@ -116,7 +116,7 @@ def classification_metrics(
     """
     global _warned_fallback
     preds = _to_predictions(predictions_or_logits)
-    refs = _labels(labels, preds.shape[0]).numpy()
+    refs = as_class_labels(labels, preds.shape[0]).numpy()
     if use_evaluate and importlib.util.find_spec("evaluate") is not None:
         accuracy = load_metric_script("accuracy").compute(predictions=preds, references=refs)["accuracy"]
         f1 = load_metric_script("f1").compute(predictions=preds, references=refs, average="macro")["f1"]
@@ -197,7 +197,7 @@ def make_compute_metrics(
         >>> sorted(full(((logits, feats), np.array([0, 1, 2, 0]))))[:4]
         ['accuracy', 'features_active_fraction', 'features_class_consistency', 'features_dead_fraction']
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if not isinstance(prefix, str):
         raise ValueError(f"prefix={prefix!r} is not allowed; allowed: a string such as 'features_'")
 

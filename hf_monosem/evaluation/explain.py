@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .features import _features  # the same [N, F] input check as the feature metrics
+from .features import as_feature_matrix  # the same [N, F] input check as the feature metrics
 
 __all__ = ["TopExamples", "image_grid_for_feature", "text_snippets_for_feature", "top_activating_examples"]
 
@@ -41,7 +41,7 @@ def top_activating_examples(features: Any, feature_index: int, k: int = 10) -> T
         >>> top_activating_examples([[0.1], [0.7], [0.3]], 0, 2)
         TopExamples(indices=tensor([1, 2]), values=tensor([0.7000, 0.3000]))
     """
-    x = _features(features)
+    x = as_feature_matrix(features)
     if (
         isinstance(feature_index, bool)
         or not isinstance(feature_index, (int, np.integer))
@@ -105,7 +105,7 @@ def image_grid_for_feature(
     """
     from matplotlib.figure import Figure
 
-    x = _features(features)
+    x = as_feature_matrix(features)
     if len(images) != x.shape[0]:
         raise ValueError(
             f"images has {len(images)} items but features has {x.shape[0]} rows; allowed: one image per row"
@@ -180,7 +180,7 @@ def text_snippets_for_feature(
         >>> out[0]["snippet"]
         'a «dog»'
     """
-    x = _features(features)
+    x = as_feature_matrix(features)
     if len(texts) != x.shape[0]:
         raise ValueError(
             f"texts has {len(texts)} items but features has {x.shape[0]} rows; allowed: one text per row"

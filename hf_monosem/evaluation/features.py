@@ -46,7 +46,10 @@ _CHUNK_ENTRIES = 1 << 22
 # ----------------------------------------------------------------------------------------------
 # input checks (shared with classification and explain)
 # ----------------------------------------------------------------------------------------------
-def _features(features: ArrayLike) -> torch.Tensor:
+def as_feature_matrix(features: ArrayLike) -> torch.Tensor:
+    """``features`` as a float32 CPU ``[N, F]`` tensor, or :class:`ValueError` naming what is wrong.
+
+    The one input check of the feature metrics, shared with :mod:`.classification` and :mod:`.explain`."""
     try:
         x = features if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features))
     except (TypeError, ValueError, RuntimeError) as error:
@@ -62,7 +65,8 @@ def _features(features: ArrayLike) -> torch.Tensor:
     return x.detach().to(device="cpu", dtype=torch.float32)
 
 
-def _labels(labels: ArrayLike, n: int) -> torch.Tensor:
+def as_class_labels(labels: ArrayLike, n: int) -> torch.Tensor:
+    """``labels`` as ``n`` int64 class ids (integer-valued floats accepted), or :class:`ValueError`."""
     y = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
     y = y.detach().cpu().reshape(-1)
     if y.is_floating_point():
@@ -78,7 +82,8 @@ def _labels(labels: ArrayLike, n: int) -> torch.Tensor:
     return y.long()
 
 
-def _check_threshold(threshold: Any) -> float:
+def check_threshold(threshold: Any) -> float:
+    """An activation threshold as a float: finite and >= 0 (booleans refused)."""
     if (
         isinstance(threshold, bool)
         or not isinstance(threshold, (int, float))
@@ -87,6 +92,13 @@ def _check_threshold(threshold: Any) -> float:
     ):
         raise ValueError(f"threshold={threshold!r} is not allowed; allowed: a finite number >= 0")
     return float(threshold)
+
+
+# the names these checks had in the flat layout's hf_monosem.metrics, which the deprecated alias of that
+# module still resolves (alias_module looks names up here) until the alias goes in 0.3.0
+_features = as_feature_matrix
+_labels = as_class_labels
+_check_threshold = check_threshold
 
 
 def _dense_labels(y: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -108,8 +120,8 @@ def activation_sparsity(features: ArrayLike, threshold: float = 0.0) -> dict[str
         >>> activation_sparsity([[1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 3.0]])
         {'l0': 1.5, 'zero_fraction': 0.625, 'active_fraction': 0.375}
     """
-    threshold = _check_threshold(threshold)
-    x = _features(features)
+    threshold = check_threshold(threshold)
+    x = as_feature_matrix(features)
     active = x.abs() > threshold
     n, f = x.shape
     l0 = float(active.sum(dim=1, dtype=torch.float64).mean()) if n else 0.0
@@ -128,8 +140,8 @@ def dead_features(features: ArrayLike, threshold: float = 0.0) -> dict[str, Any]
         >>> out["dead_fraction"], out["dead_indices"].tolist()
         (0.3333333333333333, [1])
     """
-    threshold = _check_threshold(threshold)
-    x = _features(features)
+    threshold = check_threshold(threshold)
+    x = as_feature_matrix(features)
     dead = ~(x.abs() > threshold).any(dim=0)
     indices = torch.nonzero(dead).flatten()
     return {
@@ -167,11 +179,11 @@ def class_consistency(
         >>> class_consistency(torch.nn.functional.one_hot(labels).float(), labels, top_m=5)
         1.0
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction={reduction!r} is not supported; allowed values: ['mean', 'none']")
-    x = _features(features)
-    y, num_classes = _dense_labels(_labels(labels, x.shape[0]))
+    x = as_feature_matrix(features)
+    y, num_classes = _dense_labels(as_class_labels(labels, x.shape[0]))
     n, f = x.shape
     if top_m is None:
         top_m = _default_top_m(n, num_classes)
@@ -216,13 +228,13 @@ def feature_label_mutual_information(
         >>> feature_label_mutual_information(torch.tensor([[1.0], [1.0], [0.0], [0.0]]), labels)
         1.0
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or bins < 2):
         raise ValueError(f"bins={bins!r} is not allowed; allowed: None (active/inactive) or an integer >= 2")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction={reduction!r} is not supported; allowed values: ['mean', 'none']")
-    x = _features(features)
-    y, num_classes = _dense_labels(_labels(labels, x.shape[0]))
+    x = as_feature_matrix(features)
+    y, num_classes = _dense_labels(as_class_labels(labels, x.shape[0]))
     n, f = x.shape
     if n == 0 or f == 0:
         return float("nan") if reduction == "mean" else torch.full((f,), float("nan"))
@@ -267,8 +279,8 @@ def monosemanticity_report(
         >>> sorted(monosemanticity_report(torch.rand(20, 4), torch.arange(20) % 2))[:3]
         ['active_fraction', 'class_consistency', 'dead_fraction']
     """
-    x = _features(features)
-    y = _labels(labels, x.shape[0])
+    x = as_feature_matrix(features)
+    y = as_class_labels(labels, x.shape[0])
     dead = dead_features(x, threshold)
     return {
         **activation_sparsity(x, threshold),

@@ -104,7 +104,8 @@ def read_records(source: Any) -> list[dict]:
     return [dict(record) for record in records]
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """A real, finite number that is not a bool (what a results ``value`` / ``std`` must be)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -215,10 +216,10 @@ def _result_record(record: Mapping, where: str) -> dict:
     missing = [k for k in _REQUIRED_FIELDS if record.get(k) is None]
     if missing:
         raise ValueError(f"{where} lacks {missing}; required: {list(_REQUIRED_FIELDS)}")
-    if not _is_number(record["value"]):
+    if not is_finite_number(record["value"]):
         raise ValueError(f"{where}['value']={record['value']!r} is not a finite number")
     std = record.get("std")
-    if std is not None and not _is_number(std):
+    if std is not None and not is_finite_number(std):
         raise ValueError(f"{where}['std']={std!r} is not a finite number")
     level = record.get("level")
     if isinstance(level, float) and not math.isfinite(level):

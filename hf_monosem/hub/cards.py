@@ -27,7 +27,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from ..evaluation.results import POLY_METHODS, _is_number, load_results, scenario_label
+from ..evaluation.results import POLY_METHODS, is_finite_number, load_results, scenario_label
 from ..models.configuration import MonoSemanticConfig
 
 __all__ = ["MODEL_CARD_TEMPLATE", "make_model_card", "results_table"]
@@ -90,7 +90,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _level_key(level: Any) -> tuple:
-    return (0, level) if _is_number(level) else (1, str(level))
+    return (0, level) if is_finite_number(level) else (1, str(level))
 
 
 def results_table(records: Sequence[Mapping], method: str | None = None) -> str:
@@ -185,7 +185,11 @@ def _eval_results(records: Sequence[Mapping], method: str, default_task: str) ->
 
 
 # --------------------------------------------------------------------------------------------- card
-def _config_of(model: PreTrainedModel | PreTrainedConfig) -> MonoSemanticConfig:
+def config_of(model: PreTrainedModel | PreTrainedConfig) -> MonoSemanticConfig:
+    """The :class:`MonoSemanticConfig` of an hf_monosem model (or the config itself).
+
+    Raises :class:`TypeError` for peft models (merge or publish the adapter instead) and for models of
+    other libraries; shared by the card, publishing and remote-code helpers of this folder."""
     if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
         raise TypeError(
             "got a peft model: merge LoRA adapters first (peft_model.merge_and_unload()) to publish a plain "
@@ -211,7 +215,8 @@ def _architecture(model: PreTrainedModel | PreTrainedConfig) -> str:
     )
 
 
-def _looks_like_hub_id(name: str | None) -> bool:
+def looks_like_hub_id(name: str | None) -> bool:
+    """Whether ``name`` reads as a Hub repo id (``namespace/name``) and is not a local path."""
     return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not os.path.exists(name)
 
 
@@ -369,11 +374,11 @@ def make_model_card(
         >>> card.data.library_name, card.data.model_name, [e.metric_value for e in card.data.eval_results]
         ('hf_monosem', 'tiny-nonneg', [0.82])
     """
-    config = _config_of(model)
+    config = config_of(model)
     arch = _architecture(model)
     pipeline_tag = _pipeline_tag(arch, config)
     method = method or config.feature_layer
-    if base_model is None and _looks_like_hub_id(config.backbone):
+    if base_model is None and looks_like_hub_id(config.backbone):
         base_model = config.backbone
     repo_id = repo_id or "<namespace>/<model-name>"
     model_name = model_name or repo_id.split("/")[-1]

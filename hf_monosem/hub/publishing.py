@@ -29,8 +29,8 @@ from transformers import PreTrainedModel
 
 from ..evaluation.results import load_results
 from ..models.configuration import MonoSemanticConfig
-from .cards import _config_of, _looks_like_hub_id, make_model_card
-from .remote_code import _remote_code_enabled
+from .cards import config_of, looks_like_hub_id, make_model_card
+from .remote_code import remote_code_enabled
 
 __all__ = [
     "feature_layer_repo_ids",
@@ -45,7 +45,7 @@ __all__ = [
 def _published_backbone_name(config: MonoSemanticConfig, base_model: str | None) -> Iterator[None]:
     """Name the backbone by its Hub id, not by the publisher's local folder, in the saved config."""
     old = config.backbone
-    replace = base_model is not None and old is not None and not _looks_like_hub_id(old) and old != base_model
+    replace = base_model is not None and old is not None and not looks_like_hub_id(old) and old != base_model
     if replace:
         config.backbone = base_model
     try:
@@ -87,7 +87,7 @@ def save_for_hub(
         >>> sorted(os.listdir(folder))
         ['README.md', 'config.json', 'model.safetensors', 'results.json']
     """
-    config = _config_of(model)
+    config = config_of(model)
     if not isinstance(model, PreTrainedModel):
         raise TypeError(
             "save_for_hub needs a model with weights; for a planned checkpoint use make_model_card(config)"
@@ -107,7 +107,7 @@ def save_for_hub(
     with contextlib.ExitStack() as stack:
         stack.enter_context(_published_backbone_name(config, base_model))
         if remote_code:
-            stack.enter_context(_remote_code_enabled(model))
+            stack.enter_context(remote_code_enabled(model))
         model.save_pretrained(folder)
     if tokenizer_or_processor is not None:
         tokenizer_or_processor.save_pretrained(folder)
@@ -296,7 +296,7 @@ def save_scenario_for_hub(
         task_categories=[task] if task else None,
         tags=["hf_monosem", "label-noise", "noisy-labels", f"{kind}-label-noise"],
         pretty_name=f"{dataset}: {rate:.0%} {kind} label noise (seed {draw.get('seed')})",
-        source_datasets=[dataset] if _looks_like_hub_id(dataset) else None,
+        source_datasets=[dataset] if looks_like_hub_id(dataset) else None,
         size_categories=None,
     )
     card = DatasetCard.from_template(

@@ -26,7 +26,7 @@ from ..models.modeling import (
     MonoSemanticForSequenceClassification,
     MonoSemanticModel,
 )
-from .cards import _config_of
+from .cards import config_of
 
 __all__ = ["enable_remote_code"]
 
@@ -78,7 +78,7 @@ def enable_remote_code(model: PreTrainedModel) -> PreTrainedModel:
         True
         >>> type(model)._auto_class = type(model.config)._auto_class = None  # undo the process-wide switch
     """
-    _config_of(model)
+    config_of(model)
     type(model).register_for_auto_class(_own_auto_class(model))
     type(model.config).register_for_auto_class("AutoConfig")
     model.config.auto_map = _auto_map(model)
@@ -89,7 +89,9 @@ _MISSING = object()
 
 
 @contextlib.contextmanager
-def _remote_code_enabled(model: PreTrainedModel) -> Iterator[None]:
+def remote_code_enabled(model: PreTrainedModel) -> Iterator[None]:
+    """Within the block, ``model`` saves with remote code (:func:`enable_remote_code`); afterwards its
+    classes and config are as they were (so publishing one model does not change how others save)."""
     classes = (type(model), type(model.config))
     saved = [(cls, cls.__dict__.get("_auto_class", _MISSING)) for cls in classes]
     saved_map = model.config.__dict__.get("auto_map", _MISSING)

@@ -14,6 +14,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from .feature_layers import FeatureLayerSettings, feature_layer_class, invalid_value
+from .gated_sae import GatedSparseAutoencoderFeatures  # noqa: F401  (defines and registers "gated")
+from .jumprelu_sae import JumpReLUSparseAutoencoderFeatures  # noqa: F401  (defines and registers "jumprelu")
 from .sae import SparseAutoencoder  # noqa: F401  (defines and registers the "sae" and "topk" kinds)
 
 try:
@@ -30,8 +32,9 @@ __all__ = [
     "public_name",
 ]
 
-#: how the backbone's output becomes one vector per input.
-POOLING_CHOICES = ("cls", "mean", "last", "pooler")
+#: how the backbone's output (or, with ``hidden_layer``, the feature layer's per-token codes) becomes one
+#: vector per input.
+POOLING_CHOICES = ("cls", "mean", "last", "pooler", "max")
 
 #: ``from_pretrained`` arguments that say how a Hub backbone is fetched and built. The first four also
 #: fetch its config; none of them is saved with a checkpoint (a token must never land in config.json).
@@ -95,16 +98,21 @@ def public_name(name_or_path: Any) -> Any:
     return name_or_path
 
 
-def _scrub_local_paths(value: Any) -> Any:
+def scrub_local_paths(value: Any) -> Any:
+    """``value`` (a config as JSON data) with every backbone path and ``_name_or_path`` of a local folder
+    replaced by :func:`public_name` (its last component), recursively; Hub ids are kept.
+
+    Used for every JSON we write next to weights (``config.json`` here, SAE ``cfg.json`` in
+    :mod:`.sae_formats`), so no machine path leaves the machine."""
     if isinstance(value, dict):
         return {
             key: public_name(item)
             if key in ("backbone", "_name_or_path", "name_or_path")
-            else _scrub_local_paths(item)
+            else scrub_local_paths(item)
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [_scrub_local_paths(item) for item in value]
+        return [scrub_local_paths(item) for item in value]
     return value
 
 
@@ -124,13 +132,21 @@ class MonoSemanticConfig(PreTrainedConfig):
             ``token``, ``trust_remote_code``, ``cache_dir`` also fetch its config; ``attn_implementation``
             and ``dtype`` choose how it is built). Kept for building the model, never saved.
         feature_layer: one of ``"linear"`` (polysemantic baseline), ``"nonneg"`` (NCL-style
-            non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE).
+            non-negative projection), ``"sae"`` (ReLU SAE + L1), ``"topk"`` (TopK SAE), ``"jumprelu"``
+            (JumpReLU SAE, Gemma Scope's), ``"gated"`` (gated SAE).
         feature_dim: width of the feature layer (default: 4x the backbone width).
         projector_hidden_dim, nonneg_activation, nonneg_order, topk, sparsity_weight, reconstruction_weight,
             sae_normalize_input, activation_loss_weight: the feature layer's settings; meaning, defaults and
             validation are those of :class:`~.feature_layers.FeatureLayerSettings` (``topk`` of a ``topk``
             layer is filled in here: ``feature_dim // 8``, the paper's ratio).
-        pooling: ``"cls"``, ``"mean"``, ``"last"`` or ``"pooler"``; default chosen per backbone family.
+        pooling: ``"cls"``, ``"mean"``, ``"last"``, ``"max"`` (over the non-pad tokens) or ``"pooler"``;
+            default chosen per backbone family. With ``hidden_layer`` set it pools the feature layer's codes
+            over the tokens (``"pooler"`` is then not available).
+        hidden_layer: where the feature layer reads. ``None`` (the default, and what checkpoints without the
+            field mean): the backbone's final output, pooled. ``N``: the output of the backbone's layer ``N``
+            (0-based) at every token -- transformers' ``hidden_states[N + 1]``, SAELens'
+            ``blocks.N.hook_resid_post``, sparsify's ``layers.N`` -- with the codes pooled over the tokens
+            afterwards and the backbone stopped after that layer (see :mod:`.hidden_layers`).
         freeze_backbone: train only the feature layer and head (linear probing).
         freeze_feature_layer: keep the feature layer's weights fixed (``requires_grad=False``, so the
             Trainer's optimizer skips them) while the backbone and head train *through* it: the paper's
@@ -153,7 +169,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         >>> MonoSemanticConfig(backbone_config=cfg.backbone_config, feature_layer="sparse")
         Traceback (most recent call last):
         ...
-        ValueError: feature_layer='sparse' is not valid; allowed: 'linear', 'nonneg', 'sae', 'topk'
+        ValueError: feature_layer='sparse' is not valid; allowed: 'linear', 'nonneg', 'sae', 'topk', ...
 
     The nested ``backbone_config`` is a sub-config in transformers' sense, so what ``from_pretrained``
     sets on a whole model (``attn_implementation``, ``dtype``) reaches the backbone too:
@@ -191,6 +207,7 @@ class MonoSemanticConfig(PreTrainedConfig):
     sae_normalize_input: bool | str = FeatureLayerSettings.sae_normalize_input
     activation_loss_weight: float = FeatureLayerSettings.activation_loss_weight
     pooling: str | None = None
+    hidden_layer: int | None = None
     freeze_backbone: bool = False
     freeze_feature_layer: bool = False
     classifier_dropout: float = 0.0
@@ -270,7 +287,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         paths. The weights are in the checkpoint, so loading it never reads ``backbone``."""
         return (
             json.dumps(
-                _scrub_local_paths(json.loads(super().to_json_string(use_diff))), indent=2, sort_keys=True
+                scrub_local_paths(json.loads(super().to_json_string(use_diff))), indent=2, sort_keys=True
             )
             + "\n"
         )
@@ -312,6 +329,7 @@ class MonoSemanticConfig(PreTrainedConfig):
         self._validate_head_fields()
         if self.pooling is not None and self.pooling not in POOLING_CHOICES:
             raise invalid_value("pooling", self.pooling, ", ".join(repr(k) for k in POOLING_CHOICES))
+        self._validate_hidden_layer(None)
 
     def _validate_head_fields(self) -> None:
         if not isinstance(self.freeze_feature_layer, bool):
@@ -337,6 +355,7 @@ class MonoSemanticConfig(PreTrainedConfig):
             self.pooling = default_pooling(self.backbone_config)
         if self.pooling not in POOLING_CHOICES:
             raise invalid_value("pooling", self.pooling, ", ".join(repr(k) for k in POOLING_CHOICES))
+        self._validate_hidden_layer(self.backbone_config)
         if (
             self.pooling == "cls"
             and getattr(self.backbone_config, "hidden_sizes", None)
@@ -345,6 +364,34 @@ class MonoSemanticConfig(PreTrainedConfig):
             raise ValueError(
                 f"pooling='cls' needs a token sequence, but {self.backbone_config.model_type!r} outputs "
                 "feature maps; use 'mean' or 'pooler'"
+            )
+
+    def _validate_hidden_layer(self, backbone_config: PreTrainedConfig | None) -> None:
+        value = self.hidden_layer
+        if value is None:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise invalid_value("hidden_layer", value, "None or an integer >= 0 (a layer of the backbone)")
+        if backbone_config is None:
+            return
+        text_config = backbone_config.get_text_config()
+        count = getattr(text_config, "num_hidden_layers", None)
+        if not isinstance(count, int) or not hasattr(text_config, "hidden_size"):
+            raise ValueError(
+                f"hidden_layer={value} needs a backbone whose layers output token sequences "
+                f"(num_hidden_layers and hidden_size in its config); {backbone_config.model_type!r} has "
+                "none: use hidden_layer=None"
+            )
+        if value >= count:
+            raise invalid_value(
+                "hidden_layer",
+                value,
+                f"None or an integer in [0, {count - 1}] (the backbone has {count} layers)",
+            )
+        if self.pooling == "pooler":
+            raise ValueError(
+                f"pooling='pooler' reads the backbone's final output, but hidden_layer={value} pools the "
+                "codes of the tokens; use one of 'cls', 'mean', 'max', 'last'"
             )
 
     @property

@@ -8,7 +8,8 @@ only ones (:class:`~.configuration.MonoSemanticConfig` takes its feature-layer d
 
 What a kind *is* lives on its class, not in lists elsewhere: ``is_sparse_autoencoder`` (``sae``,
 ``topk``: the classes in :mod:`.sae`, which also own their decoder renormalisation and dead-latent
-resampling) and ``is_contrastive_projector`` (``linear``, ``nonneg``); :func:`feature_layer_kinds`
+resampling; ``jumprelu`` and ``gated`` in :mod:`.jumprelu_sae` and :mod:`.gated_sae`) and
+``is_contrastive_projector`` (``linear``, ``nonneg``); :func:`feature_layer_kinds`
 lists the registered kinds with given attributes and :func:`feature_layer_class` checks one.
 
 Adding a fifth kind takes one class and one registry line::
@@ -270,7 +271,7 @@ def feature_layer_kinds(**attributes: bool) -> list[str]:
     Example:
         >>> (feature_layer_kinds(is_sparse_autoencoder=True),
         ...  feature_layer_kinds(is_contrastive_projector=True))
-        (['sae', 'topk'], ['linear', 'nonneg'])
+        (['sae', 'topk', 'gated', 'jumprelu'], ['linear', 'nonneg'])
     """
     unknown = [name for name in attributes if not name.startswith("is_") or not hasattr(FeatureLayer, name)]
     if unknown:
@@ -294,7 +295,7 @@ def feature_layer_class(kind: str, **attributes: bool) -> type[FeatureLayer]:
         >>> feature_layer_class("nonneg", is_sparse_autoencoder=True)
         Traceback (most recent call last):
         ...
-        ValueError: feature_layer='nonneg' is not valid; allowed: 'sae', 'topk' (the kinds with is_sparse_autoencoder=True)
+        ValueError: feature_layer='nonneg' is not valid; allowed: 'sae', 'topk', 'gated', 'jumprelu' (the kinds with is_sparse_autoencoder=True)
     """  # noqa: E501
     allowed = feature_layer_kinds(**attributes)
     if not isinstance(kind, str) or kind not in allowed:

@@ -6,6 +6,7 @@ the pooling (see :func:`hf_monosem.models.configuration.default_pooling`).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import os
@@ -20,6 +21,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import BACKBONE_LOADING_OPTIONS, MonoSemanticConfig
 from .feature_layers import FeatureLayer, build_feature_layer
+from .hidden_layers import find_layer_list, pool_tokens, run_to_layer
 from .loading import check_checkpoint_folder, check_hub_checkpoint
 from .sae import SparseAutoencoder
 
@@ -50,8 +52,11 @@ class MonoSemanticModelOutput(ModelOutput):
     the feature-extraction pipelines read ``outputs[0]`` (and a tuple output starts with it).
 
     Attributes:
-        features: feature-layer output ``[batch, feature_dim]``.
-        pooled: pooled backbone vector fed to the feature layer ``[batch, hidden]``.
+        features: feature-layer output ``[batch, feature_dim]`` (with ``config.hidden_layer``: the codes of
+            the tokens, pooled).
+        pooled: pooled backbone vector fed to the feature layer ``[batch, hidden]`` (with
+            ``config.hidden_layer``: that layer's output pooled the same way; the feature layer read its
+            tokens).
         loss: weighted sum of the feature layer's auxiliary terms (``None`` if it has none, or at inference).
         aux_losses: the feature layer's unweighted auxiliary terms by name: in training mode or when asked
             with ``output_aux_losses=True`` (``None`` at inference, which a batching pipeline needs: it
@@ -147,41 +152,51 @@ class MonoSemanticPreTrainedModel(PreTrainedModel):
             ...             bert.embeddings.word_embeddings.weight)
             True
         """
-        loading = {key: config_kwargs.pop(key) for key in BACKBONE_LOADING_OPTIONS if key in config_kwargs}
-        if isinstance(backbone, (str, os.PathLike)):
-            options = {key: value for key, value in loading.items() if value is not None}
-            backbone = AutoModel.from_pretrained(os.fspath(backbone), **options)
-            name = backbone.config.name_or_path
-        elif loading:
-            raise ValueError(
-                f"{sorted(loading)} say how a backbone is loaded, but this {type(backbone).__name__} is "
-                f"loaded already"
-            )
-        elif isinstance(backbone, PreTrainedModel):
-            name = backbone.config.name_or_path or None
-        else:
-            raise ValueError(
-                f"backbone must be a Hub id, a folder or a transformers PreTrainedModel, got "
-                f"{type(backbone).__name__}"
-            )
-        config_kwargs.setdefault("backbone", name or None)
+        backbone = cls._backbone_model(backbone, config_kwargs)
+        config_kwargs.setdefault("backbone", backbone.config.name_or_path or None)
         config = MonoSemanticConfig(
             backbone_config=backbone.config, use_pretrained_backbone=False, **config_kwargs
         )
         return cls(config, backbone=backbone)
 
+    @staticmethod
+    def _backbone_model(
+        backbone: str | os.PathLike | PreTrainedModel, config_kwargs: dict
+    ) -> PreTrainedModel:
+        """``backbone`` as a model: a Hub id or folder loaded with ``AutoModel.from_pretrained`` and the
+        loading options popped from ``config_kwargs``; a model passes through (with no loading options)."""
+        loading = {key: config_kwargs.pop(key) for key in BACKBONE_LOADING_OPTIONS if key in config_kwargs}
+        if isinstance(backbone, (str, os.PathLike)):
+            options = {key: value for key, value in loading.items() if value is not None}
+            return AutoModel.from_pretrained(os.fspath(backbone), **options)
+        if loading:
+            raise ValueError(
+                f"{sorted(loading)} say how a backbone is loaded, but this {type(backbone).__name__} is "
+                f"loaded already"
+            )
+        if not isinstance(backbone, PreTrainedModel):
+            raise ValueError(
+                f"backbone must be a Hub id, a folder or a transformers PreTrainedModel, got "
+                f"{type(backbone).__name__}"
+            )
+        return backbone
+
     @classmethod
     def from_sae(
         cls, backbone: str | PreTrainedModel, sae: str | os.PathLike, **kwargs
     ) -> MonoSemanticPreTrainedModel:
-        """:meth:`from_backbone` with a SAELens or sparsify checkpoint as the feature layer (``topk`` or
-        ``sae``).
+        """:meth:`from_backbone` with a SAELens, sparsify or Gemma Scope checkpoint as the feature layer
+        (``topk``, ``sae``, ``jumprelu`` or ``gated``), placed where it was trained.
 
         ``sae`` is a folder or a Hub id (downloaded with ``huggingface_hub``, the cache used offline);
         ``subfolder=``, ``sae_revision=``, ``local_files_only=`` and ``normalize_input=`` (override the
         checkpoint's input normalisation) say how to read it; the other keyword arguments go to
         :meth:`from_backbone` (``freeze_backbone`` defaults to ``True``; ``pooling`` to the one the checkpoint
-        names). See :mod:`hf_monosem.models.sae_formats` for the mapping.
+        names). The layer it reads (``hidden_layer``) comes from the checkpoint's hook: SAELens'
+        ``blocks.N.hook_resid_post``, sparsify's hookpoint folder ``layers.N``, Gemma Scope's ``layer_N``
+        (see :func:`~.hidden_layers.layer_of_hook`); a checkpoint of a pooled vector (``pooled.<pooling>``,
+        or no hook) goes on the pooled output, and ``hidden_layer=`` overrides what the checkpoint says.
+        See :mod:`hf_monosem.models.sae_formats` for the mapping.
 
         Example:
             >>> import tempfile
@@ -276,6 +291,9 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
             # transformers 5 backbones (BERT, ViT, Llama, ...) take the output flags through **kwargs
             self._backbone_arguments |= set(_OUTPUT_FLAGS)
         self._check_pooling_is_possible()
+        # the path of the backbone's layer list when the feature layer reads one of its layers (a path, not
+        # the module: a second reference would be saved as shared weights; the backbone may be replaced)
+        self._layer_list_path = None if config.hidden_layer is None else find_layer_list(self.backbone)[0]
         self.post_init()
         if load_pretrained:
             loading = config.backbone_loading_kwargs
@@ -310,7 +328,7 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         if self.config.pooling == "pooler" and getattr(self.backbone, "pooler", None) is None:
             raise ValueError(
                 f"pooling='pooler' but the {type(self.backbone).__name__} backbone has no pooler; "
-                "use one of 'cls', 'mean', 'last'"
+                "use one of 'cls', 'mean', 'last', 'max'"
             )
 
     def pool(self, backbone_output: ModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -322,19 +340,36 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
         hidden = backbone_output.last_hidden_state
         if hidden.dim() == 4:  # feature maps [B, C, H, W]
             return hidden.mean(dim=(2, 3))
-        if pooling == "cls":
-            return hidden[:, 0]
-        if pooling == "mean":
-            if attention_mask is None:
-                return hidden.mean(dim=1)
-            mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
-            return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        # "last": the last non-pad position, for left or right padding alike
-        if attention_mask is None:
-            return hidden[:, -1]
-        positions = torch.arange(hidden.shape[1], device=hidden.device)
-        last = (attention_mask.to(torch.long) * positions).argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return pool_tokens(hidden, attention_mask, pooling)
+
+    def _layer_features(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``hidden_layer``: the feature layer on every non-pad token of ``hidden`` (``[B, T, H]``), its
+        codes pooled over the tokens; returns ``(features, pooled hidden, aux losses)``.
+
+        Only the non-pad tokens go through the feature layer, so its loss terms (an SAE's reconstruction)
+        average over real tokens; pad positions get zero codes and are masked out of the pooling.
+        """
+        batch, length = hidden.shape[:2]
+        keep = (
+            attention_mask.to(torch.bool)
+            if attention_mask is not None
+            else torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
+        )
+        tokens = hidden[keep]
+        layer_dtype = next((p.dtype for p in self.feature_layer.parameters()), tokens.dtype)
+        codes, aux_losses = self.feature_layer(
+            tokens if tokens.dtype == layer_dtype else tokens.to(layer_dtype)
+        )
+        per_token = codes.new_zeros(batch, length, codes.shape[-1])
+        per_token[keep] = codes
+        pooling = self.config.pooling
+        return (
+            pool_tokens(per_token, attention_mask, pooling),
+            pool_tokens(hidden, attention_mask, pooling),
+            aux_losses,
+        )
 
     def forward(
         self,
@@ -383,17 +418,28 @@ class MonoSemanticModel(MonoSemanticPreTrainedModel):
             if value is not None and value.is_floating_point() and value.dtype != dtype:
                 backbone_inputs[name] = value.to(dtype)
 
-        if self.config.freeze_backbone:
-            with torch.no_grad():
+        with torch.no_grad() if self.config.freeze_backbone else contextlib.nullcontext():
+            if self._layer_list_path is None:
                 backbone_output = self.backbone(**backbone_inputs)
-        else:
-            backbone_output = self.backbone(**backbone_inputs)
+            else:
+                # the backbone stops after the layer read, unless its hidden states / attentions are asked for
+                asked = any(backbone_inputs.get(flag) for flag in _OUTPUT_FLAGS)
+                hidden, backbone_output = run_to_layer(
+                    self.backbone,
+                    self.backbone.get_submodule(self._layer_list_path),
+                    self.config.hidden_layer,
+                    backbone_inputs,
+                    stop=not asked,
+                )
 
-        pooled = self.pool(backbone_output, attention_mask)
-        layer_dtype = next((p.dtype for p in self.feature_layer.parameters()), pooled.dtype)
-        features, aux_losses = self.feature_layer(
-            pooled if pooled.dtype == layer_dtype else pooled.to(layer_dtype)
-        )
+        if self._layer_list_path is None:
+            pooled = self.pool(backbone_output, attention_mask)
+            layer_dtype = next((p.dtype for p in self.feature_layer.parameters()), pooled.dtype)
+            features, aux_losses = self.feature_layer(
+                pooled if pooled.dtype == layer_dtype else pooled.to(layer_dtype)
+            )
+        else:
+            features, pooled, aux_losses = self._layer_features(hidden, attention_mask)
         if output_aux_losses is None:
             output_aux_losses = self.training
         output = MonoSemanticModelOutput(

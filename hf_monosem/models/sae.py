@@ -344,7 +344,11 @@ class SparseAutoencoder(FeatureLayer):
             fit_input = self.prepare_input(x)
             fit_codes = self.encode(fit_input)
             reconstruction, aux = self.decode_with_losses(fit_codes)
-            aux = {"reconstruction_loss": self.normalized_mse(fit_input, reconstruction), **aux}
+            aux = {
+                "reconstruction_loss": self.normalized_mse(fit_input, reconstruction),
+                **aux,
+                **self.input_losses(fit_input),
+            }
             # "fit": the loss terms are those of the normalised vector, the codes encode the raw one
             codes = (
                 fit_codes
@@ -358,6 +362,11 @@ class SparseAutoencoder(FeatureLayer):
         return self.decode(codes), self.extra_losses(codes)
 
     def extra_losses(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def input_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms of the (prepared) input that the codes cannot give: the pre-activations below a
+        JumpReLU threshold, a gated SAE's gate path (``jumprelu_sae.py``, ``gated_sae.py``)."""
         return {}
 
     def fit_forward(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> FitForward:
@@ -375,7 +384,7 @@ class SparseAutoencoder(FeatureLayer):
             raise ValueError(f"dead latents (the AuxK term) apply to 'topk' only, not {self.kind!r}")
         codes = self.encode(x)
         reconstruction, aux = self.decode_with_losses(codes)
-        aux = {"reconstruction_loss": self.normalized_mse(x, reconstruction), **aux}
+        aux = {"reconstruction_loss": self.normalized_mse(x, reconstruction), **aux, **self.input_losses(x)}
         nonzero = codes.detach() != 0
         return FitForward(aux, nonzero.any(0), (reconstruction.detach() - x).pow(2).sum(), nonzero.sum())
 

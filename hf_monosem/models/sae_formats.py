@@ -1,9 +1,11 @@
 """SAEs to and from SAELens and sparsify checkpoints: the weight and config mapping, nothing else.
 
-:func:`save_sae` writes an ``sae``/``topk`` feature layer (or the one of a MonoSemantic model) as a
-folder that SAELens' ``SAE.load_from_disk`` or sparsify's ``SparseCoder.load_from_disk`` reads;
-:func:`load_sae` reads such a folder (or a Hub repository holding one) back into a feature layer, which
-:meth:`MonoSemanticModel.from_sae <hf_monosem.MonoSemanticModel.from_sae>` puts on a backbone. Neither
+:func:`save_sae` writes an ``sae`` / ``topk`` / ``jumprelu`` / ``gated`` feature layer (or the one of a
+MonoSemantic model) as a folder that SAELens' ``SAE.load_from_disk`` or (``topk``) sparsify's
+``SparseCoder.load_from_disk`` reads; :func:`load_sae` reads such a folder, or Gemma Scope's
+``params.npz`` (or a Hub repository holding one), back into a feature layer, which
+:meth:`MonoSemanticModel.from_sae <hf_monosem.MonoSemanticModel.from_sae>` puts on a backbone, on the
+layer its hook names (``hidden_layer``; :func:`~.hidden_layers.layer_of_hook`). Neither
 library is imported here (the files are plain ``cfg.json`` + safetensors), so this module works, and
 travels with remote code, without them; ``tests/models/test_sae_formats.py`` checks the mapping against
 the real libraries (sae-lens 6.54.12, eai-sparsify 1.3.3: the ``interop`` extra).
@@ -27,6 +29,11 @@ The mapping, ``W`` our encoder weight ``[M, D]``, ``b`` its bias, ``V`` our deco
   ``constant_norm_rescale`` -> normalised input, ``none`` and ``expected_average_only_in`` (which
   SAELens' inference also leaves to the caller) -> not, unless the ``hf_monosem`` block says ``"fit"``;
   ``apply_b_dec_to_input=False`` and ``rescale_acts_by_decoder_norm=True`` are folded into the weights.
+* SAELens ``jumprelu`` (our ``jumprelu``) and ``gated`` (our ``gated``): as ``standard``, plus
+  ``threshold`` (jumprelu) or ``r_mag`` / ``b_mag`` with ``b_gate`` for ``b_enc`` (gated), unchanged by
+  the folded scale (they act on pre-activations, which it leaves alone). Gemma Scope's ``params.npz``
+  is SAELens' ``jumprelu`` with ``apply_b_dec_to_input=False`` (folded into the encoder bias, and into
+  ``b_mag`` for gated), as SAELens' Gemma Scope loader reads it.
 * sparsify ``SparseCoder`` (``topk`` only: its codes are ReLU then top-k, the same nonzero codes):
   ``encoder.weight = W``, ``encoder.bias = b``, ``W_dec = V.T``, ``b_dec = p``. sparsify has no input
   normalisation: a layer that normalises its input is written as is, and ``cfg.json`` records
@@ -59,26 +66,30 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .configuration import _scrub_local_paths, public_name
-from .feature_layers import FeatureLayerSettings
-from .sae import SparseAutoencoder, SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
+from .configuration import public_name, scrub_local_paths
+from .feature_layers import FeatureLayerSettings, feature_layer_class
+from .hidden_layers import find_layer_list, layer_of_hook
+from .sae import SparseAutoencoder
 
 __all__ = ["SAE_FORMATS", "load_sae", "model_from_sae", "resolve_sae_folder", "save_sae"]
 
-#: the checkpoint formats :func:`save_sae` writes and :func:`load_sae` reads
-SAE_FORMATS = ("saelens", "sparsify")
+#: the checkpoint formats :func:`save_sae` writes and :func:`load_sae` reads (``"gemmascope"``: read only)
+SAE_FORMATS = ("saelens", "sparsify", "gemmascope")
 _CONFIG = "cfg.json"
-_WEIGHTS = {"saelens": "sae_weights.safetensors", "sparsify": "sae.safetensors"}
+_WEIGHTS = {"saelens": "sae_weights.safetensors", "sparsify": "sae.safetensors", "gemmascope": "params.npz"}
 # the SAELens release whose format is written (its loader reads metadata.sae_lens_version >= 6 as
 # the current format)
 _SAELENS_VERSION = "6.54.12"
-_SAELENS_ARCHITECTURES = {"topk": "topk", "sae": "standard"}
+_SAELENS_ARCHITECTURES = {"topk": "topk", "sae": "standard", "jumprelu": "jumprelu", "gated": "gated"}
+# the parameters of each kind beyond the shared ones, under the names SAELens gives them
+_EXTRA_SAELENS_TENSORS = {"jumprelu": ("threshold",), "gated": ("r_mag", "b_mag")}
 # the hf_monosem block's "normalize_input" per input normalisation (FeatureLayerSettings.sae_normalize_input)
 _NORMALIZE_INPUT_VALUES = {"always": True, "fit": "fit", "never": False}
 
@@ -106,9 +117,9 @@ def save_sae(
             metadata only.
         dtype: of the written weights.
     """
-    if format not in SAE_FORMATS:
-        raise ValueError(f"format={format!r} is not valid; allowed: {', '.join(map(repr, SAE_FORMATS))}")
-    layer, found_backbone, found_pooling = _sae_of(model_or_layer)
+    if format not in _WRITTEN_FORMATS:
+        raise ValueError(f"format={format!r} is not valid; allowed: {', '.join(map(repr, _WRITTEN_FORMATS))}")
+    layer, found_backbone, found_pooling, hidden_layer = _sae_of(model_or_layer)
     # a local folder is named by its last component: cfg.json must not carry the saver's machine paths
     backbone = public_name(backbone if backbone is not None else found_backbone)
     pooling = pooling if pooling is not None else found_pooling
@@ -118,6 +129,7 @@ def save_sae(
         "normalize_input": _NORMALIZE_INPUT_VALUES[layer.input_normalization],
         "pooling": pooling,
         "backbone": backbone,
+        "hidden_layer": hidden_layer,
         "sparsity_weight": float(layer.settings.sparsity_weight),
         "reconstruction_weight": float(layer.settings.reconstruction_weight),
     }
@@ -127,7 +139,10 @@ def save_sae(
         decoder = layer.decoder.weight.detach().float().cpu().t()
         pre_bias = layer.pre_bias.detach().float().cpu()
     if format == "saelens":
-        config, tensors = _to_saelens(layer, weight, bias, decoder, pre_bias, backbone, pooling, ours, dtype)
+        hook = f"blocks.{hidden_layer}.hook_resid_post" if hidden_layer is not None else None
+        config, tensors = _to_saelens(
+            layer, weight, bias, decoder, pre_bias, backbone, hook or pooling, ours, dtype
+        )
     else:
         config, tensors = _to_sparsify(layer, weight, bias, decoder, pre_bias, ours)
     os.makedirs(folder, exist_ok=True)
@@ -136,28 +151,31 @@ def save_sae(
         os.path.join(folder, _WEIGHTS[format]),
     )
     with open(os.path.join(folder, _CONFIG), "w") as f:
-        json.dump(_scrub_local_paths(config), f, indent=2)
+        json.dump(scrub_local_paths(config), f, indent=2)
     return os.fspath(folder)
 
 
-def _sae_of(model_or_layer: nn.Module) -> tuple[SparseAutoencoder, str | None, str | None]:
+def _sae_of(model_or_layer: nn.Module) -> tuple[SparseAutoencoder, str | None, str | None, int | None]:
     layer = getattr(model_or_layer, "feature_layer", model_or_layer)
     if not isinstance(layer, SparseAutoencoder) or layer.kind not in _SAELENS_ARCHITECTURES:
         raise ValueError(
-            f"{type(layer).__name__} is not a sparse autoencoder; allowed: a feature layer of kind 'sae' or "
-            "'topk', or a MonoSemantic model with one"
+            f"{type(layer).__name__} is not a sparse autoencoder; allowed: a feature layer of kind "
+            f"{', '.join(map(repr, _SAELENS_ARCHITECTURES))}, or a MonoSemantic model with one"
         )
     config = getattr(model_or_layer, "config", None)
     if config is None:
-        return layer, None, None
+        return layer, None, None, None
     backbone = getattr(config, "backbone", None)
     if not backbone:
         inner = getattr(model_or_layer, "backbone", None)
         backbone = getattr(getattr(inner, "config", None), "name_or_path", None) or None
-    return layer, backbone, getattr(config, "pooling", None)
+    return layer, backbone, getattr(config, "pooling", None), getattr(config, "hidden_layer", None)
 
 
-def _to_saelens(layer, weight, bias, decoder, pre_bias, backbone, pooling, ours, dtype):
+_WRITTEN_FORMATS = ("saelens", "sparsify")
+
+
+def _to_saelens(layer, weight, bias, decoder, pre_bias, backbone, hook_or_pooling, ours, dtype):
     dim = layer.input_dim
     scale = math.sqrt(dim) if layer.normalize_input else 1.0
     config: dict[str, Any] = {
@@ -173,7 +191,14 @@ def _to_saelens(layer, weight, bias, decoder, pre_bias, backbone, pooling, ours,
             "sae_lens_version": _SAELENS_VERSION,
             "sae_lens_training_version": None,
             "model_name": backbone,
-            "hook_name": f"pooled.{pooling}" if pooling else "pooled",
+            # a layer's output in SAELens' name, else the pooled vector ("pooled.<pooling>")
+            "hook_name": (
+                hook_or_pooling
+                if hook_or_pooling and hook_or_pooling.startswith("blocks.")
+                else f"pooled.{hook_or_pooling}"
+                if hook_or_pooling
+                else "pooled"
+            ),
             "hf_monosem": ours,
         },
     }
@@ -181,10 +206,13 @@ def _to_saelens(layer, weight, bias, decoder, pre_bias, backbone, pooling, ours,
         config.update(k=layer.k, rescale_acts_by_decoder_norm=False)
     tensors = {
         "W_enc": weight.t() / scale,
-        "b_enc": bias,
+        "b_gate" if layer.kind == "gated" else "b_enc": bias,
         "W_dec": decoder * scale,
         "b_dec": pre_bias * scale,
     }
+    # the pre-activations do not change with the folded scale: thresholds and gate parameters as they are
+    for name in _EXTRA_SAELENS_TENSORS.get(layer.kind, ()):
+        tensors[name] = getattr(layer, name).detach().float().cpu()
     return config, tensors
 
 
@@ -236,11 +264,12 @@ def resolve_sae_folder(
             allow_patterns=[f"{subfolder.strip('/')}/*"] if subfolder else None,
         )
         folder = os.path.join(root, subfolder) if subfolder else root
-    if not os.path.isfile(os.path.join(folder, _CONFIG)):
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in (_CONFIG, _WEIGHTS["gemmascope"])):
         present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
         raise FileNotFoundError(
             f"no {_CONFIG} in {folder} (it holds {present}); an SAE checkpoint is a folder with {_CONFIG} "
-            f"and {' or '.join(_WEIGHTS.values())}; pass subfolder= if the SAE sits in a folder of the "
+            f"and {_WEIGHTS['saelens']} or {_WEIGHTS['sparsify']} (or Gemma Scope's "
+            f"{_WEIGHTS['gemmascope']}); pass subfolder= if the SAE sits in a folder of the "
             f"repository"
         )
     return folder
@@ -257,14 +286,22 @@ def load_sae(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
 ) -> tuple[SparseAutoencoder, dict[str, Any]]:
-    """Read a SAELens or sparsify checkpoint (a folder or a Hub id, see :func:`resolve_sae_folder`) into
-    an ``sae``/``topk`` feature layer; return ``(layer, info)``.
+    """Read a SAELens, sparsify or Gemma Scope checkpoint (a folder or a Hub id, see
+    :func:`resolve_sae_folder`) into an ``sae`` / ``topk`` / ``jumprelu`` / ``gated`` feature layer;
+    return ``(layer, info)``.
 
-    ``format`` is detected from the weights file when ``None``. ``normalize_input`` (a value of
+    ``format`` is detected from the weights file when ``None``: SAELens' ``sae_weights.safetensors``,
+    sparsify's ``sae.safetensors`` or Gemma Scope's ``params.npz`` (DeepMind's JumpReLU SAEs as the Hub
+    holds them, ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec``, ``threshold``, read as SAELens' Gemma Scope
+    loader reads them: the input is not centred by ``b_dec``, and the hook comes from the path,
+    ``layer_N`` in a ``-res`` repository being ``blocks.N.hook_resid_post``). ``normalize_input`` (a value of
     ``FeatureLayerSettings.sae_normalize_input``) overrides what the checkpoint says about L2-normalising
     the input (sparsify checkpoints not written here say nothing: no normalisation). ``info`` holds
     ``format``, ``architecture``, ``model_name``, ``hook_name``,
-    ``pooling`` and ``folder``. The layer is in eval mode, in fp32.
+    ``pooling`` and ``folder``; ``hook_name`` is SAELens' ``metadata.hook_name``, sparsify's hookpoint
+    (the name of the folder its trainer writes the coder into, e.g. ``layers.6``) or Gemma Scope's
+    (see above); :func:`~.hidden_layers.layer_of_hook` says which layer it reads. The layer is in
+    eval mode, in fp32.
     """
     folder = resolve_sae_folder(
         folder_or_hub_id,
@@ -284,25 +321,28 @@ def load_sae(
             f"format={format!r} is not valid; allowed: None, {', '.join(map(repr, SAE_FORMATS))}"
         )
     config_path, weights_path = os.path.join(folder, _CONFIG), os.path.join(folder, _WEIGHTS[format])
+    if format == "gemmascope":
+        config = _gemma_scope_config(os.path.join(os.fspath(folder_or_hub_id), subfolder or ""))
+        config_path = weights_path
+    else:
+        config = _read_config(config_path)
     try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except ValueError as error:
-        raise ValueError(
-            f"{config_path} is not valid JSON ({error}); the SAE checkpoint is damaged"
-        ) from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path} holds a {type(config).__name__}, not a JSON object of SAE settings")
-    try:
-        tensors = {name: t.float() for name, t in load_file(weights_path).items()}
-    except Exception as error:  # safetensors' own error types for truncated / garbled files
+        if format == "gemmascope":
+            tensors = _read_npz(weights_path)
+        else:
+            tensors = {name: t.float() for name, t in load_file(weights_path).items()}
+    except Exception as error:  # safetensors' / numpy's own error types for truncated / garbled files
         raise ValueError(f"{weights_path} cannot be read ({error}); the SAE checkpoint is damaged") from error
     for name, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{weights_path} holds NaN/inf in {name!r}; the SAE checkpoint is damaged")
-    reader = _from_saelens if format == "saelens" else _from_sparsify
+    reader = _from_sparsify if format == "sparsify" else _from_saelens
     try:
+        if format == "gemmascope":  # the sizes are those of the weights (SAELens takes them from the name)
+            config["d_in"], config["d_sae"] = tensors["W_enc"].shape
         kind, dim, width, k, normalized, tensors, info = reader(config, tensors)
+        if format == "sparsify" and _MODULE_PATH_END.search(os.path.basename(os.path.normpath(folder))):
+            info["hook_name"] = os.path.basename(os.path.normpath(folder))  # the hookpoint its trainer names
     except KeyError as error:
         raise ValueError(
             f"{config_path} / {os.path.basename(weights_path)} lack {error.args[0]!r}, which a {format} SAE "
@@ -319,8 +359,7 @@ def load_sae(
     settings = FeatureLayerSettings(
         feature_dim=width, topk=k, sae_normalize_input=normalized, **settings_kwargs
     )
-    cls = TopKSparseAutoencoderFeatures if kind == "topk" else SparseAutoencoderFeatures
-    layer = cls(dim, settings)
+    layer = feature_layer_class(kind, is_sparse_autoencoder=True)(dim, settings)
     try:
         layer.load_state_dict(tensors)
     except RuntimeError as error:  # sizes that disagree with cfg.json
@@ -330,7 +369,62 @@ def load_sae(
     layer.eval()
     info.update(format=format, folder=folder, normalize_input=normalized)
     info.setdefault("pooling", ours.get("pooling"))
+    if info.get("hook_name") is None and ours.get("hidden_layer") is not None:  # ours, as sparsify
+        info["hook_name"] = f"blocks.{ours['hidden_layer']}.hook_resid_post"
     return layer, info
+
+
+# a folder or hook name that ends in a layer index ("layers.6", "encoder.layer.3")
+_MODULE_PATH_END = re.compile(r"\.\d+$")
+
+
+def _read_config(config_path: str) -> dict[str, Any]:
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except ValueError as error:
+        raise ValueError(
+            f"{config_path} is not valid JSON ({error}); the SAE checkpoint is damaged"
+        ) from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} holds a {type(config).__name__}, not a JSON object of SAE settings")
+    return config
+
+
+def _read_npz(path: str) -> dict[str, torch.Tensor]:
+    import numpy as np
+
+    with np.load(path) as data:  # Gemma Scope's keys, some releases with lower-case "w_"
+        tensors = {
+            ("W_" + key[2:] if key.startswith("w_") else key): torch.from_numpy(data[key]).float()
+            for key in data.files
+        }
+    factor = tensors.pop("scaling_factor", None)
+    if factor is not None and not bool((factor == 1).all()):
+        raise ValueError("Gemma Scope checkpoints with a finetuning scaling factor are not supported")
+    return tensors
+
+
+def _gemma_scope_config(source: str) -> dict[str, Any]:
+    """The SAELens settings of a Gemma Scope ``params.npz`` (what SAELens' ``get_gemma_2_config_from_hf``
+    says): JumpReLU, the input not centred by ``b_dec``, no normalisation; the hook from ``source``
+    (repository id or folder, and subfolder), ``layer_N`` of a ``-res`` release: the output of layer N."""
+    layer = re.search(r"layer_(\d+)", source)
+    hook = None
+    if layer:
+        site = next((name for name in ("res", "mlp", "att") if f"-{name}" in source), None)
+        hook = {
+            "res": f"blocks.{layer.group(1)}.hook_resid_post",
+            "mlp": f"blocks.{layer.group(1)}.hook_mlp_out",
+            "att": f"blocks.{layer.group(1)}.attn.hook_z",
+            None: None,  # the path does not say: from_sae asks for hidden_layer=
+        }[site]
+    return {
+        "architecture": "jumprelu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "metadata": {"hook_name": hook},
+    }
 
 
 def _from_saelens(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
@@ -354,13 +448,17 @@ def _from_saelens(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
             "L2-normalises its input or leaves it alone); allowed: 'none', 'expected_average_only_in', "
             "'constant_norm_rescale'"
         )
+    w_enc, w_dec, b_dec = (tensors[name] for name in ("W_enc", "W_dec", "b_dec"))
     dim, width = int(config["d_in"]), int(config["d_sae"])
-    w_enc, b_enc, w_dec, b_dec = (tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec"))
-    if config.get("rescale_acts_by_decoder_norm"):  # fold the decoder norms into the encoder
+    b_enc = tensors["b_gate" if architecture == "gated" else "b_enc"]
+    extra = {name: tensors[name] for name in _EXTRA_SAELENS_TENSORS.get(kinds[architecture], ())}
+    if config.get("rescale_acts_by_decoder_norm"):  # fold the decoder norms into the encoder (TopK only)
         norms = w_dec.norm(dim=-1).clamp_min(1e-8)
         w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms.unsqueeze(-1)
     if not config.get("apply_b_dec_to_input", True):  # we always subtract the pre-bias: fold it back in
         b_enc = b_enc + b_dec @ w_enc
+        if "b_mag" in extra:  # the gated magnitude path reads the same input through W_enc * exp(r_mag)
+            extra["b_mag"] = extra["b_mag"] + b_dec @ (w_enc * extra["r_mag"].exp())
     normalized = normalization == "constant_norm_rescale"
     scale = math.sqrt(dim) if normalized else 1.0
     ours = metadata.get("hf_monosem") or {}
@@ -371,6 +469,7 @@ def _from_saelens(config: dict[str, Any], tensors: dict[str, torch.Tensor]):
         "encoder.weight": (w_enc * scale).t().contiguous(),
         "encoder.bias": b_enc,
         "decoder.weight": (w_dec / scale).t().contiguous(),
+        **extra,  # thresholds and gate parameters act on pre-activations, which the scale leaves alone
     }
     kind = kinds[architecture]
     k = int(config.get("k", legacy_k or 0)) if kind == "topk" else None
@@ -443,6 +542,9 @@ def model_from_sae(
     if info.get("pooling") and "pooling" not in config_kwargs:
         config_kwargs["pooling"] = info["pooling"]
     config_kwargs.setdefault("freeze_backbone", True)  # the SAE was fitted on this backbone's vectors
+    backbone = model_class._backbone_model(backbone, config_kwargs)
+    if "hidden_layer" not in config_kwargs:
+        config_kwargs["hidden_layer"] = _layer_read(info, backbone)
     settings = layer.settings
     model = model_class.from_backbone(
         backbone,
@@ -455,10 +557,24 @@ def model_from_sae(
         **config_kwargs,
     )
     if model.feature_layer.input_dim != layer.input_dim:
+        where = "pooled vector is" if model.config.hidden_layer is None else "hidden states are"
         raise ValueError(
-            f"the SAE in {info['folder']} reads {layer.input_dim}-d vectors, but this backbone's pooled "
-            f"vector is {model.feature_layer.input_dim}-d"
+            f"the SAE in {info['folder']} reads {layer.input_dim}-d vectors, but this backbone's {where} "
+            f"{model.feature_layer.input_dim}-d"
         )
     model.feature_layer.load_state_dict(layer.state_dict())
     model.eval()
     return model
+
+
+def _layer_read(info: dict[str, Any], backbone: nn.Module) -> int | None:
+    """The backbone layer whose output the SAE of ``info`` was trained on (``None``: the pooled output)."""
+    hook = info.get("hook_name")
+    if info["format"] == "gemmascope" and hook is None:
+        raise ValueError(
+            f"{info['folder']} does not say which layer its SAE reads (Gemma Scope names it in the path: "
+            "layer_N in a -res repository); pass hidden_layer="
+        )
+    if hook is None or hook == "pooled" or hook.startswith("pooled."):
+        return None
+    return layer_of_hook(hook, find_layer_list(backbone)[0])

@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 from . import images, labels, splits, text
-from ._checks import DatasetLike  # noqa: F401 - the type of "a Dataset or a DatasetDict", for annotations
+from .checks import DatasetLike  # noqa: F401 - the type of "a Dataset or a DatasetDict", for annotations
 from .images import *  # noqa: F403
 from .labels import *  # noqa: F403
 from .splits import *  # noqa: F403

@@ -28,7 +28,7 @@ from .grid import (
     TRAIN,
     TensorRows,
     Track,
-    _record,
+    cell_record,
     few_shot_rows,
     noisy_label_draws,
 )
@@ -48,7 +48,7 @@ class FinetuneBudget:
     train_size: int = 2000
 
 
-def _with_labels(dataset, labels: torch.Tensor, label_feature):
+def relabel(dataset, labels: torch.Tensor, label_feature):
     """``dataset`` with its ``label`` column replaced (a ``datasets.Dataset`` or :class:`TensorRows`)."""
     if isinstance(dataset, TensorRows):
         return TensorRows(**{**dataset.columns, "label": labels.clone()})
@@ -191,7 +191,7 @@ def finetune_records(
             cells.append((method, "domain_shift", 0, s, None))
 
     def record(method, scenario, level, seed, trainer, dataset, **extra):
-        return _record(
+        return cell_record(
             track.name, "finetune", method, scenario, level, seed, _accuracy(trainer, dataset), **extra
         )
 
@@ -209,7 +209,7 @@ def finetune_records(
         make_model = track.finetune_models[method]
         new = []
         if scenario == "label_noise":
-            train = _with_labels(pool, extra, track.label_feature)
+            train = relabel(pool, extra, track.label_feature)
             trainer = _finetune(make_model, train, budget, seed, work_dir, track.collator)
             fit = _accuracy(trainer, train)  # agreement with the noisy training labels: memorisation
             new.append(record(method, scenario, level, seed, trainer, ds[TEST], train_fit=fit))

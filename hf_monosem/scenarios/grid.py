@@ -288,7 +288,10 @@ def label_noise_probe_grid(
     )
 
 
-def _record(track, mode, method, scenario, level, seed, accuracy, **extra) -> dict[str, Any]:
+def cell_record(track, mode, method, scenario, level, seed, accuracy, **extra) -> dict[str, Any]:
+    """One grid cell's run record (the fields of :mod:`hf_monosem.evaluation.results`' run records).
+
+    Shared by the probe grid here and the fine-tune grid (:mod:`.finetune`) so both write one schema."""
     return {
         "track": track,
         "mode": mode,
@@ -421,7 +424,7 @@ def probe_records(
 
         def add(scenario, level, accs, name=name, tags=tags):
             records.extend(
-                _record(track.name, "probe", name, scenario, level, s, a, **tags)
+                cell_record(track.name, "probe", name, scenario, level, s, a, **tags)
                 for s, a in zip(seeds, accs.tolist())
             )
 
@@ -431,7 +434,7 @@ def probe_records(
         )  # fmt: skip
         for i, r in enumerate(rates):
             records.extend(
-                _record(track.name, "probe", name, "label_noise", r, s, a, train_fit=float(fit), **tags)
+                cell_record(track.name, "probe", name, "label_noise", r, s, a, train_fit=float(fit), **tags)
                 for s, a, fit in zip(seeds, noisy.test_accuracy[i].tolist(), noisy.train_fit[i].tolist())
             )
         if 0.0 in rates:  # the probes trained on clean labels, tested on perturbed inputs

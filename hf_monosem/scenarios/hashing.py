@@ -5,10 +5,13 @@ gives every example its own 64-bit key; hashing ``(key, stream, counter)`` then 
 uniform or normal noise, so a whole batch is drawn at once and an example gets the same noise in
 any order, batch or worker.
 
+:func:`row_keys`, :func:`content_keys` and :func:`hash_noise` are what the scenario modules draw their
+noise with (``images``); they are not user API (``__all__`` stays empty).
+
 Example:
     >>> import numpy as np
-    >>> keys = _row_keys(0, np.arange(3))
-    >>> a = _hash_noise(keys, (3, 4), "gaussian"); b = _hash_noise(keys[1:2], (1, 4), "gaussian")
+    >>> keys = row_keys(0, np.arange(3))
+    >>> a = hash_noise(keys, (3, 4), "gaussian"); b = hash_noise(keys[1:2], (1, 4), "gaussian")
     >>> bool((a[1] == b[0]).all())
     True
 """
@@ -41,12 +44,12 @@ def _seed_key(seed: int, stream: int) -> np.uint64:
     return _mix64(np.array([(seed * 0x10001 + stream) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GAMMA)[0]
 
 
-def _row_keys(seed: int, index: np.ndarray) -> np.ndarray:
+def row_keys(seed: int, index: np.ndarray) -> np.ndarray:
     """One 64-bit key per example from (seed, row index)."""
     return _mix64(np.asarray(index, dtype=np.uint64) * _GAMMA + _seed_key(seed, 0))
 
 
-def _content_keys(seed: int, x: torch.Tensor) -> np.ndarray:
+def content_keys(seed: int, x: torch.Tensor) -> np.ndarray:
     """One key per example from (seed, pixel bytes): the fallback when the row index was dropped."""
     flat = x.detach().to(torch.float32).reshape(x.shape[0], -1).contiguous().cpu().numpy()
     bits = flat.view(np.uint32).astype(np.uint64)
@@ -67,7 +70,7 @@ def _hash_uniform_pairs(keys: np.ndarray, pairs: int, stream: int) -> tuple[np.n
     return high, low
 
 
-def _hash_noise(keys: np.ndarray, shape: Sequence[int], kind: str) -> torch.Tensor:
+def hash_noise(keys: np.ndarray, shape: Sequence[int], kind: str) -> torch.Tensor:
     """Per-example noise of ``shape`` (batch first): uniform [0, 1) or standard normal (Box-Muller)."""
     numel = int(np.prod(shape[1:]))
     pairs = (numel + 1) // 2

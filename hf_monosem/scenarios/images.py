@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-from ._checks import (
+from .checks import (
     DatasetLike,
-    _apply,
-    _check_choice,
-    _check_column,
-    _check_seed,
-    _check_strength,
-    _has_custom_transform,
+    apply_to_splits,
+    check_choice,
+    check_column,
+    check_seed,
+    check_strength,
+    has_custom_transform,
 )
-from .hashing import _content_keys, _hash_noise, _row_keys
+from .hashing import content_keys, hash_noise, row_keys
 
 __all__ = [
     "CORRUPTIONS",
@@ -93,8 +93,8 @@ def perturb_images(
         >>> bool((y >= 0).all() and (y < 0.5).all())
         True
     """
-    _check_choice("kind", kind, IMAGE_NOISE_KINDS)
-    strength = _check_strength(strength)
+    check_choice("kind", kind, IMAGE_NOISE_KINDS)
+    strength = check_strength(strength)
     x = _check_image_tensor(pixel_values)
     device = generator.device if generator is not None else x.device
     draw = torch.randn if kind == "gaussian" else torch.rand
@@ -150,9 +150,9 @@ class _ImageColumnTransform:
         if not self.needs_keys:
             return None
         if index is not None:
-            return _row_keys(self.seed, np.asarray(index, dtype=np.int64))
+            return row_keys(self.seed, np.asarray(index, dtype=np.int64))
         # the index column was removed (e.g. Trainer's remove_unused_columns): tie noise to content
-        return _content_keys(self.seed, x)
+        return content_keys(self.seed, x)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         index = batch.get(INDEX_COLUMN)
@@ -196,8 +196,8 @@ def _with_image_transform(
 
 def _check_image_column(dataset: Dataset, image_column: str) -> None:
     # a column made by an existing transform (e.g. pixel_values from "image") is only seen at read time
-    if not _has_custom_transform(dataset):
-        _check_column(dataset, image_column, "image")
+    if not has_custom_transform(dataset):
+        check_column(dataset, image_column, "image")
 
 
 def add_image_noise(
@@ -227,14 +227,14 @@ def add_image_noise(
         >>> bool((noisy[0]["pixel_values"] == noisy[0]["pixel_values"]).all())
         True
     """
-    _check_choice("kind", kind, IMAGE_NOISE_KINDS)
-    strength = _check_strength(strength)
-    seed = _check_seed(seed)
+    check_choice("kind", kind, IMAGE_NOISE_KINDS)
+    strength = check_strength(strength)
+    seed = check_seed(seed)
 
     def op(x: torch.Tensor, keys: np.ndarray | None) -> torch.Tensor:
-        return x + strength * _hash_noise(keys, x.shape, kind).to(device=x.device, dtype=x.dtype)
+        return x + strength * hash_noise(keys, x.shape, kind).to(device=x.device, dtype=x.dtype)
 
-    return _apply(
+    return apply_to_splits(
         dataset,
         splits,
         None,
@@ -309,7 +309,7 @@ def _batched_corrupt(
 
 
 def _check_corruption_args(corruption: Any, severity: Any) -> int:
-    _check_choice("corruption", corruption, CORRUPTIONS)
+    check_choice("corruption", corruption, CORRUPTIONS)
     return _check_severity(severity)
 
 
@@ -370,7 +370,7 @@ def add_image_corruption(
         (1, 8, 8)
     """
     severity = _check_corruption_args(corruption, severity)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     random = corruption == "elastic"
 
     def op(x: torch.Tensor, keys: np.ndarray | None) -> torch.Tensor:
@@ -380,11 +380,11 @@ def add_image_corruption(
             )
 
         def noise(shape: tuple) -> torch.Tensor:
-            return (_hash_noise(keys, shape, "uniform") * 2 - 1).to(x.device)
+            return (hash_noise(keys, shape, "uniform") * 2 - 1).to(x.device)
 
         return _batched_corrupt(x, corruption, severity, noise)
 
-    return _apply(
+    return apply_to_splits(
         dataset,
         splits,
         None,

@@ -9,15 +9,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from datasets import ClassLabel, Dataset
 
-from ._checks import (
+from .checks import (
     DatasetLike,
-    _apply,
-    _check_choice,
-    _check_fraction,
-    _check_int,
-    _check_seed,
-    _integer_labels,
-    _replace_column,
+    apply_to_splits,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_seed,
+    integer_labels,
+    replace_column,
 )
 
 __all__ = ["CLEAN_LABEL_COLUMN", "LABEL_NOISE_KINDS", "add_label_noise", "symmetric_label_noise"]
@@ -78,11 +78,11 @@ def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int, see
         >>> int((noisy != np.array([0, 1, 2, 0, 1, 2])).sum())
         3
     """
-    rate = _check_fraction("rate", rate)
-    num_classes = _check_int("num_classes", num_classes, 1)
+    rate = check_fraction("rate", rate)
+    num_classes = check_int("num_classes", num_classes, 1)
     labels = np.asarray(labels)
     _check_symmetric_rate(rate, num_classes, labels.size)
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(check_seed(seed))
     noisy = labels.copy()
     chosen = rng.permutation(labels.size)[: _floor_count(rate, labels.size)]
     if chosen.size:  # a shift in [1, C) mod C is uniform over the other classes, never the same
@@ -135,11 +135,11 @@ def add_label_noise(
         ...
         ValueError: label noise rate=0.7 with 3 classes is not valid: at rate >= (C-1)/C = 0.667 ...; allowed: 0 <= rate < 0.667
     """  # noqa: E501
-    rate = _check_fraction("rate", rate)
-    _check_choice("kind", kind, LABEL_NOISE_KINDS)
-    seed = _check_seed(seed)
+    rate = check_fraction("rate", rate)
+    check_choice("kind", kind, LABEL_NOISE_KINDS)
+    seed = check_seed(seed)
     if num_classes is not None:
-        num_classes = _check_int("num_classes", num_classes, 1)
+        num_classes = check_int("num_classes", num_classes, 1)
     if transition is not None and kind != "asymmetric":
         raise ValueError(f"transition={transition!r} is only used with kind='asymmetric'; got kind={kind!r}")
     if label_column == CLEAN_LABEL_COLUMN:
@@ -148,7 +148,7 @@ def add_label_noise(
         )
 
     def validate(ds: Dataset) -> tuple[np.ndarray, int, np.ndarray | None]:
-        labels = _integer_labels(ds, label_column)
+        labels = integer_labels(ds, label_column)
         feature = ds.features[label_column]
         n_cls = num_classes or (
             feature.num_classes if isinstance(feature, ClassLabel) else int(labels.max(initial=-1)) + 1
@@ -194,7 +194,7 @@ def add_label_noise(
             noisy[chosen] = mapping[labels[chosen]]
         feature = ds.features[label_column]
         if CLEAN_LABEL_COLUMN not in ds.column_names:
-            ds = _replace_column(ds, CLEAN_LABEL_COLUMN, labels, feature)
-        return _replace_column(ds, label_column, noisy, feature)
+            ds = replace_column(ds, CLEAN_LABEL_COLUMN, labels, feature)
+        return replace_column(ds, label_column, noisy, feature)
 
-    return _apply(dataset, splits, ("train",), validate, work)
+    return apply_to_splits(dataset, splits, ("train",), validate, work)

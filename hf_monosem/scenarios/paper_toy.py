@@ -68,7 +68,7 @@ TOY_FEATURES = ("mono", "poly")
 TOY_NOISES = ("label", "gaussian")
 
 
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not valid; allowed: {', '.join(map(repr, allowed))}")
 
@@ -133,7 +133,7 @@ def two_feature_moments(noise: str, levels: torch.Tensor | Sequence[float]) -> d
         >>> two_feature_moments("gaussian", [1.0])["poly"].tolist()[0][2:]
         [2.0555555555555554, 2.0555555555555554]
     """
-    _check_choice("noise", noise, TOY_NOISES)
+    check_choice("noise", noise, TOY_NOISES)
     level = torch.as_tensor(levels, dtype=torch.float64).reshape(-1)
     clean = {"mono": (2 / 3, 1 / 3, 1.0), "poly": (1 / 3, -1 / 3, 2.0)}  # (m_0, m_1, noise variance factor)
     out = {}
@@ -177,7 +177,7 @@ def monte_carlo_moments(noise: str, level: float, num_samples: int, seed: int) -
         >>> bool((mc["mono"] - two_feature_moments("label", [0.25])["mono"][0]).abs().max() < 0.01)
         True
     """
-    _check_choice("noise", noise, TOY_NOISES)
+    check_choice("noise", noise, TOY_NOISES)
     x, y = two_feature_data(num_samples, seed)
     x, y = x.double(), y
     if noise == "label":

@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from ._checks import (
+from .checks import (
     DatasetLike,
-    _apply,
-    _check_column,
-    _check_int,
-    _check_seed,
-    _column_array,
-    _integer_labels,
+    apply_to_splits,
+    check_column,
+    check_int,
+    check_seed,
+    column_array,
+    integer_labels,
 )
 
 __all__ = ["few_shot", "split_by_domain"]
@@ -42,11 +42,11 @@ def few_shot(
         >>> sorted(few_shot(ds, 2, seed=0)["label"])
         [0, 0, 1, 1, 2, 2]
     """
-    k = _check_int("k", k, 1)
-    seed = _check_seed(seed)
+    k = check_int("k", k, 1)
+    seed = check_seed(seed)
 
     def validate(ds: Dataset) -> np.ndarray:
-        labels = _integer_labels(ds, label_column)
+        labels = integer_labels(ds, label_column)
         feature = ds.features[label_column]
         size = max(
             feature.num_classes if isinstance(feature, ClassLabel) else 0, int(labels.max(initial=-1)) + 1
@@ -73,7 +73,7 @@ def few_shot(
         rank = np.arange(labels.size) - np.searchsorted(grouped, grouped, side="left")
         return ds.select(np.sort(order[rank < k]))
 
-    return _apply(dataset, splits, ("train",), validate, work)
+    return apply_to_splits(dataset, splits, ("train",), validate, work)
 
 
 def _as_values(value: Any) -> list[Any]:
@@ -102,8 +102,8 @@ def split_by_domain(
     """
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset of type {type(dataset).__name__} is not supported; allowed: Dataset")
-    _check_column(dataset, domain_column, "domain")
-    values = np.asarray(_column_array(dataset, domain_column).to_pylist(), dtype=object)
+    check_column(dataset, domain_column, "domain")
+    values = np.asarray(column_array(dataset, domain_column).to_pylist(), dtype=object)
     present = set(values.tolist())
     sources, targets = _as_values(source), _as_values(target)
     shown = sorted(present, key=str)[:30]

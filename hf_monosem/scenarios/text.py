@@ -10,17 +10,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Value
 
-from ._checks import (
-    _STRING_DTYPES,
+from .checks import (
+    STRING_DTYPES,
     DatasetLike,
-    _apply,
-    _check_choice,
-    _check_column,
-    _check_fraction,
-    _check_seed,
-    _column_array,
-    _exact_count,
-    _replace_column,
+    apply_to_splits,
+    check_choice,
+    check_column,
+    check_fraction,
+    check_seed,
+    column_array,
+    exact_count,
+    replace_column,
 )
 
 __all__ = ["TEXT_NOISE_KINDS", "add_text_noise"]
@@ -80,18 +80,18 @@ def add_text_noise(
         >>> add_text_noise(ds, "delete", 0.0)["text"][:] == ds["text"][:]
         True
     """
-    _check_choice("kind", kind, TEXT_NOISE_KINDS)
-    rate = _check_fraction("rate", rate)
-    seed = _check_seed(seed)
+    check_choice("kind", kind, TEXT_NOISE_KINDS)
+    rate = check_fraction("rate", rate)
+    seed = check_seed(seed)
 
     def validate(ds: Dataset) -> None:
-        _check_column(ds, text_column, "text")
+        check_column(ds, text_column, "text")
         feature = ds.features[text_column]
-        if not (isinstance(feature, Value) and feature.dtype in _STRING_DTYPES):
+        if not (isinstance(feature, Value) and feature.dtype in STRING_DTYPES):
             raise ValueError(f"text column {text_column!r} has feature {feature}; allowed: a string column")
 
     def work(ds: Dataset, _: Any) -> Dataset:
-        texts = _column_array(ds, text_column)
+        texts = column_array(ds, text_column)
         n = len(texts)
         lists = pc.utf8_split_whitespace(texts.fill_null(""))
         words = lists.flatten()
@@ -102,7 +102,7 @@ def add_text_noise(
         lengths = np.bincount(parents, minlength=n)
         total = len(words)
         rng = np.random.default_rng(seed)
-        chosen = rng.permutation(total)[: _exact_count(rate, total)]
+        chosen = rng.permutation(total)[: exact_count(rate, total)]
         if kind == "delete":
             keep = np.ones(total, dtype=bool)
             keep[chosen] = False
@@ -132,6 +132,6 @@ def add_text_noise(
         joined = pc.binary_join(pa.LargeListArray.from_arrays(offsets, new_words), " ")
         changed = pa.array(np.bincount(parents[chosen], minlength=n) > 0)
         result = pc.if_else(changed, joined.cast(texts.type), texts)
-        return _replace_column(ds, text_column, result, ds.features[text_column])
+        return replace_column(ds, text_column, result, ds.features[text_column])
 
-    return _apply(dataset, splits, None, validate, work)
+    return apply_to_splits(dataset, splits, None, validate, work)

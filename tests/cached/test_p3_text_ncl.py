@@ -14,7 +14,14 @@ from tiny_models import tiny_bert_config
 from transformers import BertModel
 
 from hf_monosem import MonoSemanticConfig, MonoSemanticModel
-from hf_monosem.cached import feature_cache, fit_contrastive_projector, nearest_neighbors, text_view_features
+from hf_monosem.cached import (
+    feature_cache,
+    feature_stats,
+    fit_contrastive_projector,
+    nearest_neighbors,
+    standardize,
+    text_view_features,
+)
 from hf_monosem.evaluation import monosemanticity_report
 from hf_monosem.models.feature_layers import FeatureLayerSettings, NonNegativeFeatures
 
@@ -56,7 +63,7 @@ def test_masked_views_replace_inner_tokens_only_and_need_a_mask_token():
         "attention_mask": torch.ones(4, 10, dtype=torch.long),
     }
     batch["attention_mask"][0, 6:] = 0
-    masked = feature_cache._mask_tokens(dict(batch), 0.99, 3, torch.Generator().manual_seed(0))["input_ids"]
+    masked = feature_cache.mask_tokens(dict(batch), 0.99, 3, torch.Generator().manual_seed(0))["input_ids"]
     hit = masked == 3
     assert not hit[:, 0].any() and not hit[0, 5:].any() and not hit[1:, 9].any()  # CLS, SEP, padding kept
     assert hit[:, 1:5].all()
@@ -156,7 +163,7 @@ def test_nn_positives_are_drawn_among_the_neighbours(monkeypatch):
     import hf_monosem.cached.projector_fitting as fitting
 
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
-    neighbors = nearest_neighbors(fitting._standardize(x)[0], 10)
+    neighbors = nearest_neighbors(standardize(x)[0], 10)
     seen = []
     real_layer_class = fitting.feature_layer_class
 
@@ -176,7 +183,7 @@ def test_nn_positives_are_drawn_among_the_neighbours(monkeypatch):
         x, views=views, positives="nn", feature_dim=8, projector_hidden_dim=None, epochs=2, batch_size=64,
         progress=False,
     )  # fmt: skip
-    standardized, mean, std = fitting._standardize(x)
+    mean, std = feature_stats(x)
     cached = (views - mean) / std  # [2, 64, 8]
     for anchor, positive in zip(seen[0:4:2], seen[1:4:2]):  # (a, b) pairs of each training step
         # each input is a cached view of some row: find which row, then check b's row neighbours a's

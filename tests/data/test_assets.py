@@ -244,14 +244,14 @@ def test_fashion_mnist_dir_comes_from_dpkg_or_the_setting(tmp_path, monkeypatch)
 def test_fashion_mnist_without_dpkg_names_the_package_and_the_setting(monkeypatch):
     monkeypatch.delenv(assets.FASHION_MNIST_DIR_ENV, raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assets.locate._dpkg_fashion_mnist_dir.cache_clear()
+    assets.locate.dpkg_fashion_mnist_dir.cache_clear()
     try:
         with pytest.raises(
             FileNotFoundError, match="apt-get install dataset-fashion-mnist.*HF_MONOSEM_FASHION_MNIST_DIR"
         ):
             assets.fashion_mnist_dir()
     finally:
-        assets.locate._dpkg_fashion_mnist_dir.cache_clear()
+        assets.locate.dpkg_fashion_mnist_dir.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from fresh_process import run_without_hf_monosem
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from tiny_models import make_inputs, tiny_bert_config, tiny_resnet_config
@@ -214,12 +213,7 @@ def test_save_for_hub_image_model_and_local_backbone_path(tmp_path):
 
 _FRESH_LOAD = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    class BlockHfMonosem(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_monosem" or name.startswith("hf_monosem."):
-                raise ImportError(f"{name} is hidden in this process")
-    sys.meta_path.insert(0, BlockHfMonosem())
+    import json, sys
     try:
         import hf_monosem  # noqa: F401
         raise SystemExit("hf_monosem should not be importable here")
@@ -266,18 +260,7 @@ def test_remote_code_checkpoint_loads_in_a_fresh_process_without_hf_monosem(tmp_
             {"inputs": inputs, "logits": model(**inputs).logits, "features": model(**inputs).features},
             tmp_path / "ref.pt",
         )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.run(
-        [sys.executable, "-c", _FRESH_LOAD, str(folder)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = run_without_hf_monosem(_FRESH_LOAD, str(folder), workdir=tmp_path)
     assert report["class"].startswith("transformers_modules.") and report["hf_monosem_loaded"] == []
     assert report["logits_diff"] < 1e-5 and report["features_diff"] < 1e-5
     # with hf_monosem imported the same folder loads with the library's own classes, no flag needed

@@ -60,7 +60,7 @@ def test_backbone_folder_config_is_read(tmp_path):
         ({"sparsity_weight": -1.0}, "sparsity_weight=-1.0"),
         ({"reconstruction_weight": -0.5}, "reconstruction_weight=-0.5"),
         ({"nonneg_activation": "gelu"}, "nonneg_activation='gelu'"),
-        ({"pooling": "max"}, "pooling='max'"),
+        ({"pooling": "median"}, "pooling='median'"),
         ({"classifier_dropout": 1.5}, "classifier_dropout=1.5"),
         ({"temperature": 0.0}, "temperature=0.0"),
         ({"projector_hidden_dim": 0}, "projector_hidden_dim=0"),

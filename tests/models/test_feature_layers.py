@@ -116,12 +116,16 @@ def test_a_fifth_kind_is_one_class_and_one_line():
 
 
 def test_kinds_are_described_by_class_attributes():
-    assert feature_layer_kinds() == ["linear", "nonneg", "sae", "topk"]
-    assert feature_layer_kinds(is_sparse_autoencoder=True) == ["sae", "topk"]
+    assert feature_layer_kinds() == ["linear", "nonneg", "sae", "topk", "gated", "jumprelu"]
+    assert feature_layer_kinds(is_sparse_autoencoder=True) == ["sae", "topk", "gated", "jumprelu"]
     assert feature_layer_kinds(is_contrastive_projector=True) == ["linear", "nonneg"]
     assert feature_layer_kinds(is_sparse_autoencoder=False, is_contrastive_projector=False) == []
     for kind, cls in FEATURE_LAYERS.items():
-        assert cls.is_sparse_autoencoder == issubclass(cls, SparseAutoencoder) == (kind in ("sae", "topk"))
+        assert (
+            cls.is_sparse_autoencoder
+            == issubclass(cls, SparseAutoencoder)
+            == (kind not in ("linear", "nonneg"))
+        )
     assert feature_layer_class("sae", is_sparse_autoencoder=True) is FEATURE_LAYERS["sae"]
     with pytest.raises(ValueError, match=r"feature_layer='linear' is not valid; allowed: 'sae', 'topk'"):
         feature_layer_class("linear", is_sparse_autoencoder=True)

@@ -233,8 +233,15 @@ def test_from_sae_reads_a_hub_repository_offline(tmp_path, monkeypatch):
     (tmp_path / "repo" / "README.md").write_text("sparse coders\n")
     add_to_hub_cache(tmp_path / "cache", "someone/minilm-saes", tmp_path / "repo")
     bert = BertModel(tiny_bert_config(hidden_size=DIM))
+    # "layers.0" is a Llama hookpoint, not one of this BERT's layers: hidden_layer=None puts it on the pooled
+    # vector (from_sae would refuse the hook otherwise, see test_community_saes.py)
     model = MonoSemanticModel.from_sae(
-        bert, "someone/minilm-saes", subfolder="layers.0", cache_dir=tmp_path / "cache", normalize_input=True
+        bert,
+        "someone/minilm-saes",
+        subfolder="layers.0",
+        cache_dir=tmp_path / "cache",
+        normalize_input=True,
+        hidden_layer=None,
     )
     assert model.feature_layer.normalize_input  # the override
     x = _inputs()

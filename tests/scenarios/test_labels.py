@@ -147,7 +147,7 @@ def test_the_refusal_comes_before_any_work(monkeypatch):
         raise AssertionError("add_label_noise did work before refusing the rate")
 
     dd = DatasetDict(train=_table(30, 10), test=_table(30, 3))  # 0.7 < 0.9 for train, >= 0.667 for test
-    monkeypatch.setattr(labels_module, "_replace_column", no_work)
+    monkeypatch.setattr(labels_module, "replace_column", no_work)
     monkeypatch.setattr(labels_module.np.random, "default_rng", no_work)
     with pytest.raises(ValueError, match=r"rate=0\.7 with 3 classes"):
         add_label_noise(dd, 0.7, splits=["train", "test"])

@@ -214,7 +214,7 @@ def test_tensor_rows_select_and_relabel_keep_other_columns():
     rows = grid.TensorRows(pixel_values=torch.arange(12.0).view(4, 1, 1, 3), label=torch.tensor([0, 1, 2, 0]))
     picked = rows.select([2, 0])
     assert len(picked) == 2 and picked[0]["label"] == 2 and picked[1]["pixel_values"].sum() == 3.0
-    relabelled = finetune._with_labels(rows, torch.tensor([1, 1, 1, 1]), LABELS)
+    relabelled = finetune.relabel(rows, torch.tensor([1, 1, 1, 1]), LABELS)
     assert relabelled.columns["label"].tolist() == [1, 1, 1, 1] and rows.columns["label"].tolist() == [
         0,
         1,

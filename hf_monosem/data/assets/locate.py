@@ -81,11 +81,11 @@ def fashion_mnist_dir() -> str:
                 "point it at the folder of the Fashion-MNIST IDX files"
             )
         return configured
-    return _dpkg_fashion_mnist_dir()
+    return dpkg_fashion_mnist_dir()
 
 
 @lru_cache(maxsize=1)
-def _dpkg_fashion_mnist_dir() -> str:
+def dpkg_fashion_mnist_dir() -> str:
     """Ask dpkg once where ``dataset-fashion-mnist`` installed its training images."""
     hint = (
         f"apt-get install {_FASHION_MNIST_PACKAGE}, or set {FASHION_MNIST_DIR_ENV} to the folder of the IDX "

@@ -1,7 +1,11 @@
 """Argument checks and column helpers shared by the scenario families.
 
 Every check raises :class:`ValueError` naming the bad value and what is allowed, and runs before
-any work is done (:func:`_apply` validates every target split first, then transforms).
+any work is done (:func:`apply_to_splits` validates every target split first, then transforms).
+
+The helpers are public to the scenario modules that share them (``labels``, ``images``, ``text``,
+``splits``, ``paper_toy``; a new scenario uses them too, see CONTRIBUTING.md) but are not part of the
+user API: ``__all__`` stays empty, so ``from hf_monosem.scenarios import *`` does not export them.
 """
 
 from __future__ import annotations
@@ -17,24 +21,27 @@ from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 __all__: list[str] = []
 
-_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
-_STRING_DTYPES = ("string", "large_string")
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+STRING_DTYPES = ("string", "large_string")
 
 DatasetLike = TypeVar("DatasetLike", Dataset, DatasetDict)
 
 
-def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    """``value`` must be one of ``allowed``; otherwise :class:`ValueError` naming both."""
     if not isinstance(value, Hashable) or value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {list(allowed)}")
 
 
-def _check_fraction(name: str, value: Any) -> float:
+def check_fraction(name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1] (booleans refused: ``True`` is not a rate)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name}={value!r} is outside the allowed range [0, 1]")
     return float(value)
 
 
-def _check_strength(value: Any) -> float:
+def check_strength(value: Any) -> float:
+    """A noise strength as a float: finite and >= 0 (booleans refused)."""
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
@@ -45,40 +52,45 @@ def _check_strength(value: Any) -> float:
     return float(value)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (booleans refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= {minimum}")
     return int(value)
 
 
-def _check_seed(seed: Any) -> int:
-    return _check_int("seed", seed, 0)
+def check_seed(seed: Any) -> int:
+    """A seed: an integer >= 0."""
+    return check_int("seed", seed, 0)
 
 
-def _check_column(dataset: Dataset, column: str, role: str) -> None:
+def check_column(dataset: Dataset, column: str, role: str) -> None:
+    """``column`` must be a column of ``dataset``; ``role`` names it in the error ("label", "image")."""
     if column not in dataset.column_names:
         raise ValueError(f"{role} column {column!r} not found; available columns: {dataset.column_names}")
 
 
-def _has_custom_transform(dataset: Dataset) -> bool:
+def has_custom_transform(dataset: Dataset) -> bool:
+    """Whether ``dataset`` has a ``set_transform`` / ``with_transform`` formatter (lazy columns)."""
     return dataset.format.get("type") == "custom"
 
 
-def _column_array(dataset: Dataset, column: str) -> pa.Array:
+def column_array(dataset: Dataset, column: str) -> pa.Array:
     """The column as one Arrow array, in the dataset's row order (indices mapping applied)."""
     chunked = dataset.with_format("arrow")[column]
     return chunked.combine_chunks() if isinstance(chunked, pa.ChunkedArray) else chunked
 
 
-def _integer_labels(dataset: Dataset, column: str) -> np.ndarray:
-    _check_column(dataset, column, "label")
+def integer_labels(dataset: Dataset, column: str) -> np.ndarray:
+    """``dataset[column]`` as int64 class ids, checked: an integer feature, no nulls, no id < 0."""
+    check_column(dataset, column, "label")
     feature = dataset.features[column]
-    if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype in _INT_DTYPES)):
+    if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype in INT_DTYPES)):
         raise ValueError(
             f"label column {column!r} has feature {feature}; allowed: integer class ids "
-            f"(ClassLabel or Value with dtype in {list(_INT_DTYPES)})"
+            f"(ClassLabel or Value with dtype in {list(INT_DTYPES)})"
         )
-    array = _column_array(dataset, column)
+    array = column_array(dataset, column)
     if array.null_count:
         raise ValueError(f"label column {column!r} has {array.null_count} missing labels; allowed: no nulls")
     labels = array.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -102,7 +114,7 @@ def _resolve_splits(
     return chosen
 
 
-def _apply(
+def apply_to_splits(
     dataset: DatasetLike,
     splits: str | Sequence[str] | None,
     default_splits: Sequence[str] | None,
@@ -125,7 +137,7 @@ def _apply(
     return work(dataset, validate(dataset))
 
 
-def _replace_column(
+def replace_column(
     dataset: Dataset, name: str, values: np.ndarray | pa.Array | list, feature: Any
 ) -> Dataset:
     """A copy of ``dataset`` with column ``name`` set to ``values``, keeping the column order."""
@@ -140,6 +152,7 @@ def _replace_column(
     return dataset.rename_column(temporary, name).select_columns(order)
 
 
-def _exact_count(rate: float, n: int) -> int:
+def exact_count(rate: float, n: int) -> int:
+    """How many of ``n`` items a ``rate`` moves: ``floor(rate * n + 0.5)``, at most ``n``."""
     # round half up: Python's round() is banker's rounding, which would make 0.5 * 5 -> 2
     return min(n, int(math.floor(rate * n + 0.5)))
