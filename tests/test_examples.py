@@ -77,8 +77,18 @@ BAD_ARGUMENTS = [
     ("finetune_noisy", ["--loss_type", "focal"], "focal"),
     ("finetune_noisy", ["--eval_input_noise", "0.1,lots"], "0.1,lots"),
     ("finetune_noisy", ["--route", "fancy"], "--route 'fancy' is not valid; allowed: paper, head"),
-    ("finetune_noisy", ["--feature_layers", "linear,topk"], "use --route head for sae / topk"),
+    (
+        "finetune_noisy",
+        ["--route", "paper", "--feature_layers", "linear,topk"],
+        "use --route head for sae / topk",
+    ),
     ("finetune_noisy", ["--projector_epochs", "0"], "--projector_epochs 0"),
+    (
+        "finetune_noisy",
+        ["--projector_recipe", "p9"],
+        "--projector_recipe 'p9' is not valid; allowed: auto, p2",
+    ),
+    ("finetune_noisy", ["--projector_activation_loss_weight", "-1"], "--projector_activation_loss_weight -1"),
     ("finetune_fewshot", ["--feature_layers", "linear,poly"], "poly"),
     ("finetune_fewshot", ["--feature_layers", "nonneg,nonneg"], "nonneg,nonneg"),
     ("finetune_fewshot", ["--shots", "5,0"], "5,0"),
@@ -275,7 +285,7 @@ def test_every_script_takes_the_options_the_readme_says():
 
 def test_defaults_parse_to_the_documented_offline_setup(ex):
     model_args, data_args, scenario_args, training_args, kinds, levels = ex.finetune_noisy.parse_args([])
-    assert model_args.route == "paper"  # the paper's NCE fine-tuning: like is compared with like
+    assert model_args.route == "head"  # the paper route's 40x scale gap decides it (the module docstring)
     assert ex.finetune_noisy.parse_args(["--route", "head", "--feature_layers", "linear,topk"])[4] == [
         "linear",
         "topk",
@@ -502,7 +512,17 @@ def test_finetune_noisy_paper_route_fine_tunes_through_the_frozen_label_free_pro
     out = tmp_path / "run"
     stdout, _ = launch(
         "finetune_noisy",
-        [*DIGITS_LEARN, "--label_noise", "0.4", "--projector_epochs", "2", "--output_dir", str(out)],
+        [
+            *DIGITS_LEARN,
+            "--route",
+            "paper",
+            "--label_noise",
+            "0.4",
+            "--projector_epochs",
+            "2",
+            "--output_dir",
+            str(out),
+        ],  # fmt: skip
         tmp_path,
     )
     payload = _results(out)
@@ -530,6 +550,28 @@ def test_finetune_noisy_paper_route_fine_tunes_through_the_frozen_label_free_pro
     # both backbones started from the same seeded weights; fine-tuning through different projectors moved them
     backbones = [dict(m.monosemantic.backbone.named_parameters()) for m in models.values()]
     assert any(not torch.equal(p, backbones[1][name]) for name, p in backbones[0].items())
+
+
+@pytest.mark.slow
+def test_finetune_noisy_paper_route_on_text_uses_p3s_recipe_and_its_ncl_stays_alive(
+    tmp_path, tiny_text_backbone
+):
+    """Text, route paper: the projectors follow P3's stage A choice (authors-nn: SimCSE views, neighbour
+    positives, normalise -> rep_relu -> normalise), and the fine-tuned model keeps that layer's settings.
+    P2's recipe (feature-space views, plain ReLU) left the NCL projector dead after fine-tuning on the
+    default run (clean accuracy 0.050 = chance, L0 0)."""
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", tiny_text_backbone, "--max_train_samples", "64", "--max_eval_samples",
+            "32", "--route", "paper", "--projector_epochs", "2", "--output_dir", str(out),
+            *TRAIN_FAST]  # fmt: skip
+    launch("finetune_noisy", argv, tmp_path)
+    payload = _results(out)
+    assert {payload["results"][k]["projector"]["recipe"] for k in ("linear", "nonneg")} == {"authors-nn"}
+    nonneg = AutoModelForSequenceClassification.from_pretrained(out / "nonneg")
+    assert (nonneg.config.nonneg_order, nonneg.config.nonneg_activation) == ("authors", "rep_relu")
+    assert payload["results"]["nonneg"]["features_l0"] > 0  # not every unit dead
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, default_data_collator
 
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from ..training.views import LABEL_KEYS
+from .distributed import gather_blocks, process_world, row_block
 
 __all__ = ["collect_outputs", "extract_features", "input_columns", "resolve_base_model"]
 
@@ -144,6 +145,8 @@ def collect_outputs(
     num_workers: int = 0,
     desc: str = "extracting features",
     dropout: bool = False,
+    split_processes: bool = False,
+    on_batch: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """Run ``model`` over ``dataset`` once, in dataset order, and gather output fields on the CPU.
 
@@ -163,6 +166,15 @@ def collect_outputs(
         progress, desc: a progress bar and its text. num_workers: DataLoader workers.
         dropout: run with dropout on (every module in train mode except batch-norm layers, which
             keep their running statistics): SimCSE's views, drawn from torch's global generator.
+        split_processes: under ``accelerate launch`` / ``torchrun`` (an initialised process group of
+            N > 1), each process runs only its contiguous block of rows (:func:`~.distributed.row_block`)
+            and the blocks are gathered back in dataset order, so every process returns what one
+            process would (the per-row outputs; a batch's composition can move float sums in the last
+            bits). Every process must call it. Ignored with one process or fewer rows than processes.
+        on_batch: called with each batch's outputs (``{name: [B, ...] float32 CPU}``, ``"labels"``
+            too) instead of keeping them: a matrix larger than memory streams to disk
+            (:class:`~.feature_shards.ShardWriter`); the returned outputs are then ``None``. With
+            ``split_processes`` each process streams its own block (nothing is gathered).
 
     The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
     module's train/eval mode is restored exactly afterwards.
@@ -184,6 +196,11 @@ def collect_outputs(
         raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
     if len(dataset) == 0:
         raise ValueError("dataset has 0 rows; allowed: a non-empty dataset")
+    num_rows = len(dataset)
+    world, rank = process_world()
+    split = split_processes and 1 < world <= num_rows  # every process has rows: equal shapes to gather
+    if split:
+        dataset = _select_rows(dataset, row_block(num_rows, rank, world))
     names = _row_names(dataset)
     if inputs is not None:
         inputs = list(inputs)
@@ -233,19 +250,38 @@ def collect_outputs(
                     if k in accepted
                 }
             )
+            values = {}
             for name in outputs:
                 value = out.get(name) if isinstance(out, Mapping) else getattr(out, name, None)
                 if value is not None:
-                    chunks[name].append(value.detach().float().cpu())
+                    values[name] = value.detach().float().cpu()
             if label is not None:
-                chunks["labels"].append(torch.as_tensor(label).cpu())
+                values["labels"] = torch.as_tensor(label).cpu()
+            if on_batch is not None:  # streamed, not kept: the caller's sink holds the rows
+                on_batch(values)
+                continue
+            for name, value in values.items():
+                chunks[name].append(value)
     finally:
         for module, mode in modes.items():
             module.training = mode
         if moved:
             model.to(current)
     wanted_fields = [*outputs, "labels"] if with_labels else list(outputs)
-    return {name: torch.cat(chunks[name]) if len(chunks[name]) == batches else None for name in wanted_fields}
+    result = {name: torch.cat(chunks[name]) if chunks[name] and len(chunks[name]) == batches else None
+              for name in wanted_fields}  # fmt: skip
+    if split and on_batch is None:  # the same fields on every process: one model, the same columns
+        result = {name: None if v is None else gather_blocks(v, num_rows) for name, v in result.items()}
+    return result
+
+
+def _select_rows(dataset: Any, rows: range) -> Any:
+    """The rows ``rows`` of a ``datasets.Dataset`` (``select``, no copy), a list, or any map-style dataset."""
+    if hasattr(dataset, "select"):
+        return dataset.select(rows)
+    if isinstance(dataset, (list, tuple)):
+        return dataset[rows.start : rows.stop]
+    return torch.utils.data.Subset(dataset, rows)
 
 
 def extract_features(

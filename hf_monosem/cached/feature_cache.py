@@ -13,6 +13,7 @@ views of every post (SimCSE dropout or token masking) through the same loop, cac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +30,9 @@ from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from .augmented_views import view_generator
 from .cache_files import load_tensors, save_tensors
 from .checks import check_features
+from .distributed import barrier, process_world, row_block
 from .extraction import collect_outputs, input_columns, resolve_base_model
+from .feature_shards import ShardedFeatures, ShardWriter, open_shards, write_manifest
 
 __all__ = ["TEXT_VIEW_KINDS", "extract_pooled_features", "model_fingerprint", "text_view_features"]
 
@@ -136,7 +139,10 @@ def extract_pooled_features(
     device: str | torch.device | None = None,
     cache_key: str | None = None,
     progress: bool = False,
-) -> torch.Tensor:
+    split_processes: bool | None = None,
+    memory_map: bool = False,
+    rows_per_shard: int = 65536,
+) -> torch.Tensor | ShardedFeatures:
     """Pooled backbone vectors (or feature-layer outputs) of every example, ``[len(dataset), width]``.
 
     Args:
@@ -154,6 +160,17 @@ def extract_pooled_features(
         device: where to run; default the model's device.
         cache_key: used instead of ``dataset._fingerprint`` (needed to cache a non-``datasets`` dataset).
         progress: show a progress bar.
+        split_processes: under ``accelerate launch --num_processes N`` / ``torchrun`` (one machine or
+            several), each process extracts its own contiguous block of rows and the blocks are
+            gathered, so every process returns the whole matrix in dataset order, as one process
+            would. ``None`` (default): whenever a process group of N > 1 is initialised; then every
+            process must call this (pass ``False`` to extract everything in each process, as before).
+            Only the main process writes the cache file.
+        memory_map: stream the matrix to shard files under ``cache_dir`` (``rows_per_shard`` rows each,
+            float32) instead of holding it in memory, and return a :class:`~.feature_shards.ShardedFeatures`
+            that reads rows lazily: a matrix larger than RAM (1.3M x 2048 floats is ~10 GB) needs disk,
+            not memory. Needs ``cache_dir`` and a cache key. With ``split_processes`` every process writes
+            its own block's shards (a shared file system for several machines); nothing is gathered.
 
     The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
     module's train/eval mode is restored afterwards. The result is a float32 CPU tensor in dataset order.
@@ -178,8 +195,30 @@ def extract_pooled_features(
         raise ValueError(
             "output='features' needs a MonoSemantic model (a plain backbone has no feature layer)"
         )
+    if memory_map and cache_dir is None:
+        raise ValueError("memory_map=True needs cache_dir (where the shard files go); allowed: a folder")
+    if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int) or rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard={rows_per_shard!r} is not valid; allowed: an integer >= 1")
     base = resolve_base_model(model_or_backbone, pooling)
     columns = _input_columns(base, dataset)
+    world = process_world()[0]
+    split = world > 1 if split_processes is None else bool(split_processes)
+    if memory_map:
+        key = _cache_key(base, dataset, output, columns, cache_key, collate_fn)
+        if key is None:
+            raise ValueError(
+                "memory_map=True needs a cache key: the dataset has no _fingerprint (pass cache_key=...) or "
+                "collate_fn cannot be hashed"
+            )
+        folder = Path(cache_dir) / f"{output}-{key[:32]}.shards"
+        sharded = open_shards(folder, key)  # checked: manifest, key, every shard's size and hash
+        if sharded is not None:
+            logger.info("reading cached feature shards from %s", folder)
+            return sharded
+        run = functools.partial(
+            _run, base, dataset, columns, batch_size, collate_fn, device, output, progress
+        )
+        return _run_to_shards(run, output, split, len(dataset), folder, key, rows_per_shard)
 
     path = None
     if cache_dir is not None:
@@ -198,12 +237,15 @@ def extract_pooled_features(
                 logger.info("loading cached features from %s", path)
                 return cached["features"]
 
-    features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress)
+    features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress, split)
     # a NaN/inf input row (or a diverged backbone) is named here, by dataset row, not as NaN weights later
     check_features(features, f"{output} features of the dataset")
 
     if path is not None:
-        save_tensors(path, {"features": features}, {"output": output, "key": str(key)})  # atomic
+        if not split or process_world()[1] == 0:  # every process holds the same matrix: one writes it
+            save_tensors(path, {"features": features}, {"output": output, "key": str(key)})  # atomic
+        if split:
+            barrier()  # the file is complete before any process returns (and, e.g., a later call reads it)
     return features
 
 
@@ -216,7 +258,9 @@ def _run(
     device: str | torch.device | None,
     output: str,
     progress: bool,
-) -> torch.Tensor:
+    split: bool = False,
+    on_batch: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> torch.Tensor | None:
     outputs = collect_outputs(
         base,
         dataset,
@@ -226,8 +270,54 @@ def _run(
         collate_fn=collate_fn,
         device=device,
         progress=progress,
+        split_processes=split,
+        on_batch=on_batch,
     )
     return outputs[output]
+
+
+def _run_to_shards(
+    run: Callable[..., Any],
+    output: str,
+    split: bool,
+    num_rows: int,
+    folder: Path,
+    key: str,
+    rows_per_shard: int,
+) -> ShardedFeatures:
+    """``run`` (:func:`_run` but for ``split`` and ``on_batch``: the one inference loop) streamed into shard
+    files, this process's block of rows when ``split``; the main process writes the manifest once every
+    process's shards are on disk."""
+    world, rank = process_world()
+    split = split and 1 < world <= num_rows  # as collect_outputs decides
+    first_row = row_block(num_rows, rank, world).start if split else 0
+    writer = ShardWriter(folder, rows_per_shard=rows_per_shard, prefix=f"block{rank if split else 0:05d}-")
+    written = [0]
+
+    def write(values: dict[str, torch.Tensor]) -> None:
+        batch = values.get(output)
+        if batch is None:
+            raise ValueError(f"the model's output has no {output!r}; allowed: a model returning it")
+        # named by dataset row before it reaches the disk, as the in-memory route does
+        check_features(batch, f"{output} features of the dataset", row_offset=first_row + written[0])
+        writer.write(batch)
+        written[0] += len(batch)
+
+    run(split, on_batch=write)
+    shards = writer.close()
+    if split:
+        every: list[Any] = [None] * world
+        torch.distributed.all_gather_object(every, (shards, writer.width))
+        if rank == 0:
+            width = next(w for _, w in every if w is not None)
+            write_manifest(folder, [entries for entries, _ in every], width, key)
+        barrier()  # the manifest exists before any process opens it
+    else:
+        write_manifest(folder, [shards], int(writer.width or 0), key)
+    sharded = open_shards(folder, key, verify=False)  # just written, hashed on the way
+    if sharded is None or len(sharded) != num_rows:
+        raise RuntimeError(f"feature shards in {folder} were written but cannot be read back")
+    return sharded
 
 
 #: kinds of encoder-level text views: SimCSE dropout, or token masking (dropout off)
