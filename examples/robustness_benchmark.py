@@ -67,7 +67,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 import os
 import platform
 import sys
@@ -98,14 +97,10 @@ from hf_monosem import (
 from hf_monosem.cached import (
     augmented_view_features,
     feature_stats,
-    fit_contrastive_projector,
-    load_feature_layers,
     ncl_recipe,
-    save_feature_layers,
-    tensors_sha256,
     text_view_features,
-    train_sae_layer,
 )
+from hf_monosem.cli import show_library_logs
 from hf_monosem.data import (
     load_20newsgroups,
     load_digits_domain_shift,
@@ -116,14 +111,21 @@ from hf_monosem.data import (
 )
 from hf_monosem.evaluation import (
     mono_poly_gaps,
-    monosemanticity_report,
     paper_comparison_markdown,
     paper_comparison_rows,
     plot_robustness_panel,
     robustness_markdown_table,
     summarize_robustness,
 )
-from hf_monosem.models import build_feature_layer, public_name
+from hf_monosem.models import public_name
+from hf_monosem.report import (
+    RepresentationPlan,
+    build_track,
+    fit_representations,
+    monosemanticity_table,
+    sae_pairs,
+    sae_sweep,
+)
 from hf_monosem.scenarios import add_text_noise, perturb_images
 from hf_monosem.scenarios.finetune import FinetuneBudget, finetune_records
 from hf_monosem.scenarios.grid import (
@@ -403,47 +405,17 @@ def _key(*parts) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
-def _monosemanticity(track: Track) -> None:
-    track.monosemanticity = {
-        name: monosemanticity_report(f[TEST], track.labels[TEST]) for name, f in track.features.items()
-    }
-
-
 # ------------------------------------------------------------------------------------ representations
-def sae_sweep(args, input_dim: int) -> list[tuple[str, int, int]]:
-    """``(name, width, k)`` of the post-hoc SAEs: every k at width = input width, plus one over-complete."""
-    sweep = [(f"sae_k{int(k)}", input_dim, int(k)) for k in floats(args.sae_topk) if int(k) <= input_dim]
-    if args.sae_overcomplete:
-        width = args.sae_overcomplete * input_dim
-        sweep.append((f"sae_x{args.sae_overcomplete}_k32", width, 32))
-    return sweep
-
-
-def fit_saes(train: torch.Tensor, sweep, epochs: int) -> dict[str, tuple[torch.nn.Module, dict]]:
-    """The paper's post-hoc SAE: TopK fitted on the L2-normalised input, normalised MSE, no L1 (one per sweep
-    entry); its codes encode the *un-normalised* vector (``sae_normalize_input="fit"``), as the authors'
-    probe does, so they live on the scale of the vector they encode."""
-    fitted = {}
-    for name, width, k in sweep:
-        set_seed(0)
-        sae = build_feature_layer(
-            MonoSemanticConfig(
-                backbone_config=small_resnet_config(),
-                feature_layer="topk",
-                feature_dim=width,
-                topk=k,
-                sae_normalize_input="fit",
-            ),
-            input_dim=train.shape[1],
-        )
-        # lr pinned at the former default (the default now scales with the width): its records reproduce
-        report = train_sae_layer(sae, train, epochs=epochs, lr=1e-3, seed=0, progress=True)
-        fitted[name] = (sae.eval(), {key: v for key, v in report.items() if key.startswith("final_")})
-    return fitted
-
-
-def sae_pairs(reference: str, sweep) -> list[tuple[str, str]]:
-    return [(reference, name) for name, _, _ in sweep]
+def representation_plan(args, projector_width: int | None, overcomplete: bool = True) -> RepresentationPlan:
+    """What the shared track builder fits: the SAE sweep of ``--sae_topk`` / ``--sae_overcomplete`` and,
+    for the text track, the SimCLR / NCL projectors of ``--text_ncl_recipe``."""
+    return RepresentationPlan(
+        sae_topk=tuple(int(k) for k in floats(args.sae_topk)),
+        sae_overcomplete=args.sae_overcomplete if overcomplete else 0,
+        epochs=args.representation_epochs,
+        projector_width=projector_width,
+        ncl_recipe=args.text_ncl_recipe,
+    )
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -568,75 +540,23 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             noise_cells.append((f"{kind}_noise", s, f"{kind}{s:g}"))
 
     # label-free representations, fitted on the training features only (cached: they depend on nothing else)
-    width, input_dim = args.feature_dim, pooled[TRAIN].shape[1]
-    sweep = sae_sweep(args, input_dim)
-    # SAE vs CL on the same vector (the authors' comparison): TopK SAEs on the SimCLR projector output, every
-    # k at width = projector width (no over-complete one: a 4x wider representation is 4x the probe cost)
-    simclr_sweep = [(f"simclr_{name}", w, k) for name, w, k in sae_sweep(args, width) if w == width]
-    # safetensors (state dicts + JSON settings), keyed by a hash of the training features themselves;
-    # a damaged or stale file is named in a warning and refitted (load_feature_layers)
-    fingerprint = _key(
-        backbone,
-        tensors_sha256({"train": pooled[TRAIN]}),
-        len(train),
-        width,
-        args.representation_epochs,
-        sweep,
-        args.ncl_activation_loss_weight,
-        "sae_normalize_input=fit",
-        simclr_sweep,
-        args.text_ncl_recipe,
-        args.text_views if train_views is not None else 0,
-    )
-    fitted_path = os.path.join(cache_dir, f"representations-{fingerprint}.safetensors")
+    width = args.feature_dim
+    plan = representation_plan(args, width)
     with timer("text: fit representations"):
-        fitted = load_feature_layers(fitted_path, fingerprint)
-        if fitted is None:
-            fitted = fit_saes(pooled[TRAIN], sweep, args.representation_epochs)
-            for name, kind in CONTRASTIVE_METHODS.items():  # SimCLR and NCL on the recipe's views
-                view_kind, recipe = ncl_recipe(args.text_ncl_recipe, kind)
-                layer, report = fit_contrastive_projector(
-                    pooled[TRAIN],
-                    feature_layer=kind,
-                    feature_dim=width,
-                    projector_hidden_dim=width,
-                    epochs=args.representation_epochs,
-                    seed=0,
-                    views=train_views if view_kind == "dropout" else None,
-                    **recipe,
-                )
-                fitted[name] = (
-                    layer,
-                    {
-                        "final_loss": report["loss"][-1],
-                        "zero_fraction": report["zero_fraction"],
-                        "positive_accuracy": report["positive_accuracy"],
-                    },
-                )
-            with torch.no_grad():
-                simclr_train = fitted["simclr"][0].eval()(pooled[TRAIN])[0]
-            fitted.update(fit_saes(simclr_train, simclr_sweep, args.representation_epochs))
-            save_feature_layers(fitted_path, fitted, fingerprint)  # atomic
-    features = {"raw": {key: (x - mean) / std for key, x in pooled.items()}}
-    with torch.no_grad():  # the encoder's representations first, then the SAEs on the SimCLR output
-        for name, (layer, _) in sorted(fitted.items(), key=lambda item: item[0].startswith("simclr_")):
-            layer.eval()
-            source = features["simclr"] if name.startswith("simclr_") else pooled
-            features[name] = {key: layer(x)[0] for key, x in source.items()}
-    track = Track(
-        name="text",
-        description=text_description(args, backbone_name, len(train), len(test)),  # the fine-tune cells' key
-        num_labels=len(label_feature.names),
-        label_feature=label_feature,
-        pairs=[("simclr", "ncl"), *sae_pairs("raw", sweep), *sae_pairs("simclr", simclr_sweep)],
-        features=features,
-        labels=labels,
-        noise_cells=noise_cells,
-        fit_reports={name: report for name, (_, report) in fitted.items()},
-        domain_num_labels=len(tweets["train"].features["label"].names),
-        scale_reference="raw",
-    )
-    _monosemanticity(track)
+        fitted = fit_representations(pooled[TRAIN], plan, cache_dir, views=train_views)
+        track = build_track(
+            "text",
+            text_description(args, backbone_name, len(train), len(test)),  # the fine-tune cells' key
+            pooled,
+            labels,
+            label_feature,
+            plan,
+            cache_dir,
+            noise_cells=noise_cells,
+            views=train_views,
+            domain_num_labels=len(tweets["train"].features["label"].names),
+            fitted=fitted,
+        )
     if finetune:
         # the fitted projector on top of the (now trainable) encoder; Gaussian/uniform noise lives in the
         # encoder's output space, so only the typo cells apply to a fine-tuned model
@@ -819,7 +739,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                 leak,
                 len(label_feature.names),
             )
-    features, train_views, fit_reports = {}, {}, {}
+    features, train_views = {}, {}
     # the authors' probe augmentation (random resized crop 0.08-1 + flip), K views per image, extracted once
     probe_views = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5)
     with timer("vision: extract features"):
@@ -838,36 +758,29 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
                 train_views[method] = augmented_view_features(
                     encode, x[TRAIN], probe_views, args.probe_views, seed=0, progress=True
                 )
-    width = args.vision_feature_dim
-    sweep = sae_sweep(args, width)
+    plan = representation_plan(args, projector_width=None)
+    sweep = sae_sweep(plan.sae_topk, plan.sae_overcomplete, args.vision_feature_dim)
     with timer("vision: fit post-hoc SAEs"):
         # the paper's post-hoc SAEs on the frozen SimCLR outputs (TopK, L2-normalised input, normalised MSE)
-        for name, (sae, report) in fit_saes(
-            features["simclr"][TRAIN], sweep, args.representation_epochs
-        ).items():
-            fit_reports[name] = report
-            with torch.no_grad():
-                features[name] = {key: sae(f)[0] for key, f in features["simclr"].items()}
-                if "simclr" in train_views:
-                    train_views[name] = torch.stack([sae(v)[0] for v in train_views["simclr"]])
-    track = Track(
-        name="vision",
-        description=vision_description(args),  # the fine-tune cells' resume key
-        num_labels=len(label_feature.names),
-        label_feature=label_feature,
-        pairs=[
-            ("simclr", "ncl"),
-            *sae_pairs("simclr", sweep),
-            *([("simclr_leak", "ncl_leak")] if args.online_label_loss else []),
-        ],
-        features=features,
-        labels=labels,
-        noise_cells=noise_cells,
-        fit_reports=fit_reports,
-        train_views=train_views,
-        scale_reference="simclr",
-    )
-    _monosemanticity(track)
+        track = build_track(
+            "vision",
+            vision_description(args),  # the fine-tune cells' resume key
+            features["simclr"],
+            labels,
+            label_feature,
+            plan,
+            cache_dir,
+            noise_cells=noise_cells,
+            source_name="simclr",
+            standardize=False,
+            encoded=features,
+            probe_views=train_views,
+            pairs=[
+                ("simclr", "ncl"),
+                *sae_pairs("simclr", sweep),
+                *([("simclr_leak", "ncl_leak")] if args.online_label_loss else []),
+            ],
+        )
     if finetune:
         track.datasets, track.collator, track.finetune_pairs = datasets, default_data_collator, FINETUNE_PAIRS
 
@@ -896,20 +809,6 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def monosemanticity_table(track) -> list[str]:
-    width = {name: next(iter(f.values())).shape[1] for name, f in track.features.items()}
-    lines = [
-        "| representation | L0 (active of width) | zero fraction | class consistency | dead fraction |",
-        "|---|---|---|---|---|",
-    ]
-    for name, m in track.monosemanticity.items():
-        lines.append(
-            f"| {name} | {m['l0']:.1f} of {width[name]} | {m['zero_fraction']:.3f} | "
-            f"{m['class_consistency']:.3f} | {m['dead_fraction']:.3f} |"
-        )
-    return lines
-
-
 def verdict_table(gaps: list[dict]) -> str:
     """Win / loss / tie counts per track, mode (protocol) and pair over every cell."""
     counts: dict[tuple, dict[str, int]] = {}
@@ -927,20 +826,9 @@ def verdict_table(gaps: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _print_library_logs() -> None:
-    """Show the library's INFO lines (stage timings, feature-cache hits) on stdout, once per process."""
-    logger = logging.getLogger("hf_monosem")
-    if not any(getattr(h, "_robustness_benchmark", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._robustness_benchmark = True
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
 def main(argv=None) -> dict:
     args = parse(argv)
-    _print_library_logs()
+    show_library_logs()  # stage timings and feature-cache hits on stdout
     use_available_cores()  # accelerate launch defaults to one thread on CPU
     os.makedirs(args.output_dir, exist_ok=True)
     cache_dir = args.cache_dir or os.path.join(args.output_dir, "cache")

@@ -21,6 +21,7 @@ RANK = {
     "scenarios": 4,
     "evaluation": 4,
     "hub": 5,
+    "report": 6,
 }
 #: top-level modules any folder may import: they import nothing of the package themselves
 LEAVES = {"_deprecation"}

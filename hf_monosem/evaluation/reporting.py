@@ -28,7 +28,13 @@ import pandas as pd
 
 from .results import SUMMARY_COLUMNS, summarize_robustness
 
-__all__ = ["mono_poly_gaps", "plot_robustness", "plot_robustness_panel", "robustness_markdown_table"]
+__all__ = [
+    "mono_poly_gaps",
+    "plot_gap_panel",
+    "plot_robustness",
+    "plot_robustness_panel",
+    "robustness_markdown_table",
+]
 
 
 def _as_summary(df: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -289,6 +295,81 @@ def plot_robustness_panel(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_gap_panel(gaps: Iterable[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """The mono − poly gap a person reads at a glance: a panel per (protocol, scenario), one line per pair
+    (``poly -> mono``) over the levels with its ±2 pooled-std band shaded (a gap outside the band is a win
+    or a loss), a zero line. A scenario with one level draws each pair as a point with a ±2 pooled-std bar,
+    side by side, named in the legend (no tick labels to overlap). ``gaps`` are
+    :func:`mono_poly_gaps` dicts with ``poly``, ``mono`` and optionally ``protocol`` added. Returns the PNG.
+
+    Example:
+        >>> import tempfile, os
+        >>> gaps = [{"poly": "raw", "mono": "sae", "protocol": "controlled", "scenario": s, "level": l,
+        ...          "gap": 0.01 * l, "pooled_std": 0.01}
+        ...         for s, l in [("noise", 0.1), ("noise", 0.3), ("shift", 0)]]
+        >>> plot_gap_panel(gaps, os.path.join(tempfile.mkdtemp(), "gaps.png")).name
+        'gaps.png'
+    """
+    from matplotlib.figure import Figure
+
+    rows_of = [dict(g) for g in gaps]
+    if not rows_of:
+        raise ValueError("gaps is empty; allowed: at least one mono_poly_gaps dict")
+    protocols = list(dict.fromkeys(g.get("protocol") for g in rows_of))
+    scenarios = list(dict.fromkeys(g["scenario"] for g in rows_of))
+    pairs = list(dict.fromkeys(f"{g['poly']} -> {g['mono']}" for g in rows_of))
+    colours = {pair: f"C{i % 10}" for i, pair in enumerate(pairs)}
+    # at least 7.5 inches wide: the legend (one entry per pair, three a row) must fit under one panel too
+    width = max(7.5, 3.8 * len(scenarios))
+    fig = Figure(figsize=(width, 2.9 * len(protocols) + 0.5 + 0.25 * len(pairs)), dpi=110)
+    for r, protocol in enumerate(protocols):
+        for c, scenario in enumerate(scenarios):
+            ax = fig.add_subplot(len(protocols), len(scenarios), r * len(scenarios) + c + 1)
+            cell = [g for g in rows_of if g.get("protocol") == protocol and g["scenario"] == scenario]
+            single = len({g["level"] for g in cell}) == 1
+            for j, pair in enumerate(pairs):
+                line = sorted(
+                    (g for g in cell if f"{g['poly']} -> {g['mono']}" == pair), key=lambda g: g["level"]
+                )
+                if not line:
+                    continue
+                gap = [g["gap"] for g in line]
+                band = [2 * (0.0 if math.isnan(g["pooled_std"]) else g["pooled_std"]) for g in line]
+                if single:
+                    ax.errorbar([j], gap, yerr=band, fmt="o", capsize=3, color=colours[pair], label=pair)
+                else:
+                    levels = [g["level"] for g in line]
+                    ax.plot(levels, gap, marker="o", markersize=3, color=colours[pair], label=pair)
+                    low, high = [a - b for a, b in zip(gap, band)], [a + b for a, b in zip(gap, band)]
+                    ax.fill_between(levels, low, high, color=colours[pair], alpha=0.15)
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            if single:
+                ax.set_xticks([])  # the pairs are named in the legend
+            else:
+                ax.set_xlabel("level", fontsize=8)
+            name = str(scenario) if protocol is None else f"{scenario} ({protocol})"
+            ax.set_title(name, fontsize=9)
+            ax.set_ylabel("mono − poly accuracy", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    handles, labels = {}, []
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    legend_rows = math.ceil(len(labels) / 3)
+    bottom = min(0.4, (0.35 + 0.22 * legend_rows) / fig.get_figheight())
+    fig.legend([handles[x] for x in labels], labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
+    if title:
+        fig.suptitle(title + " (band: ±2 pooled std over seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -12,7 +12,8 @@ datasets. This module turns a track into result records, one per (method, scenar
   and domain shift (train on one domain, test in-domain and on the shifted domain).
 
 Label draws (:func:`noisy_label_draws`) and k-shot subsets (:func:`few_shot_rows`) come from
-:func:`~hf_monosem.scenarios.add_label_noise` and :func:`~hf_monosem.scenarios.few_shot`, so the
+:func:`~hf_monosem.scenarios.symmetric_label_noise` (the draw of ``add_label_noise``) and
+:func:`~hf_monosem.scenarios.few_shot`, so the
 same seed gives the same draw in both modes and in every script.
 """
 
@@ -30,7 +31,7 @@ from datasets import Dataset, Features
 
 from ..cached.probe_grid import ProbeGrid, train_probe_grid
 from ..cached.scaling import equalize_scales
-from .labels import add_label_noise
+from .labels import symmetric_label_noise
 from .protocols import ProbeProtocol
 from .splits import few_shot
 
@@ -169,11 +170,10 @@ def noisy_label_draws(
         >>> draws.shape, (draws != torch.tensor([0, 1, 2, 0])).sum(1).tolist()
         (torch.Size([4, 4]), [0, 0, 2, 2])
     """
-    table = _label_table(labels, label_feature)
-    # [:] reads the whole column at once: datasets 5 returns a lazy Column, and building a tensor from
-    # it directly reads it row by row (16 s instead of 0.05 s for 40,000 labels)
+    # the array draw itself (the one add_label_noise makes): no table built and read back per draw
+    classes, array = label_feature.num_classes, labels.numpy()
     return torch.stack(
-        [torch.tensor(add_label_noise(table, r, seed=s)["label"][:]) for r in rates for s in seeds]
+        [torch.from_numpy(symmetric_label_noise(array, r, classes, seed=s)) for r in rates for s in seeds]
     )
 
 
@@ -394,7 +394,8 @@ def probe_records(
 
     One record per (representation, scenario, level, seed): ``label_noise`` at each rate, every
     input-noise cell of the track (the clean-label probes on the perturbed test features; needs
-    ``0.0`` in ``rates``), ``few_shot`` at each k, ``domain_shift_in_domain`` and ``domain_shift_shifted``.
+    ``0.0`` in ``rates``), ``few_shot`` at each k, ``domain_shift_in_domain`` and
+    ``domain_shift_shifted`` (where the track has ``domain_train`` rows).
     ``protocol`` (:mod:`hf_monosem.scenarios.protocols`) says how probes train; without one, AdamW at
     ``lr`` for ``epochs`` on the features as given (protocol name ``"fixed"``). Each record names its
     protocol and probe learning rate; the chosen rates are kept in ``track.probe_selection``. A protocol
@@ -444,6 +445,8 @@ def probe_records(
             grid = train_probe_grid(train, y_train.expand(len(seeds), -1), track.num_labels, rows=rows,
                                     seeds=seeds, **budget)  # fmt: skip
             add("few_shot", k, grid.accuracy(f[TEST], y_test))
+        if DOMAIN_TRAIN not in track.labels:  # a track without domains has no domain-shift cells
+            continue
         y_domain = track.labels[DOMAIN_TRAIN]
         domain_labels = track.domain_num_labels or track.num_labels
         grid = train_probe_grid(

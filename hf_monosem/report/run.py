@@ -1,0 +1,323 @@
+"""``hf-monosem report``'s work, in order, each stage resumable: checks, estimate, extraction, fits, probes.
+
+Every stage keeps what it made under ``<output_dir>/cache``: the backbone's vectors and views
+(:func:`~hf_monosem.extract_pooled_features` and its twins: keyed by the model's weights and the rows),
+the fitted representations (:func:`~hf_monosem.report.tracks.fit_representations`) and each probe
+protocol's records (one JSON file per protocol, keyed by everything the probes read), each written
+atomically. A run killed at any point (even by SIGKILL) redoes only the stages whose file is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer, DataCollatorWithPadding
+
+from ..cached import augmented_view_features, load_tensors, save_tensors, tensors_sha256
+from ..cached.feature_cache import extract_pooled_features, model_fingerprint, text_view_features
+from ..models.configuration import public_name
+from ..models.modeling import MonoSemanticModel
+from ..scenarios import add_text_noise, perturb_images
+from ..scenarios.grid import TEST, TRAIN, TensorRows, Timer, Track, probe_records
+from ..scenarios.protocols import ProbeProtocol, probe_protocol
+from ..training.checkpoints import read_json, write_json
+from ..training.views import ImageViews
+from .arguments import ReportArguments, list_of, numbers_of
+from .inputs import ReportInputs, load_report_inputs
+from .tracks import RepresentationPlan, build_track, sae_sweep
+
+__all__ = ["estimate_seconds", "run_report"]
+
+logger = logging.getLogger(__name__)
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def _fetch_options(args: ReportArguments) -> dict[str, Any]:
+    """The loading options a tokenizer / image processor takes (dtype and attention are the model's)."""
+    fetch = ("revision", "token", "trust_remote_code", "cache_dir")
+    return {k: v for k, v in args.loading_kwargs().items() if k in fetch}
+
+
+def _rows_key(rows: Any) -> str:
+    """A key of tokenised rows from their token ids: the same in every process (a ``datasets.map``
+    fingerprint is not: it hashes the tokenizer object, which can differ between interpreters, and a
+    resumed run would extract everything again)."""
+    digest = hashlib.sha256()
+    for column in ("input_ids", "attention_mask", "token_type_ids"):
+        if column in rows.column_names:
+            digest.update(json.dumps(rows[column][:]).encode())
+    return digest.hexdigest()
+
+
+def _text_rows(args: ReportArguments, inputs: ReportInputs):
+    """Tokenised rows of every key (typo cells: perturbed copies of the test texts) and the collator."""
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **_fetch_options(args))
+    if tokenizer.pad_token is None:  # decoder LMs ship none; the attention mask keeps pads out of the pooling
+        tokenizer.pad_token = tokenizer.eos_token
+    texts = dict(inputs.splits)
+    cells = []
+    for rate in numbers_of("typo_rates", args.typo_rates):
+        key = f"typo{rate:g}"
+        texts[key] = add_text_noise(
+            inputs.splits[TEST], kind="typo", rate=rate, seed=0, text_column=inputs.column
+        )
+        cells.append(("typo_noise", rate, key))
+
+    def tokenize(batch):
+        return tokenizer(batch[inputs.column], truncation=True, max_length=args.max_length)
+
+    rows = {key: ds.map(tokenize, batched=True, desc=f"tokenizing {key}") for key, ds in texts.items()}
+    return rows, DataCollatorWithPadding(tokenizer), cells
+
+
+def _pixels(inputs: ReportInputs, processor: Any, split) -> torch.Tensor:
+    """``[N, C, H, W]`` model-ready pixels of a split (resized and normalised by the backbone's image
+    processor; ``pixel_values`` tensors of the built-ins kept as they are)."""
+    if processor is None:
+        return torch.as_tensor(split.with_format("torch")["pixel_values"][:]).float()
+    out = []
+    for start in range(0, len(split), 256):
+        images = [image.convert("RGB") for image in split[start : start + 256][inputs.column]]
+        out.append(processor(images, return_tensors="pt")["pixel_values"])
+    return torch.cat(out).float()
+
+
+def _image_rows(args: ReportArguments, inputs: ReportInputs):
+    """Pixels of every key, Gaussian / uniform noise cells on the normalised test pixels (the paper's), and
+    the processor (``None`` for ready tensors)."""
+    processor = None
+    if inputs.column != "pixel_values":
+        processor = AutoImageProcessor.from_pretrained(args.model_name_or_path, **_fetch_options(args))
+    pixels = {key: _pixels(inputs, processor, split) for key, split in inputs.splits.items()}
+    generator = torch.Generator().manual_seed(1234)
+    cells = []
+    for s in numbers_of("pixel_noise", args.pixel_noise):
+        for kind in ("gaussian", "uniform"):
+            key = f"{kind}{s:g}"
+            pixels[key] = perturb_images(pixels[TEST], kind, s, generator=generator)
+            cells.append((f"{kind}_noise", s, key))
+    return pixels, cells, processor
+
+
+def _image_views(
+    model: MonoSemanticModel, pixels: torch.Tensor, num_views: int, processor: Any, cache_dir: str
+) -> torch.Tensor:
+    """``[K, N, F]`` pooled vectors of K augmented copies of every training image (the authors' probe
+    augmentation: random resized crop 0.08-1 and flips, no colour change), cached like the plain vectors."""
+    key = _key(model_fingerprint(model.backbone), tensors_sha256({"pixels": pixels}), num_views, "views-v1")
+    path = os.path.join(cache_dir, f"image-views-{key}.safetensors")
+    cached = load_tensors(path, {"key": key})
+    if cached is not None:
+        logger.info("loading cached image views from the cache")
+        return cached["views"]
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values=images).pooled
+
+    # the processor's normalisation undone for the crops (none for ready tensors)
+    scale = {} if processor is None else {"mean": processor.image_mean, "std": processor.image_std}
+    augment = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5, color_jitter_p=0.0, grayscale_p=0.0, **scale)
+    with torch.no_grad():
+        views = augmented_view_features(encode, pixels, augment, num_views, seed=0, progress=True)
+    save_tensors(path, {"views": views}, {"key": key})
+    return views
+
+
+def _flops_per_second() -> float:
+    """The machine's float32 matmul throughput, measured in a few milliseconds (for the time estimate)."""
+    a = torch.randn(256, 256)
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    return 20 * 2 * 256**3 / max(time.perf_counter() - start, 1e-6)
+
+
+def estimate_seconds(
+    seconds_per_row: float,
+    rows: int,
+    train_rows: int,
+    width: int,
+    projector_width: int,
+    plan: RepresentationPlan,
+    num_views: int,
+    probes: int,
+    probe_epochs: int,
+    num_labels: int,
+    flops_per_second: float,
+) -> dict[str, float]:
+    """Rough seconds per stage: extraction from a timed batch, fits and probes from their matmul counts.
+
+    Example:
+        >>> plan = RepresentationPlan(sae_topk=(8,), sae_overcomplete=0, epochs=2, projector_width=64)
+        >>> est = estimate_seconds(0.01, 1000, 500, 32, 64, plan, 2, 100, 10, 3, 1e9)
+        >>> sorted(est), est["extraction"]
+        (['extraction', 'fitting', 'probes', 'total'], 10.0)
+    """
+    saes = len(sae_sweep(plan.sae_topk, plan.sae_overcomplete, width)) * 2
+    fit_flops = 6 * plan.epochs * train_rows * width * width * saes
+    fit_flops += 6 * plan.epochs * train_rows * num_views * (width + projector_width) * projector_width * 2
+    mean_width = (width + projector_width) / 2
+    probe_flops = 6 * probes * probe_epochs * train_rows * mean_width * num_labels
+    # small matmuls run far below the peak (Python overhead per step): a factor measured on 2 CPU cores
+    overhead = 20.0
+    out = {
+        "extraction": seconds_per_row * rows,
+        "fitting": overhead * fit_flops / flops_per_second,
+        "probes": overhead * probe_flops / flops_per_second,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def _protocol_records(
+    track: Track,
+    protocol: ProbeProtocol,
+    rates: list[float],
+    shots: list[int],
+    seeds: list[int],
+    key: str,
+    cache_dir: str,
+) -> list[dict]:
+    """One protocol's probe records: from its file when a run made them for the same inputs, else run and
+    saved atomically (the unit a resumed run skips)."""
+    path = os.path.join(
+        cache_dir, f"probes-{protocol.name}-{_key(key, protocol.to_dict(), rates, shots, seeds)}.json"
+    )
+    if os.path.exists(path):
+        saved = read_json(path)
+        track.probe_selection[protocol.name] = saved["selection"]
+        logger.info("probe records of %s loaded from the cache", protocol.name)
+        return saved["records"]
+    records = probe_records(track, rates, shots, seeds, protocol=protocol)
+    selection = json.loads(json.dumps(track.probe_selection.get(protocol.name, {}), default=str))
+    write_json(path, {"records": records, "selection": selection})
+    return records
+
+
+def run_report(
+    args: ReportArguments, inputs: ReportInputs | None = None, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Check, estimate, extract, fit, probe, write: the whole ``hf-monosem report`` (returns the content of
+    ``results.json``). ``inputs``: :func:`~hf_monosem.report.inputs.load_report_inputs` of ``args`` (loaded
+    here when ``None``); every refusal comes from it, before the backbone's weights are read."""
+    from .writing import write_report  # the report's writer is the last stage
+
+    inputs = inputs or load_report_inputs(args)
+    protocols = [
+        probe_protocol(p).with_budget(epochs=args.probe_epochs) for p in list_of(args.probe_protocols)
+    ]
+    for line in inputs.decisions:
+        say(f"[hf-monosem report] {line}")
+    cache_dir = os.path.join(args.output_dir, "cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    timer = Timer()
+    model = MonoSemanticModel(inputs.config).eval()
+    seeds = list(range(args.seeds))
+    width = inputs.config.backbone_hidden_size
+    projector_width = args.feature_dim or 4 * width
+    plan = RepresentationPlan(
+        sae_topk=tuple(int(k) for k in numbers_of("sae_topk", args.sae_topk)),
+        sae_overcomplete=0,
+        epochs=args.representation_epochs,
+        projector_width=projector_width,
+        ncl_recipe=args.ncl_recipe,
+    )
+    if inputs.modality == "text":
+        rows, collator, cells = _text_rows(args, inputs)
+        sample = rows[TRAIN].select(range(min(8, len(rows[TRAIN]))))
+        batch = collator([{k: r[k] for k in ("input_ids", "attention_mask") if k in r} for r in sample])
+    else:
+        rows, cells, processor = _image_rows(args, inputs)
+        batch = {"pixel_values": rows[TRAIN][:8]}
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(**batch)
+    per_row = (time.perf_counter() - start) / len(next(iter(batch.values())))
+    n_rows = sum(len(r) for r in rows.values()) + args.num_views * len(rows[TRAIN])
+    probes = (
+        len(protocols)
+        * (2 + 2 * len(plan.sae_topk))
+        * len(seeds)
+        * (len(inputs.rates) + len(inputs.shots) + 2)
+    )
+    classes = inputs.label_feature.num_classes
+    speed = _flops_per_second()
+    estimate = estimate_seconds(per_row, n_rows, len(rows[TRAIN]), width, projector_width, plan,
+                                args.num_views, probes, args.probe_epochs, classes, speed)  # fmt: skip
+    say(
+        "[hf-monosem report] estimated time: about {:.0f} s (extraction {:.0f} s, fitting {:.0f} s, "
+        "probes {:.0f} s; "
+        "stages a previous run finished are loaded instead)".format(
+            estimate["total"], estimate["extraction"], estimate["fitting"], estimate["probes"]
+        )
+    )
+    labels = {key: torch.tensor(split["label"][:]) for key, split in inputs.splits.items()}
+    with timer("extract features"):
+        if inputs.modality == "text":
+            vectors = {
+                key: extract_pooled_features(
+                    model,
+                    ds,
+                    batch_size=args.batch_size,
+                    cache_dir=cache_dir,
+                    collate_fn=collator,
+                    cache_key=_rows_key(ds),
+                    progress=True,
+                )
+                for key, ds in rows.items()
+            }
+            views = text_view_features(
+                model,
+                rows[TRAIN],
+                args.num_views,
+                seed=0,
+                collate_fn=collator,
+                cache_dir=cache_dir,
+                cache_key=_rows_key(rows[TRAIN]),
+                progress=True,
+            )
+        else:
+            vectors = {
+                key: extract_pooled_features(
+                    model,
+                    TensorRows(pixel_values=x),
+                    batch_size=args.batch_size,
+                    cache_dir=cache_dir,
+                    cache_key=tensors_sha256({"pixels": x}),
+                    progress=True,
+                )
+                for key, x in rows.items()
+            }
+            views = _image_views(model, rows[TRAIN], args.num_views, processor, cache_dir)
+    for _, _, key in cells:
+        labels[key] = labels[TEST]
+    with timer("fit representations"):
+        track = build_track(
+            "report",
+            f"{public_name(args.model_name_or_path)} on {public_name(args.dataset_name)}",  # no local path
+            vectors,
+            labels,
+            inputs.label_feature,
+            plan,
+            cache_dir,
+            noise_cells=cells,
+            views=views,
+            views_for_probes=inputs.modality == "image",
+        )
+    key = _key(tensors_sha256(vectors), tensors_sha256({"views": views}), plan, "probes-v1")
+    records: list[dict] = []
+    for protocol in protocols:
+        with timer(f"probe grid ({protocol.name})"):
+            say(f"[hf-monosem report] probe grid under the {protocol.name} protocol")
+            records += _protocol_records(track, protocol, inputs.rates, inputs.shots, seeds, key, cache_dir)
+    return write_report(args, inputs, track, records, protocols, timer, estimate, rows, say)

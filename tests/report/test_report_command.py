@@ -1,0 +1,233 @@
+"""``hf-monosem report`` end to end, offline: a tiny BERT and a tiny ViT laid out in a real Hub cache, a csv
+of texts and an image folder; resume after SIGKILL; every refusal before any work; the console entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomllib
+from report_fixtures import BERT_REPO, RESNET_REPO, VIT_REPO, make_hub_cache, make_image_folder, make_text_csv
+
+from hf_monosem.cli import main
+from hf_monosem.evaluation.results import load_results, read_records
+from hf_monosem.report.publish import save_report_for_hub
+
+ROOT = Path(__file__).resolve().parents[2]
+#: small budgets: the command's logic, not a result
+SMALL = ["--quick", "--seeds", "2", "--sae_topk", "8", "--probe_epochs", "5", "--representation_epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_assets")
+    return {
+        "cache": make_hub_cache(root),
+        "csv": make_text_csv(root / "reviews.csv"),
+        "images": make_image_folder(root / "images"),
+        "root": root,
+    }
+
+
+def text_argv(assets, output_dir, *extra):
+    return [
+        "report", "--model_name_or_path", BERT_REPO, "--dataset_name", assets["csv"],
+        "--text_column", "review", "--label_column", "sentiment", "--cache_dir", assets["cache"],
+        "--output_dir", str(output_dir), *SMALL, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def text_report(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("text_report")
+    domain = ["--domain_column", "source", "--train_domains", "shop,web", "--shifted_domains", "phone"]
+    assert main(text_argv(assets, out, *domain, "--explain_features", "1")) == 0
+    return out
+
+
+def test_text_report_writes_verdicts_tables_plots_and_results(text_report):
+    report = (text_report / "report.md").read_text()
+    assert "- text: column 'review' holds the texts (--text_column); bert backbone, cls pooling" in report
+    verdicts = report.split("## Verdicts")[1].split("##")[0]
+    for scenario in ("label_noise", "typo_noise", "few_shot", "domain_shift_shifted"):
+        assert f"**{scenario}**, simclr -> ncl: paper_cifar" in verdicts, scenario
+    assert "controlled" in verdicts and "### Probe protocol: controlled" in report
+    for family in ("label_noise", "input_noise", "few_shot", "domain_shift"):
+        assert (text_report / f"gaps_{family}.png").stat().st_size > 0
+    results = json.loads((text_report / "results.json").read_text())
+    assert results["modality"] == "text" and results["dataset"] == "reviews.csv"
+    records = read_records(text_report / "results.json")  # the package's one results schema
+    assert {r["protocol"] for r in records} == {"paper_cifar", "controlled"}
+    assert {r["method"] for r in records} == {"raw", "sae_k8", "simclr", "ncl", "simclr_sae_k8"}
+    cells = load_results([r for r in records if r["protocol"] == "controlled"])
+    assert {c["seeds"] for c in cells} == {2}
+    rates = sorted({r["level"] for r in records if r["scenario"] == "label_noise"})
+    assert rates == [0.0, 0.3, 0.6]  # --quick's rates, all below (3-1)/3
+    assert results["explain"]["ncl"][0]["examples"][0]["label"] in ("negative", "neutral", "positive")
+    assert results["monosemanticity"]["sae_k8"]["l0"] <= 8
+
+
+def test_report_files_hold_no_machine_path(text_report):
+    folder = str(text_report.parent)
+    for name in ("report.md", "results.json"):
+        text = (text_report / name).read_text()
+        assert folder not in text and "/tmp" not in text, name
+
+
+def test_push_prepares_a_dataset_card_offline(text_report):
+    card = Path(save_report_for_hub(text_report)).read_text()
+    assert card.startswith("---\ntags:\n- hf-monosem")
+    assert "tiny-org/bert" in card and "**label_noise**" in card
+
+
+def test_image_folder_report(assets, tmp_path):
+    argv = ["report", "--model_name_or_path", VIT_REPO, "--dataset_name", assets["images"], "--cache_dir",
+            assets["cache"], "--output_dir", str(tmp_path), *SMALL, "--shots", "1,3",
+            "--explain_features", "1"]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["modality"] == "image" and results["decisions"][0].startswith("image: column 'image'")
+    scenarios = {r["scenario"] for r in results["results"]}
+    assert {"gaussian_noise", "uniform_noise", "label_noise", "few_shot"} <= scenarios
+    assert [0.0] == sorted({r["level"] for r in results["results"] if r["scenario"] == "label_noise"})[:1]
+    assert max(r["level"] for r in results["results"] if r["scenario"] == "label_noise") < 0.5  # 2 classes
+    grid = results["explain"]["ncl"][0]["grid"]
+    assert (tmp_path / grid).stat().st_size > 0 and not os.path.isabs(grid)
+
+
+@pytest.mark.timeout(900)  # two fresh interpreters: about 2 min on loaded shared cores, minutes more at worst
+def test_resume_after_sigkill_redoes_only_what_is_missing(assets, tmp_path):
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "hf_monosem", *text_argv(assets, out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:  # killed once the first protocol's probes are saved: the second protocol is still running
+        deadline = time.monotonic() + 400
+        while not list((out / "cache").glob("probes-paper_cifar-*.json")):
+            assert first.poll() is None, "the first run ended before it could be killed"
+            assert time.monotonic() < deadline, "no probe records after 400 s"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+    assert not (out / "results.json").exists()
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=450)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "probe records of paper_cifar loaded from the cache" in second.stdout
+    assert "probe records of controlled loaded" not in second.stdout  # it had not finished: run again
+    assert "fit_sae" not in second.stderr  # the representations were saved before the kill: not refitted
+    assert (out / "results.json").exists()
+
+
+def one_class_csv(root: Path) -> str:
+    path = root / "one_class.csv"
+    path.write_text("review,sentiment\n" + "".join(f"w{i} w{i + 1},positive\n" for i in range(20)))
+    return str(path)
+
+
+REFUSALS = {
+    "missing text column": (
+        ["--text_column", "body"],
+        "--text_column 'body' is not a column of the data; allowed:",
+    ),
+    "missing label column": (
+        ["--label_column", "stars"],
+        "--label_column 'stars' is not a column of the data",
+    ),
+    "rate at (C-1)/C": (
+        ["--label_noise", "0,0.7"],
+        "rates [0.7] are at or above (C-1)/C = 0.667 for 3 classes",
+    ),
+    "too few rows for the shots": (["--shots", "1,500"], "training rows; allowed: k <="),
+    "one seed": (["--seeds", "1"], "--seeds 1 is not valid; allowed: an integer >= 2"),
+    "unknown protocol": (["--probe_protocols", "paper_c10"], "allowed: paper_cifar, paper_in100, controlled"),
+    "half the domain options": (["--domain_column", "source"], "allowed: all three or none"),
+    "unknown domain": (
+        ["--domain_column", "source", "--train_domains", "shop", "--shifted_domains", "fax"],
+        "domains ['fax'] are not values of --domain_column 'source'; allowed: ['phone', 'shop', 'web']",
+    ),
+    "image backbone on text": (["--model_name_or_path", VIT_REPO], "reads images, but the data is text"),
+    "unknown NCL recipe": (
+        ["--ncl_recipe", "p9"],
+        "--ncl_recipe 'p9' is not valid; allowed: p2, authors, authors-nn",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_bad_arguments_are_refused_before_any_work(assets, tmp_path, capsys, case):
+    extra, message = REFUSALS[case]
+    out = tmp_path / "report"
+    argv = text_argv(assets, out)
+    if "--model_name_or_path" in extra:  # replace the backbone, not add a second one
+        argv[argv.index("--model_name_or_path") + 1] = extra[1]
+        extra = []
+    assert main([*argv, *extra]) == 2
+    error = capsys.readouterr().err
+    assert message in error, error
+    assert not out.exists()  # nothing written: the refusal came first
+
+
+def test_one_class_and_a_backbone_that_cannot_pool_are_refused(assets, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = text_argv(assets, out)
+    argv[argv.index("--dataset_name") + 1] = one_class_csv(tmp_path)
+    assert main(argv) == 2
+    assert "has 1 class in the training rows; allowed: at least 2" in capsys.readouterr().err
+    argv = ["report", "--model_name_or_path", RESNET_REPO, "--dataset_name", assets["images"], "--cache_dir",
+            assets["cache"], "--output_dir", str(out), "--pooling", "cls"]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "cannot serve as a pooled backbone" in error and "pooling='cls' needs a token sequence" in error
+    assert not out.exists()
+
+
+def test_console_entry_point_is_the_cli_main(capsys):
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["hf-monosem"].partition(":")
+    entry = getattr(__import__(module, fromlist=[name]), name)
+    assert entry is main
+    assert entry(["--help"]) == 0 and "report" in capsys.readouterr().out
+    assert entry(["serve"]) == 2 and "unknown command 'serve'; allowed: report" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_real_minilm_on_a_builtin_dataset(tmp_path):
+    from hf_monosem.data import minilm_path
+
+    argv = ["report", "--model_name_or_path", minilm_path(), "--dataset_name", "tweets", "--quick",
+            "--pooling", "mean", "--output_dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["modality"] == "text" and results["dataset"] == "tweets"
+    assert "bert backbone, mean pooling of width 384" in results["decisions"][0]
+    assert {"label_noise", "typo_noise", "few_shot"} <= {r["scenario"] for r in results["results"]}
+    assert (tmp_path / "report.md").read_text().count("**label_noise**") == len(results["pairs"])
+
+
+def test_readme_command_parses():
+    import re
+    import shlex
+
+    from hf_monosem.report.arguments import parse_report_arguments
+
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "README.md").read_text())
+    commands = [
+        line.split("hf-monosem report", 1)[1]
+        for line in text.splitlines()
+        if line.startswith("hf-monosem report")
+    ]
+    assert commands, "the README shows no hf-monosem report command"
+    for command in commands:
+        args = parse_report_arguments(shlex.split(command))
+        assert args.model_name_or_path and args.dataset_name
