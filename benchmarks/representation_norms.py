@@ -41,12 +41,21 @@ def _matrices(cache_dir: str, prefix: str) -> list[torch.Tensor]:
 def text_norms(cache_dir: str) -> dict[str, float]:
     """Mean norms of the text track's training features: raw (as the SAEs see it and standardised), every
     fitted layer's output (``simclr_sae_*`` on the SimCLR output, the others on the encoder output)."""
-    (path,) = glob.glob(os.path.join(cache_dir, "representations-*.safetensors"))
-    with safe_open(path, "pt") as f:
-        fingerprint = (f.metadata() or {})["fingerprint"]
-    layers = load_feature_layers(path, fingerprint)
-    if layers is None:
-        raise SystemExit(f"{os.path.basename(path)} did not load (see the warning above)")
+    # the text track's file is the one with the projectors (the vision track caches its SAEs beside it)
+    texts = []
+    for path in sorted(glob.glob(os.path.join(cache_dir, "representations-*.safetensors"))):
+        with safe_open(path, "pt") as f:
+            fingerprint = (f.metadata() or {})["fingerprint"]
+        layers = load_feature_layers(path, fingerprint)
+        if layers is None:
+            raise SystemExit(f"{os.path.basename(path)} did not load (see the warning above)")
+        if "simclr" in layers:
+            texts.append(layers)
+    if len(texts) != 1:
+        raise SystemExit(
+            f"expected one text representation cache (with a SimCLR projector), found {len(texts)}"
+        )
+    layers = texts[0]
     rows = {v.shape[1] for v in _matrices(cache_dir, "views")}
     train = [m for m in _matrices(cache_dir, "pooled") if m.shape[0] in rows]
     if len(train) != 1:
