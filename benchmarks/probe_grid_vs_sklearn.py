@@ -23,7 +23,7 @@ the same number of threads (``--threads``, torch and the BLAS behind NumPy).
 Usage::
 
     python benchmarks/probe_grid_vs_sklearn.py                   # 4,000 x 384, 3 repeats, 2 threads
-    python benchmarks/probe_grid_vs_sklearn.py --repeats 5 --cache-dir /tmp/feature-cache
+    python benchmarks/probe_grid_vs_sklearn.py --repeats 5 --cache-dir runs/feature-cache
     python benchmarks/probe_grid_vs_sklearn.py --features train.pt --test-features test.pt
 
 Measured (2026-12-06, 2 shared CPU cores at load average 9-19, so ``--threads 1``; MiniLM features of
