@@ -78,20 +78,15 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
-    TrainingArguments,
     default_data_collator,
-    set_seed,
 )
 
 from hf_monosem import (
-    ContrastiveTrainer,
     ImageViews,
     MonoSemanticConfig,
     MonoSemanticForImageClassification,
     MonoSemanticForSequenceClassification,
     MonoSemanticModel,
-    MonoSemanticTrainer,
-    UnlabeledDataCollator,
     extract_pooled_features,
 )
 from hf_monosem.cached import (
@@ -107,7 +102,6 @@ from hf_monosem.data import (
     load_fashion_mnist,
     load_tweets,
     minilm_path,
-    small_resnet_config,
 )
 from hf_monosem.evaluation import (
     mono_poly_gaps,
@@ -123,6 +117,7 @@ from hf_monosem.report import (
     build_track,
     fit_representations,
     monosemanticity_table,
+    pretrain_small_resnet,
     sae_pairs,
     sae_sweep,
 )
@@ -143,7 +138,6 @@ from hf_monosem.scenarios.grid import (
 from hf_monosem.scenarios.protocols import probe_protocol, probe_protocol_names
 from hf_monosem.training import (
     CONTRASTIVE_METHODS,  # simclr -> linear, ncl -> nonneg
-    IntensityJitterViews,
     use_available_cores,
 )
 from hf_monosem.training.checkpoints import recorded_command
@@ -594,53 +588,13 @@ def _pretrain(
 ) -> MonoSemanticModel:
     """SimCLR / NCL pretraining of the small ResNet (resumes from its last epoch checkpoint); with
     ``online_label_loss`` the authors' label leak (a non-detached online classifier, ``num_labels``
-    classes)."""
-    final = os.path.join(run_dir, "model")
-    if os.path.isfile(os.path.join(final, "config.json")):
-        return MonoSemanticModel.from_pretrained(final)
-    set_seed(0)  # both methods start from the same weights and see the same views
+    classes). Both methods start from the same weights (seed 0) and see the same views."""
     kind = CONTRASTIVE_METHODS[method]
-    model = MonoSemanticModel(
-        MonoSemanticConfig(
-            backbone_config=small_resnet_config(),
-            feature_layer=kind,
-            feature_dim=args.vision_feature_dim,
-            projector_hidden_dim=args.vision_feature_dim,
-            temperature=0.2,
-            **(vision_ncl_settings(args) if kind == "nonneg" else {"activation_loss_weight": 0.0}),
-        )
-    )
-    training_args = TrainingArguments(
-        output_dir=run_dir,
-        num_train_epochs=args.pretrain_epochs,
-        learning_rate=2e-3,
-        lr_scheduler_type="cosine",
-        warmup_steps=20,
-        weight_decay=1e-4,
-        per_device_train_batch_size=256,
-        dataloader_drop_last=True,
-        save_strategy="epoch",
-        save_total_limit=1,
-        logging_steps=10,
-        report_to="none",
-        seed=0,
-        disable_tqdm=False,
-    )
-    views = IntensityJitterViews(
-        ImageViews(crop_scale=(0.2, 1.0), hflip_p=0.5), strength=0.4
-    )  # as pretrain_ncl
-    trainer = ContrastiveTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train,
-        data_collator=UnlabeledDataCollator(default_data_collator),
-        image_views=views,
-        online_label_loss=online_label_loss,
-        num_labels=num_labels if online_label_loss else None,
-    )
-    trainer.train(resume_from_checkpoint=MonoSemanticTrainer.last_checkpoint(run_dir))
-    trainer.save_model(final)
-    return trainer.accelerator.unwrap_model(trainer.model)
+    return pretrain_small_resnet(
+        train, run_dir, kind=kind, width=args.vision_feature_dim, epochs=args.pretrain_epochs, seed=0,
+        layer_settings=vision_ncl_settings(args) if kind == "nonneg" else None,
+        online_label_loss=online_label_loss, num_labels=num_labels,
+    )  # fmt: skip
 
 
 #: the options the vision track's pretrained backbones depend on: the key of their cache folder, and named by

@@ -47,18 +47,11 @@ from sklearn.model_selection import train_test_split
 from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
-    TrainingArguments,
-    default_data_collator,
-    set_seed,
 )
 
 from hf_monosem import (
-    ContrastiveTrainer,
-    ImageViews,
     MonoSemanticConfig,
     MonoSemanticModel,
-    MonoSemanticTrainer,
-    UnlabeledDataCollator,
     extract_pooled_features,
 )
 from hf_monosem.cached import (
@@ -74,12 +67,12 @@ from hf_monosem.data import (
     load_fashion_mnist,
     load_reuters_r52,
     minilm_path,
-    small_resnet_config,
 )
 from hf_monosem.evaluation import monosemanticity_report
+from hf_monosem.report import pretrain_small_resnet
 from hf_monosem.scenarios.grid import TensorRows, label_noise_probe_grid, noisy_label_draws
 from hf_monosem.scenarios.protocols import ProbeProtocol
-from hf_monosem.training import IntensityJitterViews, use_available_cores
+from hf_monosem.training import use_available_cores
 
 #: P3's controlled lr grid (the preset may lag behind; the protocol's values are written out here)
 P3_LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -519,7 +512,7 @@ def pretrain_vision(
 ) -> MonoSemanticModel:
     """The benchmark's small ResNet pretrained end to end on ``images`` with image crops: SimCLR
     (``kind="linear"``, ``candidate=None``: it does not depend on the NCL layer's settings) or NCL with
-    ``candidate``'s layer settings. The benchmark's budget (lr 2e-3 cosine, batch 256, temperature 0.2);
+    ``candidate``'s layer settings. The benchmark's budget (:func:`hf_monosem.report.pretrain_small_resnet`);
     cached per run and resumed from its last epoch checkpoint."""
     settings = ncl_recipe(candidate, "nonneg")[1] if kind == "nonneg" else {}
     settings.pop("positives", None)  # image crops are the views: every row is its own positive
@@ -528,36 +521,15 @@ def pretrain_vision(
                     args.validation_rows]).encode()
     ).hexdigest()[:16]  # fmt: skip
     run_dir = os.path.join(args.cache_dir, f"p3-vision-{kind}-{key}")
-    final = os.path.join(run_dir, "model")
-    if os.path.isfile(os.path.join(final, "config.json")):
-        return MonoSemanticModel.from_pretrained(final)
-    set_seed(seed)  # SimCLR and NCL of one seed start from the same weights and see the same views
-    model = MonoSemanticModel(
-        MonoSemanticConfig(
-            backbone_config=small_resnet_config(),
-            feature_layer=kind,
-            feature_dim=args.width,
-            projector_hidden_dim=args.width,
-            temperature=0.2,
-            **{"activation_loss_weight": 0.0, **settings},
-        )
+    return pretrain_small_resnet(
+        TensorRows(pixel_values=images),
+        run_dir,
+        kind=kind,
+        width=args.width,
+        epochs=args.pretrain_epochs,
+        seed=seed,
+        layer_settings=settings,
     )
-    training_args = TrainingArguments(
-        output_dir=run_dir, num_train_epochs=args.pretrain_epochs, learning_rate=2e-3,
-        lr_scheduler_type="cosine", warmup_steps=20, weight_decay=1e-4, per_device_train_batch_size=256,
-        dataloader_drop_last=True, save_strategy="epoch", save_total_limit=1, logging_steps=10,
-        report_to="none", seed=seed, disable_tqdm=False,
-    )  # fmt: skip
-    trainer = ContrastiveTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=TensorRows(pixel_values=images),
-        data_collator=UnlabeledDataCollator(default_data_collator),
-        image_views=IntensityJitterViews(ImageViews(crop_scale=(0.2, 1.0), hflip_p=0.5), strength=0.4),
-    )
-    trainer.train(resume_from_checkpoint=MonoSemanticTrainer.last_checkpoint(run_dir))
-    trainer.save_model(final)
-    return trainer.accelerator.unwrap_model(trainer.model)
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from transformers import set_seed
+from transformers import TrainingArguments, default_data_collator, set_seed
 
 from ..cached import (
     feature_stats,
@@ -49,9 +49,25 @@ from ..data.backbones import small_resnet_config
 from ..evaluation.features import monosemanticity_report
 from ..models.configuration import MonoSemanticConfig
 from ..models.feature_layers import build_feature_layer
+from ..models.modeling import MonoSemanticModel
 from ..scenarios.grid import TEST, TRAIN, Track
+from ..training import (
+    ContrastiveTrainer,
+    ImageViews,
+    IntensityJitterViews,
+    MonoSemanticTrainer,
+    UnlabeledDataCollator,
+)
 
-__all__ = ["RepresentationPlan", "build_track", "fit_representations", "fit_saes", "sae_pairs", "sae_sweep"]
+__all__ = [
+    "RepresentationPlan",
+    "build_track",
+    "fit_representations",
+    "fit_saes",
+    "pretrain_small_resnet",
+    "sae_pairs",
+    "sae_sweep",
+]
 
 #: the contrastive pair, each a feature-layer kind: SimCLR's linear projector, NCL's non-negative one
 CONTRASTIVE_KINDS = {"simclr": "linear", "ncl": "nonneg"}
@@ -75,6 +91,60 @@ class RepresentationPlan:
     ncl_recipe: str = "authors-nn"
     sae_on_projector: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # anything else the fits depend on (cache key)
+
+
+def pretrain_small_resnet(
+    train: torch.utils.data.Dataset,
+    run_dir: str | os.PathLike,
+    *,
+    kind: str,
+    width: int,
+    epochs: int,
+    seed: int = 0,
+    layer_settings: dict[str, Any] | None = None,
+    online_label_loss: bool = False,
+    num_labels: int | None = None,
+) -> MonoSemanticModel:
+    """The vision track's encoder: the small ResNet (:func:`~hf_monosem.data.small_resnet_config`) pretrained
+    end to end on ``train``'s ``pixel_values`` with image crops as views (SimCLR for ``kind="linear"``, NCL
+    for ``"nonneg"``; ``layer_settings`` are the NCL layer's order, activation and activation weight, which
+    is 0 otherwise). AdamW 2e-3 cosine, batch 256, temperature 0.2, projector width and hidden width
+    ``width``. Saved under ``run_dir/model`` and loaded from there next time; an interrupted run resumes
+    from its last epoch checkpoint. ``online_label_loss``: the authors' label leak (a non-detached online
+    classifier over ``num_labels`` classes). Used by the benchmark's vision track and by P3's stage A.
+    """
+    final = os.path.join(run_dir, "model")
+    if os.path.isfile(os.path.join(final, "config.json")):
+        return MonoSemanticModel.from_pretrained(final)
+    set_seed(seed)  # SimCLR and NCL of one seed start from the same weights and see the same views
+    model = MonoSemanticModel(
+        MonoSemanticConfig(
+            backbone_config=small_resnet_config(),
+            feature_layer=kind,
+            feature_dim=width,
+            projector_hidden_dim=width,
+            temperature=0.2,
+            **{"activation_loss_weight": 0.0, **(layer_settings or {})},
+        )
+    )
+    training_args = TrainingArguments(
+        output_dir=str(run_dir), num_train_epochs=epochs, learning_rate=2e-3, lr_scheduler_type="cosine",
+        warmup_steps=20, weight_decay=1e-4, per_device_train_batch_size=256, dataloader_drop_last=True,
+        save_strategy="epoch", save_total_limit=1, logging_steps=10, report_to="none", seed=seed,
+        disable_tqdm=False,
+    )  # fmt: skip
+    trainer = ContrastiveTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        data_collator=UnlabeledDataCollator(default_data_collator),
+        image_views=IntensityJitterViews(ImageViews(crop_scale=(0.2, 1.0), hflip_p=0.5), strength=0.4),
+        online_label_loss=online_label_loss,
+        num_labels=num_labels if online_label_loss else None,
+    )
+    trainer.train(resume_from_checkpoint=MonoSemanticTrainer.last_checkpoint(str(run_dir)))
+    trainer.save_model(final)
+    return trainer.accelerator.unwrap_model(trainer.model)
 
 
 def sae_sweep(topk: Sequence[int], overcomplete: int, input_dim: int) -> list[tuple[str, int, int]]:
