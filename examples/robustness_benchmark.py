@@ -114,6 +114,7 @@ from hf_monosem.evaluation import (
 from hf_monosem.models import public_name
 from hf_monosem.report import (
     RepresentationPlan,
+    TrackFits,
     build_track,
     fit_representations,
     monosemanticity_table,
@@ -470,8 +471,9 @@ def text_description(args, backbone_name: str, train_rows: int, test_rows: int) 
     )
 
 
-def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
-    """20 Newsgroups (20 classes) for label noise, input noise and k-shot; tweets for the domain shift."""
+def text_track(args, cache_dir: str, timer, finetune: bool) -> tuple[Track, TrackFits]:
+    """20 Newsgroups (20 classes) for label noise, input noise and k-shot; tweets for the domain shift.
+    Returns the track (the grid's inputs) and what its builder measured (fit reports, monosemanticity)."""
     news = load_20newsgroups()
     train = news["train"].shuffle(seed=0).select(range(min(args.train_size, len(news["train"]))))
     test = news["test"].shuffle(seed=0).select(range(min(args.test_size, len(news["test"]))))
@@ -538,7 +540,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     plan = representation_plan(args, width)
     with timer("text: fit representations"):
         fitted = fit_representations(pooled[TRAIN], plan, cache_dir, views=train_views)
-        track = build_track(
+        track, fits = build_track(
             "text",
             text_description(args, backbone_name, len(train), len(test)),  # the fine-tune cells' key
             pooled,
@@ -579,7 +581,7 @@ def text_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             return make
 
         track.finetune_models = {method: factory(method) for method in FINETUNE_METHODS}
-    return track
+    return track, fits
 
 
 # ------------------------------------------------------------------------------------------- vision
@@ -651,7 +653,7 @@ def vision_description(args) -> str:
     )
 
 
-def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
+def vision_track(args, cache_dir: str, timer, finetune: bool) -> tuple[Track, TrackFits]:
     fashion = load_fashion_mnist(max_train=args.vision_train_size, max_test=args.vision_test_size)
     digits = load_digits_domain_shift(size=28, seed=0)
     label_feature = fashion["train"].features["label"]
@@ -716,7 +718,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
     sweep = sae_sweep(plan.sae_topk, plan.sae_overcomplete, args.vision_feature_dim)
     with timer("vision: fit post-hoc SAEs"):
         # the paper's post-hoc SAEs on the frozen SimCLR outputs (TopK, L2-normalised input, normalised MSE)
-        track = build_track(
+        track, fits = build_track(
             "vision",
             vision_description(args),  # the fine-tune cells' resume key
             features["simclr"],
@@ -759,7 +761,7 @@ def vision_track(args, cache_dir: str, timer, finetune: bool) -> Track:
             return make
 
         track.finetune_models = {method: factory(method) for method in FINETUNE_METHODS}
-    return track
+    return track, fits
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -799,13 +801,17 @@ def main(argv=None) -> dict:
     )
     protocols = [probe_protocol(p).with_budget(epochs=args.probe_epochs) for p in names(args.probe_protocols)]
     records, tracks = [], {}
+    fits: dict[str, TrackFits] = {}  # per track: what its builder measured
+    selection: dict[str, dict[str, dict]] = {}  # per track and protocol: the probe rate per representation
     for name in names(args.tracks):
         build = text_track if name == "text" else vision_track
-        track = build(args, cache_dir, timer, finetune=name in finetune_tracks)
-        tracks[name] = track
+        track, fits[name] = build(args, cache_dir, timer, finetune=name in finetune_tracks)
+        tracks[name], selection[name] = track, {}
         for protocol in protocols:
             with timer(f"{name}: probe grid ({protocol.name})"):
-                records += probe_records(track, floats(args.label_noise), shots, seeds, protocol=protocol)
+                run = probe_records(track, floats(args.label_noise), shots, seeds, protocol=protocol)
+            records += run.records
+            selection[name][protocol.name] = run.selection
         if track.finetune_models:
             with timer(f"{name}: fine-tune grid"):
                 records += finetune_records(
@@ -839,7 +845,7 @@ def main(argv=None) -> dict:
             "",
             "Monosemanticity of each representation (test set):",
             "",
-            *monosemanticity_table(track),
+            *monosemanticity_table(track, fits[name]),
             "",
         ]
         views = [("probe", p.name, track.pairs) for p in protocols] + [
@@ -863,9 +869,7 @@ def main(argv=None) -> dict:
             plot_robustness_panel(summary, path, title=title)
             plots.append(os.path.basename(path))  # next to results.json; no local path in the record
             if protocol is not None:
-                lrs = ", ".join(
-                    f"{rep} {pick['lr']:g}" for rep, pick in track.probe_selection[protocol].items()
-                )
+                lrs = ", ".join(f"{rep} {pick['lr']:g}" for rep, pick in selection[name][protocol].items())
                 markdown += [f"Probe learning rate per representation ({protocol} protocol): {lrs}", ""]
             for poly, mono in pairs:
                 markdown += [
@@ -903,11 +907,11 @@ def main(argv=None) -> dict:
                 "description": t.description,
                 "pairs": t.pairs,
                 "finetune_pairs": t.finetune_pairs,
-                "monosemanticity": t.monosemanticity,
-                "representation_fits": t.fit_reports,
+                "monosemanticity": fits[name].monosemanticity,
+                "representation_fits": fits[name].fit_reports,
                 "num_labels": t.num_labels,
                 "domain_num_labels": t.domain_num_labels or t.num_labels,
-                "probe_selection": t.probe_selection,
+                "probe_selection": selection[name],
             }
             for name, t in tracks.items()
         },

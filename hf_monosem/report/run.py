@@ -25,7 +25,7 @@ from ..cached.feature_cache import extract_pooled_features, model_fingerprint, t
 from ..models.configuration import public_name
 from ..models.modeling import MonoSemanticModel
 from ..scenarios import add_text_noise, perturb_images
-from ..scenarios.grid import TEST, TRAIN, TensorRows, Timer, Track, probe_records
+from ..scenarios.grid import TEST, TRAIN, ProbeResults, TensorRows, Timer, Track, probe_records
 from ..scenarios.protocols import ProbeProtocol, probe_protocol
 from ..training.checkpoints import read_json, write_json
 from ..training.views import ImageViews
@@ -187,21 +187,20 @@ def _protocol_records(
     seeds: list[int],
     key: str,
     cache_dir: str,
-) -> list[dict]:
-    """One protocol's probe records: from its file when a run made them for the same inputs, else run and
-    saved atomically (the unit a resumed run skips)."""
+) -> ProbeResults:
+    """One protocol's probe records and rate selection: from its file when a run made them for the same
+    inputs, else run and saved atomically (the unit a resumed run skips)."""
     path = os.path.join(
         cache_dir, f"probes-{protocol.name}-{_key(key, protocol.to_dict(), rates, shots, seeds)}.json"
     )
     if os.path.exists(path):
         saved = read_json(path)
-        track.probe_selection[protocol.name] = saved["selection"]
         logger.info("probe records of %s loaded from the cache", protocol.name)
-        return saved["records"]
-    records = probe_records(track, rates, shots, seeds, protocol=protocol)
-    selection = json.loads(json.dumps(track.probe_selection.get(protocol.name, {}), default=str))
-    write_json(path, {"records": records, "selection": selection})
-    return records
+        return ProbeResults(records=saved["records"], selection=saved["selection"])
+    run = probe_records(track, rates, shots, seeds, protocol=protocol)
+    selection = json.loads(json.dumps(run.selection, default=str))
+    write_json(path, {"records": run.records, "selection": selection})
+    return run
 
 
 def run_report(
@@ -302,7 +301,7 @@ def run_report(
     for _, _, key in cells:
         labels[key] = labels[TEST]
     with timer("fit representations"):
-        track = build_track(
+        track, fits = build_track(
             "report",
             f"{public_name(args.model_name_or_path)} on {public_name(args.dataset_name)}",  # no local path
             vectors,
@@ -316,8 +315,11 @@ def run_report(
         )
     key = _key(tensors_sha256(vectors), tensors_sha256({"views": views}), plan, "probes-v1")
     records: list[dict] = []
+    selection: dict[str, dict[str, Any]] = {}  # per protocol: the probe rate chosen per representation
     for protocol in protocols:
         with timer(f"probe grid ({protocol.name})"):
             say(f"[hf-monosem report] probe grid under the {protocol.name} protocol")
-            records += _protocol_records(track, protocol, inputs.rates, inputs.shots, seeds, key, cache_dir)
-    return write_report(args, inputs, track, records, protocols, timer, estimate, rows, say)
+            run = _protocol_records(track, protocol, inputs.rates, inputs.shots, seeds, key, cache_dir)
+        records += run.records
+        selection[protocol.name] = run.selection
+    return write_report(args, inputs, track, fits, records, selection, protocols, timer, estimate, rows, say)

@@ -5,7 +5,9 @@ representation's feature matrix for every split and input-noise cell, with the c
 builds one from the vectors a frozen backbone gave (:func:`build_track`): the post-hoc TopK SAE sweep
 (:func:`sae_sweep`, :func:`fit_saes`), the SimCLR / NCL projectors of a named NCL recipe and TopK SAEs
 on the SimCLR output, all fitted on the *training* vectors only and cached on disk (a rerun loads them),
-then the monosemanticity of each representation on the test split.
+then the monosemanticity of each representation on the test split. The track holds only what the grid
+reads; what the builder measured (fit reports, monosemanticity) comes back beside it, in a
+:class:`TrackFits`.
 
 ``hf-monosem report`` and both tracks of ``examples/robustness_benchmark.py`` call it: the text track
 and the command on a frozen encoder's pooled vectors, the vision track on the outputs of its own
@@ -19,10 +21,12 @@ Example:
     >>> labels = {"train": torch.arange(64) % 2, "test": torch.arange(32) % 2}
     >>> plan = RepresentationPlan(sae_topk=(2,), sae_overcomplete=0, epochs=1, projector_width=None)
     >>> with tempfile.TemporaryDirectory() as cache:
-    ...     track = build_track("toy", "toy vectors", vectors, labels, ClassLabel(num_classes=2), plan, cache,
-    ...                         progress=False)
+    ...     track, fits = build_track("toy", "toy vectors", vectors, labels, ClassLabel(num_classes=2), plan,
+    ...                               cache, progress=False)
     >>> track.pairs, sorted(track.features), track.features["sae_k2"]["test"].shape
     ([('raw', 'sae_k2')], ['raw', 'sae_k2'], torch.Size([32, 8]))
+    >>> sorted(fits.fit_reports), fits.monosemanticity["sae_k2"]["l0"] <= 2
+    (['sae_k2'], True)
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from ..training import (
 
 __all__ = [
     "RepresentationPlan",
+    "TrackFits",
     "build_track",
     "fit_representations",
     "fit_saes",
@@ -91,6 +96,24 @@ class RepresentationPlan:
     ncl_recipe: str = "authors-nn"
     sae_on_projector: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # anything else the fits depend on (cache key)
+
+
+@dataclass
+class TrackFits:
+    """What :func:`build_track` measured while building a track, kept apart from the track (the grid's
+    inputs): ``fit_reports[layer]``, the final metrics of each representation it fitted (the SAEs' and
+    projectors' ``final_*`` losses, written as ``"representation_fits"`` in ``results.json``), and
+    ``monosemanticity[representation]``, :func:`~hf_monosem.evaluation.monosemanticity_report` of every
+    representation of the track on its test rows (the reports' monosemanticity table).
+
+    Example:
+        >>> fits = TrackFits(fit_reports={"sae_k2": {"final_loss": 0.1}}, monosemanticity={})
+        >>> fits.fit_reports["sae_k2"]["final_loss"]
+        0.1
+    """
+
+    fit_reports: dict[str, dict[str, Any]]
+    monosemanticity: dict[str, dict[str, float]]
 
 
 def pretrain_small_resnet(
@@ -276,8 +299,9 @@ def build_track(
     domain_num_labels: int | None = None,
     fitted: dict[str, tuple[torch.nn.Module, dict]] | None = None,
     progress: bool = True,
-) -> Track:
-    """A :class:`~hf_monosem.scenarios.grid.Track` of the representations ``plan`` fits on ``vectors``.
+) -> tuple[Track, TrackFits]:
+    """A :class:`~hf_monosem.scenarios.grid.Track` of the representations ``plan`` fits on ``vectors``, and
+    the :class:`TrackFits` of them (fit reports, monosemanticity on the test rows).
 
     ``vectors[key]`` are a backbone's ``[N, F]`` vectors for every key of the track (``train``, ``test``,
     the domain splits, one per input-noise cell) and ``labels[key]`` their clean class ids. The fitted
@@ -340,12 +364,12 @@ def build_track(
         features=features,
         labels=labels,
         noise_cells=list(noise_cells),
-        fit_reports={layer_name: report for layer_name, (_, report) in fitted.items()},
         train_views=train_views,
         scale_reference=source_name,
         domain_num_labels=domain_num_labels,
     )
-    track.monosemanticity = {
-        rep: monosemanticity_report(f[TEST], labels[TEST]) for rep, f in track.features.items()
-    }
-    return track
+    fits = TrackFits(
+        fit_reports={layer_name: report for layer_name, (_, report) in fitted.items()},
+        monosemanticity={rep: monosemanticity_report(f[TEST], labels[TEST]) for rep, f in features.items()},
+    )
+    return track, fits

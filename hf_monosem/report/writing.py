@@ -26,6 +26,7 @@ from ..scenarios.protocols import ProbeProtocol
 from ..training.checkpoints import public_record, write_json
 from .arguments import ReportArguments
 from .inputs import ReportInputs
+from .tracks import TrackFits
 
 __all__ = ["SCENARIO_FAMILIES", "monosemanticity_table", "overall", "verdict_lines", "write_report"]
 
@@ -86,15 +87,16 @@ def verdict_lines(gaps: Sequence[dict[str, Any]], protocols: Sequence[str]) -> l
     return lines
 
 
-def monosemanticity_table(track: Track) -> list[str]:
+def monosemanticity_table(track: Track, fits: TrackFits) -> list[str]:
     """The Markdown lines of a track's monosemanticity table (test rows), one row per representation (the
-    report's and the benchmark's)."""
+    report's and the benchmark's): ``fits`` (from :func:`~hf_monosem.report.tracks.build_track`) holds the
+    measures, ``track`` the representations' widths."""
     width = {name: next(iter(f.values())).shape[1] for name, f in track.features.items()}
     lines = [
         "| representation | L0 (active of width) | zero fraction | class consistency | dead fraction |",
         "|---|---|---|---|---|",
     ]
-    for name, m in track.monosemanticity.items():
+    for name, m in fits.monosemanticity.items():
         lines.append(
             f"| {name} | {m['l0']:.1f} of {width[name]} | {m['zero_fraction']:.3f} | "
             f"{m['class_consistency']:.3f} | {m['dead_fraction']:.3f} |"
@@ -144,14 +146,20 @@ def write_report(
     args: ReportArguments,
     inputs: ReportInputs,
     track: Track,
+    fits: TrackFits,
     records: list[dict],
+    selection: dict[str, dict[str, Any]],
     protocols: Sequence[ProbeProtocol],
     timer: Timer,
     estimate: dict[str, float],
     rows: dict[str, Any],
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Write ``report.md``, ``results.json``, the gap PNGs and the feature examples; return the results."""
+    """Write ``report.md``, ``results.json``, the gap PNGs and the feature examples; return the results.
+
+    ``fits`` is what :func:`~hf_monosem.report.tracks.build_track` measured beside ``track``; ``records``
+    are every protocol's probe records and ``selection[protocol]`` its
+    :attr:`~hf_monosem.scenarios.grid.ProbeResults.selection`."""
     dataset, model = public_name(args.dataset_name), public_name(args.model_name_or_path)
     records = [{"dataset": dataset, **r} for r in records]  # the schema's data field
     names = [p.name for p in protocols]
@@ -199,7 +207,7 @@ def write_report(
         "",
         "## Monosemanticity (test rows)",
         "",
-        *monosemanticity_table(track),
+        *monosemanticity_table(track, fits),
         "",
         "## Accuracy tables",
         "",
@@ -220,10 +228,10 @@ def write_report(
         "arguments": arguments,
         "label_names": list(inputs.label_feature.names),
         "pairs": track.pairs,
-        "monosemanticity": track.monosemanticity,
-        "representation_fits": track.fit_reports,
+        "monosemanticity": fits.monosemanticity,
+        "representation_fits": fits.fit_reports,
         "probe_protocols": {p.name: p.to_dict() for p in protocols},
-        "probe_selection": track.probe_selection,
+        "probe_selection": selection,
         "estimate_s": estimate,
         "timings_s": timer.times,
         "results": records,

@@ -2,14 +2,16 @@
 
 A *track* (:class:`Track`) hands over representations of its data (feature matrices, extracted
 once) and, for the fine-tune mode (:mod:`hf_monosem.scenarios.finetune`), model factories and
-datasets. This module turns a track into result records, one per (method, scenario, level, seed):
+datasets. A track holds inputs only: this module reads it and *returns* what it computes, result records,
+one per (method, scenario, level, seed), never writing onto the track:
 
 * :func:`label_noise_probe_grid` -- linear probes trained on symmetric-noise draws of the training
   labels (rates x seeds, one batched grid, :func:`hf_monosem.cached.train_probe_grid`), scored on
   clean test labels and on the labels each probe was trained on (how much noise it memorised);
 * :func:`probe_records` -- every scenario on every representation of a track with the same probe
   budget: label noise, test-time input noise on the probes trained on clean labels, k-shot training
-  and domain shift (train on one domain, test in-domain and on the shifted domain).
+  and domain shift (train on one domain, test in-domain and on the shifted domain); it returns them with
+  the probe learning rate chosen per representation (:class:`ProbeResults`).
 
 Label draws (:func:`noisy_label_draws`) and k-shot subsets (:func:`few_shot_rows`) come from
 :func:`~hf_monosem.scenarios.symmetric_label_noise` (the draw of ``add_label_noise``) and
@@ -42,6 +44,7 @@ __all__ = [
     "TEST",
     "TRAIN",
     "LabelNoiseProbes",
+    "ProbeResults",
     "TensorRows",
     "Timer",
     "Track",
@@ -74,6 +77,13 @@ class Track:
     ``[K, N_train, F]`` augmented views of the training rows (for protocols with
     ``augmented_views``), and ``scale_reference`` the representation whose mean norm protocols with
     ``equalize_scale`` rescale the others to (default: the first pair's poly side).
+
+    Only inputs: the grid reads a track and never writes to it. What is measured on the way lives in
+    returned objects: :func:`probe_records` returns the chosen probe rates with its records
+    (:class:`ProbeResults`), and the track builder returns the representations' fit reports and
+    monosemanticity beside the track (:class:`hf_monosem.report.tracks.TrackFits`). Per-representation
+    input scales are no field either: a protocol with ``equalize_scale`` computes them from
+    ``features`` and ``scale_reference`` each time it probes, so they are neither an input nor kept.
     """
 
     name: str
@@ -84,9 +94,6 @@ class Track:
     features: dict[str, dict[str, torch.Tensor]]
     labels: dict[str, torch.Tensor]
     noise_cells: list[tuple[str, float, str]]
-    monosemanticity: dict[str, dict[str, float]] = field(default_factory=dict)
-    fit_reports: dict[str, Any] = field(default_factory=dict)
-    probe_input_scales: dict[str, float] = field(default_factory=dict)
     finetune_models: dict[str, Callable[[], torch.nn.Module]] = field(default_factory=dict)
     finetune_pairs: list[tuple[str, str]] = field(default_factory=list)
     datasets: dict[str, Any] = field(default_factory=dict)
@@ -95,8 +102,6 @@ class Track:
     scale_reference: str | None = None
     #: classes of the domain-shift task when it is another data set (default ``num_labels``)
     domain_num_labels: int | None = None
-    #: per protocol and representation: the probe learning rate used and, if chosen, the held-out scores
-    probe_selection: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class TensorRows(torch.utils.data.Dataset):
@@ -379,6 +384,24 @@ def _select_rates(
         grid_protocol, extensions = grid_protocol.extended_downward(), extensions + 1
 
 
+@dataclass
+class ProbeResults:
+    """What :func:`probe_records` computes under one protocol: ``records`` (one run record per
+    representation, scenario, level and seed) and ``selection`` (per representation: the probe learning
+    rate ``lr`` used, the ``held_out_accuracy`` of each rate tried when the protocol chooses one, and
+    ``lr_grid_extensions`` for a protocol with an ``lr_grid``; written under ``"probe_selection"`` in the
+    reports' ``results.json``, per protocol).
+
+    Example:
+        >>> run = ProbeResults(records=[{"method": "raw", "accuracy": 0.9}], selection={"raw": {"lr": 1e-3}})
+        >>> len(run.records), run.selection["raw"]["lr"]
+        (1, 0.001)
+    """
+
+    records: list[dict[str, Any]]
+    selection: dict[str, dict[str, Any]]
+
+
 def probe_records(
     track: Track,
     rates: list[float],
@@ -389,7 +412,7 @@ def probe_records(
     lr: float = 1e-3,
     batch_size: int = 256,
     protocol: ProbeProtocol | None = None,
-) -> list[dict[str, Any]]:
+) -> ProbeResults:
     """Linear probes on every representation of ``track`` over all scenarios (same protocol for all).
 
     One record per (representation, scenario, level, seed): ``label_noise`` at each rate, every
@@ -398,10 +421,19 @@ def probe_records(
     ``domain_shift_shifted`` (where the track has ``domain_train`` rows).
     ``protocol`` (:mod:`hf_monosem.scenarios.protocols`) says how probes train; without one, AdamW at
     ``lr`` for ``epochs`` on the features as given (protocol name ``"fixed"``). Each record names its
-    protocol and probe learning rate; the chosen rates are kept in ``track.probe_selection``. A protocol
-    with an ``lr_grid`` extends it downward while any representation picks its lowest rate
-    (:func:`_select_rates`); its records and ``track.probe_selection`` say how many decades were added
+    protocol and probe learning rate; the chosen rates come back in :attr:`ProbeResults.selection` (the
+    track is only read). A protocol with an ``lr_grid`` extends it downward while any representation picks
+    its lowest rate (:func:`_select_rates`); its records and the selection say how many decades were added
     (``lr_grid_extensions``).
+
+    Example:
+        >>> from datasets import ClassLabel
+        >>> x = torch.randn(40, 3); y = torch.arange(40) % 2
+        >>> track = Track("toy", "toy", 2, ClassLabel(num_classes=2), [], {"raw": {TRAIN: x, TEST: x}},
+        ...               {TRAIN: y, TEST: y}, [])
+        >>> run = probe_records(track, [0.0], [], [0, 1], epochs=2, lr=0.01)
+        >>> len(run.records), run.selection
+        (2, {'raw': {'lr': 0.01, 'held_out_accuracy': {}}})
     """
     if protocol is None:
         protocol = ProbeProtocol("fixed", lr=lr, epochs=epochs, batch_size=batch_size)
@@ -410,7 +442,7 @@ def probe_records(
     y_train, y_test = track.labels[TRAIN], track.labels[TEST]
     draws = noisy_label_draws(y_train, track.label_feature, rates, seeds)
     shot_rows = {k: few_shot_rows(y_train, track.label_feature, k, seeds) for k in shots}
-    chosen = track.probe_selection.setdefault(protocol.name, {})
+    chosen: dict[str, dict[str, Any]] = {}
     picks, extensions = _select_rates(track, protocol, features, views, seeds)
     for name, f in features.items():
         train = views.get(name, f[TRAIN])  # [K, N, F] augmented views where the protocol uses them
@@ -454,7 +486,7 @@ def probe_records(
         )
         add("domain_shift_in_domain", 0, grid.accuracy(f[DOMAIN_TEST], track.labels[DOMAIN_TEST]))
         add("domain_shift_shifted", 0, grid.accuracy(f[DOMAIN_SHIFTED], track.labels[DOMAIN_SHIFTED]))
-    return records
+    return ProbeResults(records=records, selection=chosen)
 
 
 def mean_by(records: list[dict[str, Any]], key: str) -> dict[tuple, float]:

@@ -33,14 +33,15 @@ def test_controlled_equalises_scale_and_the_paper_protocol_keeps_it():
     track = _track()
     track.features["mono"] = {k: x / 1000 for k, x in track.features["poly"].items()}
     controlled = CONTROLLED_PROBE.with_budget(lr_grid=(), **QUICK)
-    records = grid.probe_records(track, [0.0, 0.4], [1], [0, 1], protocol=controlled)
+    records = grid.probe_records(track, [0.0, 0.4], [1], [0, 1], protocol=controlled).records
     assert _accuracies(records, "poly") == pytest.approx(_accuracies(records, "mono"), abs=1e-6)
-    paper = grid.probe_records(track, [0.0, 0.4], [1], [0, 1], protocol=PAPER_PROBE.with_budget(**QUICK))
+    paper_probe = PAPER_PROBE.with_budget(**QUICK)
+    paper = grid.probe_records(track, [0.0, 0.4], [1], [0, 1], protocol=paper_probe).records
     assert _accuracies(paper, "poly") != _accuracies(paper, "mono")
     assert {r["protocol"] for r in records} == {"controlled"} and {r["protocol"] for r in paper} == {"paper"}
     cifar = grid.probe_records(
         track, [0.0, 0.4], [1], [0, 1], protocol=PAPER_CIFAR_PROBE.with_budget(**QUICK)
-    )
+    ).records
     assert {r["protocol"] for r in cifar} == {"paper_cifar"}  # P2's "paper" under its P3 name: same probes
     assert _accuracies(cifar, "mono") == _accuracies(paper, "mono")
 
@@ -48,8 +49,8 @@ def test_controlled_equalises_scale_and_the_paper_protocol_keeps_it():
 def test_controlled_chooses_the_lr_on_held_out_noisy_training_rows_never_the_test_split():
     track = _track()
     protocol = CONTROLLED_PROBE.with_budget(lr_grid=(1e-5, 0.05), **QUICK)
-    records = grid.probe_records(track, [0.0], [], [0, 1], protocol=protocol)
-    chosen = track.probe_selection["controlled"]
+    run = grid.probe_records(track, [0.0], [], [0, 1], protocol=protocol)
+    records, chosen = run.records, run.selection
     for name, pick in chosen.items():
         scores = pick["held_out_accuracy"]
         assert set(scores) == {1e-5, 0.05} and pick["lr"] == max(scores, key=scores.get)
@@ -60,8 +61,7 @@ def test_controlled_chooses_the_lr_on_held_out_noisy_training_rows_never_the_tes
     garbled.features = {
         n: {**f, grid.TEST: torch.randn(f[grid.TEST].shape, generator=g)} for n, f in garbled.features.items()
     }
-    grid.probe_records(garbled, [0.0], [], [0, 1], protocol=protocol)
-    assert garbled.probe_selection["controlled"] == chosen
+    assert grid.probe_records(garbled, [0.0], [], [0, 1], protocol=protocol).selection == chosen
 
 
 def test_the_paper_protocol_trains_on_the_tracks_augmented_views():
@@ -70,17 +70,17 @@ def test_the_paper_protocol_trains_on_the_tracks_augmented_views():
     # both views negate the features: a probe trained on them must get the test set (not negated) wrong
     track.train_views = {"poly": torch.stack([-train, -train])}
     paper = PAPER_PROBE.with_budget(**QUICK)
-    with_views = grid.probe_records(track, [0.0], [], [0], protocol=paper)
-    without = grid.probe_records(_track(), [0.0], [], [0], protocol=paper)
+    with_views = grid.probe_records(track, [0.0], [], [0], protocol=paper).records
+    without = grid.probe_records(_track(), [0.0], [], [0], protocol=paper).records
     trained_on_views = [
         r["accuracy"] for r in with_views if r["method"] == "poly" and not r["scenario"].startswith("domain")
     ]
     assert max(trained_on_views) < 0.5 < min(_accuracies(without, "poly"))  # domain probes: plain rows, 1.0
     assert _accuracies(with_views, "mono") == _accuracies(without, "mono")  # no views for it: plain rows
     controlled = CONTROLLED_PROBE.with_budget(lr_grid=(), **QUICK)  # augmented_views=False: ignored
-    assert _accuracies(grid.probe_records(track, [0.0], [], [0], protocol=controlled), "poly") == _accuracies(
-        grid.probe_records(_track(), [0.0], [], [0], protocol=controlled), "poly"
-    )
+    on_views = grid.probe_records(track, [0.0], [], [0], protocol=controlled).records
+    plain = grid.probe_records(_track(), [0.0], [], [0], protocol=controlled).records
+    assert _accuracies(on_views, "poly") == _accuracies(plain, "poly")
 
 
 def test_bad_protocols_are_refused_with_the_allowed_values():
@@ -129,8 +129,8 @@ def test_the_lr_grid_is_extended_downward_while_a_representation_picks_its_lowes
     protocol = CONTROLLED_PROBE.with_budget(lr_grid=(1.0, 10.0), equalize_scale=False, **QUICK)
     # features 1e4 x larger: lr 1 and 10 overshoot, smaller rates do better on the held-out rows
     track.features["mono"] = {k: x * 1e4 for k, x in track.features["poly"].items()}
-    records = grid.probe_records(track, [0.0], [], [0, 1], protocol=protocol)
-    chosen = track.probe_selection["controlled"]
+    run = grid.probe_records(track, [0.0], [], [0, 1], protocol=protocol)
+    records, chosen = run.records, run.selection
     extensions = chosen["mono"]["lr_grid_extensions"]
     assert extensions >= 1 and chosen["poly"]["lr_grid_extensions"] == extensions  # the grid is shared
     assert min(chosen["mono"]["held_out_accuracy"]) == pytest.approx(1.0 * 10.0**-extensions)
@@ -141,11 +141,10 @@ def test_the_lr_grid_is_extended_downward_while_a_representation_picks_its_lowes
     assert {r["lr_grid_extensions"] for r in records} == {extensions}
     assert set(chosen["poly"]["held_out_accuracy"]) == set(chosen["mono"]["held_out_accuracy"])
     # a grid whose lowest rate nobody picks is not extended
-    plain = _track()
-    grid.probe_records(
-        plain, [0.0], [], [0, 1], protocol=CONTROLLED_PROBE.with_budget(lr_grid=(1e-5, 0.05), **QUICK)
+    plain = grid.probe_records(
+        _track(), [0.0], [], [0, 1], protocol=CONTROLLED_PROBE.with_budget(lr_grid=(1e-5, 0.05), **QUICK)
     )
-    assert {pick["lr_grid_extensions"] for pick in plain.probe_selection["controlled"].values()} == {0}
+    assert {pick["lr_grid_extensions"] for pick in plain.selection.values()} == {0}
 
 
 def test_paper_is_p2s_name_of_paper_cifar_and_still_works_with_a_warning():

@@ -9,6 +9,9 @@ its state file without training a finished cell again.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features
@@ -18,6 +21,7 @@ from hf_monosem import MonoSemanticConfig, MonoSemanticForImageClassification
 from hf_monosem.cached.probe_grid import train_probe_grid
 from hf_monosem.cached.scaling import equalize_scales, feature_stats, standardize, unit_rms
 from hf_monosem.scenarios import add_label_noise, finetune, grid
+from hf_monosem.scenarios.protocols import CONTROLLED_PROBE, PAPER_CIFAR_PROBE
 
 LABELS = ClassLabel(names=["a", "b", "c"])
 KEYS = (grid.TRAIN, grid.TEST, grid.DOMAIN_TRAIN, grid.DOMAIN_TEST, grid.DOMAIN_SHIFTED, "gaussian0.5")
@@ -54,7 +58,7 @@ def _track(**extra) -> grid.Track:
 
 def test_probe_records_cover_every_cell_once_and_learn_separable_data():
     rates, shots, seeds = [0.0, 0.4], [1, 5], [0, 1, 2]
-    records = grid.probe_records(_track(), rates, shots, seeds, epochs=30, lr=0.05)
+    records = grid.probe_records(_track(), rates, shots, seeds, epochs=30, lr=0.05).records
     cells = {(r["method"], r["scenario"], r["level"], r["seed"]) for r in records}
     per_method = (
         len(rates) + 1 + len(shots) + 2
@@ -64,6 +68,45 @@ def test_probe_records_cover_every_cell_once_and_learn_separable_data():
     clean = [r["accuracy"] for r in records if r["scenario"] == "label_noise" and r["level"] == 0.0]
     assert min(clean) > 0.9  # classes are 10 std apart: a probe that fails here is broken
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in records)
+
+
+def _same(a, b) -> bool:
+    """Equal values, tensors compared element by element, dicts and lists field by field."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_probe_records_only_reads_the_track_and_returns_what_it_chose():
+    """A Track is the grid's inputs: probing (a rescaling protocol choosing its rate, and one on augmented
+    views) leaves every field of the track as it was; the chosen rates come back in the result."""
+    track = _track()
+    train = track.features["poly"][grid.TRAIN]
+    track.train_views = {"poly": torch.stack([train, train + 0.1])}
+    before = copy.deepcopy(track)
+    protocols = [
+        CONTROLLED_PROBE.with_budget(lr_grid=(1e-3, 0.05), epochs=3, batch_size=16),
+        PAPER_CIFAR_PROBE.with_budget(epochs=3, batch_size=16),
+    ]
+    runs = [grid.probe_records(track, [0.0], [1], [0], protocol=p) for p in protocols]
+    changed = [
+        f.name
+        for f in dataclasses.fields(track)
+        if not _same(getattr(before, f.name), getattr(track, f.name))
+    ]
+    assert changed == []
+    assert all(set(run.selection) == {"poly", "mono"} for run in runs)
+    assert (
+        runs[0].selection["poly"]["lr"] in (1e-3, 0.05)
+        and runs[1].selection["poly"]["held_out_accuracy"] == {}
+    )
+    assert {r["probe_lr"] for r in runs[0].records if r["method"] == "mono"} == {
+        runs[0].selection["mono"]["lr"]
+    }
 
 
 def test_label_noise_probe_grid_is_the_inline_grid_it_replaced():
