@@ -253,6 +253,15 @@ def fit_sae(
         if isinstance(backbone_or_model, MonoSemanticPreTrainedModel)
         else None
     )
+    if source is not None and source.config.hidden_layer is not None:
+        # the SAE would be fitted on (and placed at) the pooled final output, not where this model reads
+        raise ValueError(
+            f"fit_sae fits on the backbone's pooled output vectors, but this model's feature layer reads "
+            f"hidden layer {source.config.hidden_layer} token by token (config.hidden_layer="
+            f"{source.config.hidden_layer}); fitting there needs per-token activations, which fit_sae does "
+            "not extract. Allowed: a transformers backbone or a MonoSemantic model with hidden_layer=None; "
+            "for a hidden layer, load an SAE trained there with MonoSemanticModel.from_sae"
+        )
     backbone = source.backbone if source is not None else backbone_or_model
     if not isinstance(backbone, PreTrainedModel):
         raise ValueError(
