@@ -43,6 +43,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -243,7 +244,42 @@ def bench(name: str, args) -> dict[str, float]:
         "share": statistics.median(shares),
         "fvu_ours": medians["ours"][2],
         "fvu_sparsify": medians["sparsify"][2],
+        "rows_per_s": {trainer: numbers[0] for trainer, numbers in medians.items()},
+        "rows_per_cpu_s": {trainer: numbers[1] for trainer, numbers in medians.items()},
+        "ceiling_rows_per_s": statistics.median(ceilings),
+        "shares": shares,
+        "fvus": fvus,
     }
+
+
+def write_results(stem: str, args, summary: dict, load: tuple[list[float], list[float]]) -> None:
+    """``stem.json`` (settings, per-data-set numbers, load averages) and ``stem.md`` (the summary)."""
+    settings = {
+        name: getattr(args, name)
+        for name in ("rows", "heldout", "width", "k", "batch_size", "epochs", "threads", "repeats", "lr")
+    }
+    record = {"settings": settings, "load_average_start_end": load, "note": args.note, "data": summary}
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    with open(f"{stem}.json", "w") as f:
+        json.dump(record, f, indent=2)
+    lines = [
+        "# TopK SAE fitting: ours vs sparsify (`benchmarks/sae_throughput.py`)",
+        "",
+        f"Settings: {json.dumps(settings)}. 1-minute load average at start / end: "
+        f"{load[0][0]:.1f} / {load[1][0]:.1f}. {args.note}",
+        "",
+        "| data | ours rows/s | sparsify rows/s | GEMM ceiling rows/s | ours / ceiling | ours FVU "
+        "| sparsify FVU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, n in summary.items():
+        lines.append(
+            f"| {name} | {n['rows_per_s']['ours']:.0f} | {n['rows_per_s']['sparsify']:.0f} | "
+            f"{n['ceiling_rows_per_s']:.0f} | {n['share']:.0%} | {n['fvu_ours']:.4f} | "
+            f"{n['fvu_sparsify']:.4f} |"
+        )
+    with open(f"{stem}.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -270,9 +306,16 @@ def main() -> None:
         "--ceiling-reps", type=int, default=10, help="GEMM pairs timed before and after each fit"
     )
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/hf_monosem/benchmarks"))
+    parser.add_argument(
+        "--output", default=None, help="write STEM.json and STEM.md (e.g. docs/results/sae_throughput)"
+    )
+    parser.add_argument("--note", default="", help="a line for the written results (the machine, its load)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_start = list(os.getloadavg())
     summary = {name: bench(name, args) for name in args.data}
+    if args.output:
+        write_results(args.output, args, summary, (load_start, list(os.getloadavg())))
     print("\nsummary (goal: held-back FVU <= sparsify's on every data set, >= 75% of the GEMM ceiling)")
     for name, numbers in summary.items():
         print(

@@ -7,13 +7,14 @@ needs between optimiser steps (:meth:`~SparseAutoencoder.normalize_decoder_`,
 no code outside the class writes its weights.
 
 Training goes through :meth:`~SparseAutoencoder.fit_forward`, the forward pass of a fitting loop: for
-``topk`` it never forms the dense ``[batch, feature_dim]`` codes (the ``k`` active latents are decoded
-by a gather, ``embedding_bag``, and the weight gradients touch only those rows, as in EleutherAI's
+``topk`` it is one autograd node (:class:`~.sae_kernels.TopKReconstruction`, in ``sae_kernels.py``)
+that never forms the dense ``[batch, feature_dim]`` codes nor their gradient (the ``k`` active latents
+are decoded by a gather and every gradient after the top-k is a sparse product, as in EleutherAI's
 sparsify), yet its loss and gradients equal those of :meth:`~SparseAutoencoder.forward`, the dense
-reference the model runs (``tests/models/test_sae_kernels.py`` checks it). Its top-k runs in two
-cheaper stages where torch's would be slow, and its weight gradients are one sparse (CSR) product per
-matrix. It can add OpenAI's AuxK term for dead latents (Gao et al. 2024, "Scaling and evaluating
-sparse autoencoders"). For ``sae`` the decoding and the L1 term are one autograd node.
+reference the model runs (``tests/models/test_sae_kernels.py`` checks both, and against autograd on
+the plain formulation in float64). It can add OpenAI's AuxK term for dead latents (Gao et al. 2024,
+"Scaling and evaluating sparse autoencoders"). For ``sae`` the decoding and the L1 term are one
+autograd node.
 
 Same-folder imports only (remote-code export copies this folder next to the weights).
 """
@@ -539,7 +540,9 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         with torch.no_grad():
             local = pre.index_select(1, dead_ids).topk(k_aux, dim=-1, sorted=False).indices
         indices = dead_ids[local]
-        pre_bias, weight, bias = (t.to(x.dtype) for t in (self.pre_bias, self.encoder.weight, self.encoder.bias))
+        pre_bias, weight, bias = (
+            t.to(x.dtype) for t in (self.pre_bias, self.encoder.weight, self.encoder.bias)
+        )
         values = F.relu(GatheredPreactivations.apply(x, pre_bias, weight, bias, pre, indices, centred))
         decoded = SparseDecode.apply(values, indices, self.decoder.weight.to(x.dtype).t())
         # decoded - residual = decoded + error

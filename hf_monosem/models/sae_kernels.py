@@ -5,7 +5,8 @@ A TopK step's only dense work is the encoder's forward GEMM ``[B, D] x [D, M]``.
 top-k has ``B * k`` nonzeros: the decoding is a gather of ``k`` decoder rows per input
 (``embedding_bag``), the code values' gradient a dot product per nonzero (a sampled product, SDDMM), and
 both weight gradients are sparse ``[M, B] x [B, D]`` products (``embedding_bag`` with a bag per latent;
-one latent-major layout per step, shared), so no ``[B, M]`` gradient is ever formed (EleutherAI's sparsify does the same with Triton kernels on GPU).
+one latent-major layout per step, shared), so no ``[B, M]`` gradient is ever formed (EleutherAI's
+sparsify does the same with Triton kernels on GPU).
 :class:`TopKReconstruction` is that step as one autograd node; :class:`GatheredPreactivations` and
 :class:`SparseDecode` are its two halves on their own (AuxK and ``sparse_encode`` / ``sparse_decode``).
 The gradients equal those of the dense expressions (``tests/models/test_sae_kernels.py``).
@@ -131,7 +132,8 @@ def per_entry_dot(grad: torch.Tensor, table: torch.Tensor, indices: torch.Tensor
     Example:
         >>> grad, table = torch.randn(2, 4), torch.randn(5, 4)
         >>> indices = torch.tensor([[3, 0], [1, 3]])
-        >>> torch.allclose(per_entry_dot(grad, table, indices), torch.einsum("bkd,bd->bk", table[indices], grad))
+        >>> expected = torch.einsum("bkd,bd->bk", table[indices], grad)
+        >>> torch.allclose(per_entry_dot(grad, table, indices), expected)
         True
     """
     batch, k = indices.shape
@@ -267,8 +269,9 @@ class TopKReconstruction(torch.autograd.Function):
             grad_dec_weight = latent_major_sum(indices, values, grad_error, table.shape[0]).t()
         # through the codes: relu's gradient is zero where the kept pre-activation is not positive
         grad_values = per_entry_dot(grad_error, table, indices).mul_(values > 0)
+        needs_encoder = (needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias)
         grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias = _encoder_grads(
-            (needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias), grad_values, indices, enc_weight, centred
+            needs_encoder, grad_values, indices, enc_weight, centred
         )
         # and directly: error = decoded - x + pre_bias
         if needs_x:

@@ -217,7 +217,9 @@ def test_fit_sae_refuses_a_model_whose_feature_layer_reads_a_hidden_layer(monkey
         fit_sae(model, features=torch.randn(8, 32), progress=False)
     pooled = MonoSemanticModel(MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk"))
     monkeypatch.undo()
-    fitted, _ = fit_sae(pooled, features=torch.randn(16, 32), feature_dim=64, topk=4, epochs=1, progress=False)
+    fitted, _ = fit_sae(
+        pooled, features=torch.randn(16, 32), feature_dim=64, topk=4, epochs=1, progress=False
+    )
     assert fitted.config.hidden_layer is None
 
 

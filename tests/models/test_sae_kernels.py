@@ -209,7 +209,8 @@ def test_fit_step_with_auxk_gives_autograds_gradients_in_float64(dead_count):
     formulation's autograd: every parameter's gradient, to float64 precision."""
     layer = _layer(dim=24, width=96, k=6).double()
     layer.init_for_fit_(encoder_norm=None)  # the decoder stored latent-major, as a fit has it
-    x = F.normalize(torch.randn(48, 24, generator=torch.Generator().manual_seed(4), dtype=torch.float64), dim=-1)
+    g = torch.Generator().manual_seed(4)
+    x = F.normalize(torch.randn(48, 24, generator=g, dtype=torch.float64), dim=-1)
     dead = torch.zeros(96, dtype=torch.bool)
     dead[torch.randperm(96, generator=torch.Generator().manual_seed(5))[:dead_count]] = True
     step = layer.fit_forward(x, dead=dead, prepared=True)
@@ -218,7 +219,8 @@ def test_fit_step_with_auxk_gives_autograds_gradients_in_float64(dead_count):
     fused = _grads(layer, loss)
 
     params = dict(layer.named_parameters())
-    operands = [x, params["pre_bias"], params["encoder.weight"], params["encoder.bias"], params["decoder.weight"]]
+    names = ("pre_bias", "encoder.weight", "encoder.bias", "decoder.weight")
+    operands = [x, *(params[name] for name in names)]
     squared, pre = _plain_topk_reconstruction(*operands, layer.k)
     norms = x.pow(2).sum(-1)
     codes_pre = pre.topk(layer.k, dim=-1)
