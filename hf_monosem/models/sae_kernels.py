@@ -66,10 +66,12 @@ def topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
         return pre.topk(k, dim=-1, sorted=False).indices
     groups = n // 4
     # group g = entries g, g + groups, g + 2 groups, g + 3 groups: one vectorised max over 4 slices
-    best = pre.view(pre.shape[0], 4, groups).amax(1).topk(k, dim=-1, sorted=False).indices
-    candidates = (best.unsqueeze(-1) + torch.arange(0, n, groups, device=pre.device)).flatten(1)
-    chosen = pre.gather(1, candidates).topk(k, dim=-1, sorted=False).indices
-    return candidates.gather(1, chosen)
+    members = pre.view(pre.shape[0], 4, groups)
+    best = members.amax(1).topk(k, dim=-1, sorted=False).indices  # [B, k] groups
+    # the 4 entries of each chosen group, [B, 4 k] (position i * k + j: entry i of group best[:, j])
+    candidates = members.gather(2, best.unsqueeze(1).expand(-1, 4, -1)).flatten(1)
+    chosen = candidates.topk(k, dim=-1, sorted=False).indices
+    return torch.div(chosen, k, rounding_mode="floor") * groups + best.gather(1, chosen % k)
 
 
 def _latent_major_layout(
@@ -250,7 +252,7 @@ class TopKReconstruction(torch.autograd.Function):
         table = table if table.is_contiguous() else table.contiguous()
         # x_hat - x = (decoded + pre_bias) - (centred + pre_bias)
         error = F.embedding_bag(indices, table, per_sample_weights=values, mode="sum").sub_(centred)
-        squared = torch.linalg.vecdot(error, error)
+        squared = torch.linalg.vector_norm(error, dim=-1).square_()  # one pass, no [B, D] temporary
         ctx.save_for_backward(centred, enc_weight, table, indices, values, error)
         ctx.mark_non_differentiable(values, indices, pre, centred, error)
         ctx.set_materialize_grads(False)  # no [B, M] zeros for the by-products' (absent) gradients
