@@ -53,7 +53,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import transformers
 from huggingface_hub import HfApi
@@ -63,7 +62,6 @@ from transformers import (
     DataCollatorWithPadding,
     TrainingArguments,
     ViTImageProcessor,
-    default_data_collator,
     set_seed,
 )
 
@@ -81,6 +79,7 @@ from hf_monosem.data.assets.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD,
 from hf_monosem.evaluation import load_results, monosemanticity_report
 from hf_monosem.hub import save_for_hub
 from hf_monosem.models import MonoSemanticForImageClassification
+from hf_monosem.models.configuration import public_name
 from hf_monosem.models.hidden_layers import find_layer_list, run_to_layer
 from hf_monosem.models.sae import ENCODER_INIT_NORM
 from hf_monosem.models.sae_formats import save_sae
@@ -380,8 +379,9 @@ def controlled_probe_text(budget: Budget, chosen: dict) -> str:
 
 
 def public_backbone(args) -> str:
-    """The backbone as the cards and configs name it: its Hub id, never a local folder."""
-    return args.backbone if args.backbone and not os.path.isdir(args.backbone) else MINILM
+    """The backbone as the cards and configs name it: MiniLM's Hub id for the default (its package's local
+    folder), a given Hub id as it is, a given local folder by its last component (never a machine path)."""
+    return MINILM if args.backbone is None else public_name(args.backbone)
 
 
 # --------------------------------------------------------------------------------------------- SAEs
@@ -481,7 +481,9 @@ def fashion_processor() -> ViTImageProcessor:
     """Images (RGB, as transformers' pipelines hand them over) -> 28x28 ``pixel_values`` normalised as the
     built-in Fashion-MNIST, in each of the 3 channels."""
     return ViTImageProcessor(
-        size={"height": 28, "width": 28}, image_mean=[FASHION_MNIST_MEAN] * 3, image_std=[FASHION_MNIST_STD] * 3
+        size={"height": 28, "width": 28},
+        image_mean=[FASHION_MNIST_MEAN] * 3,
+        image_std=[FASHION_MNIST_STD] * 3,
     )
 
 
@@ -496,9 +498,9 @@ def fashion_data(budget: Budget, channels: int = 1):
 
 
 def rgb_encoder(encoder: MonoSemanticModel) -> MonoSemanticModel:
-    """``encoder`` taking 3-channel images: its first convolution's gray-channel weights split evenly over R, G
-    and B, so a gray image given as RGB (R = G = B, what pipelines make of it) gives the gray encoder's output
-    (up to float rounding); a colour image is read as the mean of its normalised channels."""
+    """``encoder`` taking 3-channel images: its first convolution's gray-channel weights split evenly over
+    R, G and B, so a gray image given as RGB (R = G = B, what pipelines make of it) gives the gray encoder's
+    output (up to float rounding); a colour image is read as the mean of its normalised channels."""
     config = copy.deepcopy(encoder.config)
     config.backbone_config.num_channels = 3
     model = MonoSemanticModel(config)
@@ -542,8 +544,13 @@ def build_resnets(args, budget: Budget, work: str) -> list[dict]:
     ncl = {k: v for k, v in ncl_recipe("p2", "nonneg")[1].items() if k != "positives"}  # crops are the views
     encoders = {
         kind: pretrain_small_resnet(
-            rows, os.path.join(work, name), kind=kind, width=budget.vision_width,
-            epochs=budget.pretrain_epochs, seed=args.seed, layer_settings=ncl if kind == "nonneg" else None,
+            rows,
+            os.path.join(work, name),
+            kind=kind,
+            width=budget.vision_width,
+            epochs=budget.pretrain_epochs,
+            seed=args.seed,
+            layer_settings=ncl if kind == "nonneg" else None,
         )  # fmt: skip
         for name, kind in RESNET_KINDS.items()
     }
@@ -572,15 +579,15 @@ def build_resnets(args, budget: Budget, work: str) -> list[dict]:
         classifiers[kind] = model.eval()
     records, chosen, _ = evaluate_resnets(classifiers, data, label_feature, budget)
     recipe = {
-        "backbone": "the small ResNet (`hf_monosem.data.small_resnet_config`, ~0.2M parameters), trained from "
-        "scratch",
+        "backbone": "the small ResNet (`hf_monosem.data.small_resnet_config`, ~0.2M parameters), "
+        "trained from scratch",
         "pretraining": f"`hf_monosem.report.pretrain_small_resnet`: SimCLR (`linear` projector) vs NCL "
         f"(`nonneg`, P3's vision recipe p2: ReLU + activation term 10), image crops as views, width "
         f"{budget.vision_width}, AdamW 2e-3 cosine, batch 256, {budget.pretrain_epochs} epochs, on "
         f"{budget.vision_train} Fashion-MNIST training images, seed {args.seed}; labels never seen",
         "input": "28x28 images normalised with Fashion-MNIST's pixel mean / std, 3 channels: the stem's "
-        "gray-channel weights are split evenly over R, G and B, so a gray image as RGB gives the gray model's "
-        "output (what `pipeline('image-classification')` and the image processor hand over)",
+        "gray-channel weights are split evenly over R, G and B, so a gray image as RGB gives the gray "
+        "model's output (what `pipeline('image-classification')` and the image processor hand over)",
         "head": "P3's controlled linear probe on the frozen features, trained on the clean training labels "
         "(seed 0), its input scale folded into the weights",
         "evaluation (P3)": f"on {budget.vision_test} test images: this classifier's accuracy; "
@@ -595,7 +602,7 @@ def build_resnets(args, budget: Budget, work: str) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ writing
 def write_folder(entry: dict, output_dir: str, args, budget: Budget, seconds: float) -> str:
-    """One Hub-ready folder: model + card + results.json (+ tokenizer / processor, remote code, SAE formats)."""
+    """One Hub-ready folder: model, card, results.json (+ tokenizer / processor, remote code, SAE formats)."""
     name = entry["name"]
     folder = os.path.join(output_dir, name)
     recipe = dict(entry["recipe"])
@@ -606,11 +613,11 @@ def write_folder(entry: dict, output_dir: str, args, budget: Budget, seconds: fl
     model = entry["model"]
     kind = model.config.feature_layer
     summary = summary_extra + (
-        f"Released by hf_monosem's `scripts/release.py`: a `{model.config.backbone_config.model_type}` backbone "
-        f"with a{' monosemantic' if kind != 'linear' else ''} `{kind}` feature layer "
+        f"Released by hf_monosem's `scripts/release.py`: a `{model.config.backbone_config.model_type}` "
+        f"backbone with a{' monosemantic' if kind != 'linear' else ''} `{kind}` feature layer "
         f"({model.config.feature_dim} features), after *Beyond Interpretability: The Gains of Feature "
-        "Monosemanticity on Model Robustness* (Zhang et al., ICLR 2025). Every number on this card was measured "
-        "by that script on these weights."
+        "Monosemanticity on Model Robustness* (Zhang et al., ICLR 2025). Every number on this card was "
+        "measured by that script on these weights."
     )
     save_for_hub(
         model, folder, entry["records"], tokenizer_or_processor=entry["processor"], remote_code=True,
@@ -640,7 +647,9 @@ def push(folders: Sequence[str], namespace: str) -> None:
     for folder in folders:
         repo = f"{namespace}/{os.path.basename(folder)}"
         api.create_repo(repo, exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=folder, commit_message="hf_monosem release (scripts/release.py)")
+        api.upload_folder(
+            repo_id=repo, folder_path=folder, commit_message="hf_monosem release (scripts/release.py)"
+        )
         print(f"pushed {folder} -> https://huggingface.co/{repo}")
 
 

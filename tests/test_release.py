@@ -1,8 +1,8 @@
-"""scripts/release.py end to end: the release folders are built (``--quick``, a tiny BERT from a real Hub cache in
-place of MiniLM, a smaller budget), laid out in a Hub cache as their repositories, and downloaded offline as a
-user would: the Auto classes after ``import hf_monosem``, ``pipeline``, ``trust_remote_code=True`` without the
-package, SAELens' and sparsify's own loaders; every number on each card is measured again on the loaded
-weights and must print the same.
+"""scripts/release.py end to end: the release folders are built (``--quick``, a tiny BERT from a real Hub
+cache in place of MiniLM, a smaller budget), laid out in a Hub cache as their repositories, and downloaded
+offline as a user would: the Auto classes after ``import hf_monosem``, ``pipeline``, remote code
+(``trust_remote_code=True``) without the package, SAELens' and sparsify's own loaders; every number on each
+card is measured again on the loaded weights and must print the same.
 
 The real MiniLM build (``--quick``, every folder) is the slow test at the end.
 """
@@ -25,6 +25,7 @@ from hub_cache import add_to_hub_cache
 from tiny_models import tiny_bert_config
 
 import hf_monosem  # noqa: F401  (registers the Auto classes, as a user's import does)
+from hf_monosem import MonoSemanticModel
 
 ROOT = Path(__file__).resolve().parents[1]
 BERT = "tiny-org/char-bert"
@@ -88,7 +89,7 @@ def hub(built, monkeypatch):
 
 
 def card_numbers(repo: str) -> dict[tuple, float]:
-    """``{(metric, scenario label): value}`` of the card's ``model-index``, the card read from the Hub cache."""
+    """``{(metric, scenario label): value}`` of the card's ``model-index`` (the card from the Hub cache)."""
     card = huggingface_hub.ModelCard.load(repo)
     return {(r.metric_type, r.dataset_config): r.metric_value for r in card.data.eval_results}
 
@@ -142,8 +143,12 @@ def test_text_classifiers_download_and_reproduce_their_cards(hub):
     data, _ = release.load_dataset_by_name(
         "20newsgroups", max_train_samples=budget.text_train, max_eval_samples=budget.text_test, seed=0
     )
-    tokens = data.map(lambda b: tokenizer(b["text"], truncation=True, max_length=budget.max_length), batched=True)
-    records, _ = release.evaluate_text_classifiers(models, tokens, tokenizer, data["train"].features["label"], budget)
+    tokens = data.map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=budget.max_length), batched=True
+    )
+    records, _ = release.evaluate_text_classifiers(
+        models, tokens, tokenizer, data["train"].features["label"], budget
+    )
     for kind, repo in repos.items():
         assert_same_printed(card_numbers(repo), measured(records[kind], kind))
         # the pipeline, batched, labels every test post as the card's accuracy says
@@ -155,29 +160,43 @@ def test_text_classifiers_download_and_reproduce_their_cards(hub):
         assert f"{accuracy:.3f}" == f"{card_numbers(repo)[('accuracy', 'clean')]:.3f}"
 
 
-def test_text_classifiers_load_with_remote_code_without_the_package(hub, tmp_path):
-    from transformers import AutoModelForSequenceClassification
+def test_classifiers_load_with_remote_code_without_the_package(hub, tmp_path):
+    """One fresh process without hf_monosem loads the four classifiers with ``trust_remote_code=True``; their
+    logits equal those of the package's classes."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
     ids = torch.randint(5, 60, (3, 9), generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    inputs = {
+        "text": {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+        "image": {"pixel_values": pixels},
+    }
+    (tmp_path / "inputs.json").write_text(
+        json.dumps({k: {n: t.tolist() for n, t in v.items()} for k, v in inputs.items()})
+    )
     script = """
         import json, sys, torch
-        from transformers import AutoModelForSequenceClassification
-        ids = torch.tensor(json.loads(sys.argv[2]))
+        from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+        given = json.load(open(sys.argv[2]))
+        inputs = {k: {n: torch.tensor(t) for n, t in v.items()} for k, v in given.items()}
         out = {}
         for repo in sys.argv[1].split(","):
-            model = AutoModelForSequenceClassification.from_pretrained(repo, trust_remote_code=True).eval()
+            kind = "image" if "resnet" in repo else "text"
+            auto = AutoModelForImageClassification if kind == "image" else AutoModelForSequenceClassification
+            model = auto.from_pretrained(repo, trust_remote_code=True).eval()
+            assert "hf_monosem" not in sys.modules
             with torch.no_grad():
-                out[repo] = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.tolist()
+                out[repo] = model(**inputs[kind]).logits.tolist()
         print(json.dumps(out))
     """
-    repos = [f"{NAMESPACE}/{name}" for name in release.TEXT_KINDS]
-    remote = run_without_hf_monosem(script, ",".join(repos), json.dumps(ids.tolist()), workdir=tmp_path)
-    for repo in repos:
+    repos = {f"{NAMESPACE}/{name}": "text" for name in release.TEXT_KINDS}
+    repos.update({f"{NAMESPACE}/{name}": "image" for name in release.RESNET_KINDS})
+    remote = run_without_hf_monosem(script, ",".join(repos), str(tmp_path / "inputs.json"), workdir=tmp_path)
+    for repo, kind in repos.items():
+        auto = AutoModelForImageClassification if kind == "image" else AutoModelForSequenceClassification
         with torch.no_grad():
-            ours = AutoModelForSequenceClassification.from_pretrained(repo).eval()(
-                input_ids=ids, attention_mask=torch.ones_like(ids)
-            )
-        torch.testing.assert_close(torch.tensor(remote[repo]), ours.logits)
+            ours = auto.from_pretrained(repo).eval()(**inputs[kind]).logits
+        torch.testing.assert_close(torch.tensor(remote[repo]), ours)
 
 
 def test_saes_download_into_saelens_and_sparsify_with_the_cards_numbers(hub):
@@ -202,8 +221,12 @@ def test_saes_download_into_saelens_and_sparsify_with_the_cards_numbers(hub):
             codes = sae.encode(x)
             error = (sae.decode(codes) - x).pow(2).sum()  # SAELens decodes to the input's scale
         fvu = float(error / (x - x.mean(0)).pow(2).sum())
-        saelens = {("fvu", "held_back"): fvu, ("l0", "held_back"): float((codes != 0).sum(-1).float().mean()),
-                   ("dead_fraction", "held_back"): float(((codes != 0).sum(0) == 0).float().mean())}  # fmt: skip
+        active = codes != 0
+        saelens = {
+            ("fvu", "held_back"): fvu,
+            ("l0", "held_back"): float(active.sum(-1).float().mean()),
+            ("dead_fraction", "held_back"): float((active.sum(0) == 0).float().mean()),
+        }
         assert_same_printed(card, saelens)
         # sparsify's coder picks the same latents with the same values
         coder = SparseCoder.load_from_disk(snapshot / "sparsify", device="cpu")
@@ -214,12 +237,13 @@ def test_saes_download_into_saelens_and_sparsify_with_the_cards_numbers(hub):
     assert model.config.hidden_layer == 1 and sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
 
 
-def test_resnets_download_and_reproduce_their_cards(hub, tmp_path):
+def test_resnets_download_and_reproduce_their_cards(hub):
     from PIL import Image
     from transformers import AutoModelForImageClassification, pipeline
 
     budget = release.budget_with(release.QUICK, TINY_BUDGET)
     repos = {kind: f"{NAMESPACE}/{name}" for name, kind in release.RESNET_KINDS.items()}
+    names = {kind: name for name, kind in release.RESNET_KINDS.items()}
     models = {kind: AutoModelForImageClassification.from_pretrained(repo) for kind, repo in repos.items()}
     data, label_feature = release.fashion_data(budget, channels=3)
     records, _, _ = release.evaluate_resnets(models, data, label_feature, budget)
@@ -228,27 +252,22 @@ def test_resnets_download_and_reproduce_their_cards(hub, tmp_path):
     raw = (pixels[:, 0] * release.FASHION_MNIST_STD + release.FASHION_MNIST_MEAN) * 255
     images = [Image.fromarray(a.round().clamp(0, 255).to(torch.uint8).numpy(), "L") for a in raw]
     for kind, repo in repos.items():
+        name = names[kind]
         assert_same_printed(card_numbers(repo), measured(records[kind], kind))
         out = pipeline("image-classification", model=repo)(images, batch_size=4, top_k=1)
         with torch.no_grad():
             expected = models[kind].eval()(pixel_values=pixels).logits.argmax(-1)
         assert [o[0]["label"] for o in out] == [models[kind].config.id2label[int(i)] for i in expected]
-    script = """
-        import json, sys, torch
-        from transformers import AutoModelForImageClassification
-        pixels = torch.tensor(json.load(open(sys.argv[2])))
-        out = {}
-        for repo in sys.argv[1].split(","):
-            model = AutoModelForImageClassification.from_pretrained(repo, trust_remote_code=True).eval()
-            with torch.no_grad():
-                out[repo] = model(pixel_values=pixels).logits.tolist()
-        print(json.dumps(out))
-    """
-    (tmp_path / "pixels.json").write_text(json.dumps(pixels.tolist()))
-    remote = run_without_hf_monosem(script, ",".join(repos.values()), str(tmp_path / "pixels.json"), workdir=tmp_path)
-    for kind, repo in repos.items():
+        # the released 3-channel stem reads a gray image as RGB exactly as the pretrained gray encoder did
+        pretrained = hub["root"] / "release" / ".work" / "resnets" / name / "model"  # the build's work files
+        gray = MonoSemanticModel.from_pretrained(pretrained)
         with torch.no_grad():
-            torch.testing.assert_close(torch.tensor(remote[repo]), models[kind](pixel_values=pixels).logits)
+            torch.testing.assert_close(
+                models[kind].eval()(pixel_values=pixels).features,
+                gray.eval()(pixel_values=pixels[:, :1]).features,
+                atol=1e-5,
+                rtol=1e-4,
+            )
 
 
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys):
@@ -267,7 +286,7 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys):
 
 
 def test_push_uploads_each_folder_in_one_commit(built, monkeypatch):
-    """``--push``'s upload step on the built folders, HfApi recording its calls instead of reaching the Hub."""
+    """``--push``'s upload step on the built folders, HfApi recording its calls (no Hub is reached)."""
     calls = []
 
     class RecordingApi:
@@ -298,3 +317,20 @@ def test_the_real_quick_release_builds_with_minilm(tmp_path):
     assert sae.cfg.d_in == 384 and sae.cfg.metadata.hook_name == "blocks.3.hook_resid_post"
     config = json.loads((tmp_path / "minilm-l6-20ng-nonneg" / "config.json").read_text())
     assert config["backbone"] == release.MINILM  # the Hub id, not the package's local folder
+
+
+def test_documented_release_commands_parse():
+    """Every ``scripts/release.py`` command the README and the script's docstring print is accepted."""
+    import re
+    import shlex
+
+    commands = []
+    for text in ((ROOT / "README.md").read_text(), release.__doc__):
+        for line in text.splitlines():
+            match = re.search(r"scripts/release\.py(.*)", line)
+            if match and "--output_dir" in match.group(1):
+                commands.append(shlex.split(match.group(1).split("#")[0].split("`")[0]))
+    assert len(commands) >= 6
+    for argv in commands:
+        args = release.parse_args(argv)
+        assert args.output_dir == "release/"
