@@ -78,7 +78,7 @@ from hf_monosem.data import (
 )
 from hf_monosem.data.assets.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from hf_monosem.evaluation import load_results, monosemanticity_report
-from hf_monosem.hub import save_for_hub
+from hf_monosem.hub import MODEL_CARD_TEMPLATE, save_for_hub
 from hf_monosem.models import MonoSemanticForImageClassification
 from hf_monosem.models.configuration import public_name
 from hf_monosem.models.hidden_layers import find_layer_list, run_to_layer
@@ -114,6 +114,12 @@ QUICK_NOTE = (
     "pipeline. The numbers below are measured, but on that tiny budget: they are not a result."
 )
 SAE_FORMAT_FOLDERS = {"saelens": "saelens", "sparsify": "sparsify"}
+# the card template's paragraph on the poly twin, which an SAE release has not: said of its files instead
+TWIN_PARAGRAPH = """Poly vs mono differ in `feature_layer` only: the polysemantic twin of this model (`feature_layer="linear"`)
+has the same backbone, width and linear classifier."""  # noqa: E501
+SAE_PARAGRAPH = """The SAE alone is also in `saelens/` (`sae_lens.SAE.load_from_disk`) and `sparsify/`
+(`sparsify.SparseCoder.load_from_disk`); `hf_monosem.MonoSemanticModel.from_sae(backbone, repo, subfolder=...)`
+puts either on a backbone."""  # noqa: E501
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,8 +234,16 @@ def repo_id(namespace: str | None, name: str) -> str:
 # ------------------------------------------------------------------------------------------ records
 def result(method: str, dataset: str, scenario: str, metric: str, value: float, **extra: Any) -> dict:
     """One result record of :mod:`hf_monosem.evaluation.results` (one seed unless ``extra`` says)."""
-    return {"dataset": dataset, "split": "test", "scenario": scenario, "level": extra.pop("level", None),
-            "method": method, "metric": metric, "value": float(value), **extra}  # fmt: skip
+    return {
+        "dataset": dataset,
+        "split": "test",
+        "scenario": scenario,
+        "level": extra.pop("level", None),
+        "method": method,
+        "metric": metric,
+        "value": float(value),
+        **extra,
+    }
 
 
 def monosemanticity_records(method: str, dataset: str, features: torch.Tensor, labels: torch.Tensor) -> list:
@@ -255,17 +269,30 @@ def controlled_probe_records(
     rows); returns the result records (mean ± std over :data:`PROBE_SEEDS`) and, per method, the probe
     rate and input scale used."""
     track = Track(
-        name=dataset, description=dataset, num_labels=label_feature.num_classes, label_feature=label_feature,
-        pairs=[(reference, m) for m in features if m != reference], features=features,
-        labels={"train": y_train, "test": y_test}, noise_cells=[], scale_reference=reference,
-    )  # fmt: skip
+        name=dataset,
+        description=dataset,
+        num_labels=label_feature.num_classes,
+        label_feature=label_feature,
+        pairs=[(reference, m) for m in features if m != reference],
+        features=features,
+        labels={"train": y_train, "test": y_test},
+        noise_cells=[],
+        scale_reference=reference,
+    )
     protocol = CONTROLLED_PROBE.with_budget(epochs=epochs)
     runs = probe_records(track, list(LABEL_NOISE_RATES), [], list(PROBE_SEEDS), protocol=protocol)
     rows = [
-        {"dataset": dataset, "split": "test", "method": r["method"], "scenario": r["scenario"],
-         "level": r["level"], "seed": r["seed"], PROBE_METRIC: r["accuracy"]}
+        {
+            "dataset": dataset,
+            "split": "test",
+            "method": r["method"],
+            "scenario": r["scenario"],
+            "level": r["level"],
+            "seed": r["seed"],
+            PROBE_METRIC: r["accuracy"],
+        }
         for r in runs
-    ]  # fmt: skip
+    ]
     mean_norm = {m: float(f["train"].norm(dim=1).mean()) for m, f in features.items()}
     chosen = {
         m: {"lr": pick["lr"], "scale": mean_norm[reference] / max(mean_norm[m], 1e-12)}
@@ -304,8 +331,9 @@ def text_outputs(model: nn.Module, rows: Any, tokenizer: Any, outputs: Sequence[
     )
 
 
-def evaluate_text_classifiers(models: dict[str, nn.Module], tokens: Any, tokenizer: Any, label_feature: Any,
-                              budget: Budget) -> tuple[dict[str, list[dict]], dict]:  # fmt: skip
+def evaluate_text_classifiers(
+    models: dict[str, nn.Module], tokens: Any, tokenizer: Any, label_feature: Any, budget: Budget
+) -> tuple[dict[str, list[dict]], dict]:
     """P3 on the twin classifiers (keyed by feature layer): clean accuracy / macro-F1 and monosemanticity
     on the test posts, controlled probes on their frozen features under label noise. Returns the records of
     both (every card shows the pair) per method, and the probes' rate and scale per method."""
@@ -337,10 +365,17 @@ def build_text_classifiers(args, budget: Budget, work: str) -> list[dict]:
         set_seed(args.seed)  # both sides start from the same head and see the same batches
         model = build_classifier(kind, names, "text", source, pooling="mean", feature_dim=384)
         training_args = TrainingArguments(
-            output_dir=os.path.join(work, name), num_train_epochs=budget.finetune_epochs, learning_rate=5e-5,
-            per_device_train_batch_size=32, weight_decay=0.01, save_strategy="no", logging_steps=20,
-            report_to="none", seed=args.seed, disable_tqdm=True,
-        )  # fmt: skip
+            output_dir=os.path.join(work, name),
+            num_train_epochs=budget.finetune_epochs,
+            learning_rate=5e-5,
+            per_device_train_batch_size=32,
+            weight_decay=0.01,
+            save_strategy="no",
+            logging_steps=20,
+            report_to="none",
+            seed=args.seed,
+            disable_tqdm=True,
+        )
         trainer = MonoSemanticTrainer(
             model=model,
             args=training_args,
@@ -362,11 +397,15 @@ def build_text_classifiers(args, budget: Budget, work: str) -> list[dict]:
     }
     return [
         {
-            "name": name, "model": models[kind], "records": records[kind], "processor": tokenizer,
-            "recipe": recipe_common, "base_model": public_backbone(args),
+            "name": name,
+            "model": models[kind],
+            "records": records[kind],
+            "processor": tokenizer,
+            "recipe": recipe_common,
+            "base_model": public_backbone(args),
         }
         for name, kind in TEXT_KINDS.items()
-    ]  # fmt: skip
+    ]
 
 
 def controlled_probe_text(budget: Budget, chosen: dict) -> str:
@@ -437,9 +476,15 @@ def build_sae(args, budget: Budget, work: str, hidden: bool) -> list[dict]:
     if not hidden:
         name = "minilm-l6-sae-pooled"
         model, report = fit_sae(
-            backbone, tokens["train"], config=fit, feature_dim=width, topk=budget.sae_topk, pooling="mean",
-            cache_dir=os.path.join(work, "features"), collate_fn=DataCollatorWithPadding(tokenizer),
-        )  # fmt: skip
+            backbone,
+            tokens["train"],
+            config=fit,
+            feature_dim=width,
+            topk=budget.sae_topk,
+            pooling="mean",
+            cache_dir=os.path.join(work, "features"),
+            collate_fn=DataCollatorWithPadding(tokenizer),
+        )
         rows = f"the mean-pooled output of {len(tokens['train'])} training posts"
     else:
         name = "minilm-l6-sae-hidden"
@@ -450,9 +495,15 @@ def build_sae(args, budget: Budget, work: str, hidden: bool) -> list[dict]:
         train = layer_tokens(backbone, index, tokens["train"], tokenizer)
         torch.manual_seed(args.seed)  # the SAE's initialisation, as fit_sae seeds it
         model = MonoSemanticModel.from_backbone(
-            backbone, feature_layer="topk", feature_dim=width, topk=budget.sae_topk, hidden_layer=index,
-            pooling="mean", freeze_backbone=True, sae_normalize_input=True,
-        )  # fmt: skip
+            backbone,
+            feature_layer="topk",
+            feature_dim=width,
+            topk=budget.sae_topk,
+            hidden_layer=index,
+            pooling="mean",
+            freeze_backbone=True,
+            sae_normalize_input=True,
+        )
         model.feature_layer.init_for_fit_(encoder_norm=ENCODER_INIT_NORM)
         report = train_sae_layer(model.feature_layer, train, config=fit)
         model.eval()
@@ -474,8 +525,17 @@ def build_sae(args, budget: Budget, work: str, hidden: bool) -> list[dict]:
         "after `import hf_monosem`, or `trust_remote_code=True`); `saelens/`: `sae_lens.SAE.load_from_disk`; "
         "`sparsify/`: `sparsify.SparseCoder.load_from_disk`",
     }
-    return [{"name": name, "model": model, "records": records, "processor": tokenizer, "recipe": recipe,
-             "base_model": public_backbone(args), "sae": True}]  # fmt: skip
+    return [
+        {
+            "name": name,
+            "model": model,
+            "records": records,
+            "processor": tokenizer,
+            "recipe": recipe,
+            "base_model": public_backbone(args),
+            "sae": True,
+        }
+    ]
 
 
 # ------------------------------------------------------------------------------------------ vision
@@ -528,13 +588,18 @@ def evaluate_resnets(models: dict[str, nn.Module], data: dict, label_feature: An
             kind, "fashion_mnist", features[kind]["test"], data["test"]["label"]
         )
         if hasattr(model, "classifier"):
-            logits = collect_outputs(model, TensorRows(pixel_values=data["test"]["pixel_values"]), 512,
-                                     outputs=("logits",))["logits"]  # fmt: skip
+            logits = collect_outputs(
+                model, TensorRows(pixel_values=data["test"]["pixel_values"]), 512, outputs=("logits",)
+            )["logits"]
             records[kind] += classifier_records(kind, "fashion_mnist", logits, data["test"]["label"])
     probes, chosen = controlled_probe_records(
-        features, data["train"]["label"], data["test"]["label"], label_feature, "fashion_mnist",
+        features,
+        data["train"]["label"],
+        data["test"]["label"],
+        label_feature,
+        "fashion_mnist",
         budget.probe_epochs,
-    )  # fmt: skip
+    )
     every = [r for kind in models for r in records[kind]] + probes
     return {kind: every for kind in models}, chosen, features
 
@@ -553,7 +618,7 @@ def build_resnets(args, budget: Budget, work: str) -> list[dict]:
             epochs=budget.pretrain_epochs,
             seed=args.seed,
             layer_settings=ncl if kind == "nonneg" else None,
-        )  # fmt: skip
+        )
         for name, kind in RESNET_KINDS.items()
     }
     encoders = {kind: rgb_encoder(encoder) for kind, encoder in encoders.items()}
@@ -564,10 +629,15 @@ def build_resnets(args, budget: Budget, work: str) -> list[dict]:
         # the head: the clean-label controlled probe of seed 0, its input scale folded into the weights
         scale, lr = chosen[kind]["scale"], chosen[kind]["lr"]
         probe = label_noise_probe_grid(
-            features[kind]["train"] * scale, features[kind]["test"] * scale, data["train"]["label"],
-            data["test"]["label"], label_feature, [0.0], [PROBE_SEEDS[0]],
+            features[kind]["train"] * scale,
+            features[kind]["test"] * scale,
+            data["train"]["label"],
+            data["test"]["label"],
+            label_feature,
+            [0.0],
+            [PROBE_SEEDS[0]],
             **CONTROLLED_PROBE.with_budget(epochs=budget.probe_epochs).training_kwargs(lr),
-        )  # fmt: skip
+        )
         config = copy.deepcopy(encoder.config)
         config.num_labels = label_feature.num_classes
         config.id2label = dict(enumerate(label_feature.names))
@@ -596,10 +666,17 @@ def build_resnets(args, budget: Budget, work: str) -> list[dict]:
         + controlled_probe_text(budget, chosen).split("; ", 1)[1],
     }
     return [
-        {"name": name, "model": classifiers[kind], "records": records[kind], "processor": fashion_processor(),
-         "recipe": recipe, "base_model": None, "image_size": 28}
+        {
+            "name": name,
+            "model": classifiers[kind],
+            "records": records[kind],
+            "processor": fashion_processor(),
+            "recipe": recipe,
+            "base_model": None,
+            "image_size": 28,
+        }
         for name, kind in RESNET_KINDS.items()
-    ]  # fmt: skip
+    ]
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -622,10 +699,19 @@ def write_folder(entry: dict, output_dir: str, args, budget: Budget, seconds: fl
         "measured by that script on these weights."
     )
     save_for_hub(
-        model, folder, entry["records"], tokenizer_or_processor=entry["processor"], remote_code=True,
-        repo_id=repo_id(args.namespace, name), base_model=entry["base_model"], recipe=recipe, summary=summary,
-        image_size=entry.get("image_size"), tags=["hf-monosem-release"],
-    )  # fmt: skip
+        model,
+        folder,
+        entry["records"],
+        tokenizer_or_processor=entry["processor"],
+        remote_code=True,
+        repo_id=repo_id(args.namespace, name),
+        base_model=entry["base_model"],
+        recipe=recipe,
+        summary=summary,
+        image_size=entry.get("image_size"),
+        tags=["hf-monosem-release"],
+        template=card_template(entry),
+    )
     if entry.get("sae"):
         for fmt, sub in SAE_FORMAT_FOLDERS.items():
             save_sae(model, os.path.join(folder, sub), fmt, backbone=entry["base_model"])
@@ -641,6 +727,18 @@ def write_folder(entry: dict, output_dir: str, args, budget: Budget, seconds: fl
         json.dump(payload, f, indent=2)
         f.write("\n")
     return folder
+
+
+def card_template(entry: dict) -> str:
+    """The package's card template; an SAE's says where its SAELens / sparsify files are instead of naming a
+    poly twin it does not have."""
+    if not entry.get("sae"):
+        return MODEL_CARD_TEMPLATE
+    if (
+        TWIN_PARAGRAPH not in MODEL_CARD_TEMPLATE
+    ):  # the template changed: say so rather than print a wrong line
+        raise RuntimeError("the card template no longer holds the poly-twin paragraph release.py replaces")
+    return MODEL_CARD_TEMPLATE.replace(TWIN_PARAGRAPH, SAE_PARAGRAPH)
 
 
 def push(folders: Sequence[str], namespace: str) -> None:

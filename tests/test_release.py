@@ -72,8 +72,19 @@ def built(tmp_path_factory):
     add_to_hub_cache(cache, BERT, root / "bert")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-        argv = ["--output_dir", str(root / "release"), "--quick", "--backbone", BERT, "--hidden_layer", "1",
-                "--namespace", NAMESPACE, "--budget", TINY_BUDGET]  # fmt: skip
+        argv = [
+            "--output_dir",
+            str(root / "release"),
+            "--quick",
+            "--backbone",
+            BERT,
+            "--hidden_layer",
+            "1",
+            "--namespace",
+            NAMESPACE,
+            "--budget",
+            TINY_BUDGET,
+        ]
         folders = release.main(argv)
     for folder in folders:
         add_to_hub_cache(cache, f"{NAMESPACE}/{Path(folder).name}", folder)
@@ -125,6 +136,8 @@ def test_every_release_folder_is_built_hub_ready(built):
             if path.is_file() and path.suffix in (".json", ".md", ".py"):
                 assert str(built["root"]) not in path.read_text(), f"{path.name} holds a local path"
     for name in ("minilm-l6-sae-pooled", "minilm-l6-sae-hidden"):
+        card = (folders[name] / "README.md").read_text()
+        assert "sae_lens.SAE.load_from_disk" in card and "polysemantic twin" not in card
         assert (folders[name] / "saelens" / "sae_weights.safetensors").is_file()
         assert (folders[name] / "sparsify" / "sae.safetensors").is_file()
     for name in ("resnet-fmnist-simclr", "resnet-fmnist-ncl"):
