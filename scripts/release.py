@@ -107,7 +107,7 @@ RESNET_KINDS = {"resnet-fmnist-simclr": "linear", "resnet-fmnist-ncl": "nonneg"}
 #: P3's label-noise rates (docs/PROTOCOL.md) and its probe seeds
 LABEL_NOISE_RATES = (0.0, 0.1, 0.3, 0.6, 0.8)
 PROBE_SEEDS = (0, 1, 2)
-#: the metric name of P3's controlled probes, and the printed precision of every card number
+#: the metric name of P3's controlled probes on a checkpoint's frozen features
 PROBE_METRIC = "controlled_probe_accuracy"
 QUICK_NOTE = (
     "**Built with `scripts/release.py --quick`**: tiny data and budgets, a smoke test of the release "
@@ -140,6 +140,7 @@ class Budget:
     probe_epochs: int
 
     def describe(self) -> dict[str, Any]:
+        """The budget as ``results.json`` records it."""
         return dataclasses.asdict(self)
 
 
@@ -363,7 +364,8 @@ def build_text_classifiers(args, budget: Budget, work: str) -> list[dict]:
     models = {}
     for name, kind in TEXT_KINDS.items():
         set_seed(args.seed)  # both sides start from the same head and see the same batches
-        model = build_classifier(kind, names, "text", source, pooling="mean", feature_dim=384)
+        # the package's default width (4x the backbone's), as examples/finetune_noisy.py's twins
+        model = build_classifier(kind, names, "text", source, pooling="mean")
         training_args = TrainingArguments(
             output_dir=os.path.join(work, name),
             num_train_epochs=budget.finetune_epochs,
