@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from hf_monosem.report.publish import save_report_for_hub
 ROOT = Path(__file__).resolve().parents[2]
 #: small budgets: the command's logic, not a result
 SMALL = ["--quick", "--seeds", "2", "--sae_topk", "8", "--probe_epochs", "5", "--representation_epochs", "2"]
+DOMAIN = ["--domain_column", "source", "--train_domains", "shop,web", "--shifted_domains", "phone"]
+#: what the command's extraction progress bars say (on stderr) when they run
+EXTRACTING = "extracting features"
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,7 @@ def text_argv(assets, output_dir, *extra):
 @pytest.fixture(scope="module")
 def text_report(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("text_report")
-    domain = ["--domain_column", "source", "--train_domains", "shop,web", "--shifted_domains", "phone"]
-    assert main(text_argv(assets, out, *domain, "--explain_features", "1")) == 0
+    assert main(text_argv(assets, out, *DOMAIN, "--explain_features", "1")) == 0
     return out
 
 
@@ -71,6 +74,34 @@ def test_text_report_writes_verdicts_tables_plots_and_results(text_report):
     assert rates == [0.0, 0.3, 0.6]  # --quick's rates, all below (3-1)/3
     assert results["explain"]["ncl"][0]["examples"][0]["label"] in ("negative", "neutral", "positive")
     assert results["monosemanticity"]["sae_k8"]["l0"] <= 8
+
+
+def cache_files(out: Path) -> dict[str, int]:
+    """``{name: mtime_ns}`` of every file the command cached (a rewrite or a new file shows)."""
+    return {p.name: p.stat().st_mtime_ns for p in sorted((out / "cache").iterdir())}
+
+
+def run_fresh(assets, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The command in a fresh interpreter (nothing shared with this process but the files), offline."""
+    command = [sys.executable, "-m", "hf_monosem", *text_argv(assets, out, *extra)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=450)
+
+
+@pytest.mark.timeout(600)
+def test_a_rerun_in_a_fresh_process_extracts_nothing(assets, text_report, tmp_path):
+    out = tmp_path / "report"
+    shutil.copytree(text_report, out)  # copy2: the cached files keep their times
+    before = cache_files(out)
+    keys = 6  # train, test, the typo cell, the three domain splits
+    assert sum(name.startswith("pooled-") for name in before) == keys
+    rerun = run_fresh(assets, out, *DOMAIN, "--explain_features", "1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert EXTRACTING not in rerun.stderr and "text view" not in rerun.stderr
+    assert rerun.stdout.count("loading cached features from") == keys
+    assert cache_files(out) == before  # nothing extracted, fitted or probed again: no file new or rewritten
+    verdicts = [(folder / "report.md").read_text().split("## Verdicts")[1] for folder in (out, text_report)]
+    assert verdicts[0].split("Wall time")[0] == verdicts[1].split("Wall time")[0]  # the same results
 
 
 def test_report_files_hold_no_machine_path(text_report):
@@ -120,8 +151,11 @@ def test_resume_after_sigkill_redoes_only_what_is_missing(assets, tmp_path):
         first.wait()
     assert first.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists()
+    extracted = {n: t for n, t in cache_files(out).items() if n.startswith(("pooled-", "views-"))}
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=450)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert EXTRACTING not in second.stderr and "text view" not in second.stderr  # the vectors were saved
+    assert {n: t for n, t in cache_files(out).items() if n.startswith(("pooled-", "views-"))} == extracted
     assert "probe records of paper_cifar loaded from the cache" in second.stdout
     assert "probe records of controlled loaded" not in second.stdout  # it had not finished: run again
     assert "fit_sae" not in second.stderr  # the representations were saved before the kill: not refitted
