@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ class ReportArguments:
     sae_topk: str = field(default="16,32,64,128", metadata={"help": "k of the post-hoc TopK SAE sweep."})
     feature_dim: int | None = field(
         default=None, metadata={"help": "Width of the SimCLR / NCL projectors (default: 4 x the backbone's)."}
+    )
+    sae_lr: float | None = field(
+        default=None, metadata={"help": "Adam's lr of the SAE fits (default: fit_sae's, width-scaled)."}
     )
     ncl_recipe: str = field(
         default="authors-nn", metadata={"help": f"NCL recipe, of {', '.join(NCL_RECIPES)} (P3's choice)."}
@@ -171,6 +175,8 @@ def _check(args: ReportArguments) -> None:
         raise ValueError(f"--num_views {args.num_views} is not valid; allowed: an integer >= 2")
     if args.feature_dim is not None and args.feature_dim < 1:
         raise ValueError(f"--feature_dim {args.feature_dim} is not valid; allowed: an integer >= 1")
+    if args.sae_lr is not None and not 0 < args.sae_lr < math.inf:
+        raise ValueError(f"--sae_lr {args.sae_lr} is not valid; allowed: a number > 0 (or leave it out)")
     if args.explain_features < 0:
         raise ValueError(f"--explain_features {args.explain_features} is not valid; allowed: an integer >= 0")
     unknown = [p for p in list_of(args.probe_protocols) if p not in probe_protocol_names()]

@@ -235,6 +235,7 @@ def run_report(
         epochs=args.representation_epochs,
         projector_width=projector_width,
         ncl_recipe=args.ncl_recipe,
+        sae_lr=args.sae_lr,
     )
     if inputs.modality == "text":
         rows, collator, cells = _text_rows(args, inputs)

@@ -190,6 +190,7 @@ REFUSALS = {
         "domains ['fax'] are not values of --domain_column 'source'; allowed: ['phone', 'shop', 'web']",
     ),
     "image backbone on text": (["--model_name_or_path", VIT_REPO], "reads images, but the data is text"),
+    "SAE learning rate of 0": (["--sae_lr", "0"], "--sae_lr 0.0 is not valid; allowed: a number > 0"),
     "unknown NCL recipe": (
         ["--ncl_recipe", "p9"],
         "--ncl_recipe 'p9' is not valid; allowed: p2, authors, authors-nn",
