@@ -67,6 +67,20 @@ class ReportArguments:
     shifted_domains: str | None = field(
         default=None, metadata={"help": "Comma-separated domains it is then tested on."}
     )
+    shifted_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A second data set (same forms as --dataset_name, the same column names and class names) "
+            "as the shifted domain: probes trained on --split are tested on its rows."
+        },
+    )
+    shifted_dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The second data set's config (a Hub data set)."}
+    )
+    shifted_split: str | None = field(
+        default=None,
+        metadata={"help": "The second data set's split (default: 'test', else its first split)."},
+    )
     output_dir: str = field(default="hf_monosem_report", metadata={"help": "Where the report goes."})
     quick: bool = field(default=False, metadata={"help": "Small data and budgets: a look, not a result."})
     seeds: int = field(default=3, metadata={"help": "Seeds per cell (>= 2: verdicts need a spread)."})
@@ -205,6 +219,17 @@ def _check(args: ReportArguments) -> None:
         raise ValueError(
             f"--domain_column {args.domain_column!r}, --train_domains {args.train_domains!r} and "
             f"--shifted_domains {args.shifted_domains!r}: allowed: all three or none"
+        )
+    if args.shifted_dataset_name is None and (args.shifted_dataset_config_name or args.shifted_split):
+        raise ValueError(
+            f"--shifted_dataset_config_name {args.shifted_dataset_config_name!r} / --shifted_split "
+            f"{args.shifted_split!r} without --shifted_dataset_name; allowed: them with "
+            "--shifted_dataset_name"
+        )
+    if args.shifted_dataset_name is not None and args.domain_column is not None:
+        raise ValueError(
+            f"--shifted_dataset_name {args.shifted_dataset_name!r} and --domain_column "
+            f"{args.domain_column!r}: allowed: one source of the shifted domain"
         )
     overlap = set(list_of(args.train_domains)) & set(list_of(args.shifted_domains))
     if overlap:

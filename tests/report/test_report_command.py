@@ -104,6 +104,71 @@ def test_a_rerun_in_a_fresh_process_extracts_nothing(assets, text_report, tmp_pa
     assert verdicts[0].split("Wall time")[0] == verdicts[1].split("Wall time")[0]  # the same results
 
 
+def test_domain_shift_from_a_second_csv(assets, tmp_path):
+    shifted = make_text_csv(tmp_path / "other_shop.csv", rows=25, seed=1)  # same columns and classes
+    out = tmp_path / "report"
+    assert main(text_argv(assets, out, "--shifted_dataset_name", shifted)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (
+        "domain shift: train on 'train', test on 25 rows of 'other_shop.csv' (--shifted_dataset_name)"
+        in (results["decisions"])
+    )
+    cells = [r for r in results["results"] if r["scenario"].startswith("domain_shift")]
+    assert {r["scenario"] for r in cells} == {"domain_shift_in_domain", "domain_shift_shifted"}
+    assert {r["method"] for r in cells} == {"raw", "sae_k8", "simclr", "ncl", "simclr_sae_k8"}
+    shifted_accuracy = [r["accuracy"] * 25 for r in cells if r["scenario"] == "domain_shift_shifted"]
+    assert all(abs(a - round(a)) < 1e-6 for a in shifted_accuracy)  # counted on the 25 rows, not the 18 test
+    assert "**domain_shift_shifted**, raw -> sae_k8" in (out / "report.md").read_text()
+
+
+def shifted_refusals(root: Path) -> dict[str, tuple[list[str], str]]:
+    """Second data sets the command must refuse, and the message that names why."""
+    renamed = ("negative", "meh", "great")  # 'neutral' and 'positive' renamed
+    other_classes = make_text_csv(root / "other_classes.csv", rows=12, classes=renamed)
+    header = ("body", "sentiment", "source")  # the texts under another name
+    other_columns = make_text_csv(root / "other_columns.csv", rows=12, columns=header)
+    return {
+        "other class names": (
+            ["--shifted_dataset_name", other_classes],
+            "its classes differ from --dataset_name's (only in the shifted data: ['great', 'meh']; only in "
+            "the main data: ['neutral', 'positive']); allowed: the same class names, ['negative', "
+            "'neutral', 'positive']",
+        ),
+        "other column names": (
+            ["--shifted_dataset_name", other_columns],
+            "has no column 'review' (--text_column); allowed: data with the same column names as "
+            "--dataset_name",
+        ),
+        "unknown split": (
+            ["--shifted_dataset_name", other_columns, "--shifted_split", "dev"],
+            "--shifted_split 'dev' is not a split of --shifted_dataset_name",
+        ),
+        "split without data": (
+            ["--shifted_split", "test"],
+            "--shifted_split 'test' without --shifted_dataset_name; allowed: them with "
+            "--shifted_dataset_name",
+        ),
+        "both shift sources": (
+            ["--shifted_dataset_name", other_classes, *DOMAIN],
+            "and --domain_column 'source': allowed: one source of the shifted domain",
+        ),
+    }
+
+
+SHIFTED_CASES = ["other class names", "other column names", "unknown split", "split without data",
+                 "both shift sources"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SHIFTED_CASES)
+def test_a_bad_second_data_set_is_refused_before_any_work(assets, tmp_path, capsys, case):
+    extra, message = shifted_refusals(tmp_path)[case]
+    out = tmp_path / "report"
+    assert main(text_argv(assets, out, *extra)) == 2
+    error = capsys.readouterr().err
+    assert message in error, error
+    assert not out.exists()
+
+
 def test_report_files_hold_no_machine_path(text_report):
     folder = str(text_report.parent)
     for name in ("report.md", "results.json"):
