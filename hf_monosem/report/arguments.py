@@ -22,6 +22,7 @@ from transformers import HfArgumentParser
 
 from ..cached.projector_fitting import NCL_RECIPES
 from ..scenarios.protocols import probe_protocol_names
+from .model_card import check_repo_id
 
 __all__ = ["ReportArguments", "list_of", "numbers_of", "parse_report_arguments"]
 
@@ -129,7 +130,19 @@ class ReportArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Hub cache for the backbone's files."})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager / sdpa / ..."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the report as a dataset repository."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "The repository to push to."})
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "The dataset repository the report is pushed to."}
+    )
+    model_card_repo_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "A model repository whose card (README.md) gets or updates a 'Monosemanticity report' "
+            "section with the verdicts (with --push_to_hub)."
+        },
+    )
+    model_card_create_pr: bool = field(
+        default=False, metadata={"help": "Open a pull request on that model card instead of committing."}
+    )
 
     def loading_kwargs(self) -> dict:
         """The backbone's ``from_pretrained`` options that were given."""
@@ -241,10 +254,19 @@ def _check(args: ReportArguments) -> None:
             f"--text_column {args.text_column!r} and --image_column {args.image_column!r}: allowed: one "
             "of them"
         )
-    if args.push_to_hub and not args.hub_model_id:
+    if args.push_to_hub and not (args.hub_model_id or args.model_card_repo_id):
         raise ValueError(
-            "--push_to_hub needs --hub_model_id (the dataset repository to push to, e.g. me/report)"
+            "--push_to_hub needs --hub_model_id (the dataset repository to push to, e.g. me/report) and/or "
+            "--model_card_repo_id (a model repository whose card gets the verdicts)"
         )
+    if (args.model_card_repo_id or args.model_card_create_pr) and not args.push_to_hub:
+        raise ValueError(
+            f"--model_card_repo_id {args.model_card_repo_id!r} / --model_card_create_pr without "
+            "--push_to_hub; allowed: them with --push_to_hub"
+        )
+    for option in ("hub_model_id", "model_card_repo_id"):
+        if getattr(args, option) is not None:
+            check_repo_id(option, getattr(args, option))
 
 
 def parse_report_arguments(argv: Sequence[str] | None = None) -> ReportArguments:

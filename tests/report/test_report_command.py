@@ -18,6 +18,7 @@ from report_fixtures import BERT_REPO, RESNET_REPO, VIT_REPO, make_hub_cache, ma
 
 from hf_monosem.cli import main
 from hf_monosem.evaluation.results import load_results, read_records
+from hf_monosem.report.model_card import card_with_report
 from hf_monosem.report.publish import save_report_for_hub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,6 +183,13 @@ def test_push_prepares_a_dataset_card_offline(text_report):
     assert "tiny-org/bert" in card and "**label_noise**" in card
 
 
+def test_the_model_card_section_holds_the_real_verdicts_and_no_machine_path(text_report):
+    results = json.loads((text_report / "results.json").read_text())
+    card = card_with_report("# tiny-org/bert\n", results, report_repo_id="me/bert-report")
+    assert all(line in card for line in results["verdicts"]) and len(results["verdicts"]) > 0
+    assert "| ncl | " in card and str(text_report.parent) not in card
+
+
 def test_image_folder_report(assets, tmp_path):
     argv = ["report", "--model_name_or_path", VIT_REPO, "--dataset_name", assets["images"], "--cache_dir",
             assets["cache"], "--output_dir", str(tmp_path), *SMALL, "--shots", "1,3",
@@ -256,6 +264,14 @@ REFUSALS = {
     ),
     "image backbone on text": (["--model_name_or_path", VIT_REPO], "reads images, but the data is text"),
     "SAE learning rate of 0": (["--sae_lr", "0"], "--sae_lr 0.0 is not valid; allowed: a number > 0"),
+    "model card without --push_to_hub": (
+        ["--model_card_repo_id", "me/encoder"],
+        "--model_card_repo_id 'me/encoder' / --model_card_create_pr without --push_to_hub",
+    ),
+    "bad model card repo id": (
+        ["--push_to_hub", "--model_card_repo_id", "me/my encoder"],
+        "--model_card_repo_id 'me/my encoder' is not a Hub repository id; allowed: 'name' or ",
+    ),
     "unknown NCL recipe": (
         ["--ncl_recipe", "p9"],
         "--ncl_recipe 'p9' is not valid; allowed: p2, authors, authors-nn",
