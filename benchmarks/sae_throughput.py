@@ -10,10 +10,16 @@ whole fit, including whatever the trainer does besides the steps) and the FVU of
 on held-back rows of the same distribution (``sum ||x - x_hat||^2 / sum ||x - mean||^2``, measured
 afterwards, outside the timing).
 
-The ceiling: a TopK step cannot avoid two dense GEMMs at these shapes (the encoder's forward and a
-weight gradient, ``[B, D] x [D, M]`` and ``[M, B] x [B, D]``); the rows/s of that pair alone is
-timed just before and just after each of our fits (the machine's load changes from minute to
-minute), and our rows/s is printed as a share of it.
+The ceiling (issue 25's yardstick): the rows/s of two dense GEMMs at these shapes, the encoder's
+forward ``[B, D] x [D, M]`` and a weight gradient ``[M, B] x [B, D]``, timed on their own just before
+and just after each of our fits (the machine's load changes from minute to minute); our rows/s is
+printed as a share of it. Our step runs only the first of the two densely: everything after the
+top-k is sparse (``hf_monosem/models/sae_kernels.py``), so the rest of the step (top-k, sparse
+products, Adam, decoder upkeep, Python) has the second GEMM's time to spend. With ``--threads`` above
+1 on cores that other jobs share, each parallel region of the step waits for a descheduled sibling
+thread, which costs the many-kernel step far more than the two-GEMM ceiling; ``--threads 1`` shows
+the share without that effect. ``--output STEM`` writes ``STEM.json`` and ``STEM.md`` (settings,
+numbers, the load average at start and end, ``--note``).
 
 The sparsify side is its ``SparseCoder`` (1.3.3, eager path: ``SPARSIFY_DISABLE_TRITON=1``, no
 Triton on CPU anyway) driven by the steps of its ``Trainer`` for ``loss_fn="fvu"``: decoder bias set
@@ -38,6 +44,7 @@ Usage::
     # batch 1024, 2 threads
     python benchmarks/sae_throughput.py
     python benchmarks/sae_throughput.py --repeats 7 --data minilm
+    python benchmarks/sae_throughput.py --repeats 1 --output docs/results/sae_throughput --note "..."
 """
 
 from __future__ import annotations

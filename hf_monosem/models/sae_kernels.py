@@ -119,6 +119,10 @@ def latent_major_sum(
                 [0., 1.],
                 [1., 1.]])
     """
+    if rows.device.type not in ("cpu", "cuda"):  # pragma: no cover - the plain scatter elsewhere
+        contributions = (values.unsqueeze(-1) * rows.unsqueeze(1)).reshape(-1, rows.shape[1])
+        out = rows.new_zeros(num_latents, rows.shape[1])
+        return out.index_add_(0, indices.reshape(-1), contributions.to(rows.dtype))
     crow, columns, order = _latent_major_layout(indices, num_latents)
     weights = values.reshape(-1)[order].to(rows.dtype)
     return F.embedding_bag(columns, rows, crow[:-1], mode="sum", per_sample_weights=weights)
