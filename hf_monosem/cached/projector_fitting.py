@@ -28,6 +28,15 @@ from torch import nn
 from ..models.feature_layers import FeatureLayerSettings, LinearFeatures, feature_layer_class
 from ..training.losses import info_nce_loss
 from .checks import autocast_off, check_features
+from .data_parallel import (
+    all_reduce_sum_,
+    broadcast_parameters_,
+    check_same_on_every_process,
+    gather_rows_with_grad,
+    local_rows,
+    sum_gradients_,
+)
+from .distributed import process_world
 from .minibatch import MiniBatches
 from .scaling import feature_stats, standardize
 
@@ -144,6 +153,13 @@ def fit_contrastive_projector(
             row's ``num_neighbors`` nearest neighbours in the frozen, standardised ``features``, drawn
             per epoch: a label-free prior that two close posts share meaning).
 
+    Under ``accelerate launch --num_processes N`` (an initialised process group of ``N > 1``) the fit is
+    data-parallel (:mod:`~hf_monosem.cached.data_parallel`): every process must pass the same
+    ``features`` (checked) and options and draws the same views of the whole batch; each runs the
+    projector on its contiguous block of the batch only, the outputs are gathered with their gradient
+    path so that every row's negatives are all the batch's other views (the one-process InfoNCE), and
+    the gradients are summed. The weights are the one-process weights up to float rounding.
+
     Returns:
         ``(layer, report)``: the trained feature layer (input: raw pooled vectors) and a report with
         the per-epoch ``loss`` history, the final ``zero_fraction`` of the outputs and ``positive_accuracy``
@@ -197,7 +213,7 @@ def fit_contrastive_projector(
         epochs=epochs,
         device=features.device,
         min_size=2,
-        progress=progress,
+        progress=progress and process_world()[1] == 0,  # one bar, not one per process
         desc=f"contrastive {feature_layer} projector",
     )
 
@@ -208,6 +224,9 @@ def fit_contrastive_projector(
     if views is not None:
         views = (views.to(features.device).float() - mean) / std
     layer = layer_class(features.shape[1], settings).to(features.device)
+    check_same_on_every_process(features, "features")
+    broadcast_parameters_(layer)  # the same start on every process, whatever each one seeded
+    world = process_world()[0]
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
     history: list[float] = []
 
@@ -232,18 +251,28 @@ def fit_contrastive_projector(
                         views
                     )
                     x_a, x_b = views[k_a, rows], views[k_b, partner[rows]]
-                (z_a, aux_a), (z_b, aux_b) = layer(x_a), layer(x_b)
-                loss = info_nce_loss(z_a, z_b, temperature, gather=False)
-                aux = layer.weighted_aux_loss(aux_a)
+                # every process drew the whole batch's views (the same random draws as one process);
+                # the projector runs on this process's block of them only
+                block, share = local_rows(torch.arange(rows.shape[0], device=rows.device))
+                (z_a, aux_a), (z_b, aux_b) = layer(x_a[block]), layer(x_b[block])
+                # the whole batch's outputs (with the way back to the process that made them): the
+                # negatives of one process's InfoNCE; each process's copy of the loss counts 1 / world
+                z_a, z_b = gather_rows_with_grad(z_a, len(rows)), gather_rows_with_grad(z_b, len(rows))
+                loss = info_nce_loss(z_a, z_b, temperature, gather=False) / world
+                aux = layer.weighted_aux_loss(aux_a) if block.numel() else None
                 if aux is not None:  # the mean over both views' rows, as on the concatenated batch
-                    loss = loss + 0.5 * (aux + layer.weighted_aux_loss(aux_b))
+                    loss = loss + share * 0.5 * (aux + layer.weighted_aux_loss(aux_b))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                sum_gradients_(layer.parameters())
                 optimizer.step()
-                total, steps = total + float(loss.detach()), steps + 1
-            history.append(total / max(steps, 1))
+                total, steps = total + loss.detach().double(), steps + 1
+            # this process's parts of the epoch's losses, summed: the one-process total
+            total = all_reduce_sum_(torch.as_tensor(total, dtype=torch.float64))
+            history.append(float(total) / max(steps, 1))
             batches.set_postfix(loss=f"{history[-1]:.4f}")
 
+    broadcast_parameters_(layer)  # bit-identical weights everywhere, whatever a backend's reduction order
     _fold_standardization(layer, mean, std)
     layer.eval()
     with torch.no_grad():

@@ -32,6 +32,14 @@ from ..models.feature_layers import FeatureLayer, feature_layer_class, feature_l
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from ..models.sae import ENCODER_INIT_NORM, SparseAutoencoder
 from .checks import autocast_off, check_features
+from .data_parallel import (
+    all_reduce_sum_,
+    broadcast_parameters_,
+    check_same_on_every_process,
+    local_rows,
+    sum_gradients_,
+)
+from .distributed import process_world
 from .extraction import resolve_base_model
 from .feature_cache import extract_pooled_features
 from .minibatch import MiniBatches
@@ -331,6 +339,15 @@ def train_sae_layer(
     the decoder columns, steps, and renormalises the columns to unit norm. ``init_pre_bias`` starts
     the pre-bias at the data mean (turn off to continue a fit).
 
+    Under ``accelerate launch --num_processes N`` (an initialised process group of ``N > 1``) the fit is
+    data-parallel (:mod:`~hf_monosem.cached.data_parallel`): every process must pass the same
+    ``features`` (checked) and the same options; each runs the forward and backward pass of its
+    contiguous block of every batch, the gradients are summed (every loss term is a mean over the
+    batch's rows, weighted by the block's share), and the statistics that steer the fit are global:
+    the pre-bias is the mean of all rows, which latents fired (hence AuxK's dead latents and
+    resampling) is summed over the blocks, the decoder columns are renormalised after the common
+    step. The weights are the one-process weights up to float rounding (tested with 2 CPU processes).
+
     The report's histories ``explained_variance``, ``l0`` and ``dead_fraction`` are measured on the
     training batches themselves, each in its own forward pass just before its step (as sparsify and
     SAELens log them), so they cost nothing: entry 0 is the first batch before any step, entry ``e``
@@ -354,8 +371,11 @@ def train_sae_layer(
             f"dead_latents='auxk' applies to 'topk' layers only, not {layer.kind!r}; use 'resample'"
         )
     check_features(features)
+    check_same_on_every_process(features, "features")
     device = features.device
     layer.to(device).train()
+    broadcast_parameters_(layer)  # the same start on every process, whatever each one seeded
+    world = process_world()[0]
     n = features.shape[0]
     batches = MiniBatches(
         n,
@@ -363,7 +383,7 @@ def train_sae_layer(
         config.seed,
         epochs=config.epochs,
         device=device,
-        progress=config.progress,
+        progress=config.progress and process_world()[1] == 0,  # one bar, not one per process
         desc=f"fit_sae ({layer.kind})",
     )
     generator = batches.generator
@@ -391,6 +411,7 @@ def train_sae_layer(
                 f"features have no variance ({n} row(s), all equal after the SAE's input preparation, "
                 "e.g. one row or all-zero rows): there is nothing to explain; give at least two distinct rows"
             )
+    # every process holds all rows, so this mean is the global one (the same pre-bias everywhere)
     if init_pre_bias:  # the data mean: a cheap stand-in for the geometric median
         layer.init_for_fit_(mean, encoder_norm=None)
     optimizer = _adam(layer.parameters(), lr)
@@ -412,31 +433,43 @@ def train_sae_layer(
             fired_in_epoch = torch.zeros(layer.feature_dim, dtype=torch.bool, device=device)
             for rows in epoch:
                 dead = since_fired >= dead_after_steps if strategy == "auxk" and step > 0 else None
-                out = layer.fit_forward(prepared[rows], dead=dead, prepared=True)
-                loss = layer.weighted_aux_loss(out.aux_losses)
-                if "auxk_loss" in out.aux_losses and auxk_weight:
-                    loss = loss + auxk_weight * out.aux_losses["auxk_loss"]
+                # this process's block of the batch (all of it in one process) and its share of the rows
+                block, share = local_rows(rows)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if block.numel():
+                    out = layer.fit_forward(prepared[block], dead=dead, prepared=True)
+                    loss = layer.weighted_aux_loss(out.aux_losses)
+                    if "auxk_loss" in out.aux_losses and auxk_weight:
+                        loss = loss + auxk_weight * out.aux_losses["auxk_loss"]
+                    (loss * share if share != 1.0 else loss).backward()
+                    # loss x rows, squared error, spread, active latents: sums over the block's rows
+                    batch_stats = torch.stack(
+                        [
+                            loss.detach() * block.numel(),
+                            out.squared_error,
+                            spread[block].sum(),
+                            out.active.to(spread.dtype),
+                        ]
+                    ).double()
+                    fired = out.fired
+                else:  # fewer rows than processes: this one only takes part in the collectives
+                    batch_stats = torch.zeros(4, dtype=torch.float64, device=device)
+                    fired = torch.zeros(layer.feature_dim, dtype=torch.bool, device=device)
+                if world > 1:  # the batch's sums over all blocks: the gradients, the statistics
+                    sum_gradients_(layer.parameters())
+                    summed = all_reduce_sum_(torch.cat([batch_stats, fired.double()]))
+                    batch_stats, fired = summed[:4], summed[4:] > 0
                 layer.project_decoder_grad_()
                 optimizer.step()
                 layer.normalize_decoder_()
                 if decay_steps:  # linear decay to 0 over the last decay_steps steps
                     optimizer.param_groups[0]["lr"] = lr * min(1.0, (total_steps - step - 1) / decay_steps)
 
-                batch_stats = torch.stack(
-                    [
-                        loss.detach() * rows.numel(),
-                        out.squared_error,
-                        spread[rows].sum(),
-                        out.active.to(spread.dtype),
-                    ]
-                ).double()
                 if step == 0:  # before any step: the first batch
-                    _append_stats(report, batch_stats, out.fired, rows.numel())
+                    _append_stats(report, batch_stats, fired, rows.numel())
                 totals += batch_stats
-                fired_in_epoch |= out.fired
-                since_fired.add_(1).masked_fill_(out.fired, 0)  # in place: two kernels, no new tensor
+                fired_in_epoch |= fired
+                since_fired.add_(1).masked_fill_(fired, 0)  # in place: two kernels, no new tensor
                 step += 1
                 if (
                     strategy == "resample"
@@ -448,6 +481,8 @@ def train_sae_layer(
                     candidates = features[torch.randperm(n, generator=generator)[:_RESAMPLE_ROWS].to(device)]
                     report["resampled"] += layer.resample_dead_(dead_now, candidates, optimizer, generator)
                     since_fired = since_fired.masked_fill(dead_now, 0)
+                    # the same candidates and draws everywhere; process 0's result is the one kept
+                    broadcast_parameters_(layer)
             _append_stats(report, totals, fired_in_epoch, n)
             report["loss"].append(float(totals[0]) / n)
             batches.set_postfix(
@@ -455,6 +490,7 @@ def train_sae_layer(
                 l0=f"{report['l0'][-1]:.1f}",
                 dead=f"{report['dead_fraction'][-1]:.2f}",
             )
+    broadcast_parameters_(layer)  # bit-identical weights everywhere, whatever a backend's reduction order
     layer.eval()
     report["final_explained_variance"] = report["explained_variance"][-1]
     report["final_l0"] = report["l0"][-1]
