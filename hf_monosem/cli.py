@@ -59,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hf-monosem report: error: {error}", file=sys.stderr)
         return 2
     show_library_logs()
-    run_report(args, inputs)
-    if args.push_to_hub:
+    results = run_report(args, inputs)  # empty in the other processes of accelerate launch
+    if args.push_to_hub and results:
         assert args.hub_model_id is not None  # checked with the arguments
         url = push_report_to_hub(args.output_dir, args.hub_model_id, args.token)
         print(f"[hf-monosem report] pushed to {url}")

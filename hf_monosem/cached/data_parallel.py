@@ -33,6 +33,7 @@ from ..training.losses import gather_with_grad
 from .distributed import process_world, row_block
 
 __all__ = [
+    "all_processes",
     "all_reduce_sum_",
     "broadcast_parameters_",
     "check_same_on_every_process",
@@ -71,6 +72,21 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     if buffer is not tensor:
         tensor.copy_(buffer)
     return tensor
+
+
+def all_processes(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (``flag`` itself in one process): one decision that all
+    processes take together, e.g. "the cached fit is on disk", so that none skips a collective the others
+    run.
+
+    Example:
+        >>> all_processes(True), all_processes(False)
+        (True, False)
+    """
+    if process_world()[0] == 1:
+        return bool(flag)
+    count = all_reduce_sum_(torch.tensor([float(bool(flag))], dtype=torch.float64))
+    return int(count.item()) == process_world()[0]
 
 
 def sum_gradients_(parameters: Iterable[nn.Parameter]) -> None:

@@ -411,7 +411,7 @@ def text_view_features(
             )
         views.append(out["pooled"])
     result = torch.stack(views)
-    if path is not None:
+    if path is not None and process_world()[1] == 0:  # every process computed all views: one writes
         save_tensors(path, {"features": result}, {"output": "views", "key": settings})  # atomic
     return result
 

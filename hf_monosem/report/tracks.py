@@ -45,6 +45,8 @@ from ..cached import (
     tensors_sha256,
     train_sae_layer,
 )
+from ..cached.data_parallel import all_processes
+from ..cached.distributed import process_world
 from ..data.backbones import small_resnet_config
 from ..evaluation.features import monosemanticity_report
 from ..models.configuration import MonoSemanticConfig
@@ -224,7 +226,9 @@ def fit_representations(
         f"{tensors_sha256(tensors)}|{sorted(asdict(plan).items())}|sae_normalize_input=fit".encode()
     ).hexdigest()[:16]
     path = None if cache_dir is None else os.path.join(cache_dir, f"representations-{key}.safetensors")
-    fitted = load_feature_layers(path, key) if path is not None and os.path.exists(path) else None
+    # decided by all processes together: under accelerate launch the fits are collectives
+    saved = path is not None and all_processes(os.path.exists(path))
+    fitted = load_feature_layers(path, key) if saved else None
     if fitted is not None:
         return fitted
     fitted = fit_saes(train, sweep, plan.epochs, progress)
@@ -250,7 +254,7 @@ def fit_representations(
         fitted.update(
             fit_saes(simclr_train, _projector_sweep(plan, simclr_train.shape[1]), plan.epochs, progress)
         )
-    if path is not None:
+    if path is not None and process_world()[1] == 0:  # every process fitted the same layers: one writes
         os.makedirs(cache_dir, exist_ok=True)
         save_feature_layers(path, fitted, key)  # atomic: a killed run leaves the old file or none
     return fitted
