@@ -302,6 +302,7 @@ def run_report(
                     cache_key=_rows_key(ds),
                     progress=rank == 0,
                     split_processes=True,
+                    sort_by_length=True,  # no forward pass over padding
                 )
                 for key, ds in rows.items()
             }
