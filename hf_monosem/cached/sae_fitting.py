@@ -441,6 +441,7 @@ def train_sae_layer(
                     loss = layer.weighted_aux_loss(out.aux_losses)
                     if "auxk_loss" in out.aux_losses and auxk_weight:
                         loss = loss + auxk_weight * out.aux_losses["auxk_loss"]
+                    assert loss is not None  # an SAE always has its reconstruction term
                     (loss * share if share != 1.0 else loss).backward()
                     # loss x rows, squared error, spread, active latents: sums over the block's rows
                     batch_stats = torch.stack(

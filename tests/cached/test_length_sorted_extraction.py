@@ -43,9 +43,7 @@ def test_sorted_run_returns_dataset_order_with_less_padding():
     hook = bert.embeddings.register_forward_hook(
         lambda module, args, out: seen.append(out.shape[0] * out.shape[1])
     )
-    plain = collect_outputs(
-        bert, rows, 8, outputs=("pooler_output",), collate_fn=collate, with_labels=True
-    )
+    plain = collect_outputs(bert, rows, 8, outputs=("pooler_output",), collate_fn=collate, with_labels=True)
     positions_plain, seen[:] = sum(seen), []
     ordered = extract_pooled_features(bert, rows, 8, pooling="mean", collate_fn=collate)
     seen.clear()
