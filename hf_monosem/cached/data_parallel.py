@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..training.losses import gather_with_grad
-from .distributed import process_world, row_block
+from .distributed import block_sizes, process_world, row_block
 
 __all__ = [
     "all_processes",
@@ -131,12 +131,9 @@ def gather_rows_with_grad(local: torch.Tensor, num_rows: int) -> torch.Tensor:
     computed by every process on the gathered rows and divided by the number of processes then gives each
     block exactly its one-process gradient. ``local`` itself in one process.
     """
-    world, rank = process_world()
-    if world == 1:
+    if process_world()[0] == 1:
         return local
-    sizes = [len(row_block(num_rows, r, world)) for r in range(world)]
-    if local.shape[0] != sizes[rank]:
-        raise ValueError(f"process {rank} holds {local.shape[0]} rows, its block has {sizes[rank]}")
+    sizes = block_sizes(local, num_rows)
     largest = max(sizes)
     padding = [0, 0] * (local.dim() - 1) + [0, largest - local.shape[0]]
     gathered = gather_with_grad(F.pad(local, padding))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_toys import accelerate_launch
+from training_toys import launch_and_load
 
 from hf_monosem.cached import fit_contrastive_projector, train_sae_layer
 from hf_monosem.models.feature_layers import FeatureLayerSettings, build_feature_layer
@@ -83,11 +83,7 @@ torch.save({"world": accelerator.num_processes, "fits": fits()}, out)
 
 @pytest.mark.distributed
 def test_two_processes_fit_the_weights_one_process_fits(tmp_path):
-    script = tmp_path / "fit.py"
-    script.write_text(SCRIPT)
-    result = accelerate_launch(script, tmp_path, SEARCH_PATH)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = launch_and_load(tmp_path, SCRIPT, SEARCH_PATH, WORLD)
     assert [r["world"] for r in ranks] == [WORLD, WORLD]
 
     torch.set_num_threads(1)
