@@ -21,17 +21,7 @@ from hf_monosem.cli import main
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: training_toys
 from training_toys import accelerate_launch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--quick", "--seeds", "2", "--sae_topk", "8", "--probe_epochs", "5", "--representation_epochs", "2"]
-
-SCRIPT = """
-import sys
-import torch
-sys.path.insert(0, sys.argv[1])
-torch.set_num_threads(1)
-from hf_monosem.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 @pytest.mark.distributed
@@ -45,9 +35,8 @@ def test_launched_report_fits_what_one_process_fits_and_process_0_writes(tmp_pat
             "--label_column", "sentiment", "--cache_dir", cache, "--output_dir", str(out), *SMALL,
         ]  # fmt: skip
 
-    script = tmp_path / "report.py"
-    script.write_text(SCRIPT)
-    launched = accelerate_launch(script, ROOT, *argv(tmp_path / "two"), timeout=400)
+    # the README's form: accelerate launch ... -m hf_monosem report ...
+    launched = accelerate_launch("-m", "hf_monosem", *argv(tmp_path / "two"), timeout=400)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert launched.stdout.count("[hf-monosem report] wrote report.md") == 1  # process 0 speaks
     assert main(argv(tmp_path / "one")) == 0
