@@ -13,7 +13,9 @@ back to the process that computed them, for losses whose negatives are the other
 
 Without a process group of more than one process every function here is the identity (or does nothing),
 so a loop written with them is the one-process loop. Every process must make the same calls in the same
-order (they are collectives).
+order (they are collectives). A fit uses them through :class:`DataParallelFit`, which is active only when
+the caller asked for it (``split_processes=True``): code that fits on the main process only, while the
+others wait elsewhere, keeps working.
 
 Example:
     >>> rows = torch.tensor([4, 1, 3])
@@ -33,6 +35,7 @@ from ..training.losses import gather_with_grad
 from .distributed import block_sizes, process_world, row_block
 
 __all__ = [
+    "DataParallelFit",
     "all_processes",
     "all_reduce_sum_",
     "broadcast_parameters_",
@@ -162,3 +165,47 @@ def check_same_on_every_process(tensor: torch.Tensor, name: str) -> None:
             "allowed: the same matrix on every process (extract it with split_processes=True, which gathers "
             "the rows in order, or load the same cache file)"
         )
+
+
+class DataParallelFit:
+    """The data-parallel steps of one fit, active when ``split_processes`` is true and a process group of
+    more than one process is initialised; otherwise every method is the one-process identity (no
+    collective), whatever the process group.
+
+    Example:
+        >>> fit = DataParallelFit(split_processes=True)  # no process group here: inactive
+        >>> fit.active, fit.world, fit.rank, fit.local_rows(torch.tensor([4, 1, 3]))
+        (False, 1, 0, (tensor([4, 1, 3]), 1.0))
+    """
+
+    def __init__(self, split_processes: bool) -> None:
+        world, rank = process_world()
+        self.active = bool(split_processes) and world > 1
+        self.world, self.rank = (world, rank) if self.active else (1, 0)
+
+    def local_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """:func:`local_rows` when active, ``(rows, 1.0)`` otherwise."""
+        return local_rows(rows) if self.active else (rows, 1.0)
+
+    def sum_gradients_(self, parameters: Iterable[nn.Parameter]) -> None:
+        """:func:`sum_gradients_` when active."""
+        if self.active:
+            sum_gradients_(parameters)
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """:func:`all_reduce_sum_` when active, ``tensor`` otherwise."""
+        return all_reduce_sum_(tensor) if self.active else tensor
+
+    def broadcast_parameters_(self, module: nn.Module) -> None:
+        """:func:`broadcast_parameters_` from process 0 when active."""
+        if self.active:
+            broadcast_parameters_(module)
+
+    def gather_rows_with_grad(self, local: torch.Tensor, num_rows: int) -> torch.Tensor:
+        """:func:`gather_rows_with_grad` when active, ``local`` otherwise."""
+        return gather_rows_with_grad(local, num_rows) if self.active else local
+
+    def check_same_on_every_process(self, tensor: torch.Tensor, name: str) -> None:
+        """:func:`check_same_on_every_process` when active."""
+        if self.active:
+            check_same_on_every_process(tensor, name)

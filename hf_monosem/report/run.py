@@ -32,7 +32,7 @@ from ..training.checkpoints import read_json, write_json
 from ..training.views import ImageViews
 from .arguments import ReportArguments, list_of, numbers_of
 from .inputs import ReportInputs, load_report_inputs
-from .tracks import RepresentationPlan, build_track, sae_sweep
+from .tracks import RepresentationPlan, build_track, fit_representations, sae_sweep
 
 __all__ = ["estimate_seconds", "join_launched_processes", "run_report"]
 
@@ -333,6 +333,10 @@ def run_report(
     for _, _, key in cells:
         labels[key] = labels[TEST]
     with timer("fit representations"):
+        # every process fits (data-parallel under accelerate launch); the track is built from the layers
+        fitted = fit_representations(
+            vectors[TRAIN], plan, cache_dir, views=views, progress=rank == 0, split_processes=True
+        )
         track = build_track(
             "report",
             f"{public_name(args.model_name_or_path)} on {public_name(args.dataset_name)}",  # no local path
@@ -344,6 +348,7 @@ def run_report(
             noise_cells=cells,
             views=views,
             views_for_probes=inputs.modality == "image",
+            fitted=fitted,
         )
     if rank != 0:  # the fits were the last collective: the probes and every file are process 0's
         return {}

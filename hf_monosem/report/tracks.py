@@ -169,7 +169,11 @@ def sae_pairs(reference: str, sweep: Sequence[tuple[str, int, int]]) -> list[tup
 
 
 def fit_saes(
-    train: torch.Tensor, sweep: Sequence[tuple[str, int, int]], epochs: int, progress: bool = True
+    train: torch.Tensor,
+    sweep: Sequence[tuple[str, int, int]],
+    epochs: int,
+    progress: bool = True,
+    split_processes: bool = False,
 ) -> dict[str, tuple[torch.nn.Module, dict]]:
     """The paper's post-hoc SAE: TopK fitted on the L2-normalised input, normalised MSE, no L1 (one per sweep
     entry); its codes encode the *un-normalised* vector (``sae_normalize_input="fit"``), as the authors'
@@ -189,7 +193,9 @@ def fit_saes(
         )
         # lr pinned at fit_sae's former default (its default now scales with the width), so the benchmark's
         # committed P3 records reproduce
-        report = train_sae_layer(sae, train, epochs=epochs, lr=1e-3, seed=0, progress=progress)
+        report = train_sae_layer(
+            sae, train, epochs=epochs, lr=1e-3, seed=0, progress=progress, split_processes=split_processes
+        )
         fitted[name] = (sae.eval(), {key: v for key, v in report.items() if key.startswith("final_")})
     return fitted
 
@@ -210,8 +216,13 @@ def fit_representations(
     *,
     views: torch.Tensor | None = None,
     progress: bool = True,
+    split_processes: bool = False,
 ) -> dict[str, tuple[torch.nn.Module, dict]]:
     """``{name: (fitted layer, fit report)}`` of ``plan`` on the ``[N, F]`` training vectors ``train``.
+
+    ``split_processes``: under ``accelerate launch``, every fit is data-parallel across the processes
+    (every process must call this with the same vectors), the cached file is read or not by all of them
+    together and written by process 0.
 
     ``views`` (``[K, N, F]`` encoder-level views of the training rows) feed the projectors of a recipe with
     ``"dropout"`` views. The layers are saved under ``cache_dir`` as safetensors keyed by a hash of the
@@ -226,12 +237,13 @@ def fit_representations(
         f"{tensors_sha256(tensors)}|{sorted(asdict(plan).items())}|sae_normalize_input=fit".encode()
     ).hexdigest()[:16]
     path = None if cache_dir is None else os.path.join(cache_dir, f"representations-{key}.safetensors")
-    # decided by all processes together: under accelerate launch the fits are collectives
-    saved = path is not None and all_processes(os.path.exists(path))
+    saved = path is not None and os.path.exists(path)
+    if split_processes:  # decided by all processes together: the fits are collectives
+        saved = all_processes(saved)
     fitted = load_feature_layers(path, key) if saved else None
     if fitted is not None:
         return fitted
-    fitted = fit_saes(train, sweep, plan.epochs, progress)
+    fitted = fit_saes(train, sweep, plan.epochs, progress, split_processes)
     if plan.projector_width is not None:
         for name, kind in CONTRASTIVE_KINDS.items():  # SimCLR and NCL on the recipe's views
             _, recipe = ncl_recipe(plan.ncl_recipe, kind)
@@ -244,6 +256,7 @@ def fit_representations(
                 seed=0,
                 views=used_views,
                 progress=progress,
+                split_processes=split_processes,
                 **recipe,
             )
             summary = {"final_loss": report["loss"][-1]}
@@ -252,9 +265,15 @@ def fit_representations(
         with torch.no_grad():
             simclr_train = fitted["simclr"][0].eval()(train)[0]
         fitted.update(
-            fit_saes(simclr_train, _projector_sweep(plan, simclr_train.shape[1]), plan.epochs, progress)
+            fit_saes(
+                simclr_train,
+                _projector_sweep(plan, simclr_train.shape[1]),
+                plan.epochs,
+                progress,
+                split_processes,
+            )  # fmt: skip
         )
-    if path is not None and process_world()[1] == 0:  # every process fitted the same layers: one writes
+    if path is not None and not (split_processes and process_world()[1]):  # the same layers: one writes
         os.makedirs(cache_dir, exist_ok=True)
         save_feature_layers(path, fitted, key)  # atomic: a killed run leaves the old file or none
     return fitted

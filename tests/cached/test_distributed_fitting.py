@@ -41,8 +41,9 @@ def features_and_views() -> tuple[torch.Tensor, torch.Tensor]:
     return x, views
 
 
-def fits() -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
-    """Every fit of the comparison, each from its own seeded start: ``{name: (state_dict, report)}``."""
+def fits(split_processes: bool = True) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
+    """Every fit of the comparison, each from its own seeded start: ``{name: (state_dict, report)}``
+    (``split_processes`` does nothing in one process)."""
     x, views = features_and_views()
     out = {}
     for kind, options in (
@@ -53,10 +54,11 @@ def fits() -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
         sae = build_feature_layer(FeatureLayerSettings(feature_dim=64, topk=4), input_dim=16, kind=kind)
         if kind == "sae":  # latents that never fire, so that resampling runs
             sae.encoder.bias.data[:8] = -10.0
-        report = train_sae_layer(sae, x, epochs=3, batch_size=BATCH, lr=2e-3, progress=False, **options)
+        report = train_sae_layer(sae, x, epochs=3, batch_size=BATCH, lr=2e-3, progress=False,
+                                 split_processes=split_processes, **options)  # fmt: skip
         out[kind] = (sae.state_dict(), report)
     common = {"feature_dim": 32, "projector_hidden_dim": 32, "epochs": 2, "batch_size": BATCH}
-    common["progress"] = False
+    common.update(progress=False, split_processes=split_processes)
     ncl, report = fit_contrastive_projector(
         x, feature_layer="nonneg", views=views, positives="nn", nonneg_order="authors",
         nonneg_activation="rep_relu", activation_loss_weight=1.0, **common,
@@ -77,7 +79,10 @@ from test_distributed_fitting import fits
 torch.set_num_threads(1)
 accelerator = Accelerator(cpu=True)  # joins the gloo process group (ACCELERATE_USE_CPU=1)
 out = f"{sys.argv[1]}/rank{accelerator.process_index}.pt"
-torch.save({"world": accelerator.num_processes, "fits": fits()}, out)
+split = fits()
+# not asked to split: a fit on the main process alone runs no collective (the other process is not there)
+alone = fits(split_processes=False) if accelerator.process_index == 0 else None
+torch.save({"world": accelerator.num_processes, "fits": split, "alone": alone}, out)
 """
 
 
@@ -99,6 +104,10 @@ def test_two_processes_fit_the_weights_one_process_fits(tmp_path):
                     assert other_report[key] == pytest.approx(report[key], rel=1e-4, abs=1e-5), (name, key)
         for key in state:  # and identical on both processes
             assert torch.equal(ranks[0]["fits"][name][0][key], ranks[1]["fits"][name][0][key]), (name, key)
+    # without split_processes the main process fitted on its own: the one-process fits, bit for bit
+    for name, (state, _) in reference.items():
+        for key, value in state.items():
+            assert torch.equal(ranks[0]["alone"][name][0][key], value), (name, key)
     # the fits did what the comparison is meant to cover
     assert reference["sae"][1]["resampled"] > 0
     assert reference["topk"][1]["dead_fraction"][1] > 0  # dead latents, so AuxK ran
