@@ -82,7 +82,17 @@ out = f"{sys.argv[1]}/rank{accelerator.process_index}.pt"
 split = fits()
 # not asked to split: a fit on the main process alone runs no collective (the other process is not there)
 alone = fits(split_processes=False) if accelerator.process_index == 0 else None
-torch.save({"world": accelerator.num_processes, "fits": split, "alone": alone}, out)
+# different features on the two processes: refused on both, before any step
+from hf_monosem.cached import train_sae_layer
+from hf_monosem.models.feature_layers import FeatureLayerSettings, build_feature_layer
+from test_distributed_fitting import features_and_views
+sae = build_feature_layer(FeatureLayerSettings(feature_dim=64, topk=4), input_dim=16, kind="topk")
+try:
+    train_sae_layer(sae, features_and_views()[0] + accelerator.process_index, split_processes=True)
+    refused = None
+except ValueError as error:
+    refused = str(error)
+torch.save({"world": accelerator.num_processes, "fits": split, "alone": alone, "refused": refused}, out)
 """
 
 
@@ -108,6 +118,10 @@ def test_two_processes_fit_the_weights_one_process_fits(tmp_path):
     for name, (state, _) in reference.items():
         for key, value in state.items():
             assert torch.equal(ranks[0]["alone"][name][0][key], value), (name, key)
+    for rank, r in enumerate(ranks):
+        expected = f"features differs between the 2 processes (process {rank}: shape (300, 16))"
+        assert r["refused"].startswith(expected)
+        assert "allowed: the same matrix on every process" in r["refused"]
     # the fits did what the comparison is meant to cover
     assert reference["sae"][1]["resampled"] > 0
     assert reference["topk"][1]["dead_fraction"][1] > 0  # dead latents, so AuxK ran
