@@ -109,17 +109,57 @@ def _cache_key(
 
 
 def _collate_fingerprint(collate_fn: Callable | None) -> str | None:
-    """What the collate function is, as a hash (code, closure and state: the ``datasets`` hasher ``map``
-    caches by), since another collate function (e.g. one that truncates) gives other features.
-    ``None`` when it cannot be hashed (then nothing is cached)."""
+    """What the collate function is, as a hash, since another collate function (e.g. one that truncates)
+    gives other features. ``None`` when it cannot be hashed (then nothing is cached).
+
+    A ``DataCollatorWithPadding`` is described by what its padded batches depend on (:func:`_padding_facts`),
+    never by hashing its tokenizer object: that object's state changes when it is *called* (the backend
+    tokenizer keeps the last truncation settings), so a run that tokenised its rows and a resumed run whose
+    ``datasets.map`` loaded them from the ``datasets`` cache hashed differently, and the resumed run
+    extracted everything again. Any other collate function is hashed like ``datasets.map`` hashes its
+    function (code, closure and state).
+    """
     if collate_fn is None:
         return "default_data_collator"
+    from transformers import DataCollatorWithPadding
+
+    if type(collate_fn) is DataCollatorWithPadding:  # a subclass may batch differently: hashed below
+        return json.dumps(_padding_facts(collate_fn), sort_keys=True)
     from datasets.fingerprint import Hasher
 
     try:
         return Hasher.hash(collate_fn)
     except Exception:  # unpicklable state: no safe key
         return None
+
+
+def _padding_facts(collator: Any) -> dict[str, Any]:
+    """The stable facts a ``DataCollatorWithPadding``'s batches depend on: how it pads (strategy, length,
+    multiple, side, pad ids, the columns it pads) and which tokenizer (class, vocabulary size, maximum
+    length). The token ids themselves are the dataset's key (the caller's ``cache_key`` or fingerprint).
+
+    Example:
+        >>> from transformers import BertTokenizerFast, DataCollatorWithPadding
+        >>> vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"])}
+        >>> facts = _padding_facts(DataCollatorWithPadding(BertTokenizerFast(vocab=vocab)))
+        >>> facts["pad_token_id"], facts["padding_side"], facts["vocab_size"]
+        (0, 'right', 7)
+    """
+    tokenizer = collator.tokenizer
+    return {
+        "collator": type(collator).__name__,
+        "padding": str(collator.padding),
+        "max_length": collator.max_length,
+        "pad_to_multiple_of": collator.pad_to_multiple_of,
+        "return_tensors": collator.return_tensors,
+        "tokenizer": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "model_max_length": tokenizer.model_max_length,
+        "padding_side": tokenizer.padding_side,
+        "pad_token_id": tokenizer.pad_token_id,
+        "pad_token_type_id": tokenizer.pad_token_type_id,
+        "model_input_names": list(tokenizer.model_input_names),
+    }
 
 
 def _input_columns(base: MonoSemanticModel, dataset: Any) -> list[str]:

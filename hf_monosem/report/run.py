@@ -249,7 +249,11 @@ def run_report(
     cache_dir = os.path.join(args.output_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
     timer = Timer()
-    model = MonoSemanticModel(inputs.config).eval()
+    with torch.random.fork_rng(devices=[]):
+        # weights the checkpoint lacks (e.g. BERT's pooler, unused by the pooling) are drawn alike in every
+        # process: the feature caches are keyed by the weights, and a resumed run must find them
+        torch.manual_seed(0)
+        model = MonoSemanticModel(inputs.config).eval()
     seeds = list(range(args.seeds))
     width = inputs.config.backbone_hidden_size
     projector_width = args.feature_dim or 4 * width
@@ -259,6 +263,7 @@ def run_report(
         epochs=args.representation_epochs,
         projector_width=projector_width,
         ncl_recipe=args.ncl_recipe,
+        sae_lr=args.sae_lr,
     )
     if inputs.modality == "text":
         rows, collator, cells = _text_rows(args, inputs)

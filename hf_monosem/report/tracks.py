@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,7 +84,17 @@ class RepresentationPlan:
     ``sae_overcomplete`` times wider with k = 32 (0: none); ``epochs`` of every fit; ``projector_width``:
     the SimCLR / NCL projectors' width (``None``: no projectors), trained with NCL recipe ``ncl_recipe``
     (:data:`hf_monosem.cached.NCL_RECIPES`; SimCLR shares its views and positives); ``sae_on_projector``:
-    also TopK SAEs on the SimCLR output (SAE vs CL on the same vector, as the authors compare them).
+    also TopK SAEs on the SimCLR output (SAE vs CL on the same vector, as the authors compare them);
+    ``sae_lr``: Adam's learning rate of every SAE fit (``None``: :func:`~hf_monosem.cached.fit_sae`'s
+    default, which scales with the SAE's width, :meth:`~hf_monosem.cached.SaeFitConfig.resolved_lr`).
+
+    Example:
+        >>> RepresentationPlan(sae_lr=1e-3).sae_lr
+        0.001
+        >>> RepresentationPlan(sae_lr=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: sae_lr=0 is not valid; allowed: None (fit_sae's width-scaled default) or a number > 0
     """
 
     sae_topk: tuple[int, ...] = (16, 32, 64, 128)
@@ -92,7 +103,16 @@ class RepresentationPlan:
     projector_width: int | None = 1536
     ncl_recipe: str = "authors-nn"
     sae_on_projector: bool = True
+    sae_lr: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # anything else the fits depend on (cache key)
+
+    def __post_init__(self) -> None:
+        lr = self.sae_lr
+        number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+        if lr is not None and (not number or not 0 < lr < math.inf):
+            raise ValueError(
+                f"sae_lr={lr!r} is not valid; allowed: None (fit_sae's width-scaled default) or a number > 0"
+            )
 
 
 def pretrain_small_resnet(
@@ -173,11 +193,14 @@ def fit_saes(
     sweep: Sequence[tuple[str, int, int]],
     epochs: int,
     progress: bool = True,
+    lr: float | None = None,
     split_processes: bool = False,
 ) -> dict[str, tuple[torch.nn.Module, dict]]:
     """The paper's post-hoc SAE: TopK fitted on the L2-normalised input, normalised MSE, no L1 (one per sweep
     entry); its codes encode the *un-normalised* vector (``sae_normalize_input="fit"``), as the authors'
-    probe does, so they live on the scale of the vector they encode."""
+    probe does, so they live on the scale of the vector they encode. ``lr``: Adam's learning rate
+    (``None``: :func:`~hf_monosem.cached.fit_sae`'s width-scaled default); each fit report holds the
+    ``lr`` it used and its ``final_*`` values."""
     fitted = {}
     for name, width, k in sweep:
         set_seed(0)  # every SAE starts from the same draw, whatever was fitted before it
@@ -191,12 +214,11 @@ def fit_saes(
             ),
             input_dim=train.shape[1],
         )
-        # lr pinned at fit_sae's former default (its default now scales with the width), so the benchmark's
-        # committed P3 records reproduce
         report = train_sae_layer(
-            sae, train, epochs=epochs, lr=1e-3, seed=0, progress=progress, split_processes=split_processes
+            sae, train, epochs=epochs, lr=lr, seed=0, progress=progress, split_processes=split_processes
         )
-        fitted[name] = (sae.eval(), {key: v for key, v in report.items() if key.startswith("final_")})
+        summary = {key: v for key, v in report.items() if key.startswith("final_") or key == "lr"}
+        fitted[name] = (sae.eval(), summary)
     return fitted
 
 
@@ -243,7 +265,7 @@ def fit_representations(
     fitted = load_feature_layers(path, key) if saved else None
     if fitted is not None:
         return fitted
-    fitted = fit_saes(train, sweep, plan.epochs, progress, split_processes)
+    fitted = fit_saes(train, sweep, plan.epochs, progress, plan.sae_lr, split_processes)
     if plan.projector_width is not None:
         for name, kind in CONTRASTIVE_KINDS.items():  # SimCLR and NCL on the recipe's views
             _, recipe = ncl_recipe(plan.ncl_recipe, kind)
@@ -270,6 +292,7 @@ def fit_representations(
                 _projector_sweep(plan, simclr_train.shape[1]),
                 plan.epochs,
                 progress,
+                plan.sae_lr,
                 split_processes,
             )  # fmt: skip
         )
