@@ -18,13 +18,19 @@ Two routes (``--route``), and the last line names the one that ran:
   (``linear`` = polysemantic baseline, ``nonneg`` = a ReLU layer trained by cross-entropy, ``sae`` /
   ``topk`` = sparse autoencoder codes).
 
-Why ``head`` is the default (measured 2026-12-06, shared cores, 6 min 13 s): on the default run the paper
-route ends ``linear 0.174 vs nonneg 0.064`` clean test accuracy (chance is 0.05; NCL L0 6 of 1536). The
-frozen projectors' outputs differ in scale by 40x (SimCLR's mean norm ~40, NCL's 1.0 after the authors'
-final normalisation), and at the fine-tuning learning rate the head on the unit-norm NCL codes barely
-moves in 64 steps: the comparison measures the scale, not the non-negativity (as P3 found for the
-probes, docs/results/paper_comparison.md). Holding the head's input scale equal is open work; until
-then the paper route is there to be run and read with that in mind.
+Why ``head`` is the default (measured 2026-12-06, shared cores): on the default run the paper route
+ended ``linear 0.174 vs nonneg 0.064`` clean test accuracy (chance is 0.05; NCL L0 6 of 1536) when each head
+read its projector's own output: SimCLR's mean norm is ~40, NCL's 1.0 after the authors' final
+normalisation, and at the fine-tuning learning rate the head on the unit-norm codes barely moves in 64
+steps, so the comparison measured the scale, not the non-negativity (as P3 found for the probes,
+docs/results/paper_comparison.md). The route now holds the head's input scale equal
+(``--head_input_scale backbone``: each side's output times one fixed factor, ``classifier_input_scale``,
+so its mean norm on the training rows is the backbone vectors', 2.8 for MiniLM). Measured on the default
+run with it (10:58 on 2 heavily shared cores): ``linear 0.108 vs nonneg 0.068``, both heads near chance
+(training loss 3.01 / 2.99 against ln 20 = 3.00): 64 steps at 5e-5 do not train a head on a frozen
+projector, at either scale. The paper route is like with like now, but at this budget it compares two
+untrained heads; it is there to be run with a larger budget (``--num_train_epochs``, ``--learning_rate``),
+and ``head`` stays the default.
 
 Offline default (no arguments): MiniLM-L6 fully fine-tuned on 20 Newsgroups (20 classes) with 60%
 symmetric label noise, linear vs nonneg, on a sample of 1,000 training posts cut to their first 64 tokens,
@@ -79,6 +85,7 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import transformers
 from example_utils import (
     DataArguments,
@@ -158,6 +165,8 @@ SCENARIO_OPTIONS = {
 
 #: how the feature layers are made: the paper's (contrastively pretrained projectors, frozen) or a fresh head
 ROUTES = ("paper", "head")
+#: route paper: the head reads each projector's output rescaled to the backbone's norm, or as it is
+HEAD_INPUT_SCALES = ("backbone", "none")
 #: the feature layers of each side in the paper route: SimCLR projector (poly) and NCL projector (mono)
 PAPER_ROUTE_LAYERS = {"linear": "SimCLR", "nonneg": "NCL"}
 
@@ -174,8 +183,8 @@ class ModelArguments(FeatureLayerArguments):
             "label-free on the training inputs' frozen backbone vectors (SimCLR for linear, NCL for nonneg: "
             "the same views, budget and seed; hf_monosem.cached.fit_contrastive_projector), then the "
             "backbone and head are fine-tuned with cross-entropy through it, frozen (linear = SimCLR "
-            "projector + CE, nonneg = NCL projector with its ReLU + CE, i.e. NCE; under the defaults its 40x "
-            "scale gap decides the result, see the module docstring). head (default): a randomly "
+            "projector + CE, nonneg = NCL projector with its ReLU + CE, i.e. NCE; see --head_input_scale "
+            "and the module docstring for why it is not the default). head (default): a randomly "
             "initialised feature layer trained with the backbone (any --feature_layers)."
         },
     )
@@ -189,6 +198,17 @@ class ModelArguments(FeatureLayerArguments):
             "positives and NCL's layer settings; SimCLR shares the views and positives) or auto: text "
             "authors-nn (protocol P3's stage A choice: K=4 SimCSE dropout views, nearest-neighbour "
             "positives, normalise -> rep_relu -> normalise), images p2 (feature-space views, ReLU)."
+        },
+    )
+    head_input_scale: str = field(
+        default="backbone",
+        metadata={
+            "help": "Route paper: the scale the head reads the frozen projector's output at. backbone "
+            "(default): each side's output is multiplied by one fixed factor (config.classifier_input_scale) "
+            "so that its mean norm on the training rows equals that of the backbone's pooled vectors, the "
+            "input a plain classifier head would read at this learning rate; both sides then train their "
+            "head at one scale. none: the projectors' own scales (SimCLR ~40x NCL's; the scale then decides "
+            "the comparison)."
         },
     )
     projector_activation_loss_weight: float | None = field(
@@ -264,6 +284,11 @@ def parse_args(argv=None):
         parser.error(
             f"--projector_recipe {model_args.projector_recipe!r} is not valid; allowed: auto, "
             f"{', '.join(NCL_RECIPES)}"
+        )
+    if model_args.head_input_scale not in HEAD_INPUT_SCALES:
+        parser.error(
+            f"--head_input_scale {model_args.head_input_scale!r} is not valid; allowed: "
+            f"{', '.join(HEAD_INPUT_SCALES)}"
         )
     if model_args.route not in ROUTES:
         parser.error(f"--route {model_args.route!r} is not valid; allowed: {', '.join(ROUTES)}")
@@ -472,7 +497,8 @@ def pretrain_projectors(kinds, model_args, names, modality, source, train, colla
             progress=not training_args.disable_tqdm,
             **recipe,
         )
-        projectors[kind] = (layer, {**report, "recipe": recipe_name})
+        scale = head_input_scale(layer, pooled, model_args.head_input_scale)
+        projectors[kind] = (layer, {**report, "recipe": recipe_name, "classifier_input_scale": scale})
         if training_args.process_index == 0:  # what the fine-tune starts from (and keeps: it is frozen)
             folder = os.path.join(training_args.output_dir, "projectors")
             os.makedirs(folder, exist_ok=True)
@@ -480,9 +506,31 @@ def pretrain_projectors(kinds, model_args, names, modality, source, train, colla
         logger.info(
             f"{kind}: {PAPER_ROUTE_LAYERS[kind]} projector pretrained ({len(pooled)} rows, "
             f"{model_args.projector_epochs} epochs, recipe {recipe_name}): zero fraction "
-            f"{report['zero_fraction']:.3f}"
+            f"{report['zero_fraction']:.3f}, head input scale x{scale:.3g} ({model_args.head_input_scale})"
         )
     return projectors
+
+
+@torch.no_grad()
+def head_input_scale(layer, pooled: torch.Tensor, mode: str) -> float:
+    """The fixed factor on a frozen projector's output before the head (``classifier_input_scale``):
+    ``"backbone"`` maps the output's mean L2 norm on the training rows onto the backbone vectors' (what
+    a plain head would read), ``"none"`` keeps 1.0. A head's steps at a given learning rate grow with the
+    square of its input's scale, so without it a SimCLR projector (norm ~40) and an NCL one (norm 1)
+    would compare their scales, not their features (tests/test_examples.py checks the mapping).
+    """
+    if mode == "none":
+        return 1.0
+    was_training = layer.training
+    out = layer.eval()(pooled)[0]
+    layer.train(was_training)
+    out_norm = out.norm(dim=1).mean().item()
+    if not out_norm > 0:
+        raise ValueError(
+            "the pretrained projector's outputs are all zero on the training rows (every unit dead): no "
+            "scale maps them onto the backbone's; use --head_input_scale none or another --projector_recipe"
+        )
+    return pooled.norm(dim=1).mean().item() / out_norm
 
 
 #: encoder-level (SimCSE dropout) views per training post of a "dropout" recipe (P3's stage A used 4)
@@ -640,6 +688,7 @@ def main(argv=None) -> dict:
                 "nonneg_order": projector.settings.nonneg_order,
                 "nonneg_activation": projector.settings.nonneg_activation,
                 "freeze_feature_layer": True,
+                "classifier_input_scale": projectors[kind][1]["classifier_input_scale"],
             }
             model = build_classifier(kind, names, modality, source, **options)
             model.feature_layer.load_state_dict(projector.state_dict())
@@ -714,6 +763,8 @@ def main(argv=None) -> dict:
                 "final_loss": report["loss"][-1],
                 "zero_fraction": report["zero_fraction"],
                 "positive_accuracy": report["positive_accuracy"],
+                "classifier_input_scale": report["classifier_input_scale"],
+                "head_input_scale": model_args.head_input_scale,
             }
         trainer.end_tracker_runs()  # the next feature layer logs to a run of its own
         del trainer, model

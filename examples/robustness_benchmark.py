@@ -410,6 +410,9 @@ def representation_plan(args, projector_width: int | None, overcomplete: bool = 
         epochs=args.representation_epochs,
         projector_width=projector_width,
         ncl_recipe=args.text_ncl_recipe,
+        # fit_sae's former default, pinned (its default now scales with the width): the committed P3
+        # records reproduce
+        sae_lr=1e-3,
     )
 
 

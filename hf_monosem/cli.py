@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from .report.arguments import parse_report_arguments
     from .report.inputs import load_report_inputs
+    from .report.model_card import push_report_to_model_card
     from .report.publish import push_report_to_hub
     from .report.run import run_report
 
@@ -59,9 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hf-monosem report: error: {error}", file=sys.stderr)
         return 2
     show_library_logs()
-    run_report(args, inputs)
-    if args.push_to_hub:
-        assert args.hub_model_id is not None  # checked with the arguments
+    results = run_report(args, inputs)  # empty in the other processes of accelerate launch
+    if args.push_to_hub and args.hub_model_id and results:
         url = push_report_to_hub(args.output_dir, args.hub_model_id, args.token)
         print(f"[hf-monosem report] pushed to {url}")
+    if args.push_to_hub and args.model_card_repo_id and results:
+        url = push_report_to_model_card(
+            args.output_dir,
+            args.model_card_repo_id,
+            token=args.token,
+            create_pr=args.model_card_create_pr,
+            report_repo_id=args.hub_model_id,
+        )
+        print(f"[hf-monosem report] added the verdicts to the model card: {url}")
     return 0

@@ -8,6 +8,8 @@ top, carries no numbers and no ``model-index``, and names the commands that will
 When a checkpoint is trained, publish it with ``hf_monosem.hub.push_to_hub_with_card(model, repo_id,
 results="results.json", ...)``: that card is generated from the trained model and its measured results
 and replaces the planned one. Works offline: the configs below are written out, nothing is downloaded.
+The CPU-scale checkpoints that are trained (``scripts/release.py``) write their own cards from measured
+numbers; the checkpoints here are other (GPU-scale or not yet run) ones and their cards stay planned.
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ BAD_ARGUMENTS = [
     ("finetune_noisy", ["--loss_type", "focal"], "focal"),
     ("finetune_noisy", ["--eval_input_noise", "0.1,lots"], "0.1,lots"),
     ("finetune_noisy", ["--route", "fancy"], "--route 'fancy' is not valid; allowed: paper, head"),
+    ("finetune_noisy", ["--head_input_scale", "big"], "--head_input_scale 'big' is not valid; allowed: back"),
     (
         "finetune_noisy",
         ["--route", "paper", "--feature_layers", "linear,topk"],
@@ -109,6 +110,7 @@ BAD_ARGUMENTS = [
     ("train_sae", ["--label_noise", "2"], "2"),
     ("train_sae", ["--topk", "5000"], "5000"),
     ("train_sae", ["--probe_inputs", "whiten"], "whiten"),
+    ("train_sae", ["--sae_lr", "0"], "--sae_lr 0.0"),
     ("robustness_benchmark", ["--label_noise", "0.2,1.5"], "1.5"),
     ("robustness_benchmark", ["--shots", "1,x"], "1,x"),
     ("robustness_benchmark", ["--seeds", "0"], "--seeds 0"),
@@ -285,7 +287,8 @@ def test_every_script_takes_the_options_the_readme_says():
 
 def test_defaults_parse_to_the_documented_offline_setup(ex):
     model_args, data_args, scenario_args, training_args, kinds, levels = ex.finetune_noisy.parse_args([])
-    assert model_args.route == "head"  # the paper route's 40x scale gap decides it (the module docstring)
+    assert model_args.route == "head"  # the paper route's heads do not train at this budget (the docstring)
+    assert model_args.head_input_scale == "backbone"  # like with like when the paper route runs
     assert ex.finetune_noisy.parse_args(["--route", "head", "--feature_layers", "linear,topk"])[4] == [
         "linear",
         "topk",
@@ -318,6 +321,7 @@ def test_defaults_parse_to_the_documented_offline_setup(ex):
     assert ex.pretrain_ncl.parse_args(["--online_label_loss"])[0].online_label_loss
     sae_args, *_ = ex.train_sae.parse_args([])
     assert (sae_args.feature_layer, sae_args.feature_dim, sae_args.topk) == ("topk", 1536, 192)
+    assert sae_args.sae_lr is None  # fit_sae's width-scaled default, not a fixed rate
 
 
 def test_examples_are_standalone(ex):
@@ -502,6 +506,25 @@ def test_finetune_noisy_end_to_end_digits(tmp_path):
         assert logits.shape == (2, 10)
 
 
+def test_paper_route_head_input_scale_maps_the_projector_norm_onto_the_backbones(ex):
+    from hf_monosem.models import FeatureLayerSettings, build_feature_layer
+
+    torch.manual_seed(0)
+    layer = build_feature_layer(FeatureLayerSettings(feature_dim=16, projector_hidden_dim=16), 8, "nonneg")
+    pooled = 5.0 * torch.randn(64, 8)
+    scale = ex.finetune_noisy.head_input_scale(layer, pooled, "backbone")
+    with torch.no_grad():
+        out = layer(pooled)[0]
+    ratio = (scale * out).norm(dim=1).mean() / pooled.norm(dim=1).mean()
+    torch.testing.assert_close(ratio, torch.tensor(1.0))
+    assert scale != 1.0 and ex.finetune_noisy.head_input_scale(layer, pooled, "none") == 1.0
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()
+    with pytest.raises(ValueError, match="--head_input_scale none"):
+        ex.finetune_noisy.head_input_scale(layer, pooled, "backbone")
+
+
 @pytest.mark.slow
 def test_finetune_noisy_paper_route_fine_tunes_through_the_frozen_label_free_projectors(tmp_path):
     """The default route: SimCLR / NCL projectors pretrained without labels, then the backbone and head
@@ -540,6 +563,9 @@ def test_finetune_noisy_paper_route_fine_tunes_through_the_frozen_label_free_pro
     }
     for kind, model in models.items():
         assert payload["results"][kind]["projector"]["method"] == {"linear": "SimCLR", "nonneg": "NCL"}[kind]
+        # the head reads the frozen projector at the backbone's scale (--head_input_scale backbone)
+        scale = payload["results"][kind]["projector"]["classifier_input_scale"]
+        assert model.config.classifier_input_scale == pytest.approx(scale) and scale != 1.0
         assert (
             model.config.freeze_feature_layer
             and model.config.projector_hidden_dim == model.config.feature_dim

@@ -109,17 +109,57 @@ def _cache_key(
 
 
 def _collate_fingerprint(collate_fn: Callable | None) -> str | None:
-    """What the collate function is, as a hash (code, closure and state: the ``datasets`` hasher ``map``
-    caches by), since another collate function (e.g. one that truncates) gives other features.
-    ``None`` when it cannot be hashed (then nothing is cached)."""
+    """What the collate function is, as a hash, since another collate function (e.g. one that truncates)
+    gives other features. ``None`` when it cannot be hashed (then nothing is cached).
+
+    A ``DataCollatorWithPadding`` is described by what its padded batches depend on (:func:`_padding_facts`),
+    never by hashing its tokenizer object: that object's state changes when it is *called* (the backend
+    tokenizer keeps the last truncation settings), so a run that tokenised its rows and a resumed run whose
+    ``datasets.map`` loaded them from the ``datasets`` cache hashed differently, and the resumed run
+    extracted everything again. Any other collate function is hashed like ``datasets.map`` hashes its
+    function (code, closure and state).
+    """
     if collate_fn is None:
         return "default_data_collator"
+    from transformers import DataCollatorWithPadding
+
+    if type(collate_fn) is DataCollatorWithPadding:  # a subclass may batch differently: hashed below
+        return json.dumps(_padding_facts(collate_fn), sort_keys=True)
     from datasets.fingerprint import Hasher
 
     try:
         return Hasher.hash(collate_fn)
     except Exception:  # unpicklable state: no safe key
         return None
+
+
+def _padding_facts(collator: Any) -> dict[str, Any]:
+    """The stable facts a ``DataCollatorWithPadding``'s batches depend on: how it pads (strategy, length,
+    multiple, side, pad ids, the columns it pads) and which tokenizer (class, vocabulary size, maximum
+    length). The token ids themselves are the dataset's key (the caller's ``cache_key`` or fingerprint).
+
+    Example:
+        >>> from transformers import BertTokenizerFast, DataCollatorWithPadding
+        >>> vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"])}
+        >>> facts = _padding_facts(DataCollatorWithPadding(BertTokenizerFast(vocab=vocab)))
+        >>> facts["pad_token_id"], facts["padding_side"], facts["vocab_size"]
+        (0, 'right', 7)
+    """
+    tokenizer = collator.tokenizer
+    return {
+        "collator": type(collator).__name__,
+        "padding": str(collator.padding),
+        "max_length": collator.max_length,
+        "pad_to_multiple_of": collator.pad_to_multiple_of,
+        "return_tensors": collator.return_tensors,
+        "tokenizer": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "model_max_length": tokenizer.model_max_length,
+        "padding_side": tokenizer.padding_side,
+        "pad_token_id": tokenizer.pad_token_id,
+        "pad_token_type_id": tokenizer.pad_token_type_id,
+        "model_input_names": list(tokenizer.model_input_names),
+    }
 
 
 def _input_columns(base: MonoSemanticModel, dataset: Any) -> list[str]:
@@ -142,6 +182,7 @@ def extract_pooled_features(
     split_processes: bool = False,
     memory_map: bool = False,
     rows_per_shard: int = 65536,
+    sort_by_length: bool = False,
 ) -> torch.Tensor | ShardedFeatures:
     """Pooled backbone vectors (or feature-layer outputs) of every example, ``[len(dataset), width]``.
 
@@ -172,6 +213,9 @@ def extract_pooled_features(
             that reads rows lazily: a matrix larger than RAM (1.3M x 2048 floats is ~10 GB) needs disk,
             not memory. Needs ``cache_dir`` and a cache key. With ``split_processes`` every process writes
             its own block's shards (a shared file system for several machines); nothing is gathered.
+        sort_by_length: run the texts longest first, so that padded batches waste no compute on padding,
+            and return them in dataset order (:func:`~.extraction.collect_outputs`; what
+            ``hf-monosem report`` does). Not with ``memory_map``, which streams rows in order.
 
     The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
     module's train/eval mode is restored afterwards. The result is a float32 CPU tensor in dataset order.
@@ -195,6 +239,10 @@ def extract_pooled_features(
     if output == "features" and not isinstance(model_or_backbone, MonoSemanticPreTrainedModel):
         raise ValueError(
             "output='features' needs a MonoSemantic model (a plain backbone has no feature layer)"
+        )
+    if memory_map and sort_by_length:
+        raise ValueError(
+            "sort_by_length=True with memory_map=True is not allowed: shards are written in row order"
         )
     if memory_map and cache_dir is None:
         raise ValueError("memory_map=True needs cache_dir (where the shard files go); allowed: a folder")
@@ -238,7 +286,8 @@ def extract_pooled_features(
                 logger.info("loading cached features from %s", path)
                 return cached["features"]
 
-    features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress, split)
+    features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress, split,
+                    sort_by_length=sort_by_length)  # fmt: skip
     # a NaN/inf input row (or a diverged backbone) is named here, by dataset row, not as NaN weights later
     check_features(features, f"{output} features of the dataset")
 
@@ -261,6 +310,7 @@ def _run(
     progress: bool,
     split: bool = False,
     on_batch: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    sort_by_length: bool = False,
 ) -> torch.Tensor | None:
     outputs = collect_outputs(
         base,
@@ -273,6 +323,7 @@ def _run(
         progress=progress,
         split_processes=split,
         on_batch=on_batch,
+        sort_by_length=sort_by_length,
     )
     return outputs[output]
 
@@ -411,7 +462,7 @@ def text_view_features(
             )
         views.append(out["pooled"])
     result = torch.stack(views)
-    if path is not None:
+    if path is not None and process_world()[1] == 0:  # every process computed all views: one writes
         save_tensors(path, {"features": result}, {"output": "views", "key": settings})  # atomic
     return result
 

@@ -300,6 +300,11 @@ def _default_recipe(config: MonoSemanticConfig) -> str:
         lines.append(
             "- feature layer frozen: the backbone was trained through it (the paper's NCE fine-tuning)"
         )
+    scale = getattr(config, "classifier_input_scale", 1.0)
+    if scale != 1.0:
+        lines.append(
+            f"- the head reads the features multiplied by a fixed {scale:.4g} (`classifier_input_scale`)"
+        )
     if config.feature_layer in ("sae", "topk"):
         lines.append(
             f"- reconstruction weight {config.reconstruction_weight}"

@@ -155,6 +155,12 @@ class MonoSemanticConfig(PreTrainedConfig):
             terms (if any) still reach the backbone. Feature layers have no dropout or BatchNorm, so the
             layer needs no eval mode. With ``freeze_backbone`` too only the head trains.
         classifier_dropout: dropout on the features before the classifier.
+        classifier_input_scale: a fixed factor (not trained) on the features before the classifier; 1.0
+            (the default, and what checkpoints without the field mean) leaves them as they are. A head's
+            training speed at a given learning rate grows with the square of its input's scale, so two
+            frozen projectors whose outputs differ in scale (a SimCLR projector, mean norm ~40, and an NCL
+            one normalised to 1) would compare their scales, not their features; the paper route of
+            ``examples/finetune_noisy.py`` sets it per side so that both heads read one scale.
         temperature: InfoNCE temperature for contrastive pretraining (0.2, as in the paper).
 
     Example:
@@ -211,6 +217,7 @@ class MonoSemanticConfig(PreTrainedConfig):
     freeze_backbone: bool = False
     freeze_feature_layer: bool = False
     classifier_dropout: float = 0.0
+    classifier_input_scale: float = 1.0
     temperature: float = 0.2
     initializer_range: float = 0.02
 
@@ -336,6 +343,9 @@ class MonoSemanticConfig(PreTrainedConfig):
             raise invalid_value("freeze_feature_layer", self.freeze_feature_layer, "True or False")
         if not isinstance(self.classifier_dropout, (int, float)) or not 0 <= self.classifier_dropout < 1:
             raise invalid_value("classifier_dropout", self.classifier_dropout, "a number in [0, 1)")
+        scale = self.classifier_input_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+            raise invalid_value("classifier_input_scale", scale, "a finite number > 0")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise invalid_value("temperature", self.temperature, "a number > 0")
         if self.num_labels is None or self.num_labels < 1:

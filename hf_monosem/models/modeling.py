@@ -553,7 +553,10 @@ class _MonoSemanticClassifier(MonoSemanticPreTrainedModel):
         )
         if output_aux_losses is None:
             output_aux_losses = labels is not None or self.training
-        logits = self.classifier(self.dropout(base.features).to(self.classifier.weight.dtype))
+        features = base.features
+        if self.config.classifier_input_scale != 1.0:  # the head's input scale (see the config)
+            features = features * self.config.classifier_input_scale
+        logits = self.classifier(self.dropout(features).to(self.classifier.weight.dtype))
         loss = None
         if labels is not None:
             loss = self.task_loss(logits, labels)

@@ -5,14 +5,16 @@ features or the optimisation?) on any backbone and any data set, in one command.
 builder the benchmark's tracks use); :mod:`~hf_monosem.report.inputs` loads and checks the data and
 the backbone before any work; :mod:`~hf_monosem.report.run` runs the grid (resumable);
 :mod:`~hf_monosem.report.writing` writes ``report.md``, ``results.json`` and the plots;
-:mod:`~hf_monosem.report.publish` prepares and pushes the report as a dataset repository.
+:mod:`~hf_monosem.report.publish` prepares and pushes the report as a dataset repository;
+:mod:`~hf_monosem.report.model_card` adds its verdicts to a model repository's card.
 """
 
 from __future__ import annotations
 
-from . import arguments, inputs, publish, run, tracks, writing
+from . import arguments, inputs, model_card, publish, run, tracks, writing
 from .arguments import *  # noqa: F403
 from .inputs import *  # noqa: F403
+from .model_card import *  # noqa: F403
 from .publish import *  # noqa: F403
 from .run import *  # noqa: F403
 from .tracks import *  # noqa: F403
@@ -25,4 +27,5 @@ __all__ = [
     *run.__all__,
     *writing.__all__,
     *publish.__all__,
+    *model_card.__all__,
 ]

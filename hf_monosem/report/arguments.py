@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from transformers import HfArgumentParser
 
 from ..cached.projector_fitting import NCL_RECIPES
 from ..scenarios.protocols import probe_protocol_names
+from .model_card import check_repo_id
 
 __all__ = ["ReportArguments", "list_of", "numbers_of", "parse_report_arguments"]
 
@@ -66,6 +68,20 @@ class ReportArguments:
     shifted_domains: str | None = field(
         default=None, metadata={"help": "Comma-separated domains it is then tested on."}
     )
+    shifted_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A second data set (same forms as --dataset_name, the same column names and class names) "
+            "as the shifted domain: probes trained on --split are tested on its rows."
+        },
+    )
+    shifted_dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The second data set's config (a Hub data set)."}
+    )
+    shifted_split: str | None = field(
+        default=None,
+        metadata={"help": "The second data set's split (default: 'test', else its first split)."},
+    )
     output_dir: str = field(default="hf_monosem_report", metadata={"help": "Where the report goes."})
     quick: bool = field(default=False, metadata={"help": "Small data and budgets: a look, not a result."})
     seeds: int = field(default=3, metadata={"help": "Seeds per cell (>= 2: verdicts need a spread)."})
@@ -87,6 +103,9 @@ class ReportArguments:
     sae_topk: str = field(default="16,32,64,128", metadata={"help": "k of the post-hoc TopK SAE sweep."})
     feature_dim: int | None = field(
         default=None, metadata={"help": "Width of the SimCLR / NCL projectors (default: 4 x the backbone's)."}
+    )
+    sae_lr: float | None = field(
+        default=None, metadata={"help": "Adam's lr of the SAE fits (default: fit_sae's, width-scaled)."}
     )
     ncl_recipe: str = field(
         default="authors-nn", metadata={"help": f"NCL recipe, of {', '.join(NCL_RECIPES)} (P3's choice)."}
@@ -111,7 +130,19 @@ class ReportArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Hub cache for the backbone's files."})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager / sdpa / ..."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the report as a dataset repository."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "The repository to push to."})
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "The dataset repository the report is pushed to."}
+    )
+    model_card_repo_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "A model repository whose card (README.md) gets or updates a 'Monosemanticity report' "
+            "section with the verdicts (with --push_to_hub)."
+        },
+    )
+    model_card_create_pr: bool = field(
+        default=False, metadata={"help": "Open a pull request on that model card instead of committing."}
+    )
 
     def loading_kwargs(self) -> dict:
         """The backbone's ``from_pretrained`` options that were given."""
@@ -171,6 +202,8 @@ def _check(args: ReportArguments) -> None:
         raise ValueError(f"--num_views {args.num_views} is not valid; allowed: an integer >= 2")
     if args.feature_dim is not None and args.feature_dim < 1:
         raise ValueError(f"--feature_dim {args.feature_dim} is not valid; allowed: an integer >= 1")
+    if args.sae_lr is not None and not 0 < args.sae_lr < math.inf:
+        raise ValueError(f"--sae_lr {args.sae_lr} is not valid; allowed: a number > 0 (or leave it out)")
     if args.explain_features < 0:
         raise ValueError(f"--explain_features {args.explain_features} is not valid; allowed: an integer >= 0")
     unknown = [p for p in list_of(args.probe_protocols) if p not in probe_protocol_names()]
@@ -200,6 +233,17 @@ def _check(args: ReportArguments) -> None:
             f"--domain_column {args.domain_column!r}, --train_domains {args.train_domains!r} and "
             f"--shifted_domains {args.shifted_domains!r}: allowed: all three or none"
         )
+    if args.shifted_dataset_name is None and (args.shifted_dataset_config_name or args.shifted_split):
+        raise ValueError(
+            f"--shifted_dataset_config_name {args.shifted_dataset_config_name!r} / --shifted_split "
+            f"{args.shifted_split!r} without --shifted_dataset_name; allowed: them with "
+            "--shifted_dataset_name"
+        )
+    if args.shifted_dataset_name is not None and args.domain_column is not None:
+        raise ValueError(
+            f"--shifted_dataset_name {args.shifted_dataset_name!r} and --domain_column "
+            f"{args.domain_column!r}: allowed: one source of the shifted domain"
+        )
     overlap = set(list_of(args.train_domains)) & set(list_of(args.shifted_domains))
     if overlap:
         raise ValueError(
@@ -210,10 +254,19 @@ def _check(args: ReportArguments) -> None:
             f"--text_column {args.text_column!r} and --image_column {args.image_column!r}: allowed: one "
             "of them"
         )
-    if args.push_to_hub and not args.hub_model_id:
+    if args.push_to_hub and not (args.hub_model_id or args.model_card_repo_id):
         raise ValueError(
-            "--push_to_hub needs --hub_model_id (the dataset repository to push to, e.g. me/report)"
+            "--push_to_hub needs --hub_model_id (the dataset repository to push to, e.g. me/report) and/or "
+            "--model_card_repo_id (a model repository whose card gets the verdicts)"
         )
+    if (args.model_card_repo_id or args.model_card_create_pr) and not args.push_to_hub:
+        raise ValueError(
+            f"--model_card_repo_id {args.model_card_repo_id!r} / --model_card_create_pr without "
+            "--push_to_hub; allowed: them with --push_to_hub"
+        )
+    for option in ("hub_model_id", "model_card_repo_id"):
+        if getattr(args, option) is not None:
+            check_repo_id(option, getattr(args, option))
 
 
 def parse_report_arguments(argv: Sequence[str] | None = None) -> ReportArguments:

@@ -23,7 +23,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset, load
 from datasets import Image as ImageFeature
 
 from ..data.registry import BUILTIN_DATASETS, subsample
-from ..models.configuration import MonoSemanticConfig
+from ..models.configuration import MonoSemanticConfig, public_name
 from ..scenarios.grid import DOMAIN_SHIFTED, DOMAIN_TEST, DOMAIN_TRAIN, TEST, TRAIN
 from .arguments import DEFAULT_RATES, QUICK_RATES, ReportArguments, list_of, numbers_of
 
@@ -50,7 +50,12 @@ class ReportInputs:
 
 
 def _load(args: ReportArguments) -> DatasetDict:
-    name = args.dataset_name
+    return _load_data(args.dataset_name, args.dataset_config_name, args.split, "dataset_name")
+
+
+def _load_data(name: str, config_name: str | None, split: str, option: str) -> DatasetDict:
+    """The data ``--option`` names (``config_name``: a Hub data set's config; ``split``: the name a single
+    file's rows get)."""
     if name in BUILTIN_DATASETS:
         return BUILTIN_DATASETS[name].load(0)
     ending = os.path.splitext(name)[1].lower()
@@ -60,7 +65,7 @@ def _load(args: ReportArguments) -> DatasetDict:
             data = load_dataset(FILE_BUILDERS[ending], data_files=name, **options)
         elif os.path.isfile(name):
             raise ValueError(
-                f"--dataset_name {name!r} is a file of an unknown type; allowed endings: "
+                f"--{option} {name!r} is a file of an unknown type; allowed endings: "
                 f"{', '.join(FILE_BUILDERS)}"
             )
         elif os.path.isdir(name) and any(
@@ -69,14 +74,13 @@ def _load(args: ReportArguments) -> DatasetDict:
         ):
             data = load_from_disk(name)
         else:  # a folder of data files or images, or a Hub id (from the local cache when offline)
-            data = load_dataset(name, args.dataset_config_name)
+            data = load_dataset(name, config_name)
     except (FileNotFoundError, ConnectionError, OSError) as error:
         raise ValueError(
-            f"--dataset_name {name!r} is not a built-in ({', '.join(BUILTIN_DATASETS)}), a file, a folder or "
-            "a "
+            f"--{option} {name!r} is not a built-in ({', '.join(BUILTIN_DATASETS)}), a file, a folder or a "
             f"dataset the Hub (or its local cache) has: {error}"
         ) from error
-    return data if isinstance(data, DatasetDict) else DatasetDict({args.split: data})
+    return data if isinstance(data, DatasetDict) else DatasetDict({split: data})
 
 
 def _strings(features) -> list[str]:
@@ -207,6 +211,59 @@ def _domain_splits(args: ReportArguments, train: Dataset, test: Dataset) -> dict
     return out
 
 
+def _class_names(split: Dataset, column: str) -> list[str]:
+    """The class names a label column holds: a ``ClassLabel``'s names, else its values as strings."""
+    feature = split.features[column]
+    if isinstance(feature, ClassLabel):
+        return [feature.names[int(v)] for v in split[column][:]]
+    return [str(v) for v in split[column][:]]
+
+
+def _shifted_rows(args: ReportArguments, modality: str, column: str, label_feature: ClassLabel) -> Dataset:
+    """The rows of ``--shifted_dataset_name`` as the shifted domain: the same input and label columns as the
+    main data, the same class names (encoded with the main data's ids), at most ``--max_test_samples``."""
+    name = args.shifted_dataset_name
+    assert name is not None
+    option = "shifted_dataset_name"
+    data = _load_data(name, args.shifted_dataset_config_name, args.shifted_split or "test", option)
+    split_name = args.shifted_split or ("test" if "test" in data else next(iter(data)))
+    if split_name not in data:
+        raise ValueError(
+            f"--shifted_split {split_name!r} is not a split of --shifted_dataset_name {name!r}; allowed: "
+            f"{sorted(data)}"
+        )
+    split = data[split_name]
+    for option, wanted in ((f"{modality}_column", column), ("label_column", args.label_column)):
+        if wanted not in split.column_names:
+            raise ValueError(
+                f"--shifted_dataset_name {name!r} has no column {wanted!r} (--{option}); allowed: data with "
+                f"the same column names as --dataset_name (its columns: {split.column_names})"
+            )
+    feature = split.features[column]
+    readable = (
+        isinstance(feature, ImageFeature) or column == "pixel_values"
+        if modality == "image"
+        else isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+    )
+    if not readable:
+        raise ValueError(
+            f"--shifted_dataset_name {name!r}: column {column!r} holds {feature}; allowed: the main data's "
+            f"modality ({modality})"
+        )
+    names = _class_names(split, args.label_column)
+    ours, theirs = set(label_feature.names), set(names)
+    if theirs != ours:
+        raise ValueError(
+            f"--shifted_dataset_name {name!r}: its classes differ from --dataset_name's (only in the "
+            f"shifted data: {sorted(theirs - ours)}; only in the main data: {sorted(ours - theirs)}); "
+            f"allowed: the same class names, {sorted(ours)}"
+        )
+    ids = {class_name: i for i, class_name in enumerate(label_feature.names)}
+    split = split.remove_columns([c for c in split.column_names if c != column])
+    split = split.add_column("label", [ids[n] for n in names]).cast_column("label", label_feature)
+    return subsample(split, args.max_test_samples, seed=0)
+
+
 def load_report_inputs(args: ReportArguments) -> ReportInputs:
     """Load and check everything the report needs before any work (see the module docstring)."""
     data = _load(args)
@@ -275,6 +332,13 @@ def load_report_inputs(args: ReportArguments) -> ReportInputs:
             f"domain shift: train on {args.train_domains}, test on {args.shifted_domains} "
             f"({args.domain_column!r})"
         )
+    elif args.shifted_dataset_name:
+        splits.update({DOMAIN_TRAIN: train_split, DOMAIN_TEST: test_split})
+        splits[DOMAIN_SHIFTED] = _shifted_rows(args, modality, column, label_feature)
+        decisions.append(
+            f"domain shift: train on {args.split!r}, test on {len(splits[DOMAIN_SHIFTED])} rows of "
+            f"{public_name(args.shifted_dataset_name)!r} (--shifted_dataset_name)"
+        )
     else:
-        decisions.append("domain shift: not run (no --domain_column)")
+        decisions.append("domain shift: not run (no --domain_column or --shifted_dataset_name)")
     return ReportInputs(modality, column, splits, label_feature, rates, shots, config, decisions)

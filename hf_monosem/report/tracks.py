@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,8 @@ from ..cached import (
     tensors_sha256,
     train_sae_layer,
 )
+from ..cached.data_parallel import all_processes
+from ..cached.distributed import process_world
 from ..data.backbones import small_resnet_config
 from ..evaluation.features import monosemanticity_report
 from ..models.configuration import MonoSemanticConfig
@@ -86,7 +89,17 @@ class RepresentationPlan:
     ``sae_overcomplete`` times wider with k = 32 (0: none); ``epochs`` of every fit; ``projector_width``:
     the SimCLR / NCL projectors' width (``None``: no projectors), trained with NCL recipe ``ncl_recipe``
     (:data:`hf_monosem.cached.NCL_RECIPES`; SimCLR shares its views and positives); ``sae_on_projector``:
-    also TopK SAEs on the SimCLR output (SAE vs CL on the same vector, as the authors compare them).
+    also TopK SAEs on the SimCLR output (SAE vs CL on the same vector, as the authors compare them);
+    ``sae_lr``: Adam's learning rate of every SAE fit (``None``: :func:`~hf_monosem.cached.fit_sae`'s
+    default, which scales with the SAE's width, :meth:`~hf_monosem.cached.SaeFitConfig.resolved_lr`).
+
+    Example:
+        >>> RepresentationPlan(sae_lr=1e-3).sae_lr
+        0.001
+        >>> RepresentationPlan(sae_lr=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: sae_lr=0 is not valid; allowed: None (fit_sae's width-scaled default) or a number > 0
     """
 
     sae_topk: tuple[int, ...] = (16, 32, 64, 128)
@@ -95,7 +108,16 @@ class RepresentationPlan:
     projector_width: int | None = 1536
     ncl_recipe: str = "authors-nn"
     sae_on_projector: bool = True
+    sae_lr: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # anything else the fits depend on (cache key)
+
+    def __post_init__(self) -> None:
+        lr = self.sae_lr
+        number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+        if lr is not None and (not number or not 0 < lr < math.inf):
+            raise ValueError(
+                f"sae_lr={lr!r} is not valid; allowed: None (fit_sae's width-scaled default) or a number > 0"
+            )
 
 
 @dataclass
@@ -190,11 +212,18 @@ def sae_pairs(reference: str, sweep: Sequence[tuple[str, int, int]]) -> list[tup
 
 
 def fit_saes(
-    train: torch.Tensor, sweep: Sequence[tuple[str, int, int]], epochs: int, progress: bool = True
+    train: torch.Tensor,
+    sweep: Sequence[tuple[str, int, int]],
+    epochs: int,
+    progress: bool = True,
+    lr: float | None = None,
+    split_processes: bool = False,
 ) -> dict[str, tuple[torch.nn.Module, dict]]:
     """The paper's post-hoc SAE: TopK fitted on the L2-normalised input, normalised MSE, no L1 (one per sweep
     entry); its codes encode the *un-normalised* vector (``sae_normalize_input="fit"``), as the authors'
-    probe does, so they live on the scale of the vector they encode."""
+    probe does, so they live on the scale of the vector they encode. ``lr``: Adam's learning rate
+    (``None``: :func:`~hf_monosem.cached.fit_sae`'s width-scaled default); each fit report holds the
+    ``lr`` it used and its ``final_*`` values."""
     fitted = {}
     for name, width, k in sweep:
         set_seed(0)  # every SAE starts from the same draw, whatever was fitted before it
@@ -208,10 +237,11 @@ def fit_saes(
             ),
             input_dim=train.shape[1],
         )
-        # lr pinned at fit_sae's former default (its default now scales with the width), so the benchmark's
-        # committed P3 records reproduce
-        report = train_sae_layer(sae, train, epochs=epochs, lr=1e-3, seed=0, progress=progress)
-        fitted[name] = (sae.eval(), {key: v for key, v in report.items() if key.startswith("final_")})
+        report = train_sae_layer(
+            sae, train, epochs=epochs, lr=lr, seed=0, progress=progress, split_processes=split_processes
+        )
+        summary = {key: v for key, v in report.items() if key.startswith("final_") or key == "lr"}
+        fitted[name] = (sae.eval(), summary)
     return fitted
 
 
@@ -231,8 +261,13 @@ def fit_representations(
     *,
     views: torch.Tensor | None = None,
     progress: bool = True,
+    split_processes: bool = False,
 ) -> dict[str, tuple[torch.nn.Module, dict]]:
     """``{name: (fitted layer, fit report)}`` of ``plan`` on the ``[N, F]`` training vectors ``train``.
+
+    ``split_processes``: under ``accelerate launch``, every fit is data-parallel across the processes
+    (every process must call this with the same vectors), the cached file is read or not by all of them
+    together and written by process 0.
 
     ``views`` (``[K, N, F]`` encoder-level views of the training rows) feed the projectors of a recipe with
     ``"dropout"`` views. The layers are saved under ``cache_dir`` as safetensors keyed by a hash of the
@@ -247,10 +282,13 @@ def fit_representations(
         f"{tensors_sha256(tensors)}|{sorted(asdict(plan).items())}|sae_normalize_input=fit".encode()
     ).hexdigest()[:16]
     path = None if cache_dir is None else os.path.join(cache_dir, f"representations-{key}.safetensors")
-    fitted = load_feature_layers(path, key) if path is not None and os.path.exists(path) else None
+    saved = path is not None and os.path.exists(path)
+    if split_processes:  # decided by all processes together: the fits are collectives
+        saved = all_processes(saved)
+    fitted = load_feature_layers(path, key) if saved else None
     if fitted is not None:
         return fitted
-    fitted = fit_saes(train, sweep, plan.epochs, progress)
+    fitted = fit_saes(train, sweep, plan.epochs, progress, plan.sae_lr, split_processes)
     if plan.projector_width is not None:
         for name, kind in CONTRASTIVE_KINDS.items():  # SimCLR and NCL on the recipe's views
             _, recipe = ncl_recipe(plan.ncl_recipe, kind)
@@ -263,6 +301,7 @@ def fit_representations(
                 seed=0,
                 views=used_views,
                 progress=progress,
+                split_processes=split_processes,
                 **recipe,
             )
             summary = {"final_loss": report["loss"][-1]}
@@ -271,9 +310,16 @@ def fit_representations(
         with torch.no_grad():
             simclr_train = fitted["simclr"][0].eval()(train)[0]
         fitted.update(
-            fit_saes(simclr_train, _projector_sweep(plan, simclr_train.shape[1]), plan.epochs, progress)
+            fit_saes(
+                simclr_train,
+                _projector_sweep(plan, simclr_train.shape[1]),
+                plan.epochs,
+                progress,
+                plan.sae_lr,
+                split_processes,
+            )  # fmt: skip
         )
-    if path is not None:
+    if path is not None and not (split_processes and process_world()[1]):  # the same layers: one writes
         os.makedirs(cache_dir, exist_ok=True)
         save_feature_layers(path, fitted, key)  # atomic: a killed run leaves the old file or none
     return fitted

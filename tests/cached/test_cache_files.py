@@ -91,6 +91,30 @@ def test_the_collate_function_is_part_of_the_key(bert, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
 
 
+def test_a_padding_collator_is_keyed_by_how_it_pads_not_by_its_tokenizers_state(bert, tmp_path):
+    import datasets
+    from transformers import BertTokenizerFast, DataCollatorWithPadding
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *[f"w{i}" for i in range(28)]]
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)})
+    texts = [" ".join(f"w{(3 * i + j) % 28}" for j in range(1 + i % 5)) for i in range(12)]
+    ds = datasets.Dataset.from_dict(dict(tokenizer(texts)))  # rows of different lengths: padding matters
+
+    def extract():
+        collate = DataCollatorWithPadding(tokenizer)
+        return extract_pooled_features(bert, ds, cache_dir=tmp_path, collate_fn=collate)
+
+    first = extract()
+    # calling a tokenizer stores its truncation settings in its backend: a resumed run whose rows came from
+    # the datasets cache never calls it, and must still find the features
+    tokenizer(texts, truncation=True, max_length=4)
+    again = extract()
+    assert torch.equal(again, first) and len(list(tmp_path.glob("*.safetensors"))) == 1
+    tokenizer.padding_side = "left"  # other batches: [CLS] is no longer at position 0 of the padded rows
+    left = extract()
+    assert not torch.equal(left, first) and len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
 def test_fitted_layers_round_trip_and_a_crafted_pickle_never_runs(tmp_path):
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
     projector, report = fit_contrastive_projector(

@@ -368,3 +368,12 @@ def test_per_seed_result_records_give_one_model_index_entry_with_the_mean():
     assert merged == {**summarised, "std": pytest.approx(summarised["std"])}
     with pytest.raises(ValueError, match=r"repeat 'accuracy'.*distinct 'seed'"):
         load_results([{k: v for k, v in r.items() if k != "seed"} for r in per_seed])
+
+
+def test_card_recipe_states_a_head_input_scale_only_when_one_is_set():
+    plain = MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="nonneg", num_labels=2)
+    scaled = MonoSemanticConfig(
+        backbone_config=tiny_bert_config(), feature_layer="nonneg", num_labels=2, classifier_input_scale=12.5
+    )
+    assert "classifier_input_scale" not in str(make_model_card(plain))
+    assert "multiplied by a fixed 12.5 (`classifier_input_scale`)" in str(make_model_card(scaled))

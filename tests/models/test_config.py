@@ -62,6 +62,8 @@ def test_backbone_folder_config_is_read(tmp_path):
         ({"nonneg_activation": "gelu"}, "nonneg_activation='gelu'"),
         ({"pooling": "median"}, "pooling='median'"),
         ({"classifier_dropout": 1.5}, "classifier_dropout=1.5"),
+        ({"classifier_input_scale": 0.0}, "classifier_input_scale=0.0"),
+        ({"classifier_input_scale": float("nan")}, "classifier_input_scale=nan"),
         ({"temperature": 0.0}, "temperature=0.0"),
         ({"projector_hidden_dim": 0}, "projector_hidden_dim=0"),
         ({"sae_normalize_input": "no"}, "sae_normalize_input='no'"),

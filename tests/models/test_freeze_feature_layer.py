@@ -190,3 +190,22 @@ def test_a_non_bool_flag_is_refused_naming_the_value(value):
         ValueError, match=rf"freeze_feature_layer={value!r} is not valid; allowed: True or False"
     ):
         MonoSemanticConfig(backbone_config=tiny_bert_config(), freeze_feature_layer=value)
+
+
+def test_classifier_input_scale_multiplies_the_head_input_and_round_trips(tmp_path):
+    # the paper route's scale: logits of a scaled model = head(scale * features), features unchanged
+    plain = build("nonneg", freeze_feature_layer=True)
+    scaled = build("nonneg", freeze_feature_layer=True, classifier_input_scale=7.5)
+    scaled.load_state_dict(plain.state_dict())
+    inputs = make_inputs("text")
+    plain.eval(), scaled.eval()
+    with torch.no_grad():
+        features = plain.monosemantic(**inputs).features
+        expected = scaled.classifier(7.5 * features)
+        torch.testing.assert_close(scaled(**inputs).logits, expected)
+        assert not torch.allclose(plain(**inputs).logits, expected)
+    scaled.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert loaded.config.classifier_input_scale == 7.5
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**inputs).logits, expected)

@@ -44,18 +44,25 @@ def make_hub_cache(root: Path) -> str:
     return str(cache)
 
 
-def make_text_csv(path: Path, rows: int = 90, seed: int = 0) -> str:
-    """A csv of texts whose words tell the class (with shared noise words), string labels and a domain."""
+def make_text_csv(
+    path: Path,
+    rows: int = 90,
+    seed: int = 0,
+    classes: tuple[str, ...] = CLASSES,
+    columns: tuple[str, str, str] = ("review", "sentiment", "source"),
+) -> str:
+    """A csv of texts whose words tell the class (with shared noise words), string labels and a domain
+    (``classes``: the label names, by class id; ``columns``: the header)."""
     rng = np.random.default_rng(seed)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["review", "sentiment", "source"])
+        writer.writerow(columns)
         for i in range(rows):
-            c = i % len(CLASSES)
+            c = i % len(classes)
             words = [f"w{c * 10 + int(rng.integers(0, 10))}" for _ in range(5)]
             words += [f"w{60 + int(rng.integers(0, 30))}" for _ in range(3)]
             writer.writerow(
-                [" ".join(rng.permutation(words)), CLASSES[c], ("shop", "web", "phone")[i % 7 % 3]]
+                [" ".join(rng.permutation(words)), classes[c], ("shop", "web", "phone")[i % 7 % 3]]
             )
     return str(path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,15 @@ from report_fixtures import BERT_REPO, RESNET_REPO, VIT_REPO, make_hub_cache, ma
 
 from hf_monosem.cli import main
 from hf_monosem.evaluation.results import load_results, read_records
+from hf_monosem.report.model_card import card_with_report
 from hf_monosem.report.publish import save_report_for_hub
 
 ROOT = Path(__file__).resolve().parents[2]
 #: small budgets: the command's logic, not a result
 SMALL = ["--quick", "--seeds", "2", "--sae_topk", "8", "--probe_epochs", "5", "--representation_epochs", "2"]
+DOMAIN = ["--domain_column", "source", "--train_domains", "shop,web", "--shifted_domains", "phone"]
+#: what the command's extraction progress bars say (on stderr) when they run
+EXTRACTING = "extracting features"
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,7 @@ def text_argv(assets, output_dir, *extra):
 @pytest.fixture(scope="module")
 def text_report(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("text_report")
-    domain = ["--domain_column", "source", "--train_domains", "shop,web", "--shifted_domains", "phone"]
-    assert main(text_argv(assets, out, *domain, "--explain_features", "1")) == 0
+    assert main(text_argv(assets, out, *DOMAIN, "--explain_features", "1")) == 0
     return out
 
 
@@ -73,6 +77,99 @@ def test_text_report_writes_verdicts_tables_plots_and_results(text_report):
     assert results["monosemanticity"]["sae_k8"]["l0"] <= 8
 
 
+def cache_files(out: Path) -> dict[str, int]:
+    """``{name: mtime_ns}`` of every file the command cached (a rewrite or a new file shows)."""
+    return {p.name: p.stat().st_mtime_ns for p in sorted((out / "cache").iterdir())}
+
+
+def run_fresh(assets, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The command in a fresh interpreter (nothing shared with this process but the files), offline."""
+    command = [sys.executable, "-m", "hf_monosem", *text_argv(assets, out, *extra)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=450)
+
+
+@pytest.mark.timeout(600)
+def test_a_rerun_in_a_fresh_process_extracts_nothing(assets, text_report, tmp_path):
+    out = tmp_path / "report"
+    shutil.copytree(text_report, out)  # copy2: the cached files keep their times
+    before = cache_files(out)
+    keys = 6  # train, test, the typo cell, the three domain splits
+    assert sum(name.startswith("pooled-") for name in before) == keys
+    rerun = run_fresh(assets, out, *DOMAIN, "--explain_features", "1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert EXTRACTING not in rerun.stderr and "text view" not in rerun.stderr
+    assert rerun.stdout.count("loading cached features from") == keys
+    assert cache_files(out) == before  # nothing extracted, fitted or probed again: no file new or rewritten
+    verdicts = [(folder / "report.md").read_text().split("## Verdicts")[1] for folder in (out, text_report)]
+    assert verdicts[0].split("Wall time")[0] == verdicts[1].split("Wall time")[0]  # the same results
+
+
+def test_domain_shift_from_a_second_csv(assets, tmp_path):
+    shifted = make_text_csv(tmp_path / "other_shop.csv", rows=25, seed=1)  # same columns and classes
+    out = tmp_path / "report"
+    assert main(text_argv(assets, out, "--shifted_dataset_name", shifted)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (
+        "domain shift: train on 'train', test on 25 rows of 'other_shop.csv' (--shifted_dataset_name)"
+        in (results["decisions"])
+    )
+    cells = [r for r in results["results"] if r["scenario"].startswith("domain_shift")]
+    assert {r["scenario"] for r in cells} == {"domain_shift_in_domain", "domain_shift_shifted"}
+    assert {r["method"] for r in cells} == {"raw", "sae_k8", "simclr", "ncl", "simclr_sae_k8"}
+    shifted_accuracy = [r["accuracy"] * 25 for r in cells if r["scenario"] == "domain_shift_shifted"]
+    assert all(abs(a - round(a)) < 1e-6 for a in shifted_accuracy)  # counted on the 25 rows, not the 18 test
+    assert "**domain_shift_shifted**, raw -> sae_k8" in (out / "report.md").read_text()
+
+
+def shifted_refusals(root: Path) -> dict[str, tuple[list[str], str]]:
+    """Second data sets the command must refuse, and the message that names why."""
+    renamed = ("negative", "meh", "great")  # 'neutral' and 'positive' renamed
+    other_classes = make_text_csv(root / "other_classes.csv", rows=12, classes=renamed)
+    header = ("body", "sentiment", "source")  # the texts under another name
+    other_columns = make_text_csv(root / "other_columns.csv", rows=12, columns=header)
+    return {
+        "other class names": (
+            ["--shifted_dataset_name", other_classes],
+            "its classes differ from --dataset_name's (only in the shifted data: ['great', 'meh']; only in "
+            "the main data: ['neutral', 'positive']); allowed: the same class names, ['negative', "
+            "'neutral', 'positive']",
+        ),
+        "other column names": (
+            ["--shifted_dataset_name", other_columns],
+            "has no column 'review' (--text_column); allowed: data with the same column names as "
+            "--dataset_name",
+        ),
+        "unknown split": (
+            ["--shifted_dataset_name", other_columns, "--shifted_split", "dev"],
+            "--shifted_split 'dev' is not a split of --shifted_dataset_name",
+        ),
+        "split without data": (
+            ["--shifted_split", "test"],
+            "--shifted_split 'test' without --shifted_dataset_name; allowed: them with "
+            "--shifted_dataset_name",
+        ),
+        "both shift sources": (
+            ["--shifted_dataset_name", other_classes, *DOMAIN],
+            "and --domain_column 'source': allowed: one source of the shifted domain",
+        ),
+    }
+
+
+SHIFTED_CASES = ["other class names", "other column names", "unknown split", "split without data",
+                 "both shift sources"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SHIFTED_CASES)
+def test_a_bad_second_data_set_is_refused_before_any_work(assets, tmp_path, capsys, case):
+    extra, message = shifted_refusals(tmp_path)[case]
+    out = tmp_path / "report"
+    assert main(text_argv(assets, out, *extra)) == 2
+    error = capsys.readouterr().err
+    assert message in error, error
+    assert not out.exists()
+
+
 def test_report_files_hold_no_machine_path(text_report):
     folder = str(text_report.parent)
     for name in ("report.md", "results.json"):
@@ -84,6 +181,13 @@ def test_push_prepares_a_dataset_card_offline(text_report):
     card = Path(save_report_for_hub(text_report)).read_text()
     assert card.startswith("---\ntags:\n- hf-monosem")
     assert "tiny-org/bert" in card and "**label_noise**" in card
+
+
+def test_the_model_card_section_holds_the_real_verdicts_and_no_machine_path(text_report):
+    results = json.loads((text_report / "results.json").read_text())
+    card = card_with_report("# tiny-org/bert\n", results, report_repo_id="me/bert-report")
+    assert all(line in card for line in results["verdicts"]) and len(results["verdicts"]) > 0
+    assert "| ncl | " in card and str(text_report.parent) not in card
 
 
 def test_image_folder_report(assets, tmp_path):
@@ -120,8 +224,11 @@ def test_resume_after_sigkill_redoes_only_what_is_missing(assets, tmp_path):
         first.wait()
     assert first.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists()
+    extracted = {n: t for n, t in cache_files(out).items() if n.startswith(("pooled-", "views-"))}
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=450)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert EXTRACTING not in second.stderr and "text view" not in second.stderr  # the vectors were saved
+    assert {n: t for n, t in cache_files(out).items() if n.startswith(("pooled-", "views-"))} == extracted
     assert "probe records of paper_cifar loaded from the cache" in second.stdout
     assert "probe records of controlled loaded" not in second.stdout  # it had not finished: run again
     assert "fit_sae" not in second.stderr  # the representations were saved before the kill: not refitted
@@ -156,6 +263,15 @@ REFUSALS = {
         "domains ['fax'] are not values of --domain_column 'source'; allowed: ['phone', 'shop', 'web']",
     ),
     "image backbone on text": (["--model_name_or_path", VIT_REPO], "reads images, but the data is text"),
+    "SAE learning rate of 0": (["--sae_lr", "0"], "--sae_lr 0.0 is not valid; allowed: a number > 0"),
+    "model card without --push_to_hub": (
+        ["--model_card_repo_id", "me/encoder"],
+        "--model_card_repo_id 'me/encoder' / --model_card_create_pr without --push_to_hub",
+    ),
+    "bad model card repo id": (
+        ["--push_to_hub", "--model_card_repo_id", "me/my encoder"],
+        "--model_card_repo_id 'me/my encoder' is not a Hub repository id; allowed: 'name' or ",
+    ),
     "unknown NCL recipe": (
         ["--ncl_recipe", "p9"],
         "--ncl_recipe 'p9' is not valid; allowed: p2, authors, authors-nn",
