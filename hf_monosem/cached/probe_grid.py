@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .checks import autocast_off, check_features
 from .minibatch import MiniBatches
@@ -181,7 +180,9 @@ def train_probe_grid(
     # one shuffle per distinct (seed, rows) and epoch, each from that seed's own generator: the draws
     # of every probe in the group (initial weights, views, permutations) are the same
     batches = MiniBatches(rows.shape[1], batch_size, groups.seeds, epochs=epochs, device=device)
-    init = torch.stack([torch.randn(dim, classes, generator=g) for g in batches.generators]) * initializer_range
+    init = (
+        torch.stack([torch.randn(dim, classes, generator=g) for g in batches.generators]) * initializer_range
+    )
     slot_of = groups.slot.to(device)
     group_of = groups.group.to(device)
     # weights [S, F, G, C] (a probe per group slot; padded slots stay zero), biases [S, G, C]
@@ -231,9 +232,12 @@ def train_probe_grid(
             x = x.to(weight.dtype)
             size = batch.shape[1]
             y = slot_labels.gather(1, batch[:, :, None].expand(-1, -1, width))  # [S, B, G]
-            logits = torch.bmm(x, weight.view(num_groups, dim, width * classes)).view(
-                num_groups, size, width, classes
-            ) + bias[:, None]
+            logits = (
+                torch.bmm(x, weight.view(num_groups, dim, width * classes)).view(
+                    num_groups, size, width, classes
+                )
+                + bias[:, None]
+            )
             # each probe's mean cross-entropy gradient, in closed form: (softmax - one-hot) / B
             dlogits = torch.softmax(logits, dim=-1)
             dlogits.scatter_add_(-1, y[..., None], torch.full_like(dlogits[..., :1], -1.0))
@@ -276,9 +280,11 @@ def _probe_rates(lr: float | Sequence[float], num_probes: int) -> list[float]:
         rates = [float(lr)] * num_probes
     else:
         try:
-            rates = [float(r) for r in lr]  # type: ignore[union-attr]
+            rates = [float(r) for r in lr]
         except (TypeError, ValueError):
-            raise ValueError(f"lr={lr!r} is not valid; allowed: a number > 0 or {num_probes} numbers > 0") from None
+            raise ValueError(
+                f"lr={lr!r} is not valid; allowed: a number > 0 or {num_probes} numbers > 0"
+            ) from None
         if len(rates) != num_probes:
             raise ValueError(
                 f"lr has {len(rates)} rates for {num_probes} probes; allowed: a number > 0 or {num_probes} "
@@ -290,7 +296,9 @@ def _probe_rates(lr: float | Sequence[float], num_probes: int) -> list[float]:
     return rates
 
 
-def _slot_rates(rates: list[float], groups: _SeedGroups, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _slot_rates(
+    rates: list[float], groups: _SeedGroups, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """The probes' rates in the ``[S, G]`` layout (padded slots: 1.0, their gradients are zero)."""
     out = torch.ones(groups.num_groups, groups.width, dtype=dtype)
     out[groups.group, groups.slot] = torch.tensor(rates, dtype=dtype)
@@ -341,7 +349,7 @@ def _adamw(weight: torch.Tensor, bias: torch.Tensor, weight_decay: float, betas=
 
 
 def _broadcast(rate: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """A ``[S, G]`` per-probe rate shaped to broadcast over weights ``[S, F, G, C]`` or biases ``[S, G, C]``."""
+    """A ``[S, G]`` rate per probe shaped for weights ``[S, F, G, C]`` or biases ``[S, G, C]``."""
     return rate[:, None, :, None] if p.dim() == 4 else rate[:, :, None]
 
 

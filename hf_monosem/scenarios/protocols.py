@@ -188,10 +188,15 @@ class ProbeProtocol:
         pending = [lr for lr in self.lr_grid if lr not in scores]
         if pending:  # every rate not yet scored in one grid (rates x seeds): its probes share their batches
             count = len(pending) * len(seeds)
+            rates = [lr for lr in pending for _ in seeds]
             grid = train_probe_grid(
-                train_features, noisy_labels.expand(count, -1), num_labels, rows=fit_rows.expand(count, -1),
-                seeds=[s for _ in pending for s in seeds], **self.training_kwargs([lr for lr in pending for _ in seeds]),
-            )  # fmt: skip
+                train_features,
+                noisy_labels.expand(count, -1),
+                num_labels,
+                rows=fit_rows.expand(count, -1),
+                seeds=[s for _ in pending for s in seeds],
+                **self.training_kwargs(rates),
+            )
             accuracy = grid.accuracy(plain[selection_rows], noisy_labels[selection_rows])
             for i, lr in enumerate(pending):
                 scores[lr] = float(accuracy[i * len(seeds) : (i + 1) * len(seeds)].mean())

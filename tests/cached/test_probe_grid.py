@@ -298,7 +298,7 @@ def test_grouped_grid_equals_one_call_per_probe(float64, case, optimizer, schedu
     features = features if views else features[0]
     labels = torch.randint(0, num_labels, (p, n), generator=g)
     rows = None
-    if rows_kind == "few_shot":  # probes 0 and 2 share seed and rows (one group); probe 1: same seed, other rows
+    if rows_kind == "few_shot":  # probes 0, 2: same seed and rows (a group); probe 1: same seed, other rows
         subsets = [torch.randperm(n, generator=g)[:20] for _ in range(3)]
         rows = torch.stack([subsets[0], subsets[1], subsets[0], subsets[2], subsets[2], subsets[0]])
     lr = [0.02 * (1 + q % 4) for q in range(p)] if per_probe_lr else 0.05

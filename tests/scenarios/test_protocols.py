@@ -170,7 +170,8 @@ def test_select_lr_trains_every_rate_in_one_grid_and_scores_as_one_call_per_rate
         noisy[torch.randperm(150, generator=g)[:40]] = torch.randint(0, 3, (40,), generator=g)
         held_out = torch.randperm(150, generator=g)[:30]
         seeds = [0, 1, 2]
-        protocol = ProbeProtocol("t", lr_grid=(1e-4, 1e-2, 0.1, 1.0, 3.0), epochs=4, batch_size=16, weight_decay=0.01)
+        rates = (1e-4, 1e-2, 0.1, 1.0, 3.0)
+        protocol = ProbeProtocol("t", lr_grid=rates, epochs=4, batch_size=16, weight_decay=0.01)
         lr, scores = protocol.select_lr(x, noisy, 3, seeds, held_out)
         fit = torch.ones(150, dtype=torch.bool)
         fit[held_out] = False
