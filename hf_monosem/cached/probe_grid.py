@@ -2,12 +2,17 @@
 
 A robustness sweep probes the *same* cached features under many label sets (noise rates, seeds,
 few-shot subsets). Training those probes one by one through a Trainer spends most of its time in
-Python overhead; here all ``P`` probes of a grid step together: the features are gathered into a
-``[P, batch, F]`` tensor and multiplied with a ``[P, F, C]`` weight tensor. Each probe keeps its own
-initialisation, shuffling (one generator per probe, :class:`~hf_monosem.cached.minibatch.MiniBatches`)
-and labels, so the result is the same as ``P`` separate runs of the same mini-batch Adam loop (tested
-against :func:`hf_monosem.cached.probing.probe_on_features`-style
-single runs in ``tests/cached/test_probe_grid.py``).
+Python overhead; here all ``P`` probes of a grid step together. Each probe keeps its own
+initialisation, shuffling (one generator per seed, :class:`~hf_monosem.cached.minibatch.MiniBatches`),
+labels and learning rate, so the result is the same as ``P`` separate runs of the same mini-batch loop
+(tested against plainly written single runs and against one call per probe, in float64, in
+``tests/cached/test_probe_grid.py``). Probes with the same seed and rows (a label-noise grid is rates x
+seeds, a learning-rate selection is rates x seeds) draw the same batches, views and initial weights, so
+they are grouped: per step the batch is gathered once per group, ``[S, batch, F]``, and one ``bmm`` with
+the ``[S, F, G * C]`` weights of the groups' probes gives every logit (groups padded to the largest ``G``
+with probes that stay zero); the weight gradients are ``x_s^T dlogits`` per group, the cross-entropy
+gradient in closed form, and AdamW is written out over the grid (``torch.optim.AdamW``'s operations, a
+rate per probe).
 
 Two optimisation recipes share the loop: AdamW at a constant rate (the default, our controlled
 protocol) and the authors' linear-probe recipe (solo-learn's ``LARS`` on the classifier with a
