@@ -10,10 +10,16 @@ whole fit, including whatever the trainer does besides the steps) and the FVU of
 on held-back rows of the same distribution (``sum ||x - x_hat||^2 / sum ||x - mean||^2``, measured
 afterwards, outside the timing).
 
-The ceiling: a TopK step cannot avoid two dense GEMMs at these shapes (the encoder's forward and a
-weight gradient, ``[B, D] x [D, M]`` and ``[M, B] x [B, D]``); the rows/s of that pair alone is
-timed just before and just after each of our fits (the machine's load changes from minute to
-minute), and our rows/s is printed as a share of it.
+The ceiling (issue 25's yardstick): the rows/s of two dense GEMMs at these shapes, the encoder's
+forward ``[B, D] x [D, M]`` and a weight gradient ``[M, B] x [B, D]``, timed on their own just before
+and just after each of our fits (the machine's load changes from minute to minute); our rows/s is
+printed as a share of it. Our step runs only the first of the two densely: everything after the
+top-k is sparse (``hf_monosem/models/sae_kernels.py``), so the rest of the step (top-k, sparse
+products, Adam, decoder upkeep, Python) has the second GEMM's time to spend. With ``--threads`` above
+1 on cores that other jobs share, each parallel region of the step waits for a descheduled sibling
+thread, which costs the many-kernel step far more than the two-GEMM ceiling; ``--threads 1`` shows
+the share without that effect. ``--output STEM`` writes ``STEM.json`` and ``STEM.md`` (settings,
+numbers, the load average at start and end, ``--note``).
 
 The sparsify side is its ``SparseCoder`` (1.3.3, eager path: ``SPARSIFY_DISABLE_TRITON=1``, no
 Triton on CPU anyway) driven by the steps of its ``Trainer`` for ``loss_fn="fvu"``: decoder bias set
@@ -38,11 +44,13 @@ Usage::
     # batch 1024, 2 threads
     python benchmarks/sae_throughput.py
     python benchmarks/sae_throughput.py --repeats 7 --data minilm
+    python benchmarks/sae_throughput.py --repeats 1 --output docs/results/sae_throughput --note "..."
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -243,7 +251,42 @@ def bench(name: str, args) -> dict[str, float]:
         "share": statistics.median(shares),
         "fvu_ours": medians["ours"][2],
         "fvu_sparsify": medians["sparsify"][2],
+        "rows_per_s": {trainer: numbers[0] for trainer, numbers in medians.items()},
+        "rows_per_cpu_s": {trainer: numbers[1] for trainer, numbers in medians.items()},
+        "ceiling_rows_per_s": statistics.median(ceilings),
+        "shares": shares,
+        "fvus": fvus,
     }
+
+
+def write_results(stem: str, args, summary: dict, load: tuple[list[float], list[float]]) -> None:
+    """``stem.json`` (settings, per-data-set numbers, load averages) and ``stem.md`` (the summary)."""
+    settings = {
+        name: getattr(args, name)
+        for name in ("rows", "heldout", "width", "k", "batch_size", "epochs", "threads", "repeats", "lr")
+    }
+    record = {"settings": settings, "load_average_start_end": load, "note": args.note, "data": summary}
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    with open(f"{stem}.json", "w") as f:
+        json.dump(record, f, indent=2)
+    lines = [
+        "# TopK SAE fitting: ours vs sparsify (`benchmarks/sae_throughput.py`)",
+        "",
+        f"Settings: {json.dumps(settings)}. 1-minute load average at start / end: "
+        f"{load[0][0]:.1f} / {load[1][0]:.1f}. {args.note}",
+        "",
+        "| data | ours rows/s | sparsify rows/s | GEMM ceiling rows/s | ours / ceiling | ours FVU "
+        "| sparsify FVU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, n in summary.items():
+        lines.append(
+            f"| {name} | {n['rows_per_s']['ours']:.0f} | {n['rows_per_s']['sparsify']:.0f} | "
+            f"{n['ceiling_rows_per_s']:.0f} | {n['share']:.0%} | {n['fvu_ours']:.4f} | "
+            f"{n['fvu_sparsify']:.4f} |"
+        )
+    with open(f"{stem}.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -270,9 +313,16 @@ def main() -> None:
         "--ceiling-reps", type=int, default=10, help="GEMM pairs timed before and after each fit"
     )
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/hf_monosem/benchmarks"))
+    parser.add_argument(
+        "--output", default=None, help="write STEM.json and STEM.md (e.g. docs/results/sae_throughput)"
+    )
+    parser.add_argument("--note", default="", help="a line for the written results (the machine, its load)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_start = list(os.getloadavg())
     summary = {name: bench(name, args) for name in args.data}
+    if args.output:
+        write_results(args.output, args, summary, (load_start, list(os.getloadavg())))
     print("\nsummary (goal: held-back FVU <= sparsify's on every data set, >= 75% of the GEMM ceiling)")
     for name, numbers in summary.items():
         print(

@@ -116,7 +116,13 @@ class SAEArguments:
         default=True, metadata={"help": "L2-normalise the SAE input (the paper's recipe)."}
     )
     sae_epochs: int = field(default=20, metadata={"help": "SAE training epochs over the cached features."})
-    sae_lr: float = field(default=1e-3, metadata={"help": "SAE Adam learning rate."})
+    sae_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "SAE Adam learning rate (default: fit_sae's, 6e-4 / sqrt(feature_dim / 2**14), "
+            "i.e. ~1.96e-3 at 1536 latents; the report's lr says which was used)."
+        },
+    )
     sae_batch_size: int = field(default=256, metadata={"help": "SAE batch size."})
 
 
@@ -169,8 +175,10 @@ def parse_args(argv=None):
             parser.error(f"--{name} {getattr(probe_args, name)} must be a positive integer")
     if probe_args.probe_inputs not in PROBE_INPUTS:
         parser.error(f"--probe_inputs {probe_args.probe_inputs!r}: allowed {', '.join(PROBE_INPUTS)}")
-    if min(sae_args.sae_lr, probe_args.probe_lr) <= 0:
-        parser.error(f"--sae_lr {sae_args.sae_lr} and --probe_lr {probe_args.probe_lr} must be > 0")
+    if sae_args.sae_lr is not None and sae_args.sae_lr <= 0:
+        parser.error(f"--sae_lr {sae_args.sae_lr} must be > 0 (or left out: fit_sae's width-scaled default)")
+    if probe_args.probe_lr <= 0:
+        parser.error(f"--probe_lr {probe_args.probe_lr} must be > 0")
     return sae_args, probe_args, data_args, training_args
 
 

@@ -60,11 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hf-monosem report: error: {error}", file=sys.stderr)
         return 2
     show_library_logs()
-    run_report(args, inputs)
-    if args.push_to_hub and args.hub_model_id:
+    results = run_report(args, inputs)  # empty in the other processes of accelerate launch
+    if args.push_to_hub and args.hub_model_id and results:
         url = push_report_to_hub(args.output_dir, args.hub_model_id, args.token)
         print(f"[hf-monosem report] pushed to {url}")
-    if args.push_to_hub and args.model_card_repo_id:
+    if args.push_to_hub and args.model_card_repo_id and results:
         url = push_report_to_model_card(
             args.output_dir,
             args.model_card_repo_id,

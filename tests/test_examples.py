@@ -110,6 +110,7 @@ BAD_ARGUMENTS = [
     ("train_sae", ["--label_noise", "2"], "2"),
     ("train_sae", ["--topk", "5000"], "5000"),
     ("train_sae", ["--probe_inputs", "whiten"], "whiten"),
+    ("train_sae", ["--sae_lr", "0"], "--sae_lr 0.0"),
     ("robustness_benchmark", ["--label_noise", "0.2,1.5"], "1.5"),
     ("robustness_benchmark", ["--shots", "1,x"], "1,x"),
     ("robustness_benchmark", ["--seeds", "0"], "--seeds 0"),
@@ -320,6 +321,7 @@ def test_defaults_parse_to_the_documented_offline_setup(ex):
     assert ex.pretrain_ncl.parse_args(["--online_label_loss"])[0].online_label_loss
     sae_args, *_ = ex.train_sae.parse_args([])
     assert (sae_args.feature_layer, sae_args.feature_dim, sae_args.topk) == ("topk", 1536, 192)
+    assert sae_args.sae_lr is None  # fit_sae's width-scaled default, not a fixed rate
 
 
 def test_examples_are_standalone(ex):

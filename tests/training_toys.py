@@ -129,6 +129,17 @@ def accelerate_launch(
     return result
 
 
+def launch_and_load(tmp_path, script_text: str, search_path: str, world: int = 2) -> list:
+    """Write ``script_text`` to ``tmp_path``, run it under :func:`accelerate_launch` with ``world`` CPU
+    processes (arguments: ``tmp_path`` and ``search_path``), check it succeeded, and return what each
+    process saved with ``torch.save`` as ``rank{r}.pt`` in ``tmp_path``, in rank order."""
+    script = tmp_path / "launched.py"
+    script.write_text(script_text)
+    result = accelerate_launch(script, tmp_path, search_path, num_processes=world)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+
+
 def port_was_taken(output: str) -> bool:
     """Whether a launch failed because its rendezvous port was bound by another process first."""
     return "EADDRINUSE" in output or "address already in use" in output.lower()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["barrier", "gather_blocks", "process_world", "row_block"]
+__all__ = ["barrier", "block_sizes", "gather_blocks", "process_world", "row_block"]
 
 
 def process_world() -> tuple[int, int]:
@@ -43,6 +43,21 @@ def row_block(num_rows: int, rank: int, world: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
+def block_sizes(local: torch.Tensor, num_rows: int) -> list[int]:
+    """The row counts of every process's block of ``num_rows`` (rank order), after checking that this
+    process holds its own block's count in ``local``.
+
+    Example:
+        >>> block_sizes(torch.zeros(5, 2), 5)  # one process: the whole block
+        [5]
+    """
+    world, rank = process_world()
+    sizes = [len(row_block(num_rows, r, world)) for r in range(world)]
+    if local.shape[0] != sizes[rank]:
+        raise ValueError(f"process {rank} holds {local.shape[0]} rows, its block has {sizes[rank]}")
+    return sizes
+
+
 def gather_blocks(local: torch.Tensor, num_rows: int) -> torch.Tensor:
     """Every process's block (from :func:`row_block`), concatenated in rank order: ``[num_rows, ...]``
     on every process, on the CPU. Without a process group of more than one, ``local`` itself.
@@ -50,18 +65,15 @@ def gather_blocks(local: torch.Tensor, num_rows: int) -> torch.Tensor:
     The blocks are padded to the largest one for ``all_gather`` (it needs one shape) and trimmed after;
     under NCCL they travel through the current CUDA device.
     """
-    world, rank = process_world()
-    if world == 1:
+    if process_world()[0] == 1:
         return local
-    sizes = [len(row_block(num_rows, r, world)) for r in range(world)]
-    if local.shape[0] != sizes[rank]:
-        raise ValueError(f"process {rank} holds {local.shape[0]} rows, its block has {sizes[rank]}")
+    sizes = block_sizes(local, num_rows)
     device = torch.device("cpu")
     if torch.distributed.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
     padded = local.new_zeros((max(sizes), *local.shape[1:])).to(device)
     padded[: local.shape[0]] = local.to(device)
-    parts = [torch.empty_like(padded) for _ in range(world)]
+    parts = [torch.empty_like(padded) for _ in sizes]
     torch.distributed.all_gather(parts, padded)
     return torch.cat([part[:size] for part, size in zip(parts, sizes)]).cpu()
 

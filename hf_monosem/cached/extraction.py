@@ -147,6 +147,7 @@ def collect_outputs(
     dropout: bool = False,
     split_processes: bool = False,
     on_batch: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    sort_by_length: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Run ``model`` over ``dataset`` once, in dataset order, and gather output fields on the CPU.
 
@@ -175,6 +176,12 @@ def collect_outputs(
             too) instead of keeping them: a matrix larger than memory streams to disk
             (:class:`~.feature_shards.ShardWriter`); the returned outputs are then ``None``. With
             ``split_processes`` each process streams its own block (nothing is gathered).
+        sort_by_length: run the rows longest ``input_ids`` first (a stable sort; each process sorts its
+            own block), so that a padding collator pads every batch to rows of about its own length, and
+            return them in dataset order: unpadded texts of mixed lengths cost no forward pass over
+            padding (as ``SentenceTransformer.encode`` does). The per-row outputs are those of the
+            dataset order (a batch's composition can move float sums in the last bits). Rows without
+            ``input_ids`` (images) keep their order; not with ``on_batch``, which streams in order.
 
     The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
     module's train/eval mode is restored exactly afterwards.
@@ -196,6 +203,8 @@ def collect_outputs(
         raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
     if len(dataset) == 0:
         raise ValueError("dataset has 0 rows; allowed: a non-empty dataset")
+    if sort_by_length and on_batch is not None:
+        raise ValueError("sort_by_length=True with on_batch is not allowed: streamed rows keep dataset order")
     num_rows = len(dataset)
     world, rank = process_world()
     split = split_processes and 1 < world <= num_rows  # every process has rows: equal shapes to gather
@@ -222,6 +231,9 @@ def collect_outputs(
             return base_collate([{k: v for k, v in row.items() if k in wanted} for row in rows])
     else:
         collate = base_collate
+    order = _length_order(dataset) if sort_by_length and "input_ids" in accepted else None
+    if order is not None:
+        dataset = _select_rows(dataset, order.tolist())
 
     current = next((p.device for p in model.parameters()), None)
     device = torch.device(device) if device is not None else (current or torch.device("cpu"))
@@ -270,18 +282,43 @@ def collect_outputs(
     wanted_fields = [*outputs, "labels"] if with_labels else list(outputs)
     result = {name: torch.cat(chunks[name]) if chunks[name] and len(chunks[name]) == batches else None
               for name in wanted_fields}  # fmt: skip
+    if order is not None:  # back to dataset order: row order[j] came out j-th
+        inverse = torch.argsort(order)
+        result = {name: None if v is None else v[inverse] for name, v in result.items()}
     if split and on_batch is None:  # the same fields on every process: one model, the same columns
         result = {name: None if v is None else gather_blocks(v, num_rows) for name, v in result.items()}
     return result
 
 
-def _select_rows(dataset: Any, rows: range) -> Any:
+def _select_rows(dataset: Any, rows: range | list[int]) -> Any:
     """The rows ``rows`` of a ``datasets.Dataset`` (``select``, no copy), a list, or any map-style dataset."""
     if hasattr(dataset, "select"):
         return dataset.select(rows)
     if isinstance(dataset, (list, tuple)):
-        return dataset[rows.start : rows.stop]
+        return dataset[rows.start : rows.stop] if isinstance(rows, range) else [dataset[i] for i in rows]
     return torch.utils.data.Subset(dataset, rows)
+
+
+def _length_order(dataset: Any) -> torch.Tensor | None:
+    """Row indices, longest ``input_ids`` first (stable); ``None`` when the rows have no ``input_ids``.
+
+    A ``datasets.Dataset`` is measured in Arrow (list lengths of the column, no Python list per row).
+
+    Example:
+        >>> _length_order([{"input_ids": [1]}, {"input_ids": [1, 2, 3]}, {"input_ids": [4]}]).tolist()
+        [1, 0, 2]
+    """
+    if hasattr(dataset, "with_format") and "input_ids" in (dataset.column_names or []):
+        import pyarrow.compute as pc
+
+        column = dataset.with_format("arrow")["input_ids"]
+        lengths = torch.tensor(pc.list_value_length(column).to_pylist())
+    else:
+        found = [_sequence_length(dataset[i].get("input_ids")) for i in range(len(dataset))]
+        if any(n is None for n in found):
+            return None
+        lengths = torch.tensor(found)
+    return torch.argsort(lengths, descending=True, stable=True)
 
 
 def extract_features(

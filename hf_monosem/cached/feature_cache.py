@@ -182,6 +182,7 @@ def extract_pooled_features(
     split_processes: bool = False,
     memory_map: bool = False,
     rows_per_shard: int = 65536,
+    sort_by_length: bool = False,
 ) -> torch.Tensor | ShardedFeatures:
     """Pooled backbone vectors (or feature-layer outputs) of every example, ``[len(dataset), width]``.
 
@@ -212,6 +213,9 @@ def extract_pooled_features(
             that reads rows lazily: a matrix larger than RAM (1.3M x 2048 floats is ~10 GB) needs disk,
             not memory. Needs ``cache_dir`` and a cache key. With ``split_processes`` every process writes
             its own block's shards (a shared file system for several machines); nothing is gathered.
+        sort_by_length: run the texts longest first, so that padded batches waste no compute on padding,
+            and return them in dataset order (:func:`~.extraction.collect_outputs`; what
+            ``hf-monosem report`` does). Not with ``memory_map``, which streams rows in order.
 
     The model runs in eval mode (dropout off, BatchNorm running statistics) under ``no_grad``; every
     module's train/eval mode is restored afterwards. The result is a float32 CPU tensor in dataset order.
@@ -235,6 +239,10 @@ def extract_pooled_features(
     if output == "features" and not isinstance(model_or_backbone, MonoSemanticPreTrainedModel):
         raise ValueError(
             "output='features' needs a MonoSemantic model (a plain backbone has no feature layer)"
+        )
+    if memory_map and sort_by_length:
+        raise ValueError(
+            "sort_by_length=True with memory_map=True is not allowed: shards are written in row order"
         )
     if memory_map and cache_dir is None:
         raise ValueError("memory_map=True needs cache_dir (where the shard files go); allowed: a folder")
@@ -278,7 +286,8 @@ def extract_pooled_features(
                 logger.info("loading cached features from %s", path)
                 return cached["features"]
 
-    features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress, split)
+    features = _run(base, dataset, columns, batch_size, collate_fn, device, output, progress, split,
+                    sort_by_length=sort_by_length)  # fmt: skip
     # a NaN/inf input row (or a diverged backbone) is named here, by dataset row, not as NaN weights later
     check_features(features, f"{output} features of the dataset")
 
@@ -301,6 +310,7 @@ def _run(
     progress: bool,
     split: bool = False,
     on_batch: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    sort_by_length: bool = False,
 ) -> torch.Tensor | None:
     outputs = collect_outputs(
         base,
@@ -313,6 +323,7 @@ def _run(
         progress=progress,
         split_processes=split,
         on_batch=on_batch,
+        sort_by_length=sort_by_length,
     )
     return outputs[output]
 
@@ -451,7 +462,7 @@ def text_view_features(
             )
         views.append(out["pooled"])
     result = torch.stack(views)
-    if path is not None:
+    if path is not None and process_world()[1] == 0:  # every process computed all views: one writes
         save_tensors(path, {"features": result}, {"output": "views", "key": settings})  # atomic
     return result
 

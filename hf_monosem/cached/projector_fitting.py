@@ -28,6 +28,7 @@ from torch import nn
 from ..models.feature_layers import FeatureLayerSettings, LinearFeatures, feature_layer_class
 from ..training.losses import info_nce_loss
 from .checks import autocast_off, check_features
+from .data_parallel import DataParallelFit
 from .minibatch import MiniBatches
 from .scaling import feature_stats, standardize
 
@@ -118,6 +119,7 @@ def fit_contrastive_projector(
     views: torch.Tensor | None = None,
     positives: str = "self",
     num_neighbors: int = 10,
+    split_processes: bool = False,
 ) -> tuple[LinearFeatures, dict[str, Any]]:
     """Train a SimCLR (``"linear"``) or NCL (``"nonneg"``) projector on cached pooled features.
 
@@ -143,6 +145,15 @@ def fit_contrastive_projector(
         positives: ``"self"`` (the other view is of the same row) or ``"nn"`` (a view of one of the
             row's ``num_neighbors`` nearest neighbours in the frozen, standardised ``features``, drawn
             per epoch: a label-free prior that two close posts share meaning).
+        split_processes: fit data-parallel across the processes of ``accelerate launch`` (below).
+
+    With ``split_processes=True`` under ``accelerate launch --num_processes N`` (an initialised process
+    group of ``N > 1``) the fit is data-parallel (:mod:`~hf_monosem.cached.data_parallel`; every process
+    must then call it; off by default, like the extraction's): every process must pass the same
+    ``features`` (checked) and options and draws the same views of the whole batch; each runs the
+    projector on its contiguous block of the batch only, the outputs are gathered with their gradient
+    path so that every row's negatives are all the batch's other views (the one-process InfoNCE), and
+    the gradients are summed. The weights are the one-process weights up to float rounding.
 
     Returns:
         ``(layer, report)``: the trained feature layer (input: raw pooled vectors) and a report with
@@ -189,6 +200,7 @@ def fit_contrastive_projector(
     neighbors = (
         nearest_neighbors(standardize(features.float())[0], num_neighbors) if positives == "nn" else None
     )
+    parallel = DataParallelFit(split_processes)
     # a batch of one row has no negatives: skipped
     batches = MiniBatches(
         n,
@@ -197,7 +209,7 @@ def fit_contrastive_projector(
         epochs=epochs,
         device=features.device,
         min_size=2,
-        progress=progress,
+        progress=progress and parallel.rank == 0,  # one bar, not one per process
         desc=f"contrastive {feature_layer} projector",
     )
 
@@ -208,6 +220,10 @@ def fit_contrastive_projector(
     if views is not None:
         views = (views.to(features.device).float() - mean) / std
     layer = layer_class(features.shape[1], settings).to(features.device)
+    parallel.check_same_on_every_process(features, "features")
+    if views is not None:
+        parallel.check_same_on_every_process(views, "views")
+    parallel.broadcast_parameters_(layer)  # the same start on every process, whatever each one seeded
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
     history: list[float] = []
 
@@ -232,18 +248,31 @@ def fit_contrastive_projector(
                         views
                     )
                     x_a, x_b = views[k_a, rows], views[k_b, partner[rows]]
+                # every process drew the whole batch's views (the same random draws as one process);
+                # the projector runs on this process's block of them only
+                block, share = parallel.local_rows(torch.arange(rows.shape[0], device=rows.device))
+                if parallel.active:
+                    x_a, x_b = x_a[block], x_b[block]
                 (z_a, aux_a), (z_b, aux_b) = layer(x_a), layer(x_b)
-                loss = info_nce_loss(z_a, z_b, temperature, gather=False)
-                aux = layer.weighted_aux_loss(aux_a)
+                # the whole batch's outputs (with the way back to the process that made them): the
+                # negatives of one process's InfoNCE; each process's copy of the loss counts 1 / world
+                z_a = parallel.gather_rows_with_grad(z_a, len(rows))
+                z_b = parallel.gather_rows_with_grad(z_b, len(rows))
+                loss = info_nce_loss(z_a, z_b, temperature, gather=False) / parallel.world
+                aux = layer.weighted_aux_loss(aux_a) if block.numel() else None
                 if aux is not None:  # the mean over both views' rows, as on the concatenated batch
-                    loss = loss + 0.5 * (aux + layer.weighted_aux_loss(aux_b))
+                    loss = loss + share * 0.5 * (aux + layer.weighted_aux_loss(aux_b))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                parallel.sum_gradients_(layer.parameters())
                 optimizer.step()
-                total, steps = total + float(loss.detach()), steps + 1
-            history.append(total / max(steps, 1))
+                total, steps = total + loss.detach().double(), steps + 1
+            # this process's parts of the epoch's losses, summed: the one-process total
+            total = parallel.all_reduce_sum_(torch.as_tensor(total, dtype=torch.float64))
+            history.append(float(total) / max(steps, 1))
             batches.set_postfix(loss=f"{history[-1]:.4f}")
 
+    parallel.broadcast_parameters_(layer)  # identical weights everywhere, whatever the reduction order
     _fold_standardization(layer, mean, std)
     layer.eval()
     with torch.no_grad():

@@ -32,6 +32,7 @@ from ..models.feature_layers import FeatureLayer, feature_layer_class, feature_l
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
 from ..models.sae import ENCODER_INIT_NORM, SparseAutoencoder
 from .checks import autocast_off, check_features
+from .data_parallel import DataParallelFit
 from .extraction import resolve_base_model
 from .feature_cache import extract_pooled_features
 from .minibatch import MiniBatches
@@ -83,6 +84,9 @@ class SaeFitConfig:
             ``benchmarks/sae_throughput.py`` it bought nothing (held-back FVU 0.3035 with 0.3 vs 0.3013
             without, low rank + noise, lr 2e-3, seed 0).
         progress: show a tqdm bar (explained variance, L0 and dead fraction after every epoch).
+        split_processes: under ``accelerate launch --num_processes N``, fit data-parallel: every process
+            takes its block of each batch (:func:`train_sae_layer`); every process must then fit. Off by
+            default, like the extraction's, so that code fitting on the main process only keeps working.
 
     Example:
         >>> config = SaeFitConfig(epochs=3, batch_size=1024)
@@ -105,6 +109,7 @@ class SaeFitConfig:
     resample_until: float = 0.8
     lr_decay: float = 0.0
     progress: bool = True
+    split_processes: bool = False
 
     def __post_init__(self) -> None:
         # bad options fail here, before any extraction or step
@@ -201,6 +206,7 @@ def fit_sae(
     dead_after_steps: int | None = None,
     resample_every: int | None = None,
     resample_until: float | None = None,
+    split_processes: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     extract_batch_size: int = 64,
     pooling: str | None = None,
@@ -228,8 +234,8 @@ def fit_sae(
             (ReLU + L1 with ``sparsity_weight``).
         feature_dim, topk: SAE width and active latents (defaults as in :class:`MonoSemanticConfig`).
         epochs, lr, batch_size, seed, dead_latents, auxk_weight, dead_after_steps, resample_every,
-            resample_until, progress: the fields of :class:`SaeFitConfig` (see there); those given
-            (not ``None``) replace the ``config``'s.
+            resample_until, split_processes, progress: the fields of :class:`SaeFitConfig` (see there);
+            those given (not ``None``) replace the ``config``'s.
         sae_normalize_input: when the SAE L2-normalises its input: True / "always" (fitting and codes, the
             default), "fit" (fitting only: the codes encode the raw vector, as the authors' probe does) or
             False / "never" (see :class:`~hf_monosem.models.FeatureLayerSettings`).
@@ -253,6 +259,15 @@ def fit_sae(
         if isinstance(backbone_or_model, MonoSemanticPreTrainedModel)
         else None
     )
+    if source is not None and source.config.hidden_layer is not None:
+        # the SAE would be fitted on (and placed at) the pooled final output, not where this model reads
+        raise ValueError(
+            f"fit_sae fits on the backbone's pooled output vectors, but this model's feature layer reads "
+            f"hidden layer {source.config.hidden_layer} token by token (config.hidden_layer="
+            f"{source.config.hidden_layer}); fitting there needs per-token activations, which fit_sae does "
+            "not extract. Allowed: a transformers backbone or a MonoSemantic model with hidden_layer=None; "
+            "for a hidden layer, load an SAE trained there with MonoSemanticModel.from_sae"
+        )
     backbone = source.backbone if source is not None else backbone_or_model
     if not isinstance(backbone, PreTrainedModel):
         raise ValueError(
@@ -318,6 +333,7 @@ def train_sae_layer(
     dead_after_steps: int | None = None,
     resample_every: int | None = None,
     resample_until: float | None = None,
+    split_processes: bool | None = None,
     init_pre_bias: bool = True,
     progress: bool | None = None,
 ) -> dict[str, Any]:
@@ -330,6 +346,16 @@ def train_sae_layer(
     layer's loss and gradients at a fraction of the cost), removes the decoder gradient's part along
     the decoder columns, steps, and renormalises the columns to unit norm. ``init_pre_bias`` starts
     the pre-bias at the data mean (turn off to continue a fit).
+
+    With ``split_processes=True`` under ``accelerate launch --num_processes N`` (an initialised process
+    group of ``N > 1``) the fit is data-parallel (:mod:`~hf_monosem.cached.data_parallel`; off by
+    default, like the extraction's): every process must call it with the same ``features`` (checked)
+    and the same options; each runs the forward and backward pass of its
+    contiguous block of every batch, the gradients are summed (every loss term is a mean over the
+    batch's rows, weighted by the block's share), and the statistics that steer the fit are global:
+    the pre-bias is the mean of all rows, which latents fired (hence AuxK's dead latents and
+    resampling) is summed over the blocks, the decoder columns are renormalised after the common
+    step. The weights are the one-process weights up to float rounding (tested with 2 CPU processes).
 
     The report's histories ``explained_variance``, ``l0`` and ``dead_fraction`` are measured on the
     training batches themselves, each in its own forward pass just before its step (as sparsify and
@@ -354,8 +380,11 @@ def train_sae_layer(
             f"dead_latents='auxk' applies to 'topk' layers only, not {layer.kind!r}; use 'resample'"
         )
     check_features(features)
+    parallel = DataParallelFit(config.split_processes)
+    parallel.check_same_on_every_process(features, "features")
     device = features.device
     layer.to(device).train()
+    parallel.broadcast_parameters_(layer)  # the same start on every process, whatever each one seeded
     n = features.shape[0]
     batches = MiniBatches(
         n,
@@ -363,7 +392,7 @@ def train_sae_layer(
         config.seed,
         epochs=config.epochs,
         device=device,
-        progress=config.progress,
+        progress=config.progress and parallel.rank == 0,  # one bar, not one per process
         desc=f"fit_sae ({layer.kind})",
     )
     generator = batches.generator
@@ -391,6 +420,7 @@ def train_sae_layer(
                 f"features have no variance ({n} row(s), all equal after the SAE's input preparation, "
                 "e.g. one row or all-zero rows): there is nothing to explain; give at least two distinct rows"
             )
+    # every process holds all rows, so this mean is the global one (the same pre-bias everywhere)
     if init_pre_bias:  # the data mean: a cheap stand-in for the geometric median
         layer.init_for_fit_(mean, encoder_norm=None)
     optimizer = _adam(layer.parameters(), lr)
@@ -412,31 +442,44 @@ def train_sae_layer(
             fired_in_epoch = torch.zeros(layer.feature_dim, dtype=torch.bool, device=device)
             for rows in epoch:
                 dead = since_fired >= dead_after_steps if strategy == "auxk" and step > 0 else None
-                out = layer.fit_forward(prepared[rows], dead=dead, prepared=True)
-                loss = layer.weighted_aux_loss(out.aux_losses)
-                if "auxk_loss" in out.aux_losses and auxk_weight:
-                    loss = loss + auxk_weight * out.aux_losses["auxk_loss"]
+                # this process's block of the batch (all of it in one process) and its share of the rows
+                block, share = parallel.local_rows(rows)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if block.numel():
+                    out = layer.fit_forward(prepared[block], dead=dead, prepared=True)
+                    loss = layer.weighted_aux_loss(out.aux_losses)
+                    if "auxk_loss" in out.aux_losses and auxk_weight:
+                        loss = loss + auxk_weight * out.aux_losses["auxk_loss"]
+                    assert loss is not None  # an SAE always has its reconstruction term
+                    (loss * share if share != 1.0 else loss).backward()
+                    # loss x rows, squared error, spread, active latents: sums over the block's rows
+                    batch_stats = torch.stack(
+                        [
+                            loss.detach() * block.numel(),
+                            out.squared_error,
+                            spread[block].sum(),
+                            out.active.to(spread.dtype),
+                        ]
+                    ).double()
+                    fired = out.fired
+                else:  # fewer rows than processes: this one only takes part in the collectives
+                    batch_stats = torch.zeros(4, dtype=torch.float64, device=device)
+                    fired = torch.zeros(layer.feature_dim, dtype=torch.bool, device=device)
+                if parallel.active:  # the batch's sums over all blocks: the gradients, the statistics
+                    parallel.sum_gradients_(layer.parameters())
+                    summed = parallel.all_reduce_sum_(torch.cat([batch_stats, fired.double()]))
+                    batch_stats, fired = summed[:4], summed[4:] > 0
                 layer.project_decoder_grad_()
                 optimizer.step()
                 layer.normalize_decoder_()
                 if decay_steps:  # linear decay to 0 over the last decay_steps steps
                     optimizer.param_groups[0]["lr"] = lr * min(1.0, (total_steps - step - 1) / decay_steps)
 
-                batch_stats = torch.stack(
-                    [
-                        loss.detach() * rows.numel(),
-                        out.squared_error,
-                        spread[rows].sum(),
-                        out.active.to(spread.dtype),
-                    ]
-                ).double()
                 if step == 0:  # before any step: the first batch
-                    _append_stats(report, batch_stats, out.fired, rows.numel())
+                    _append_stats(report, batch_stats, fired, rows.numel())
                 totals += batch_stats
-                fired_in_epoch |= out.fired
-                since_fired.add_(1).masked_fill_(out.fired, 0)  # in place: two kernels, no new tensor
+                fired_in_epoch |= fired
+                since_fired.add_(1).masked_fill_(fired, 0)  # in place: two kernels, no new tensor
                 step += 1
                 if (
                     strategy == "resample"
@@ -448,6 +491,8 @@ def train_sae_layer(
                     candidates = features[torch.randperm(n, generator=generator)[:_RESAMPLE_ROWS].to(device)]
                     report["resampled"] += layer.resample_dead_(dead_now, candidates, optimizer, generator)
                     since_fired = since_fired.masked_fill(dead_now, 0)
+                    # the same candidates and draws everywhere; process 0's result is the one kept
+                    parallel.broadcast_parameters_(layer)
             _append_stats(report, totals, fired_in_epoch, n)
             report["loss"].append(float(totals[0]) / n)
             batches.set_postfix(
@@ -455,6 +500,7 @@ def train_sae_layer(
                 l0=f"{report['l0'][-1]:.1f}",
                 dead=f"{report['dead_fraction'][-1]:.2f}",
             )
+    parallel.broadcast_parameters_(layer)  # identical weights everywhere, whatever the reduction order
     layer.eval()
     report["final_explained_variance"] = report["explained_variance"][-1]
     report["final_l0"] = report["l0"][-1]

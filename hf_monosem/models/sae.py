@@ -7,30 +7,36 @@ needs between optimiser steps (:meth:`~SparseAutoencoder.normalize_decoder_`,
 no code outside the class writes its weights.
 
 Training goes through :meth:`~SparseAutoencoder.fit_forward`, the forward pass of a fitting loop: for
-``topk`` it never forms the dense ``[batch, feature_dim]`` codes (the ``k`` active latents are decoded
-by a gather, ``embedding_bag``, and the weight gradients touch only those rows, as in EleutherAI's
+``topk`` it is one autograd node (:class:`~.sae_kernels.TopKReconstruction`, in ``sae_kernels.py``)
+that never forms the dense ``[batch, feature_dim]`` codes nor their gradient (the ``k`` active latents
+are decoded by a gather and every gradient after the top-k is a sparse product, as in EleutherAI's
 sparsify), yet its loss and gradients equal those of :meth:`~SparseAutoencoder.forward`, the dense
-reference the model runs (``tests/models/test_sae_kernels.py`` checks it). Its top-k runs in two
-cheaper stages where torch's would be slow, and its weight gradients are one sparse (CSR) product per
-matrix. It can add OpenAI's AuxK term for dead latents (Gao et al. 2024, "Scaling and evaluating
-sparse autoencoders"). For ``sae`` the decoding and the L1 term are one autograd node.
+reference the model runs (``tests/models/test_sae_kernels.py`` checks both, and against autograd on
+the plain formulation in float64). It can add OpenAI's AuxK term for dead latents (Gao et al. 2024,
+"Scaling and evaluating sparse autoencoders"). For ``sae`` the decoding and the L1 term are one
+autograd node.
 
 Same-folder imports only (remote-code export copies this folder next to the weights).
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as hf_init
 
 from .feature_layers import EPS, FeatureLayer, FeatureLayerSettings, register_feature_layer
+from .sae_kernels import (
+    GatheredPreactivations,
+    SparseDecode,
+    TopKReconstruction,
+    autocast_off_backward,
+    topk_indices,
+)
 
 __all__ = ["FitForward", "SparseAutoencoder", "SparseAutoencoderFeatures", "TopKSparseAutoencoderFeatures"]
 
@@ -60,150 +66,6 @@ class FitForward(NamedTuple):
     active: torch.Tensor
 
 
-def _latent_major_sum(
-    indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, num_latents: int
-) -> torch.Tensor:
-    """``out[m] = sum over (b, j) with indices[b, j] == m of values[b, j] * rows[b]``: ``[num_latents, D]``.
-
-    The weight gradient of a gather/scatter of ``k`` latents per row. One sparse ``[num_latents, B]``
-    CSR matrix times ``rows``: ``B * k * D`` multiply-adds, no ``[B, k, D]`` temporary (sparsify's
-    ``index_add_`` of per-entry contributions) and no dense ``[B, num_latents]`` matrix.
-    """
-    batch, k = indices.shape
-    if rows.device.type not in ("cpu", "cuda"):  # no CSR kernels there: the plain scatter
-        out = rows.new_zeros(num_latents, rows.shape[1])
-        contributions = (values.unsqueeze(-1) * rows.unsqueeze(1)).reshape(-1, rows.shape[1])
-        return out.index_add_(0, indices.reshape(-1), contributions.to(rows.dtype))
-    crow, columns, order = _latent_major_layout(indices, num_latents)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore")
-        matrix = torch.sparse_csr_tensor(
-            crow,
-            columns,
-            values.reshape(-1)[order].to(rows.dtype),
-            (num_latents, batch),
-            check_invariants=False,
-        )
-        return matrix @ rows
-
-
-def _latent_major_layout(
-    indices: torch.Tensor, num_latents: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The CSR layout of the ``[num_latents, B]`` matrix with a nonzero at ``(indices[b, j], b)``:
-    ``(crow, columns, order)``, ``order`` the flat positions of the entries in latent-major order.
-
-    Built once per ``indices`` (the encoder's and the decoder's backward share it). On CPU the order is
-    numpy's stable radix sort of the latent ids as uint16 (~0.2 ms for 32k entries): torch's int64
-    sort takes ~1 ms on one thread but ~160 ms on two threads of a busy machine.
-    """
-    cached = getattr(indices, "_latent_major_layout", None)
-    if cached is not None:
-        return cached
-    k = indices.shape[1]
-    flat = indices.reshape(-1)
-    if flat.device.type == "cpu" and num_latents <= 65536:
-        order = torch.from_numpy(np.argsort(flat.numpy().astype(np.uint16), kind="stable"))
-    else:
-        order = torch.argsort(flat, stable=True)
-    crow = torch.zeros(num_latents + 1, dtype=torch.int64, device=flat.device)
-    torch.cumsum(torch.bincount(flat, minlength=num_latents), 0, out=crow[1:])
-    layout = (crow, torch.div(order, k, rounding_mode="floor"), order)
-    indices._latent_major_layout = layout  # the autograd graph keeps indices alive for both backwards
-    return layout
-
-
-def _topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """The indices of the ``k`` largest entries of each row (in no particular order), as ``pre.topk``.
-
-    On CPU, when torch's top-k would take its slow path (``64 k > n``, a full ``nth_element``) and
-    ``16 k <= n``, in two cheaper stages over strided groups of 4 entries: the ``k`` groups with the
-    largest maxima hold the row's ``k`` largest entries (a group left out has ``k`` larger group maxima
-    above its own), so the top ``k`` of their ``4 k`` entries is the row's. The same set as
-    ``pre.topk`` (up to which of exactly tied entries is kept); ~2x faster at n = 1536, k = 32.
-    """
-    n = pre.shape[-1]
-    if pre.device.type != "cpu" or n % 4 or not (16 * k <= n < 64 * k):
-        return pre.topk(k, dim=-1, sorted=False).indices
-    groups = n // 4
-    # group g = entries g, g + groups, g + 2 groups, g + 3 groups: one vectorised max over 4 slices
-    best = pre.view(pre.shape[0], 4, groups).amax(1).topk(k, dim=-1, sorted=False).indices
-    candidates = (best.unsqueeze(-1) + torch.arange(0, n, groups, device=pre.device)).flatten(1)
-    chosen = pre.gather(1, candidates).topk(k, dim=-1, sorted=False).indices
-    return candidates.gather(1, chosen)
-
-
-def _autocast_off_backward(backward):
-    """Run a custom Function's backward with autocast off: ``loss.backward()`` called inside a caller's
-    ``torch.autocast`` block runs CPU backwards under it, and the sparse products here have no bf16
-    kernels (``NotImplementedError: addmm_out_sparse_csr``) and must stay fp32 anyway."""
-
-    @functools.wraps(backward)
-    def wrapped(ctx, *grads):
-        device_type = next((g.device.type for g in grads if isinstance(g, torch.Tensor)), "cpu")
-        with torch.autocast(device_type=device_type, enabled=False), torch.autocast("cpu", enabled=False):
-            return backward(ctx, *grads)
-
-    return wrapped
-
-
-class _GatheredPreactivations(torch.autograd.Function):
-    """``pre.gather(1, indices)`` where ``pre = centred @ weight.T + bias``, ``centred = x - pre_bias``,
-    was computed without a graph.
-
-    The backward reaches only the gathered latents: ``weight``'s rows and ``bias``'s entries at
-    ``indices``, and ``pre_bias`` (``x`` too if it needs a gradient) through them; the gradients equal
-    those of the dense expression.
-    """
-
-    @staticmethod
-    def forward(ctx, x, pre_bias, weight, bias, pre, indices, centred):
-        # centred = x - pre_bias, as the forward computed it: the weight gradient reads it again
-        ctx.save_for_backward(pre_bias, weight, indices, centred)
-        return pre.gather(1, indices)
-
-    @staticmethod
-    @_autocast_off_backward
-    def backward(ctx, grad):
-        pre_bias, weight, indices, centred = ctx.saved_tensors
-        grad_x = grad_pre_bias = grad_weight = grad_bias = None
-        latent_sums = torch.bincount(indices.reshape(-1), weights=grad.reshape(-1), minlength=weight.shape[0])
-        latent_sums = latent_sums.to(weight.dtype)
-        if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad.to(weight.dtype), mode="sum")
-        if ctx.needs_input_grad[1]:  # d/d pre_bias of sum_bj g_bj (W (x_b - p))_ij = -(sum_m s_m W_m)
-            grad_pre_bias = -(latent_sums @ weight)
-        if ctx.needs_input_grad[2]:
-            grad_weight = _latent_major_sum(indices, grad, centred, weight.shape[0])
-        if ctx.needs_input_grad[3]:
-            grad_bias = latent_sums
-        return grad_x, grad_pre_bias, grad_weight, grad_bias, None, None, None
-
-
-class _SparseDecode(torch.autograd.Function):
-    """``sum_j values[:, j] * decoder_t[indices[:, j]]`` (``embedding_bag``), for a ``[M, D]`` decoder.
-
-    Equal to ``codes @ decoder_t`` with the dense codes, in ``B * k * D`` instead of ``B * M * D``.
-    """
-
-    @staticmethod
-    def forward(ctx, values, indices, decoder_t):
-        decoder_t = decoder_t.contiguous()
-        ctx.save_for_backward(values, indices, decoder_t)
-        return F.embedding_bag(indices, decoder_t, per_sample_weights=values.to(decoder_t.dtype), mode="sum")
-
-    @staticmethod
-    @_autocast_off_backward
-    def backward(ctx, grad):
-        values, indices, decoder_t = ctx.saved_tensors
-        grad_values = grad_decoder = None
-        if ctx.needs_input_grad[0]:
-            grad_values = _per_entry_dot(grad, decoder_t, indices).to(values.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_decoder = _latent_major_sum(indices, values, grad, decoder_t.shape[0])
-        return grad_values, None, grad_decoder
-
-
 class _DecodeWithDecoderNormL1(torch.autograd.Function):
     """``(codes @ weight.T, mean_b sum_m codes[b, m] * ||weight[:, m]||)``: the ReLU SAE's decoding and
     its decoder-norm-weighted L1 term in one node.
@@ -223,7 +85,7 @@ class _DecodeWithDecoderNormL1(torch.autograd.Function):
         return F.linear(codes, weight), codes.mean(0) @ norms
 
     @staticmethod
-    @_autocast_off_backward
+    @autocast_off_backward
     def backward(ctx, grad_decoded, grad_l1):
         codes, weight, norms, unclamped = ctx.saved_tensors
         grad_codes = grad_weight = None
@@ -243,18 +105,6 @@ class _DecodeWithDecoderNormL1(torch.autograd.Function):
         return grad_codes, grad_weight
 
 
-def _per_entry_dot(grad: torch.Tensor, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """``out[b, j] = grad[b] . table[indices[b, j]]`` without materialising ``table[indices]``."""
-    batch, k = indices.shape
-    op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
-    if op is not None:
-        flat = indices.reshape(-1)
-        offsets = torch.arange(0, batch * k, k, device=flat.device)
-        offset2bag = torch.div(torch.arange(batch * k, device=flat.device), k, rounding_mode="floor")
-        return op(grad.contiguous(), table, flat, offsets, offset2bag, 0, -1).view(batch, k)
-    return torch.einsum("bkd,bd->bk", table[indices], grad)  # pragma: no cover - older torch
-
-
 class SparseAutoencoder(FeatureLayer):
     """Shared parts of the ReLU and TopK SAEs: pre-bias, encoder, unit-norm decoder, reconstruction.
 
@@ -265,6 +115,9 @@ class SparseAutoencoder(FeatureLayer):
     """
 
     is_sparse_autoencoder = True
+    #: :meth:`init_for_fit_` stores the decoder weight column-major: the layout of the kind's training
+    #: kernel (the TopK one gathers decoder rows; a dense ``F.linear`` backward writes row-major)
+    latent_major_decoder = False
 
     def __init__(self, input_dim: int, settings: FeatureLayerSettings):
         super().__init__(input_dim, settings)
@@ -309,7 +162,12 @@ class SparseAutoencoder(FeatureLayer):
         latent starts reading the direction it writes) scaled to that norm, and the encoder bias zero;
         with ``data_mean`` (in the SAE's input space, :meth:`prepare_input`), the pre-bias becomes it,
         so the first steps fit the spread of the data and not its offset (the geometric median's cheap
-        stand-in, as sparsify's ``b_dec``). Either can be ``None`` to leave that part alone.
+        stand-in, as sparsify's ``b_dec``). Either can be ``None`` to leave that part alone. The decoder
+        weight (``[input_dim, feature_dim]``) of a ``topk`` layer (:attr:`latent_major_decoder`) is
+        stored latent-major (column-major) from here on: the
+        same values in the layout the TopK training kernel reads and writes without a transposing copy
+        (:class:`~.sae_kernels.TopKReconstruction`); an optimiser made afterwards keeps its state in
+        that layout (torch's fused CPU Adam assumes parameter, gradient and state share one).
 
         Example:
             >>> sae = TopKSparseAutoencoderFeatures(16, FeatureLayerSettings(feature_dim=32, topk=4))
@@ -318,9 +176,13 @@ class SparseAutoencoder(FeatureLayer):
             (0.5, 1.0)
             >>> torch.allclose(sae.encoder.weight, 0.5 * sae.decoder.weight.t())
             True
+            >>> sae.decoder.weight.shape, sae.decoder.weight.t().is_contiguous()
+            (torch.Size([16, 32]), True)
         """
+        decoder = self.decoder.weight
+        if self.latent_major_decoder and not decoder.t().is_contiguous():
+            decoder.data = decoder.data.t().contiguous().t()
         if encoder_norm is not None:
-            decoder = self.decoder.weight
             unit = decoder / torch.linalg.vecdot(decoder, decoder, dim=0).sqrt().clamp_min(EPS)
             self.encoder.weight.copy_(unit.t() * encoder_norm)
             self.encoder.bias.zero_()
@@ -452,8 +314,11 @@ class SparseAutoencoder(FeatureLayer):
             True
         """
         weight = self.decoder.weight
-        # a column-wise dot product: ~4x faster than weight.norm(dim=0), a strided reduction, on CPU
-        weight.div_(torch.linalg.vecdot(weight, weight, dim=0).sqrt_().clamp_min_(EPS))
+        if weight.t().is_contiguous():  # latent-major (init_for_fit_): each column is contiguous
+            norms = torch.linalg.vector_norm(weight, dim=0)
+        else:  # a column-wise dot product: ~4x faster than weight.norm(dim=0), a strided reduction, on CPU
+            norms = torch.linalg.vecdot(weight, weight, dim=0).sqrt_()
+        weight.div_(norms.clamp_min_(EPS))
 
     @torch.no_grad()
     def resample_dead_(
@@ -605,6 +470,8 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         True
     """
 
+    latent_major_decoder = True
+
     def __init__(self, input_dim: int, settings: FeatureLayerSettings):
         super().__init__(input_dim, settings)
         self.k = self.settings.resolved_topk
@@ -632,36 +499,43 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         with torch.no_grad():
             centred = x - self.pre_bias
             pre = torch.addmm(bias, centred, weight.t())
-            indices = _topk_indices(pre, self.k)
-        values = F.relu(_GatheredPreactivations.apply(x, self.pre_bias, weight, bias, pre, indices, centred))
+            indices = topk_indices(pre, self.k)
+        values = F.relu(GatheredPreactivations.apply(x, self.pre_bias, weight, bias, pre, indices, centred))
         return values, indices, pre, centred
 
     def sparse_decode(self, values: torch.Tensor, indices: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """:meth:`decode` of the codes ``zeros.scatter(-1, indices, values)``, by a gather of ``k``
         columns."""
-        out = _SparseDecode.apply(values, indices, self.decoder.weight.float().t())
+        out = SparseDecode.apply(values, indices, self.decoder.weight.float().t())
         return out + self.pre_bias if bias else out
 
     def _fit_forward_prepared(self, x: torch.Tensor, dead: torch.Tensor | None) -> FitForward:
-        values, indices, pre, centred = self._sparse_encode(x)
-        reconstruction = self.sparse_decode(values, indices)
-        norms = x.pow(2).sum(-1).clamp_min(EPS)
-        squared = (reconstruction - x).pow(2).sum(-1)
+        # one node: encoder GEMM, top-k, sparse decode; a sparse backward (models/sae_kernels.py). In the
+        # prepared input's dtype: fp32 from prepare_input (float64 only where a caller prepares it so)
+        squared, values, indices, pre, centred, error = TopKReconstruction.apply(
+            x,
+            self.pre_bias.to(x.dtype),
+            self.encoder.weight.to(x.dtype),
+            self.encoder.bias.to(x.dtype),
+            self.decoder.weight.to(x.dtype),
+            self.k,
+        )
+        norms = torch.linalg.vector_norm(x, dim=-1).square().clamp_min(EPS)
         aux = {"reconstruction_loss": (squared / norms).mean()}
         if dead is not None and bool(dead.any()):
-            aux["auxk_loss"] = self._auxk_loss(x, reconstruction, pre, centred, dead, norms)
-        positive = values.detach() > 0
+            aux["auxk_loss"] = self._auxk_loss(x, error, pre, centred, dead, norms)
+        positive = values > 0
         # latents of positive codes; the others are sent to a spare slot past the end. No boolean
         # indexing: it needs a nonzero(), a sync and three kernels more per step
         fired = torch.zeros(self.feature_dim + 1, dtype=torch.bool, device=x.device)
         fired.index_fill_(0, indices.masked_fill(~positive, self.feature_dim).flatten(), True)
         return FitForward(aux, fired[: self.feature_dim], squared.detach().sum(), positive.sum())
 
-    def _auxk_loss(self, x, reconstruction, pre, centred, dead, norms) -> torch.Tensor:
+    def _auxk_loss(self, x, error, pre, centred, dead, norms) -> torch.Tensor:
         """OpenAI's AuxK (Gao et al. 2024, App. B.1, as in sparsify): the ``k_aux = input_dim // 2``
         largest pre-activations among the ``dead`` latents reconstruct the residual ``x - x_hat``
-        (no pre-bias); scaled by ``min(n_dead / k_aux, 1)`` and normalised like the reconstruction
-        loss, so it gives dead latents a gradient without touching the codes."""
+        (``-error``, no pre-bias); scaled by ``min(n_dead / k_aux, 1)`` and normalised like the
+        reconstruction loss, so it gives dead latents a gradient without touching the codes."""
         dead_ids = dead.nonzero().flatten()
         k_aux = max(1, self.input_dim // 2)
         scale = min(dead_ids.numel() / k_aux, 1.0)
@@ -669,8 +543,11 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         with torch.no_grad():
             local = pre.index_select(1, dead_ids).topk(k_aux, dim=-1, sorted=False).indices
         indices = dead_ids[local]
-        weight, bias = self.encoder.weight.float(), self.encoder.bias.float()
-        values = F.relu(_GatheredPreactivations.apply(x, self.pre_bias, weight, bias, pre, indices, centred))
-        residual = (x - reconstruction).detach()
-        error = (self.sparse_decode(values, indices, bias=False) - residual).pow(2).sum(-1)
-        return scale * (error / norms).mean()
+        pre_bias, weight, bias = (
+            t.to(x.dtype) for t in (self.pre_bias, self.encoder.weight, self.encoder.bias)
+        )
+        values = F.relu(GatheredPreactivations.apply(x, pre_bias, weight, bias, pre, indices, centred))
+        decoded = SparseDecode.apply(values, indices, self.decoder.weight.to(x.dtype).t())
+        # decoded - residual = decoded + error
+        aux_error = (decoded + error).pow(2).sum(-1)
+        return scale * (aux_error / norms).mean()

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoImageProcessor, AutoTokenizer, DataCollatorWithPadding
 
 from ..cached import augmented_view_features, load_tensors, save_tensors, tensors_sha256
+from ..cached.distributed import process_world
 from ..cached.feature_cache import extract_pooled_features, model_fingerprint, text_view_features
 from ..models.configuration import public_name
 from ..models.modeling import MonoSemanticModel
@@ -31,9 +32,9 @@ from ..training.checkpoints import read_json, write_json
 from ..training.views import ImageViews
 from .arguments import ReportArguments, list_of, numbers_of
 from .inputs import ReportInputs, load_report_inputs
-from .tracks import RepresentationPlan, build_track, sae_sweep
+from .tracks import RepresentationPlan, build_track, fit_representations, sae_sweep
 
-__all__ = ["estimate_seconds", "run_report"]
+__all__ = ["estimate_seconds", "join_launched_processes", "run_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,30 @@ def _image_views(
     augment = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5, color_jitter_p=0.0, grayscale_p=0.0, **scale)
     with torch.no_grad():
         views = augmented_view_features(encode, pixels, augment, num_views, seed=0, progress=True)
-    save_tensors(path, {"views": views}, {"key": key})
+    if process_world()[1] == 0:  # every process computed the same views: one writes them
+        save_tensors(path, {"views": views}, {"key": key})
     return views
+
+
+def _silent(line: str) -> None:
+    """What the other processes of ``accelerate launch`` say: nothing (process 0 speaks)."""
+
+
+def join_launched_processes() -> tuple[int, int]:
+    """``(world size, rank)``, after joining the process group when launched by ``accelerate launch`` /
+    ``torchrun`` with more than one process (``WORLD_SIZE > 1``; accelerate's ``PartialState``: gloo on
+    CPUs, NCCL on GPUs), so that the extraction and the label-free fits split the work; ``(1, 0)`` alone.
+
+    Example:
+        >>> join_launched_processes()  # not launched
+        (1, 0)
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()
+    world, rank = process_world()
+    return world, rank
 
 
 def _flops_per_second() -> float:
@@ -213,6 +236,11 @@ def run_report(
     from .writing import write_report  # the report's writer is the last stage
 
     inputs = inputs or load_report_inputs(args)
+    # under accelerate launch: each process extracts its block of rows, the fits split every batch;
+    # process 0 alone speaks, probes and writes (the probe grid takes seconds)
+    _, rank = join_launched_processes()
+    if rank != 0:
+        say = _silent  # one process speaks
     protocols = [
         probe_protocol(p).with_budget(epochs=args.probe_epochs) for p in list_of(args.probe_protocols)
     ]
@@ -277,7 +305,9 @@ def run_report(
                     cache_dir=cache_dir,
                     collate_fn=collator,
                     cache_key=_rows_key(ds),
-                    progress=True,
+                    progress=rank == 0,
+                    split_processes=True,
+                    sort_by_length=True,  # no forward pass over padding
                 )
                 for key, ds in rows.items()
             }
@@ -299,7 +329,8 @@ def run_report(
                     batch_size=args.batch_size,
                     cache_dir=cache_dir,
                     cache_key=tensors_sha256({"pixels": x}),
-                    progress=True,
+                    progress=rank == 0,
+                    split_processes=True,
                 )
                 for key, x in rows.items()
             }
@@ -307,6 +338,10 @@ def run_report(
     for _, _, key in cells:
         labels[key] = labels[TEST]
     with timer("fit representations"):
+        # every process fits (data-parallel under accelerate launch); the track is built from the layers
+        fitted = fit_representations(
+            vectors[TRAIN], plan, cache_dir, views=views, progress=rank == 0, split_processes=True
+        )
         track = build_track(
             "report",
             f"{public_name(args.model_name_or_path)} on {public_name(args.dataset_name)}",  # no local path
@@ -318,7 +353,10 @@ def run_report(
             noise_cells=cells,
             views=views,
             views_for_probes=inputs.modality == "image",
+            fitted=fitted,
         )
+    if rank != 0:  # the fits were the last collective: the probes and every file are process 0's
+        return {}
     key = _key(tensors_sha256(vectors), tensors_sha256({"views": views}), plan, "probes-v1")
     records: list[dict] = []
     for protocol in protocols:

@@ -46,6 +46,8 @@ from ..cached import (
     tensors_sha256,
     train_sae_layer,
 )
+from ..cached.data_parallel import all_processes
+from ..cached.distributed import process_world
 from ..data.backbones import small_resnet_config
 from ..evaluation.features import monosemanticity_report
 from ..models.configuration import MonoSemanticConfig
@@ -192,6 +194,7 @@ def fit_saes(
     epochs: int,
     progress: bool = True,
     lr: float | None = None,
+    split_processes: bool = False,
 ) -> dict[str, tuple[torch.nn.Module, dict]]:
     """The paper's post-hoc SAE: TopK fitted on the L2-normalised input, normalised MSE, no L1 (one per sweep
     entry); its codes encode the *un-normalised* vector (``sae_normalize_input="fit"``), as the authors'
@@ -211,7 +214,9 @@ def fit_saes(
             ),
             input_dim=train.shape[1],
         )
-        report = train_sae_layer(sae, train, epochs=epochs, lr=lr, seed=0, progress=progress)
+        report = train_sae_layer(
+            sae, train, epochs=epochs, lr=lr, seed=0, progress=progress, split_processes=split_processes
+        )
         summary = {key: v for key, v in report.items() if key.startswith("final_") or key == "lr"}
         fitted[name] = (sae.eval(), summary)
     return fitted
@@ -233,8 +238,13 @@ def fit_representations(
     *,
     views: torch.Tensor | None = None,
     progress: bool = True,
+    split_processes: bool = False,
 ) -> dict[str, tuple[torch.nn.Module, dict]]:
     """``{name: (fitted layer, fit report)}`` of ``plan`` on the ``[N, F]`` training vectors ``train``.
+
+    ``split_processes``: under ``accelerate launch``, every fit is data-parallel across the processes
+    (every process must call this with the same vectors), the cached file is read or not by all of them
+    together and written by process 0.
 
     ``views`` (``[K, N, F]`` encoder-level views of the training rows) feed the projectors of a recipe with
     ``"dropout"`` views. The layers are saved under ``cache_dir`` as safetensors keyed by a hash of the
@@ -249,10 +259,13 @@ def fit_representations(
         f"{tensors_sha256(tensors)}|{sorted(asdict(plan).items())}|sae_normalize_input=fit".encode()
     ).hexdigest()[:16]
     path = None if cache_dir is None else os.path.join(cache_dir, f"representations-{key}.safetensors")
-    fitted = load_feature_layers(path, key) if path is not None and os.path.exists(path) else None
+    saved = path is not None and os.path.exists(path)
+    if split_processes:  # decided by all processes together: the fits are collectives
+        saved = all_processes(saved)
+    fitted = load_feature_layers(path, key) if saved else None
     if fitted is not None:
         return fitted
-    fitted = fit_saes(train, sweep, plan.epochs, progress, plan.sae_lr)
+    fitted = fit_saes(train, sweep, plan.epochs, progress, plan.sae_lr, split_processes)
     if plan.projector_width is not None:
         for name, kind in CONTRASTIVE_KINDS.items():  # SimCLR and NCL on the recipe's views
             _, recipe = ncl_recipe(plan.ncl_recipe, kind)
@@ -265,6 +278,7 @@ def fit_representations(
                 seed=0,
                 views=used_views,
                 progress=progress,
+                split_processes=split_processes,
                 **recipe,
             )
             summary = {"final_loss": report["loss"][-1]}
@@ -279,9 +293,10 @@ def fit_representations(
                 plan.epochs,
                 progress,
                 plan.sae_lr,
+                split_processes,
             )  # fmt: skip
         )
-    if path is not None:
+    if path is not None and not (split_processes and process_world()[1]):  # the same layers: one writes
         os.makedirs(cache_dir, exist_ok=True)
         save_feature_layers(path, fitted, key)  # atomic: a killed run leaves the old file or none
     return fitted

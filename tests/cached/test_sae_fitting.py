@@ -205,6 +205,24 @@ def test_fit_sae_validates_arguments():
         fit_sae(bert, features=torch.randn(8, 5), progress=False)
 
 
+def test_fit_sae_refuses_a_model_whose_feature_layer_reads_a_hidden_layer(monkeypatch):
+    """fit_sae fits on pooled output vectors: a model reading hidden layer 0 per token is refused, by
+    name, before any copy or extraction (the fit would have landed on the pooled output instead)."""
+    config = MonoSemanticConfig(
+        backbone_config=tiny_bert_config(), feature_layer="topk", feature_dim=64, hidden_layer=0
+    )
+    model = MonoSemanticModel(config)
+    monkeypatch.setattr("copy.deepcopy", lambda *a, **k: pytest.fail("the backbone was copied"))
+    with pytest.raises(ValueError, match=r"reads hidden layer 0 token by token \(config.hidden_layer=0\)"):
+        fit_sae(model, features=torch.randn(8, 32), progress=False)
+    pooled = MonoSemanticModel(MonoSemanticConfig(backbone_config=tiny_bert_config(), feature_layer="topk"))
+    monkeypatch.undo()
+    fitted, _ = fit_sae(
+        pooled, features=torch.randn(16, 32), feature_dim=64, topk=4, epochs=1, progress=False
+    )
+    assert fitted.config.hidden_layer is None
+
+
 def test_explained_variance_matches_its_definition():
     layer = sae_layer("topk", topk=8)
     x = sparse_mixtures(n=64)

@@ -80,3 +80,20 @@ def test_dead_latent_strategies_are_checked():
         train_sae_layer(_topk(), x, dead_latents="revive", progress=False)
     with pytest.raises(ValueError, match="auxk_weight=-1 is not valid"):
         train_sae_layer(_topk(), x, auxk_weight=-1, progress=False)
+
+
+def test_a_fit_on_the_latent_major_decoder_equals_one_on_the_row_major_decoder():
+    """``init_for_fit_`` stores the TopK decoder column-major; torch's fused CPU Adam reads parameter,
+    gradient and state as flat arrays, so a layout that differed between them would silently step the
+    wrong entries. The same fit on the usual row-major decoder must give the same weights."""
+    x = sparse_mixtures(n=256)
+    latent_major, row_major = _topk(), _topk()
+    # train_sae_layer starts the pre-bias (and the layout) with init_for_fit_; the other keeps row-major
+    with torch.no_grad():
+        row_major.pre_bias.copy_(latent_major.prepare_input(x).mean(0))
+    options = {"epochs": 3, "batch_size": 64, "lr": 3e-3, "seed": 0, "progress": False}
+    train_sae_layer(latent_major, x, **options)
+    train_sae_layer(row_major, x, init_pre_bias=False, **options)
+    assert latent_major.decoder.weight.t().is_contiguous() and row_major.decoder.weight.is_contiguous()
+    for name, param in row_major.named_parameters():
+        torch.testing.assert_close(dict(latent_major.named_parameters())[name], param, rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from hf_monosem.models.feature_layers import FeatureLayerSettings
 from hf_monosem.models.sae import SparseAutoencoderFeatures, TopKSparseAutoencoderFeatures
+from hf_monosem.models.sae_kernels import TopKReconstruction
 
 
 def _layer(normalize_input=True, dim=24, width=96, k=6, seed=0):
@@ -146,3 +147,94 @@ def test_relu_sae_forward_gives_the_autograd_loss_and_gradients(weights):
         torch.testing.assert_close(aux[name], ref_aux[name], **TOL)
     for name in ref_grads:
         torch.testing.assert_close(grads[name], ref_grads[name], **TOL, msg=name)
+
+
+def _plain_topk_reconstruction(x, pre_bias, enc_weight, enc_bias, dec_weight, k):
+    """The TopK step written plainly, for autograd: dense pre-activations, top-k, dense codes, GEMM decode."""
+    pre = (x - pre_bias) @ enc_weight.t() + enc_bias
+    values, indices = pre.topk(k, dim=-1)
+    codes = torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
+    return (codes @ dec_weight.t() + pre_bias - x).pow(2).sum(-1), pre
+
+
+def _float64_operands(batch, dim, width, seed, latent_major=False):
+    g = torch.Generator().manual_seed(seed)
+    operands = [
+        torch.randn(batch, dim, generator=g, dtype=torch.float64),  # x
+        0.1 * torch.randn(dim, generator=g, dtype=torch.float64),  # pre_bias
+        torch.randn(width, dim, generator=g, dtype=torch.float64) / dim**0.5,  # encoder weight
+        0.1 * torch.randn(width, generator=g, dtype=torch.float64),  # encoder bias
+        torch.randn(dim, width, generator=g, dtype=torch.float64),  # decoder weight [D, M]
+    ]
+    if latent_major:  # the layout init_for_fit_ gives the decoder (column-major [D, M])
+        operands[4] = operands[4].t().contiguous().t()
+    return [t.requires_grad_() for t in operands]
+
+
+# (batch, dim, width, k): the two-stage top-k (16 k <= width < 64 k, width % 4 == 0) and torch's own
+@pytest.mark.parametrize(
+    "shape", [(40, 24, 96, 6), (33, 16, 90, 5), (64, 12, 256, 8), (17, 8, 40, 1), (8, 5, 12, 12)]
+)
+@pytest.mark.parametrize("latent_major", [False, True])
+def test_fused_topk_step_gives_autograds_gradients_in_float64(shape, latent_major):
+    batch, dim, width, k = shape
+    operands = _float64_operands(batch, dim, width, seed=sum(shape), latent_major=latent_major)
+    weights = torch.rand(batch, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    squared, values, indices, pre, centred, error = TopKReconstruction.apply(*operands, k)
+    fused = torch.autograd.grad((weights * squared).sum(), operands)
+
+    plain_squared, plain_pre = _plain_topk_reconstruction(*operands, k)
+    # ties-free data: the k-th and (k+1)-th largest pre-activations of every row are apart
+    if k < width:
+        top = plain_pre.detach().topk(k + 1, dim=-1).values
+        assert (top[:, k - 1] - top[:, k]).min() > 1e-9
+    plain = torch.autograd.grad((weights * plain_squared).sum(), operands)
+    torch.testing.assert_close(squared, plain_squared, rtol=1e-12, atol=1e-12)
+    for name, got, expected in zip(("x", "pre_bias", "enc_weight", "enc_bias", "dec_weight"), fused, plain):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=name)
+    if latent_major:  # the decoder's gradient comes back in the decoder's layout: no copy to accumulate it
+        assert fused[4].stride() == operands[4].stride()
+    # the by-products: codes, pre-activations, centred input and error, as the plain step has them
+    assert torch.equal(indices.sort(-1).values, plain_pre.topk(k, dim=-1).indices.sort(-1).values)
+    torch.testing.assert_close(values, plain_pre.detach().gather(1, indices).relu(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pre, plain_pre.detach(), rtol=1e-12, atol=1e-12)
+    x, pre_bias = operands[0].detach(), operands[1].detach()
+    torch.testing.assert_close(centred, x - pre_bias)
+    assert not any(t.requires_grad for t in (values, pre, centred, error))
+
+
+@pytest.mark.parametrize("dead_count", [5, 60])
+def test_fit_step_with_auxk_gives_autograds_gradients_in_float64(dead_count):
+    """The whole fitting loss (reconstruction + AuxK) of a float64 layer, fused, against the plain
+    formulation's autograd: every parameter's gradient, to float64 precision."""
+    layer = _layer(dim=24, width=96, k=6).double()
+    layer.init_for_fit_(encoder_norm=None)  # the decoder stored latent-major, as a fit has it
+    g = torch.Generator().manual_seed(4)
+    x = F.normalize(torch.randn(48, 24, generator=g, dtype=torch.float64), dim=-1)
+    dead = torch.zeros(96, dtype=torch.bool)
+    dead[torch.randperm(96, generator=torch.Generator().manual_seed(5))[:dead_count]] = True
+    step = layer.fit_forward(x, dead=dead, prepared=True)
+    assert sorted(step.aux_losses) == ["auxk_loss", "reconstruction_loss"]
+    loss = step.aux_losses["reconstruction_loss"] + 0.5 * step.aux_losses["auxk_loss"]
+    fused = _grads(layer, loss)
+
+    params = dict(layer.named_parameters())
+    names = ("pre_bias", "encoder.weight", "encoder.bias", "decoder.weight")
+    operands = [x, *(params[name] for name in names)]
+    squared, pre = _plain_topk_reconstruction(*operands, layer.k)
+    norms = x.pow(2).sum(-1)
+    codes_pre = pre.topk(layer.k, dim=-1)
+    codes = torch.zeros_like(pre).scatter(-1, codes_pre.indices, F.relu(codes_pre.values))
+    residual = (x - (codes @ params["decoder.weight"].t() + params["pre_bias"])).detach()
+    k_aux = min(12, dead_count)
+    aux_pre = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1)
+    aux_codes = torch.zeros_like(pre).scatter(-1, aux_pre.indices, F.relu(aux_pre.values))
+    aux_error = (aux_codes @ params["decoder.weight"].t() - residual).pow(2).sum(-1)
+    auxk = min(dead_count / 12, 1.0) * (aux_error / norms).mean()
+    plain_loss = (squared / norms).mean() + 0.5 * auxk
+    plain = _grads(layer, plain_loss)
+    torch.testing.assert_close(step.aux_losses["auxk_loss"], auxk, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-12, atol=1e-14)
+    for name in plain:
+        torch.testing.assert_close(fused[name], plain[name], rtol=1e-10, atol=1e-13, msg=name)
+    assert fused["decoder.weight"].stride() == params["decoder.weight"].stride()

@@ -1,0 +1,133 @@
+"""The label-free fits under ``accelerate launch --num_processes 2`` (CPU, gloo) equal one process's.
+
+Both processes hold the same feature matrix and walk the same batches; each fits on its block of every
+batch (batches of 45 rows: blocks of 23 and 22, so the weighting by share is exercised), the gradients
+and the fit statistics are summed. Compared with a one-process fit in this process on the same features:
+the TopK SAE with AuxK (dead latents declared after 2 steps, so the term is on), the ReLU SAE with
+resampling, the NCL projector on cached views with nearest-neighbour positives and the activation loss,
+and the SimCLR projector on feature-space views (dropout + noise drawn for the whole batch).
+
+Tolerance 1e-5 on every weight: the two runs differ only in float32 rounding (half-batch matmuls, a sum
+of two partial gradients instead of one full-batch reduction); measured, the largest difference over all
+weights of these fits is 1.2e-7 (decoder of the ReLU SAE), so 1e-5 leaves 80x room for other CPUs'
+kernels, while a wrong weighting or a local statistic (a half-batch mean, local dead latents, local
+negatives) moves weights at the scale of one Adam step (lr = 1e-3 .. 2e-3) from the first step on. The
+TopK SAE's codes of every row are compared too (the same support: no near tie flipped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from training_toys import launch_and_load
+
+from hf_monosem.cached import fit_contrastive_projector, train_sae_layer
+from hf_monosem.models.feature_layers import FeatureLayerSettings, build_feature_layer
+
+TESTS = Path(__file__).resolve().parents[1]
+SEARCH_PATH = f"{TESTS}|{Path(__file__).resolve().parent}"
+WORLD, ROWS, BATCH = 2, 300, 45
+ATOL = 1e-5
+
+
+def features_and_views() -> tuple[torch.Tensor, torch.Tensor]:
+    """300 rows of low rank + noise in 16 dims and 3 noisy views of each (fixed by a seed)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(ROWS, 4, generator=g) @ torch.randn(4, 16, generator=g)
+    x = x + 0.3 * torch.randn(ROWS, 16, generator=g)
+    views = x + 0.1 * torch.randn(3, ROWS, 16, generator=g)
+    return x, views
+
+
+def fits(split_processes: bool = True) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
+    """Every fit of the comparison, each from its own seeded start: ``{name: (state_dict, report)}``
+    (``split_processes`` does nothing in one process)."""
+    x, views = features_and_views()
+    out = {}
+    for kind, options in (
+        ("topk", {"dead_latents": "auxk", "dead_after_steps": 2}),
+        ("sae", {"dead_latents": "resample", "dead_after_steps": 2, "resample_every": 3}),
+    ):
+        torch.manual_seed(0)
+        sae = build_feature_layer(FeatureLayerSettings(feature_dim=64, topk=4), input_dim=16, kind=kind)
+        if kind == "sae":  # latents that never fire, so that resampling runs
+            sae.encoder.bias.data[:8] = -10.0
+        report = train_sae_layer(sae, x, epochs=3, batch_size=BATCH, lr=2e-3, progress=False,
+                                 split_processes=split_processes, **options)  # fmt: skip
+        out[kind] = (sae.state_dict(), report)
+    common = {"feature_dim": 32, "projector_hidden_dim": 32, "epochs": 2, "batch_size": BATCH}
+    common.update(progress=False, split_processes=split_processes)
+    ncl, report = fit_contrastive_projector(
+        x, feature_layer="nonneg", views=views, positives="nn", nonneg_order="authors",
+        nonneg_activation="rep_relu", activation_loss_weight=1.0, **common,
+    )  # fmt: skip
+    out["ncl"] = (ncl.state_dict(), report)
+    simclr, report = fit_contrastive_projector(x, feature_layer="linear", **common)
+    out["simclr"] = (simclr.state_dict(), report)
+    return out
+
+
+SCRIPT = """
+import sys
+import torch
+sys.path[:0] = sys.argv[2].split("|")
+from accelerate import Accelerator
+from test_distributed_fitting import fits
+
+torch.set_num_threads(1)
+accelerator = Accelerator(cpu=True)  # joins the gloo process group (ACCELERATE_USE_CPU=1)
+out = f"{sys.argv[1]}/rank{accelerator.process_index}.pt"
+split = fits()
+# not asked to split: a fit on the main process alone runs no collective (the other process is not there)
+alone = fits(split_processes=False) if accelerator.process_index == 0 else None
+# different features on the two processes: refused on both, before any step
+from hf_monosem.cached import train_sae_layer
+from hf_monosem.models.feature_layers import FeatureLayerSettings, build_feature_layer
+from test_distributed_fitting import features_and_views
+sae = build_feature_layer(FeatureLayerSettings(feature_dim=64, topk=4), input_dim=16, kind="topk")
+try:
+    train_sae_layer(sae, features_and_views()[0] + accelerator.process_index, split_processes=True)
+    refused = None
+except ValueError as error:
+    refused = str(error)
+torch.save({"world": accelerator.num_processes, "fits": split, "alone": alone, "refused": refused}, out)
+"""
+
+
+@pytest.mark.distributed
+def test_two_processes_fit_the_weights_one_process_fits(tmp_path):
+    ranks = launch_and_load(tmp_path, SCRIPT, SEARCH_PATH, WORLD)
+    assert [r["world"] for r in ranks] == [WORLD, WORLD]
+
+    torch.set_num_threads(1)
+    reference = fits()
+    x, _ = features_and_views()
+    for name, (state, report) in reference.items():
+        for r in ranks:
+            other_state, other_report = r["fits"][name]
+            for key, value in state.items():  # the weights
+                torch.testing.assert_close(other_state[key], value, atol=ATOL, rtol=0, msg=f"{name}.{key}")
+            for key in ("loss", "explained_variance", "l0", "dead_fraction", "resampled"):
+                if key in report:  # the statistics are global: the one-process numbers
+                    assert other_report[key] == pytest.approx(report[key], rel=1e-4, abs=1e-5), (name, key)
+        for key in state:  # and identical on both processes
+            assert torch.equal(ranks[0]["fits"][name][0][key], ranks[1]["fits"][name][0][key]), (name, key)
+    # without split_processes the main process fitted on its own: the one-process fits, bit for bit
+    for name, (state, _) in reference.items():
+        for key, value in state.items():
+            assert torch.equal(ranks[0]["alone"][name][0][key], value), (name, key)
+    for rank, r in enumerate(ranks):
+        expected = f"features differs between the 2 processes (process {rank}: shape (300, 16))"
+        assert r["refused"].startswith(expected)
+        assert "allowed: the same matrix on every process" in r["refused"]
+    # the fits did what the comparison is meant to cover
+    assert reference["sae"][1]["resampled"] > 0
+    assert reference["topk"][1]["dead_fraction"][1] > 0  # dead latents, so AuxK ran
+    # the SAE codes of every row: the same support and values
+    sae = build_feature_layer(FeatureLayerSettings(feature_dim=64, topk=4), input_dim=16, kind="topk")
+    sae.load_state_dict(reference["topk"][0])
+    codes = sae(x)[0]
+    sae.load_state_dict(ranks[1]["fits"]["topk"][0])
+    torch.testing.assert_close(sae(x)[0], codes, atol=10 * ATOL, rtol=0)
