@@ -27,6 +27,7 @@ epoch.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -197,7 +198,7 @@ def train_probe_grid(
     real = torch.zeros(num_groups, width, dtype=torch.bool, device=device)
     real[group_of, slot_of] = True
     # labels per group slot and row position: [S, M, G] (padded slots: class 0, masked out of the loss)
-    row_labels = labels.to(device).gather(1, rows.to(device))  # [P, M]
+    row_labels = labels.to(device).gather(1, rows.to(device)).long()  # [P, M]
     slot_labels = torch.zeros(num_groups, rows.shape[1], width, dtype=torch.long, device=device)
     slot_labels[group_of, :, slot_of] = row_labels
     group_rows = rows[groups.first].to(device)  # [S, M]
@@ -255,14 +256,21 @@ def train_probe_grid(
 
 class _SeedGroups:
     """Probes grouped by identical (seed, rows): ``group[p]`` and ``slot[p]`` place probe ``p`` in a
-    ``[S, G]`` layout (``G`` the largest group), ``first[s]`` is a probe of group ``s``."""
+    ``[S, G]`` layout (``G`` the largest group), ``first[s]`` is a probe of group ``s``. Groups so
+    unequal that padding would more than double the probes' matmul work fall back to a group per probe
+    (the same draws: a generator per probe, seeded alike)."""
 
     def __init__(self, seeds: list[int], rows: torch.Tensor):
+        self._place(seeds, rows, grouped=True)
+        if self.num_groups * self.width > 2 * len(seeds):
+            self._place(seeds, rows, grouped=False)
+
+    def _place(self, seeds: list[int], rows: torch.Tensor, grouped: bool) -> None:
         keys: dict[tuple[int, bytes], int] = {}
         group, slot, sizes, first = [], [], [], []
         rows_cpu = rows.detach().cpu().long().contiguous()
         for p, seed in enumerate(seeds):
-            key = (seed, rows_cpu[p].numpy().tobytes())
+            key = (seed, rows_cpu[p].numpy().tobytes() if grouped else str(p).encode())
             if key not in keys:
                 keys[key] = len(sizes)
                 sizes.append(0)
@@ -279,9 +287,9 @@ class _SeedGroups:
 
 def _probe_rates(lr: float | Sequence[float], num_probes: int) -> list[float]:
     """``P`` learning rates from one rate or a sequence of ``P``, each a number > 0."""
-    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
-        rates = [float(lr)] * num_probes
-    elif isinstance(lr, torch.Tensor) and lr.dim() == 0:
+    if (isinstance(lr, numbers.Real) and not isinstance(lr, bool)) or (
+        isinstance(lr, torch.Tensor) and lr.dim() == 0
+    ):
         rates = [float(lr)] * num_probes
     else:
         try:

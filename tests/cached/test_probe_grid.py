@@ -279,6 +279,7 @@ CASES = {
     "repeated_seeds": ([0, 1, 2, 0, 1, 2, 0, 1, 2], "all", False),
     "distinct_seeds": ([5, 6, 7, 8], "all", False),
     "unequal_groups": ([3, 3, 3, 4, 5, 3, 4], "all", False),
+    "skewed_groups": ([0, 0, 0, 0, 0, 1, 2, 3], "all", False),  # padding would double the work: a group each
     "per_probe_rows": ([1, 1, 1, 2, 2, 1], "few_shot", False),
     "k_views": ([0, 1, 0, 1, 0], "all", True),
 }
