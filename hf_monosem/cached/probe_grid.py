@@ -2,12 +2,17 @@
 
 A robustness sweep probes the *same* cached features under many label sets (noise rates, seeds,
 few-shot subsets). Training those probes one by one through a Trainer spends most of its time in
-Python overhead; here all ``P`` probes of a grid step together: the features are gathered into a
-``[P, batch, F]`` tensor and multiplied with a ``[P, F, C]`` weight tensor. Each probe keeps its own
-initialisation, shuffling (one generator per probe, :class:`~hf_monosem.cached.minibatch.MiniBatches`)
-and labels, so the result is the same as ``P`` separate runs of the same mini-batch Adam loop (tested
-against :func:`hf_monosem.cached.probing.probe_on_features`-style
-single runs in ``tests/cached/test_probe_grid.py``).
+Python overhead; here all ``P`` probes of a grid step together. Each probe keeps its own
+initialisation, shuffling (one generator per seed, :class:`~hf_monosem.cached.minibatch.MiniBatches`),
+labels and learning rate, so the result is the same as ``P`` separate runs of the same mini-batch loop
+(tested against plainly written single runs and against one call per probe, in float64, in
+``tests/cached/test_probe_grid.py``). Probes with the same seed and rows (a label-noise grid is rates x
+seeds, a learning-rate selection is rates x seeds) draw the same batches, views and initial weights, so
+they are grouped: per step the batch is gathered once per group, ``[S, batch, F]``, and one ``bmm`` with
+the ``[S, F, G * C]`` weights of the groups' probes gives every logit (groups padded to the largest ``G``
+with probes that stay zero); the weight gradients are ``x_s^T dlogits`` per group, the cross-entropy
+gradient in closed form, and AdamW is written out over the grid (``torch.optim.AdamW``'s operations, a
+rate per probe).
 
 Two optimisation recipes share the loop: AdamW at a constant rate (the default, our controlled
 protocol) and the authors' linear-probe recipe (solo-learn's ``LARS`` on the classifier with a
@@ -22,10 +27,11 @@ epoch.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .checks import autocast_off, check_features
 from .minibatch import MiniBatches
@@ -94,7 +100,7 @@ def train_probe_grid(
     *,
     rows: torch.Tensor | None = None,
     epochs: int = 50,
-    lr: float = 1e-3,
+    lr: float | Sequence[float] = 1e-3,
     weight_decay: float = 0.0,
     batch_size: int = 256,
     seeds: torch.Tensor | list[int] | None = None,
@@ -107,6 +113,12 @@ def train_probe_grid(
 ) -> ProbeGrid:
     """Train ``P`` linear probes with Adam on mini-batches of cached features, all at once.
 
+    Probes that share their seed and their rows (a label-noise grid: rates x seeds; a learning-rate
+    grid: rates x seeds) draw the same batches, views and initial weights, so they are computed
+    together: the batch is gathered once per distinct (seed, rows), ``[S, B, F]``, and multiplied with
+    the weights of all its probes in one ``bmm`` (``[S, F, G * C]``, groups padded to the largest
+    ``G`` with probes that stay zero). The result is the same as ``P`` separate runs.
+
     Args:
         features: ``[N, F]`` features shared by every probe, or ``[K, N, F]``: K augmented views of
             every row (each epoch, each probe draws one view per row with its generator, just
@@ -115,8 +127,10 @@ def train_probe_grid(
         num_labels: number of classes ``C``.
         rows: optional ``[P, M]`` row indices: probe ``p`` trains on ``features[rows[p]]`` with labels
             ``labels[p, rows[p]]`` (few-shot subsets, domain subsets); all probes use ``M`` rows.
-        epochs, lr, weight_decay, batch_size: the same budget for every probe (the paper's protocol:
+        epochs, weight_decay, batch_size: the same budget for every probe (the paper's protocol:
             a fixed number of epochs, no early stopping on the noisy labels).
+        lr: one learning rate for every probe, or ``P`` rates (one per probe; a schedule scales each
+            probe's own rate).
         seeds: ``P`` seeds for initialisation and shuffling (default ``0..P-1``): probe ``p``'s
             generator draws its initial weights, then one permutation per epoch.
         optimizer: ``"adam"`` (AdamW), ``"sgd"`` (SGD with ``momentum``, weight decay added to the
@@ -131,14 +145,18 @@ def train_probe_grid(
         >>> grid = train_probe_grid(x, torch.stack([y, 1 - y]), 2, epochs=20, lr=0.05, batch_size=32)
         >>> grid.accuracy(x, torch.stack([y, 1 - y])).min().item() > 0.9
         True
+        >>> per_rate = train_probe_grid(x, y.expand(2, -1), 2, epochs=5, lr=[0.001, 0.05], seeds=[0, 0])
+        >>> alone = train_probe_grid(x, y[None], 2, epochs=5, lr=0.05, seeds=[0])  # one rate, one call
+        >>> torch.allclose(per_rate.weight[1], alone.weight[0], atol=1e-5)
+        True
     """
     if features.dim() not in (2, 3):
         raise ValueError(f"features must be [N, F] or [K views, N, F], got shape {tuple(features.shape)}")
     num_rows = features.shape[-2]
     if labels.dim() != 2 or labels.shape[1] != num_rows:
         raise ValueError(f"labels must be [P, N={num_rows}], got shape {tuple(labels.shape)}")
-    if lr <= 0:
-        raise ValueError(f"lr={lr!r} is not valid; allowed: a number > 0")
+    num_probes = labels.shape[0]
+    rates = _probe_rates(lr, num_probes)
     if optimizer not in PROBE_OPTIMIZERS:
         raise ValueError(
             f"optimizer={optimizer!r} is not valid; allowed: {', '.join(map(repr, PROBE_OPTIMIZERS))}"
@@ -153,7 +171,6 @@ def train_probe_grid(
         )
     check_features(features)
     _check_class_ids(labels, num_labels)
-    num_probes = labels.shape[0]
     if rows is None:
         rows = torch.arange(num_rows).expand(num_probes, -1)
     if rows.dim() != 2 or rows.shape[0] != num_probes:
@@ -162,50 +179,143 @@ def train_probe_grid(
     if len(seeds) != num_probes:
         raise ValueError(f"seeds has {len(seeds)} entries for {num_probes} probes")
 
-    device, dim = features.device, features.shape[-1]
+    device, dim, classes = features.device, features.shape[-1], num_labels
     num_views = features.shape[0] if features.dim() == 3 else 1
-    # one shuffle per probe and epoch, each from the probe's own generator
-    batches = MiniBatches(rows.shape[1], batch_size, seeds, epochs=epochs, device=device)
-    weight = (
-        torch.stack([torch.randn(dim, num_labels, generator=g) for g in batches.generators])
-        * initializer_range
+    groups = _SeedGroups(seeds, rows)
+    num_groups, width = groups.num_groups, groups.width
+    # one shuffle per distinct (seed, rows) and epoch, each from that seed's own generator: the draws
+    # of every probe in the group (initial weights, views, permutations) are the same
+    batches = MiniBatches(rows.shape[1], batch_size, groups.seeds, epochs=epochs, device=device)
+    init = (
+        torch.stack([torch.randn(dim, classes, generator=g) for g in batches.generators]) * initializer_range
     )
-    weight = weight.to(device).requires_grad_(True)
-    bias = torch.zeros(num_probes, num_labels, device=device, requires_grad=True)
+    slot_of = groups.slot.to(device)
+    group_of = groups.group.to(device)
+    # weights [S, F, G, C] (a probe per group slot; padded slots stay zero), biases [S, G, C]
+    weight = torch.zeros(num_groups, dim, width, classes, dtype=init.dtype, device=device)
+    weight[group_of, :, slot_of] = init.to(device)[group_of]
+    bias = torch.zeros(num_groups, width, classes, dtype=init.dtype, device=device)
+    real = torch.zeros(num_groups, width, dtype=torch.bool, device=device)
+    real[group_of, slot_of] = True
+    # labels per group slot and row position: [S, M, G] (padded slots: class 0, masked out of the loss)
+    row_labels = labels.to(device).gather(1, rows.to(device)).long()  # [P, M]
+    slot_labels = torch.zeros(num_groups, rows.shape[1], width, dtype=torch.long, device=device)
+    slot_labels[group_of, :, slot_of] = row_labels
+    group_rows = rows[groups.first].to(device)  # [S, M]
+    base_rate = _slot_rates(rates, groups, device, init.dtype)  # [S, G] (padded slots: 1.0)
+    uniform = len(set(rates)) == 1
     step_fn = (
-        _adamw(weight, bias, lr, weight_decay)
+        _adamw(weight, bias, weight_decay)
         if optimizer == "adam"
         else _momentum_sgd(weight, bias, weight_decay, momentum, lars_eta if optimizer == "lars" else None)
     )
     total_steps = batches.total_steps
     warmup_steps = int(warmup_epochs * batches.steps_per_epoch)
-    probe_index = torch.arange(num_probes, device=device)[:, None]
-    row_labels = labels.to(device).gather(1, rows.to(device))  # [P, M]
-    rows = rows.to(device)
+    distinct = sorted(set(rates))
+
+    def rate_at(step: int) -> float | torch.Tensor:
+        if schedule == "constant":
+            return rates[0] if uniform else base_rate
+        if uniform:
+            return warmup_cosine_lr(step, total_steps, rates[0], warmup_steps)
+        scheduled = {r: warmup_cosine_lr(step, total_steps, r, warmup_steps) for r in distinct}
+        return _slot_rates([scheduled[r] for r in rates], groups, device, init.dtype)
 
     plain = features[0] if features.dim() == 3 else features  # one view: no draw, the plain matrix
+    mask = real[:, None, :, None].to(init.dtype)  # [S, 1, G, 1]
     step = 0
     for epoch in batches:
         if num_views > 1:  # drawn before the epoch's permutation (made lazily), from the same generators
             views = torch.stack(
                 [torch.randint(num_views, (rows.shape[1],), generator=g) for g in batches.generators]
             ).to(device)
-        for batch in epoch:  # [P, B] positions into rows
+        for batch in epoch:  # [S, B] positions into the group's rows
+            batch_rows = group_rows.gather(1, batch)
             if num_views > 1:
-                x = features[views[probe_index, batch], rows[probe_index, batch]]  # [P, B, F]
+                x = features[views.gather(1, batch), batch_rows]  # [S, B, F]
             else:
-                x = plain[rows[probe_index, batch]]
-            y = row_labels[probe_index, batch]  # [P, B]
-            logits = torch.bmm(x, weight) + bias[:, None, :]
-            # sum of per-probe mean losses: each probe's gradient equals its own mean-loss gradient
-            loss = F.cross_entropy(logits.reshape(-1, num_labels), y.reshape(-1), reduction="none")
-            loss = loss.view(num_probes, -1).mean(1).sum()
-            weight.grad = bias.grad = None
-            loss.backward()
-            rate = lr if schedule == "constant" else warmup_cosine_lr(step, total_steps, lr, warmup_steps)
-            step_fn(rate)
+                x = plain[batch_rows]
+            x = x.to(weight.dtype)
+            size = batch.shape[1]
+            y = slot_labels.gather(1, batch[:, :, None].expand(-1, -1, width))  # [S, B, G]
+            logits = (
+                torch.bmm(x, weight.view(num_groups, dim, width * classes)).view(
+                    num_groups, size, width, classes
+                )
+                + bias[:, None]
+            )
+            # each probe's mean cross-entropy gradient, in closed form: (softmax - one-hot) / B
+            dlogits = torch.softmax(logits, dim=-1)
+            dlogits.scatter_add_(-1, y[..., None], torch.full_like(dlogits[..., :1], -1.0))
+            dlogits *= mask / size
+            weight_grad = torch.bmm(x.transpose(1, 2), dlogits.view(num_groups, size, width * classes))
+            step_fn(weight_grad.view_as(weight), dlogits.sum(1), rate_at(step))
             step += 1
-    return ProbeGrid(weight.detach(), bias.detach())
+    return ProbeGrid(weight[group_of, :, slot_of], bias[group_of, slot_of])
+
+
+class _SeedGroups:
+    """Probes grouped by identical (seed, rows): ``group[p]`` and ``slot[p]`` place probe ``p`` in a
+    ``[S, G]`` layout (``G`` the largest group), ``first[s]`` is a probe of group ``s``. Groups so
+    unequal that padding would more than double the probes' matmul work fall back to a group per probe
+    (the same draws: a generator per probe, seeded alike)."""
+
+    def __init__(self, seeds: list[int], rows: torch.Tensor):
+        self._place(seeds, rows, grouped=True)
+        if self.num_groups * self.width > 2 * len(seeds):
+            self._place(seeds, rows, grouped=False)
+
+    def _place(self, seeds: list[int], rows: torch.Tensor, grouped: bool) -> None:
+        keys: dict[tuple[int, bytes], int] = {}
+        group, slot, sizes, first = [], [], [], []
+        rows_cpu = rows.detach().cpu().long().contiguous()
+        for p, seed in enumerate(seeds):
+            key = (seed, rows_cpu[p].numpy().tobytes() if grouped else str(p).encode())
+            if key not in keys:
+                keys[key] = len(sizes)
+                sizes.append(0)
+                first.append(p)
+            g = keys[key]
+            group.append(g)
+            slot.append(sizes[g])
+            sizes[g] += 1
+        self.group, self.slot = torch.tensor(group), torch.tensor(slot)
+        self.first = torch.tensor(first)
+        self.seeds = [seeds[p] for p in first]
+        self.num_groups, self.width = len(sizes), max(sizes)
+
+
+def _probe_rates(lr: float | Sequence[float], num_probes: int) -> list[float]:
+    """``P`` learning rates from one rate or a sequence of ``P``, each a number > 0."""
+    if (isinstance(lr, numbers.Real) and not isinstance(lr, bool)) or (
+        isinstance(lr, torch.Tensor) and lr.dim() == 0
+    ):
+        rates = [float(lr)] * num_probes
+    else:
+        try:
+            rates = [float(r) for r in lr]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"lr={lr!r} is not valid; allowed: a number > 0 or {num_probes} numbers > 0"
+            ) from None
+        if len(rates) != num_probes:
+            raise ValueError(
+                f"lr has {len(rates)} rates for {num_probes} probes; allowed: a number > 0 or {num_probes} "
+                "numbers > 0 (one per probe)"
+            )
+    bad = [r for r in rates if not (r > 0 and math.isfinite(r))]
+    if bad:
+        raise ValueError(f"lr={lr!r} is not valid (holds {bad[0]!r}); allowed: finite numbers > 0")
+    return rates
+
+
+def _slot_rates(
+    rates: list[float], groups: _SeedGroups, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The probes' rates in the ``[S, G]`` layout (padded slots: 1.0, their gradients are zero)."""
+    out = torch.ones(groups.num_groups, groups.width, dtype=dtype)
+    out[groups.group, groups.slot] = torch.tensor(rates, dtype=dtype)
+    return out.to(device)
 
 
 def _check_class_ids(labels: torch.Tensor, num_labels: int) -> None:
@@ -222,15 +332,38 @@ def _check_class_ids(labels: torch.Tensor, num_labels: int) -> None:
         )
 
 
-def _adamw(weight: torch.Tensor, bias: torch.Tensor, lr: float, weight_decay: float):
-    optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
+def _adamw(weight: torch.Tensor, bias: torch.Tensor, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
+    """AdamW over the grid's ``[S, F, G, C]`` weights and ``[S, G, C]`` biases with a rate per probe,
+    the operations of ``torch.optim.AdamW`` (decoupled decay, bias corrections, ``eps`` added after
+    the bias-corrected square root; checked against it in ``tests/cached/test_probe_grid.py``)."""
+    beta1, beta2 = betas
+    state = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in (weight, bias)]
+    steps = 0
 
-    def step(rate: float) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        optimizer.step()
+    @torch.no_grad()
+    def step(weight_grad: torch.Tensor, bias_grad: torch.Tensor, rate: float | torch.Tensor) -> None:
+        nonlocal steps
+        steps += 1
+        bias_correction1 = 1 - beta1**steps
+        bias_correction2_sqrt = (1 - beta2**steps) ** 0.5
+        for (p, exp_avg, exp_avg_sq), grad in zip(state, (weight_grad, bias_grad)):
+            r = rate if isinstance(rate, float) else _broadcast(rate, p)
+            if weight_decay != 0:
+                p.mul_(1 - r * weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+            if isinstance(r, float):
+                p.addcdiv_(exp_avg, denom, value=-(r / bias_correction1))
+            else:
+                p.add_(exp_avg / denom * -(r / bias_correction1))
 
     return step
+
+
+def _broadcast(rate: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A ``[S, G]`` rate per probe shaped for weights ``[S, F, G, C]`` or biases ``[S, G, C]``."""
+    return rate[:, None, :, None] if p.dim() == 4 else rate[:, :, None]
 
 
 def _momentum_sgd(
@@ -241,16 +374,15 @@ def _momentum_sgd(
     buffers: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def step(rate: float) -> None:
-        for name, p, decays in (("weight", weight, True), ("bias", bias, False)):
-            d = p.grad
+    def step(weight_grad: torch.Tensor, bias_grad: torch.Tensor, rate: float | torch.Tensor) -> None:
+        for name, p, d, decays in (("weight", weight, weight_grad, True), ("bias", bias, bias_grad, False)):
+            r = rate if isinstance(rate, float) else _broadcast(rate, p)
             if lars_eta is not None:
                 if decays:  # LARS: the bias is excluded from both the scaling and the weight decay
-                    dims = tuple(range(1, p.dim()))
-                    p_norm = p.norm(dim=dims, keepdim=True)
-                    g_norm = d.norm(dim=dims, keepdim=True)
+                    p_norm = p.norm(dim=(1, 3), keepdim=True)  # per probe: over F and C
+                    g_norm = d.norm(dim=(1, 3), keepdim=True)
                     trust = lars_eta * p_norm / (g_norm + p_norm * weight_decay + 1e-8)
-                    trust = torch.clamp(trust / rate, max=1.0)
+                    trust = torch.clamp(trust / r, max=1.0)
                     # solo-learn leaves a probe whose weight or gradient is all zeros unscaled, undecayed
                     d = torch.where((p_norm > 0) & (g_norm > 0), (d + weight_decay * p) * trust, d)
             elif weight_decay:
@@ -259,6 +391,9 @@ def _momentum_sgd(
                 buffers[name].mul_(momentum).add_(d)
             else:
                 buffers[name] = d.clone()
-            p.add_(buffers[name], alpha=-rate)
+            if isinstance(r, float):
+                p.add_(buffers[name], alpha=-r)
+            else:
+                p.add_(buffers[name] * -r)
 
     return step

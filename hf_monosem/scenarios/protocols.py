@@ -30,6 +30,7 @@ the results report both.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -140,9 +141,9 @@ class ProbeProtocol:
         added = (float(f"{low * 0.1:.6g}"), float(f"{low * 0.3:.6g}"))
         return replace(self, lr_grid=tuple(sorted({*self.lr_grid, *added})))
 
-    def training_kwargs(self, lr: float | None = None) -> dict[str, Any]:
+    def training_kwargs(self, lr: float | Sequence[float] | None = None) -> dict[str, Any]:
         """Keyword arguments of :func:`~hf_monosem.cached.train_probe_grid` (at ``lr``, default
-        ``self.lr``)."""
+        ``self.lr``; a sequence gives one rate per probe)."""
         return {
             "epochs": self.epochs,
             "lr": self.lr if lr is None else lr,
@@ -169,7 +170,9 @@ class ProbeProtocol:
         """``(lr, {lr: held-out accuracy})``: the ``lr_grid`` value whose probes (one per seed, trained on
         the rows not in ``selection_rows``) best predict ``noisy_labels`` on ``selection_rows``; ties go
         to the smaller rate. Without a grid, ``(self.lr, {})``. ``scores`` already measured (the same
-        inputs, e.g. before the grid was extended) are reused, not trained again.
+        inputs, e.g. before the grid was extended) are reused, not trained again; the other rates train
+        in one :func:`~hf_monosem.cached.train_probe_grid` call (rates x seeds, a rate per probe), the
+        same probes as one call per rate.
 
         ``train_features`` may be ``[K, N, F]`` augmented views; held-out rows are scored on view 0
         only if no un-augmented matrix is given, so pass ``[N, F]`` features for scoring where you have them.
@@ -179,16 +182,24 @@ class ProbeProtocol:
         n = train_features.shape[-2]
         held_out = torch.zeros(n, dtype=torch.bool)
         held_out[selection_rows] = True
-        fit_rows = torch.arange(n)[~held_out].expand(len(seeds), -1)
+        fit_rows = torch.arange(n)[~held_out]
         plain = train_features if train_features.dim() == 2 else train_features[0]
-        labels = noisy_labels.expand(len(seeds), -1)
         scores = {lr: s for lr, s in (scores or {}).items() if lr in self.lr_grid}
-        for lr in self.lr_grid:
-            if lr in scores:
-                continue
-            grid = train_probe_grid(train_features, labels, num_labels, rows=fit_rows, seeds=seeds,
-                                    **self.training_kwargs(lr))  # fmt: skip
-            scores[lr] = float(grid.accuracy(plain[selection_rows], noisy_labels[selection_rows]).mean())
+        pending = [lr for lr in self.lr_grid if lr not in scores]
+        if pending:  # every rate not yet scored in one grid (rates x seeds): its probes share their batches
+            count = len(pending) * len(seeds)
+            rates = [lr for lr in pending for _ in seeds]
+            grid = train_probe_grid(
+                train_features,
+                noisy_labels.expand(count, -1),
+                num_labels,
+                rows=fit_rows.expand(count, -1),
+                seeds=[s for _ in pending for s in seeds],
+                **self.training_kwargs(rates),
+            )
+            accuracy = grid.accuracy(plain[selection_rows], noisy_labels[selection_rows])
+            for i, lr in enumerate(pending):
+                scores[lr] = float(accuracy[i * len(seeds) : (i + 1) * len(seeds)].mean())
         best = max(scores.values())
         return min(lr for lr, s in scores.items() if s == best), dict(sorted(scores.items()))
 

@@ -248,3 +248,94 @@ def test_bad_optimizer_schedule_and_warmup_are_refused_before_training():
         train_probe_grid(x, y, 2, schedule="step")
     with pytest.raises(ValueError, match="warmup_epochs=5 is not valid"):
         train_probe_grid(x, y, 2, epochs=5, warmup_epochs=5)
+
+
+# --- probes of one (seed, rows) computed together, per-probe rates: the grid equals one call per probe ---
+
+
+@pytest.fixture
+def float64():
+    """Weights follow the default dtype: float64 makes 'equal' mean equal up to rounding (1e-10)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def one_call_per_probe(features, labels, num_labels, seeds, rows=None, lr=0.05, **kwargs):
+    """What a grid computed before its probes were grouped by seed: ``P`` independent runs."""
+    lrs = [lr] * len(seeds) if isinstance(lr, float) else lr
+    runs = [
+        train_probe_grid(features, labels[p : p + 1], num_labels, seeds=[seed], lr=lrs[p],
+                         rows=None if rows is None else rows[p : p + 1], **kwargs)
+        for p, seed in enumerate(seeds)
+    ]  # fmt: skip
+    return torch.cat([r.weight for r in runs]), torch.cat([r.bias for r in runs])
+
+
+# (name, seeds, rows kind): repeated seeds (the label-noise grid's rates x seeds), distinct seeds,
+# unequal groups, per-probe rows (few-shot: same seed with other rows is another group), K views
+CASES = {
+    "repeated_seeds": ([0, 1, 2, 0, 1, 2, 0, 1, 2], "all", False),
+    "distinct_seeds": ([5, 6, 7, 8], "all", False),
+    "unequal_groups": ([3, 3, 3, 4, 5, 3, 4], "all", False),
+    "skewed_groups": ([0, 0, 0, 0, 0, 1, 2, 3], "all", False),  # padding would double the work: a group each
+    "per_probe_rows": ([1, 1, 1, 2, 2, 1], "few_shot", False),
+    "k_views": ([0, 1, 0, 1, 0], "all", True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "optimizer,schedule", [("adam", "constant"), ("sgd", "warmup_cosine"), ("lars", "warmup_cosine"),
+                           ("adam", "warmup_cosine"), ("lars", "constant")],
+)  # fmt: skip
+@pytest.mark.parametrize("per_probe_lr", [False, True])
+def test_grouped_grid_equals_one_call_per_probe(float64, case, optimizer, schedule, per_probe_lr):
+    seeds, rows_kind, views = CASES[case]
+    g = torch.Generator().manual_seed(11)
+    n, num_labels, p = 37, 3, len(seeds)
+    features = torch.randn(3 if views else 1, n, 5, generator=g) * 2
+    features = features if views else features[0]
+    labels = torch.randint(0, num_labels, (p, n), generator=g)
+    rows = None
+    if rows_kind == "few_shot":  # probes 0, 2: same seed and rows (a group); probe 1: same seed, other rows
+        subsets = [torch.randperm(n, generator=g)[:20] for _ in range(3)]
+        rows = torch.stack([subsets[0], subsets[1], subsets[0], subsets[2], subsets[2], subsets[0]])
+    lr = [0.02 * (1 + q % 4) for q in range(p)] if per_probe_lr else 0.05
+    kwargs = dict(epochs=3, batch_size=8, weight_decay=1e-3, optimizer=optimizer, schedule=schedule,
+                  warmup_epochs=1 if schedule == "warmup_cosine" else 0)  # fmt: skip
+    grid = train_probe_grid(features, labels, num_labels, seeds=seeds, rows=rows, lr=lr, **kwargs)
+    weight, bias = one_call_per_probe(features, labels, num_labels, seeds, rows=rows, lr=lr, **kwargs)
+    assert grid.weight.dtype == torch.float64 and grid.weight.shape == (p, 5, num_labels)
+    torch.testing.assert_close(grid.weight, weight, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grid.bias, bias, rtol=1e-10, atol=1e-10)
+    # the probes of one group differ by their labels (and rate) only: they did train apart
+    if seeds.count(seeds[0]) > 1:
+        assert not torch.allclose(grid.weight[0], grid.weight[seeds.index(seeds[0], 1)])
+
+
+def test_per_probe_rates_equal_torch_adamw_runs_in_float64(float64):
+    """The vectorised AdamW, a rate per probe, against ``torch.optim.AdamW`` in the plain loop."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 6, generator=g)
+    y = torch.stack([(x[:, 0] > 0).long(), (x[:, 1] > 0).long(), torch.randint(0, 2, (50,), generator=g)])
+    y = torch.cat([y, y])
+    seeds, lrs = [4, 4, 9, 4, 4, 9], [1e-3, 3e-2, 1e-2, 0.1, 3e-3, 0.3]
+    grid = train_probe_grid(x, y, 2, epochs=4, lr=lrs, batch_size=16, weight_decay=0.05, seeds=seeds)
+    for p, (seed, lr) in enumerate(zip(seeds, lrs)):
+        w, b = single_probe(x, y[p], 4, lr, 16, seed, weight_decay=0.05)
+        torch.testing.assert_close(grid.weight[p], w, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grid.bias[p], b, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_learning_rates_are_refused_naming_the_value():
+    x, y = torch.randn(10, 3), torch.zeros(3, 10, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"lr has 2 rates for 3 probes; allowed: a number > 0 or 3 numbers"):
+        train_probe_grid(x, y, 2, lr=[0.1, 0.2])
+    with pytest.raises(ValueError, match=r"holds -1.0\); allowed: finite numbers > 0"):
+        train_probe_grid(x, y, 2, lr=[0.1, -1, 0.1])
+    with pytest.raises(ValueError, match=r"lr=0 is not valid \(holds 0.0\)"):
+        train_probe_grid(x, y, 2, lr=0)
+    with pytest.raises(ValueError, match=r"lr='fast' is not valid"):
+        train_probe_grid(x, y, 2, lr="fast")

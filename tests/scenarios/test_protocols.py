@@ -155,3 +155,38 @@ def test_paper_is_p2s_name_of_paper_cifar_and_still_works_with_a_warning():
     assert any(issubclass(w.category, DeprecationWarning) and "paper_cifar" in str(w.message) for w in caught)
     assert probe_protocol("paper_in100") is PAPER_IN100_PROBE
     assert CONTROLLED_PROBE.lr_grid == (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def test_select_lr_trains_every_rate_in_one_grid_and_scores_as_one_call_per_rate():
+    """All unscored rates train in one call (rates x seeds, a rate per probe); in float64 the scores and
+    the choice are those of one ``train_probe_grid`` call per rate, as selection ran before."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(150, 8, generator=g)
+        noisy = ((x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 0.5).long()) % 3
+        noisy[torch.randperm(150, generator=g)[:40]] = torch.randint(0, 3, (40,), generator=g)
+        held_out = torch.randperm(150, generator=g)[:30]
+        seeds = [0, 1, 2]
+        rates = (1e-4, 1e-2, 0.1, 1.0, 3.0)
+        protocol = ProbeProtocol("t", lr_grid=rates, epochs=4, batch_size=16, weight_decay=0.01)
+        lr, scores = protocol.select_lr(x, noisy, 3, seeds, held_out)
+        fit = torch.ones(150, dtype=torch.bool)
+        fit[held_out] = False
+        fit_rows = torch.arange(150)[fit].expand(len(seeds), -1)
+        expected = {}
+        for rate in protocol.lr_grid:  # the reference: one call per rate
+            probes = train_probe_grid(x, noisy.expand(len(seeds), -1), 3, rows=fit_rows, seeds=seeds,
+                                      **protocol.training_kwargs(rate))  # fmt: skip
+            expected[rate] = float(probes.accuracy(x[held_out], noisy[held_out]).mean())
+        assert scores == pytest.approx(expected, abs=1e-12)
+        assert len(set(expected.values())) > 2  # the rates do differ: the comparison is not vacuous
+        best = max(expected.values())
+        assert lr == min(r for r, s in expected.items() if s == best)
+        # rates already scored are kept, not trained again; the others still equal their own calls
+        known = {1e-2: -1.0}
+        lr_again, again = protocol.select_lr(x, noisy, 3, seeds, held_out, scores=known)
+        assert again[1e-2] == -1.0 and again == pytest.approx({**expected, 1e-2: -1.0}, abs=1e-12)
+    finally:
+        torch.set_default_dtype(previous)
