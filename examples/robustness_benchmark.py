@@ -46,6 +46,7 @@ Offline default: both tracks, the three probe protocols, fine-tune mode on visio
 minutes each on a CPU: add ``--finetune_tracks text,vision`` on a GPU), 3 seeds::
 
     # P3's defaults: 47.7 min on 2 CPU cores shared with lower-priority jobs (docs/results/benchmark_p3);
+    # 22.3 min on 2 near-idle cores after the grouped probe grid (benchmark_p3/timing_2026-12-06.md);
     # P2's defaults took 21.0 min on the idle cores
     python examples/robustness_benchmark.py
     python examples/robustness_benchmark.py --quick    # smaller data and budgets: a smoke test, not a result
