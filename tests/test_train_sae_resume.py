@@ -9,6 +9,7 @@ did too), and a resume reused the saved SAE whatever the options (``--feature_di
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_examples import launch
@@ -30,8 +31,11 @@ def _run(out, *extra):
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # four runs of the example
 def test_train_sae_is_seeded_and_resumes_only_a_matching_sae(tmp_path):
-    _, first, results = _run(tmp_path / "a", "--feature_dim", "32")
-    _, second, _ = _run(tmp_path / "b", "--feature_dim", "32")  # same seed, fresh folder: the same run
+    # same seed, fresh folder: the same run. The two runs share nothing on disk and each uses one thread,
+    # so they run side by side (one wall-clock run less on 2 cores).
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(_run, tmp_path / folder, "--feature_dim", "32") for folder in ("a", "b")]
+        (_, first, results), (_, second, _) = (run.result() for run in runs)
     assert second["fit"] == first["fit"] and second["features_sha256"] == first["features_sha256"]
 
     stdout, again, _ = _run(tmp_path / "a", "--feature_dim", "32", "--resume_from_checkpoint", "True")
