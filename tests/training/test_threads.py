@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -19,7 +20,8 @@ CORES = len(os.sched_getaffinity(0))
 
 
 def _launch(tmp_path, *launch_args: str, omp: str | None = None) -> int:
-    script = tmp_path / "threads.py"
+    # one script file per launch: launches may run side by side, and none may read another's half-written file
+    script = tmp_path / f"threads_{'_'.join(launch_args).strip('-')}_{omp}.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS" and not k.startswith("ACCELERATE_")}
     if omp is not None:
@@ -58,8 +60,12 @@ def test_accelerate_default_of_one_thread_is_raised_to_the_cores(tmp_path):
 
 
 def test_a_users_thread_choice_is_kept(tmp_path):
-    assert _launch(tmp_path, omp="1") == 1
-    assert _launch(tmp_path, "--num_cpu_threads_per_process", "1") == 1
+    # two independent launches (each one thread, as chosen): side by side, one launch's wall time on 2 cores
+    with ThreadPoolExecutor(2) as pool:
+        by_omp = pool.submit(_launch, tmp_path, omp="1")
+        by_flag = pool.submit(_launch, tmp_path, "--num_cpu_threads_per_process", "1")
+        assert by_omp.result() == 1
+        assert by_flag.result() == 1
 
 
 def test_outside_accelerate_nothing_changes():
