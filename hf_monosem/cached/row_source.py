@@ -1,7 +1,8 @@
 """Where a fit's rows come from: a feature matrix in memory, or one in shard files that never is.
 
 The label-free fits (:func:`~hf_monosem.cached.sae_fitting.train_sae_layer`,
-:func:`~hf_monosem.cached.projector_fitting.fit_contrastive_projector`) read their matrix through
+:func:`~hf_monosem.cached.projector_fitting.fit_contrastive_projector`) and the probe grid
+(:func:`~hf_monosem.cached.probe_grid.train_probe_grid`) read their matrix through
 :class:`FeatureRows`: one pass over it in blocks (:meth:`FeatureRows.chunks`, for the statistics a fit
 needs up front, each block checked by :func:`~hf_monosem.cached.checks.check_features`) and the rows of
 every mini-batch (:meth:`FeatureRows.gather`). A tensor is indexed in place (no copy, no overhead); a
@@ -20,6 +21,8 @@ Example:
     >>> batch = torch.tensor([9, 0, 5, 4])
     >>> torch.equal(on_disk.gather(batch), in_memory.gather(batch)), on_disk.in_memory, len(on_disk)
     (True, False, 10)
+    >>> torch.equal(on_disk.gather(batch.view(2, 2)), x[batch.view(2, 2)])  # [S, B] batches: [S, B, F]
+    True
     >>> [(start, len(block)) for start, block in on_disk.chunks(4)]
     [(0, 4), (4, 4), (8, 2)]
 """
@@ -72,18 +75,19 @@ class FeatureRows:
         return self.shape[0]
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """``features[rows]`` on :attr:`device`, in the order of ``rows``.
+        """``features[rows]`` on :attr:`device`: ``[*rows.shape, F]``, in the order of ``rows`` (any shape,
+        e.g. ``[B]`` or the ``[S, B]`` batches of several seeds).
 
         From shards the rows are read in ascending order (each shard file once, its pages front to
         back) and put back in the batch's order afterwards.
         """
         if isinstance(self.features, torch.Tensor):
             return self.features[rows]
-        ascending, order = rows.cpu().sort()
+        ascending, order = rows.cpu().flatten().sort()
         read = self.features[ascending]
         out = torch.empty_like(read)
         out[order] = read
-        return out.to(self.device)
+        return out.view(*rows.shape, self.shape[1]).to(self.device)
 
     def head(self, count: int) -> torch.Tensor:
         """The first ``count`` rows (all of them when fewer), on :attr:`device`."""
