@@ -446,7 +446,8 @@ def train_sae_layer(
                 block, share = parallel.local_rows(rows)
                 layer.zero_grad(set_to_none=True)
                 if block.numel():
-                    out = layer.fit_forward(prepared[block], dead=dead, prepared=True)
+                    # index_select, not prepared[block]: ~6x faster on CPU (advanced indexing's generic kernel)
+                    out = layer.fit_forward(prepared.index_select(0, block), dead=dead, prepared=True)
                     loss = layer.weighted_aux_loss(out.aux_losses)
                     if "auxk_loss" in out.aux_losses and auxk_weight:
                         loss = loss + auxk_weight * out.aux_losses["auxk_loss"]
@@ -457,7 +458,7 @@ def train_sae_layer(
                         [
                             loss.detach() * block.numel(),
                             out.squared_error,
-                            spread[block].sum(),
+                            spread.index_select(0, block).sum(),
                             out.active.to(spread.dtype),
                         ]
                     ).double()

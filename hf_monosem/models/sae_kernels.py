@@ -145,7 +145,7 @@ def latent_major_sum(
         out = rows.new_zeros(num_latents, rows.shape[1])
         return out.index_add_(0, indices.reshape(-1), contributions.to(rows.dtype))
     crow, columns, order = _latent_major_layout(indices, num_latents)
-    weights = values.reshape(-1)[order].to(rows.dtype)
+    weights = values.reshape(-1).index_select(0, order).to(rows.dtype)
     return F.embedding_bag(columns, rows, crow[:-1], mode="sum", per_sample_weights=weights)
 
 
