@@ -74,7 +74,8 @@ class SaeInputRows:
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prepared rows, their squared distances to the mean)`` of the row ids ``rows``."""
         if self.prepared is not None and self.spread is not None:
-            return self.prepared[rows], self.spread[rows]
+            # index_select, not prepared[rows]: ~6x faster on CPU (advanced indexing's generic kernel)
+            return self.prepared.index_select(0, rows), self.spread.index_select(0, rows)
         with torch.no_grad():
             prepared = self.layer.prepare_input(self.source.gather(rows))
             return prepared, self.distance(prepared)
