@@ -40,7 +40,14 @@ from .minibatch import MiniBatches
 from .row_source import FeatureRows
 from .sae_rows import SaeInputRows
 
-__all__ = ["SaeFitConfig", "explained_variance", "fit_sae", "resample_dead_latents", "train_sae_layer"]
+__all__ = [
+    "SaeFitConfig",
+    "explained_variance",
+    "fit_sae",
+    "resample_dead_latents",
+    "sae_optimizer",
+    "train_sae_layer",
+]
 
 # rows of the cached matrix from which resampling targets are picked; the whole matrix when smaller
 _RESAMPLE_ROWS = 8192
@@ -427,7 +434,7 @@ def train_sae_layer(
     # every process holds all rows, so this mean is the global one (the same pre-bias everywhere)
     if init_pre_bias:  # the data mean: a cheap stand-in for the geometric median
         layer.init_for_fit_(inputs.mean, encoder_norm=None)
-    optimizer, share_gradients = _fit_optimizer(layer, lr)
+    optimizer, share_gradients = sae_optimizer(layer, lr)
 
     report: dict[str, Any] = {
         "explained_variance": [],
@@ -523,8 +530,9 @@ def _append_stats(report: dict[str, Any], totals: torch.Tensor, fired: torch.Ten
     report["dead_fraction"].append(1.0 - float(fired.float().mean()))
 
 
-def _fit_optimizer(layer: SparseAutoencoder, lr: float) -> tuple[torch.optim.Optimizer, Callable[[], None]]:
-    """Adam over ``layer``'s parameters, and the function to call before each of its steps.
+def sae_optimizer(layer: SparseAutoencoder, lr: float) -> tuple[torch.optim.Optimizer, Callable[[], None]]:
+    """Adam (fused where torch has it) over an SAE layer's parameters, and the function to call before
+    each of its steps: what :func:`train_sae_layer` steps with, for a fitting loop of your own.
 
     A latent-major decoder (:meth:`~hf_monosem.models.sae.SparseAutoencoder.init_for_fit_`, column-major
     ``[D, M]``) is handed to Adam as its transpose, a contiguous ``[M, D]`` parameter on the same
@@ -533,6 +541,18 @@ def _fit_optimizer(layer: SparseAutoencoder, lr: float) -> tuple[torch.optim.Opt
     view is the decoder's update; the returned function points the view's gradient at the decoder's
     (a transposed view, no copy). The loop must clear gradients with ``layer.zero_grad``, which the
     optimizer no longer covers for the decoder.
+
+    Example:
+        >>> from hf_monosem.models.feature_layers import FeatureLayerSettings, build_feature_layer
+        >>> sae = build_feature_layer(FeatureLayerSettings(feature_dim=32, topk=4), input_dim=16, kind="topk")
+        >>> sae.init_for_fit_()  # latent-major decoder
+        >>> optimizer, before_step = sae_optimizer(sae, 1e-3)
+        >>> sae.zero_grad(set_to_none=True)
+        >>> sae.weighted_aux_loss(sae.fit_forward(torch.randn(8, 16)).aux_losses).backward()
+        >>> before = sae.decoder.weight.detach().clone()
+        >>> before_step(); optimizer.step()
+        >>> bool((sae.decoder.weight != before).any())  # Adam's step on the view moved the decoder
+        True
     """
     decoder = layer.decoder.weight
     view = decoder.detach().t()

@@ -395,16 +395,16 @@ def test_adam_over_the_latent_major_decoders_transpose_is_adam_over_the_decoder(
     """The fitting loop hands a latent-major decoder to Adam as its contiguous transpose (same storage,
     no per-step copy in fused Adam): the same updates as Adam over the decoder itself, and resampling
     still finds (and resets) the decoder's moments through that view."""
-    from hf_monosem.cached.sae_fitting import _adam, _fit_optimizer
+    from hf_monosem.cached import sae_optimizer
 
     layers = [sae_layer("topk", topk=4) for _ in range(2)]
     for layer in layers:
         layer.init_for_fit_()  # the decoder becomes latent-major
     assert layers[0].decoder.weight.t().is_contiguous()
-    optimizer, share_gradients = _fit_optimizer(layers[0], 1e-2)
+    optimizer, share_gradients = sae_optimizer(layers[0], 1e-2)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert id(layers[0].decoder.weight) not in held  # the view is, not the decoder
-    reference = _adam(layers[1].parameters(), 1e-2)
+    reference = torch.optim.Adam(layers[1].parameters(), lr=1e-2, fused=True)
     x = sparse_mixtures(n=64)
     for _ in range(3):
         for layer, step in ((layers[0], share_gradients), (layers[1], lambda: None)):
