@@ -471,8 +471,8 @@ def text_description(args, backbone_name: str, train_rows: int, test_rows: int) 
         f"{backbone_name}, 20 Newsgroups {train_rows} train / {test_rows} test "
         f"(20 classes); domain shift on tweets (3 classes), projector width {args.feature_dim}, "
         f"{args.representation_epochs} representation epochs, NCL recipe {args.text_ncl_recipe} "
-        f"({args.text_views} views), max length {args.max_length}"
-    )
+        f"({args.text_views} views, drawn per block of rows), max length {args.max_length}"
+    )  # "drawn per block": the view draws changed with it (text_view_features' blocks-v2), so must the key
 
 
 def text_track(args, cache_dir: str, timer, finetune: bool) -> tuple[Track, TrackFits]:

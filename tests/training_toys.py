@@ -152,3 +152,17 @@ def sparse_mixtures(n=512, dim=32, atoms=48, k=4, seed=0):
     idx = torch.rand(n, atoms, generator=g).argsort(-1)[:, :k]
     codes = torch.zeros(n, atoms).scatter(1, idx, torch.rand(n, k, generator=g) + 0.5)
     return codes @ dictionary
+
+
+def write_shards(folder, x: torch.Tensor, rows_per_shard: int = 37):
+    """``x`` as a feature matrix in shard files (``ShardedFeatures``, key ``"test"``), written in batches of
+    50 rows into shards of ``rows_per_shard``: batches and statistics blocks cross shard borders."""
+    from hf_monosem.cached.feature_shards import ShardWriter, open_shards, write_manifest
+
+    writer = ShardWriter(folder, rows_per_shard=rows_per_shard)
+    for block in x.split(50):
+        writer.write(block)
+    write_manifest(folder, [writer.close()], width=x.shape[1], key="test")
+    matrix = open_shards(folder, key="test")
+    assert matrix is not None
+    return matrix

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..training.losses import gather_with_grad
 from .distributed import block_sizes, process_world, row_block
+from .feature_shards import ShardedFeatures
 
 __all__ = [
     "DataParallelFit",
@@ -144,17 +145,23 @@ def gather_rows_with_grad(local: torch.Tensor, num_rows: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def check_same_on_every_process(tensor: torch.Tensor, name: str) -> None:
+def check_same_on_every_process(tensor: torch.Tensor | ShardedFeatures, name: str) -> None:
     """Refuse (``ValueError`` on every process) when the processes hold different ``tensor``s: the shape,
-    the sum and the sum of squares are compared (a data-parallel fit needs the same matrix everywhere)."""
+    the sum and the sum of squares are compared (a data-parallel fit needs the same matrix everywhere);
+    for a :class:`~hf_monosem.cached.feature_shards.ShardedFeatures`, its shape and
+    :attr:`~hf_monosem.cached.feature_shards.ShardedFeatures.fingerprint` (the manifest's shard hashes: no
+    row is read, the matrix may be larger than memory)."""
     world, rank = process_world()
     if world == 1:
         return
-    x = tensor.double()
     shape = [*map(float, tensor.shape[:2]), 0.0, 0.0][:2]  # the first two sizes (0 where absent)
-    summary = torch.tensor(
-        [float(tensor.dim()), *shape, float(x.sum()), float(x.pow(2).sum())], dtype=torch.float64
-    )
+    if isinstance(tensor, ShardedFeatures):
+        digest = tensor.fingerprint  # two 48-bit parts: exact in float64
+        content = [float(int(digest[:12], 16)), float(int(digest[12:24], 16))]
+    else:
+        x = tensor.double()
+        content = [float(x.sum()), float(x.pow(2).sum())]
+    summary = torch.tensor([float(len(tensor.shape)), *shape, *content], dtype=torch.float64)
     device = _collective_device(summary)
     parts = [torch.empty(5, dtype=summary.dtype, device=device) for _ in range(world)]
     torch.distributed.all_gather(parts, summary.to(device))
@@ -205,7 +212,7 @@ class DataParallelFit:
         """:func:`gather_rows_with_grad` when active, ``local`` otherwise."""
         return gather_rows_with_grad(local, num_rows) if self.active else local
 
-    def check_same_on_every_process(self, tensor: torch.Tensor, name: str) -> None:
+    def check_same_on_every_process(self, tensor: torch.Tensor | ShardedFeatures, name: str) -> None:
         """:func:`check_same_on_every_process` when active."""
         if self.active:
             check_same_on_every_process(tensor, name)

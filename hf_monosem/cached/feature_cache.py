@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +25,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import default_data_collator
 
 from ..models.modeling import MonoSemanticModel, MonoSemanticPreTrainedModel
-from .augmented_views import view_generator
+from .augmented_views import gather_view_blocks, view_blocks, view_generator
 from .cache_files import load_tensors, save_tensors
 from .checks import check_features
 from .distributed import barrier, process_world, row_block
-from .extraction import collect_outputs, input_columns, resolve_base_model
+from .extraction import _length_order, _select_rows, collect_outputs, input_columns, resolve_base_model
 from .feature_shards import ShardedFeatures, ShardWriter, open_shards, write_manifest
 
 __all__ = ["TEXT_VIEW_KINDS", "extract_pooled_features", "model_fingerprint", "text_view_features"]
@@ -391,6 +393,8 @@ def text_view_features(
     cache_dir: str | os.PathLike | None = None,
     cache_key: str | None = None,
     progress: bool = False,
+    split_processes: bool = False,
+    sort_by_length: bool = False,
 ) -> torch.Tensor:
     """``[num_views, N, hidden]``: pooled encoder vectors of ``num_views`` views of every text, the text
     twin of :func:`augmented_view_features` (the projector fitting draws two of them per row and step).
@@ -398,9 +402,21 @@ def text_view_features(
     ``kind="dropout"`` runs the encoder with dropout on (SimCSE: two passes of one post differ only
     in their dropout masks); ``kind="mask"`` runs it in eval mode on inputs whose tokens are replaced by
     ``mask_token_id`` with probability ``mask_rate`` (never the first and last attended token, CLS/SEP).
-    View ``k`` draws from a generator seeded with ``(seed, k)``, so the result is fixed by ``seed``. Both
-    go through :func:`collect_outputs`, the one inference loop. With ``cache_dir`` the tensor is cached
-    like :func:`extract_pooled_features`, keyed by the model, the dataset and these settings.
+    The rows run in blocks of ``batch_size`` (one forward pass each); block ``c`` of view ``k`` draws its
+    masks from :func:`~.augmented_views.view_generator` ``(seed, k, c)`` and its dropout from torch's
+    global generator seeded from that one inside ``torch.random.fork_rng`` (the caller's random state is
+    left alone), so the result is fixed by ``seed``, ``batch_size`` and ``sort_by_length`` and no block's
+    draws depend on which blocks ran before it. Every block goes through :func:`collect_outputs`, the one
+    inference loop. With ``cache_dir`` the tensor is cached like :func:`extract_pooled_features`, keyed
+    by the model, the dataset and these settings.
+
+    ``split_processes``: under ``accelerate launch --num_processes N`` each process runs only its
+    contiguous run of the blocks (:func:`~.augmented_views.view_blocks`) and the blocks are gathered back
+    in order (:func:`~.augmented_views.gather_view_blocks`), so every process returns what one process
+    computes (tested with ``torch.equal``); every process must then call this. Only the main process
+    writes the cache file. ``sort_by_length``: the blocks are cut from the rows sorted longest first
+    (stable, over the whole dataset, so the same blocks whatever N), so that padded batches waste no
+    compute on padding; the result is in dataset order.
 
     Example:
         >>> import datasets
@@ -421,6 +437,10 @@ def text_view_features(
             f"kind='mask' needs mask_token_id (got {mask_token_id!r}) and mask_rate in (0, 1) (got "
             f"{mask_rate!r})"
         )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not valid; allowed: a positive integer")
+    if len(dataset) == 0:
+        raise ValueError("dataset has 0 rows; allowed: a non-empty dataset")
     base = resolve_base_model(model_or_backbone, pooling)
     columns = _input_columns(base, dataset)
     path = None
@@ -429,42 +449,77 @@ def text_view_features(
         if key is None:
             logger.warning("dataset has no _fingerprint and no cache_key was given: views are not cached")
         else:
+            # "blocks-v2": per-block generators (the draws of version 1, one stream per view, differ)
             settings = (
                 f"{key}|{kind}|{num_views}|{seed}|{mask_rate if kind == 'mask' else ''}|{mask_token_id}"
+                f"|blocks-v2|{batch_size}|{bool(sort_by_length)}"
             )
             path = Path(cache_dir) / f"views-{hashlib.sha256(settings.encode()).hexdigest()[:32]}.safetensors"
             # checked like the pooled cache: content hash, the settings it was written for, its shape
             cached = load_tensors(path, {"key": settings}, {"features": (num_views, len(dataset), None)})
             if cached is not None:
                 return cached["features"]
-    base_collate = collate_fn or default_data_collator
+    order = _length_order(dataset) if sort_by_length else None  # global: the same blocks in every process
+    ordered = dataset if order is None else _select_rows(dataset, order.tolist())
+    num_rows = len(dataset)
+    mine = view_blocks(num_rows, batch_size, split_processes)
+    device = next((p.device for p in base.parameters()), torch.device("cpu"))
+    forked = [device] if device.type == "cuda" else []  # dropout on a GPU draws from its own generator
     views = []
-    for k in range(num_views):
-        generator = view_generator(seed, k, 0)
-        collate = base_collate
-        if kind == "mask":
-
-            def collate(rows: list[Any], generator: torch.Generator = generator) -> Any:
-                return mask_tokens(base_collate(rows), mask_rate, int(mask_token_id), generator)
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
-            out = collect_outputs(
-                base,
-                dataset,
-                batch_size,
-                outputs=("pooled",),
-                inputs=columns or None,
-                collate_fn=collate,
-                progress=progress,
-                desc=f"text view {k + 1}/{num_views}",
-                dropout=kind == "dropout",
-            )
-        views.append(out["pooled"])
-    result = torch.stack(views)
-    if path is not None and process_world()[1] == 0:  # every process computed all views: one writes
-        save_tensors(path, {"features": result}, {"output": "views", "key": settings})  # atomic
+    with tqdm(total=num_views * len(mine), desc="text views", disable=not progress) as bar:
+        for k in range(num_views):
+            view = []
+            for c in mine:
+                block = _select_rows(ordered, range(c * batch_size, min((c + 1) * batch_size, num_rows)))
+                view.append(_view_block(base, block, columns, kind, mask_rate, mask_token_id, collate_fn,
+                                        view_generator(seed, k, c), forked))  # fmt: skip
+                bar.update(1)
+            views.append(torch.cat(view))
+    result = gather_view_blocks(torch.stack(views), mine, num_rows, batch_size)
+    if order is not None:  # back to dataset order: row order[j] came out j-th
+        result = result[:, torch.argsort(order)]
+    split = len(mine) < math.ceil(num_rows / batch_size)
+    if path is not None:
+        if process_world()[1] == 0:  # every process holds the same views: one writes them
+            save_tensors(path, {"features": result}, {"output": "views", "key": settings})  # atomic
+        if split:
+            barrier()  # the file is complete before any process returns
     return result
+
+
+def _view_block(
+    base: MonoSemanticModel,
+    block: Any,
+    columns: list[str],
+    kind: str,
+    mask_rate: float,
+    mask_token_id: int | None,
+    collate_fn: Callable | None,
+    generator: torch.Generator,
+    forked: list[torch.device],
+) -> torch.Tensor:
+    """One block of one text view, in one forward pass: masks from ``generator``, dropout from the global
+    generator(s) seeded from it inside ``fork_rng`` (dropout on the CPU draws from torch's global CPU
+    generator, on a GPU from that device's), so the block's draws are fixed by its own generator."""
+    base_collate = collate_fn or default_data_collator
+    collate = base_collate
+    if kind == "mask":
+
+        def collate(rows: list[Any]) -> Any:
+            return mask_tokens(base_collate(rows), mask_rate, int(mask_token_id), generator)
+
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        out = collect_outputs(
+            base,
+            block,
+            len(block),
+            outputs=("pooled",),
+            inputs=columns or None,
+            collate_fn=collate,
+            dropout=kind == "dropout",
+        )
+    return out["pooled"]
 
 
 def mask_tokens(batch: Any, rate: float, mask_token_id: int, generator: torch.Generator) -> Any:

@@ -172,6 +172,14 @@ class ShardedFeatures:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the shape and of every shard's rows and hash, in order: read from the manifest alone
+        (no row is read), equal for two copies of the same shard files (how processes check that they
+        hold one matrix)."""
+        listed = [list(self.shape), [[s["rows"], s["sha256"]] for s in self.shards]]
+        return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
+
     def __repr__(self) -> str:
         return f"ShardedFeatures(shape={self.shape}, shards={len(self.shards)})"
 

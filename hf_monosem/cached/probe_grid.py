@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from .checks import autocast_off, check_features
+from .feature_shards import ShardedFeatures
 from .minibatch import MiniBatches
+from .row_source import FeatureRows
 
 __all__ = ["PROBE_OPTIMIZERS", "PROBE_SCHEDULES", "ProbeGrid", "train_probe_grid", "warmup_cosine_lr"]
 
@@ -94,7 +96,7 @@ class ProbeGrid:
 
 @autocast_off  # a caller's autocast must not reach the fit (see .checks)
 def train_probe_grid(
-    features: torch.Tensor,
+    features: torch.Tensor | ShardedFeatures,
     labels: torch.Tensor,
     num_labels: int,
     *,
@@ -122,7 +124,10 @@ def train_probe_grid(
     Args:
         features: ``[N, F]`` features shared by every probe, or ``[K, N, F]``: K augmented views of
             every row (each epoch, each probe draws one view per row with its generator, just
-            before that epoch's permutation).
+            before that epoch's permutation). ``[N, F]`` may be a
+            :class:`~hf_monosem.cached.feature_shards.ShardedFeatures` (a matrix larger than memory): it
+            is checked block by block and every batch is read from its files (on the CPU), never the
+            whole matrix; the probes are those trained on the same matrix in memory (``torch.equal``).
         labels: ``[P, N]`` labels per probe (e.g. one noisy draw per rate and seed).
         num_labels: number of classes ``C``.
         rows: optional ``[P, M]`` row indices: probe ``p`` trains on ``features[rows[p]]`` with labels
@@ -150,7 +155,9 @@ def train_probe_grid(
         >>> torch.allclose(per_rate.weight[1], alone.weight[0], atol=1e-5)
         True
     """
-    if features.dim() not in (2, 3):
+    # a tensor is read in place, shards a batch at a time (views [K, N, F] only as a tensor)
+    source = FeatureRows(features)
+    if len(features.shape) not in (2, 3):
         raise ValueError(f"features must be [N, F] or [K views, N, F], got shape {tuple(features.shape)}")
     num_rows = features.shape[-2]
     if labels.dim() != 2 or labels.shape[1] != num_rows:
@@ -169,7 +176,11 @@ def train_probe_grid(
         raise ValueError(
             f"warmup_epochs={warmup_epochs!r} is not valid; allowed: 0 <= warmup_epochs < epochs={epochs}"
         )
-    check_features(features)
+    if isinstance(features, torch.Tensor):
+        check_features(features)
+    else:  # one pass, block by block; the check itself is in .chunks
+        for _ in source.chunks():
+            pass
     _check_class_ids(labels, num_labels)
     if rows is None:
         rows = torch.arange(num_rows).expand(num_probes, -1)
@@ -179,8 +190,8 @@ def train_probe_grid(
     if len(seeds) != num_probes:
         raise ValueError(f"seeds has {len(seeds)} entries for {num_probes} probes")
 
-    device, dim, classes = features.device, features.shape[-1], num_labels
-    num_views = features.shape[0] if features.dim() == 3 else 1
+    device, dim, classes = source.device, features.shape[-1], num_labels
+    num_views = features.shape[0] if len(features.shape) == 3 else 1
     groups = _SeedGroups(seeds, rows)
     num_groups, width = groups.num_groups, groups.width
     # one shuffle per distinct (seed, rows) and epoch, each from that seed's own generator: the draws
@@ -221,7 +232,8 @@ def train_probe_grid(
         scheduled = {r: warmup_cosine_lr(step, total_steps, r, warmup_steps) for r in distinct}
         return _slot_rates([scheduled[r] for r in rates], groups, device, init.dtype)
 
-    plain = features[0] if features.dim() == 3 else features  # one view: no draw, the plain matrix
+    # one view: no draw, the plain matrix (in memory indexed in place, shards read batch by batch)
+    plain = FeatureRows(features[0]) if len(features.shape) == 3 else source
     mask = real[:, None, :, None].to(init.dtype)  # [S, 1, G, 1]
     step = 0
     for epoch in batches:
@@ -234,7 +246,7 @@ def train_probe_grid(
             if num_views > 1:
                 x = features[views.gather(1, batch), batch_rows]  # [S, B, F]
             else:
-                x = plain[batch_rows]
+                x = plain.gather(batch_rows)
             x = x.to(weight.dtype)
             size = batch.shape[1]
             y = slot_labels.gather(1, batch[:, :, None].expand(-1, -1, width))  # [S, B, G]

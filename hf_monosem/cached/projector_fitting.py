@@ -29,8 +29,10 @@ from ..models.feature_layers import FeatureLayerSettings, LinearFeatures, featur
 from ..training.losses import info_nce_loss
 from .checks import autocast_off, check_features
 from .data_parallel import DataParallelFit
+from .feature_shards import ShardedFeatures
 from .minibatch import MiniBatches
-from .scaling import feature_stats, standardize
+from .row_source import FeatureRows
+from .scaling import standardize, streamed_feature_stats
 
 __all__ = [
     "CONTRASTIVE_POSITIVES",
@@ -100,7 +102,7 @@ def nearest_neighbors(features: torch.Tensor, k: int = 10, chunk: int = 2048) ->
 
 @autocast_off  # a caller's autocast must not reach the fit (see .checks)
 def fit_contrastive_projector(
-    features: torch.Tensor,
+    features: torch.Tensor | ShardedFeatures,
     *,
     feature_layer: str = "nonneg",
     feature_dim: int = 1536,
@@ -124,7 +126,10 @@ def fit_contrastive_projector(
     """Train a SimCLR (``"linear"``) or NCL (``"nonneg"``) projector on cached pooled features.
 
     Args:
-        features: ``[N, hidden]`` pooled backbone vectors (no labels needed).
+        features: ``[N, hidden]`` pooled backbone vectors (no labels needed): a tensor, or a
+            :class:`~hf_monosem.cached.feature_shards.ShardedFeatures` (a matrix larger than memory), which
+            is never read whole: its statistics come from one pass block by block, every batch is read
+            from its files (on the CPU), and the fit equals the one in memory (tested with ``torch.equal``).
         feature_layer: ``"linear"`` (SimCLR baseline) or ``"nonneg"`` (NCL): a kind whose class has
             ``is_contrastive_projector``.
         feature_dim, projector_hidden_dim, nonneg_activation, activation_loss_weight: the layer's
@@ -144,7 +149,8 @@ def fit_contrastive_projector(
             are two different ones of its ``K``, drawn at random; standardised like ``features``.
         positives: ``"self"`` (the other view is of the same row) or ``"nn"`` (a view of one of the
             row's ``num_neighbors`` nearest neighbours in the frozen, standardised ``features``, drawn
-            per epoch: a label-free prior that two close posts share meaning).
+            per epoch: a label-free prior that two close posts share meaning; features in memory only:
+            the neighbours compare every row with every other).
         split_processes: fit data-parallel across the processes of ``accelerate launch`` (below).
 
     With ``split_processes=True`` under ``accelerate launch --num_processes N`` (an initialised process
@@ -168,7 +174,8 @@ def fit_contrastive_projector(
         (True, 2)
     """
     layer_class = feature_layer_class(feature_layer, is_contrastive_projector=True)
-    if features.dim() != 2 or features.shape[0] < 2:
+    source = FeatureRows(features)  # a tensor read in place, shards a batch at a time
+    if len(features.shape) != 2 or features.shape[0] < 2:
         raise ValueError(f"features must be [N >= 2, hidden], got shape {tuple(features.shape)}")
     if not 0 <= view_dropout < 1 or view_noise < 0:
         raise ValueError(f"view_dropout={view_dropout} must be in [0, 1) and view_noise={view_noise} >= 0")
@@ -177,10 +184,14 @@ def fit_contrastive_projector(
         isinstance(temperature, numbers.Real) and 0 < temperature < math.inf
     ):
         raise ValueError(f"temperature={temperature!r} is not valid; allowed: a finite number > 0")
-    check_features(features)
     if positives not in CONTRASTIVE_POSITIVES:
         raise ValueError(
             f"positives={positives!r} is not valid; allowed: {', '.join(map(repr, CONTRASTIVE_POSITIVES))}"
+        )
+    if positives == "nn" and not source.in_memory:
+        raise ValueError(
+            "positives='nn' needs the features in memory (the neighbours compare every row with every "
+            "other), got a ShardedFeatures; allowed: positives='self', or features as a tensor"
         )
     if views is not None and (views.dim() != 3 or views.shape[0] < 2 or views.shape[1:] != features.shape):
         raise ValueError(
@@ -196,9 +207,11 @@ def fit_contrastive_projector(
         nonneg_order=nonneg_order,
         activation_loss_weight=activation_loss_weight,
     )
-    n = features.shape[0]
+    n = len(source)
     neighbors = (
-        nearest_neighbors(standardize(features.float())[0], num_neighbors) if positives == "nn" else None
+        nearest_neighbors(standardize(features.float())[0], num_neighbors)
+        if isinstance(features, torch.Tensor) and positives == "nn"
+        else None
     )
     parallel = DataParallelFit(split_processes)
     # a batch of one row has no negatives: skipped
@@ -207,19 +220,21 @@ def fit_contrastive_projector(
         batch_size,
         seed,
         epochs=epochs,
-        device=features.device,
+        device=source.device,
         min_size=2,
         progress=progress and parallel.rank == 0,  # one bar, not one per process
         desc=f"contrastive {feature_layer} projector",
     )
 
     torch.manual_seed(seed)
-    features = features.float()
-    mean, std = feature_stats(features)  # the std floored at 1e-6, as standardize does
-    standardized = (features - mean) / std
+    # one pass over the matrix, block by block (each checked finite): the same bits in memory and from
+    # shards; the std floored at 1e-6, as standardize does
+    mean, std = streamed_feature_stats(block.float() for _, block in source.chunks())
+    # in memory standardised once (a batch is one index operation); shards batch by batch, as read
+    standardized = (features.float() - mean) / std if isinstance(features, torch.Tensor) else None
     if views is not None:
-        views = (views.to(features.device).float() - mean) / std
-    layer = layer_class(features.shape[1], settings).to(features.device)
+        views = (views.to(source.device).float() - mean) / std
+    layer = layer_class(source.shape[1], settings).to(source.device)
     parallel.check_same_on_every_process(features, "features")
     if views is not None:
         parallel.check_same_on_every_process(views, "views")
@@ -228,16 +243,17 @@ def fit_contrastive_projector(
     history: list[float] = []
 
     def view(rows: torch.Tensor) -> torch.Tensor:
-        x = standardized[rows]
+        # elementwise, so a batch standardised as it is read has the values of the standardised matrix
+        x = standardized[rows] if standardized is not None else (source.gather(rows) - mean) / std
         return F.dropout(x + view_noise * torch.randn_like(x), view_dropout, training=True)
 
     layer.train()
     with batches:
         for epoch in batches:
             total, steps = 0.0, 0
-            partner = torch.arange(n, device=features.device)
+            partner = torch.arange(n, device=source.device)
             if neighbors is not None:  # one of the row's nearest neighbours, drawn per epoch
-                pick = torch.randint(num_neighbors, (n, 1), device=features.device)
+                pick = torch.randint(num_neighbors, (n, 1), device=source.device)
                 partner = neighbors.gather(1, pick).squeeze(1)
             for rows in epoch:
                 if views is None:
@@ -276,7 +292,7 @@ def fit_contrastive_projector(
     _fold_standardization(layer, mean, std)
     layer.eval()
     with torch.no_grad():
-        sample = features[: min(n, 4096)]
+        sample = source.head(4096).float()
         out_a, out_b = layer(sample)[0], layer(sample + view_noise * std * torch.randn_like(sample))[0]
         _, accuracy = info_nce_loss(out_a[:512], out_b[:512], temperature, gather=False, return_accuracy=True)
         zero_fraction = float((out_a == 0).float().mean())

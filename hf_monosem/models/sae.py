@@ -371,10 +371,8 @@ class SparseAutoencoder(FeatureLayer):
                 (self.encoder.bias, 0),
                 (self.decoder.weight, 1),
             ):
-                state = optimizer.state.get(param, {})
-                for name in ("exp_avg", "exp_avg_sq"):
-                    if name in state:
-                        state[name].index_fill_(latent_dim, idx.to(state[name].device), 0.0)
+                for moment, dim in _adam_moments(optimizer, param, latent_dim):
+                    moment.index_fill_(dim, idx.to(moment.device), 0.0)
         return int(idx.numel())
 
     @torch.no_grad()
@@ -551,3 +549,27 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         # decoded - residual = decoded + error
         aux_error = (decoded + error).pow(2).sum(-1)
         return scale * (aux_error / norms).mean()
+
+
+def _adam_moments(optimizer: torch.optim.Optimizer, param: torch.Tensor, latent_dim: int):
+    """``(moment, latent dim)`` for each Adam moment (``exp_avg``, ``exp_avg_sq``) ``optimizer`` keeps
+    for ``param``: under ``param`` itself, or under a parameter that is its transpose on the same
+    storage (how the fitting loop hands a latent-major decoder to Adam, ``cached/sae_fitting.py``),
+    whose latent dimension is the other one."""
+    for group in optimizer.param_groups:
+        for held in group["params"]:
+            if held is param:
+                dim = latent_dim
+            elif (
+                held.dim() == param.dim() == 2
+                and held.data_ptr() == param.data_ptr()
+                and held.shape == param.shape[::-1]
+                and held.stride() == param.stride()[::-1]
+            ):
+                dim = 1 - latent_dim
+            else:
+                continue
+            state = optimizer.state.get(held, {})
+            for name in ("exp_avg", "exp_avg_sq"):
+                if name in state:
+                    yield state[name], dim

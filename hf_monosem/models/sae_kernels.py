@@ -50,11 +50,12 @@ def autocast_off_backward(backward):
 def topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     """The indices of the ``k`` largest entries of each row (in no particular order), as ``pre.topk``.
 
-    On CPU, when torch's top-k would take its slow path (``64 k > n``, a full ``nth_element``) and
-    ``16 k <= n``, in two cheaper stages over strided groups of 4 entries: the ``k`` groups with the
-    largest maxima hold the row's ``k`` largest entries (a group left out has ``k`` larger group maxima
-    above its own), so the top ``k`` of their ``4 k`` entries is the row's. The same set as
-    ``pre.topk`` (up to which of exactly tied entries is kept); ~2x faster at n = 1536, k = 32.
+    On CPU, when torch's top-k would take its slow path (``64 k > n``, a full ``nth_element`` over
+    (value, index) pairs) and ``16 k <= n``, in two cheaper stages over strided groups of 4 entries:
+    the ``k`` groups with the largest maxima hold the row's ``k`` largest entries (a group left out has
+    ``k`` larger group maxima above its own), so the top ``k`` of their ``4 k`` entries is the row's.
+    Each stage is one :func:`_largest_positions`. The same set as ``pre.topk`` (up to which of
+    exactly tied entries is kept); ~3x faster on one thread at n = 1536, k = 32.
 
     Example:
         >>> pre = torch.randn(3, 256)
@@ -67,11 +68,31 @@ def topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     groups = n // 4
     # group g = entries g, g + groups, g + 2 groups, g + 3 groups: one vectorised max over 4 slices
     members = pre.view(pre.shape[0], 4, groups)
-    best = members.amax(1).topk(k, dim=-1, sorted=False).indices  # [B, k] groups
+    best = _largest_positions(members.amax(1), k)  # [B, k] groups
     # the 4 entries of each chosen group, [B, 4 k] (position i * k + j: entry i of group best[:, j])
     candidates = members.gather(2, best.unsqueeze(1).expand(-1, 4, -1)).flatten(1)
-    chosen = candidates.topk(k, dim=-1, sorted=False).indices
+    chosen = _largest_positions(candidates, k)
     return torch.div(chosen, k, rounding_mode="floor") * groups + best.gather(1, chosen % k)
+
+
+def _largest_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The positions of the ``k`` largest entries of each row of a CPU ``[B, n]`` matrix, ascending
+    within a row.
+
+    The ``k``-th largest value of each row comes from NumPy's values-only introselect
+    (``np.partition``, ~4x faster than ``torch.topk``, which selects (value, index) pairs), and the
+    positions are those at or above it: exactly ``k`` per row unless a row's ``k``-th value is tied
+    (then, or for a dtype NumPy lacks, ``torch.topk``). A row holds at least ``k`` entries at or
+    above its ``k``-th largest, so ``B * k`` of them in all means exactly ``k`` in every row.
+    """
+    rows, n = scores.shape
+    if scores.dtype not in (torch.float32, torch.float64) or not 0 < k < n:
+        return scores.topk(k, dim=-1, sorted=False).indices
+    kth = np.partition(scores.detach().numpy(), n - k, axis=1)[:, n - k]
+    where = (scores >= torch.from_numpy(kth).unsqueeze(1)).nonzero()
+    if where.shape[0] != rows * k:  # a tie at some row's k-th value (or a NaN row): the exact path
+        return scores.topk(k, dim=-1, sorted=False).indices
+    return where[:, 1].view(rows, k)
 
 
 def _latent_major_layout(
@@ -124,7 +145,7 @@ def latent_major_sum(
         out = rows.new_zeros(num_latents, rows.shape[1])
         return out.index_add_(0, indices.reshape(-1), contributions.to(rows.dtype))
     crow, columns, order = _latent_major_layout(indices, num_latents)
-    weights = values.reshape(-1)[order].to(rows.dtype)
+    weights = values.reshape(-1).index_select(0, order).to(rows.dtype)
     return F.embedding_bag(columns, rows, crow[:-1], mode="sum", per_sample_weights=weights)
 
 

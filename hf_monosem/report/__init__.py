@@ -3,7 +3,8 @@ features or the optimisation?) on any backbone and any data set, in one command.
 
 :mod:`~hf_monosem.report.tracks` builds a scenario-grid track from a backbone's features (the same
 builder the benchmark's tracks use); :mod:`~hf_monosem.report.inputs` loads and checks the data and
-the backbone before any work; :mod:`~hf_monosem.report.run` runs the grid (resumable);
+the backbone before any work; :mod:`~hf_monosem.report.estimate` measures what the run will take;
+:mod:`~hf_monosem.report.run` runs the grid (resumable);
 :mod:`~hf_monosem.report.writing` writes ``report.md``, ``results.json`` and the plots;
 :mod:`~hf_monosem.report.publish` prepares and pushes the report as a dataset repository;
 :mod:`~hf_monosem.report.model_card` adds its verdicts to a model repository's card.
@@ -11,8 +12,9 @@ the backbone before any work; :mod:`~hf_monosem.report.run` runs the grid (resum
 
 from __future__ import annotations
 
-from . import arguments, inputs, model_card, publish, run, tracks, writing
+from . import arguments, estimate, inputs, model_card, publish, run, tracks, writing
 from .arguments import *  # noqa: F403
+from .estimate import *  # noqa: F403
 from .inputs import *  # noqa: F403
 from .model_card import *  # noqa: F403
 from .publish import *  # noqa: F403
@@ -24,6 +26,7 @@ __all__ = [
     *tracks.__all__,
     *arguments.__all__,
     *inputs.__all__,
+    *estimate.__all__,
     *run.__all__,
     *writing.__all__,
     *publish.__all__,

@@ -21,20 +21,21 @@ import torch
 from transformers import AutoImageProcessor, AutoTokenizer, DataCollatorWithPadding
 
 from ..cached import augmented_view_features, load_tensors, save_tensors, tensors_sha256
-from ..cached.distributed import process_world
+from ..cached.distributed import barrier, process_world
 from ..cached.feature_cache import extract_pooled_features, model_fingerprint, text_view_features
 from ..models.configuration import public_name
 from ..models.modeling import MonoSemanticModel
 from ..scenarios import add_text_noise, perturb_images
-from ..scenarios.grid import TEST, TRAIN, ProbeResults, TensorRows, Timer, Track, probe_records
+from ..scenarios.grid import DOMAIN_TRAIN, TEST, TRAIN, ProbeResults, TensorRows, Timer, Track, probe_records
 from ..scenarios.protocols import ProbeProtocol, probe_protocol
 from ..training.checkpoints import read_json, write_json
 from ..training.views import ImageViews
 from .arguments import ReportArguments, list_of, numbers_of
+from .estimate import estimate_line, estimate_seconds, measure_work, planned_work
 from .inputs import ReportInputs, load_report_inputs
-from .tracks import RepresentationPlan, build_track, fit_representations, sae_sweep
+from .tracks import RepresentationPlan, build_track, fit_representations
 
-__all__ = ["estimate_seconds", "join_launched_processes", "run_report"]
+__all__ = ["join_launched_processes", "run_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ def _text_rows(args: ReportArguments, inputs: ReportInputs):
 
     rows = {key: ds.map(tokenize, batched=True, desc=f"tokenizing {key}") for key, ds in texts.items()}
     return rows, DataCollatorWithPadding(tokenizer), cells
+
+
+def _tokens(rows: Any) -> int:
+    """The tokens of tokenised rows (summed in Arrow: no Python list per row)."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.list_value_length(rows.with_format("arrow")["input_ids"])).as_py() or 0)
 
 
 def _pixels(inputs: ReportInputs, processor: Any, split) -> torch.Tensor:
@@ -129,9 +137,14 @@ def _image_views(
     scale = {} if processor is None else {"mean": processor.image_mean, "std": processor.image_std}
     augment = ImageViews(crop_scale=(0.08, 1.0), hflip_p=0.5, color_jitter_p=0.0, grayscale_p=0.0, **scale)
     with torch.no_grad():
-        views = augmented_view_features(encode, pixels, augment, num_views, seed=0, progress=True)
-    if process_world()[1] == 0:  # every process computed the same views: one writes them
+        # under accelerate launch each process augments its blocks of images, gathered in order: the
+        # per-block generators give every process the views one process computes (the key is unchanged)
+        views = augmented_view_features(
+            encode, pixels, augment, num_views, seed=0, progress=True, split_processes=True
+        )
+    if process_world()[1] == 0:  # every process holds the same views: one writes them
         save_tensors(path, {"views": views}, {"key": key})
+    barrier()  # the file is complete before any process goes on
     return views
 
 
@@ -154,52 +167,6 @@ def join_launched_processes() -> tuple[int, int]:
         PartialState()
     world, rank = process_world()
     return world, rank
-
-
-def _flops_per_second() -> float:
-    """The machine's float32 matmul throughput, measured in a few milliseconds (for the time estimate)."""
-    a = torch.randn(256, 256)
-    start = time.perf_counter()
-    for _ in range(20):
-        a @ a
-    return 20 * 2 * 256**3 / max(time.perf_counter() - start, 1e-6)
-
-
-def estimate_seconds(
-    seconds_per_row: float,
-    rows: int,
-    train_rows: int,
-    width: int,
-    projector_width: int,
-    plan: RepresentationPlan,
-    num_views: int,
-    probes: int,
-    probe_epochs: int,
-    num_labels: int,
-    flops_per_second: float,
-) -> dict[str, float]:
-    """Rough seconds per stage: extraction from a timed batch, fits and probes from their matmul counts.
-
-    Example:
-        >>> plan = RepresentationPlan(sae_topk=(8,), sae_overcomplete=0, epochs=2, projector_width=64)
-        >>> est = estimate_seconds(0.01, 1000, 500, 32, 64, plan, 2, 100, 10, 3, 1e9)
-        >>> sorted(est), est["extraction"]
-        (['extraction', 'fitting', 'probes', 'total'], 10.0)
-    """
-    saes = len(sae_sweep(plan.sae_topk, plan.sae_overcomplete, width)) * 2
-    fit_flops = 6 * plan.epochs * train_rows * width * width * saes
-    fit_flops += 6 * plan.epochs * train_rows * num_views * (width + projector_width) * projector_width * 2
-    mean_width = (width + projector_width) / 2
-    probe_flops = 6 * probes * probe_epochs * train_rows * mean_width * num_labels
-    # small matmuls run far below the peak (Python overhead per step): a factor measured on 2 CPU cores
-    overhead = 20.0
-    out = {
-        "extraction": seconds_per_row * rows,
-        "fitting": overhead * fit_flops / flops_per_second,
-        "probes": overhead * probe_flops / flops_per_second,
-    }
-    out["total"] = sum(out.values())
-    return out
 
 
 def _protocol_records(
@@ -266,33 +233,40 @@ def run_report(
     )
     if inputs.modality == "text":
         rows, collator, cells = _text_rows(args, inputs)
-        sample = rows[TRAIN].select(range(min(8, len(rows[TRAIN]))))
+        sample = rows[TRAIN].select(range(min(args.batch_size, len(rows[TRAIN]))))
         batch = collator([{k: r[k] for k in ("input_ids", "attention_mask") if k in r} for r in sample])
     else:
         rows, cells, processor = _image_rows(args, inputs)
-        batch = {"pixel_values": rows[TRAIN][:8]}
-    start = time.perf_counter()
+        batch = {"pixel_values": rows[TRAIN][: args.batch_size]}
     with torch.no_grad():
+        model(**batch)  # a first call pays one-off costs (allocation, kernel choice): not timed
+        start = time.perf_counter()
         model(**batch)
-    per_row = (time.perf_counter() - start) / len(next(iter(batch.values())))
-    n_rows = sum(len(r) for r in rows.values()) + args.num_views * len(rows[TRAIN])
-    probes = (
-        len(protocols)
-        * (2 + 2 * len(plan.sae_topk))
-        * len(seeds)
-        * (len(inputs.rates) + len(inputs.shots) + 2)
+    seconds = time.perf_counter() - start
+    if (
+        inputs.modality == "text"
+    ):  # per token: the length-sorted batches are padded to about their rows' length
+        tokens = sum(_tokens(r) for r in rows.values()) + args.num_views * _tokens(rows[TRAIN])
+        extraction = seconds / batch["input_ids"].numel() * tokens
+    else:
+        images = sum(len(r) for r in rows.values()) + args.num_views * len(rows[TRAIN])
+        extraction = seconds / len(batch["pixel_values"]) * images
+    # every fit and probe grid the plan implies, each kind of step timed here on random rows of its width
+    work = planned_work(
+        len(rows[TRAIN]),
+        width,
+        plan,
+        args.num_views,
+        protocols,
+        inputs.rates,
+        inputs.shots,
+        seeds,
+        inputs.label_feature.num_classes,
+        views_for_probes=inputs.modality == "image",
+        domain_rows=len(rows[DOMAIN_TRAIN]) if DOMAIN_TRAIN in rows else 0,
     )
-    classes = inputs.label_feature.num_classes
-    speed = _flops_per_second()
-    estimate = estimate_seconds(per_row, n_rows, len(rows[TRAIN]), width, projector_width, plan,
-                                args.num_views, probes, args.probe_epochs, classes, speed)  # fmt: skip
-    say(
-        "[hf-monosem report] estimated time: about {:.0f} s (extraction {:.0f} s, fitting {:.0f} s, "
-        "probes {:.0f} s; "
-        "stages a previous run finished are loaded instead)".format(
-            estimate["total"], estimate["extraction"], estimate["fitting"], estimate["probes"]
-        )
-    )
+    estimate = estimate_seconds(extraction, work, measure_work(work, plan, protocols))
+    say(estimate_line(estimate))
     labels = {key: torch.tensor(split["label"][:]) for key, split in inputs.splits.items()}
     with timer("extract features"):
         if inputs.modality == "text":
@@ -318,7 +292,10 @@ def run_report(
                 collate_fn=collator,
                 cache_dir=cache_dir,
                 cache_key=_rows_key(rows[TRAIN]),
-                progress=True,
+                batch_size=args.batch_size,
+                progress=rank == 0,
+                split_processes=True,  # each process its blocks of rows, gathered in order
+                sort_by_length=True,  # no forward pass over padding
             )
         else:
             vectors = {

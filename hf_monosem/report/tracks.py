@@ -71,8 +71,10 @@ __all__ = [
     "TrackFits",
     "build_track",
     "fit_representations",
+    "fit_projector",
     "fit_saes",
     "pretrain_small_resnet",
+    "sae_layer",
     "sae_pairs",
     "sae_sweep",
 ]
@@ -227,22 +229,71 @@ def fit_saes(
     fitted = {}
     for name, width, k in sweep:
         set_seed(0)  # every SAE starts from the same draw, whatever was fitted before it
-        sae = build_feature_layer(
-            MonoSemanticConfig(
-                backbone_config=small_resnet_config(),  # the layer reads only its own settings
-                feature_layer="topk",
-                feature_dim=width,
-                topk=k,
-                sae_normalize_input="fit",
-            ),
-            input_dim=train.shape[1],
-        )
+        sae = sae_layer(train.shape[1], width, k)
         report = train_sae_layer(
             sae, train, epochs=epochs, lr=lr, seed=0, progress=progress, split_processes=split_processes
         )
         summary = {key: v for key, v in report.items() if key.startswith("final_") or key == "lr"}
         fitted[name] = (sae.eval(), summary)
     return fitted
+
+
+def sae_layer(input_dim: int, width: int, k: int) -> torch.nn.Module:
+    """The post-hoc TopK SAE of :func:`fit_saes` (``width`` latents, ``k`` active) on ``input_dim`` inputs,
+    freshly drawn from torch's global generator.
+
+    Example:
+        >>> sae_layer(16, 32, 4).kind
+        'topk'
+    """
+    return build_feature_layer(
+        MonoSemanticConfig(
+            backbone_config=small_resnet_config(),  # the layer reads only its own settings
+            feature_layer="topk",
+            feature_dim=width,
+            topk=k,
+            sae_normalize_input="fit",
+        ),
+        input_dim=input_dim,
+    )
+
+
+def fit_projector(
+    train: torch.Tensor,
+    plan: RepresentationPlan,
+    kind: str,
+    views: torch.Tensor | None,
+    *,
+    epochs: int | None = None,
+    progress: bool = True,
+    split_processes: bool = False,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The SimCLR (``kind="simclr"``) or NCL (``"ncl"``) projector of ``plan`` fitted on ``train`` with the
+    plan's NCL recipe (``views``: its encoder-level views, ``None`` for a recipe without them), for
+    ``epochs`` (default the plan's): :func:`~hf_monosem.cached.fit_contrastive_projector`'s report.
+
+    Example:
+        >>> plan = RepresentationPlan(projector_width=8, ncl_recipe="p2")
+        >>> layer, report = fit_projector(torch.randn(32, 4), plan, "ncl", None, epochs=1, progress=False)
+        >>> len(report["loss"])
+        1
+    """
+    if kind not in CONTRASTIVE_KINDS:
+        raise ValueError(f"kind={kind!r} is not valid; allowed: {', '.join(map(repr, CONTRASTIVE_KINDS))}")
+    feature_layer = CONTRASTIVE_KINDS[kind]
+    _, recipe = ncl_recipe(plan.ncl_recipe, feature_layer)
+    return fit_contrastive_projector(
+        train,
+        feature_layer=feature_layer,
+        feature_dim=plan.projector_width,
+        projector_hidden_dim=plan.projector_width,
+        epochs=plan.epochs if epochs is None else epochs,
+        seed=0,
+        views=views,
+        progress=progress,
+        split_processes=split_processes,
+        **recipe,
+    )
 
 
 def _projector_sweep(plan: RepresentationPlan, input_dim: int) -> list[tuple[str, int, int]]:
@@ -290,19 +341,9 @@ def fit_representations(
         return fitted
     fitted = fit_saes(train, sweep, plan.epochs, progress, plan.sae_lr, split_processes)
     if plan.projector_width is not None:
-        for name, kind in CONTRASTIVE_KINDS.items():  # SimCLR and NCL on the recipe's views
-            _, recipe = ncl_recipe(plan.ncl_recipe, kind)
-            layer, report = fit_contrastive_projector(
-                train,
-                feature_layer=kind,
-                feature_dim=plan.projector_width,
-                projector_hidden_dim=plan.projector_width,
-                epochs=plan.epochs,
-                seed=0,
-                views=used_views,
-                progress=progress,
-                split_processes=split_processes,
-                **recipe,
+        for name in CONTRASTIVE_KINDS:  # SimCLR and NCL on the recipe's views
+            layer, report = fit_projector(
+                train, plan, name, used_views, progress=progress, split_processes=split_processes
             )
             summary = {"final_loss": report["loss"][-1]}
             summary.update({k: report[k] for k in ("zero_fraction", "positive_accuracy")})

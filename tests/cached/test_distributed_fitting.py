@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_toys import launch_and_load
+from training_toys import launch_and_load, write_shards
 
 from hf_monosem.cached import fit_contrastive_projector, train_sae_layer
 from hf_monosem.models.feature_layers import FeatureLayerSettings, build_feature_layer
@@ -41,22 +41,28 @@ def features_and_views() -> tuple[torch.Tensor, torch.Tensor]:
     return x, views
 
 
+def sae_fit(kind: str, features, split_processes: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """The SAE fit of the comparison from its seeded start: ``topk`` with AuxK on (dead after 2 steps),
+    ``sae`` with resampling on (8 latents that never fire); ``(state_dict, report)``."""
+    options = (
+        {"dead_latents": "auxk", "dead_after_steps": 2}
+        if kind == "topk"
+        else {"dead_latents": "resample", "dead_after_steps": 2, "resample_every": 3}
+    )
+    torch.manual_seed(0)
+    sae = build_feature_layer(FeatureLayerSettings(feature_dim=64, topk=4), input_dim=16, kind=kind)
+    if kind == "sae":  # latents that never fire, so that resampling runs
+        sae.encoder.bias.data[:8] = -10.0
+    report = train_sae_layer(sae, features, epochs=3, batch_size=BATCH, lr=2e-3, progress=False,
+                             split_processes=split_processes, **options)  # fmt: skip
+    return sae.state_dict(), report
+
+
 def fits(split_processes: bool = True) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
     """Every fit of the comparison, each from its own seeded start: ``{name: (state_dict, report)}``
     (``split_processes`` does nothing in one process)."""
     x, views = features_and_views()
-    out = {}
-    for kind, options in (
-        ("topk", {"dead_latents": "auxk", "dead_after_steps": 2}),
-        ("sae", {"dead_latents": "resample", "dead_after_steps": 2, "resample_every": 3}),
-    ):
-        torch.manual_seed(0)
-        sae = build_feature_layer(FeatureLayerSettings(feature_dim=64, topk=4), input_dim=16, kind=kind)
-        if kind == "sae":  # latents that never fire, so that resampling runs
-            sae.encoder.bias.data[:8] = -10.0
-        report = train_sae_layer(sae, x, epochs=3, batch_size=BATCH, lr=2e-3, progress=False,
-                                 split_processes=split_processes, **options)  # fmt: skip
-        out[kind] = (sae.state_dict(), report)
+    out = {kind: sae_fit(kind, x, split_processes) for kind in ("topk", "sae")}
     common = {"feature_dim": 32, "projector_hidden_dim": 32, "epochs": 2, "batch_size": BATCH}
     common.update(progress=False, split_processes=split_processes)
     ncl, report = fit_contrastive_projector(
@@ -92,18 +98,31 @@ try:
     refused = None
 except ValueError as error:
     refused = str(error)
-torch.save({"world": accelerator.num_processes, "fits": split, "alone": alone, "refused": refused}, out)
+# the same fit on the matrix in shard files (written by the test): the in-memory split fit's weights; and
+# different shards on the two processes are refused from their manifests
+from hf_monosem.cached.feature_shards import open_shards
+from test_distributed_fitting import sae_fit
+on_disk = sae_fit("topk", open_shards(f"{sys.argv[1]}/shards"))
+try:
+    sae_fit("topk", open_shards(f"{sys.argv[1]}/{'shards' if accelerator.process_index == 0 else 'other'}"))
+    refused_shards = None
+except ValueError as error:
+    refused_shards = str(error)
+torch.save({"world": accelerator.num_processes, "fits": split, "alone": alone, "refused": refused,
+            "on_disk": on_disk, "refused_shards": refused_shards}, out)
 """
 
 
 @pytest.mark.distributed
 def test_two_processes_fit_the_weights_one_process_fits(tmp_path):
+    x, _ = features_and_views()
+    write_shards(tmp_path / "shards", x)
+    write_shards(tmp_path / "other", x + 1)
     ranks = launch_and_load(tmp_path, SCRIPT, SEARCH_PATH, WORLD)
     assert [r["world"] for r in ranks] == [WORLD, WORLD]
 
     torch.set_num_threads(1)
     reference = fits()
-    x, _ = features_and_views()
     for name, (state, report) in reference.items():
         for r in ranks:
             other_state, other_report = r["fits"][name]
@@ -120,8 +139,13 @@ def test_two_processes_fit_the_weights_one_process_fits(tmp_path):
             assert torch.equal(ranks[0]["alone"][name][0][key], value), (name, key)
     for rank, r in enumerate(ranks):
         expected = f"features differs between the 2 processes (process {rank}: shape (300, 16))"
-        assert r["refused"].startswith(expected)
-        assert "allowed: the same matrix on every process" in r["refused"]
+        for refused in (r["refused"], r["refused_shards"]):
+            assert refused.startswith(expected)
+            assert "allowed: the same matrix on every process" in refused
+        # split across the processes, the fit on shards is the fit in memory, bit for bit
+        assert r["on_disk"][1] == r["fits"]["topk"][1]
+        for key, value in r["fits"]["topk"][0].items():
+            assert torch.equal(r["on_disk"][0][key], value), key
     # the fits did what the comparison is meant to cover
     assert reference["sae"][1]["resampled"] > 0
     assert reference["topk"][1]["dead_fraction"][1] > 0  # dead latents, so AuxK ran

@@ -11,16 +11,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 import warnings
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from peak_memory import run_child
 from tiny_models import tiny_bert_config
 
 from hf_monosem import extract_pooled_features
@@ -105,7 +102,7 @@ def _written(folder: Path) -> Path:
 
 
 CHILD = """
-import json, resource, sys
+import json, sys
 import datasets, torch
 from transformers import BertConfig, BertModel
 from hf_monosem import extract_pooled_features
@@ -117,8 +114,7 @@ bert = BertModel(BertConfig(vocab_size=64, hidden_size=WIDTH, num_hidden_layers=
 rows = datasets.Dataset.from_dict({"input_ids": [[1 + i % 60, 2] for i in range(ROWS)]})
 common = dict(batch_size=500, pooling="mean", cache_dir=sys.argv[1])
 extract_pooled_features(bert, rows.select(range(1000)), **common)  # every code path loaded once
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux: KiB)
-before = peak()
+before = peak()  # defined by peak_memory.PEAK_MEMORY
 if sys.argv[2] == "memory_map":
     matrix = extract_pooled_features(bert, rows, memory_map=True, rows_per_shard=4096, **common)
     total = sum(float(block.sum()) for block in matrix.chunks(1024))  # read back, block by block
@@ -132,14 +128,7 @@ print(json.dumps({"growth": peak() - before, "bytes": ROWS * WIDTH * 4, "rows": 
 @pytest.mark.slow  # two child processes writing / holding 164 MB: 10-20 s each idle, ~1 min under load
 @pytest.mark.parametrize("route", ["memory_map", "in_memory"])
 def test_a_matrix_larger_than_the_memory_it_may_use_goes_through_disk(tmp_path, route):
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD))
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "cache"), route],
-        capture_output=True, text=True, timeout=170, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_child(CHILD, str(tmp_path / "cache"), route, workdir=tmp_path)
     assert report["rows"] == 40_000
     if route == "memory_map":  # a batch and a block at a time: under a quarter of the matrix
         assert report["growth"] < report["bytes"] / 4, report

@@ -389,3 +389,36 @@ def test_fit_sae_builds_one_model_and_starts_its_sae_tied_at_the_data_mean(monke
         pooled = extract_pooled_features(model, ds)
     assert torch.allclose(layer.encoder.weight, ENCODER_INIT_NORM * layer.decoder.weight.t(), atol=1e-6)
     assert torch.allclose(layer.pre_bias, layer.prepare_input(pooled).mean(0), atol=1e-5)
+
+
+def test_adam_over_the_latent_major_decoders_transpose_is_adam_over_the_decoder():
+    """The fitting loop hands a latent-major decoder to Adam as its contiguous transpose (same storage,
+    no per-step copy in fused Adam): the same updates as Adam over the decoder itself, and resampling
+    still finds (and resets) the decoder's moments through that view."""
+    from hf_monosem.cached import sae_optimizer
+
+    layers = [sae_layer("topk", topk=4) for _ in range(2)]
+    for layer in layers:
+        layer.init_for_fit_()  # the decoder becomes latent-major
+    assert layers[0].decoder.weight.t().is_contiguous()
+    optimizer, share_gradients = sae_optimizer(layers[0], 1e-2)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(layers[0].decoder.weight) not in held  # the view is, not the decoder
+    reference = torch.optim.Adam(layers[1].parameters(), lr=1e-2, fused=True)
+    x = sparse_mixtures(n=64)
+    for _ in range(3):
+        for layer, step in ((layers[0], share_gradients), (layers[1], lambda: None)):
+            layer.zero_grad(set_to_none=True)
+            layer.weighted_aux_loss(layer.fit_forward(x).aux_losses).backward()
+            step()
+        optimizer.step()
+        reference.step()
+        for (name, got), expected in zip(layers[0].named_parameters(), layers[1].parameters()):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7, msg=name)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:3] = True
+    layers[0].resample_dead_(dead, x, optimizer, torch.Generator().manual_seed(0))
+    view = next(p for p in optimizer.state if p.data_ptr() == layers[0].decoder.weight.data_ptr())
+    moment = optimizer.state[view]["exp_avg"]  # the decoder's, latent-major: [M, D]
+    assert moment.shape == (64, 32)
+    assert (moment[:3] == 0).all() and (moment[3:] != 0).any()

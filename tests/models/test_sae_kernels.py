@@ -238,3 +238,43 @@ def test_fit_step_with_auxk_gives_autograds_gradients_in_float64(dead_count):
     for name in plain:
         torch.testing.assert_close(fused[name], plain[name], rtol=1e-10, atol=1e-13, msg=name)
     assert fused["decoder.weight"].stride() == params["decoder.weight"].stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_topk_indices_selects_the_rows_largest_entries_with_ties_and_nans(dtype):
+    """The threshold selection behind the two-stage top-k: the set ``torch.topk`` keeps on untied rows;
+    on a row tied at its k-th value (all zeros, a repeated maximum) or holding a NaN, still ``k``
+    distinct positions whose values are the ``k`` largest (the exact fallback)."""
+    from hf_monosem.models.sae_kernels import topk_indices
+
+    k, width = 8, 256  # 16 k <= width < 64 k: the two-stage path
+    pre = torch.randn(6, width, generator=torch.Generator().manual_seed(0)).to(dtype)
+    pre[1] = 0.0  # every entry tied
+    pre[2, :20] = 5.0  # 20 entries tied at the top
+    pre[3, 7] = float("nan")
+    indices = topk_indices(pre, k)
+    assert indices.shape == (6, k)
+    for row in (0, 4, 5):
+        expected = pre[row].float().topk(k).indices.sort().values
+        assert torch.equal(indices[row].sort().values, expected), row
+    for row in (1, 2):  # k distinct positions holding the k largest values
+        assert indices[row].unique().numel() == k
+        kept = pre[row, indices[row]].float().sort().values
+        torch.testing.assert_close(kept, pre[row].float().topk(k).values.sort().values)
+    # the NaN row: torch.topk's own answer (NaN counts as the largest)
+    assert torch.equal(indices[3].sort().values, pre[3].topk(k).indices.sort().values)
+
+
+def test_topk_indices_takes_the_threshold_path_on_untied_rows(monkeypatch):
+    """Untied float rows never reach ``torch.topk`` (the slow (value, index) selection the two stages
+    replace): a threshold that selects more or fewer than ``k`` positions would fall back to it."""
+    from hf_monosem.models.sae_kernels import topk_indices
+
+    pre = torch.randn(64, 1536, generator=torch.Generator().manual_seed(1))
+    expected = pre.topk(32).indices.sort(-1).values
+
+    def no_topk(*args, **kwargs):
+        raise AssertionError("torch.topk called on untied rows")
+
+    monkeypatch.setattr(torch.Tensor, "topk", no_topk)
+    assert torch.equal(topk_indices(pre, 32).sort(-1).values, expected)

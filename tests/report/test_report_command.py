@@ -75,6 +75,9 @@ def test_text_report_writes_verdicts_tables_plots_and_results(text_report):
     assert rates == [0.0, 0.3, 0.6]  # --quick's rates, all below (3-1)/3
     assert results["explain"]["ncl"][0]["examples"][0]["label"] in ("negative", "neutral", "positive")
     assert results["monosemanticity"]["sae_k8"]["l0"] <= 8
+    # the estimate printed first, per stage: the fits and probes from step times measured on this machine
+    assert set(results["estimate_s"]) == {"extraction", "fitting", "probes", "total"}
+    assert results["estimate_s"]["fitting"] > 0 and results["estimate_s"]["probes"] > 0
 
 
 def cache_files(out: Path) -> dict[str, int]:
@@ -100,6 +103,8 @@ def test_a_rerun_in_a_fresh_process_extracts_nothing(assets, text_report, tmp_pa
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert EXTRACTING not in rerun.stderr and "text view" not in rerun.stderr
     assert rerun.stdout.count("loading cached features from") == keys
+    estimate = next(line for line in rerun.stdout.splitlines() if "estimated time: about" in line)
+    assert all(f"{stage} " in estimate for stage in ("extraction", "fitting", "probes"))  # printed first
     assert cache_files(out) == before  # nothing extracted, fitted or probed again: no file new or rewritten
     verdicts = [(folder / "report.md").read_text().split("## Verdicts")[1] for folder in (out, text_report)]
     assert verdicts[0].split("Wall time")[0] == verdicts[1].split("Wall time")[0]  # the same results
