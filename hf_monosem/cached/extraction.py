@@ -209,7 +209,7 @@ def collect_outputs(
     world, rank = process_world()
     split = split_processes and 1 < world <= num_rows  # every process has rows: equal shapes to gather
     if split:
-        dataset = _select_rows(dataset, row_block(num_rows, rank, world))
+        dataset = select_rows(dataset, row_block(num_rows, rank, world))
     names = _row_names(dataset)
     if inputs is not None:
         inputs = list(inputs)
@@ -231,9 +231,9 @@ def collect_outputs(
             return base_collate([{k: v for k, v in row.items() if k in wanted} for row in rows])
     else:
         collate = base_collate
-    order = _length_order(dataset) if sort_by_length and "input_ids" in accepted else None
+    order = length_order(dataset) if sort_by_length and "input_ids" in accepted else None
     if order is not None:
-        dataset = _select_rows(dataset, order.tolist())
+        dataset = select_rows(dataset, order.tolist())
 
     current = next((p.device for p in model.parameters()), None)
     device = torch.device(device) if device is not None else (current or torch.device("cpu"))
@@ -290,7 +290,7 @@ def collect_outputs(
     return result
 
 
-def _select_rows(dataset: Any, rows: range | list[int]) -> Any:
+def select_rows(dataset: Any, rows: range | list[int]) -> Any:
     """The rows ``rows`` of a ``datasets.Dataset`` (``select``, no copy), a list, or any map-style dataset."""
     if hasattr(dataset, "select"):
         return dataset.select(rows)
@@ -299,13 +299,13 @@ def _select_rows(dataset: Any, rows: range | list[int]) -> Any:
     return torch.utils.data.Subset(dataset, rows)
 
 
-def _length_order(dataset: Any) -> torch.Tensor | None:
+def length_order(dataset: Any) -> torch.Tensor | None:
     """Row indices, longest ``input_ids`` first (stable); ``None`` when the rows have no ``input_ids``.
 
     A ``datasets.Dataset`` is measured in Arrow (list lengths of the column, no Python list per row).
 
     Example:
-        >>> _length_order([{"input_ids": [1]}, {"input_ids": [1, 2, 3]}, {"input_ids": [4]}]).tolist()
+        >>> length_order([{"input_ids": [1]}, {"input_ids": [1, 2, 3]}, {"input_ids": [4]}]).tolist()
         [1, 0, 2]
     """
     if hasattr(dataset, "with_format") and "input_ids" in (dataset.column_names or []):

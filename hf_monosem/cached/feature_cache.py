@@ -33,7 +33,7 @@ from .augmented_views import gather_view_blocks, view_blocks, view_generator
 from .cache_files import load_tensors, save_tensors
 from .checks import check_features
 from .distributed import barrier, process_world, row_block
-from .extraction import _length_order, _select_rows, collect_outputs, input_columns, resolve_base_model
+from .extraction import collect_outputs, input_columns, length_order, resolve_base_model, select_rows
 from .feature_shards import ShardedFeatures, ShardWriter, open_shards, write_manifest
 
 __all__ = ["TEXT_VIEW_KINDS", "extract_pooled_features", "model_fingerprint", "text_view_features"]
@@ -459,8 +459,8 @@ def text_view_features(
             cached = load_tensors(path, {"key": settings}, {"features": (num_views, len(dataset), None)})
             if cached is not None:
                 return cached["features"]
-    order = _length_order(dataset) if sort_by_length else None  # global: the same blocks in every process
-    ordered = dataset if order is None else _select_rows(dataset, order.tolist())
+    order = length_order(dataset) if sort_by_length else None  # global: the same blocks in every process
+    ordered = dataset if order is None else select_rows(dataset, order.tolist())
     num_rows = len(dataset)
     mine = view_blocks(num_rows, batch_size, split_processes)
     device = next((p.device for p in base.parameters()), torch.device("cpu"))
@@ -470,7 +470,7 @@ def text_view_features(
         for k in range(num_views):
             view = []
             for c in mine:
-                block = _select_rows(ordered, range(c * batch_size, min((c + 1) * batch_size, num_rows)))
+                block = select_rows(ordered, range(c * batch_size, min((c + 1) * batch_size, num_rows)))
                 view.append(_view_block(base, block, columns, kind, mask_rate, mask_token_id, collate_fn,
                                         view_generator(seed, k, c), forked))  # fmt: skip
                 bar.update(1)
