@@ -14,7 +14,7 @@ style:
 
 # The README's test command: the whole suite, doctests included (settings in pyproject.toml).
 test:
-	python -m pytest
+	python -m pytest -n 2
 
 # Everything but the end-to-end runs of the examples and long training.
 test-fast:
