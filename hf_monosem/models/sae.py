@@ -35,6 +35,7 @@ from .sae_kernels import (
     SparseDecode,
     TopKReconstruction,
     autocast_off_backward,
+    largest_positions,
     topk_indices,
 )
 
@@ -539,7 +540,7 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
         scale = min(dead_ids.numel() / k_aux, 1.0)
         k_aux = min(k_aux, dead_ids.numel())
         with torch.no_grad():
-            local = pre.index_select(1, dead_ids).topk(k_aux, dim=-1, sorted=False).indices
+            local = largest_positions(pre.index_select(1, dead_ids), k_aux)
         indices = dead_ids[local]
         pre_bias, weight, bias = (
             t.to(x.dtype) for t in (self.pre_bias, self.encoder.weight, self.encoder.bias)

@@ -27,6 +27,7 @@ __all__ = [
     "GatheredPreactivations",
     "SparseDecode",
     "TopKReconstruction",
+    "largest_positions",
     "latent_major_sum",
     "per_entry_dot",
     "topk_indices",
@@ -54,7 +55,7 @@ def topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     (value, index) pairs) and ``16 k <= n``, in two cheaper stages over strided groups of 4 entries:
     the ``k`` groups with the largest maxima hold the row's ``k`` largest entries (a group left out has
     ``k`` larger group maxima above its own), so the top ``k`` of their ``4 k`` entries is the row's.
-    Each stage is one :func:`_largest_positions`. The same set as ``pre.topk`` (up to which of
+    Each stage is one :func:`largest_positions`. The same set as ``pre.topk`` (up to which of
     exactly tied entries is kept); ~3x faster on one thread at n = 1536, k = 32.
 
     Example:
@@ -68,25 +69,30 @@ def topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     groups = n // 4
     # group g = entries g, g + groups, g + 2 groups, g + 3 groups: one vectorised max over 4 slices
     members = pre.view(pre.shape[0], 4, groups)
-    best = _largest_positions(members.amax(1), k)  # [B, k] groups
+    best = largest_positions(members.amax(1), k)  # [B, k] groups
     # the 4 entries of each chosen group, [B, 4 k] (position i * k + j: entry i of group best[:, j])
     candidates = members.gather(2, best.unsqueeze(1).expand(-1, 4, -1)).flatten(1)
-    chosen = _largest_positions(candidates, k)
+    chosen = largest_positions(candidates, k)
     return torch.div(chosen, k, rounding_mode="floor") * groups + best.gather(1, chosen % k)
 
 
-def _largest_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The positions of the ``k`` largest entries of each row of a CPU ``[B, n]`` matrix, ascending
-    within a row.
+def largest_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The positions of the ``k`` largest entries of each row of a ``[B, n]`` matrix (as
+    ``scores.topk(k).indices``, up to order: ascending within a row here).
 
     The ``k``-th largest value of each row comes from NumPy's values-only introselect
     (``np.partition``, ~4x faster than ``torch.topk``, which selects (value, index) pairs), and the
     positions are those at or above it: exactly ``k`` per row unless a row's ``k``-th value is tied
-    (then, or for a dtype NumPy lacks, ``torch.topk``). A row holds at least ``k`` entries at or
-    above its ``k``-th largest, so ``B * k`` of them in all means exactly ``k`` in every row.
+    (then, off the CPU, or for a dtype NumPy lacks, ``torch.topk``). A row holds at least ``k`` entries
+    at or above its ``k``-th largest, so ``B * k`` of them in all means exactly ``k`` in every row.
+
+    Example:
+        >>> largest_positions(torch.tensor([[0.1, 0.9, 0.5, 0.7], [3.0, 1.0, 2.0, 0.0]]), 2)
+        tensor([[1, 3],
+                [0, 2]])
     """
     rows, n = scores.shape
-    if scores.dtype not in (torch.float32, torch.float64) or not 0 < k < n:
+    if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64) or not 0 < k < n:
         return scores.topk(k, dim=-1, sorted=False).indices
     kth = np.partition(scores.detach().numpy(), n - k, axis=1)[:, n - k]
     where = (scores >= torch.from_numpy(kth).unsqueeze(1)).nonzero()
