@@ -31,7 +31,7 @@ from ..scenarios.protocols import ProbeProtocol, probe_protocol
 from ..training.checkpoints import read_json, write_json
 from ..training.views import ImageViews
 from .arguments import ReportArguments, list_of, numbers_of
-from .estimate import estimate_line, estimate_seconds, measure_work, planned_work
+from .estimate import Work, estimate_line, estimate_seconds, measure_work, planned_work
 from .inputs import ReportInputs, load_report_inputs
 from .tracks import RepresentationPlan, build_track, fit_representations
 
@@ -169,6 +169,24 @@ def join_launched_processes() -> tuple[int, int]:
     return world, rank
 
 
+def _step_timing(
+    work: list[Work], plan: RepresentationPlan, protocols: list[ProbeProtocol], cache_dir: str, rank: int
+) -> dict[tuple, tuple[float, float]]:
+    """:func:`~.estimate.measure_work`'s step times, from the file an earlier run of the same shapes wrote
+    (a resumed run, whose stages load from the cache, starts at once instead of timing every shape again);
+    measured and saved by process 0 otherwise."""
+    shapes = sorted({(item.kind, item.shape) for item in work}, key=repr)
+    path = os.path.join(cache_dir, f"step-timing-{_key(shapes)}.json")
+    if os.path.exists(path):  # JSON keeps the shapes' str / int / float / None: the same keys back
+        return {
+            (kind, tuple(shape)): (per_call, per_step) for kind, shape, per_call, per_step in read_json(path)
+        }
+    timing = measure_work(work, plan, protocols)
+    if rank == 0:
+        write_json(path, [[kind, list(shape), *seconds] for (kind, shape), seconds in timing.items()])
+    return timing
+
+
 def _protocol_records(
     track: Track,
     protocol: ProbeProtocol,
@@ -265,7 +283,7 @@ def run_report(
         views_for_probes=inputs.modality == "image",
         domain_rows=len(rows[DOMAIN_TRAIN]) if DOMAIN_TRAIN in rows else 0,
     )
-    estimate = estimate_seconds(extraction, work, measure_work(work, plan, protocols))
+    estimate = estimate_seconds(extraction, work, _step_timing(work, plan, protocols, cache_dir, rank))
     say(estimate_line(estimate))
     labels = {key: torch.tensor(split["label"][:]) for key, split in inputs.splits.items()}
     with timer("extract features"):

@@ -106,6 +106,13 @@ def test_a_rerun_in_a_fresh_process_extracts_nothing(assets, text_report, tmp_pa
     estimate = next(line for line in rerun.stdout.splitlines() if "estimated time: about" in line)
     assert all(f"{stage} " in estimate for stage in ("extraction", "fitting", "probes"))  # printed first
     assert cache_files(out) == before  # nothing extracted, fitted or probed again: no file new or rewritten
+    # nor the estimate's steps timed again: the first run's step times, to the bit
+    estimates = [
+        json.loads((folder / "results.json").read_text())["estimate_s"] for folder in (out, text_report)
+    ]
+    assert [(e["fitting"], e["probes"]) for e in estimates][0] == [
+        (e["fitting"], e["probes"]) for e in estimates
+    ][1]
     verdicts = [(folder / "report.md").read_text().split("## Verdicts")[1] for folder in (out, text_report)]
     assert verdicts[0].split("Wall time")[0] == verdicts[1].split("Wall time")[0]  # the same results
 
