@@ -58,6 +58,7 @@ from datasets import Dataset, DatasetDict
 from transformers import DataCollatorWithPadding, HfArgumentParser, TrainingArguments, set_seed
 
 from hf_monosem import MonoSemanticTrainer, adapter_sparsity, add_lora
+from hf_monosem.cached.distributed import end_process_group
 from hf_monosem.data import (
     LABEL_COLUMN,
     backbone_source,
@@ -285,3 +286,4 @@ def main(argv=None) -> list[dict]:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    end_process_group()  # under accelerate launch: leave the process group together, none aborts at exit

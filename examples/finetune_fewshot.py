@@ -64,6 +64,7 @@ from transformers import (
 )
 
 from hf_monosem import MonoSemanticTrainer
+from hf_monosem.cached.distributed import end_process_group
 from hf_monosem.data import (
     BUILTIN_DATASETS,
     LABEL_COLUMN,
@@ -399,3 +400,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # under accelerate launch: leave the process group together, none aborts at exit

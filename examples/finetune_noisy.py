@@ -108,6 +108,7 @@ from transformers import (
 
 from hf_monosem import MonoSemanticTrainer, extract_pooled_features
 from hf_monosem.cached import NCL_RECIPES, fit_contrastive_projector, ncl_recipe, text_view_features
+from hf_monosem.cached.distributed import end_process_group
 from hf_monosem.data import (
     BUILTIN_DATASETS,
     LABEL_COLUMN,
@@ -854,3 +855,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # under accelerate launch: leave the process group together, none aborts at exit

@@ -125,6 +125,7 @@ from hf_monosem import (
     extract_pooled_features,
 )
 from hf_monosem.cached import augmented_view_features, equalize_scales, unit_rms
+from hf_monosem.cached.distributed import end_process_group
 from hf_monosem.data import (
     LABEL_COLUMN,
     backbone_source,
@@ -794,3 +795,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # under accelerate launch: leave the process group together, none aborts at exit

@@ -96,6 +96,7 @@ from hf_monosem.cached import (
     ncl_recipe,
     text_view_features,
 )
+from hf_monosem.cached.distributed import end_process_group
 from hf_monosem.cli import show_library_logs
 from hf_monosem.data import (
     load_20newsgroups,
@@ -942,3 +943,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # under accelerate launch: leave the process group together, none aborts at exit

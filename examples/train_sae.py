@@ -67,6 +67,7 @@ from transformers import (
 
 from hf_monosem import MonoSemanticModel, MonoSemanticPreTrainedModel, extract_pooled_features, fit_sae
 from hf_monosem.cached import standardize, tensors_sha256, unit_rms
+from hf_monosem.cached.distributed import end_process_group
 from hf_monosem.data import (
     LABEL_COLUMN,
     default_text_backbone,
@@ -428,3 +429,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # under accelerate launch: leave the process group together, none aborts at exit

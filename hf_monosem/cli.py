@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command != "report":
         print(f"hf-monosem: error: unknown command {command!r}; allowed: report", file=sys.stderr)
         return 2
+    from .cached.distributed import end_process_group
     from .report.arguments import parse_report_arguments
     from .report.inputs import load_report_inputs
     from .report.model_card import push_report_to_model_card
@@ -73,4 +74,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             report_repo_id=args.hub_model_id,
         )
         print(f"[hf-monosem report] added the verdicts to the model card: {url}")
+    end_process_group()  # launched: every process leaves the group together, none aborts at exit
     return 0

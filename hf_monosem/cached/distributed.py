@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["barrier", "block_sizes", "gather_blocks", "process_world", "row_block"]
+__all__ = ["barrier", "block_sizes", "end_process_group", "gather_blocks", "process_world", "row_block"]
 
 
 def process_world() -> tuple[int, int]:
@@ -82,3 +82,24 @@ def barrier() -> None:
     """Wait for every process (nothing without a process group of more than one)."""
     if process_world()[0] > 1:
         torch.distributed.barrier()
+
+
+def end_process_group() -> None:
+    """Wait for every process, then destroy the default process group: the last call of a script that
+    ``accelerate launch`` / ``torchrun`` ran (the examples and ``hf-monosem report`` make it).
+
+    Why: a process that exits with its gloo process group alive can abort *after* its work is done
+    (``terminate called without an active exception``, SIGABRT, exit code -6): gloo's C++ threads still
+    hold tensors when the interpreter is torn down (pytorch/pytorch#179291, #190489; torch does not
+    destroy the group for you). The barrier first keeps one process from tearing the group down while
+    another still sends on it. Does nothing without an initialised process group.
+
+    Example:
+        >>> end_process_group()  # not launched: nothing to end
+        >>> process_world()
+        (1, 0)
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

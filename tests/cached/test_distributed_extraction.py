@@ -69,6 +69,9 @@ shards = [s["rows"] for s in sharded.shards]
 torch.save({"world": accelerator.num_processes, "split": split, "alone": alone, "again": again,
             "rows_run": rows_run, "sharded": sharded.to_tensor(), "shards": shards},
            f"{out}/rank{accelerator.process_index}.pt")
+from hf_monosem.cached.distributed import end_process_group
+
+end_process_group()  # every launched script ends so: none aborts at exit (see its docstring)
 """
 
 

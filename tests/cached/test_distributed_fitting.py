@@ -110,6 +110,9 @@ except ValueError as error:
     refused_shards = str(error)
 torch.save({"world": accelerator.num_processes, "fits": split, "alone": alone, "refused": refused,
             "on_disk": on_disk, "refused_shards": refused_shards}, out)
+from hf_monosem.cached.distributed import end_process_group
+
+end_process_group()  # every launched script ends so: none aborts at exit (see its docstring)
 """
 
 

@@ -75,6 +75,9 @@ seen = []
 split = all_views(True, f"{out}/cache", seen)
 torch.save({"world": accelerator.num_processes, "split": split, "rows_run": sum(seen)},
            f"{out}/rank{accelerator.process_index}.pt")
+from hf_monosem.cached.distributed import end_process_group
+
+end_process_group()  # every launched script ends so: none aborts at exit (see its docstring)
 """
 
 

@@ -67,7 +67,12 @@ accelerator.backward(loss)
 grads = {
     n: p.grad.clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.grad is not None
 }
-torch.save({"world": world, "loss": loss.detach(), "grads": grads}, f"{sys.argv[1]}/rank{rank}.pt")
+from hf_monosem.cached.distributed import end_process_group
+
+end_process_group()  # every launched script ends so: none aborts at exit (see its docstring)
+ended = not torch.distributed.is_initialized()
+torch.save({"world": world, "loss": loss.detach(), "grads": grads, "group_ended": ended},
+           f"{sys.argv[1]}/rank{rank}.pt")
 """
 
 
@@ -84,6 +89,7 @@ def test_gathered_info_nce_on_two_processes_equals_one_process_with_the_whole_ba
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     assert all(r["world"] == WORLD for r in ranks)
+    assert all(r["group_ended"] for r in ranks)  # end_process_group left no gloo group alive at exit
 
     model = contrastive_model().train()
     features = model(pixel_values=torch.cat([fixed[0], fixed[1]])).features
@@ -131,6 +137,9 @@ loss = torch.compile(info_nce_loss, fullgraph=True, backend="aot_eager")
 a, b = data["a"][mine].clone().requires_grad_(True), data["b"][mine]
 out["info_nce"] = loss(a, b, 0.2).detach()
 torch.save(out, f"{sys.argv[1]}/rank{rank}.pt")
+from hf_monosem.cached.distributed import end_process_group
+
+end_process_group()  # every launched script ends so: none aborts at exit (see its docstring)
 """
 
 
@@ -235,6 +244,9 @@ rank = trainer.args.process_index
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump({"world": trainer.args.world_size, "windows": windows, "logs": trainer.state.log_history,
                "metrics": metrics, "written": sorted(written)}, f)
+from hf_monosem.cached.distributed import end_process_group
+
+end_process_group()  # every launched script ends so: none aborts at exit (see its docstring)
 """
 
 
@@ -304,6 +316,9 @@ wrapped = type(trainer.model_wrapped).__name__
 with open(f"{sys.argv[1]}/rank{trainer.args.process_index}.json", "w") as f:
     json.dump({"world": trainer.args.world_size, "wrapped": wrapped, "fsdp": trainer.is_fsdp_enabled,
                "logs": trainer.state.log_history}, f)
+from hf_monosem.cached.distributed import end_process_group
+
+end_process_group()  # every launched script ends so: none aborts at exit (see its docstring)
 """
 
 

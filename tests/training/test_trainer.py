@@ -391,6 +391,9 @@ trainer = ContrastiveTrainer(
 trainer.train()
 with open(f"{sys.argv[1]}/rank{trainer.args.process_index}.json", "w") as f:
     json.dump({"world": trainer.args.world_size, "gathered": gathered, "logs": trainer.state.log_history}, f)
+from hf_monosem.cached.distributed import end_process_group
+
+end_process_group()  # every launched script ends so: none aborts at exit (see its docstring)
 """
 
 
