@@ -44,32 +44,39 @@ class SaeInputRows:
         n, width = source.shape
         total = torch.zeros(width, dtype=torch.float64, device=source.device)
         energy = torch.zeros((), dtype=torch.float64, device=source.device)
-        kept = []
         with torch.no_grad():
-            for _, block in source.chunks():
-                prepared = layer.prepare_input(block)
+            # in memory: the whole matrix prepared at once (preparation is row by row: the same values
+            # as block by block) and kept, so that no block is copied again into one matrix
+            whole = layer.prepare_input(source.features.to(source.device)) if source.in_memory else None
+            for start, block in source.chunks():  # each block checked finite before it is summed
+                prepared = layer.prepare_input(block) if whole is None else whole[start : start + len(block)]
                 total += prepared.sum(0, dtype=torch.float64)
-                energy += prepared.double().pow(2).sum()
-                if source.in_memory:  # prepared once, not once per step and epoch
-                    kept.append(prepared)
+                if whole is None:  # from shards: the energy in this pass, no second read of the files
+                    energy += prepared.double().pow(2).sum()
             mean = total / n
             #: the mean prepared row: the data-mean start of the pre-bias
             self.mean = mean.float()
-            # sum ||x - mean||^2 = sum ||x||^2 - n ||mean||^2, in float64: identical rows leave rounding
-            # far below 1e-10 of the energy (their float32 sum is exact in float64)
-            spread_total = energy - n * mean.pow(2).sum()
+            self.prepared = whole
+            self.spread = self.distance(whole) if whole is not None else None
+            if self.spread is not None:
+                # sum ||x - mean||^2 from the distances every batch reads anyway: 0 for identical rows
+                spread_total = self.spread.sum(dtype=torch.float64)
+                energy = spread_total + n * mean.pow(2).sum()
+            else:
+                # sum ||x - mean||^2 = sum ||x||^2 - n ||mean||^2, in float64: identical rows leave
+                # rounding far below 1e-10 of the energy (their float32 sum is exact in float64)
+                spread_total = energy - n * mean.pow(2).sum()
             if not float(spread_total) > 1e-10 * float(energy):
                 raise ValueError(
                     f"features have no variance ({n} row(s), all equal after the SAE's input preparation, "
                     "e.g. one row or all-zero rows): there is nothing to explain; give at least two "
                     "distinct rows"
                 )
-            self.prepared = torch.cat(kept) if kept else None
-            self.spread = self.distance(self.prepared) if self.prepared is not None else None
 
     def distance(self, prepared: torch.Tensor) -> torch.Tensor:
         """Each prepared row's squared distance to :attr:`mean`."""
-        return (prepared - self.mean).pow(2).sum(-1)
+        difference = prepared - self.mean
+        return torch.linalg.vecdot(difference, difference)  # one pass: no squared [N, D] temporary
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prepared rows, their squared distances to the mean)`` of the row ids ``rows``."""

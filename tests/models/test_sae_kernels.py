@@ -240,14 +240,15 @@ def test_fit_step_with_auxk_gives_autograds_gradients_in_float64(dead_count):
     assert fused["decoder.weight"].stride() == params["decoder.weight"].stride()
 
 
+@pytest.mark.parametrize("width", [256, 384])  # groups of 4 (width < 40 k) and of 8
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_topk_indices_selects_the_rows_largest_entries_with_ties_and_nans(dtype):
+def test_topk_indices_selects_the_rows_largest_entries_with_ties_and_nans(dtype, width):
     """The threshold selection behind the two-stage top-k: the set ``torch.topk`` keeps on untied rows;
     on a row tied at its k-th value (all zeros, a repeated maximum) or holding a NaN, still ``k``
     distinct positions whose values are the ``k`` largest (the exact fallback)."""
     from hf_monosem.models.sae_kernels import topk_indices
 
-    k, width = 8, 256  # 16 k <= width < 64 k: the two-stage path
+    k = 8  # 16 k <= width < 64 k: the two-stage path
     pre = torch.randn(6, width, generator=torch.Generator().manual_seed(0)).to(dtype)
     pre[1] = 0.0  # every entry tied
     pre[2, :20] = 5.0  # 20 entries tied at the top
