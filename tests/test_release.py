@@ -354,3 +354,23 @@ def test_the_scripts_docstring_examples_run():
     import doctest
 
     assert doctest.testmod(release, raise_on_error=False).failed == 0
+
+
+def test_a_pooled_sae_takes_the_epochs_with_the_lowest_fvu_on_held_out_training_rows():
+    """``choose_sae_epochs``: the counts up to the budget's are each fitted on nine tenths of the rows and
+    scored on the other tenth; the lowest FVU wins, and the same draw gives the same choice."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    backbone = BertModel(tiny_bert_config(num_hidden_layers=1))
+    g = torch.Generator().manual_seed(0)
+    width = backbone.config.hidden_size
+    features = torch.randn(200, 4, generator=g) @ torch.randn(4, width, generator=g)  # low rank: learnable
+    fit = release.SaeFitConfig(batch_size=32, seed=0, progress=False)
+    sae = {"feature_dim": 2 * width, "topk": 4, "pooling": "mean"}
+    epochs, text = release.choose_sae_epochs(backbone, features, fit, 4, **sae)
+    scores = {int(e): float(v) for e, v in (item.split(": ") for item in text.split(", "))}
+    assert sorted(scores) == [1, 2, 3]  # the choices up to 4
+    assert epochs == min(scores, key=lambda e: (scores[e], e))
+    assert release.choose_sae_epochs(backbone, features, fit, 4, **sae) == (epochs, text)
+    assert release.choose_sae_epochs(backbone, features, fit, 1, **sae)[0] == 1
