@@ -33,7 +33,7 @@ NAMESPACE = "release-test"
 # the --quick budget made smaller still, so that the whole module stays within seconds
 TINY_BUDGET = (
     "text_train=64,text_test=40,max_length=24,sae_epochs=2,vision_train=256,vision_test=64,vision_width=32,"
-    "probe_epochs=3"
+    "probe_epochs=3,sae_text_train=64"
 )
 
 
