@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -39,7 +40,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from sae_throughput import fvu, lowrank_features, synthetic_features  # noqa: E402
 
-import hf_monosem.cached.sae_fitting as sae_fitting  # noqa: E402
 from hf_monosem.cached import SaeFitConfig, train_sae_layer  # noqa: E402
 from hf_monosem.models import FeatureLayerSettings, build_feature_layer  # noqa: E402
 from hf_monosem.models.sae import ENCODER_INIT_NORM  # noqa: E402
@@ -80,15 +80,16 @@ def fit_ours(x, held, *, lr, decay, seed, betas=(0.9, 0.999), enc_norm=ENCODER_I
             layer.init_for_fit_(encoder_norm=enc_norm)
     elif enc_norm != ENCODER_INIT_NORM:
         layer.init_for_fit_(encoder_norm=enc_norm)
-    orig = sae_fitting._adam
-    sae_fitting._adam = lambda params, lr_: torch.optim.Adam(list(params), lr=lr_, betas=betas, fused=True)
+    adam = torch.optim.Adam
+    # the fit builds torch's Adam itself: the candidate's betas are handed to it here, for this fit only
+    torch.optim.Adam = functools.partial(adam, betas=betas)  # type: ignore[misc]
     try:
         config = SaeFitConfig(epochs=EPOCHS, batch_size=BATCH, seed=seed, progress=False)
         t = time.perf_counter()
         train_sae_layer(layer, x, config=config.with_options(lr=lr, lr_decay=decay))
         t = time.perf_counter() - t
     finally:
-        sae_fitting._adam = orig
+        torch.optim.Adam = adam  # type: ignore[misc]
     with torch.no_grad():
         p = layer.prepare_input(held)
         return fvu(layer.decode(layer.encode(p)), p), t

@@ -34,8 +34,8 @@ from .sae_kernels import (
     GatheredPreactivations,
     SparseDecode,
     TopKReconstruction,
+    TopKReconstructionWithAuxK,
     autocast_off_backward,
-    largest_positions,
     topk_indices,
 )
 
@@ -511,7 +511,7 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
     def _fit_forward_prepared(self, x: torch.Tensor, dead: torch.Tensor | None) -> FitForward:
         # one node: encoder GEMM, top-k, sparse decode; a sparse backward (models/sae_kernels.py). In the
         # prepared input's dtype: fp32 from prepare_input (float64 only where a caller prepares it so)
-        squared, values, indices, pre, centred, error = TopKReconstruction.apply(
+        operands = (
             x,
             self.pre_bias.to(x.dtype),
             self.encoder.weight.to(x.dtype),
@@ -519,37 +519,30 @@ class TopKSparseAutoencoderFeatures(SparseAutoencoder):
             self.decoder.weight.to(x.dtype),
             self.k,
         )
+        dead_ids = dead.nonzero().flatten() if dead is not None else None
+        if dead_ids is not None and dead_ids.numel():
+            # OpenAI's AuxK (Gao et al. 2024, App. B.1, as in sparsify), in the same node: the k_aux =
+            # input_dim // 2 largest pre-activations among the dead latents reconstruct the residual
+            # x - x_hat (no pre-bias), scaled by min(n_dead / k_aux, 1) and normalised like the
+            # reconstruction loss, so dead latents get a gradient without touching the codes
+            k_aux = max(1, self.input_dim // 2)
+            scale = min(dead_ids.numel() / k_aux, 1.0)
+            squared, aux_squared, values, indices, pre, centred, error = TopKReconstructionWithAuxK.apply(
+                *operands, dead_ids, min(k_aux, dead_ids.numel())
+            )
+        else:
+            squared, values, indices, pre, centred, error = TopKReconstruction.apply(*operands)
+            aux_squared = None
         norms = torch.linalg.vector_norm(x, dim=-1).square().clamp_min(EPS)
         aux = {"reconstruction_loss": (squared / norms).mean()}
-        if dead is not None and bool(dead.any()):
-            aux["auxk_loss"] = self._auxk_loss(x, error, pre, centred, dead, norms)
+        if aux_squared is not None:
+            aux["auxk_loss"] = scale * (aux_squared / norms).mean()
         positive = values > 0
         # latents of positive codes; the others are sent to a spare slot past the end. No boolean
         # indexing: it needs a nonzero(), a sync and three kernels more per step
         fired = torch.zeros(self.feature_dim + 1, dtype=torch.bool, device=x.device)
         fired.index_fill_(0, indices.masked_fill(~positive, self.feature_dim).flatten(), True)
         return FitForward(aux, fired[: self.feature_dim], squared.detach().sum(), positive.sum())
-
-    def _auxk_loss(self, x, error, pre, centred, dead, norms) -> torch.Tensor:
-        """OpenAI's AuxK (Gao et al. 2024, App. B.1, as in sparsify): the ``k_aux = input_dim // 2``
-        largest pre-activations among the ``dead`` latents reconstruct the residual ``x - x_hat``
-        (``-error``, no pre-bias); scaled by ``min(n_dead / k_aux, 1)`` and normalised like the
-        reconstruction loss, so it gives dead latents a gradient without touching the codes."""
-        dead_ids = dead.nonzero().flatten()
-        k_aux = max(1, self.input_dim // 2)
-        scale = min(dead_ids.numel() / k_aux, 1.0)
-        k_aux = min(k_aux, dead_ids.numel())
-        with torch.no_grad():
-            local = largest_positions(pre.index_select(1, dead_ids), k_aux)
-        indices = dead_ids[local]
-        pre_bias, weight, bias = (
-            t.to(x.dtype) for t in (self.pre_bias, self.encoder.weight, self.encoder.bias)
-        )
-        values = F.relu(GatheredPreactivations.apply(x, pre_bias, weight, bias, pre, indices, centred))
-        decoded = SparseDecode.apply(values, indices, self.decoder.weight.to(x.dtype).t())
-        # decoded - residual = decoded + error
-        aux_error = (decoded + error).pow(2).sum(-1)
-        return scale * (aux_error / norms).mean()
 
 
 def _adam_moments(optimizer: torch.optim.Optimizer, param: torch.Tensor, latent_dim: int):

@@ -7,8 +7,10 @@ top-k has ``B * k`` nonzeros: the decoding is a gather of ``k`` decoder rows per
 both weight gradients are sparse ``[M, B] x [B, D]`` products (``embedding_bag`` with a bag per latent;
 one latent-major layout per step, shared), so no ``[B, M]`` gradient is ever formed (EleutherAI's
 sparsify does the same with Triton kernels on GPU).
-:class:`TopKReconstruction` is that step as one autograd node; :class:`GatheredPreactivations` and
-:class:`SparseDecode` are its two halves on their own (AuxK and ``sparse_encode`` / ``sparse_decode``).
+:class:`TopKReconstruction` is that step as one autograd node, :class:`TopKReconstructionWithAuxK` the
+same with the AuxK term of dead latents inside it (one set of sparse products for both terms);
+:class:`GatheredPreactivations` and :class:`SparseDecode` are its two halves on their own
+(``sparse_encode`` / ``sparse_decode``).
 The gradients equal those of the dense expressions (``tests/models/test_sae_kernels.py``).
 
 Same-folder imports only (remote-code export copies this folder next to the weights).
@@ -27,6 +29,7 @@ __all__ = [
     "GatheredPreactivations",
     "SparseDecode",
     "TopKReconstruction",
+    "TopKReconstructionWithAuxK",
     "largest_positions",
     "latent_major_sum",
     "per_entry_dot",
@@ -120,15 +123,8 @@ def _latent_major_layout(
     cached = getattr(indices, "_latent_major_layout", None)
     if cached is not None:
         return cached
-    k = indices.shape[1]
-    flat = indices.reshape(-1)
-    if flat.device.type == "cpu" and num_latents <= 65536:
-        order = torch.from_numpy(np.argsort(flat.numpy().astype(np.uint16), kind="stable"))
-    else:
-        order = torch.argsort(flat, stable=True)
-    crow = torch.zeros(num_latents + 1, dtype=torch.int64, device=flat.device)
-    torch.cumsum(torch.bincount(flat, minlength=num_latents), 0, out=crow[1:])
-    layout = (crow, torch.div(order, k, rounding_mode="floor"), order)
+    crow, order = _latent_order(indices.reshape(-1), num_latents)
+    layout = (crow, torch.div(order, indices.shape[1], rounding_mode="floor"), order)
     indices._latent_major_layout = layout  # the autograd graph keeps indices alive for every backward
     return layout
 
@@ -280,15 +276,9 @@ class TopKReconstruction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, pre_bias, enc_weight, enc_bias, dec_weight, k):
-        centred = x - pre_bias
-        pre = torch.addmm(enc_bias, centred, enc_weight.t())
-        indices = topk_indices(pre, k)
-        values = pre.gather(1, indices).relu_()
-        table = dec_weight.t()  # [M, D]
-        table = table if table.is_contiguous() else table.contiguous()
-        # x_hat - x = (decoded + pre_bias) - (centred + pre_bias)
-        error = F.embedding_bag(indices, table, per_sample_weights=values, mode="sum").sub_(centred)
-        squared = torch.linalg.vector_norm(error, dim=-1).square_()  # one pass, no [B, D] temporary
+        squared, values, indices, pre, centred, error, table = _reconstruction_forward(
+            x, pre_bias, enc_weight, enc_bias, dec_weight, k
+        )
         ctx.save_for_backward(centred, enc_weight, table, indices, values, error)
         ctx.mark_non_differentiable(values, indices, pre, centred, error)
         ctx.set_materialize_grads(False)  # no [B, M] zeros for the by-products' (absent) gradients
@@ -297,23 +287,180 @@ class TopKReconstruction(torch.autograd.Function):
     @staticmethod
     @autocast_off_backward
     def backward(ctx, grad_squared, *unused):
-        if grad_squared is None:  # the loss does not read the error
-            return None, None, None, None, None, None
-        centred, enc_weight, table, indices, values, error = ctx.saved_tensors
-        needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias, needs_dec_weight, _ = ctx.needs_input_grad
-        grad_error = error * (2 * grad_squared).unsqueeze(1)  # d squared / d x_hat, [B, D]
+        return (*_reconstruction_backward(ctx.needs_input_grad[:5], grad_squared, *ctx.saved_tensors), None)
+
+
+def _reconstruction_forward(x, pre_bias, enc_weight, enc_bias, dec_weight, k):
+    """:class:`TopKReconstruction`'s forward: ``(squared, values, indices, pre, centred, error, table)``,
+    ``table`` the decoder as ``[M, D]``."""
+    centred = x - pre_bias
+    pre = torch.addmm(enc_bias, centred, enc_weight.t())
+    indices = topk_indices(pre, k)
+    values = pre.gather(1, indices).relu_()
+    table = dec_weight.t()  # [M, D]
+    table = table if table.is_contiguous() else table.contiguous()
+    # x_hat - x = (decoded + pre_bias) - (centred + pre_bias)
+    error = F.embedding_bag(indices, table, per_sample_weights=values, mode="sum").sub_(centred)
+    squared = torch.linalg.vector_norm(error, dim=-1).square_()  # one pass, no [B, D] temporary
+    return squared, values, indices, pre, centred, error, table
+
+
+def _reconstruction_backward(needs, grad_squared, centred, enc_weight, table, indices, values, error):
+    """The gradients of :class:`TopKReconstruction` for ``(x, pre_bias, enc_weight, enc_bias, dec_weight)``
+    (``None`` where ``needs`` says no, or when the loss does not read ``squared``)."""
+    if grad_squared is None:  # the loss does not read the error
+        return None, None, None, None, None
+    needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias, needs_dec_weight = needs
+    grad_error = error * (2 * grad_squared).unsqueeze(1)  # d squared / d x_hat, [B, D]
+    grad_dec_weight = None
+    if needs_dec_weight:
+        grad_dec_weight = latent_major_sum(indices, values, grad_error, table.shape[0]).t()
+    # through the codes: relu's gradient is zero where the kept pre-activation is not positive
+    grad_values = per_entry_dot(grad_error, table, indices).mul_(values > 0)
+    needs_encoder = (needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias)
+    grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias = _encoder_grads(
+        needs_encoder, grad_values, indices, enc_weight, centred
+    )
+    # and directly: error = decoded - x + pre_bias
+    if needs_x:
+        grad_x = grad_x - grad_error
+    if needs_pre_bias:
+        grad_pre_bias = grad_pre_bias + grad_error.sum(0)
+    return grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias, grad_dec_weight
+
+
+def _entry_layout(
+    latents: torch.Tensor, rows: torch.Tensor, num_latents: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_latent_major_layout` for entries given one by one: the nonzero ``e`` of the
+    ``[num_latents, R]`` matrix sits at ``(latents[e], rows[e])`` (flat tensors).
+    Returns ``(crow, columns, order)``."""
+    crow, order = _latent_order(latents, num_latents)
+    return crow, rows.index_select(0, order), order
+
+
+def _latent_order(latents: torch.Tensor, num_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(crow, order)`` of flat latent ids: the CSR row pointers of their counts, and the stable order
+    that sorts them (on CPU numpy's radix sort of uint16 ids, see :func:`_latent_major_layout`)."""
+    if latents.device.type == "cpu" and num_latents <= 65536:
+        order = torch.from_numpy(np.argsort(latents.numpy().astype(np.uint16), kind="stable"))
+    else:
+        order = torch.argsort(latents, stable=True)
+    crow = torch.zeros(num_latents + 1, dtype=torch.int64, device=latents.device)
+    torch.cumsum(torch.bincount(latents, minlength=num_latents), 0, out=crow[1:])
+    return crow, order
+
+
+def _sampled_dots(layout, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``out[e] = rows[r_e] . table[m_e]`` for every entry of ``layout`` (:func:`_entry_layout`), in entry
+    order: the sampled product of :func:`per_entry_dot` over any pattern."""
+    crow, columns, order = layout
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        pattern = torch.sparse_csr_tensor(
+            crow,
+            columns,
+            rows.new_zeros(columns.numel()),
+            (table.shape[0], rows.shape[0]),
+            check_invariants=False,
+        )
+        sampled = torch.sparse.sampled_addmm(pattern, table, rows.t(), beta=0.0).values()
+    return torch.empty_like(sampled).index_copy_(0, order, sampled)
+
+
+class TopKReconstructionWithAuxK(torch.autograd.Function):
+    """:class:`TopKReconstruction` with OpenAI's AuxK term in the same node (Gao et al. 2024, App. B.1):
+    the ``k_aux`` largest pre-activations among the ``dead_ids`` latents (ReLU) decode the residual, and
+    ``aux_squared[b] = ||decode_aux(x_b) - (x_b - x_hat_b)||^2`` with the residual held constant.
+
+    ``apply(x, pre_bias, enc_weight, enc_bias, dec_weight, k, dead_ids, k_aux)`` returns ``(squared,
+    aux_squared, values, indices, pre, centred, error)``. The backward runs the main and the AuxK entries
+    through one set of sparse products (one latent-major layout over both: the decoder's gradient reads
+    the stacked ``[2B, D]`` error gradients, the encoder's the shared centred input), so AuxK adds no
+    dense ``[M, D]`` gradient of its own for autograd to sum; the gradients equal those of the two-node
+    formulation (``tests/models/test_sae_kernels.py``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, pre_bias, enc_weight, enc_bias, dec_weight, k, dead_ids, k_aux):
+        squared, values, indices, pre, centred, error, table = _reconstruction_forward(
+            x, pre_bias, enc_weight, enc_bias, dec_weight, k
+        )
+        batch = x.shape[0]
+        if k_aux >= dead_ids.numel():  # every dead latent, in every row: nothing to select
+            aux_indices = dead_ids.unsqueeze(0).expand(batch, -1).contiguous()
+        else:
+            aux_indices = dead_ids[largest_positions(pre.index_select(1, dead_ids), k_aux)]
+        aux_values = pre.gather(1, aux_indices).relu_()
+        # decoded (no pre-bias) minus the residual x - x_hat = decoded + error
+        aux_error = F.embedding_bag(aux_indices, table, per_sample_weights=aux_values, mode="sum").add_(error)
+        aux_squared = torch.linalg.vector_norm(aux_error, dim=-1).square_()
+        ctx.save_for_backward(
+            centred, enc_weight, table, indices, values, error, aux_indices, aux_values, aux_error
+        )
+        ctx.mark_non_differentiable(values, indices, pre, centred, error)
+        ctx.set_materialize_grads(False)
+        return squared, aux_squared, values, indices, pre, centred, error
+
+    @staticmethod
+    @autocast_off_backward
+    def backward(ctx, grad_squared, grad_aux_squared, *unused):
+        centred, enc_weight, table, indices, values, error, aux_indices, aux_values, aux_error = (
+            ctx.saved_tensors
+        )
+        needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias, needs_dec_weight = ctx.needs_input_grad[:5]
+        if grad_aux_squared is None:  # the loss does not read the AuxK term: the main node's backward
+            return (
+                *_reconstruction_backward(ctx.needs_input_grad[:5], grad_squared, *ctx.saved_tensors[:6]),
+                None,
+                None,
+                None,
+            )
+        batch, k = indices.shape
+        k_aux = aux_indices.shape[1]
+        if grad_squared is None:
+            grad_squared = torch.zeros_like(grad_aux_squared)
+        grad_error = error * (2 * grad_squared).unsqueeze(1)
+        grad_aux_error = aux_error * (2 * grad_aux_squared).unsqueeze(1)
+        # the entries of both terms: latent, row of the stacked [grad_error; grad_aux_error] and code value
+        latents = torch.cat([indices.reshape(-1), aux_indices.reshape(-1)])
+        ids = torch.arange(batch, device=indices.device)
+        rows = torch.cat([ids.repeat_interleave(k), ids.repeat_interleave(k_aux) + batch])
+        codes = torch.cat([values.reshape(-1), aux_values.reshape(-1)])
+        crow, columns, order = layout = _entry_layout(latents, rows, table.shape[0])
+        stacked = torch.cat([grad_error, grad_aux_error])
         grad_dec_weight = None
         if needs_dec_weight:
-            grad_dec_weight = latent_major_sum(indices, values, grad_error, table.shape[0]).t()
-        # through the codes: relu's gradient is zero where the kept pre-activation is not positive
-        grad_values = per_entry_dot(grad_error, table, indices).mul_(values > 0)
-        needs_encoder = (needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias)
-        grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias = _encoder_grads(
-            needs_encoder, grad_values, indices, enc_weight, centred
+            weights = codes.index_select(0, order).to(stacked.dtype)
+            grad_dec_weight = F.embedding_bag(
+                columns, stacked, crow[:-1], mode="sum", per_sample_weights=weights
+            ).t()
+        # through the codes (relu's gradient: zero where the kept pre-activation is not positive)
+        grad_codes = _sampled_dots(layout, table, stacked).mul_(codes > 0)
+        grad_x = grad_pre_bias = grad_enc_weight = grad_enc_bias = None
+        latent_sums = torch.bincount(latents, weights=grad_codes, minlength=enc_weight.shape[0]).to(
+            enc_weight.dtype
         )
-        # and directly: error = decoded - x + pre_bias
         if needs_x:
-            grad_x = grad_x - grad_error
+            per_row = torch.cat(
+                [grad_codes[: batch * k].view(batch, k), grad_codes[batch * k :].view(batch, k_aux)], 1
+            )
+            both = torch.cat([indices, aux_indices], 1)
+            grad_x = F.embedding_bag(
+                both, enc_weight, per_sample_weights=per_row.to(enc_weight.dtype), mode="sum"
+            )
+            grad_x = (
+                grad_x - grad_error
+            )  # and directly: error = decoded - x + pre_bias (the residual: constant)
         if needs_pre_bias:
-            grad_pre_bias = grad_pre_bias + grad_error.sum(0)
-        return grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias, grad_dec_weight, None
+            grad_pre_bias = grad_error.sum(0) - latent_sums @ enc_weight
+        if (
+            needs_enc_weight
+        ):  # the rows of the encoder's entries: the centred input (stacked row r -> r mod B)
+            weights = grad_codes.index_select(0, order).to(centred.dtype)
+            grad_enc_weight = F.embedding_bag(
+                columns.remainder(batch), centred, crow[:-1], mode="sum", per_sample_weights=weights
+            )
+        if needs_enc_bias:
+            grad_enc_bias = latent_sums
+        return grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias, grad_dec_weight, None, None, None

@@ -203,7 +203,9 @@ def test_fused_topk_step_gives_autograds_gradients_in_float64(shape, latent_majo
     assert not any(t.requires_grad for t in (values, pre, centred, error))
 
 
-@pytest.mark.parametrize("dead_count", [5, 60])
+# fewer dead latents than k_aux (all of them in every row), more, and all (the AuxK entries then repeat
+# the code's latents in every row)
+@pytest.mark.parametrize("dead_count", [5, 60, 96])
 def test_fit_step_with_auxk_gives_autograds_gradients_in_float64(dead_count):
     """The whole fitting loss (reconstruction + AuxK) of a float64 layer, fused, against the plain
     formulation's autograd: every parameter's gradient, to float64 precision."""
