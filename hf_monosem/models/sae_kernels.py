@@ -118,12 +118,19 @@ def _latent_major_layout(
     Built once per ``indices`` (the encoder's and the decoder's backward share it). On CPU the order is
     numpy's stable radix sort of the latent ids as uint16 (~0.2 ms for 32k entries): torch's int64
     sort takes ~1 ms on one thread but ~160 ms on two threads of a busy machine. Within a latent's row
-    the columns (inputs) ascend: the sort is stable and a row holds a latent at most once.
+    the columns (inputs) ascend: the sort is stable (a latent a row holds twice, as AuxK's entries may
+    repeat a code's, gives two entries, which every product here sums).
     """
     cached = getattr(indices, "_latent_major_layout", None)
     if cached is not None:
         return cached
-    crow, order = _latent_order(indices.reshape(-1), num_latents)
+    flat = indices.reshape(-1)
+    if flat.device.type == "cpu" and num_latents <= 65536:
+        order = torch.from_numpy(np.argsort(flat.numpy().astype(np.uint16), kind="stable"))
+    else:
+        order = torch.argsort(flat, stable=True)
+    crow = torch.zeros(num_latents + 1, dtype=torch.int64, device=flat.device)
+    torch.cumsum(torch.bincount(flat, minlength=num_latents), 0, out=crow[1:])
     layout = (crow, torch.div(order, indices.shape[1], rounding_mode="floor"), order)
     indices._latent_major_layout = layout  # the autograd graph keeps indices alive for every backward
     return layout
@@ -151,9 +158,7 @@ def latent_major_sum(
         contributions = (values.unsqueeze(-1) * rows.unsqueeze(1)).reshape(-1, rows.shape[1])
         out = rows.new_zeros(num_latents, rows.shape[1])
         return out.index_add_(0, indices.reshape(-1), contributions.to(rows.dtype))
-    crow, columns, order = _latent_major_layout(indices, num_latents)
-    weights = values.reshape(-1).index_select(0, order).to(rows.dtype)
-    return F.embedding_bag(columns, rows, crow[:-1], mode="sum", per_sample_weights=weights)
+    return _layout_sum(_latent_major_layout(indices, num_latents), values.reshape(-1), rows)
 
 
 def per_entry_dot(grad: torch.Tensor, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -173,14 +178,33 @@ def per_entry_dot(grad: torch.Tensor, table: torch.Tensor, indices: torch.Tensor
     batch, k = indices.shape
     if grad.device.type not in ("cpu", "cuda"):  # pragma: no cover - no sparse CSR kernels there
         return torch.einsum("bkd,bd->bk", table[indices], grad)
-    crow, columns, order = _latent_major_layout(indices, table.shape[0])
+    return _sampled_dots(_latent_major_layout(indices, table.shape[0]), table, grad).view(batch, k)
+
+
+def _layout_sum(layout, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``out[m] = sum over the entries e of latent m of values[e] * rows[column of e]``: ``[M, D]``, one
+    ``embedding_bag`` with a bag per latent over a layout of :func:`_latent_major_layout`'s form
+    (``values`` in entry order)."""
+    crow, columns, order = layout
+    weights = values.index_select(0, order).to(rows.dtype)
+    return F.embedding_bag(columns, rows, crow[:-1], mode="sum", per_sample_weights=weights)
+
+
+def _sampled_dots(layout, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``out[e] = rows[column of e] . table[latent of e]`` for every entry of a layout of
+    :func:`_latent_major_layout`'s form, in entry order: a sampled dense product (SDDMM)."""
+    crow, columns, order = layout
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore")
         pattern = torch.sparse_csr_tensor(
-            crow, columns, grad.new_zeros(batch * k), (table.shape[0], batch), check_invariants=False
+            crow,
+            columns,
+            rows.new_zeros(columns.numel()),
+            (table.shape[0], rows.shape[0]),
+            check_invariants=False,
         )
-        sampled = torch.sparse.sampled_addmm(pattern, table, grad.t(), beta=0.0).values()
-    return torch.empty_like(sampled).index_copy_(0, order, sampled).view(batch, k)
+        sampled = torch.sparse.sampled_addmm(pattern, table, rows.t(), beta=0.0).values()
+    return torch.empty_like(sampled).index_copy_(0, order, sampled)
 
 
 class GatheredPreactivations(torch.autograd.Function):
@@ -329,45 +353,6 @@ def _reconstruction_backward(needs, grad_squared, centred, enc_weight, table, in
     return grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias, grad_dec_weight
 
 
-def _entry_layout(
-    latents: torch.Tensor, rows: torch.Tensor, num_latents: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_latent_major_layout` for entries given one by one: the nonzero ``e`` of the
-    ``[num_latents, R]`` matrix sits at ``(latents[e], rows[e])`` (flat tensors).
-    Returns ``(crow, columns, order)``."""
-    crow, order = _latent_order(latents, num_latents)
-    return crow, rows.index_select(0, order), order
-
-
-def _latent_order(latents: torch.Tensor, num_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(crow, order)`` of flat latent ids: the CSR row pointers of their counts, and the stable order
-    that sorts them (on CPU numpy's radix sort of uint16 ids, see :func:`_latent_major_layout`)."""
-    if latents.device.type == "cpu" and num_latents <= 65536:
-        order = torch.from_numpy(np.argsort(latents.numpy().astype(np.uint16), kind="stable"))
-    else:
-        order = torch.argsort(latents, stable=True)
-    crow = torch.zeros(num_latents + 1, dtype=torch.int64, device=latents.device)
-    torch.cumsum(torch.bincount(latents, minlength=num_latents), 0, out=crow[1:])
-    return crow, order
-
-
-def _sampled_dots(layout, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``out[e] = rows[r_e] . table[m_e]`` for every entry of ``layout`` (:func:`_entry_layout`), in entry
-    order: the sampled product of :func:`per_entry_dot` over any pattern."""
-    crow, columns, order = layout
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore")
-        pattern = torch.sparse_csr_tensor(
-            crow,
-            columns,
-            rows.new_zeros(columns.numel()),
-            (table.shape[0], rows.shape[0]),
-            check_invariants=False,
-        )
-        sampled = torch.sparse.sampled_addmm(pattern, table, rows.t(), beta=0.0).values()
-    return torch.empty_like(sampled).index_copy_(0, order, sampled)
-
-
 class TopKReconstructionWithAuxK(torch.autograd.Function):
     """:class:`TopKReconstruction` with OpenAI's AuxK term in the same node (Gao et al. 2024, App. B.1):
     the ``k_aux`` largest pre-activations among the ``dead_ids`` latents (ReLU) decode the residual, and
@@ -417,50 +402,31 @@ class TopKReconstructionWithAuxK(torch.autograd.Function):
                 None,
             )
         batch, k = indices.shape
-        k_aux = aux_indices.shape[1]
         if grad_squared is None:
             grad_squared = torch.zeros_like(grad_aux_squared)
         grad_error = error * (2 * grad_squared).unsqueeze(1)
         grad_aux_error = aux_error * (2 * grad_aux_squared).unsqueeze(1)
-        # the entries of both terms: latent, row of the stacked [grad_error; grad_aux_error] and code value
-        latents = torch.cat([indices.reshape(-1), aux_indices.reshape(-1)])
-        ids = torch.arange(batch, device=indices.device)
-        rows = torch.cat([ids.repeat_interleave(k), ids.repeat_interleave(k_aux) + batch])
-        codes = torch.cat([values.reshape(-1), aux_values.reshape(-1)])
-        crow, columns, order = layout = _entry_layout(latents, rows, table.shape[0])
+        # each row's entries of both terms: its k codes, then its k_aux AuxK codes. The encoder reads
+        # them all from the row's centred input (its layout is the one of `both`); the decoder from the
+        # row of the stacked error gradients [grad_error; grad_aux_error] each term differentiates
+        both = torch.cat([indices, aux_indices], 1)
+        codes = torch.cat([values, aux_values], 1)
+        crow, row_of, order = _latent_major_layout(both, table.shape[0])
+        in_aux = order.remainder(both.shape[1]) >= k
+        decoder_layout = (crow, row_of + batch * in_aux, order)
         stacked = torch.cat([grad_error, grad_aux_error])
         grad_dec_weight = None
         if needs_dec_weight:
-            weights = codes.index_select(0, order).to(stacked.dtype)
-            grad_dec_weight = F.embedding_bag(
-                columns, stacked, crow[:-1], mode="sum", per_sample_weights=weights
-            ).t()
+            grad_dec_weight = _layout_sum(decoder_layout, codes.reshape(-1), stacked).t()
         # through the codes (relu's gradient: zero where the kept pre-activation is not positive)
-        grad_codes = _sampled_dots(layout, table, stacked).mul_(codes > 0)
-        grad_x = grad_pre_bias = grad_enc_weight = grad_enc_bias = None
-        latent_sums = torch.bincount(latents, weights=grad_codes, minlength=enc_weight.shape[0]).to(
-            enc_weight.dtype
+        grad_codes = _sampled_dots(decoder_layout, table, stacked).view_as(codes).mul_(codes > 0)
+        needs_encoder = (needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias)
+        grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias = _encoder_grads(
+            needs_encoder, grad_codes, both, enc_weight, centred
         )
+        # and directly: error = decoded - x + pre_bias (the AuxK residual is a constant)
         if needs_x:
-            per_row = torch.cat(
-                [grad_codes[: batch * k].view(batch, k), grad_codes[batch * k :].view(batch, k_aux)], 1
-            )
-            both = torch.cat([indices, aux_indices], 1)
-            grad_x = F.embedding_bag(
-                both, enc_weight, per_sample_weights=per_row.to(enc_weight.dtype), mode="sum"
-            )
-            grad_x = (
-                grad_x - grad_error
-            )  # and directly: error = decoded - x + pre_bias (the residual: constant)
+            grad_x = grad_x - grad_error
         if needs_pre_bias:
-            grad_pre_bias = grad_error.sum(0) - latent_sums @ enc_weight
-        if (
-            needs_enc_weight
-        ):  # the rows of the encoder's entries: the centred input (stacked row r -> r mod B)
-            weights = grad_codes.index_select(0, order).to(centred.dtype)
-            grad_enc_weight = F.embedding_bag(
-                columns.remainder(batch), centred, crow[:-1], mode="sum", per_sample_weights=weights
-            )
-        if needs_enc_bias:
-            grad_enc_bias = latent_sums
+            grad_pre_bias = grad_pre_bias + grad_error.sum(0)
         return grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias, grad_dec_weight, None, None, None
