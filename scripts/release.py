@@ -478,16 +478,27 @@ SAE_EPOCH_CHOICES = (1, 2, 3, 5, 10, 20)
 def choose_sae_epochs(
     backbone: nn.Module, features: torch.Tensor, fit: SaeFitConfig, most: int, **sae: Any
 ) -> tuple[int, str]:
-    """The epochs of an SAE fit, chosen without the test posts: each count of :data:`SAE_EPOCH_CHOICES`
-    up to ``most`` fits on nine tenths of the training rows (a seeded draw), and the count with the
-    lowest FVU on the other tenth wins (ties: the fewer epochs). Returns it and the FVUs, as text."""
+    """The epochs of an SAE fit, chosen without the test posts: one fit on nine tenths of the training
+    rows (a seeded draw) is scored on the other tenth after each count of :data:`SAE_EPOCH_CHOICES` up
+    to ``most``, and the count with the lowest FVU wins (ties: the fewer epochs). At a constant learning
+    rate the SAE after epoch ``e`` is the fit of ``e`` epochs (``train_sae_layer``'s ``on_epoch_end``),
+    so one fit of the largest count scores them all. Returns the count and the FVUs, as text."""
+    if fit.lr_decay:
+        raise ValueError(
+            f"lr_decay={fit.lr_decay}: the learning rate's schedule depends on the epochs, so one fit "
+            "cannot score several counts; allowed: lr_decay=0"
+        )
     order = torch.randperm(len(features), generator=torch.Generator().manual_seed(fit.seed))
     cut = max(1, len(features) // 10)
     held, kept = features[order[:cut]], features[order[cut:]]
+    choices = [e for e in SAE_EPOCH_CHOICES if e <= most] or [most]
     scores: dict[int, float] = {}
-    for epochs in [e for e in SAE_EPOCH_CHOICES if e <= most] or [most]:
-        model, _ = fit_sae(backbone, features=kept, config=fit.with_options(epochs=epochs), **sae)
-        scores[epochs] = 1.0 - model.feature_layer.explained_variance(held)["explained_variance"]
+
+    def score(epoch: int, layer: nn.Module) -> None:
+        if epoch in choices:
+            scores[epoch] = 1.0 - layer.explained_variance(held)["explained_variance"]
+
+    fit_sae(backbone, features=kept, config=fit.with_options(epochs=max(choices)), on_epoch_end=score, **sae)
     best = min(scores, key=lambda e: (scores[e], e))
     return best, ", ".join(f"{e}: {fvu:.3f}" for e, fvu in scores.items())
 

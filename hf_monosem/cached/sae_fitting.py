@@ -56,6 +56,8 @@ DEAD_LATENT_STRATEGIES = ("auxk", "resample", "none")
 _DEFAULT_DEAD_LATENTS = {"topk": "auxk", "sae": "resample"}
 # OpenAI's AuxK weight (Gao et al. 2024: alpha = 1/32)
 _AUXK_WEIGHT = 1 / 32
+#: ``on_epoch_end(epoch, layer)`` of :func:`train_sae_layer` and :func:`fit_sae`
+EpochCallback = Callable[[int, SparseAutoencoder], None]
 # the default Adam learning rate at 2**14 latents, scaled by 1 / sqrt(width / 2**14) for other widths
 # (sparsify's width rule). 3x sparsify's 2e-4: a cached-route fit is short (tens to hundreds of steps,
 # sparsify's runs are ~1e5) and gets further at the larger step: held-back FVU 0.301 at width 1536
@@ -224,6 +226,7 @@ def fit_sae(
     device: str | torch.device | None = None,
     copy_backbone: bool = True,
     progress: bool | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> tuple[MonoSemanticModel, dict[str, Any]]:
     """Fit a post-hoc SAE on a frozen backbone; return ``(model, report)``.
 
@@ -253,6 +256,8 @@ def fit_sae(
             False / "never" (see :class:`~hf_monosem.models.FeatureLayerSettings`).
         cache_dir: cache of the extracted features (:func:`extract_pooled_features`).
         device: where to fit (default: the backbone's device).
+        on_epoch_end: called after every epoch with the epoch number and the SAE (see
+            :func:`train_sae_layer`).
 
     Returns:
         ``(model, report)``: a :class:`MonoSemanticModel` with ``freeze_backbone=True`` whose feature
@@ -328,7 +333,7 @@ def fit_sae(
         features = features.to(device, torch.float32)
     else:  # shards stay on disk; train_sae_layer reads each batch to the layer's device
         layer.to(device)
-    report = train_sae_layer(layer, features, config=config)
+    report = train_sae_layer(layer, features, config=config, on_epoch_end=on_epoch_end)
     model.to(device)
     model.eval()
     return model, report
@@ -352,6 +357,7 @@ def train_sae_layer(
     split_processes: bool | None = None,
     init_pre_bias: bool = True,
     progress: bool | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Train an ``sae``/``topk`` feature layer in place on a feature matrix (on ``features.device``; a
     :class:`~hf_monosem.cached.feature_shards.ShardedFeatures` on the layer's device).
@@ -388,12 +394,27 @@ def train_sae_layer(
     mean loss, ``final_*`` are the last entries. For numbers of the final weights on held-out rows,
     call :func:`explained_variance`.
 
+    ``on_epoch_end(epoch, layer)`` is called after each epoch (``epoch`` counts from 1), under
+    ``torch.no_grad``, to read the SAE between epochs (it must not change it). Without a learning-rate
+    decay (``lr_decay=0``) and without resampling, whose schedules depend on the total, the layer after
+    epoch ``e`` is exactly the result of a fit of ``e`` epochs (the epochs' orders come from one
+    generator in turn): one fit scores several epoch counts (tested with ``torch.equal``).
+
     Example:
         >>> from hf_monosem.models.feature_layers import FeatureLayerSettings, build_feature_layer
         >>> sae = build_feature_layer(FeatureLayerSettings(feature_dim=32, topk=4), input_dim=16, kind="topk")
         >>> report = train_sae_layer(sae, torch.randn(256, 16), epochs=2, batch_size=64, progress=False)
         >>> len(report["explained_variance"]), report["final_l0"], report["dead_latents"]
         (3, 4.0, 'auxk')
+        >>> held_out = torch.randn(64, 16)
+        >>> fvu = {}
+        >>> def score(epoch, layer):
+        ...     fvu[epoch] = 1 - layer.explained_variance(held_out)["explained_variance"]
+        >>> _ = train_sae_layer(
+        ...     sae, torch.randn(256, 16), epochs=3, batch_size=64, progress=False, on_epoch_end=score
+        ... )
+        >>> sorted(fvu)
+        [1, 2, 3]
     """
     _check_sae(layer)
     config = _fit_config(config, locals())
@@ -510,6 +531,10 @@ def train_sae_layer(
                     parallel.broadcast_parameters_(layer)
             _append_stats(report, totals, fired_in_epoch, n)
             report["loss"].append(float(totals[0]) / n)
+            if on_epoch_end is not None:
+                with torch.no_grad():  # the callback reads the SAE (no graph); the fit goes on in train mode
+                    on_epoch_end(len(report["loss"]), layer)
+                layer.train()
             batches.set_postfix(
                 ev=f"{report['explained_variance'][-1]:.3f}",
                 l0=f"{report['l0'][-1]:.1f}",

@@ -71,6 +71,33 @@ def test_same_seed_same_fit():
     assert torch.equal(runs[0][0].feature_layer.encoder.weight, runs[1][0].feature_layer.encoder.weight)
 
 
+@pytest.mark.parametrize("kind", ["topk", "sae"])
+def test_the_sae_after_each_epoch_is_the_fit_of_that_many_epochs(kind):
+    """``on_epoch_end`` sees, after epoch ``e`` of one fit, exactly the SAE a fit of ``e`` epochs returns
+    (constant learning rate; AuxK for topk, no resampling for sae): how one fit scores several counts."""
+    features = sparse_mixtures(n=192)
+    options = dict(
+        features=features, feature_layer=kind, feature_dim=64, topk=8, batch_size=32, seed=5, progress=False
+    )
+    if kind == "sae":
+        options["dead_latents"] = "none"
+    seen, modes = {}, []
+
+    def snapshot(epoch, layer):
+        modes.append((layer.training, torch.is_grad_enabled()))
+        seen[epoch] = {name: value.clone() for name, value in layer.state_dict().items()}
+
+    _, long_report = fit_sae(BertModel(tiny_bert_config()), epochs=3, on_epoch_end=snapshot, **options)
+    assert sorted(seen) == [1, 2, 3] and modes == [(True, False)] * 3
+    for epochs in (1, 2, 3):
+        model, report = fit_sae(BertModel(tiny_bert_config()), epochs=epochs, **options)
+        for name, value in model.feature_layer.state_dict().items():
+            assert torch.equal(seen[epochs][name], value), (epochs, name)
+        assert report["explained_variance"] == long_report["explained_variance"][: epochs + 1]
+    if kind == "topk":  # the AuxK term ran: some latent was dead at some step
+        assert max(long_report["dead_fraction"]) > 0
+
+
 @pytest.mark.parametrize("through", ["method", "function"])
 def test_dead_latents_are_resampled_toward_badly_reconstructed_inputs(through):
     layer = sae_layer("sae")
