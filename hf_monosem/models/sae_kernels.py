@@ -334,23 +334,28 @@ def _reconstruction_backward(needs, grad_squared, centred, enc_weight, table, in
     (``None`` where ``needs`` says no, or when the loss does not read ``squared``)."""
     if grad_squared is None:  # the loss does not read the error
         return None, None, None, None, None
-    needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias, needs_dec_weight = needs
     grad_error = error * (2 * grad_squared).unsqueeze(1)  # d squared / d x_hat, [B, D]
     grad_dec_weight = None
-    if needs_dec_weight:
+    if needs[4]:  # dec_weight
         grad_dec_weight = latent_major_sum(indices, values, grad_error, table.shape[0]).t()
     # through the codes: relu's gradient is zero where the kept pre-activation is not positive
     grad_values = per_entry_dot(grad_error, table, indices).mul_(values > 0)
-    needs_encoder = (needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias)
+    return (*_input_grads(needs[:4], grad_values, indices, enc_weight, centred, grad_error), grad_dec_weight)
+
+
+def _input_grads(needs, grad_codes, indices, enc_weight, centred, grad_error):
+    """``(grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias)`` of a reconstruction node (``None``
+    where ``needs`` says no): through the codes ``indices`` (their gradients ``grad_codes``, read from
+    the centred input) and directly, since ``error = decoded - x + pre_bias`` (``grad_error`` is the
+    gradient of the error)."""
     grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias = _encoder_grads(
-        needs_encoder, grad_values, indices, enc_weight, centred
+        needs, grad_codes, indices, enc_weight, centred
     )
-    # and directly: error = decoded - x + pre_bias
-    if needs_x:
+    if needs[0]:
         grad_x = grad_x - grad_error
-    if needs_pre_bias:
+    if needs[1]:
         grad_pre_bias = grad_pre_bias + grad_error.sum(0)
-    return grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias, grad_dec_weight
+    return grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias
 
 
 class TopKReconstructionWithAuxK(torch.autograd.Function):
@@ -393,7 +398,6 @@ class TopKReconstructionWithAuxK(torch.autograd.Function):
         centred, enc_weight, table, indices, values, error, aux_indices, aux_values, aux_error = (
             ctx.saved_tensors
         )
-        needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias, needs_dec_weight = ctx.needs_input_grad[:5]
         if grad_aux_squared is None:  # the loss does not read the AuxK term: the main node's backward
             return (
                 *_reconstruction_backward(ctx.needs_input_grad[:5], grad_squared, *ctx.saved_tensors[:6]),
@@ -416,17 +420,10 @@ class TopKReconstructionWithAuxK(torch.autograd.Function):
         decoder_layout = (crow, row_of + batch * in_aux, order)
         stacked = torch.cat([grad_error, grad_aux_error])
         grad_dec_weight = None
-        if needs_dec_weight:
+        if ctx.needs_input_grad[4]:  # dec_weight
             grad_dec_weight = _layout_sum(decoder_layout, codes.reshape(-1), stacked).t()
-        # through the codes (relu's gradient: zero where the kept pre-activation is not positive)
+        # through the codes (relu's gradient: zero where the kept pre-activation is not positive); the
+        # AuxK residual is a constant, so only the main error reaches x and the pre-bias directly
         grad_codes = _sampled_dots(decoder_layout, table, stacked).view_as(codes).mul_(codes > 0)
-        needs_encoder = (needs_x, needs_pre_bias, needs_enc_weight, needs_enc_bias)
-        grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias = _encoder_grads(
-            needs_encoder, grad_codes, both, enc_weight, centred
-        )
-        # and directly: error = decoded - x + pre_bias (the AuxK residual is a constant)
-        if needs_x:
-            grad_x = grad_x - grad_error
-        if needs_pre_bias:
-            grad_pre_bias = grad_pre_bias + grad_error.sum(0)
-        return grad_x, grad_pre_bias, grad_enc_weight, grad_enc_bias, grad_dec_weight, None, None, None
+        grads = _input_grads(ctx.needs_input_grad[:4], grad_codes, both, enc_weight, centred, grad_error)
+        return *grads, grad_dec_weight, None, None, None
