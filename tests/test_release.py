@@ -357,8 +357,8 @@ def test_the_scripts_docstring_examples_run():
 
 
 def test_a_pooled_sae_takes_the_epochs_with_the_lowest_fvu_on_held_out_training_rows():
-    """``choose_sae_epochs``: the counts up to the budget's are each fitted on nine tenths of the rows and
-    scored on the other tenth; the lowest FVU wins, and the same draw gives the same choice."""
+    """``choose_sae_epochs``: one fit on nine tenths of the rows is scored on the other tenth after each
+    count up to the budget's; the lowest FVU wins, and the same draw gives the same choice."""
     from transformers import BertModel
 
     torch.manual_seed(0)
